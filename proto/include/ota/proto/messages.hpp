@@ -1,0 +1,247 @@
+// Typed wire messages and their codecs. See proto/PROTOCOL.md for the contract.
+//
+// Every struct here has fixed capacity (sizes are compile-time settings below) so the
+// same codec runs in the device agent core (no heap, no exceptions) and in the controller.
+// Decoders validate every field and return an Error naming the first bad one; on error the
+// output struct is left in an unspecified but destructible state.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+
+#include "ota/proto/error.hpp"
+
+#ifndef OTA_PROTO_MAX_ID_LEN
+#define OTA_PROTO_MAX_ID_LEN 64
+#endif
+#ifndef OTA_PROTO_MAX_HW_MODELS
+#define OTA_PROTO_MAX_HW_MODELS 4
+#endif
+#ifndef OTA_PROTO_MAX_CHUNKS_PER_REQUEST
+#define OTA_PROTO_MAX_CHUNKS_PER_REQUEST 256
+#endif
+
+namespace ota::proto {
+
+constexpr int kProtocolVersion = 1;
+constexpr std::size_t kMaxIdLen = OTA_PROTO_MAX_ID_LEN;  // device ids, deployment ids, models
+constexpr std::size_t kMaxVersionLen = 32;
+constexpr std::size_t kMaxReasonLen = 96;
+constexpr std::size_t kMaxHwModels = OTA_PROTO_MAX_HW_MODELS;
+constexpr std::size_t kMaxGroups = 4;
+constexpr std::size_t kImageIdLen = 16;  // hex of the first 8 bytes of the image SHA-256
+constexpr std::size_t kKeyIdLen = 16;    // hex of the first 8 bytes of SHA-256(public key DER)
+constexpr std::size_t kSha256HexLen = 64;
+constexpr std::size_t kSignatureHexLen = 128;  // raw r||s of ECDSA P-256, hex
+constexpr std::uint32_t kMaxChunksPerRequest = OTA_PROTO_MAX_CHUNKS_PER_REQUEST;
+constexpr std::uint32_t kMinChunkSize = 256;
+constexpr std::uint32_t kMaxChunkSize = 65536;
+
+// NUL-terminated string of fixed capacity N (N characters plus the terminator).
+template <std::size_t N>
+struct FixedString {
+  char data[N + 1] = {};
+  std::size_t size = 0;
+
+  static constexpr std::size_t capacity() { return N; }
+  const char* c_str() const { return data; }
+  bool empty() const { return size == 0; }
+  // Returns false (and leaves the string unchanged) when `len` exceeds the capacity.
+  bool assign(const char* s, std::size_t len) {
+    if (len > N) return false;
+    std::memcpy(data, s, len);
+    data[len] = '\0';
+    size = len;
+    return true;
+  }
+  bool assign(const char* s) { return assign(s, std::strlen(s)); }
+  bool operator==(const char* s) const { return std::strcmp(data, s) == 0; }
+  bool operator!=(const char* s) const { return !(*this == s); }
+  template <std::size_t M>
+  bool operator==(const FixedString<M>& o) const {
+    return std::strcmp(data, o.data) == 0;
+  }
+  template <std::size_t M>
+  bool operator!=(const FixedString<M>& o) const {
+    return !(*this == o);
+  }
+};
+
+using Id = FixedString<kMaxIdLen>;
+using Version = FixedString<kMaxVersionLen>;
+using Reason = FixedString<kMaxReasonLen>;
+using ImageId = FixedString<kImageIdLen>;
+using KeyId = FixedString<kKeyIdLen>;
+using Sha256Hex = FixedString<kSha256HexLen>;
+using SignatureHex = FixedString<kSignatureHexLen>;
+
+// ---------------------------------------------------------------------------------------
+// Reason codes carried by decline and result messages (documented in PROTOCOL.md).
+enum class ReasonCode : std::uint8_t {
+  ok = 0,
+  bad_manifest,
+  bad_signature,
+  unknown_key,
+  wrong_hardware,
+  downgrade,  // security counter lower than the device's
+  expired,
+  unsupported,  // kind/compression/chunk size the device cannot handle
+  no_space,
+  busy,
+  already_installed,
+  size_mismatch,
+  hash_mismatch,
+  flash_error,
+  self_test_failed,
+  rolled_back,
+  cancelled,
+  timeout,
+  internal_error,
+};
+const char* reason_name(ReasonCode code);
+// Returns false when `name` is not a documented reason code.
+bool reason_from_name(const char* name, std::size_t len, ReasonCode& out);
+
+// ---------------------------------------------------------------------------------------
+// Signed manifest. The signature covers canonical_manifest() of all fields but `sig`.
+enum class ImageKind : std::uint8_t { firmware = 0, bundle };
+enum class Compression : std::uint8_t { none = 0 };
+
+struct Manifest {
+  ImageId image;       // "image"
+  Version version;     // "version", semver MAJOR.MINOR.PATCH[-pre][+build]
+  Id hw[kMaxHwModels];  // "hw": compatible hardware models, at least one
+  std::size_t hw_count = 0;
+  std::uint64_t size = 0;        // "size": image bytes, > 0
+  Sha256Hex sha256;              // "sha256": lower-case hex
+  std::uint32_t chunk_size = 0;  // "chunk_size": kMinChunkSize..kMaxChunkSize
+  std::uint32_t counter = 0;     // "counter": security counter (anti-rollback)
+  std::uint64_t expires = 0;     // "expires": unix seconds after which the offer is void
+  KeyId key;                     // "key": id of the release key that signed it
+  ImageKind kind = ImageKind::firmware;       // "kind", optional, default "firmware"
+  Compression compression = Compression::none;  // "compression", optional, default "none"
+  SignatureHex sig;              // "sig": hex r||s over canonical_manifest()
+
+  std::uint32_t chunk_count() const {
+    return chunk_size == 0 ? 0 : static_cast<std::uint32_t>((size + chunk_size - 1) / chunk_size);
+  }
+};
+
+// Canonical bytes the signature covers: the manifest object without "sig", keys sorted,
+// no white space (see PROTOCOL.md "Canonical encoding"). Returns the length written, or 0
+// if `cap` is too small.
+std::size_t canonical_manifest(const Manifest& m, char* out, std::size_t cap);
+
+// ---------------------------------------------------------------------------------------
+// Controller -> device messages (topics .../down/offer, .../down/cancel, grp/<g>/offer).
+struct Offer {
+  Id deployment;  // "deployment"
+  Manifest manifest;
+};
+
+struct Cancel {
+  Id deployment;
+  Reason reason;  // optional free text
+};
+
+// ---------------------------------------------------------------------------------------
+// Device -> controller messages.
+enum class SlotState : std::uint8_t { confirmed = 0, pending, rolled_back };
+const char* slot_state_name(SlotState s);
+
+struct Resume {  // present in hello when an interrupted download is stored on the device
+  bool present = false;
+  Id deployment;
+  ImageId image;
+  std::uint64_t received = 0;  // bytes already written
+};
+
+struct Hello {  // topic .../up/presence, "type":"hello"
+  Id device;
+  Id hw;
+  Version version;         // running version
+  FixedString<1> slot;     // "a" or "b": the running slot
+  SlotState slot_state = SlotState::confirmed;
+  std::uint64_t free = 0;  // bytes free for an update
+  std::uint32_t counter = 0;  // device security counter
+  Id groups[kMaxGroups];      // groups the device belongs to (the broker ACL is the authority)
+  std::size_t group_count = 0;
+  Resume resume;
+};
+
+// Last will, topic .../up/presence, "type":"offline". No fields besides v and type.
+
+enum class EventType : std::uint8_t { accept = 0, decline, progress, status, result };
+const char* event_type_name(EventType t);
+
+enum class DeviceState : std::uint8_t {
+  idle = 0,
+  downloading,
+  verifying,
+  installing,
+  rebooting,
+  confirming,
+};
+const char* device_state_name(DeviceState s);
+
+// Topic .../up/event. One struct for the five event types; fields unused by a type are
+// neither encoded nor decoded.
+struct Event {
+  EventType type = EventType::status;
+  std::uint32_t seq = 0;  // per-device, increases by one per event, persisted on the device
+  Id deployment;
+  // decline, result
+  ReasonCode reason = ReasonCode::ok;
+  Reason detail;  // optional human text
+  // progress
+  std::uint64_t received = 0;
+  std::uint64_t total = 0;
+  // status
+  DeviceState state = DeviceState::idle;
+  // result
+  bool success = false;
+  Version version;  // result: version now running
+};
+
+// Topic .../up/req. Asks for chunks [first, first+count) of an image, optionally filtered
+// by a bitmap (bit i set = chunk first+i wanted; LSB of byte 0 is chunk `first`).
+struct ChunkRequest {
+  Id deployment;
+  ImageId image;
+  std::uint32_t first = 0;
+  std::uint32_t count = 0;  // 1..kMaxChunksPerRequest
+  bool has_bitmap = false;
+  std::uint8_t bitmap[(kMaxChunksPerRequest + 7) / 8] = {};
+
+  bool wants(std::uint32_t i) const {  // i relative to first
+    if (i >= count) return false;
+    return !has_bitmap || (bitmap[i / 8] >> (i % 8)) & 1u;
+  }
+};
+
+// ---------------------------------------------------------------------------------------
+// JSON codecs. Encoders write into `out` (capacity `cap`) and set `len`; decoders read
+// `len` bytes of `in` (need not be NUL-terminated).
+Error encode_offer(const Offer& m, char* out, std::size_t cap, std::size_t& len);
+Error decode_offer(const char* in, std::size_t len, Offer& out);
+Error encode_cancel(const Cancel& m, char* out, std::size_t cap, std::size_t& len);
+Error decode_cancel(const char* in, std::size_t len, Cancel& out);
+Error encode_hello(const Hello& m, char* out, std::size_t cap, std::size_t& len);
+Error decode_hello(const char* in, std::size_t len, Hello& out);
+Error encode_offline(char* out, std::size_t cap, std::size_t& len);
+Error encode_event(const Event& m, char* out, std::size_t cap, std::size_t& len);
+Error decode_event(const char* in, std::size_t len, Event& out);
+Error encode_chunk_request(const ChunkRequest& m, char* out, std::size_t cap, std::size_t& len);
+Error decode_chunk_request(const char* in, std::size_t len, ChunkRequest& out);
+
+// Presence topic carries either hello or offline; tells which without a full decode.
+enum class PresenceType : std::uint8_t { hello, offline };
+Error decode_presence_type(const char* in, std::size_t len, PresenceType& out);
+
+// Semantic version check and ordering (MAJOR.MINOR.PATCH, optional -pre/+build).
+bool is_semver(const char* s, std::size_t len);
+// <0, 0, >0 like strcmp, by semver precedence; both must satisfy is_semver.
+int compare_semver(const char* a, const char* b);
+
+}  // namespace ota::proto
