@@ -1,1 +1,644 @@
-// Placeholder until the agent core lands.
+#include "ota/agent/agent.hpp"
+
+#include <cstring>
+
+namespace ota::agent {
+namespace {
+
+using proto::DeviceState;
+using proto::ReasonCode;
+
+constexpr std::uint32_t kStateMagic = 0x4f544153;  // "OTAS"
+constexpr std::uint32_t kStateLayout = 1;
+// Bytes of already-written image hashed back from flash per call, so a resumed download
+// catches up its hash without stalling the message loop.
+constexpr std::size_t kHashCatchUpPerCall = 256 * 1024;
+
+// The Storage port writes atomically, so a record is whole or absent; this only guards
+// against a record from another build or a damaged medium.
+bool plausible(const PersistedState& s) {
+  if (s.magic != kStateMagic || s.layout != kStateLayout) return false;
+  if (s.state > DeviceState::confirming) return false;
+  if (s.state == DeviceState::idle) return true;
+  const proto::Manifest& m = s.manifest;
+  return m.chunk_size >= proto::kMinChunkSize && m.chunk_size <= kMaxChunkSize && m.size > 0 &&
+         m.chunk_count() <= kMaxImageChunks && s.received_chunks <= m.chunk_count();
+}
+
+// Appends `s` to out[pos..cap); returns the new position or cap+1 on overflow.
+std::size_t append(char* out, std::size_t cap, std::size_t pos, const char* s) {
+  std::size_t n = std::strlen(s);
+  if (pos > cap || n + 1 > cap - pos) return cap + 1;
+  std::memcpy(out + pos, s, n + 1);
+  return pos + n;
+}
+
+ReasonCode reason_for(PortStatus s) {
+  switch (s) {
+    case PortStatus::no_space:
+      return ReasonCode::no_space;
+    default:
+      return ReasonCode::flash_error;
+  }
+}
+
+}  // namespace
+
+// The whole update life cycle. dispatch() enters `to` (persisting it) and then runs the
+// action, whose returned trigger is dispatched from the new state.
+const Agent::Transition Agent::kTransitions[] = {
+    // from                     trigger                   to                        action
+    {DeviceState::idle, Trigger::offer_accepted, DeviceState::downloading, &Agent::start_download},
+    {DeviceState::downloading, Trigger::resume_download, DeviceState::downloading,
+     &Agent::resume_download},
+    {DeviceState::downloading, Trigger::all_received, DeviceState::verifying, &Agent::verify_image},
+    {DeviceState::downloading, Trigger::failed, DeviceState::idle, &Agent::fail_update},
+    {DeviceState::downloading, Trigger::cancelled, DeviceState::idle, &Agent::cancel_update},
+    {DeviceState::verifying, Trigger::resume_verify, DeviceState::verifying, &Agent::verify_image},
+    {DeviceState::verifying, Trigger::verified, DeviceState::installing, &Agent::install_image},
+    {DeviceState::verifying, Trigger::failed, DeviceState::idle, &Agent::fail_update},
+    {DeviceState::verifying, Trigger::cancelled, DeviceState::idle, &Agent::cancel_update},
+    {DeviceState::installing, Trigger::resume_install, DeviceState::installing,
+     &Agent::install_image},
+    {DeviceState::installing, Trigger::activated, DeviceState::rebooting, &Agent::restart_device},
+    {DeviceState::installing, Trigger::failed, DeviceState::idle, &Agent::fail_update},
+    {DeviceState::rebooting, Trigger::booted_trial, DeviceState::confirming, &Agent::run_self_test},
+    {DeviceState::rebooting, Trigger::self_test_passed, DeviceState::idle, &Agent::confirm_image},
+    {DeviceState::rebooting, Trigger::failed, DeviceState::idle, &Agent::fail_update},
+    {DeviceState::confirming, Trigger::booted_trial, DeviceState::confirming,
+     &Agent::run_self_test},
+    {DeviceState::confirming, Trigger::self_test_passed, DeviceState::idle, &Agent::confirm_image},
+    {DeviceState::confirming, Trigger::self_test_failed, DeviceState::rebooting,
+     &Agent::revert_image},
+    {DeviceState::confirming, Trigger::failed, DeviceState::idle, &Agent::fail_update},
+};
+
+Agent::Agent(const AgentConfig& config, FlashPort& flash, Transport& transport, Clock& clock,
+             Storage& storage, Crypto& crypto)
+    : cfg_(config),
+      flash_(flash),
+      transport_(transport),
+      clock_(clock),
+      storage_(storage),
+      crypto_(crypto) {}
+
+void Agent::dispatch(Trigger trigger) {
+  while (trigger != Trigger::none) {
+    const Transition* row = nullptr;
+    for (const auto& t : kTransitions) {
+      if (t.from == st_.state && t.trigger == trigger) {
+        row = &t;
+        break;
+      }
+    }
+    if (row == nullptr) return;  // not meaningful in this state: ignored by design
+    st_.state = row->to;
+    persist();
+    trigger = (this->*(row->action))();
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Boot and connection
+
+void Agent::boot() {
+  PersistedState loaded;
+  std::size_t len = 0;
+  if (storage_.load(&loaded, sizeof loaded, len) == PortStatus::ok && len == sizeof loaded &&
+      plausible(loaded)) {
+    st_ = loaded;
+  } else {
+    st_ = PersistedState{};
+  }
+  if (flash_.read_state(image_) != PortStatus::ok) image_ = ImageState{};
+  reset_requested_ = false;
+  reset_transfer_memory();
+
+  switch (st_.state) {
+    case DeviceState::idle:
+      break;
+    case DeviceState::downloading:
+      dispatch(Trigger::resume_download);
+      break;
+    case DeviceState::verifying:
+      dispatch(Trigger::resume_verify);
+      break;
+    case DeviceState::installing:
+      dispatch(Trigger::resume_install);
+      break;
+    case DeviceState::rebooting:
+    case DeviceState::confirming: {
+      const bool runs_new = image_.running_version == st_.manifest.version;
+      if (runs_new && image_.slot_state == proto::SlotState::pending) {
+        dispatch(Trigger::booted_trial);
+      } else if (runs_new && image_.slot_state == proto::SlotState::confirmed) {
+        dispatch(Trigger::self_test_passed);  // confirmed before the record was written
+      } else {
+        reason_ = st_.result_reason != ReasonCode::ok ? st_.result_reason : ReasonCode::rolled_back;
+        dispatch(Trigger::failed);
+      }
+      break;
+    }
+  }
+}
+
+void Agent::on_connected() {
+  char topic[proto::kMaxTopicLen];
+  std::size_t pos = append(topic, sizeof topic, 0, cfg_.prefix);
+  pos = append(topic, sizeof topic, pos, "/dev/");
+  pos = append(topic, sizeof topic, pos, cfg_.device_id);
+  pos = append(topic, sizeof topic, pos, "/down/#");
+  if (pos <= sizeof topic) transport_.subscribe(topic, 1);
+  for (std::size_t i = 0; i < cfg_.group_count; ++i) {
+    if (proto::make_topic(cfg_.prefix, proto::TopicKind::group_offer, cfg_.groups[i], topic,
+                          sizeof topic) != 0) {
+      transport_.subscribe(topic, 1);
+    }
+  }
+  send_hello();
+  flush_pending_result();
+  if (st_.state == DeviceState::downloading) request_chunks(true);
+}
+
+void Agent::on_message(const char* topic, const std::uint8_t* payload, std::size_t len) {
+  const char* id = nullptr;
+  std::size_t id_len = 0;
+  const proto::TopicKind kind = proto::parse_topic(cfg_.prefix, topic, &id, &id_len);
+  if (kind == proto::TopicKind::group_offer) {
+    bool member = false;
+    for (std::size_t i = 0; i < cfg_.group_count; ++i) {
+      if (std::strlen(cfg_.groups[i]) == id_len && std::memcmp(cfg_.groups[i], id, id_len) == 0) {
+        member = true;
+      }
+    }
+    if (member && len > 0) handle_offer(payload, len);  // empty = retained offer cleared
+    return;
+  }
+  if (id == nullptr || std::strlen(cfg_.device_id) != id_len ||
+      std::memcmp(cfg_.device_id, id, id_len) != 0) {
+    return;
+  }
+  switch (kind) {
+    case proto::TopicKind::chunk:
+      handle_chunk(payload, len);
+      break;
+    case proto::TopicKind::offer:
+      handle_offer(payload, len);
+      break;
+    case proto::TopicKind::cancel:
+      handle_cancel(payload, len);
+      break;
+    default:
+      break;
+  }
+}
+
+void Agent::tick() {
+  if (st_.state != DeviceState::downloading) return;
+  advance_hash(kHashCatchUpPerCall);
+  if (!transport_.connected()) {
+    last_chunk_ms_ = clock_.now_ms();  // a stall while offline is not the server's fault
+    return;
+  }
+  const std::uint64_t now = clock_.now_ms();
+  if (now - last_chunk_ms_ < cfg_.request_timeout_ms) return;
+  ++stats_.timeouts;
+  if (++stalled_requests_ > cfg_.max_stalled_requests) {
+    reason_ = ReasonCode::timeout;
+    dispatch(Trigger::failed);
+    return;
+  }
+  request_chunks(true);
+}
+
+// ---------------------------------------------------------------------------------------
+// Offers and cancels
+
+ReasonCode Agent::check_offer(const proto::Offer& offer) {
+  const proto::Manifest& m = offer.manifest;
+  // The signature comes first: nothing else in an unsigned manifest can be trusted.
+  const std::size_t canon_len = proto::canonical_manifest(m, msg_, sizeof msg_);
+  std::uint8_t sig[64];
+  if (canon_len == 0 || !proto::hex_decode(m.sig.c_str(), m.sig.size, sig, sizeof sig)) {
+    return ReasonCode::bad_manifest;
+  }
+  switch (crypto_.verify_p256(m.key.c_str(), reinterpret_cast<const std::uint8_t*>(msg_),
+                              canon_len, sig)) {
+    case Crypto::Verify::ok:
+      break;
+    case Crypto::Verify::unknown_key:
+      return ReasonCode::unknown_key;
+    case Crypto::Verify::bad_signature:
+      return ReasonCode::bad_signature;
+  }
+  bool hw_ok = false;
+  for (std::size_t i = 0; i < m.hw_count; ++i) hw_ok = hw_ok || m.hw[i] == cfg_.hw_model;
+  if (!hw_ok) return ReasonCode::wrong_hardware;
+  if (clock_.unix_seconds() > m.expires) return ReasonCode::expired;
+  if (m.counter < image_.security_counter) return ReasonCode::downgrade;
+  if (m.kind != proto::ImageKind::firmware || m.compression != proto::Compression::none ||
+      m.chunk_size > kMaxChunkSize || m.chunk_count() > kMaxImageChunks ||
+      m.size > 0xffffffffull) {
+    return ReasonCode::unsupported;
+  }
+  if (image_.running_version == m.version) return ReasonCode::already_installed;
+  if (m.size > image_.free_bytes) return ReasonCode::no_space;
+  return ReasonCode::ok;
+}
+
+void Agent::handle_offer(const std::uint8_t* payload, std::size_t len) {
+  proto::Offer& offer = offer_scratch_;
+  if (proto::decode_offer(reinterpret_cast<const char*>(payload), len, offer)) {
+    ++stats_.bad_messages;
+    return;  // no trustworthy deployment id to answer to
+  }
+  if (offer.deployment == st_.finished_deployment) return;
+  if (st_.state != DeviceState::idle) {
+    if (offer.deployment != st_.deployment) decline(offer.deployment, ReasonCode::busy);
+    return;
+  }
+  flash_.read_state(image_);
+  const ReasonCode reason = check_offer(offer);
+  if (reason != ReasonCode::ok) {
+    decline(offer.deployment, reason);
+    st_.finished_deployment = offer.deployment;
+    persist();
+    return;
+  }
+  st_.deployment = offer.deployment;
+  st_.manifest = offer.manifest;
+  st_.received_chunks = 0;
+  std::memset(st_.received, 0, sizeof st_.received);
+  st_.result_reason = ReasonCode::ok;
+  dispatch(Trigger::offer_accepted);
+}
+
+void Agent::handle_cancel(const std::uint8_t* payload, std::size_t len) {
+  proto::Cancel cancel;
+  if (proto::decode_cancel(reinterpret_cast<const char*>(payload), len, cancel)) {
+    ++stats_.bad_messages;
+    return;
+  }
+  // Once the new image is activated the cancel is too late; the result will tell.
+  if (cancel.deployment == st_.deployment) dispatch(Trigger::cancelled);
+}
+
+void Agent::decline(const proto::Id& deployment, ReasonCode reason) {
+  proto::Event ev;
+  ev.type = proto::EventType::decline;
+  ev.deployment = deployment;
+  ev.reason = reason;
+  send_event(ev);
+}
+
+// ---------------------------------------------------------------------------------------
+// Actions
+
+Trigger Agent::start_download() {
+  proto::image_id_to_bytes(st_.manifest.image.c_str(), image_id_bytes_);
+  proto::Event ev;
+  ev.type = proto::EventType::accept;
+  ev.deployment = st_.deployment;
+  send_event(ev);
+  send_status(DeviceState::downloading);
+  const PortStatus s = flash_.begin(st_.manifest, false);
+  if (s != PortStatus::ok) {
+    reason_ = reason_for(s);
+    return Trigger::failed;
+  }
+  reset_transfer_memory();
+  request_chunks(true);
+  return Trigger::none;
+}
+
+Trigger Agent::resume_download() {
+  proto::image_id_to_bytes(st_.manifest.image.c_str(), image_id_bytes_);
+  const PortStatus s = flash_.begin(st_.manifest, true);
+  if (s != PortStatus::ok) {
+    reason_ = reason_for(s);
+    return Trigger::failed;
+  }
+  reset_transfer_memory();
+  last_progress_percent_ = st_.received_chunks * 100u / st_.manifest.chunk_count();
+  if (st_.received_chunks == st_.manifest.chunk_count()) return Trigger::all_received;
+  return Trigger::none;  // chunks are requested once connected
+}
+
+Trigger Agent::verify_image() {
+  send_status(DeviceState::verifying);
+  advance_hash(static_cast<std::size_t>(-1));
+  if (hashed_bytes_ != st_.manifest.size) {
+    reason_ = ReasonCode::size_mismatch;
+    return Trigger::failed;
+  }
+  std::uint8_t digest[32];
+  std::uint8_t expected[32];
+  crypto_.sha256_final(sha_, digest);
+  if (!proto::hex_decode(st_.manifest.sha256.c_str(), st_.manifest.sha256.size, expected,
+                         sizeof expected) ||
+      std::memcmp(digest, expected, sizeof digest) != 0) {
+    reason_ = ReasonCode::hash_mismatch;
+    return Trigger::failed;
+  }
+  const PortStatus s = flash_.finish(st_.manifest);
+  if (s != PortStatus::ok) {
+    reason_ = reason_for(s);
+    return Trigger::failed;
+  }
+  return Trigger::verified;
+}
+
+Trigger Agent::install_image() {
+  send_status(DeviceState::installing);
+  const PortStatus s = flash_.activate(st_.manifest);
+  if (s != PortStatus::ok) {
+    reason_ = reason_for(s);
+    return Trigger::failed;
+  }
+  return Trigger::activated;
+}
+
+Trigger Agent::restart_device() {
+  send_status(DeviceState::rebooting);
+  reset_requested_ = true;
+  flash_.reset();
+  return Trigger::none;
+}
+
+Trigger Agent::run_self_test() {
+  const bool healthy = cfg_.self_test == nullptr || cfg_.self_test(cfg_.self_test_ctx);
+  return healthy ? Trigger::self_test_passed : Trigger::self_test_failed;
+}
+
+Trigger Agent::confirm_image() {
+  const PortStatus s = flash_.confirm();
+  flash_.read_state(image_);
+  if (s != PortStatus::ok) {
+    set_result(false, reason_for(s), image_.running_version);
+  } else {
+    set_result(true, ReasonCode::ok, image_.running_version);
+  }
+  return Trigger::none;
+}
+
+Trigger Agent::revert_image() {
+  // Not confirming is what reverts: the flash boots the previous slot next time.
+  st_.result_reason = ReasonCode::self_test_failed;
+  persist();
+  reset_requested_ = true;
+  flash_.reset();
+  return Trigger::none;
+}
+
+Trigger Agent::fail_update() {
+  flash_.abort();
+  flash_.read_state(image_);
+  set_result(false, reason_, image_.running_version);
+  return Trigger::none;
+}
+
+Trigger Agent::cancel_update() {
+  reason_ = ReasonCode::cancelled;
+  return fail_update();
+}
+
+// ---------------------------------------------------------------------------------------
+// Transfer
+
+void Agent::reset_transfer_memory() {
+  crypto_.sha256_init(sha_);
+  hashed_bytes_ = 0;
+  requested_upto_ = 0;
+  outstanding_ = 0;
+  last_chunk_ms_ = clock_.now_ms();
+  stalled_requests_ = 0;
+  chunks_since_checkpoint_ = 0;
+  last_progress_percent_ = 0;
+}
+
+bool Agent::chunk_received(std::uint32_t index) const {
+  return (st_.received[index / 8] >> (index % 8)) & 1u;
+}
+
+void Agent::mark_received(std::uint32_t index) {
+  st_.received[index / 8] = static_cast<std::uint8_t>(st_.received[index / 8] | (1u << (index % 8)));
+  ++st_.received_chunks;
+}
+
+std::uint32_t Agent::expected_chunk_len(std::uint32_t index) const {
+  const std::uint64_t offset = static_cast<std::uint64_t>(index) * st_.manifest.chunk_size;
+  const std::uint64_t rest = st_.manifest.size - offset;
+  return static_cast<std::uint32_t>(rest < st_.manifest.chunk_size ? rest
+                                                                   : st_.manifest.chunk_size);
+}
+
+void Agent::request_chunks(bool restart_window) {
+  const std::uint32_t count = st_.manifest.chunk_count();
+  if (restart_window) {
+    requested_upto_ = static_cast<std::uint32_t>(hashed_bytes_ / st_.manifest.chunk_size);
+    while (requested_upto_ < count && chunk_received(requested_upto_)) ++requested_upto_;
+    outstanding_ = 0;
+  }
+  proto::ChunkRequest req;
+  req.deployment = st_.deployment;
+  req.image = st_.manifest.image;
+  while (outstanding_ < cfg_.window_chunks && requested_upto_ < count) {
+    req.first = requested_upto_;
+    req.count = 0;
+    req.has_bitmap = false;
+    std::memset(req.bitmap, 0, sizeof req.bitmap);
+    std::uint32_t wanted = 0;
+    std::uint32_t span = 0;
+    while (span < proto::kMaxChunksPerRequest && req.first + span < count &&
+           outstanding_ + wanted < cfg_.window_chunks) {
+      if (chunk_received(req.first + span)) {
+        req.has_bitmap = true;
+      } else {
+        req.bitmap[span / 8] = static_cast<std::uint8_t>(req.bitmap[span / 8] | (1u << (span % 8)));
+        ++wanted;
+      }
+      ++span;
+    }
+    requested_upto_ += span;
+    if (wanted == 0) continue;
+    req.count = span;
+    std::size_t len = 0;
+    if (proto::encode_chunk_request(req, msg_, sizeof msg_, len)) return;
+    publish(proto::TopicKind::chunk_request, msg_, len, false);
+    ++stats_.requests_sent;
+    outstanding_ += wanted;
+  }
+  last_chunk_ms_ = clock_.now_ms();
+}
+
+void Agent::advance_hash(std::size_t budget_bytes) {
+  const std::uint32_t chunk = st_.manifest.chunk_size;
+  while (budget_bytes > 0 && hashed_bytes_ < st_.manifest.size) {
+    const std::uint32_t index = static_cast<std::uint32_t>(hashed_bytes_ / chunk);
+    if (!chunk_received(index)) return;
+    const std::uint64_t chunk_end = static_cast<std::uint64_t>(index) * chunk +
+                                    expected_chunk_len(index);
+    std::size_t n = static_cast<std::size_t>(chunk_end - hashed_bytes_);
+    if (n > sizeof hash_buf_) n = sizeof hash_buf_;
+    if (flash_.read(static_cast<std::uint32_t>(hashed_bytes_), hash_buf_, n) != PortStatus::ok) {
+      return;  // verification will report the shortfall
+    }
+    crypto_.sha256_update(sha_, hash_buf_, n);
+    hashed_bytes_ += n;
+    budget_bytes = n >= budget_bytes ? 0 : budget_bytes - n;
+  }
+}
+
+void Agent::handle_chunk(const std::uint8_t* payload, std::size_t len) {
+  if (st_.state != DeviceState::downloading) return;  // late chunks of a finished transfer
+  proto::ChunkFrame frame;
+  if (proto::decode_chunk_frame(payload, len, st_.manifest.chunk_size, frame) ||
+      std::memcmp(frame.image_id, image_id_bytes_, sizeof image_id_bytes_) != 0) {
+    ++stats_.bad_frames;  // corrupt or foreign: the timeout re-requests what is missing
+    return;
+  }
+  ++stats_.chunks_received;
+  stats_.bytes_received += frame.length;
+  const std::uint32_t index = frame.offset / st_.manifest.chunk_size;
+  if (frame.offset % st_.manifest.chunk_size != 0 || index >= st_.manifest.chunk_count() ||
+      frame.length != expected_chunk_len(index)) {
+    reason_ = ReasonCode::size_mismatch;  // the server's image is not the signed one
+    dispatch(Trigger::failed);
+    return;
+  }
+  if (chunk_received(index)) {
+    ++stats_.duplicate_chunks;
+    return;
+  }
+  const PortStatus s = flash_.write(frame.offset, frame.payload, frame.length);
+  if (s != PortStatus::ok) {
+    reason_ = reason_for(s);
+    dispatch(Trigger::failed);
+    return;
+  }
+  mark_received(index);
+  if (index < requested_upto_ && outstanding_ > 0) --outstanding_;
+  last_chunk_ms_ = clock_.now_ms();
+  stalled_requests_ = 0;
+  if (frame.offset == hashed_bytes_) {  // in order: hash straight from the message
+    crypto_.sha256_update(sha_, frame.payload, frame.length);
+    hashed_bytes_ += frame.length;
+  }
+  advance_hash(kHashCatchUpPerCall);
+
+  if (++chunks_since_checkpoint_ >= cfg_.checkpoint_chunks) {
+    chunks_since_checkpoint_ = 0;
+    if (flash_.sync() == PortStatus::ok) persist();
+  }
+  maybe_report_progress();
+  if (st_.received_chunks == st_.manifest.chunk_count()) {
+    flash_.sync();
+    dispatch(Trigger::all_received);
+  } else if (outstanding_ <= cfg_.window_chunks / 2) {
+    request_chunks(false);
+  }
+}
+
+void Agent::maybe_report_progress() {
+  const std::uint32_t percent = st_.received_chunks * 100u / st_.manifest.chunk_count();
+  const std::uint32_t step = cfg_.progress_step_percent == 0 ? 1 : cfg_.progress_step_percent;
+  if (percent / step == last_progress_percent_ / step) return;
+  last_progress_percent_ = percent;
+  proto::Event ev;
+  ev.type = proto::EventType::progress;
+  ev.deployment = st_.deployment;
+  const std::uint64_t bytes = static_cast<std::uint64_t>(st_.received_chunks) *
+                              st_.manifest.chunk_size;
+  ev.received = bytes > st_.manifest.size ? st_.manifest.size : bytes;
+  ev.total = st_.manifest.size;
+  send_event(ev);
+}
+
+// ---------------------------------------------------------------------------------------
+// Reporting and persistence
+
+bool Agent::publish(proto::TopicKind kind, const char* data, std::size_t len, bool retain) {
+  char topic[proto::kMaxTopicLen];
+  if (proto::make_topic(cfg_.prefix, kind, cfg_.device_id, topic, sizeof topic) == 0) return false;
+  return transport_.connected() && transport_.publish(topic, data, len, 1, retain);
+}
+
+void Agent::send_event(proto::Event& ev) {
+  ev.seq = ++st_.seq;
+  persist();  // a sequence number is never reused, even across a power cut
+  std::size_t len = 0;
+  if (proto::encode_event(ev, msg_, sizeof msg_, len)) return;
+  publish(proto::TopicKind::event, msg_, len, false);
+}
+
+void Agent::send_status(DeviceState s) {
+  proto::Event ev;
+  ev.type = proto::EventType::status;
+  ev.deployment = st_.deployment;
+  ev.state = s;
+  send_event(ev);
+}
+
+void Agent::send_hello() {
+  flash_.read_state(image_);
+  proto::Hello h;
+  h.device.assign(cfg_.device_id);
+  h.hw.assign(cfg_.hw_model);
+  h.version = image_.running_version;
+  h.slot.assign(image_.running_slot == 'b' ? "b" : "a");
+  h.slot_state = image_.slot_state;
+  h.free = image_.free_bytes;
+  h.counter = image_.security_counter;
+  for (std::size_t i = 0; i < cfg_.group_count && i < proto::kMaxGroups; ++i) {
+    h.groups[h.group_count++].assign(cfg_.groups[i]);
+  }
+  if (st_.state == DeviceState::downloading) {
+    h.resume.present = true;
+    h.resume.deployment = st_.deployment;
+    h.resume.image = st_.manifest.image;
+    const std::uint64_t bytes = static_cast<std::uint64_t>(st_.received_chunks) *
+                                st_.manifest.chunk_size;
+    h.resume.received = bytes > st_.manifest.size ? st_.manifest.size : bytes;
+  }
+  std::size_t len = 0;
+  if (proto::encode_hello(h, msg_, sizeof msg_, len)) return;
+  publish(proto::TopicKind::presence, msg_, len, true);
+}
+
+void Agent::set_result(bool ok, ReasonCode reason, const proto::Version& version) {
+  st_.result_pending = true;
+  st_.result_ok = ok;
+  st_.result_reason = reason;
+  st_.result_deployment = st_.deployment;
+  st_.result_version = version;
+  st_.result_seq = ++st_.seq;
+  st_.finished_deployment = st_.deployment;
+  st_.received_chunks = 0;
+  persist();
+  flush_pending_result();
+}
+
+void Agent::flush_pending_result() {
+  if (!st_.result_pending) return;
+  proto::Event ev;
+  ev.type = proto::EventType::result;
+  ev.seq = st_.result_seq;
+  ev.deployment = st_.result_deployment;
+  ev.success = st_.result_ok;
+  ev.reason = st_.result_reason;
+  ev.version = st_.result_version;
+  std::size_t len = 0;
+  if (proto::encode_event(ev, msg_, sizeof msg_, len)) return;
+  if (!publish(proto::TopicKind::event, msg_, len, false)) return;
+  st_.result_pending = false;
+  persist();
+  send_hello();  // the retained presence now shows the version that really runs
+}
+
+void Agent::persist() {
+  st_.magic = kStateMagic;
+  st_.layout = kStateLayout;
+  storage_.save(&st_, sizeof st_);
+}
+
+}  // namespace ota::agent

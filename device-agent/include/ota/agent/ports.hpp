@@ -37,8 +37,9 @@ class FlashPort {
   virtual PortStatus read(std::uint32_t offset, std::uint8_t* out, std::size_t len) = 0;
   // Make everything written so far durable. Called before progress is persisted.
   virtual PortStatus sync() = 0;
-  // All bytes written and the SHA-256 over them matched; signature verified. Seal the slot.
-  virtual PortStatus finish() = 0;
+  // All bytes written and the SHA-256 over them matched `manifest` (whose signature was
+  // verified). Seal the slot. May be called again after a restart (idempotent).
+  virtual PortStatus finish(const proto::Manifest& manifest) = 0;
   // Drop the partial image. The running image is untouched.
   virtual PortStatus abort() = 0;
   // Mark the finished slot to boot next, on trial (reverts at the next boot unless

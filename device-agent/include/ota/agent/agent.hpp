@@ -1,0 +1,200 @@
+// The portable OTA agent core. Firmware code: no exceptions, no RTTI, no heap, no OS calls.
+// Everything outside the core goes through the ports in ports.hpp.
+//
+// Threading: single-threaded. The platform loop calls on_connected(), on_message() and
+// tick() from the same thread that owns the transport.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "ota/agent/ports.hpp"
+#include "ota/proto/frame.hpp"
+#include "ota/proto/messages.hpp"
+#include "ota/proto/topics.hpp"
+
+// Compile-time capacity settings (override with -D for a target; keep them equal in every
+// translation unit of one program).
+#ifndef OTA_AGENT_MAX_CHUNK_SIZE
+#define OTA_AGENT_MAX_CHUNK_SIZE 65536
+#endif
+#ifndef OTA_AGENT_MAX_IMAGE_CHUNKS
+#define OTA_AGENT_MAX_IMAGE_CHUNKS 16384
+#endif
+#ifndef OTA_AGENT_MESSAGE_BUFFER
+#define OTA_AGENT_MESSAGE_BUFFER 1024
+#endif
+#ifndef OTA_AGENT_HASH_READ_BUFFER
+#define OTA_AGENT_HASH_READ_BUFFER 1024
+#endif
+
+namespace ota::agent {
+
+constexpr std::uint32_t kMaxChunkSize = OTA_AGENT_MAX_CHUNK_SIZE;
+constexpr std::uint32_t kMaxImageChunks = OTA_AGENT_MAX_IMAGE_CHUNKS;
+constexpr std::size_t kMessageBuffer = OTA_AGENT_MESSAGE_BUFFER;
+constexpr std::size_t kHashReadBuffer = OTA_AGENT_HASH_READ_BUFFER;
+
+// Integrator hook run after booting a new image on trial; return true when the image works.
+using SelfTest = bool (*)(void* ctx);
+
+struct AgentConfig {
+  const char* prefix = proto::kDefaultPrefix;
+  const char* device_id = "";
+  const char* hw_model = "";
+  const char* const* groups = nullptr;
+  std::size_t group_count = 0;
+  std::uint32_t window_chunks = 64;         // chunk requests kept outstanding
+  std::uint32_t request_timeout_ms = 2000;  // re-request when no chunk arrived for this long
+  std::uint32_t max_stalled_requests = 30;  // consecutive re-requests without progress -> fail
+  std::uint32_t checkpoint_chunks = 32;     // persist progress every N new chunks
+  std::uint32_t progress_step_percent = 5;  // progress event granularity
+  SelfTest self_test = nullptr;             // nullptr: the image is considered healthy
+  void* self_test_ctx = nullptr;
+};
+
+// Why a trigger fired is kept in the agent (reason_) so the table stays small.
+enum class Trigger : std::uint8_t {
+  none = 0,
+  offer_accepted,   // a valid offer passed every check
+  all_received,     // every chunk written
+  verified,         // size and SHA-256 match
+  activated,        // flash switched to the new slot on trial
+  booted_trial,     // came up in the new image, not yet confirmed
+  self_test_passed,
+  self_test_failed,
+  failed,           // reason_ says why
+  cancelled,
+  resume_download,  // boot found an interrupted download
+  resume_verify,    // boot found an image that was being verified
+  resume_install,   // boot found an image that was being activated
+};
+
+// Persisted across reboots through the Storage port (one atomic record).
+struct PersistedState {
+  std::uint32_t magic = 0;
+  std::uint32_t layout = 0;
+  std::uint32_t seq = 0;  // last event sequence number used
+  proto::DeviceState state = proto::DeviceState::idle;
+  proto::Id deployment;
+  proto::Manifest manifest;
+  std::uint32_t received_chunks = 0;
+  std::uint8_t received[(kMaxImageChunks + 7) / 8] = {};
+  // A final result not yet handed to the transport (sent on the next connection).
+  bool result_pending = false;
+  bool result_ok = false;
+  std::uint32_t result_seq = 0;  // fixed when the result is made, so re-sends are deduplicated
+  proto::ReasonCode result_reason = proto::ReasonCode::ok;
+  proto::Id result_deployment;
+  proto::Version result_version;
+  // The last deployment that reached a final result: repeated (retained) offers of it are
+  // ignored instead of being declined again and again.
+  proto::Id finished_deployment;
+};
+
+struct AgentStats {
+  std::uint64_t chunks_received = 0;
+  std::uint64_t bytes_received = 0;   // payload bytes, duplicates included
+  std::uint64_t duplicate_chunks = 0;
+  std::uint64_t bad_frames = 0;       // CRC, magic, foreign image...
+  std::uint64_t requests_sent = 0;
+  std::uint64_t timeouts = 0;
+  std::uint64_t bad_messages = 0;     // undecodable offers/cancels
+};
+
+class Agent {
+ public:
+  Agent(const AgentConfig& config, FlashPort& flash, Transport& transport, Clock& clock,
+        Storage& storage, Crypto& crypto);
+
+  // Power-on: reads flash and persisted state, handles a trial boot (self-test, confirm or
+  // revert) and an interrupted download, verification or installation.
+  void boot();
+  // The transport (re)connected: subscribe, say hello, flush a pending result, resume.
+  void on_connected();
+  void on_message(const char* topic, const std::uint8_t* payload, std::size_t len);
+  // Timeouts and re-requests. Call at least every few hundred milliseconds.
+  void tick();
+
+  proto::DeviceState state() const { return st_.state; }
+  bool reset_requested() const { return reset_requested_; }
+  const AgentStats& stats() const { return stats_; }
+  const PersistedState& persisted() const { return st_; }
+  proto::ReasonCode last_reason() const { return reason_; }
+
+ private:
+  using Action = Trigger (Agent::*)();
+  struct Transition {
+    proto::DeviceState from;
+    Trigger trigger;
+    proto::DeviceState to;
+    Action action;
+  };
+  static const Transition kTransitions[];
+
+  void dispatch(Trigger trigger);
+
+  // Actions (table entries). Each returns the follow-up trigger or Trigger::none.
+  Trigger start_download();
+  Trigger resume_download();
+  Trigger verify_image();
+  Trigger install_image();
+  Trigger restart_device();
+  Trigger run_self_test();
+  Trigger confirm_image();
+  Trigger revert_image();
+  Trigger fail_update();
+  Trigger cancel_update();
+
+  void handle_offer(const std::uint8_t* payload, std::size_t len);
+  void handle_cancel(const std::uint8_t* payload, std::size_t len);
+  void handle_chunk(const std::uint8_t* payload, std::size_t len);
+  proto::ReasonCode check_offer(const proto::Offer& offer);
+  void decline(const proto::Id& deployment, proto::ReasonCode reason);
+
+  void request_chunks(bool restart_window);
+  void advance_hash(std::size_t budget_bytes);
+  bool chunk_received(std::uint32_t index) const;
+  void mark_received(std::uint32_t index);
+  std::uint32_t expected_chunk_len(std::uint32_t index) const;
+  void maybe_report_progress();
+  void reset_transfer_memory();
+
+  void send_event(proto::Event& ev);
+  void send_status(proto::DeviceState s);
+  void send_hello();
+  void flush_pending_result();
+  void set_result(bool ok, proto::ReasonCode reason, const proto::Version& version);
+  void persist();
+  bool publish(proto::TopicKind kind, const char* data, std::size_t len, bool retain);
+
+  const AgentConfig cfg_;
+  FlashPort& flash_;
+  Transport& transport_;
+  Clock& clock_;
+  Storage& storage_;
+  Crypto& crypto_;
+
+  PersistedState st_;
+  ImageState image_;
+  proto::ReasonCode reason_ = proto::ReasonCode::ok;
+  proto::Offer offer_scratch_;  // decoded offer (too big for a firmware stack)
+  bool reset_requested_ = false;
+
+  // Transfer (RAM only; rebuilt from st_.received after a restart).
+  Sha256State sha_;
+  std::uint64_t hashed_bytes_ = 0;
+  std::uint32_t requested_upto_ = 0;   // chunks below were requested in this window cycle
+  std::uint32_t outstanding_ = 0;      // requested and not yet received
+  std::uint64_t last_chunk_ms_ = 0;    // last time a new chunk arrived (or a request left)
+  std::uint32_t stalled_requests_ = 0;
+  std::uint32_t chunks_since_checkpoint_ = 0;
+  std::uint32_t last_progress_percent_ = 0;
+  std::uint8_t image_id_bytes_[8] = {};
+
+  AgentStats stats_;
+  char msg_[kMessageBuffer];
+  std::uint8_t hash_buf_[kHashReadBuffer];
+};
+
+}  // namespace ota::agent

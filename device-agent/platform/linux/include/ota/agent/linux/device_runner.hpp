@@ -1,0 +1,62 @@
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "ota/agent/linux/mosquitto_transport.hpp"
+
+namespace ota::agent::linux_port {
+
+struct DeviceOptions {
+  std::string device_id;
+  std::string hw_model = "sim-board";
+  std::vector<std::string> groups;
+  std::string data_dir;  // flash slots, boot state, agent state
+  std::string prefix = "ota/v1";
+  MqttSettings mqtt;     // host, port and TLS files; client id and will are filled in
+  std::vector<std::string> trusted_keys;  // PEM public release keys
+  std::string initial_version = "1.0.0";
+  std::uint64_t slot_capacity = 64u << 20;
+  bool durable = true;
+  std::uint32_t window_chunks = 64;
+  std::uint32_t request_timeout_ms = 2000;
+  std::uint32_t checkpoint_chunks = 64;
+  // Fault injection, each fires at most once per process.
+  bool fail_self_test = false;
+  int drop_at_percent = -1;   // cut the network link at this download progress
+  int crash_at_percent = -1;  // lose power (all RAM state) at this download progress
+  std::int64_t corrupt_write_offset = -1;  // flip a byte of the image write at this offset
+};
+
+// One device: the agent core wired to the Linux ports, in a loop of power-on, serve,
+// reboot. Reboots (after activation, or a simulated crash) happen in-process: everything
+// in RAM is dropped and rebuilt from the files, as on real hardware.
+class DeviceRunner {
+ public:
+  explicit DeviceRunner(DeviceOptions options) : opt_(std::move(options)) {}
+  // Runs until `stop` is set. Returns false with `error` on a configuration error.
+  bool run(const std::atomic<bool>& stop, std::string& error);
+
+  // Live figures for progress displays (updated by the runner thread).
+  std::atomic<int> state{0};  // proto::DeviceState
+  std::atomic<std::uint32_t> received_chunks{0};
+  std::atomic<std::uint32_t> total_chunks{0};
+  std::atomic<std::uint32_t> boots{0};
+  std::atomic<std::uint64_t> bytes_received{0};  // chunk payload bytes, whole life
+  std::atomic<bool> connected{false};
+  std::string running_version() const;
+  const DeviceOptions& options() const { return opt_; }
+
+ private:
+  void set_running_version(const char* v);
+
+  DeviceOptions opt_;
+  mutable std::mutex mu_;
+  std::string version_;
+  bool dropped_ = false, crashed_ = false, corrupted_ = false;
+};
+
+}  // namespace ota::agent::linux_port

@@ -1,0 +1,45 @@
+// ota-agent: the OTA agent as a daemon for one Linux device.
+#include <csignal>
+#include <cstdio>
+
+#include <CLI/CLI.hpp>
+
+#include "ota/agent/linux/device_runner.hpp"
+
+namespace {
+std::atomic<bool> g_stop{false};
+void on_signal(int) { g_stop = true; }
+}  // namespace
+
+int main(int argc, char** argv) {
+  using ota::agent::linux_port::DeviceOptions;
+  CLI::App app{"ota-agent: OTA device agent for one Linux device (A/B slots in files)"};
+  DeviceOptions opt;
+  app.add_option("--device-id", opt.device_id, "device id = CN of its certificate")->required();
+  app.add_option("--hw", opt.hw_model, "hardware model")->required();
+  app.add_option("--group", opt.groups, "group membership (repeatable)");
+  app.add_option("--data", opt.data_dir, "state directory (flash slots, agent state)")->required();
+  app.add_option("--host", opt.mqtt.host, "broker host")->capture_default_str();
+  app.add_option("--port", opt.mqtt.port, "broker TLS port")->required();
+  app.add_option("--ca", opt.mqtt.ca_file, "CA certificate")->required()->check(CLI::ExistingFile);
+  app.add_option("--cert", opt.mqtt.cert_file, "device certificate")->required()->check(CLI::ExistingFile);
+  app.add_option("--key", opt.mqtt.key_file, "device key")->required()->check(CLI::ExistingFile);
+  app.add_option("--trusted-key", opt.trusted_keys, "release public key PEM (repeatable)")
+      ->required()->check(CLI::ExistingFile);
+  app.add_option("--prefix", opt.prefix, "topic prefix")->capture_default_str();
+  app.add_option("--initial-version", opt.initial_version, "version of a factory-fresh slot a")
+      ->capture_default_str();
+  app.add_option("--window", opt.window_chunks, "chunks requested ahead")->capture_default_str()
+      ->check(CLI::Range(1, 256));
+  CLI11_PARSE(app, argc, argv);
+
+  std::signal(SIGINT, on_signal);
+  std::signal(SIGTERM, on_signal);
+  ota::agent::linux_port::DeviceRunner runner(opt);
+  std::string error;
+  if (!runner.run(g_stop, error)) {
+    std::fprintf(stderr, "ota-agent: %s\n", error.c_str());
+    return 1;
+  }
+  return 0;
+}

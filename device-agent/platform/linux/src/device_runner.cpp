@@ -1,0 +1,138 @@
+#include "ota/agent/linux/device_runner.hpp"
+
+#include <sys/stat.h>
+
+#include <memory>
+
+#include "ota/agent/agent.hpp"
+#include "ota/agent/linux/file_flash.hpp"
+#include "ota/agent/linux/file_storage.hpp"
+#include "ota/agent/linux/openssl_crypto.hpp"
+#include "ota/proto/topics.hpp"
+
+namespace ota::agent::linux_port {
+namespace {
+
+bool fail_self_test_hook(void*) { return false; }
+
+std::uint32_t percent_of(const Agent& agent) {
+  const auto& st = agent.persisted();
+  const std::uint32_t total = st.manifest.chunk_count();
+  return total == 0 ? 0 : st.received_chunks * 100u / total;
+}
+
+}  // namespace
+
+std::string DeviceRunner::running_version() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return version_;
+}
+
+void DeviceRunner::set_running_version(const char* v) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (version_ != v) version_ = v;
+}
+
+bool DeviceRunner::run(const std::atomic<bool>& stop, std::string& error) {
+  if (!proto::valid_id(opt_.device_id.c_str(), opt_.device_id.size())) {
+    error = "invalid device id '" + opt_.device_id + "' (1-64 of [A-Za-z0-9._-])";
+    return false;
+  }
+  ::mkdir(opt_.data_dir.c_str(), 0700);
+  OpensslCrypto crypto;
+  for (const auto& pem : opt_.trusted_keys) {
+    if (crypto.add_trusted_key_pem(pem, error).empty()) return false;
+  }
+  std::vector<const char*> groups;
+  for (const auto& g : opt_.groups) groups.push_back(g.c_str());
+
+  AgentConfig cfg;
+  cfg.prefix = opt_.prefix.c_str();
+  cfg.device_id = opt_.device_id.c_str();
+  cfg.hw_model = opt_.hw_model.c_str();
+  cfg.groups = groups.data();
+  cfg.group_count = groups.size();
+  cfg.window_chunks = opt_.window_chunks;
+  cfg.request_timeout_ms = opt_.request_timeout_ms;
+  cfg.checkpoint_chunks = opt_.checkpoint_chunks;
+  if (opt_.fail_self_test) cfg.self_test = &fail_self_test_hook;
+
+  MqttSettings mqtt = opt_.mqtt;
+  mqtt.client_id = opt_.device_id;
+  char topic[proto::kMaxTopicLen];
+  char will[64];
+  std::size_t will_len = 0;
+  if (proto::make_topic(cfg.prefix, proto::TopicKind::presence, cfg.device_id, topic,
+                        sizeof topic) == 0 ||
+      proto::encode_offline(will, sizeof will, will_len)) {
+    error = "cannot build presence topic for " + opt_.device_id;
+    return false;
+  }
+  mqtt.will_topic = topic;
+  mqtt.will_payload.assign(will, will_len);
+
+  FileFlashConfig flash_cfg;
+  flash_cfg.dir = opt_.data_dir + "/flash";
+  flash_cfg.slot_capacity = opt_.slot_capacity;
+  flash_cfg.initial_version = opt_.initial_version;
+  flash_cfg.durable = opt_.durable;
+  SystemClock clock;
+
+  while (!stop) {
+    // Power-on: nothing from the previous run survives but the files.
+    FileFlash flash(flash_cfg);
+    if (flash.power_on() != PortStatus::ok) {
+      error = "flash at " + flash_cfg.dir + " cannot be initialised";
+      return false;
+    }
+    if (opt_.corrupt_write_offset >= 0 && !corrupted_) {
+      flash.corrupt_write_at(static_cast<std::uint32_t>(opt_.corrupt_write_offset));
+    }
+    FileStorage storage(opt_.data_dir + "/agent.state", opt_.durable);
+    auto transport = std::make_unique<MosquittoTransport>(mqtt);
+    auto agent = std::make_unique<Agent>(cfg, flash, *transport, clock, storage, crypto);
+    ++boots;
+    ImageState img;
+    flash.read_state(img);
+    set_running_version(img.running_version.c_str());
+    agent->boot();
+    if (agent->reset_requested()) continue;
+    transport->set_handlers([&] { agent->on_connected(); },
+                            [&](const char* t, const std::uint8_t* p, std::size_t n) {
+                              agent->on_message(t, p, n);
+                            });
+    if (!transport->start(error)) return false;
+    std::uint64_t counted_bytes = 0;
+    while (!stop && !agent->reset_requested()) {
+      transport->poll(20);
+      agent->tick();
+      const auto& st = agent->persisted();
+      state = static_cast<int>(st.state);
+      received_chunks = st.received_chunks;
+      total_chunks = st.manifest.chunk_count();
+      connected = transport->connected();
+      if (flash.read_state(img) == PortStatus::ok) set_running_version(img.running_version.c_str());
+      bytes_received += agent->stats().bytes_received - counted_bytes;
+      counted_bytes = agent->stats().bytes_received;
+      if (st.state == proto::DeviceState::downloading) {
+        const std::uint32_t pct = percent_of(*agent);
+        if (opt_.drop_at_percent >= 0 && !dropped_ &&
+            pct >= static_cast<std::uint32_t>(opt_.drop_at_percent)) {
+          dropped_ = true;
+          transport->drop();
+        }
+        if (opt_.crash_at_percent >= 0 && !crashed_ &&
+            pct >= static_cast<std::uint32_t>(opt_.crash_at_percent)) {
+          crashed_ = true;
+          transport->drop();
+          break;  // power lost: RAM state gone, the loop powers on again
+        }
+      }
+    }
+    if (flash.reset_requested() || stop) transport->stop();
+    corrupted_ = corrupted_ || opt_.corrupt_write_offset >= 0;
+  }
+  return true;
+}
+
+}  // namespace ota::agent::linux_port

@@ -1,0 +1,128 @@
+// ota-devsim: a simulated fleet. Every device runs the real agent core with the Linux
+// ports (own TLS identity, own MQTT connection, own flash files) on its own thread.
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <csignal>
+#include <cstdio>
+#include <memory>
+#include <set>
+#include <sstream>
+#include <thread>
+
+#include <CLI/CLI.hpp>
+
+#include "ota/agent/linux/device_runner.hpp"
+#include "ota/proto/messages.hpp"
+
+namespace {
+std::atomic<bool> g_stop{false};
+void on_signal(int) { g_stop = true; }
+
+std::set<std::string> split_ids(const std::string& list) {
+  std::set<std::string> out;
+  std::stringstream in(list);
+  std::string id;
+  while (std::getline(in, id, ',')) {
+    if (!id.empty()) out.insert(id);
+  }
+  return out;
+}
+}  // namespace
+
+int main(int argc, char** argv) {
+  using namespace ota::agent::linux_port;
+  CLI::App app{"ota-devsim: N simulated OTA devices, each with its own TLS identity"};
+  int count = 20;
+  std::string id_prefix = "sim";
+  std::string pki, data;
+  DeviceOptions base;
+  std::string fail_self_test, drop_ids, crash_ids, corrupt_ids;
+  int drop_at = 50, crash_at = 50;
+  std::int64_t corrupt_offset = 0;
+  int status_ms = 0;
+  app.add_option("--count", count, "number of devices")->capture_default_str()->check(CLI::Range(1, 10000));
+  app.add_option("--id-prefix", id_prefix, "device ids are PREFIX-001...")->capture_default_str();
+  app.add_option("--pki", pki, "PKI directory (ca.crt, devices/ID.crt|key, release.pub)")
+      ->required()->check(CLI::ExistingDirectory);
+  app.add_option("--data", data, "state directory; each device gets DATA/ID/")->required();
+  app.add_option("--host", base.mqtt.host, "broker host")->capture_default_str();
+  app.add_option("--port", base.mqtt.port, "broker TLS port")->required()->check(CLI::Range(1, 65535));
+  app.add_option("--hw", base.hw_model, "hardware model")->capture_default_str();
+  app.add_option("--group", base.groups, "group of every device (repeatable)");
+  app.add_option("--prefix", base.prefix, "topic prefix")->capture_default_str();
+  app.add_option("--initial-version", base.initial_version, "factory version")->capture_default_str();
+  app.add_option("--window", base.window_chunks, "chunks requested ahead")->capture_default_str()
+      ->check(CLI::Range(1, 256));
+  app.add_option("--request-timeout-ms", base.request_timeout_ms, "re-request after this long")
+      ->capture_default_str();
+  app.add_flag("!--no-fsync", base.durable, "skip fsync (faster; a crash of the machine may lose data)");
+  app.add_option("--fail-self-test", fail_self_test, "comma-separated ids whose new image fails its self-test");
+  app.add_option("--drop-ids", drop_ids, "ids whose network link is cut once during download");
+  app.add_option("--drop-at", drop_at, "download %% at which --drop-ids lose the link")->capture_default_str();
+  app.add_option("--crash-ids", crash_ids, "ids that lose power once during download");
+  app.add_option("--crash-at", crash_at, "download %% at which --crash-ids lose power")->capture_default_str();
+  app.add_option("--corrupt-ids", corrupt_ids, "ids that corrupt one flash write");
+  app.add_option("--corrupt-offset", corrupt_offset, "image offset of the corrupted byte")->capture_default_str();
+  app.add_option("--status-ms", status_ms, "print a status line every N ms (0: never)");
+  CLI11_PARSE(app, argc, argv);
+
+  const auto fail_set = split_ids(fail_self_test), drop_set = split_ids(drop_ids),
+             crash_set = split_ids(crash_ids), corrupt_set = split_ids(corrupt_ids);
+  base.mqtt.ca_file = pki + "/ca.crt";
+  base.trusted_keys.push_back(pki + "/release.pub");
+  std::vector<std::unique_ptr<DeviceRunner>> devices;
+  for (int i = 1; i <= count; ++i) {
+    char id[80];
+    std::snprintf(id, sizeof id, "%s-%03d", id_prefix.c_str(), i);
+    DeviceOptions o = base;
+    o.device_id = id;
+    o.data_dir = data + "/" + id;
+    o.mqtt.cert_file = pki + "/devices/" + id + ".crt";
+    o.mqtt.key_file = pki + "/devices/" + id + ".key";
+    if (::access(o.mqtt.cert_file.c_str(), R_OK) != 0) {
+      std::fprintf(stderr, "ota-devsim: no certificate for %s at %s (create it with broker-config/pki.sh device)\n",
+                   id, o.mqtt.cert_file.c_str());
+      return 2;
+    }
+    o.fail_self_test = fail_set.count(id) > 0;
+    if (drop_set.count(id)) o.drop_at_percent = drop_at;
+    if (crash_set.count(id)) o.crash_at_percent = crash_at;
+    if (corrupt_set.count(id)) o.corrupt_write_offset = corrupt_offset;
+    devices.push_back(std::make_unique<DeviceRunner>(o));
+  }
+  ::mkdir(data.c_str(), 0700);
+
+  std::signal(SIGINT, on_signal);
+  std::signal(SIGTERM, on_signal);
+  std::atomic<int> failed{0};
+  std::vector<std::thread> threads;
+  for (auto& d : devices) {
+    threads.emplace_back([&failed, dev = d.get()] {
+      std::string error;
+      if (!dev->run(g_stop, error)) {
+        std::fprintf(stderr, "ota-devsim: %s: %s\n", dev->options().device_id.c_str(), error.c_str());
+        ++failed;
+      }
+    });
+  }
+  std::printf("ota-devsim running %d devices\n", count);
+  std::fflush(stdout);
+  auto next_status = std::chrono::steady_clock::now();
+  while (!g_stop && failed == 0) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));  // display pacing, not sync
+    if (status_ms > 0 && std::chrono::steady_clock::now() >= next_status) {
+      next_status += std::chrono::milliseconds(status_ms);
+      int online = 0, busy = 0;
+      for (auto& d : devices) {
+        online += d->connected ? 1 : 0;
+        busy += d->state != 0 ? 1 : 0;
+      }
+      std::fprintf(stderr, "ota-devsim: %d/%zu online, %d updating\n", online, devices.size(), busy);
+    }
+  }
+  g_stop = true;
+  for (auto& t : threads) t.join();
+  return failed == 0 ? 0 : 1;
+}
