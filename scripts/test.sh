@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh Debian 12 machine (run as root the first time:
+# it installs the packages it needs).
+#  1. warnings-as-errors build (includes the -fno-exceptions -fno-rtti firmware build of
+#     the agent core), unit + integration tests on a real mosquitto;
+#  2. the same tests built with AddressSanitizer + UndefinedBehaviorSanitizer.
+# Set OTA_SKIP_SANITIZE=1 to run only the first pass.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+"$root/scripts/install-deps.sh"
+
+echo "== build (-Werror) =="
+"$root/scripts/build.sh" "$root/build-ci" -DOTA_WERROR=ON
+echo "== tests =="
+(cd "$root/build-ci" && ctest --output-on-failure --timeout 600 -j2)
+
+if [[ "${OTA_SKIP_SANITIZE:-0}" != 1 ]]; then
+  echo "== build (ASan + UBSan) =="
+  "$root/scripts/build.sh" "$root/build-asan" -DOTA_WERROR=ON -DOTA_SANITIZE=ON -DOTA_BUILD_BENCH=OFF
+  echo "== tests under ASan + UBSan =="
+  (cd "$root/build-asan" && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
+     ctest --output-on-failure --timeout 900 -j2)
+fi
