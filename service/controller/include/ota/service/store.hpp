@@ -1,0 +1,183 @@
+// SQLite persistence of the controller: images, devices, deployments, per-device deployment
+// rows and an append-only event log. WAL, busy_timeout, foreign keys, a schema version table,
+// prepared statements (cached), writes in transactions. Not thread-safe: the owner serialises.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "ota/service/result.hpp"
+
+struct sqlite3;
+struct sqlite3_stmt;
+
+namespace ota::service {
+
+constexpr int kSchemaVersion = 1;
+
+struct ImageRec {
+  std::string id;  // first 16 hex chars of sha256
+  std::string sha256;
+  std::string version;
+  std::vector<std::string> hw;
+  std::uint64_t size = 0;
+  std::uint32_t chunk_size = 4096;
+  std::uint32_t counter = 0;
+  std::string kind = "firmware";
+  long long created_at = 0;
+};
+
+struct DeviceRec {
+  std::string id;
+  std::string hw;
+  std::string version;
+  std::optional<std::string> previous_version;
+  std::string slot;
+  std::string slot_state;
+  std::uint64_t free = 0;
+  std::uint32_t counter = 0;
+  std::vector<std::string> groups;
+  bool online = false;
+  long long last_seen = 0;
+  std::string last_error;
+  long long last_seq = -1;  // -1: no event seen yet
+};
+
+struct DeploymentRec {
+  std::string id;
+  std::string image_id;
+  std::string target_kind;  // "device" | "group"
+  std::string target;
+  std::string state;  // "active" | "completed" | "cancelled"
+  std::string offer;  // exact signed offer JSON
+  long long created_at = 0;
+  long long finished_at = 0;
+};
+
+struct RowRec {
+  std::string deployment_id;
+  std::string device_id;
+  std::string state;
+  std::string reason;
+  std::uint64_t received = 0;
+  std::uint64_t total = 0;
+  std::uint64_t bytes_sent = 0;
+  long long updated_at = 0;
+};
+
+struct EventRec {
+  long long id = 0;
+  long long ts = 0;  // unix milliseconds
+  std::string deployment;
+  std::string device;
+  std::string what;
+  std::string detail;
+};
+
+struct DeviceFilter {
+  std::string group;
+  std::string version;
+  std::optional<bool> online;
+};
+
+struct EventFilter {
+  std::string deployment;
+  std::string device;
+  int limit = 100;
+};
+
+// Row states.
+bool is_row_state(const std::string& s);
+bool is_final_row_state(const std::string& s);
+
+class Store {
+ public:
+  Store() = default;
+  ~Store();
+  Store(const Store&) = delete;
+  Store& operator=(const Store&) = delete;
+
+  Status open(const std::string& path);
+  int schema_version() const { return schema_version_; }
+
+  // Transactions (BEGIN IMMEDIATE / COMMIT / ROLLBACK).
+  Status begin();
+  Status commit();
+  void rollback();
+
+  // Images.
+  Status insert_image(const ImageRec& img);
+  Result<std::optional<ImageRec>> image_by_id(const std::string& id);
+  Result<std::optional<ImageRec>> image_by_sha(const std::string& sha);
+  Result<std::optional<ImageRec>> image_by_version(const std::string& version);
+  Result<std::vector<ImageRec>> list_images();
+
+  // Devices.
+  Status upsert_device(const DeviceRec& d);  // everything but last_seq / last_error
+  Status set_device_online(const std::string& id, bool online, long long ts);
+  Status set_device_last_seq(const std::string& id, long long seq);
+  Status set_device_version(const std::string& id, const std::string& version);
+  Status set_device_last_error(const std::string& id, const std::string& err);
+  Status ensure_device(const std::string& id, long long ts);  // stub row if unknown
+  Result<std::optional<DeviceRec>> device(const std::string& id);
+  Result<std::vector<DeviceRec>> list_devices(const DeviceFilter& f);
+
+  // Deployments.
+  Result<std::string> next_deployment_id();
+  Status insert_deployment(const DeploymentRec& d);
+  Status set_deployment_state(const std::string& id, const std::string& state, long long ts);
+  Result<std::optional<DeploymentRec>> deployment(const std::string& id);
+  Result<std::vector<DeploymentRec>> list_deployments(const std::string& state_filter = "");
+
+  // Per-device rows.
+  Status upsert_row(const RowRec& r);
+  Result<std::vector<RowRec>> rows(const std::string& deployment_id);
+  Result<std::vector<RowRec>> rows_for_device(const std::string& device_id, int limit);
+
+  // Events.
+  Status add_event(const std::string& deployment, const std::string& device,
+                   const std::string& what, const std::string& detail);
+  Result<std::vector<EventRec>> events(const EventFilter& f);
+
+  // Summary helpers.
+  Result<std::map<std::string, long long>> count_by(const std::string& sql);
+
+ private:
+  Result<sqlite3_stmt*> prepare(const std::string& sql);
+  Status exec(const std::string& sql);
+  Status migrate();
+  std::string errmsg() const;
+
+  sqlite3* db_ = nullptr;
+  std::map<std::string, sqlite3_stmt*> cache_;
+  int schema_version_ = 0;
+};
+
+// RAII transaction: rolls back unless commit() succeeded.
+class Tx {
+ public:
+  explicit Tx(Store& s) : s_(s) { st_ = s_.begin(); }
+  ~Tx() {
+    if (st_.ok() && !done_) s_.rollback();
+  }
+  Tx(const Tx&) = delete;
+  Tx& operator=(const Tx&) = delete;
+  const Status& status() const { return st_; }
+  Status commit() {
+    if (!st_.ok()) return st_;
+    done_ = true;
+    Status c = s_.commit();
+    if (!c.ok()) s_.rollback();
+    return c;
+  }
+
+ private:
+  Store& s_;
+  Status st_;
+  bool done_ = false;
+};
+
+}  // namespace ota::service

@@ -1,0 +1,128 @@
+// ota-controller: the fleet controller daemon. See service/API.md.
+#include <signal.h>
+
+#include <CLI/CLI.hpp>
+#include <cstdio>
+#include <ctime>
+#include <memory>
+#include <string>
+
+#include "ota/service/controller.hpp"
+#include "ota/service/http_api.hpp"
+#include "ota/service/log.hpp"
+#include "ota/service/mqtt.hpp"
+
+using namespace ota::service;
+
+int main(int argc, char** argv) {
+  CLI::App app{"ota-controller: OTA fleet controller (MQTT + HTTP API)"};
+  MqttConfig mc;
+  ControllerConfig cc;
+  std::string signing_key, http = "127.0.0.1:8080";
+  bool allow_remote = false, verbose = false;
+  mc.port = 8883;
+  app.add_option("--broker-host", mc.host, "MQTT broker host")->capture_default_str();
+  app.add_option("--broker-port", mc.port, "MQTT broker port")->capture_default_str()->check(CLI::Range(1, 65535));
+  app.add_option("--ca", mc.ca, "CA certificate (PEM) of the broker; enables TLS");
+  app.add_option("--cert", mc.cert, "controller client certificate (PEM, CN=ota-controller)");
+  app.add_option("--key", mc.key, "controller client key (PEM)");
+  app.add_option("--db", cc.db_path, "SQLite database path")->required();
+  app.add_option("--store", cc.store_dir, "directory for image files")->required();
+  app.add_option("--signing-key", signing_key, "release signing key (EC P-256 private key, PEM)")->required();
+  app.add_option("--http", http, "HTTP API listen address HOST:PORT (PORT 0 = any free port)")->capture_default_str();
+  app.add_flag("--http-allow-remote", allow_remote, "allow a non-loopback --http address");
+  app.add_option("--prefix", cc.prefix, "MQTT topic prefix")->capture_default_str();
+  app.add_option("--offer-ttl", cc.offer_ttl, "offer validity in seconds")->capture_default_str()->check(CLI::Range(60LL, 10LL * 365 * 86400));
+  app.add_option("--client-id", mc.client_id, "MQTT client id (fixed: persistent session)")->capture_default_str();
+  app.add_flag("-v,--verbose", verbose, "debug logging");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    int rc = app.exit(e);
+    return rc == 0 ? 0 : 2;
+  }
+  if (verbose) set_log_level(LogLevel::debug);
+  mc.prefix = cc.prefix;
+  if (cc.prefix.empty() || cc.prefix.find_first_of("+#") != std::string::npos || cc.prefix.back() == '/') {
+    std::fprintf(stderr, "ota-controller: --prefix '%s' is not a valid topic prefix\n", cc.prefix.c_str());
+    return 2;
+  }
+  if ((mc.cert.empty()) != (mc.key.empty())) {
+    std::fprintf(stderr, "ota-controller: --cert and --key must be given together\n");
+    return 2;
+  }
+  auto hp = parse_host_port(http);
+  if (!hp) {
+    std::fprintf(stderr, "ota-controller: --http: %s\n", hp.error().c_str());
+    return 2;
+  }
+  if (!allow_remote && !is_loopback_host(hp->host)) {
+    std::fprintf(stderr,
+                 "ota-controller: --http %s is not a loopback address; the API has no "
+                 "authentication, pass --http-allow-remote to expose it anyway\n",
+                 http.c_str());
+    return 2;
+  }
+
+  // Block the stop signals in every thread; the main thread waits for them.
+  sigset_t sigs;
+  sigemptyset(&sigs);
+  sigaddset(&sigs, SIGTERM);
+  sigaddset(&sigs, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+
+  auto signer = Signer::load(signing_key);
+  if (!signer) {
+    log_error("startup: " + signer.error());
+    return 1;
+  }
+  MqttClient mqtt(mc);
+  auto ctl = Controller::create(cc, std::move(*signer), &mqtt);
+  if (!ctl) {
+    log_error("startup: " + ctl.error());
+    return 1;
+  }
+  Controller& c = **ctl;
+  mqtt.set_controller(&c);
+  HttpApi api(c, [&mqtt] { return mqtt.subscribed(); });
+  auto port = api.start(hp->host, hp->port);
+  if (!port) {
+    log_error("startup: " + port.error());
+    return 1;
+  }
+  std::string http_addr = (hp->host.find(':') != std::string::npos ? "[" + hp->host + "]" : hp->host) +
+                          ":" + std::to_string(*port);
+  log_info("http API listening on " + http_addr + "; release key id " + c.key_id());
+  Status ms = mqtt.start();
+  if (!ms) {
+    log_error("startup: " + ms.error());
+    api.stop();
+    return 1;
+  }
+
+  bool ready_printed = false;
+  long long last_tick = now_ms();
+  int sig = 0;
+  for (;;) {
+    timespec ts{0, 100 * 1000 * 1000};
+    sig = sigtimedwait(&sigs, nullptr, &ts);
+    if (sig == SIGTERM || sig == SIGINT) break;
+    if (!ready_printed && mqtt.subscribed()) {
+      std::printf("ota-controller ready http=%s broker=%s\n", http_addr.c_str(), mqtt.describe().c_str());
+      std::fflush(stdout);
+      ready_printed = true;
+    }
+    if (now_ms() - last_tick >= 1000) {
+      c.tick();
+      last_tick = now_ms();
+    }
+  }
+  log_info(std::string("received ") + (sig == SIGTERM ? "SIGTERM" : "SIGINT") + ", shutting down");
+  api.stop();
+  mqtt.stop();
+  mqtt.set_controller(nullptr);
+  ctl->reset();  // flushes counters, closes the database
+  log_info("stopped");
+  return 0;
+}

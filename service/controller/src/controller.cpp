@@ -1,0 +1,1000 @@
+#include "ota/service/controller.hpp"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+#include "ota/proto/frame.hpp"
+#include "ota/proto/messages.hpp"
+#include "ota/proto/topics.hpp"
+#include "ota/service/log.hpp"
+
+namespace ota::service {
+
+using nlohmann::json;
+
+struct ImageFile {
+  int fd = -1;
+  std::uint64_t size = 0;
+  std::uint32_t chunk_size = 0;
+  std::uint8_t id[8] = {};
+  std::string path;
+  ~ImageFile() {
+    if (fd >= 0) ::close(fd);
+  }
+};
+
+namespace {
+
+std::string str(const char* p, std::size_t n) { return std::string(p, n); }
+
+bool is_early_state(const std::string& s) {
+  return s == "offered" || s == "accepted" || s == "downloading";
+}
+bool is_late_state(const std::string& s) {
+  return s == "installing" || s == "rebooting" || s == "confirming";
+}
+
+std::string reason_text(proto::ReasonCode code, const proto::Reason& detail) {
+  std::string r = proto::reason_name(code);
+  if (!detail.empty()) r += ": " + std::string(detail.c_str());
+  return r;
+}
+
+bool contains(const std::vector<std::string>& v, const std::string& s) {
+  return std::find(v.begin(), v.end(), s) != v.end();
+}
+
+std::string join(const std::vector<std::string>& v, const char* sep) {
+  std::string out;
+  for (std::size_t i = 0; i < v.size(); ++i) {
+    if (i) out += sep;
+    out += v[i];
+  }
+  return out;
+}
+
+}  // namespace
+
+Controller::Controller(ControllerConfig cfg, Signer signer, Publisher* pub)
+    : cfg_(std::move(cfg)), signer_(std::move(signer)), pub_(pub) {}
+
+Controller::~Controller() {
+  std::lock_guard<std::mutex> lock(mu_);
+  flush_dirty(true);
+}
+
+Result<std::unique_ptr<Controller>> Controller::create(const ControllerConfig& cfg, Signer signer,
+                                                       Publisher* pub) {
+  Status d = ensure_dir(cfg.store_dir);
+  if (!d) return d.context("image store " + cfg.store_dir);
+  std::unique_ptr<Controller> c(new Controller(cfg, std::move(signer), pub));
+  Status s = c->store_.open(cfg.db_path);
+  if (!s) return s.context("database");
+  std::lock_guard<std::mutex> lock(c->mu_);
+  Status l = c->load();
+  if (!l) return l.context("load state");
+  return c;
+}
+
+Status Controller::load() {
+  auto devs = store_.list_devices({});
+  if (!devs) return devs.context("devices");
+  for (const auto& d : *devs) {
+    dev_groups_[d.id] = d.groups;
+    dev_seq_[d.id] = d.last_seq;
+    dev_version_[d.id] = d.version;
+  }
+  auto deps = store_.list_deployments("active");
+  if (!deps) return deps.context("deployments");
+  for (const auto& d : *deps) {
+    auto img = store_.image_by_id(d.image_id);
+    if (!img) return img.context("deployment " + d.id);
+    if (!*img) return internal_err("deployment " + d.id + ": image " + d.image_id + " missing");
+    auto f = open_image(**img);
+    if (!f) return f.context("deployment " + d.id);
+    DepMem m;
+    m.rec = d;
+    m.image = **img;
+    m.file = *f;
+    auto rows = store_.rows(d.id);
+    if (!rows) return rows.context("deployment " + d.id);
+    for (const auto& r : *rows) {
+      RowMem rm;
+      rm.rec = r;
+      rm.last_flush_ms = now_ms();
+      m.rows[r.device_id] = rm;
+    }
+    active_[d.id] = std::move(m);
+  }
+  log_info("loaded " + std::to_string(devs->size()) + " devices, " +
+           std::to_string(active_.size()) + " active deployments");
+  return {};
+}
+
+Result<std::shared_ptr<ImageFile>> Controller::open_image(const ImageRec& img) {
+  auto it = files_.find(img.id);
+  if (it != files_.end()) return it->second;
+  auto f = std::make_shared<ImageFile>();
+  f->path = image_path(cfg_.store_dir, img.sha256);
+  f->fd = ::open(f->path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (f->fd < 0) return internal_err("open image " + f->path + ": " + std::strerror(errno));
+  f->size = img.size;
+  f->chunk_size = img.chunk_size;
+  if (!proto::image_id_to_bytes(img.id.c_str(), f->id))
+    return internal_err("bad image id " + img.id);
+  files_[img.id] = f;
+  return f;
+}
+
+std::string Controller::topic_for(int kind, const std::string& id) const {
+  char buf[proto::kMaxTopicLen + 1];
+  std::size_t n = proto::make_topic(cfg_.prefix.c_str(), static_cast<proto::TopicKind>(kind),
+                                    id.c_str(), buf, sizeof buf);
+  return std::string(buf, n);
+}
+
+void Controller::event(const std::string& dep, const std::string& dev, const std::string& what,
+                       const std::string& detail) {
+  Status s = store_.add_event(dep, dev, what, detail);
+  if (!s) log_error("event log: " + s.error());
+}
+
+bool Controller::in_group(const std::string& dev, const std::string& group) const {
+  auto it = dev_groups_.find(dev);
+  return it != dev_groups_.end() && contains(it->second, group);
+}
+
+// ------------------------------------------------------------------------------ images
+
+Result<AddImageResult> Controller::add_image(const std::string& bytes, const ImageParams& p) {
+  Status v = validate_image_params(p);
+  if (!v) return v.context("image add");
+  if (bytes.empty()) return invalid_err("image add: image is empty");
+  if (bytes.size() > 0xFFFFFFFFull) return invalid_err("image add: image larger than 4 GiB");
+  const std::string sha = sha256_hex(bytes.data(), bytes.size());
+  const std::string id = sha.substr(0, proto::kImageIdLen);
+
+  auto check = [&]() -> Result<std::optional<ImageRec>> {
+    auto by_sha = store_.image_by_sha(sha);
+    if (!by_sha) return by_sha.context("image add: store");
+    if (*by_sha) {
+      if ((*by_sha)->version == p.version) return *by_sha;
+      return conflict_err("image add: these bytes are already image " + (*by_sha)->id +
+                          " with version " + (*by_sha)->version);
+    }
+    auto by_ver = store_.image_by_version(p.version);
+    if (!by_ver) return by_ver.context("image add: store");
+    if (*by_ver)
+      return conflict_err("image add: version " + p.version + " already exists as image " +
+                          (*by_ver)->id + " with different content (sha256 " +
+                          (*by_ver)->sha256 + ")");
+    return std::optional<ImageRec>();
+  };
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto c = check();
+    if (!c) return c.err();
+    if (*c) return AddImageResult{**c, false};
+  }
+  auto path = write_image_file(cfg_.store_dir, sha, bytes.data(), bytes.size());
+  if (!path) return path.context("image add: store");
+
+  std::lock_guard<std::mutex> lock(mu_);
+  auto c = check();  // re-check: another request may have raced us
+  if (!c) return c.err();
+  if (*c) return AddImageResult{**c, false};
+  ImageRec rec;
+  rec.id = id;
+  rec.sha256 = sha;
+  rec.version = p.version;
+  rec.hw = p.hw;
+  rec.size = bytes.size();
+  rec.chunk_size = p.chunk_size;
+  rec.counter = p.counter;
+  rec.created_at = now_s();
+  Tx tx(store_);
+  if (!tx.status()) return tx.status().context("image add: db");
+  Status s = store_.insert_image(rec);
+  if (!s) return s.context("image add: db");
+  event("", "", "image_added",
+        rec.id + " version " + rec.version + " hw " + join(rec.hw, ",") + " size " +
+            std::to_string(rec.size));
+  s = tx.commit();
+  if (!s) return s.context("image add: db");
+  log_info("image added " + rec.id + " version " + rec.version + " (" +
+           std::to_string(rec.size) + " bytes)");
+  return AddImageResult{rec, true};
+}
+
+Result<ImageRec> Controller::resolve_image(const std::string& ref) {
+  if (ref.empty()) return invalid_err("image is required (id or version)");
+  auto byid = store_.image_by_id(ref);
+  if (!byid) return byid.err();
+  if (*byid) return **byid;
+  auto byver = store_.image_by_version(ref);
+  if (!byver) return byver.err();
+  if (*byver) return **byver;
+  return not_found_err("unknown image " + ref);
+}
+
+// ------------------------------------------------------------------------- deployments
+
+Result<DeploymentRec> Controller::deploy(const std::string& image_ref, const std::string& kind,
+                                         const std::string& target) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto img = resolve_image(image_ref);
+  if (!img) return img.context("deploy");
+  if (kind != "device" && kind != "group")
+    return invalid_err("deploy: target must be a device or a group");
+  if (!proto::valid_id(target.data(), target.size()))
+    return invalid_err("deploy: " + kind + " '" + target +
+                       "' is not a valid id (1-64 chars of A-Z a-z 0-9 . _ -)");
+  std::vector<std::string> members;
+  if (kind == "device") {
+    auto dev = store_.device(target);
+    if (!dev) return dev.context("deploy");
+    if (!*dev) return not_found_err("deploy: unknown device " + target);
+    if (!contains(img->hw, (*dev)->hw))
+      return invalid_err("deploy: image " + img->id + " (" + img->version + ") is for hw " +
+                         join(img->hw, ",") + " but device " + target + " is hw '" +
+                         (*dev)->hw + "'");
+    for (const auto& kv : active_) {
+      auto r = kv.second.rows.find(target);
+      if (r != kv.second.rows.end() && !is_final_row_state(r->second.rec.state))
+        return conflict_err("deploy: device " + target + " is already in active deployment " +
+                            kv.first + " (state " + r->second.rec.state +
+                            "); cancel it first");
+    }
+    members.push_back(target);
+  } else {
+    for (const auto& kv : dev_groups_)
+      if (contains(kv.second, target)) members.push_back(kv.first);
+  }
+  auto depid = store_.next_deployment_id();
+  if (!depid) return depid.context("deploy: db");
+
+  auto file = open_image(*img);
+  if (!file) return file.context("deploy");
+
+  proto::Offer offer;
+  offer.deployment.assign(depid->c_str());
+  proto::Manifest& m = offer.manifest;
+  m.image.assign(img->id.c_str());
+  m.version.assign(img->version.c_str());
+  for (const auto& h : img->hw) {
+    if (m.hw_count >= proto::kMaxHwModels) break;
+    m.hw[m.hw_count++].assign(h.c_str());
+  }
+  m.size = img->size;
+  m.sha256.assign(img->sha256.c_str());
+  m.chunk_size = img->chunk_size;
+  m.counter = img->counter;
+  m.expires = static_cast<std::uint64_t>(now_s() + cfg_.offer_ttl);
+  m.kind = proto::ImageKind::firmware;
+  Status sg = signer_.sign_manifest(m);
+  if (!sg) return sg.context("deploy");
+  std::vector<char> buf(16384);
+  std::size_t len = 0;
+  proto::Error e = proto::encode_offer(offer, buf.data(), buf.size(), len);
+  if (e) return internal_err(std::string("deploy: encode offer: ") + proto::errc_name(e.code) +
+                             " " + e.field);
+
+  DepMem dm;
+  dm.rec.id = *depid;
+  dm.rec.image_id = img->id;
+  dm.rec.target_kind = kind;
+  dm.rec.target = target;
+  dm.rec.state = "active";
+  dm.rec.offer.assign(buf.data(), len);
+  dm.rec.created_at = now_s();
+  dm.image = *img;
+  dm.file = *file;
+  const long long ts = now_ms();
+  Tx tx(store_);
+  if (!tx.status()) return tx.status().context("deploy: db");
+  Status s = store_.insert_deployment(dm.rec);
+  if (!s) return s.context("deploy: db");
+  for (const auto& dev : members) {
+    RowMem rm;
+    rm.rec.deployment_id = dm.rec.id;
+    rm.rec.device_id = dev;
+    rm.rec.state = "offered";
+    rm.rec.total = img->size;
+    rm.rec.updated_at = ts;
+    rm.last_flush_ms = ts;
+    s = store_.upsert_row(rm.rec);
+    if (!s) return s.context("deploy: db");
+    dm.rows[dev] = rm;
+  }
+  event(dm.rec.id, kind == "device" ? target : "", "deployment_created",
+        "image " + img->id + " version " + img->version + " to " + kind + " " + target + " (" +
+            std::to_string(members.size()) + " known devices)");
+  s = tx.commit();
+  if (!s) return s.context("deploy: db");
+
+  auto& d = active_[dm.rec.id] = std::move(dm);
+  if (kind == "device") {
+    publish_offer_to_device(d, target);
+  } else {
+    publish_group_offer(d, false);
+  }
+  log_info("deployment " + d.rec.id + ": image " + img->id + " (" + img->version + ") to " +
+           kind + " " + target);
+  return d.rec;
+}
+
+bool Controller::publish_offer_to_device(const DepMem& d, const std::string& dev) {
+  std::string t = topic_for(static_cast<int>(proto::TopicKind::offer), dev);
+  bool ok = !t.empty() && pub_ && pub_->publish(t, d.rec.offer.data(), d.rec.offer.size(), 1, false);
+  if (!ok) log_warn("deployment " + d.rec.id + ": publish offer to " + dev + " failed");
+  return ok;
+}
+
+void Controller::publish_group_offer(const DepMem& d, bool clear) {
+  std::string t = topic_for(static_cast<int>(proto::TopicKind::group_offer), d.rec.target);
+  if (t.empty() || !pub_) return;
+  bool ok = clear ? pub_->publish(t, "", 0, 1, true)
+                  : pub_->publish(t, d.rec.offer.data(), d.rec.offer.size(), 1, true);
+  if (!ok)
+    log_warn("deployment " + d.rec.id + ": publish " + (clear ? "clear of " : "") +
+             "group offer to " + t + " failed");
+}
+
+Result<DeploymentRec> Controller::cancel(const std::string& deployment_id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = active_.find(deployment_id);
+  if (it == active_.end()) {
+    auto d = store_.deployment(deployment_id);
+    if (!d) return d.context("cancel: db");
+    if (!*d) return not_found_err("cancel: unknown deployment " + deployment_id);
+    return conflict_err("cancel: deployment " + deployment_id + " is already " + (*d)->state);
+  }
+  DepMem& d = it->second;
+  flush_dirty(true);
+  std::vector<std::string> notify;
+  const long long ts = now_ms();
+  Tx tx(store_);
+  if (!tx.status()) return tx.status().context("cancel: db");
+  for (auto& kv : d.rows) {
+    if (is_final_row_state(kv.second.rec.state)) continue;
+    notify.push_back(kv.first);
+    kv.second.rec.state = "cancelled";
+    kv.second.rec.reason = "cancelled by operator";
+    kv.second.rec.updated_at = ts;
+    Status s = store_.upsert_row(kv.second.rec);
+    if (!s) return s.context("cancel: db");
+  }
+  if (d.rec.target_kind == "group")
+    for (const auto& kv : dev_groups_)
+      if (contains(kv.second, d.rec.target) && !d.rows.count(kv.first)) notify.push_back(kv.first);
+  Status s = store_.set_deployment_state(d.rec.id, "cancelled", now_s());
+  if (!s) return s.context("cancel: db");
+  event(d.rec.id, "", "deployment_cancelled",
+        "by operator; " + std::to_string(notify.size()) + " devices notified");
+  s = tx.commit();
+  if (!s) return s.context("cancel: db");
+  d.rec.state = "cancelled";
+  d.rec.finished_at = now_s();
+
+  proto::Cancel c;
+  c.deployment.assign(d.rec.id.c_str());
+  c.reason.assign("cancelled by operator");
+  char buf[512];
+  std::size_t len = 0;
+  proto::Error e = proto::encode_cancel(c, buf, sizeof buf, len);
+  if (e) {
+    log_error(std::string("cancel: encode: ") + proto::errc_name(e.code) + " " + e.field);
+  } else {
+    for (const auto& dev : notify) {
+      std::string t = topic_for(static_cast<int>(proto::TopicKind::cancel), dev);
+      if (!pub_ || !pub_->publish(t, buf, len, 1, false))
+        log_warn("cancel " + d.rec.id + ": publish to " + dev + " failed");
+    }
+  }
+  if (d.rec.target_kind == "group") publish_group_offer(d, true);
+  DeploymentRec out = d.rec;
+  active_.erase(it);
+  log_info("deployment " + out.id + " cancelled");
+  return out;
+}
+
+Status Controller::write_row(RowMem& row) {
+  row.rec.updated_at = now_ms();
+  Status s = store_.upsert_row(row.rec);
+  if (s) {
+    row.dirty = false;
+    row.last_flush_ms = row.rec.updated_at;
+  }
+  return s;
+}
+
+Status Controller::set_row_state(DepMem& d, RowMem& row, const std::string& state,
+                                 const std::string& reason) {
+  const std::string old = row.rec.state;
+  row.rec.state = state;
+  row.rec.reason = reason;
+  if (state == "succeeded" && row.rec.total == 0) row.rec.total = d.image.size;
+  if (state == "succeeded") row.rec.received = row.rec.total;
+  Status s = write_row(row);
+  if (!s) return s;
+  if (old != state)
+    event(d.rec.id, row.rec.device_id, "state",
+          old + " -> " + state + (reason.empty() ? "" : " (" + reason + ")"));
+  return {};
+}
+
+void Controller::maybe_complete(const std::string& dep_id) {
+  auto it = active_.find(dep_id);
+  if (it == active_.end()) return;
+  DepMem& d = it->second;
+  if (d.rows.empty()) return;
+  std::map<std::string, int> counts;
+  for (const auto& kv : d.rows) {
+    if (!is_final_row_state(kv.second.rec.state)) return;
+    counts[kv.second.rec.state]++;
+  }
+  if (d.rec.target_kind == "group") {
+    for (const auto& kv : dev_groups_)
+      if (contains(kv.second, d.rec.target) && !d.rows.count(kv.first)) return;
+  }
+  flush_dirty(true);
+  Tx tx(store_);
+  Status s = tx.status();
+  if (s) s = store_.set_deployment_state(d.rec.id, "completed", now_s());
+  std::string summary;
+  for (const auto& c : counts)
+    summary += (summary.empty() ? "" : " ") + c.first + "=" + std::to_string(c.second);
+  if (s) event(d.rec.id, "", "deployment_completed", summary);
+  if (s) s = tx.commit();
+  if (!s) {
+    log_error("deployment " + d.rec.id + ": complete: " + s.error());
+    return;
+  }
+  if (d.rec.target_kind == "group") publish_group_offer(d, true);
+  log_info("deployment " + d.rec.id + " completed: " + summary);
+  active_.erase(it);
+}
+
+void Controller::flush_dirty(bool force) {
+  const long long now = now_ms();
+  bool any = false;
+  for (auto& dkv : active_)
+    for (auto& rkv : dkv.second.rows)
+      if (rkv.second.dirty && (force || now - rkv.second.last_flush_ms >= cfg_.flush_interval_ms))
+        any = true;
+  if (!any) return;
+  Tx tx(store_);
+  if (!tx.status()) {
+    log_error("flush: " + tx.status().error());
+    return;
+  }
+  for (auto& dkv : active_)
+    for (auto& rkv : dkv.second.rows)
+      if (rkv.second.dirty && (force || now - rkv.second.last_flush_ms >= cfg_.flush_interval_ms)) {
+        Status s = write_row(rkv.second);
+        if (!s) log_error("flush row " + dkv.first + "/" + rkv.first + ": " + s.error());
+      }
+  Status c = tx.commit();
+  if (!c) log_error("flush: " + c.error());
+}
+
+void Controller::tick() {
+  std::lock_guard<std::mutex> lock(mu_);
+  flush_dirty(false);
+}
+
+void Controller::on_connected() {
+  std::lock_guard<std::mutex> lock(mu_);
+  for (const auto& kv : active_)
+    if (kv.second.rec.target_kind == "group") publish_group_offer(kv.second, false);
+}
+
+// ---------------------------------------------------------------------- device messages
+
+void Controller::decode_error(const std::string& dev, const char* topic, const char* what,
+                              int code, const char* field) {
+  decode_errors_++;
+  log_warn("device " + dev + ": bad " + what + " on " + topic + ": " +
+           proto::errc_name(static_cast<proto::Errc>(code)) +
+           (field && *field ? std::string(" (field ") + field + ")" : std::string()));
+}
+
+void Controller::on_message(const char* topic, const void* payload, std::size_t len) {
+  const char* idp = nullptr;
+  std::size_t idlen = 0;
+  proto::TopicKind k = proto::parse_topic(cfg_.prefix.c_str(), topic, &idp, &idlen);
+  if (k != proto::TopicKind::presence && k != proto::TopicKind::event &&
+      k != proto::TopicKind::chunk_request)
+    return;
+  if (!idp || !proto::valid_id(idp, idlen)) {
+    decode_errors_++;
+    log_warn(std::string("ignoring message on topic with invalid device id: ") + topic);
+    return;
+  }
+  const std::string dev = str(idp, idlen);
+  const char* p = static_cast<const char*>(payload);
+  switch (k) {
+    case proto::TopicKind::presence: handle_presence(dev, p, len, topic); break;
+    case proto::TopicKind::event: handle_event(dev, p, len, topic); break;
+    case proto::TopicKind::chunk_request: handle_chunk_request(dev, p, len, topic); break;
+    default: break;
+  }
+}
+
+void Controller::handle_presence(const std::string& dev, const char* p, std::size_t len,
+                                 const char* topic) {
+  if (len == 0) return;  // a cleared retained message
+  proto::PresenceType pt{};
+  proto::Error e = proto::decode_presence_type(p, len, pt);
+  if (e) return decode_error(dev, topic, "presence", static_cast<int>(e.code), e.field);
+  std::lock_guard<std::mutex> lock(mu_);
+  if (pt == proto::PresenceType::offline) {
+    auto existing = store_.device(dev);
+    if (existing && *existing) {
+      Status s = store_.set_device_online(dev, false, now_s());
+      if (!s) log_error("device " + dev + ": offline: " + s.error());
+      log_info("device " + dev + " offline");
+    }
+    return;
+  }
+  auto h = std::make_unique<proto::Hello>();
+  e = proto::decode_hello(p, len, *h);
+  if (e) return decode_error(dev, topic, "hello", static_cast<int>(e.code), e.field);
+  if (*h->device.c_str() && h->device != dev.c_str())
+    log_warn("device " + dev + ": hello claims device '" + h->device.c_str() +
+             "'; using the topic's id");
+  auto existing = store_.device(dev);
+  if (!existing) {
+    log_error("device " + dev + ": hello: " + existing.error());
+    return;
+  }
+  DeviceRec d;
+  d.id = dev;
+  d.hw = h->hw.c_str();
+  d.version = h->version.c_str();
+  d.slot = h->slot.c_str();
+  d.slot_state = proto::slot_state_name(h->slot_state);
+  d.free = h->free;
+  d.counter = h->counter;
+  for (std::size_t i = 0; i < h->group_count; ++i) d.groups.emplace_back(h->groups[i].c_str());
+  d.online = true;
+  d.last_seen = now_s();
+  if (*existing) {
+    const DeviceRec& old = **existing;
+    d.previous_version = old.previous_version;
+    if (!old.version.empty() && old.version != d.version) d.previous_version = old.version;
+  }
+  Tx tx(store_);
+  Status s = tx.status();
+  if (s) s = store_.upsert_device(d);
+  if (s && (!*existing || (*existing)->version != d.version || !(*existing)->online))
+    event("", dev, "hello",
+          "version " + d.version + " hw " + d.hw + " slot " + d.slot + " " + d.slot_state +
+              (d.groups.empty() ? "" : " groups " + join(d.groups, ",")));
+  std::vector<std::string> touched;
+  if (s) {
+    dev_groups_[dev] = d.groups;
+    dev_version_[dev] = d.version;
+    if (!dev_seq_.count(dev)) dev_seq_[dev] = *existing ? (*existing)->last_seq : -1;
+    for (auto& kv : active_) {
+      DepMem& dep = kv.second;
+      auto r = dep.rows.find(dev);
+      if (r == dep.rows.end()) {
+        if (dep.rec.target_kind == "group") touched.push_back(kv.first);
+        continue;
+      }
+      RowMem& row = r->second;
+      if (is_final_row_state(row.rec.state)) continue;
+      const bool runs_target = d.version == dep.image.version;
+      if (runs_target && h->slot_state == proto::SlotState::confirmed) {
+        s = set_row_state(dep, row, "succeeded", "running " + d.version + " (confirmed)");
+        touched.push_back(kv.first);
+      } else if (!runs_target && h->slot_state == proto::SlotState::rolled_back &&
+                 is_late_state(row.rec.state)) {
+        s = set_row_state(dep, row, "failed", "rolled_back");
+        if (s) s = store_.set_device_last_error(dev, "rolled back from " + dep.image.version);
+        touched.push_back(kv.first);
+      } else if (!runs_target && is_early_state(row.rec.state)) {
+        publish_offer_to_device(dep, dev);
+        event(dep.rec.id, dev, "offer_resent", "device said hello running " + d.version);
+      }
+      if (!s) break;
+    }
+  }
+  if (s) s = tx.commit();
+  if (!s) {
+    log_error("device " + dev + ": hello: " + s.error());
+    return;
+  }
+  log_info("device " + dev + " hello version " + d.version + " " + d.slot_state);
+  for (const auto& id : touched) maybe_complete(id);
+}
+
+void Controller::handle_event(const std::string& dev, const char* p, std::size_t len,
+                              const char* topic) {
+  proto::Event ev;
+  proto::Error e = proto::decode_event(p, len, ev);
+  if (e) return decode_error(dev, topic, "event", static_cast<int>(e.code), e.field);
+  std::lock_guard<std::mutex> lock(mu_);
+  auto seq_it = dev_seq_.find(dev);
+  const long long last = seq_it == dev_seq_.end() ? -1 : seq_it->second;
+  if (static_cast<long long>(ev.seq) <= last) {
+    log(LogLevel::debug, "device " + dev + ": dropping event seq " + std::to_string(ev.seq) +
+                             " (last " + std::to_string(last) + ")");
+    return;
+  }
+  const std::string dep_id = ev.deployment.c_str();
+  const std::string type = proto::event_type_name(ev.type);
+  const bool is_progress = ev.type == proto::EventType::progress;
+
+  auto it = active_.find(dep_id);
+  RowMem* row = nullptr;
+  if (it != active_.end()) {
+    DepMem& dep = it->second;
+    auto r = dep.rows.find(dev);
+    if (r != dep.rows.end()) {
+      row = &r->second;
+    } else if (dep.rec.target_kind == "group" &&
+               (ev.type == proto::EventType::accept || ev.type == proto::EventType::decline ||
+                in_group(dev, dep.rec.target))) {
+      RowMem rm;
+      rm.rec.deployment_id = dep_id;
+      rm.rec.device_id = dev;
+      rm.rec.state = "offered";
+      rm.rec.total = dep.image.size;
+      row = &(dep.rows[dev] = rm);
+    }
+  }
+
+  Tx tx(store_);
+  Status s = tx.status();
+  if (s) s = store_.ensure_device(dev, now_s());
+  if (s) s = store_.set_device_last_seq(dev, ev.seq);
+  if (s && !row) {
+    log_warn("device " + dev + ": " + type + " event for deployment '" + dep_id +
+             "' it is not part of (or not active); ignored");
+    event(dep_id, dev, "ignored_event", type + " seq " + std::to_string(ev.seq));
+  }
+  bool final_now = false;
+  if (s && row && is_final_row_state(row->rec.state)) {
+    log_info("device " + dev + ": " + type + " event for deployment " + dep_id +
+             " after its row became " + row->rec.state + "; ignored");
+    row = nullptr;
+  }
+  if (s && row) {
+    DepMem& dep = it->second;
+    switch (ev.type) {
+      case proto::EventType::accept:
+        if (row->rec.state == "offered") s = set_row_state(dep, *row, "accepted", "");
+        break;
+      case proto::EventType::decline: {
+        std::string reason = reason_text(ev.reason, ev.detail);
+        if (ev.reason == proto::ReasonCode::already_installed) {
+          s = set_row_state(dep, *row, "succeeded", reason);
+        } else {
+          s = set_row_state(dep, *row, "declined", reason);
+          if (s) s = store_.set_device_last_error(dev, "declined " + dep_id + ": " + reason);
+        }
+        final_now = true;
+        break;
+      }
+      case proto::EventType::progress: {
+        row->rec.received = ev.received;
+        if (ev.total) row->rec.total = ev.total;
+        if (row->rec.state == "offered" || row->rec.state == "accepted") {
+          s = set_row_state(dep, *row, "downloading", "");
+        } else {
+          const int bucket =
+              row->rec.total ? static_cast<int>(row->rec.received * 10 / row->rec.total) : -1;
+          row->dirty = true;
+          if (bucket != row->last_pct_bucket ||
+              now_ms() - row->last_flush_ms >= cfg_.flush_interval_ms)
+            s = write_row(*row);
+          row->last_pct_bucket = bucket;
+        }
+        break;
+      }
+      case proto::EventType::status:
+        if (ev.state != proto::DeviceState::idle) {
+          std::string st = proto::device_state_name(ev.state);
+          if (is_row_state(st) && st != row->rec.state) s = set_row_state(dep, *row, st, "");
+        }
+        break;
+      case proto::EventType::result:
+        if (ev.success) {
+          std::string ver = ev.version.empty() ? dep.image.version : ev.version.c_str();
+          s = set_row_state(dep, *row, "succeeded", "");
+          if (s) s = store_.set_device_version(dev, ver);
+          if (s) dev_version_[dev] = ver;
+        } else {
+          std::string reason = reason_text(ev.reason, ev.detail);
+          s = set_row_state(dep, *row, "failed", reason);
+          if (s) s = store_.set_device_last_error(dev, dep_id + ": " + reason);
+        }
+        final_now = true;
+        break;
+    }
+    if (s && !is_progress && ev.type != proto::EventType::status)
+      event(dep_id, dev, type,
+            "seq " + std::to_string(ev.seq) +
+                (ev.type == proto::EventType::decline ||
+                         (ev.type == proto::EventType::result && !ev.success)
+                     ? " reason " + reason_text(ev.reason, ev.detail)
+                     : std::string()));
+  }
+  if (s) s = tx.commit();
+  if (!s) {
+    log_error("device " + dev + ": " + type + " event: " + s.error());
+    return;  // not committed: the device will resend (QoS 1) and we will apply it then
+  }
+  dev_seq_[dev] = ev.seq;
+  if (final_now) {
+    log_info("device " + dev + ": deployment " + dep_id + " -> " + row->rec.state +
+             (row->rec.reason.empty() ? "" : " (" + row->rec.reason + ")"));
+    maybe_complete(dep_id);
+  }
+}
+
+void Controller::handle_chunk_request(const std::string& dev, const char* p, std::size_t len,
+                                      const char* topic) {
+  proto::ChunkRequest req;
+  proto::Error e = proto::decode_chunk_request(p, len, req);
+  if (e) return decode_error(dev, topic, "chunk request", static_cast<int>(e.code), e.field);
+  std::shared_ptr<ImageFile> file;
+  const std::string dep_id = req.deployment.c_str();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto refuse = [&](const std::string& why) {
+      if (logged_refusals_.insert(dev + "|" + dep_id).second)
+        log_warn("device " + dev + ": refusing chunk requests for deployment '" + dep_id +
+                 "': " + why + " (logged once)");
+    };
+    auto it = active_.find(dep_id);
+    if (it == active_.end()) return refuse("no such active deployment");
+    DepMem& dep = it->second;
+    if (req.image != dep.image.id.c_str())
+      return refuse(std::string("image ") + req.image.c_str() + " is not the deployment's image " +
+                    dep.image.id);
+    auto r = dep.rows.find(dev);
+    if (r != dep.rows.end()) {
+      if (is_final_row_state(r->second.rec.state))
+        return refuse("device's row is " + r->second.rec.state);
+    } else if (!(dep.rec.target_kind == "group" && in_group(dev, dep.rec.target))) {
+      return refuse("device is not part of it");
+    }
+    file = dep.file;
+  }
+  std::vector<ChunkSlice> plan = plan_chunks(file->size, file->chunk_size, req);
+  if (plan.empty()) return;
+  thread_local std::vector<std::uint8_t> buf;
+  if (buf.size() < proto::kFrameHeaderLen + file->chunk_size)
+    buf.resize(proto::kFrameHeaderLen + file->chunk_size);
+  const std::string t = topic_for(static_cast<int>(proto::TopicKind::chunk), dev);
+  std::uint64_t sent = 0;
+  for (const ChunkSlice& c : plan) {
+    std::uint8_t* payload = buf.data() + proto::kFrameHeaderLen;
+    std::size_t got = 0;
+    while (got < c.length) {
+      ssize_t n = ::pread(file->fd, payload + got, c.length - got,
+                          static_cast<off_t>(c.offset + got));
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) break;
+      got += static_cast<std::size_t>(n);
+    }
+    if (got != c.length) {
+      log_error("image " + file->path + ": short read at offset " + std::to_string(c.offset) +
+                ": " + (got < c.length ? std::strerror(errno) : "?"));
+      break;
+    }
+    proto::encode_chunk_header(file->id, c.offset, payload, c.length, 0, buf.data());
+    if (!pub_ || !pub_->publish(t, buf.data(), proto::kFrameHeaderLen + c.length, 1, false)) {
+      log_warn("device " + dev + ": publish chunk " + std::to_string(c.index) + " failed");
+      break;
+    }
+    sent += c.length;
+    chunks_sent_++;
+  }
+  if (sent == 0) return;
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = active_.find(dep_id);
+  if (it == active_.end()) return;
+  auto r = it->second.rows.find(dev);
+  if (r == it->second.rows.end()) return;
+  r->second.rec.bytes_sent += sent;
+  r->second.dirty = true;
+  if (r->second.rec.state == "offered" || r->second.rec.state == "accepted") {
+    Status s = set_row_state(it->second, r->second, "downloading", "");
+    if (!s) log_error("device " + dev + ": chunk accounting: " + s.error());
+  }
+}
+
+// ------------------------------------------------------------------------------ queries
+
+json Controller::to_json(const ImageRec& r) {
+  return json{{"id", r.id},         {"sha256", r.sha256},         {"version", r.version},
+              {"hw", r.hw},         {"size", r.size},             {"chunk_size", r.chunk_size},
+              {"counter", r.counter}, {"kind", r.kind},           {"created_at", r.created_at}};
+}
+
+json Controller::to_json(const DeviceRec& r) {
+  return json{{"id", r.id},
+              {"hw", r.hw},
+              {"version", r.version},
+              {"previous_version", r.previous_version ? json(*r.previous_version) : json()},
+              {"slot", r.slot},
+              {"slot_state", r.slot_state},
+              {"free", r.free},
+              {"counter", r.counter},
+              {"groups", r.groups},
+              {"online", r.online},
+              {"last_seen", r.last_seen},
+              {"last_error", r.last_error},
+              {"last_seq", r.last_seq}};
+}
+
+Result<json> Controller::images_json() {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto imgs = store_.list_images();
+  if (!imgs) return imgs.context("images");
+  json out = json::array();
+  for (const auto& i : *imgs) out.push_back(to_json(i));
+  return out;
+}
+
+Result<json> Controller::image_json(const std::string& id_or_version) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto img = resolve_image(id_or_version);
+  if (!img) return img.err();
+  return to_json(*img);
+}
+
+json Controller::deployment_to_json(const DeploymentRec& d, bool with_rows) {
+  json j{{"id", d.id},          {"image", d.image_id},  {"target_kind", d.target_kind},
+         {"target", d.target},  {"state", d.state},     {"created_at", d.created_at},
+         {"finished_at", d.finished_at}};
+  auto img = store_.image_by_id(d.image_id);
+  std::uint64_t img_size = 0;
+  if (img && *img) {
+    j["version"] = (*img)->version;
+    img_size = (*img)->size;
+  }
+  auto rows = store_.rows(d.id);
+  json counts = json::object();
+  for (const char* s : {"offered", "accepted", "downloading", "verifying", "installing",
+                        "rebooting", "confirming", "succeeded", "failed", "declined",
+                        "cancelled"})
+    counts[s] = 0;
+  std::uint64_t sum_total = 0, sum_recv = 0, sum_sent = 0;
+  json jrows = json::array();
+  if (rows) {
+    for (const auto& r : *rows) {
+      counts[r.state] = counts[r.state].get<long long>() + 1;
+      const std::uint64_t total = r.total ? r.total : img_size;
+      const std::uint64_t recv =
+          r.state == "succeeded" ? total : std::min<std::uint64_t>(r.received, total);
+      sum_total += total;
+      sum_recv += recv;
+      sum_sent += r.bytes_sent;
+      if (with_rows)
+        jrows.push_back(json{{"device", r.device_id},
+                             {"state", r.state},
+                             {"reason", r.reason},
+                             {"received", r.received},
+                             {"total", r.total},
+                             {"percent", total ? static_cast<int>(recv * 100 / total) : 0},
+                             {"bytes_sent", r.bytes_sent},
+                             {"final", is_final_row_state(r.state)},
+                             {"updated_at", r.updated_at}});
+    }
+  }
+  int pending_members = 0;
+  if (d.state == "active" && d.target_kind == "group") {
+    auto it = active_.find(d.id);
+    for (const auto& kv : dev_groups_)
+      if (contains(kv.second, d.target) && (it == active_.end() || !it->second.rows.count(kv.first)))
+        pending_members++;
+  }
+  j["counts"] = counts;
+  j["devices_total"] = (rows ? rows->size() : 0) + static_cast<std::size_t>(pending_members);
+  j["pending_members"] = pending_members;
+  j["bytes_total"] = sum_total;
+  j["bytes_received"] = sum_recv;
+  j["bytes_sent"] = sum_sent;
+  j["percent"] = sum_total ? static_cast<int>(sum_recv * 100 / sum_total) : (d.state == "active" ? 0 : 100);
+  if (with_rows) j["devices"] = jrows;
+  return j;
+}
+
+Result<json> Controller::deployments_json() {
+  std::lock_guard<std::mutex> lock(mu_);
+  flush_dirty(true);
+  auto deps = store_.list_deployments();
+  if (!deps) return deps.context("deployments");
+  json out = json::array();
+  for (const auto& d : *deps) out.push_back(deployment_to_json(d, false));
+  return out;
+}
+
+Result<json> Controller::deployment_json(const std::string& id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  flush_dirty(true);
+  auto d = store_.deployment(id);
+  if (!d) return d.context("deployment");
+  if (!*d) return not_found_err("unknown deployment " + id);
+  return deployment_to_json(**d, true);
+}
+
+Result<json> Controller::devices_json(const DeviceFilter& f) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto devs = store_.list_devices(f);
+  if (!devs) return devs.context("devices");
+  json out = json::array();
+  for (const auto& d : *devs) out.push_back(to_json(d));
+  return out;
+}
+
+Result<json> Controller::device_json(const std::string& id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  flush_dirty(true);
+  auto d = store_.device(id);
+  if (!d) return d.context("device");
+  if (!*d) return not_found_err("unknown device " + id);
+  json j = to_json(**d);
+  auto rows = store_.rows_for_device(id, 20);
+  json jr = json::array();
+  if (rows)
+    for (const auto& r : *rows)
+      jr.push_back(json{{"deployment", r.deployment_id},
+                        {"state", r.state},
+                        {"reason", r.reason},
+                        {"received", r.received},
+                        {"total", r.total},
+                        {"updated_at", r.updated_at}});
+  j["deployments"] = jr;
+  return j;
+}
+
+Result<json> Controller::status_json() {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto by_version = store_.count_by("SELECT version, COUNT(*) FROM devices GROUP BY version");
+  if (!by_version) return by_version.context("status");
+  auto online = store_.count_by("SELECT CAST(online AS TEXT), COUNT(*) FROM devices GROUP BY online");
+  if (!online) return online.context("status");
+  auto deps = store_.count_by("SELECT state, COUNT(*) FROM deployments GROUP BY state");
+  if (!deps) return deps.context("status");
+  auto imgs = store_.count_by("SELECT 'n', COUNT(*) FROM images");
+  if (!imgs) return imgs.context("status");
+  long long total = 0;
+  for (const auto& kv : *by_version) total += kv.second;
+  json dep_states{{"active", 0}, {"completed", 0}, {"cancelled", 0}};
+  for (const auto& kv : *deps) dep_states[kv.first] = kv.second;
+  return json{{"devices",
+               {{"total", total},
+                {"online", online->count("1") ? online->at("1") : 0},
+                {"by_version", *by_version}}},
+              {"deployments", dep_states},
+              {"images", imgs->count("n") ? imgs->at("n") : 0},
+              {"decode_errors", decode_errors_.load()},
+              {"chunks_sent", chunks_sent_.load()}};
+}
+
+Result<json> Controller::events_json(const EventFilter& f) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto evs = store_.events(f);
+  if (!evs) return evs.context("events");
+  json out = json::array();
+  for (const auto& e : *evs)
+    out.push_back(json{{"id", e.id},
+                       {"ts", e.ts},
+                       {"deployment", e.deployment},
+                       {"device", e.device},
+                       {"what", e.what},
+                       {"detail", e.detail}});
+  return out;
+}
+
+}  // namespace ota::service

@@ -1,0 +1,128 @@
+#include "ota/service/images.hpp"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <random>
+#include <set>
+
+#include "ota/proto/topics.hpp"
+
+namespace ota::service {
+namespace {
+std::string errno_str() { return std::strerror(errno); }
+}  // namespace
+
+Status validate_image_params(const ImageParams& p) {
+  if (p.version.empty()) return invalid_err("version is required");
+  if (p.version.size() > proto::kMaxVersionLen ||
+      !proto::is_semver(p.version.data(), p.version.size()))
+    return invalid_err("version '" + p.version +
+                       "' is not a semantic version (MAJOR.MINOR.PATCH[-pre][+build], at most " +
+                       std::to_string(proto::kMaxVersionLen) + " chars)");
+  if (p.hw.empty()) return invalid_err("at least one hardware model (hw) is required");
+  if (p.hw.size() > proto::kMaxHwModels)
+    return invalid_err("too many hardware models: " + std::to_string(p.hw.size()) + " (max " +
+                       std::to_string(proto::kMaxHwModels) + ")");
+  std::set<std::string> seen;
+  for (const auto& h : p.hw) {
+    if (!proto::valid_id(h.data(), h.size()))
+      return invalid_err("hardware model '" + h +
+                         "' is invalid (1-64 chars of A-Z a-z 0-9 . _ -)");
+    if (!seen.insert(h).second) return invalid_err("hardware model '" + h + "' given twice");
+  }
+  if (p.chunk_size < proto::kMinChunkSize || p.chunk_size > proto::kMaxChunkSize)
+    return invalid_err("chunk size " + std::to_string(p.chunk_size) + " out of range " +
+                       std::to_string(proto::kMinChunkSize) + ".." +
+                       std::to_string(proto::kMaxChunkSize));
+  return {};
+}
+
+std::string image_path(const std::string& dir, const std::string& sha256) {
+  return dir + "/" + sha256 + ".bin";
+}
+
+Status ensure_dir(const std::string& dir) {
+  if (dir.empty()) return invalid_err("empty directory path");
+  std::string cur;
+  std::size_t pos = 0;
+  while (pos != std::string::npos) {
+    pos = dir.find('/', pos + 1);
+    cur = dir.substr(0, pos);
+    if (cur.empty()) continue;
+    if (::mkdir(cur.c_str(), 0755) != 0 && errno != EEXIST)
+      return internal_err("mkdir " + cur + ": " + errno_str());
+  }
+  struct stat st {};
+  if (::stat(dir.c_str(), &st) != 0) return internal_err("stat " + dir + ": " + errno_str());
+  if (!S_ISDIR(st.st_mode)) return invalid_err(dir + " is not a directory");
+  return {};
+}
+
+Result<std::string> write_image_file(const std::string& dir, const std::string& sha256,
+                                     const void* data, std::size_t len) {
+  std::string final_path = image_path(dir, sha256);
+  struct stat st {};
+  if (::stat(final_path.c_str(), &st) == 0 && static_cast<std::size_t>(st.st_size) == len)
+    return final_path;  // content-addressed: same name, same size, same bytes
+  std::random_device rd;
+  std::string tmp = dir + "/." + sha256 + ".tmp." + std::to_string(rd());
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  if (fd < 0) return internal_err("create " + tmp + ": " + errno_str());
+  const char* p = static_cast<const char*>(data);
+  std::size_t left = len;
+  while (left > 0) {
+    ssize_t n = ::write(fd, p, left);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      std::string e = "write " + tmp + ": " + errno_str();
+      ::close(fd);
+      ::unlink(tmp.c_str());
+      return internal_err(e);
+    }
+    p += n;
+    left -= static_cast<std::size_t>(n);
+  }
+  if (::fsync(fd) != 0) {
+    std::string e = "fsync " + tmp + ": " + errno_str();
+    ::close(fd);
+    ::unlink(tmp.c_str());
+    return internal_err(e);
+  }
+  ::close(fd);
+  if (::rename(tmp.c_str(), final_path.c_str()) != 0) {
+    std::string e = "rename " + tmp + " -> " + final_path + ": " + errno_str();
+    ::unlink(tmp.c_str());
+    return internal_err(e);
+  }
+  int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd >= 0) {
+    (void)::fsync(dfd);
+    ::close(dfd);
+  }
+  return final_path;
+}
+
+std::vector<ChunkSlice> plan_chunks(std::uint64_t image_size, std::uint32_t chunk_size,
+                                    const proto::ChunkRequest& req) {
+  std::vector<ChunkSlice> out;
+  if (chunk_size == 0 || image_size == 0) return out;
+  const std::uint64_t n_chunks = (image_size + chunk_size - 1) / chunk_size;
+  for (std::uint32_t rel = 0; rel < req.count; ++rel) {
+    const std::uint64_t i = static_cast<std::uint64_t>(req.first) + rel;
+    if (i >= n_chunks) break;
+    if (!req.wants(rel)) continue;
+    const std::uint64_t off = i * chunk_size;
+    const std::uint64_t len = std::min<std::uint64_t>(chunk_size, image_size - off);
+    if (off > 0xFFFFFFFFull) break;  // frame offsets are 32-bit
+    out.push_back(ChunkSlice{static_cast<std::uint32_t>(i), static_cast<std::uint32_t>(off),
+                             static_cast<std::uint32_t>(len)});
+  }
+  return out;
+}
+
+}  // namespace ota::service

@@ -1,0 +1,523 @@
+#include "ota/service/store.hpp"
+
+#include <sqlite3.h>
+
+#include <nlohmann/json.hpp>
+
+#include "ota/service/log.hpp"
+
+namespace ota::service {
+namespace {
+
+const char* const kRowStates[] = {"offered",    "accepted",  "downloading", "verifying",
+                                  "installing", "rebooting", "confirming",  "succeeded",
+                                  "failed",     "declined",  "cancelled"};
+
+// Binds and resets a cached statement.
+class Q {
+ public:
+  explicit Q(sqlite3_stmt* s) : s_(s) {}
+  ~Q() {
+    sqlite3_reset(s_);
+    sqlite3_clear_bindings(s_);
+  }
+  Q(const Q&) = delete;
+  Q& operator=(const Q&) = delete;
+  Q& bind(int i, const std::string& v) {
+    sqlite3_bind_text(s_, i, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT);
+    return *this;
+  }
+  Q& bind(int i, const char* v) { return bind(i, std::string(v)); }
+  Q& bind(int i, long long v) {
+    sqlite3_bind_int64(s_, i, v);
+    return *this;
+  }
+  Q& bind_u64(int i, std::uint64_t v) { return bind(i, static_cast<long long>(v)); }
+  Q& bind_null(int i) {
+    sqlite3_bind_null(s_, i);
+    return *this;
+  }
+  int step() { return sqlite3_step(s_); }
+  std::string text(int c) const {
+    const unsigned char* t = sqlite3_column_text(s_, c);
+    return t ? std::string(reinterpret_cast<const char*>(t),
+                           static_cast<std::size_t>(sqlite3_column_bytes(s_, c)))
+             : std::string();
+  }
+  bool is_null(int c) const { return sqlite3_column_type(s_, c) == SQLITE_NULL; }
+  long long i64(int c) const { return sqlite3_column_int64(s_, c); }
+  std::uint64_t u64(int c) const { return static_cast<std::uint64_t>(sqlite3_column_int64(s_, c)); }
+  std::uint32_t u32(int c) const { return static_cast<std::uint32_t>(sqlite3_column_int64(s_, c)); }
+
+ private:
+  sqlite3_stmt* s_;
+};
+
+std::string to_json_array(const std::vector<std::string>& v) { return nlohmann::json(v).dump(); }
+std::vector<std::string> from_json_array(const std::string& s) {
+  std::vector<std::string> out;
+  nlohmann::json j = nlohmann::json::parse(s, nullptr, /*allow_exceptions=*/false);
+  if (!j.is_array()) return out;
+  for (const auto& e : j)
+    if (e.is_string()) out.push_back(e.get<std::string>());
+  return out;
+}
+
+ImageRec read_image(const Q& q) {
+  ImageRec r;
+  r.id = q.text(0);
+  r.sha256 = q.text(1);
+  r.version = q.text(2);
+  r.hw = from_json_array(q.text(3));
+  r.size = q.u64(4);
+  r.chunk_size = q.u32(5);
+  r.counter = q.u32(6);
+  r.kind = q.text(7);
+  r.created_at = q.i64(8);
+  return r;
+}
+const char* const kImageCols =
+    "SELECT id, sha256, version, hw, size, chunk_size, counter, kind, created_at FROM images ";
+
+DeviceRec read_device(const Q& q) {
+  DeviceRec d;
+  d.id = q.text(0);
+  d.hw = q.text(1);
+  d.version = q.text(2);
+  if (!q.is_null(3)) d.previous_version = q.text(3);
+  d.slot = q.text(4);
+  d.slot_state = q.text(5);
+  d.free = q.u64(6);
+  d.counter = q.u32(7);
+  d.groups = from_json_array(q.text(8));
+  d.online = q.i64(9) != 0;
+  d.last_seen = q.i64(10);
+  d.last_error = q.text(11);
+  d.last_seq = q.i64(12);
+  return d;
+}
+const char* const kDeviceCols =
+    "SELECT id, hw, version, previous_version, slot, slot_state, free, counter, groups, online, "
+    "last_seen, last_error, last_seq FROM devices ";
+
+DeploymentRec read_deployment(const Q& q) {
+  DeploymentRec d;
+  d.id = q.text(0);
+  d.image_id = q.text(1);
+  d.target_kind = q.text(2);
+  d.target = q.text(3);
+  d.state = q.text(4);
+  d.offer = q.text(5);
+  d.created_at = q.i64(6);
+  d.finished_at = q.i64(7);
+  return d;
+}
+const char* const kDeploymentCols =
+    "SELECT id, image_id, target_kind, target, state, offer, created_at, finished_at "
+    "FROM deployments ";
+
+RowRec read_row(const Q& q) {
+  RowRec r;
+  r.deployment_id = q.text(0);
+  r.device_id = q.text(1);
+  r.state = q.text(2);
+  r.reason = q.text(3);
+  r.received = q.u64(4);
+  r.total = q.u64(5);
+  r.bytes_sent = q.u64(6);
+  r.updated_at = q.i64(7);
+  return r;
+}
+const char* const kRowCols =
+    "SELECT deployment_id, device_id, state, reason, received, total, bytes_sent, updated_at "
+    "FROM deployment_devices ";
+
+const char* const kSchemaV1 = R"SQL(
+CREATE TABLE IF NOT EXISTS images (
+  id          TEXT PRIMARY KEY,
+  sha256      TEXT NOT NULL UNIQUE,
+  version     TEXT NOT NULL UNIQUE,
+  hw          TEXT NOT NULL,
+  size        INTEGER NOT NULL CHECK (size > 0),
+  chunk_size  INTEGER NOT NULL CHECK (chunk_size BETWEEN 256 AND 65536),
+  counter     INTEGER NOT NULL DEFAULT 0,
+  kind        TEXT NOT NULL DEFAULT 'firmware',
+  created_at  INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS devices (
+  id               TEXT PRIMARY KEY,
+  hw               TEXT NOT NULL DEFAULT '',
+  version          TEXT NOT NULL DEFAULT '',
+  previous_version TEXT,
+  slot             TEXT NOT NULL DEFAULT '',
+  slot_state       TEXT NOT NULL DEFAULT '',
+  free             INTEGER NOT NULL DEFAULT 0,
+  counter          INTEGER NOT NULL DEFAULT 0,
+  groups           TEXT NOT NULL DEFAULT '[]',
+  online           INTEGER NOT NULL DEFAULT 0,
+  last_seen        INTEGER NOT NULL DEFAULT 0,
+  last_error       TEXT NOT NULL DEFAULT '',
+  last_seq         INTEGER NOT NULL DEFAULT -1
+);
+CREATE TABLE IF NOT EXISTS deployments (
+  id          TEXT PRIMARY KEY,
+  image_id    TEXT NOT NULL REFERENCES images(id),
+  target_kind TEXT NOT NULL CHECK (target_kind IN ('device', 'group')),
+  target      TEXT NOT NULL,
+  state       TEXT NOT NULL CHECK (state IN ('active', 'completed', 'cancelled')),
+  offer       TEXT NOT NULL,
+  created_at  INTEGER NOT NULL,
+  finished_at INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS deployments_state ON deployments(state);
+CREATE TABLE IF NOT EXISTS deployment_devices (
+  deployment_id TEXT NOT NULL REFERENCES deployments(id) ON DELETE CASCADE,
+  device_id     TEXT NOT NULL,
+  state         TEXT NOT NULL CHECK (state IN ('offered', 'accepted', 'downloading',
+                  'verifying', 'installing', 'rebooting', 'confirming', 'succeeded', 'failed',
+                  'declined', 'cancelled')),
+  reason        TEXT NOT NULL DEFAULT '',
+  received      INTEGER NOT NULL DEFAULT 0,
+  total         INTEGER NOT NULL DEFAULT 0,
+  bytes_sent    INTEGER NOT NULL DEFAULT 0,
+  updated_at    INTEGER NOT NULL,
+  PRIMARY KEY (deployment_id, device_id)
+);
+CREATE INDEX IF NOT EXISTS deployment_devices_device ON deployment_devices(device_id);
+CREATE TABLE IF NOT EXISTS events (
+  id         INTEGER PRIMARY KEY AUTOINCREMENT,
+  ts         INTEGER NOT NULL,
+  deployment TEXT NOT NULL DEFAULT '',
+  device     TEXT NOT NULL DEFAULT '',
+  what       TEXT NOT NULL,
+  detail     TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS events_deployment ON events(deployment);
+CREATE INDEX IF NOT EXISTS events_device ON events(device);
+)SQL";
+
+}  // namespace
+
+bool is_row_state(const std::string& s) {
+  for (const char* k : kRowStates)
+    if (s == k) return true;
+  return false;
+}
+bool is_final_row_state(const std::string& s) {
+  return s == "succeeded" || s == "failed" || s == "declined" || s == "cancelled";
+}
+
+Store::~Store() {
+  for (auto& kv : cache_) sqlite3_finalize(kv.second);
+  if (db_) sqlite3_close(db_);
+}
+
+std::string Store::errmsg() const { return db_ ? sqlite3_errmsg(db_) : "database not open"; }
+
+Status Store::exec(const std::string& sql) {
+  char* err = nullptr;
+  if (sqlite3_exec(db_, sql.c_str(), nullptr, nullptr, &err) != SQLITE_OK) {
+    std::string msg = err ? err : errmsg();
+    sqlite3_free(err);
+    return internal_err(msg);
+  }
+  return {};
+}
+
+Result<sqlite3_stmt*> Store::prepare(const std::string& sql) {
+  auto it = cache_.find(sql);
+  if (it != cache_.end()) return it->second;
+  sqlite3_stmt* st = nullptr;
+  if (sqlite3_prepare_v2(db_, sql.c_str(), -1, &st, nullptr) != SQLITE_OK)
+    return internal_err("prepare: " + errmsg());
+  cache_.emplace(sql, st);
+  return st;
+}
+
+Status Store::open(const std::string& path) {
+  if (sqlite3_open_v2(path.c_str(), &db_,
+                      SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
+                      nullptr) != SQLITE_OK) {
+    std::string m = "open " + path + ": " + errmsg();
+    return internal_err(m);
+  }
+  sqlite3_busy_timeout(db_, 5000);
+  for (const char* p : {"PRAGMA journal_mode=WAL", "PRAGMA synchronous=NORMAL",
+                        "PRAGMA foreign_keys=ON"}) {
+    Status s = exec(p);
+    if (!s) return s.context("open " + path + ": " + p);
+  }
+  Status m = migrate();
+  if (!m) return m.context("open " + path + ": schema");
+  return {};
+}
+
+Status Store::migrate() {
+  Status s = exec("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)");
+  if (!s) return s;
+  auto st = prepare("SELECT MAX(version) FROM schema_version");
+  if (!st) return st.err();
+  int have = 0;
+  {
+    Q q(*st);
+    if (q.step() == SQLITE_ROW && !q.is_null(0)) have = static_cast<int>(q.i64(0));
+  }
+  if (have > kSchemaVersion)
+    return internal_err("database schema version " + std::to_string(have) +
+                        " is newer than this controller (" + std::to_string(kSchemaVersion) + ")");
+  if (have < 1) {
+    Tx tx(*this);
+    if (!tx.status()) return tx.status();
+    Status c = exec(kSchemaV1);
+    if (!c) return c;
+    c = exec("INSERT INTO schema_version(version) VALUES (1)");
+    if (!c) return c;
+    c = tx.commit();
+    if (!c) return c;
+  }
+  schema_version_ = kSchemaVersion;
+  return {};
+}
+
+Status Store::begin() {
+  Status s = exec("BEGIN IMMEDIATE");
+  return s ? s : s.context("begin");
+}
+Status Store::commit() {
+  Status s = exec("COMMIT");
+  return s ? s : s.context("commit");
+}
+void Store::rollback() { (void)exec("ROLLBACK"); }
+
+#define OTA_PREP(var, sql)                      \
+  auto var##_r = prepare(sql);                  \
+  if (!var##_r) return var##_r.err();           \
+  Q var(*var##_r)
+
+#define OTA_DONE(q, what)                                         \
+  if ((q).step() != SQLITE_DONE) return internal_err(std::string(what) + ": " + errmsg())
+
+// ---------------------------------------------------------------------------------- images
+Status Store::insert_image(const ImageRec& img) {
+  OTA_PREP(q,
+           "INSERT INTO images(id, sha256, version, hw, size, chunk_size, counter, kind, "
+           "created_at) VALUES (?,?,?,?,?,?,?,?,?)");
+  q.bind(1, img.id).bind(2, img.sha256).bind(3, img.version).bind(4, to_json_array(img.hw));
+  q.bind_u64(5, img.size).bind(6, static_cast<long long>(img.chunk_size));
+  q.bind(7, static_cast<long long>(img.counter)).bind(8, img.kind).bind(9, img.created_at);
+  OTA_DONE(q, "insert image");
+  return {};
+}
+
+Result<std::optional<ImageRec>> Store::image_by_id(const std::string& id) {
+  OTA_PREP(q, std::string(kImageCols) + "WHERE id = ?");
+  q.bind(1, id);
+  if (q.step() == SQLITE_ROW) return std::optional<ImageRec>(read_image(q));
+  return std::optional<ImageRec>();
+}
+Result<std::optional<ImageRec>> Store::image_by_sha(const std::string& sha) {
+  OTA_PREP(q, std::string(kImageCols) + "WHERE sha256 = ?");
+  q.bind(1, sha);
+  if (q.step() == SQLITE_ROW) return std::optional<ImageRec>(read_image(q));
+  return std::optional<ImageRec>();
+}
+Result<std::optional<ImageRec>> Store::image_by_version(const std::string& version) {
+  OTA_PREP(q, std::string(kImageCols) + "WHERE version = ?");
+  q.bind(1, version);
+  if (q.step() == SQLITE_ROW) return std::optional<ImageRec>(read_image(q));
+  return std::optional<ImageRec>();
+}
+Result<std::vector<ImageRec>> Store::list_images() {
+  OTA_PREP(q, std::string(kImageCols) + "ORDER BY created_at, id");
+  std::vector<ImageRec> out;
+  while (q.step() == SQLITE_ROW) out.push_back(read_image(q));
+  return out;
+}
+
+// --------------------------------------------------------------------------------- devices
+Status Store::upsert_device(const DeviceRec& d) {
+  OTA_PREP(q,
+           "INSERT INTO devices(id, hw, version, previous_version, slot, slot_state, free, "
+           "counter, groups, online, last_seen) VALUES (?,?,?,?,?,?,?,?,?,?,?) "
+           "ON CONFLICT(id) DO UPDATE SET hw=excluded.hw, version=excluded.version, "
+           "previous_version=excluded.previous_version, slot=excluded.slot, "
+           "slot_state=excluded.slot_state, free=excluded.free, counter=excluded.counter, "
+           "groups=excluded.groups, online=excluded.online, last_seen=excluded.last_seen");
+  q.bind(1, d.id).bind(2, d.hw).bind(3, d.version);
+  if (d.previous_version)
+    q.bind(4, *d.previous_version);
+  else
+    q.bind_null(4);
+  q.bind(5, d.slot).bind(6, d.slot_state).bind_u64(7, d.free);
+  q.bind(8, static_cast<long long>(d.counter)).bind(9, to_json_array(d.groups));
+  q.bind(10, static_cast<long long>(d.online ? 1 : 0)).bind(11, d.last_seen);
+  OTA_DONE(q, "upsert device");
+  return {};
+}
+
+Status Store::ensure_device(const std::string& id, long long ts) {
+  OTA_PREP(q, "INSERT INTO devices(id, online, last_seen) VALUES (?, 1, ?) "
+              "ON CONFLICT(id) DO NOTHING");
+  q.bind(1, id).bind(2, ts);
+  OTA_DONE(q, "ensure device");
+  return {};
+}
+
+Status Store::set_device_online(const std::string& id, bool online, long long ts) {
+  OTA_PREP(q, "UPDATE devices SET online = ?, last_seen = ? WHERE id = ?");
+  q.bind(1, static_cast<long long>(online ? 1 : 0)).bind(2, ts).bind(3, id);
+  OTA_DONE(q, "set device online");
+  return {};
+}
+Status Store::set_device_last_seq(const std::string& id, long long seq) {
+  OTA_PREP(q, "UPDATE devices SET last_seq = ? WHERE id = ?");
+  q.bind(1, seq).bind(2, id);
+  OTA_DONE(q, "set device last_seq");
+  return {};
+}
+Status Store::set_device_version(const std::string& id, const std::string& version) {
+  OTA_PREP(q,
+           "UPDATE devices SET previous_version = CASE WHEN version <> ? AND version <> '' "
+           "THEN version ELSE previous_version END, version = ?, last_error = '' WHERE id = ?");
+  q.bind(1, version).bind(2, version).bind(3, id);
+  OTA_DONE(q, "set device version");
+  return {};
+}
+Status Store::set_device_last_error(const std::string& id, const std::string& err) {
+  OTA_PREP(q, "UPDATE devices SET last_error = ? WHERE id = ?");
+  q.bind(1, err).bind(2, id);
+  OTA_DONE(q, "set device last_error");
+  return {};
+}
+
+Result<std::optional<DeviceRec>> Store::device(const std::string& id) {
+  OTA_PREP(q, std::string(kDeviceCols) + "WHERE id = ?");
+  q.bind(1, id);
+  if (q.step() == SQLITE_ROW) return std::optional<DeviceRec>(read_device(q));
+  return std::optional<DeviceRec>();
+}
+
+Result<std::vector<DeviceRec>> Store::list_devices(const DeviceFilter& f) {
+  OTA_PREP(q, std::string(kDeviceCols) +
+                  "WHERE (?1 = '' OR EXISTS (SELECT 1 FROM json_each(devices.groups) "
+                  "WHERE json_each.value = ?1)) AND (?2 = '' OR version = ?2) "
+                  "AND (?3 < 0 OR online = ?3) ORDER BY id");
+  q.bind(1, f.group).bind(2, f.version);
+  q.bind(3, static_cast<long long>(f.online ? (*f.online ? 1 : 0) : -1));
+  std::vector<DeviceRec> out;
+  while (q.step() == SQLITE_ROW) out.push_back(read_device(q));
+  return out;
+}
+
+// ----------------------------------------------------------------------------- deployments
+Result<std::string> Store::next_deployment_id() {
+  OTA_PREP(q, "SELECT COALESCE(MAX(CAST(substr(id, 5) AS INTEGER)), 0) FROM deployments "
+              "WHERE id LIKE 'dep-%'");
+  long long n = 0;
+  if (q.step() == SQLITE_ROW) n = q.i64(0);
+  return "dep-" + std::to_string(n + 1);
+}
+
+Status Store::insert_deployment(const DeploymentRec& d) {
+  OTA_PREP(q,
+           "INSERT INTO deployments(id, image_id, target_kind, target, state, offer, "
+           "created_at, finished_at) VALUES (?,?,?,?,?,?,?,?)");
+  q.bind(1, d.id).bind(2, d.image_id).bind(3, d.target_kind).bind(4, d.target);
+  q.bind(5, d.state).bind(6, d.offer).bind(7, d.created_at).bind(8, d.finished_at);
+  OTA_DONE(q, "insert deployment");
+  return {};
+}
+
+Status Store::set_deployment_state(const std::string& id, const std::string& state,
+                                   long long ts) {
+  OTA_PREP(q, "UPDATE deployments SET state = ?, finished_at = ? WHERE id = ?");
+  q.bind(1, state).bind(2, state == "active" ? 0LL : ts).bind(3, id);
+  OTA_DONE(q, "set deployment state");
+  return {};
+}
+
+Result<std::optional<DeploymentRec>> Store::deployment(const std::string& id) {
+  OTA_PREP(q, std::string(kDeploymentCols) + "WHERE id = ?");
+  q.bind(1, id);
+  if (q.step() == SQLITE_ROW) return std::optional<DeploymentRec>(read_deployment(q));
+  return std::optional<DeploymentRec>();
+}
+
+Result<std::vector<DeploymentRec>> Store::list_deployments(const std::string& state_filter) {
+  OTA_PREP(q, std::string(kDeploymentCols) +
+                  "WHERE (?1 = '' OR state = ?1) ORDER BY created_at, "
+                  "CAST(substr(id, 5) AS INTEGER), id");
+  q.bind(1, state_filter);
+  std::vector<DeploymentRec> out;
+  while (q.step() == SQLITE_ROW) out.push_back(read_deployment(q));
+  return out;
+}
+
+// ------------------------------------------------------------------------------------ rows
+Status Store::upsert_row(const RowRec& r) {
+  if (!is_row_state(r.state)) return invalid_err("bad row state '" + r.state + "'");
+  OTA_PREP(q,
+           "INSERT INTO deployment_devices(deployment_id, device_id, state, reason, received, "
+           "total, bytes_sent, updated_at) VALUES (?,?,?,?,?,?,?,?) "
+           "ON CONFLICT(deployment_id, device_id) DO UPDATE SET state=excluded.state, "
+           "reason=excluded.reason, received=excluded.received, total=excluded.total, "
+           "bytes_sent=excluded.bytes_sent, updated_at=excluded.updated_at");
+  q.bind(1, r.deployment_id).bind(2, r.device_id).bind(3, r.state).bind(4, r.reason);
+  q.bind_u64(5, r.received).bind_u64(6, r.total).bind_u64(7, r.bytes_sent).bind(8, r.updated_at);
+  OTA_DONE(q, "upsert deployment row");
+  return {};
+}
+
+Result<std::vector<RowRec>> Store::rows(const std::string& deployment_id) {
+  OTA_PREP(q, std::string(kRowCols) + "WHERE deployment_id = ? ORDER BY device_id");
+  q.bind(1, deployment_id);
+  std::vector<RowRec> out;
+  while (q.step() == SQLITE_ROW) out.push_back(read_row(q));
+  return out;
+}
+
+Result<std::vector<RowRec>> Store::rows_for_device(const std::string& device_id, int limit) {
+  OTA_PREP(q, std::string(kRowCols) + "WHERE device_id = ? ORDER BY updated_at DESC LIMIT ?");
+  q.bind(1, device_id).bind(2, static_cast<long long>(limit));
+  std::vector<RowRec> out;
+  while (q.step() == SQLITE_ROW) out.push_back(read_row(q));
+  return out;
+}
+
+// ---------------------------------------------------------------------------------- events
+Status Store::add_event(const std::string& deployment, const std::string& device,
+                        const std::string& what, const std::string& detail) {
+  OTA_PREP(q, "INSERT INTO events(ts, deployment, device, what, detail) VALUES (?,?,?,?,?)");
+  q.bind(1, now_ms()).bind(2, deployment).bind(3, device).bind(4, what).bind(5, detail);
+  OTA_DONE(q, "add event");
+  return {};
+}
+
+Result<std::vector<EventRec>> Store::events(const EventFilter& f) {
+  OTA_PREP(q,
+           "SELECT id, ts, deployment, device, what, detail FROM (SELECT * FROM events "
+           "WHERE (?1 = '' OR deployment = ?1) AND (?2 = '' OR device = ?2) "
+           "ORDER BY id DESC LIMIT ?3) ORDER BY id");
+  q.bind(1, f.deployment).bind(2, f.device).bind(3, static_cast<long long>(f.limit));
+  std::vector<EventRec> out;
+  while (q.step() == SQLITE_ROW) {
+    EventRec e;
+    e.id = q.i64(0);
+    e.ts = q.i64(1);
+    e.deployment = q.text(2);
+    e.device = q.text(3);
+    e.what = q.text(4);
+    e.detail = q.text(5);
+    out.push_back(std::move(e));
+  }
+  return out;
+}
+
+Result<std::map<std::string, long long>> Store::count_by(const std::string& sql) {
+  OTA_PREP(q, sql);
+  std::map<std::string, long long> out;
+  while (q.step() == SQLITE_ROW) out[q.text(0)] = q.i64(1);
+  return out;
+}
+
+}  // namespace ota::service
