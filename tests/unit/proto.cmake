@@ -19,7 +19,7 @@ if(Python3_Interpreter_FOUND)
   add_test(NAME proto_schemas
     COMMAND ${Python3_EXECUTABLE} ${CMAKE_CURRENT_LIST_DIR}/validate_schemas.py
             ${OTA_SOURCE_DIR}/proto/schemas ${OTA_PROTO_FIXTURES})
-  set_tests_properties(proto_schemas PROPERTIES LABELS unit)
+  set_tests_properties(proto_schemas PROPERTIES LABELS unit SKIP_RETURN_CODE 77)
 endif()
 
 # The libFuzzer harness. With clang it can be built as a real fuzzer by hand

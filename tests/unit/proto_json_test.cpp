@@ -11,11 +11,12 @@ using namespace ota::proto::json;
 
 namespace {
 
-Error parse_str(const std::string& s, Doc& d) { return parse(s.data(), s.size(), d); }
+// The Doc points into the input, so the input must outlive it: take literals only.
+Error parse_str(const char* s, Doc& d) { return parse(s, std::strlen(s), d); }
 
 Errc parse_code(const std::string& s) {
   Doc d;
-  return parse_str(s, d).code;
+  return parse(s.data(), s.size(), d).code;
 }
 
 std::string get_string(const Doc& d, int tok) {

@@ -1,0 +1,294 @@
+#include "fakes.hpp"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cstring>
+
+namespace ota::agent::test {
+
+// =========================================================================== FakeFlash
+FakeFlash::FakeFlash(std::uint64_t capacity, std::string initial_version)
+    : capacity_(capacity), initial_version_(std::move(initial_version)) {}
+
+PortStatus FakeFlash::power_on() {
+  ++counts_.power_on;
+  reset_requested_ = false;
+  target_ = 0;
+  if (fresh_) {
+    // Factory-fresh device: slot a holds the initial image, confirmed.
+    fresh_ = false;
+    boot_ = BootState{};
+    boot_.version_a = initial_version_;
+    const std::string image = "factory image " + initial_version_ + "\n";
+    a_.assign(image.begin(), image.end());
+    durable_a_ = a_;
+  }
+  if (boot_.pending != 0 && !boot_.trial_booted) {
+    boot_.trial_booted = true;  // the one trial boot the new image gets
+    boot_.rolled_back = false;
+    running_ = boot_.pending;
+  } else if (boot_.pending != 0) {
+    boot_.pending = 0;  // booted on trial before and never confirmed: revert
+    boot_.trial_booted = false;
+    boot_.rolled_back = true;
+    running_ = boot_.active;
+  } else {
+    running_ = boot_.active;
+  }
+  return PortStatus::ok;
+}
+
+void FakeFlash::power_cut() {
+  a_ = durable_a_;
+  b_ = durable_b_;
+  target_ = 0;
+}
+
+PortStatus FakeFlash::read_state(ImageState& out) {
+  ++counts_.read_state;
+  out = ImageState{};
+  out.running_version.assign(version_ref(running_).c_str());
+  out.running_slot = running_;
+  out.slot_state = running_ == boot_.pending ? proto::SlotState::pending
+                   : boot_.rolled_back      ? proto::SlotState::rolled_back
+                                            : proto::SlotState::confirmed;
+  out.previous_version.assign(version_ref(other(running_)).c_str());
+  out.security_counter = boot_.counter;
+  out.free_bytes = capacity_;
+  return PortStatus::ok;
+}
+
+PortStatus FakeFlash::begin(const proto::Manifest& manifest, bool resume) {
+  ++counts_.begin;
+  if (boot_.pending != 0) return PortStatus::error;  // a trial image must be settled first
+  if (manifest.size > capacity_) return PortStatus::no_space;
+  target_ = other(running_);
+  target_size_ = manifest.size;
+  const bool keep = resume && boot_.writing == target_;
+  if (!keep) {
+    boot_.writing = target_;
+    version_ref(target_).clear();
+    boot_.rolled_back = false;
+    data_of(target_).clear();
+    durable_of(target_).clear();
+  }
+  return PortStatus::ok;
+}
+
+PortStatus FakeFlash::write(std::uint32_t offset, const std::uint8_t* data, std::size_t len) {
+  ++counts_.write;
+  if (record_writes_) write_offsets_.push_back(offset);
+  if (fail_write_at_ != 0 && counts_.write == fail_write_at_) return fail_status_;
+  if (target_ == 0 || offset + len > target_size_) return PortStatus::error;
+  auto& d = data_of(target_);
+  if (d.size() < offset + len) d.resize(offset + len, 0);
+  std::memcpy(d.data() + offset, data, len);
+  return PortStatus::ok;
+}
+
+PortStatus FakeFlash::read(std::uint32_t offset, std::uint8_t* out, std::size_t len) {
+  ++counts_.read;
+  const char slot = target_ != 0 ? target_ : other(running_);
+  const auto& d = data_of(slot);
+  if (offset + len > d.size()) return PortStatus::error;
+  std::memcpy(out, d.data() + offset, len);
+  return PortStatus::ok;
+}
+
+PortStatus FakeFlash::sync() {
+  ++counts_.sync;
+  const char slot = target_ != 0 ? target_ : other(running_);
+  durable_of(slot) = data_of(slot);
+  return PortStatus::ok;
+}
+
+PortStatus FakeFlash::finish(const proto::Manifest& manifest) {
+  ++counts_.finish;
+  const char slot = target_ != 0 ? target_ : other(running_);
+  target_ = slot;
+  durable_of(slot) = data_of(slot);
+  boot_.writing = 0;
+  version_ref(slot) = manifest.version.c_str();
+  return PortStatus::ok;
+}
+
+PortStatus FakeFlash::abort() {
+  ++counts_.abort;
+  if (target_ == 0 || boot_.writing != target_) return PortStatus::ok;
+  boot_.writing = 0;
+  data_of(target_).clear();
+  durable_of(target_).clear();
+  return PortStatus::ok;
+}
+
+PortStatus FakeFlash::activate(const proto::Manifest& manifest) {
+  ++counts_.activate;
+  const char slot = other(running_);
+  if (boot_.writing == slot || version_ref(slot) != manifest.version.c_str()) {
+    return PortStatus::error;  // only a finished image may become bootable
+  }
+  boot_.pending = slot;
+  boot_.trial_booted = false;
+  boot_.pending_counter = manifest.counter;
+  return PortStatus::ok;
+}
+
+PortStatus FakeFlash::confirm() {
+  ++counts_.confirm;
+  if (boot_.pending == 0 || running_ != boot_.pending) return PortStatus::ok;
+  boot_.active = boot_.pending;
+  boot_.pending = 0;
+  boot_.trial_booted = false;
+  boot_.rolled_back = false;
+  if (boot_.pending_counter > boot_.counter) boot_.counter = boot_.pending_counter;
+  return PortStatus::ok;
+}
+
+void FakeFlash::reset() {
+  ++counts_.reset;
+  reset_requested_ = true;
+}
+
+// ========================================================================== MemStorage
+PortStatus MemStorage::load(void* out, std::size_t cap, std::size_t& len) {
+  if (!has_record) return PortStatus::not_found;
+  len = record.size();
+  if (len > cap) return PortStatus::error;
+  std::memcpy(out, record.data(), len);
+  return PortStatus::ok;
+}
+
+PortStatus MemStorage::save(const void* data, std::size_t len) {
+  if (fail_saves) return PortStatus::error;
+  ++saves;
+  const auto* p = static_cast<const std::uint8_t*>(data);
+  record.assign(p, p + len);
+  has_record = true;
+  if (on_save) on_save(record);
+  return PortStatus::ok;
+}
+
+PortStatus MemStorage::erase() {
+  record.clear();
+  has_record = false;
+  return PortStatus::ok;
+}
+
+// =================================================================== ScriptedTransport
+bool ScriptedTransport::subscribe(const char* topic, int qos) {
+  subscriptions.emplace_back(topic, qos);
+  return connected_;
+}
+
+bool ScriptedTransport::publish(const char* topic, const void* payload, std::size_t len, int qos,
+                                bool retain) {
+  if (!connected_) return false;
+  Published p;
+  p.topic = topic;
+  const auto* b = static_cast<const std::uint8_t*>(payload);
+  p.payload.assign(b, b + len);
+  p.qos = qos;
+  p.retain = retain;
+  const char* id = nullptr;
+  std::size_t id_len = 0;
+  p.kind = proto::parse_topic(prefix_.c_str(), topic, &id, &id_len);
+  published.push_back(std::move(p));
+  return true;
+}
+
+std::size_t ScriptedTransport::count(proto::TopicKind kind, std::size_t from) const {
+  std::size_t n = 0;
+  for (std::size_t i = from; i < published.size(); ++i) n += published[i].kind == kind ? 1 : 0;
+  return n;
+}
+
+std::vector<proto::Event> ScriptedTransport::events(std::size_t from) const {
+  std::vector<proto::Event> out;
+  for (std::size_t i = from; i < published.size(); ++i) {
+    const auto& p = published[i];
+    if (p.kind != proto::TopicKind::event) continue;
+    proto::Event ev;
+    const proto::Error e =
+        proto::decode_event(reinterpret_cast<const char*>(p.payload.data()), p.payload.size(), ev);
+    if (e) {
+      ADD_FAILURE() << "undecodable event: " << proto::errc_name(e.code) << " " << e.field;
+      continue;
+    }
+    out.push_back(ev);
+  }
+  return out;
+}
+
+std::vector<proto::Hello> ScriptedTransport::hellos(std::size_t from) const {
+  std::vector<proto::Hello> out;
+  for (std::size_t i = from; i < published.size(); ++i) {
+    const auto& p = published[i];
+    if (p.kind != proto::TopicKind::presence) continue;
+    proto::Hello h;
+    const proto::Error e =
+        proto::decode_hello(reinterpret_cast<const char*>(p.payload.data()), p.payload.size(), h);
+    if (e) {
+      ADD_FAILURE() << "undecodable hello: " << proto::errc_name(e.code) << " " << e.field;
+      continue;
+    }
+    out.push_back(h);
+  }
+  return out;
+}
+
+std::vector<proto::ChunkRequest> ScriptedTransport::chunk_requests(std::size_t from) const {
+  std::vector<proto::ChunkRequest> out;
+  for (std::size_t i = from; i < published.size(); ++i) {
+    const auto& p = published[i];
+    if (p.kind != proto::TopicKind::chunk_request) continue;
+    proto::ChunkRequest r;
+    const proto::Error e = proto::decode_chunk_request(
+        reinterpret_cast<const char*>(p.payload.data()), p.payload.size(), r);
+    if (e) {
+      ADD_FAILURE() << "undecodable chunk request: " << proto::errc_name(e.code) << " "
+                    << e.field;
+      continue;
+    }
+    out.push_back(r);
+  }
+  return out;
+}
+
+// ========================================================================= ChunkServer
+ChunkServer::ChunkServer(std::vector<std::uint8_t> image, std::uint32_t chunk_size,
+                         const char* image_id_hex)
+    : image_(std::move(image)), chunk_size_(chunk_size) {
+  EXPECT_TRUE(proto::image_id_to_bytes(image_id_hex, id_));
+}
+
+ChunkServer::Frame ChunkServer::frame(std::uint32_t index) const {
+  Frame f;
+  f.index = index;
+  const std::size_t offset = static_cast<std::size_t>(index) * chunk_size_;
+  const std::size_t len = offset >= image_.size() ? 0 : std::min<std::size_t>(chunk_size_, image_.size() - offset);
+  f.bytes.resize(proto::kFrameHeaderLen + len);
+  const std::size_t n = proto::encode_chunk_frame(
+      id_, static_cast<std::uint32_t>(offset), image_.data() + offset,
+      static_cast<std::uint32_t>(len), 0, f.bytes.data(), f.bytes.size());
+  EXPECT_EQ(n, f.bytes.size());
+  return f;
+}
+
+std::vector<std::uint32_t> ChunkServer::wanted(const proto::ChunkRequest& req) {
+  std::vector<std::uint32_t> out;
+  for (std::uint32_t i = 0; i < req.count; ++i) {
+    if (req.wants(i)) out.push_back(req.first + i);
+  }
+  return out;
+}
+
+std::vector<ChunkServer::Frame> ChunkServer::frames_for(const proto::ChunkRequest& req) const {
+  std::vector<Frame> out;
+  for (std::uint32_t index : wanted(req)) {
+    if (index < chunk_count()) out.push_back(frame(index));
+  }
+  return out;
+}
+
+}  // namespace ota::agent::test

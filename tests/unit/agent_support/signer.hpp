@@ -1,0 +1,68 @@
+// Release signing for tests: a fresh EC P-256 key, its PEM public key in a temp file, and
+// signed offers built the way the controller builds them.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "ota/proto/messages.hpp"
+
+typedef struct evp_pkey_st EVP_PKEY;
+
+namespace ota::agent::test {
+
+// A temporary directory removed (recursively) on destruction.
+class TempDir {
+ public:
+  TempDir();
+  ~TempDir();
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+class TestSigner {
+ public:
+  TestSigner();
+  ~TestSigner();
+  TestSigner(const TestSigner&) = delete;
+  TestSigner& operator=(const TestSigner&) = delete;
+
+  const std::string& key_id() const { return key_id_; }
+  const std::string& pem_path() const { return pem_path_; }
+  // Raw r||s (64 bytes) of ECDSA P-256 / SHA-256 over `msg`.
+  std::vector<std::uint8_t> sign_raw(const std::uint8_t* msg, std::size_t len) const;
+  // Sets m.key to this key and m.sig over canonical_manifest(m).
+  void sign(proto::Manifest& m) const;
+
+ private:
+  TempDir dir_;
+  EVP_PKEY* key_ = nullptr;
+  std::string key_id_;
+  std::string pem_path_;
+};
+
+struct OfferOptions {
+  std::string deployment = "dep-1";
+  std::string version = "1.1.0";
+  std::string hw = "sim-board";
+  std::uint32_t chunk_size = 1024;
+  std::uint32_t counter = 1;
+  std::uint64_t expires = 1'900'000'000;
+  proto::ImageKind kind = proto::ImageKind::firmware;
+  // When set, the manifest describes these bytes instead of the served image.
+  const std::vector<std::uint8_t>* manifest_image = nullptr;
+};
+
+std::vector<std::uint8_t> random_image(std::size_t size, std::uint32_t seed);
+std::string sha256_hex(const std::uint8_t* data, std::size_t len);
+// A signed offer for `image`.
+proto::Offer make_offer(const TestSigner& signer, const std::vector<std::uint8_t>& image,
+                        const OfferOptions& opt = {});
+std::vector<std::uint8_t> encode(const proto::Offer& offer);
+
+}  // namespace ota::agent::test
