@@ -50,11 +50,19 @@ std::unique_ptr<MqttTestClient> connected_client(ClientOptions o) {
 
 class BrokerTest : public ::testing::Test {
  protected:
-  static void SetUpTestSuite() { broker_ = new Broker(pki()); }
+  static void SetUpTestSuite() {
+    try {
+      broker_ = new Broker(pki());
+    } catch (const std::exception& e) {
+      std::cerr << e.what() << "\n";
+      broker_ = nullptr;
+    }
+  }
   static void TearDownTestSuite() {
     delete broker_;
     broker_ = nullptr;
   }
+  void SetUp() override { ASSERT_NE(broker_, nullptr) << "broker did not start (see above)"; }
   void TearDown() override {
     if (HasFailure() && broker_ != nullptr) {
       std::cerr << "--- broker log tail ---\n" << broker_->log_tail(30) << "\n";
