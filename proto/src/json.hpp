@@ -15,11 +15,16 @@
 
 #include "ota/proto/error.hpp"
 
+#ifndef OTA_PROTO_JSON_MAX_TOKENS
+#define OTA_PROTO_JSON_MAX_TOKENS 128  // 8 bytes each; a Doc lives on the decoder's stack
+#endif
+
 namespace ota::proto::json {
 
-constexpr std::size_t kMaxTokens = 128;
+constexpr std::size_t kMaxTokens = OTA_PROTO_JSON_MAX_TOKENS;
 constexpr int kMaxDepth = 8;
 constexpr std::size_t kMaxInput = 65535;  // token offsets are 16-bit
+static_assert(kMaxTokens >= 16 && kMaxTokens < 65535, "token indices are 16-bit");
 constexpr std::uint64_t kMaxSafeInteger = 9007199254740992ull;  // 2^53
 
 enum class Type : std::uint8_t { object, array, string, number, boolean, null };
