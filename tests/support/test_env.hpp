@@ -123,6 +123,10 @@ struct BrokerOptions {
   std::chrono::milliseconds stop_deadline{5000};  // SIGTERM -> SIGKILL after this
 };
 
+// The broker is a child of the test process (fork/exec of run-broker.sh, which execs
+// mosquitto, so pid() is mosquitto's). It gets SIGTERM if the thread that started it exits
+// (PR_SET_PDEATHSIG), so a test killed by a ctest timeout leaves no broker behind: create
+// Brokers from the test's main thread. Log: log_path(); config: config_path().
 class Broker {
  public:
   // Starts the broker and waits until the controller can connect over TLS. Throws
