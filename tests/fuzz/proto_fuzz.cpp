@@ -85,7 +85,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   // String-based APIs want NUL-terminated input.
   static char text[1024];
   std::size_t tn = size < sizeof(text) - 1 ? size : sizeof(text) - 1;
-  std::memcpy(text, data, tn);
+  if (tn != 0) std::memcpy(text, data, tn);
   text[tn] = '\0';
   const char* id = nullptr;
   std::size_t id_len = 0;

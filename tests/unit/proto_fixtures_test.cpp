@@ -158,3 +158,20 @@ TEST(ProtoFixtures, CorruptFailWithExpectedError) {
         << name;
   }
 }
+
+TEST(ProtoFixtures, SignedOfferCanonicalBytes) {
+  // The bytes signed by tests/fixtures/proto/example_release_key.pub.pem (PROTOCOL.md 6.2).
+  std::string data = read_file(kDir / "valid" / "offer_signed.json");
+  Offer o;
+  ASSERT_TRUE(decode_offer(data.data(), data.size(), o).ok());
+  char buf[512];
+  std::size_t n = canonical_manifest(o.manifest, buf, sizeof(buf));
+  EXPECT_EQ(std::string(buf, n),
+            "{\"chunk_size\":4096,\"compression\":\"none\",\"counter\":3,\"expires\":1767225600,"
+            "\"hw\":[\"esp32-s3-devkit\"],\"image\":\"3f2a9c1b7d4e8f60\",\"key\":"
+            "\"40ae8f1292283e00\",\"kind\":\"firmware\",\"sha256\":"
+            "\"3f2a9c1b7d4e8f60a7c1e09b55d2f3846e1b0c9d7a35f2e84c61b0d9e2f7a3c5\","
+            "\"size\":1048576,\"version\":\"1.4.2\"}");
+  EXPECT_EQ(n, 277u);
+  EXPECT_EQ(o.manifest.key, "40ae8f1292283e00");
+}
