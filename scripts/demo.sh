@@ -9,8 +9,10 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 devices="${DEVICES:-20}"
 image_kib="${IMAGE_KIB:-1024}"
 "$root/scripts/install-deps.sh"
-echo "== building =="
-"$root/scripts/build.sh" "$root/build"
+if [[ "${OTA_SKIP_BUILD:-0}" != 1 ]]; then
+  echo "== building =="
+  "$root/scripts/build.sh" "$root/build"
+fi
 bin="$root/build"
 otactl="$bin/service/otactl"
 
@@ -59,7 +61,7 @@ echo "== fleet: $devices simulated devices on 1.0.0 =="
   --data "$run/fleet" --port "$broker_port" --hw esp32-sim --group demo \
   >"$run/devsim.out" 2>"$run/devsim.log" &
 pids+=($!)
-online() { [[ "$("$otactl" devices --online --json | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))')" -ge "$devices" ]]; }
+online() { [[ "$("$otactl" --json devices --online | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))')" -ge "$devices" ]]; }
 wait_for "$devices devices online" 60 online
 "$otactl" devices
 
@@ -74,7 +76,7 @@ status=0
 
 echo "== fleet after the update =="
 "$otactl" devices
-not_updated="$("$otactl" devices --json | python3 -c '
+not_updated="$("$otactl" --json devices | python3 -c '
 import json, sys
 print(sum(1 for d in json.load(sys.stdin) if d.get("version") != "1.1.0"))')"
 if [[ "$status" -ne 0 || "$not_updated" -ne 0 ]]; then
