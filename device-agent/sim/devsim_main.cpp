@@ -65,6 +65,8 @@ int main(int argc, char** argv) {
   app.add_option("--crash-at", crash_at, "download %% at which --crash-ids lose power")->capture_default_str();
   app.add_option("--corrupt-ids", corrupt_ids, "ids that corrupt one flash write");
   app.add_option("--corrupt-offset", corrupt_offset, "image offset of the corrupted byte")->capture_default_str();
+  app.add_option("--flash-write-delay-us", base.flash_write_delay_us,
+                 "simulate slow flash: pause per chunk write")->capture_default_str();
   app.add_option("--status-ms", status_ms, "print a status line every N ms (0: never)");
   CLI11_PARSE(app, argc, argv);
 

@@ -76,6 +76,7 @@ bool DeviceRunner::run(const std::atomic<bool>& stop, std::string& error) {
   flash_cfg.slot_capacity = opt_.slot_capacity;
   flash_cfg.initial_version = opt_.initial_version;
   flash_cfg.durable = opt_.durable;
+  flash_cfg.write_delay_us = opt_.flash_write_delay_us;
   SystemClock clock;
 
   while (!stop) {

@@ -151,6 +151,7 @@ PortStatus FileFlash::begin(const proto::Manifest& manifest, bool resume) {
 
 PortStatus FileFlash::write(std::uint32_t offset, const std::uint8_t* data, std::size_t len) {
   if (fd_ < 0 || offset + len > target_size_) return PortStatus::error;
+  if (cfg_.write_delay_us > 0) ::usleep(cfg_.write_delay_us);
   const std::uint8_t* src = data;
   std::uint8_t flipped[1];
   std::size_t done = 0;

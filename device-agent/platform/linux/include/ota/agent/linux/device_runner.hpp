@@ -24,6 +24,7 @@ struct DeviceOptions {
   std::uint32_t window_chunks = 64;
   std::uint32_t request_timeout_ms = 2000;
   std::uint32_t checkpoint_chunks = 64;
+  unsigned flash_write_delay_us = 0;  // simulate slow flash
   // Fault injection, each fires at most once per process.
   bool fail_self_test = false;
   int drop_at_percent = -1;   // cut the network link at this download progress

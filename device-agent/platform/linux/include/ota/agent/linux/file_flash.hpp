@@ -12,6 +12,7 @@ struct FileFlashConfig {
   std::uint64_t slot_capacity = 64u << 20;  // bytes an image may take
   std::string initial_version = "1.0.0";    // what slot a holds on a factory-fresh device
   bool durable = true;                      // fsync writes and state (off only for tests)
+  unsigned write_delay_us = 0;              // simulate slow flash: pause per write() call
 };
 
 // A dual-slot (A/B) flash in files that boots like real hardware does:
