@@ -61,6 +61,9 @@ const Agent::Transition Agent::kTransitions[] = {
     {DeviceState::installing, Trigger::resume_install, DeviceState::installing,
      &Agent::install_image},
     {DeviceState::installing, Trigger::activated, DeviceState::rebooting, &Agent::restart_device},
+    // Power lost after activate() but before the record said so: the new image runs on trial.
+    {DeviceState::installing, Trigger::booted_trial, DeviceState::confirming,
+     &Agent::run_self_test},
     {DeviceState::installing, Trigger::failed, DeviceState::idle, &Agent::fail_update},
     {DeviceState::rebooting, Trigger::booted_trial, DeviceState::confirming, &Agent::run_self_test},
     {DeviceState::rebooting, Trigger::self_test_passed, DeviceState::idle, &Agent::confirm_image},
@@ -124,7 +127,12 @@ void Agent::boot() {
       dispatch(Trigger::resume_verify);
       break;
     case DeviceState::installing:
-      dispatch(Trigger::resume_install);
+      if (image_.running_version == st_.manifest.version &&
+          image_.slot_state == proto::SlotState::pending) {
+        dispatch(Trigger::booted_trial);  // activated just before the power was lost
+      } else {
+        dispatch(Trigger::resume_install);
+      }
       break;
     case DeviceState::rebooting:
     case DeviceState::confirming: {
@@ -269,6 +277,7 @@ void Agent::handle_offer(const std::uint8_t* payload, std::size_t len) {
   st_.manifest = offer.manifest;
   st_.received_chunks = 0;
   std::memset(st_.received, 0, sizeof st_.received);
+  chunks_since_checkpoint_ = 0;  // nothing unsynced in an empty bitmap (see persist())
   st_.result_reason = ReasonCode::ok;
   dispatch(Trigger::offer_accepted);
 }
@@ -526,10 +535,7 @@ void Agent::handle_chunk(const std::uint8_t* payload, std::size_t len) {
   }
   advance_hash(kHashCatchUpPerCall);
 
-  if (++chunks_since_checkpoint_ >= cfg_.checkpoint_chunks) {
-    chunks_since_checkpoint_ = 0;
-    if (flash_.sync() == PortStatus::ok) persist();
-  }
+  if (++chunks_since_checkpoint_ >= cfg_.checkpoint_chunks) persist();  // syncs flash first
   maybe_report_progress();
   if (st_.received_chunks == st_.manifest.chunk_count()) {
     flash_.sync();
@@ -636,6 +642,12 @@ void Agent::flush_pending_result() {
 }
 
 void Agent::persist() {
+  // The record may only claim chunks the flash holds durably. Any persist (progress events,
+  // declines), not only a checkpoint, saves the bitmap, so sync the chunks written since.
+  if (st_.state == DeviceState::downloading && chunks_since_checkpoint_ > 0) {
+    if (flash_.sync() != PortStatus::ok) return;  // keep the last durable record
+    chunks_since_checkpoint_ = 0;
+  }
   st_.magic = kStateMagic;
   st_.layout = kStateLayout;
   storage_.save(&st_, sizeof st_);

@@ -5,6 +5,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <ostream>
 #include <string>
 #include <vector>
 
@@ -12,6 +13,14 @@
 #include "ota/proto/frame.hpp"
 #include "ota/proto/messages.hpp"
 #include "ota/proto/topics.hpp"
+
+namespace ota::proto {
+// Readable gtest output for the enums the tests compare.
+inline void PrintTo(ReasonCode c, std::ostream* os) { *os << reason_name(c); }
+inline void PrintTo(DeviceState s, std::ostream* os) { *os << device_state_name(s); }
+inline void PrintTo(EventType t, std::ostream* os) { *os << event_type_name(t); }
+inline void PrintTo(SlotState s, std::ostream* os) { *os << slot_state_name(s); }
+}  // namespace ota::proto
 
 namespace ota::agent::test {
 

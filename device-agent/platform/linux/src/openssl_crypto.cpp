@@ -25,6 +25,7 @@ EVP_MD_CTX*& ctx_of(Sha256State& s) {
 
 OpensslCrypto::~OpensslCrypto() {
   for (auto& [id, key] : keys_) EVP_PKEY_free(key);
+  for (auto& [state, ctx] : digests_) EVP_MD_CTX_free(ctx);
 }
 
 std::string OpensslCrypto::key_id_of(EVP_PKEY* key) {
@@ -65,8 +66,11 @@ std::string OpensslCrypto::add_trusted_key_pem(const std::string& pem_path, std:
 }
 
 void OpensslCrypto::sha256_init(Sha256State& s) {
-  EVP_MD_CTX*& ctx = ctx_of(s);
-  ctx = EVP_MD_CTX_new();
+  // Reuse the context of an earlier init of the same state (never finalised) instead of
+  // leaking it; the opaque bytes cannot tell, they are uninitialised before the first init.
+  EVP_MD_CTX*& ctx = digests_[&s];
+  if (ctx == nullptr) ctx = EVP_MD_CTX_new();
+  ctx_of(s) = ctx;
   EVP_DigestInit_ex(ctx, EVP_sha256(), nullptr);
 }
 
@@ -78,6 +82,7 @@ void OpensslCrypto::sha256_final(Sha256State& s, std::uint8_t digest[32]) {
   EVP_MD_CTX*& ctx = ctx_of(s);
   unsigned int n = 0;
   EVP_DigestFinal_ex(ctx, digest, &n);
+  digests_.erase(&s);
   EVP_MD_CTX_free(ctx);
   ctx = nullptr;
 }

@@ -6,6 +6,7 @@
 #include "ota/agent/ports.hpp"
 
 typedef struct evp_pkey_st EVP_PKEY;
+typedef struct evp_md_ctx_st EVP_MD_CTX;
 
 namespace ota::agent::linux_port {
 
@@ -31,6 +32,9 @@ class OpensslCrypto final : public Crypto {
 
  private:
   std::map<std::string, EVP_PKEY*> keys_;
+  // Digest contexts by the state that uses them. The core may init a state again without
+  // final (a transfer restarts) or drop it (power cut), so the port owns and frees them.
+  std::map<const Sha256State*, EVP_MD_CTX*> digests_;
 };
 
 }  // namespace ota::agent::linux_port

@@ -1,0 +1,318 @@
+// Linux ports without network: file-backed A/B flash, file storage, OpenSSL crypto.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cstring>
+#include <iterator>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "ota/agent/linux/atomic_file.hpp"
+#include "ota/agent/linux/file_flash.hpp"
+#include "ota/agent/linux/file_storage.hpp"
+#include "ota/agent/linux/openssl_crypto.hpp"
+#include "ota/proto/frame.hpp"
+#include "signer.hpp"
+
+namespace ota::agent::test {
+namespace {
+
+using linux_port::FileFlash;
+using linux_port::FileFlashConfig;
+using linux_port::FileStorage;
+using linux_port::OpensslCrypto;
+
+proto::Manifest manifest_for(const std::vector<std::uint8_t>& image, const char* version,
+                             std::uint32_t counter) {
+  proto::Manifest m;
+  const std::string sha = sha256_hex(image.data(), image.size());
+  m.image.assign(sha.c_str(), 16);
+  m.version.assign(version);
+  m.hw[0].assign("sim-board");
+  m.hw_count = 1;
+  m.size = image.size();
+  m.sha256.assign(sha.c_str());
+  m.chunk_size = 1024;
+  m.counter = counter;
+  m.expires = 1'900'000'000;
+  return m;
+}
+
+std::string read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+class FileFlashTest : public ::testing::Test {
+ protected:
+  FileFlashConfig config() const {
+    FileFlashConfig c;
+    c.dir = dir_.path() + "/flash";
+    c.slot_capacity = 1u << 20;
+    c.durable = false;
+    return c;
+  }
+  ImageState state_of(FileFlash& f) {
+    ImageState s;
+    EXPECT_EQ(f.read_state(s), PortStatus::ok);
+    return s;
+  }
+  // Writes and finishes `image` into the inactive slot of a freshly powered flash.
+  void install(FileFlash& f, const std::vector<std::uint8_t>& image, const proto::Manifest& m) {
+    ASSERT_EQ(f.begin(m, false), PortStatus::ok);
+    for (std::size_t off = 0; off < image.size(); off += 1024) {
+      const std::size_t n = std::min<std::size_t>(1024, image.size() - off);
+      ASSERT_EQ(f.write(static_cast<std::uint32_t>(off), image.data() + off, n), PortStatus::ok);
+    }
+    ASSERT_EQ(f.sync(), PortStatus::ok);
+    ASSERT_EQ(f.finish(m), PortStatus::ok);
+  }
+
+  TempDir dir_;
+  std::vector<std::uint8_t> image_ = random_image(10 * 1024 + 77, 3);
+};
+
+TEST_F(FileFlashTest, FactoryFreshDeviceRunsInitialVersion) {
+  FileFlash f(config());
+  ASSERT_EQ(f.power_on(), PortStatus::ok);
+  const ImageState s = state_of(f);
+  EXPECT_EQ(s.running_version, "1.0.0");
+  EXPECT_EQ(s.running_slot, 'a');
+  EXPECT_EQ(s.slot_state, proto::SlotState::confirmed);
+  EXPECT_EQ(s.security_counter, 0u);
+  EXPECT_EQ(s.free_bytes, 1u << 20);
+  EXPECT_TRUE(s.previous_version.empty());
+  EXPECT_TRUE(std::filesystem::exists(f.slot_path('a')));
+  EXPECT_EQ(read_file(f.slot_path('a')), "factory image 1.0.0\n");
+}
+
+TEST_F(FileFlashTest, TrialBootThenRevertWithoutConfirm) {
+  const proto::Manifest m = manifest_for(image_, "1.1.0", 3);
+  {
+    FileFlash f(config());
+    ASSERT_EQ(f.power_on(), PortStatus::ok);
+    install(f, image_, m);
+    ASSERT_EQ(f.activate(m), PortStatus::ok);
+    f.reset();
+    EXPECT_TRUE(f.reset_requested());
+  }
+  {
+    FileFlash f(config());  // trial boot
+    ASSERT_EQ(f.power_on(), PortStatus::ok);
+    const ImageState s = state_of(f);
+    EXPECT_EQ(s.running_version, "1.1.0");
+    EXPECT_EQ(s.running_slot, 'b');
+    EXPECT_EQ(s.slot_state, proto::SlotState::pending);
+    EXPECT_EQ(s.previous_version, "1.0.0");
+    EXPECT_EQ(s.security_counter, 0u);
+    const std::string b = read_file(f.slot_path('b'));
+    EXPECT_EQ(std::vector<std::uint8_t>(b.begin(), b.end()), image_);
+  }
+  {
+    FileFlash f(config());  // booted once on trial, never confirmed: revert
+    ASSERT_EQ(f.power_on(), PortStatus::ok);
+    const ImageState s = state_of(f);
+    EXPECT_EQ(s.running_version, "1.0.0");
+    EXPECT_EQ(s.running_slot, 'a');
+    EXPECT_EQ(s.slot_state, proto::SlotState::rolled_back);
+    EXPECT_EQ(s.security_counter, 0u);
+  }
+  {
+    FileFlash f(config());  // and it stays reverted
+    ASSERT_EQ(f.power_on(), PortStatus::ok);
+    EXPECT_EQ(state_of(f).running_version, "1.0.0");
+  }
+}
+
+TEST_F(FileFlashTest, ConfirmMakesTrialPermanentAndRaisesCounter) {
+  const proto::Manifest m = manifest_for(image_, "1.1.0", 3);
+  {
+    FileFlash f(config());
+    ASSERT_EQ(f.power_on(), PortStatus::ok);
+    install(f, image_, m);
+    ASSERT_EQ(f.activate(m), PortStatus::ok);
+  }
+  {
+    FileFlash f(config());
+    ASSERT_EQ(f.power_on(), PortStatus::ok);
+    EXPECT_EQ(state_of(f).slot_state, proto::SlotState::pending);
+    ASSERT_EQ(f.confirm(), PortStatus::ok);
+    const ImageState s = state_of(f);
+    EXPECT_EQ(s.slot_state, proto::SlotState::confirmed);
+    EXPECT_EQ(s.security_counter, 3u);
+  }
+  for (int i = 0; i < 2; ++i) {
+    FileFlash f(config());
+    ASSERT_EQ(f.power_on(), PortStatus::ok);
+    const ImageState s = state_of(f);
+    EXPECT_EQ(s.running_version, "1.1.0");
+    EXPECT_EQ(s.running_slot, 'b');
+    EXPECT_EQ(s.slot_state, proto::SlotState::confirmed);
+    EXPECT_EQ(s.security_counter, 3u);
+  }
+}
+
+TEST_F(FileFlashTest, ActivateRefusesUnfinishedSlot) {
+  const proto::Manifest m = manifest_for(image_, "1.1.0", 1);
+  FileFlash f(config());
+  ASSERT_EQ(f.power_on(), PortStatus::ok);
+  ASSERT_EQ(f.begin(m, false), PortStatus::ok);
+  ASSERT_EQ(f.write(0, image_.data(), 1024), PortStatus::ok);
+  EXPECT_EQ(f.activate(m), PortStatus::error);
+  // Abort drops the partial image; still nothing to activate.
+  ASSERT_EQ(f.abort(), PortStatus::ok);
+  EXPECT_EQ(f.activate(m), PortStatus::error);
+  FileFlash g(config());
+  ASSERT_EQ(g.power_on(), PortStatus::ok);
+  EXPECT_EQ(state_of(g).running_version, "1.0.0");
+  EXPECT_EQ(state_of(g).slot_state, proto::SlotState::confirmed);
+}
+
+TEST_F(FileFlashTest, RejectsOutOfBoundsWriteAndOversizedImage) {
+  const proto::Manifest m = manifest_for(image_, "1.1.0", 1);
+  FileFlash f(config());
+  ASSERT_EQ(f.power_on(), PortStatus::ok);
+  ASSERT_EQ(f.begin(m, false), PortStatus::ok);
+  EXPECT_EQ(f.write(static_cast<std::uint32_t>(image_.size() - 10), image_.data(), 11),
+            PortStatus::error);
+  proto::Manifest big = m;
+  big.size = (1u << 20) + 1;
+  EXPECT_EQ(f.begin(big, false), PortStatus::no_space);
+}
+
+TEST_F(FileFlashTest, ResumedBeginKeepsPartialImage) {
+  const proto::Manifest m = manifest_for(image_, "1.1.0", 1);
+  {
+    FileFlash f(config());
+    ASSERT_EQ(f.power_on(), PortStatus::ok);
+    ASSERT_EQ(f.begin(m, false), PortStatus::ok);
+    ASSERT_EQ(f.write(0, image_.data(), 1024), PortStatus::ok);
+    ASSERT_EQ(f.sync(), PortStatus::ok);
+  }
+  FileFlash f(config());  // restart
+  ASSERT_EQ(f.power_on(), PortStatus::ok);
+  std::vector<std::uint8_t> back(1024);
+  ASSERT_EQ(f.read(0, back.data(), back.size()), PortStatus::ok);  // before begin()
+  EXPECT_EQ(std::memcmp(back.data(), image_.data(), 1024), 0);
+  ASSERT_EQ(f.begin(m, true), PortStatus::ok);
+  ASSERT_EQ(f.read(0, back.data(), back.size()), PortStatus::ok);
+  EXPECT_EQ(std::memcmp(back.data(), image_.data(), 1024), 0);
+  ASSERT_EQ(f.begin(m, false), PortStatus::ok);  // a fresh begin drops it
+  EXPECT_NE(f.read(0, back.data(), back.size()), PortStatus::ok);
+}
+
+// ------------------------------------------------------------------------ FileStorage
+
+TEST(FileStorageTest, SaveLoadEraseNotFound) {
+  TempDir dir;
+  FileStorage st(dir.path() + "/agent.state", false);
+  char buf[64];
+  std::size_t len = 0;
+  EXPECT_EQ(st.load(buf, sizeof buf, len), PortStatus::not_found);
+  const char first[] = "first record";
+  ASSERT_EQ(st.save(first, sizeof first), PortStatus::ok);
+  ASSERT_EQ(st.load(buf, sizeof buf, len), PortStatus::ok);
+  EXPECT_EQ(len, sizeof first);
+  EXPECT_STREQ(buf, first);
+  const char second[] = "2nd";
+  ASSERT_EQ(st.save(second, sizeof second), PortStatus::ok);
+  ASSERT_EQ(st.load(buf, sizeof buf, len), PortStatus::ok);
+  EXPECT_EQ(len, sizeof second);
+  EXPECT_STREQ(buf, second);
+  // Atomic replacement: no temporary left behind.
+  EXPECT_FALSE(std::filesystem::exists(dir.path() + "/agent.state.tmp"));
+  // A record larger than the caller's buffer is an error, not a truncation.
+  char small[2];
+  EXPECT_EQ(st.load(small, sizeof small, len), PortStatus::error);
+  ASSERT_EQ(st.erase(), PortStatus::ok);
+  EXPECT_EQ(st.load(buf, sizeof buf, len), PortStatus::not_found);
+  EXPECT_EQ(st.erase(), PortStatus::ok);  // erasing nothing is fine
+}
+
+TEST(FileStorageTest, FailedReplaceKeepsOldRecord) {
+  TempDir dir;
+  const std::string path = dir.path() + "/agent.state";
+  FileStorage st(path, false);
+  ASSERT_EQ(st.save("old", 4), PortStatus::ok);
+  // A directory where the temporary file would go makes the write fail.
+  std::filesystem::create_directory(path + ".tmp");
+  EXPECT_NE(st.save("new", 4), PortStatus::ok);
+  char buf[8];
+  std::size_t len = 0;
+  ASSERT_EQ(st.load(buf, sizeof buf, len), PortStatus::ok);
+  EXPECT_STREQ(buf, "old");
+}
+
+// ---------------------------------------------------------------------- OpensslCrypto
+
+TEST(OpensslCryptoTest, Sha256OfAbc) {
+  OpensslCrypto c;
+  Sha256State s;
+  std::uint8_t d[32];
+  c.sha256_init(s);
+  c.sha256_update(s, reinterpret_cast<const std::uint8_t*>("a"), 1);
+  c.sha256_update(s, reinterpret_cast<const std::uint8_t*>("bc"), 2);
+  c.sha256_final(s, d);
+  char hex[65];
+  proto::hex_encode(d, 32, hex);
+  hex[64] = '\0';
+  EXPECT_STREQ(hex, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+}
+
+TEST(OpensslCryptoTest, RepeatedInitWithoutFinalIsSafe) {
+  OpensslCrypto c;
+  Sha256State s;
+  std::uint8_t d[32];
+  c.sha256_init(s);
+  c.sha256_update(s, reinterpret_cast<const std::uint8_t*>("xyz"), 3);
+  c.sha256_init(s);  // restart (the agent does this when a transfer restarts)
+  c.sha256_update(s, reinterpret_cast<const std::uint8_t*>("abc"), 3);
+  c.sha256_final(s, d);
+  EXPECT_EQ(d[0], 0xba);
+  EXPECT_EQ(d[31], 0xad);
+  Sha256State dropped;  // initialised and never finalised: the port owns the cleanup
+  c.sha256_init(dropped);
+}
+
+TEST(OpensslCryptoTest, VerifyOkBadAndUnknownKey) {
+  TestSigner signer;
+  OpensslCrypto c;
+  std::string error;
+  const std::string id = c.add_trusted_key_pem(signer.pem_path(), error);
+  ASSERT_EQ(id, signer.key_id()) << error;
+  EXPECT_EQ(id.size(), 16u);
+  const std::string msg = "canonical manifest bytes";
+  const auto* m = reinterpret_cast<const std::uint8_t*>(msg.data());
+  auto sig = signer.sign_raw(m, msg.size());
+  EXPECT_EQ(c.verify_p256(id.c_str(), m, msg.size(), sig.data()), Crypto::Verify::ok);
+  std::string other = msg;
+  other[0] = 'C';
+  EXPECT_EQ(c.verify_p256(id.c_str(), reinterpret_cast<const std::uint8_t*>(other.data()),
+                          other.size(), sig.data()),
+            Crypto::Verify::bad_signature);
+  auto bad = sig;
+  bad[40] ^= 0x01;
+  EXPECT_EQ(c.verify_p256(id.c_str(), m, msg.size(), bad.data()), Crypto::Verify::bad_signature);
+  std::vector<std::uint8_t> zero(64, 0);
+  EXPECT_EQ(c.verify_p256(id.c_str(), m, msg.size(), zero.data()), Crypto::Verify::bad_signature);
+  EXPECT_EQ(c.verify_p256("0123456789abcdef", m, msg.size(), sig.data()),
+            Crypto::Verify::unknown_key);
+}
+
+TEST(OpensslCryptoTest, AddTrustedKeyErrors) {
+  TempDir dir;
+  OpensslCrypto c;
+  std::string error;
+  EXPECT_TRUE(c.add_trusted_key_pem(dir.path() + "/missing.pem", error).empty());
+  EXPECT_FALSE(error.empty());
+  const std::string junk = dir.path() + "/junk.pem";
+  ASSERT_TRUE(linux_port::write_file_atomically(junk, "not a key\n", 10, false));
+  error.clear();
+  EXPECT_TRUE(c.add_trusted_key_pem(junk, error).empty());
+  EXPECT_FALSE(error.empty());
+}
+
+}  // namespace
+}  // namespace ota::agent::test

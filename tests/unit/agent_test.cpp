@@ -1,0 +1,925 @@
+// Agent core behaviour, end to end through its ports: fakes stand where hardware would be
+// (flash, network, clock, record store); crypto is the real OpenSSL port.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cstring>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "fakes.hpp"
+#include "ota/agent/agent.hpp"
+#include "ota/agent/linux/openssl_crypto.hpp"
+#include "signer.hpp"
+
+namespace ota::agent::test {
+namespace {
+
+using proto::DeviceState;
+using proto::EventType;
+using proto::ReasonCode;
+
+constexpr const char* kDevice = "dev-1";
+constexpr const char* kGroups[] = {"fleet"};
+constexpr std::size_t kImageSize = 100 * 1024;
+
+bool failing_self_test(void*) { return false; }
+
+PersistedState decode_record(const std::vector<std::uint8_t>& rec) {
+  PersistedState s;
+  EXPECT_EQ(rec.size(), sizeof s);
+  if (rec.size() == sizeof s) std::memcpy(&s, rec.data(), sizeof s);
+  return s;
+}
+
+bool bit(const PersistedState& s, std::uint32_t i) { return (s.received[i / 8] >> (i % 8)) & 1u; }
+
+class AgentTest : public ::testing::Test {
+ protected:
+  using Frames = std::vector<ChunkServer::Frame>;
+  using Shape = std::function<void(Frames&)>;
+
+  AgentTest() : image_(random_image(kImageSize, 1234)) {
+    std::string error;
+    key_id_ = crypto_.add_trusted_key_pem(signer_.pem_path(), error);
+    EXPECT_EQ(key_id_, signer_.key_id()) << error;
+    cfg_.device_id = kDevice;
+    cfg_.hw_model = "sim-board";
+    cfg_.groups = kGroups;
+    cfg_.group_count = 1;
+  }
+
+  // Power-on of a factory-fresh device, then connect.
+  void start() {
+    ASSERT_EQ(flash_.power_on(), PortStatus::ok);
+    boot_and_connect();
+  }
+
+  // A new Agent over the same ports, as after a power cycle; the transport is down during
+  // boot() (as in the device runner) and comes up afterwards. When boot() asks for a reset
+  // (revert after a failed self-test) the device powers on again before connecting.
+  void boot_and_connect(bool connect = true) {
+    for (int i = 0; i < 4; ++i) {
+      agent_.reset();
+      transport_.connected_ = false;
+      agent_ = std::make_unique<Agent>(cfg_, flash_, transport_, clock_, storage_, crypto_);
+      agent_->boot();
+      if (!agent_->reset_requested()) break;
+      ASSERT_EQ(flash_.power_on(), PortStatus::ok);
+    }
+    ASSERT_FALSE(agent_->reset_requested());
+    if (!connect) return;
+    transport_.connected_ = true;
+    agent_->on_connected();
+  }
+
+  void reboot(bool connect = true) {
+    agent_.reset();
+    ASSERT_EQ(flash_.power_on(), PortStatus::ok);
+    boot_and_connect(connect);
+  }
+
+  std::string topic(proto::TopicKind kind, const char* id = kDevice) const {
+    char t[proto::kMaxTopicLen];
+    const std::size_t n = proto::make_topic(proto::kDefaultPrefix, kind, id, t, sizeof t);
+    EXPECT_GT(n, 0u);
+    return std::string(t, n);
+  }
+
+  void send_offer(const proto::Offer& offer, proto::TopicKind kind = proto::TopicKind::offer,
+                  const char* id = kDevice) {
+    const auto payload = encode(offer);
+    agent_->on_message(topic(kind, id).c_str(), payload.data(), payload.size());
+  }
+
+  void send_cancel(const char* deployment) {
+    proto::Cancel c;
+    c.deployment.assign(deployment);
+    char buf[512];
+    std::size_t len = 0;
+    ASSERT_FALSE(proto::encode_cancel(c, buf, sizeof buf, len));
+    agent_->on_message(topic(proto::TopicKind::cancel).c_str(),
+                       reinterpret_cast<const std::uint8_t*>(buf), len);
+  }
+
+  void deliver(const ChunkServer::Frame& f) {
+    agent_->on_message(topic(proto::TopicKind::chunk).c_str(), f.bytes.data(), f.bytes.size());
+    ++delivered_;
+  }
+
+  // Chunk requests published since the last call.
+  std::vector<proto::ChunkRequest> take_requests() {
+    auto out = transport_.chunk_requests(req_cursor_);
+    req_cursor_ = transport_.published.size();
+    return out;
+  }
+
+  // Plays the controller: answers every chunk request (new ones included) until none is
+  // left or `max_frames` frames were delivered (what is left stays queued for the next
+  // call). `shape` reorders/duplicates/drops the frames of each request.
+  void serve(const ChunkServer& server, const Shape& shape = {},
+             std::size_t max_frames = static_cast<std::size_t>(-1)) {
+    std::size_t sent = 0;
+    for (;;) {
+      for (auto& r : take_requests()) {
+        EXPECT_EQ(r.deployment, deployment_.c_str());
+        EXPECT_LE(ChunkServer::wanted(r).size(), cfg_.window_chunks);
+        queue_.push_back(r);
+      }
+      if (pending_.empty()) {
+        if (queue_.empty()) return;
+        const proto::ChunkRequest req = queue_.front();
+        queue_.pop_front();
+        Frames frames = server.frames_for(req);
+        if (shape) shape(frames);
+        pending_.insert(pending_.end(), frames.begin(), frames.end());
+        continue;
+      }
+      if (sent == max_frames) return;
+      const ChunkServer::Frame f = pending_.front();
+      pending_.pop_front();
+      deliver(f);
+      ++sent;
+    }
+  }
+
+  // The controller loses track of what was asked so far (the device restarted).
+  void forget_requests() {
+    req_cursor_ = transport_.published.size();
+    queue_.clear();
+    pending_.clear();
+  }
+
+  proto::Offer offer_for(const std::vector<std::uint8_t>& image, OfferOptions opt = {}) {
+    deployment_ = opt.deployment;
+    return make_offer(signer_, image, opt);
+  }
+
+  // Offer + full transfer of the test image.
+  proto::Offer run_update(OfferOptions opt = {}) {
+    proto::Offer offer = offer_for(image_, opt);
+    send_offer(offer);
+    ChunkServer server(image_, offer.manifest.chunk_size, offer.manifest.image.c_str());
+    serve(server);
+    return offer;
+  }
+
+  std::vector<proto::Event> events_of(EventType type, std::size_t from = 0) const {
+    std::vector<proto::Event> out;
+    for (auto& e : transport_.events(from)) {
+      if (e.type == type) out.push_back(e);
+    }
+    return out;
+  }
+
+  std::vector<DeviceState> statuses(std::size_t from = 0) const {
+    std::vector<DeviceState> out;
+    for (auto& e : events_of(EventType::status, from)) out.push_back(e.state);
+    return out;
+  }
+
+  void expect_seq_increasing() const {
+    std::uint32_t last = 0;
+    for (const auto& e : transport_.events()) {
+      EXPECT_GT(e.seq, last) << "event " << proto::event_type_name(e.type);
+      last = e.seq;
+    }
+  }
+
+  std::string running_version() {
+    ImageState s;
+    flash_.read_state(s);
+    return s.running_version.c_str();
+  }
+
+  void expect_single_result(bool success, ReasonCode reason, const char* version,
+                            std::size_t from = 0) {
+    const auto results = events_of(EventType::result, from);
+    ASSERT_EQ(results.size(), 1u);
+    EXPECT_EQ(results[0].success, success);
+    EXPECT_EQ(results[0].reason, reason) << proto::reason_name(results[0].reason);
+    EXPECT_EQ(results[0].version, version);
+    EXPECT_EQ(results[0].deployment, deployment_.c_str());
+  }
+
+  // The offer was declined with `reason` and nothing on the device changed.
+  void expect_declined(const proto::Offer& offer, ReasonCode reason) {
+    const auto boot_before = flash_.boot_state();
+    const std::size_t from = transport_.published.size();
+    send_offer(offer);
+    const auto evs = transport_.events(from);
+    ASSERT_EQ(evs.size(), 1u);
+    EXPECT_EQ(evs[0].type, EventType::decline);
+    EXPECT_EQ(evs[0].reason, reason) << proto::reason_name(evs[0].reason);
+    EXPECT_EQ(evs[0].deployment, offer.deployment);
+    EXPECT_EQ(transport_.count(proto::TopicKind::chunk_request, from), 0u);
+    EXPECT_EQ(agent_->state(), DeviceState::idle);
+    EXPECT_EQ(flash_.counts().begin, 0);
+    EXPECT_EQ(flash_.counts().write, 0);
+    EXPECT_EQ(flash_.counts().activate, 0);
+    EXPECT_EQ(flash_.boot_state().active, boot_before.active);
+    EXPECT_EQ(flash_.boot_state().pending, boot_before.pending);
+    EXPECT_EQ(flash_.boot_state().writing, boot_before.writing);
+    EXPECT_EQ(flash_.boot_state().counter, boot_before.counter);
+    EXPECT_EQ(running_version(), "1.0.0");
+    // The same offer again (e.g. retained) is not answered a second time.
+    const std::size_t again = transport_.published.size();
+    send_offer(offer);
+    EXPECT_EQ(transport_.published.size(), again);
+  }
+
+  TestSigner signer_;
+  linux_port::OpensslCrypto crypto_;
+  std::string key_id_;
+  FakeFlash flash_;
+  ScriptedTransport transport_;
+  FakeClock clock_;
+  MemStorage storage_;
+  AgentConfig cfg_;
+  std::unique_ptr<Agent> agent_;
+  std::vector<std::uint8_t> image_;
+  std::string deployment_ = "dep-1";
+  std::size_t req_cursor_ = 0;
+  std::size_t delivered_ = 0;
+  std::deque<proto::ChunkRequest> queue_;
+  std::deque<ChunkServer::Frame> pending_;
+};
+
+// ------------------------------------------------------------------------- happy path
+
+TEST_F(AgentTest, HappyPathInstallsConfirmsAndReports) {
+  start();
+  // Subscribed to its own downlink and its group's offers; hello shows the factory image.
+  ASSERT_GE(transport_.subscriptions.size(), 2u);
+  EXPECT_EQ(transport_.subscriptions[0].first, "ota/v1/dev/dev-1/down/#");
+  EXPECT_EQ(transport_.subscriptions[1].first, topic(proto::TopicKind::group_offer, "fleet"));
+  auto hellos = transport_.hellos();
+  ASSERT_EQ(hellos.size(), 1u);
+  EXPECT_EQ(hellos[0].version, "1.0.0");
+  EXPECT_FALSE(hellos[0].resume.present);
+  EXPECT_TRUE(transport_.published[0].retain);
+
+  const proto::Offer offer = offer_for(image_);
+  send_offer(offer);
+  auto evs = transport_.events();
+  ASSERT_GE(evs.size(), 2u);
+  EXPECT_EQ(evs[0].type, EventType::accept);
+  EXPECT_EQ(evs[0].deployment, "dep-1");
+  EXPECT_EQ(evs[1].type, EventType::status);
+  EXPECT_EQ(evs[1].state, DeviceState::downloading);
+  EXPECT_EQ(agent_->state(), DeviceState::downloading);
+  EXPECT_EQ(flash_.counts().begin, 1);
+  auto reqs = transport_.chunk_requests();
+  ASSERT_EQ(reqs.size(), 1u);
+  EXPECT_EQ(reqs[0].first, 0u);
+  EXPECT_LE(reqs[0].count, cfg_.window_chunks);
+  EXPECT_EQ(reqs[0].count, cfg_.window_chunks);  // 100 chunks: the first window is full
+  EXPECT_EQ(reqs[0].image, offer.manifest.image);
+
+  ChunkServer server(image_, offer.manifest.chunk_size, offer.manifest.image.c_str());
+  serve(server);
+  EXPECT_EQ(delivered_, 100u);
+  EXPECT_EQ(agent_->stats().chunks_received, 100u);
+  EXPECT_EQ(agent_->stats().duplicate_chunks, 0u);
+  EXPECT_EQ(agent_->stats().bytes_received, kImageSize);
+  EXPECT_EQ(statuses(), (std::vector<DeviceState>{DeviceState::downloading, DeviceState::verifying,
+                                                  DeviceState::installing,
+                                                  DeviceState::rebooting}));
+  EXPECT_FALSE(events_of(EventType::progress).empty());
+  std::uint64_t last_received = 0;
+  for (auto& p : events_of(EventType::progress)) {
+    EXPECT_GT(p.received, last_received);
+    EXPECT_EQ(p.total, kImageSize);
+    last_received = p.received;
+  }
+  EXPECT_EQ(flash_.counts().finish, 1);
+  EXPECT_EQ(flash_.counts().activate, 1);
+  EXPECT_EQ(flash_.counts().abort, 0);
+  EXPECT_TRUE(agent_->reset_requested());
+  EXPECT_TRUE(flash_.reset_requested());
+  EXPECT_EQ(agent_->state(), DeviceState::rebooting);
+  EXPECT_TRUE(events_of(EventType::result).empty());  // only after the new image proved itself
+
+  // Power cycle: the new image boots on trial, passes its self-test and is confirmed.
+  const std::size_t before_reboot = transport_.published.size();
+  reboot();
+  EXPECT_EQ(flash_.running_slot(), 'b');
+  EXPECT_EQ(flash_.counts().confirm, 1);
+  EXPECT_EQ(agent_->state(), DeviceState::idle);
+  expect_single_result(true, ReasonCode::ok, "1.1.0", before_reboot);
+  hellos = transport_.hellos(before_reboot);
+  ASSERT_FALSE(hellos.empty());
+  EXPECT_EQ(hellos.back().version, "1.1.0");
+  EXPECT_EQ(hellos.back().slot_state, proto::SlotState::confirmed);
+  EXPECT_EQ(hellos.back().slot.c_str(), std::string("b"));
+  EXPECT_EQ(hellos.back().counter, 1u);
+  EXPECT_EQ(flash_.boot_state().counter, 1u);
+  EXPECT_EQ(flash_.slot_data('b'), image_);
+  EXPECT_EQ(flash_.slot_data('b').size(), kImageSize);
+  expect_seq_increasing();
+
+  // Another power cycle: stays on 1.1.0, no new result.
+  const std::size_t before_second = transport_.published.size();
+  reboot();
+  EXPECT_EQ(running_version(), "1.1.0");
+  EXPECT_TRUE(events_of(EventType::result, before_second).empty());
+}
+
+// ------------------------------------------------------------------- transfer quality
+
+TEST_F(AgentTest, OutOfOrderChunksComplete) {
+  start();
+  flash_.record_writes(true);
+  const proto::Offer offer = offer_for(image_);
+  send_offer(offer);
+  ChunkServer server(image_, offer.manifest.chunk_size, offer.manifest.image.c_str());
+  serve(server, [](Frames& f) { std::reverse(f.begin(), f.end()); });
+  // Really out of order: the first write was not at offset 0.
+  ASSERT_FALSE(flash_.write_offsets().empty());
+  EXPECT_NE(flash_.write_offsets().front(), 0u);
+  EXPECT_GT(flash_.counts().read, 0);  // hashed back from flash
+  EXPECT_TRUE(agent_->reset_requested());
+  reboot();
+  expect_single_result(true, ReasonCode::ok, "1.1.0");
+  EXPECT_EQ(flash_.slot_data('b'), image_);
+}
+
+TEST_F(AgentTest, DuplicateChunksAreCountedAndHarmless) {
+  start();
+  flash_.record_writes(true);
+  const proto::Offer offer = offer_for(image_);
+  send_offer(offer);
+  ChunkServer server(image_, offer.manifest.chunk_size, offer.manifest.image.c_str());
+  serve(server, [](Frames& f) {
+    Frames twice;
+    for (auto& x : f) {
+      twice.push_back(x);
+      twice.push_back(x);
+    }
+    f = twice;
+  });
+  EXPECT_EQ(agent_->stats().chunks_received, 200u - 1u);  // the last duplicate came too late
+  EXPECT_EQ(agent_->stats().duplicate_chunks, 99u);
+  EXPECT_EQ(flash_.counts().write, 100);  // duplicates are not written again
+  EXPECT_TRUE(agent_->reset_requested());
+  reboot();
+  expect_single_result(true, ReasonCode::ok, "1.1.0");
+  EXPECT_EQ(flash_.slot_data('b'), image_);
+}
+
+TEST_F(AgentTest, LostChunksAreReRequestedAfterTimeout) {
+  start();
+  const proto::Offer offer = offer_for(image_);
+  send_offer(offer);
+  ChunkServer server(image_, offer.manifest.chunk_size, offer.manifest.image.c_str());
+  std::set<std::uint32_t> dropped;
+  serve(server, [&](Frames& f) {
+    Frames kept;
+    for (auto& x : f) {
+      if (x.index % 10 == 3) {
+        dropped.insert(x.index);
+      } else {
+        kept.push_back(x);
+      }
+    }
+    f = kept;
+  });
+  ASSERT_EQ(dropped.size(), 10u);
+  EXPECT_EQ(agent_->state(), DeviceState::downloading);
+  EXPECT_EQ(agent_->persisted().received_chunks, 90u);
+
+  // Before the timeout nothing happens.
+  clock_.advance_ms(cfg_.request_timeout_ms - 1);
+  agent_->tick();
+  EXPECT_TRUE(take_requests().empty());
+  clock_.advance_ms(1);
+  agent_->tick();
+  EXPECT_EQ(agent_->stats().timeouts, 1u);
+  const auto again = transport_.chunk_requests(req_cursor_);
+  ASSERT_EQ(again.size(), 1u);
+  EXPECT_EQ(again[0].first, 3u);  // the first missing chunk
+  EXPECT_TRUE(again[0].has_bitmap);
+  EXPECT_EQ(again[0].first + again[0].count, 100u);  // spans to the end, bitmap picks
+  const auto wanted = ChunkServer::wanted(again[0]);
+  EXPECT_EQ(std::set<std::uint32_t>(wanted.begin(), wanted.end()), dropped);
+
+  serve(server);
+  EXPECT_EQ(agent_->stats().duplicate_chunks, 0u);
+  EXPECT_TRUE(agent_->reset_requested());
+  reboot();
+  expect_single_result(true, ReasonCode::ok, "1.1.0");
+  EXPECT_EQ(flash_.slot_data('b'), image_);
+}
+
+TEST_F(AgentTest, ResumesAfterRestartWithoutRefetchingPersistedChunks) {
+  start();
+  const proto::Offer offer = offer_for(image_);
+  send_offer(offer);
+  ChunkServer server(image_, offer.manifest.chunk_size, offer.manifest.image.c_str());
+  serve(server, {}, 60);
+  ASSERT_EQ(delivered_, 60u);
+  EXPECT_EQ(agent_->state(), DeviceState::downloading);
+
+  // What survives the restart is the last persisted record.
+  const PersistedState saved = decode_record(storage_.record);
+  ASSERT_EQ(saved.state, DeviceState::downloading);
+  ASSERT_GT(saved.received_chunks, 0u);
+  ASSERT_LE(saved.received_chunks, 60u);
+
+  const std::size_t before = transport_.published.size();
+  forget_requests();  // requests of the old run are gone with it
+  reboot();              // no shutdown: the agent object is simply dropped
+  EXPECT_EQ(agent_->state(), DeviceState::downloading);
+  const auto hellos = transport_.hellos(before);
+  ASSERT_EQ(hellos.size(), 1u);
+  ASSERT_TRUE(hellos[0].resume.present);
+  EXPECT_EQ(hellos[0].resume.deployment, "dep-1");
+  EXPECT_EQ(hellos[0].resume.image, offer.manifest.image);
+  EXPECT_EQ(hellos[0].resume.received, std::uint64_t{saved.received_chunks} * 1024u);
+  EXPECT_GT(hellos[0].resume.received, 0u);
+  EXPECT_EQ(flash_.counts().begin, 2);  // begin(resume=true) kept the partial image
+  EXPECT_EQ(flash_.counts().abort, 0);
+
+  const auto reqs = transport_.chunk_requests(before);
+  ASSERT_FALSE(reqs.empty());
+  for (const auto& r : reqs) {
+    for (std::uint32_t i : ChunkServer::wanted(r)) {
+      EXPECT_FALSE(bit(saved, i)) << "chunk " << i << " was persisted but requested again";
+    }
+  }
+  serve(server);
+  EXPECT_LT(delivered_, 130u);  // < 1.3 x chunk count across both runs
+  EXPECT_TRUE(agent_->reset_requested());
+  reboot();
+  expect_single_result(true, ReasonCode::ok, "1.1.0");
+  EXPECT_EQ(flash_.slot_data('b'), image_);
+  expect_seq_increasing();
+}
+
+// A power cut loses what the flash had not made durable; progress persisted by the agent
+// must never claim such chunks (FlashPort::sync() comes before progress is persisted).
+TEST_F(AgentTest, PowerCutMidDownloadNeverTrustsUnsyncedChunks) {
+  start();
+  const proto::Offer offer = offer_for(image_);
+  send_offer(offer);
+  ChunkServer server(image_, offer.manifest.chunk_size, offer.manifest.image.c_str());
+  serve(server, {}, 60);
+  forget_requests();
+  agent_.reset();
+  flash_.power_cut();
+  reboot();
+  EXPECT_EQ(agent_->state(), DeviceState::downloading);
+  serve(server);
+  ASSERT_TRUE(agent_->reset_requested()) << proto::reason_name(agent_->last_reason());
+  reboot();
+  expect_single_result(true, ReasonCode::ok, "1.1.0");
+  EXPECT_EQ(flash_.slot_data('b'), image_);
+}
+
+// ------------------------------------------------------------------------- rejections
+
+TEST_F(AgentTest, RejectsBadSignature) {
+  start();
+  proto::Offer offer = offer_for(image_);
+  offer.manifest.sig.data[10] = offer.manifest.sig.data[10] == '0' ? '1' : '0';
+  expect_declined(offer, ReasonCode::bad_signature);
+}
+
+TEST_F(AgentTest, RejectsSignedFieldChangedAfterSigning) {
+  start();
+  proto::Offer offer = offer_for(image_);
+  offer.manifest.counter = 7;  // not what was signed
+  expect_declined(offer, ReasonCode::bad_signature);
+}
+
+TEST_F(AgentTest, RejectsUnknownKey) {
+  start();
+  TestSigner stranger;
+  proto::Offer offer = make_offer(stranger, image_, {});
+  expect_declined(offer, ReasonCode::unknown_key);
+}
+
+TEST_F(AgentTest, RejectsWrongHardware) {
+  start();
+  OfferOptions opt;
+  opt.hw = "other-board";
+  expect_declined(offer_for(image_, opt), ReasonCode::wrong_hardware);
+}
+
+TEST_F(AgentTest, RejectsLowerSecurityCounter) {
+  flash_.power_on();
+  flash_.set_security_counter(5);
+  boot_and_connect();
+  OfferOptions opt;
+  opt.counter = 1;
+  expect_declined(offer_for(image_, opt), ReasonCode::downgrade);
+}
+
+TEST_F(AgentTest, RejectsExpiredOffer) {
+  start();
+  OfferOptions opt;
+  clock_.set_unix(opt.expires + 1);
+  expect_declined(offer_for(image_, opt), ReasonCode::expired);
+}
+
+TEST_F(AgentTest, RejectsAlreadyInstalledVersion) {
+  start();
+  OfferOptions opt;
+  opt.version = "1.0.0";
+  expect_declined(offer_for(image_, opt), ReasonCode::already_installed);
+}
+
+TEST_F(AgentTest, RejectsImageLargerThanSlot) {
+  flash_.set_capacity(kImageSize - 1);
+  start();
+  expect_declined(offer_for(image_), ReasonCode::no_space);
+}
+
+TEST_F(AgentTest, RejectsUnsupportedKind) {
+  start();
+  OfferOptions opt;
+  opt.kind = proto::ImageKind::bundle;
+  expect_declined(offer_for(image_, opt), ReasonCode::unsupported);
+}
+
+TEST_F(AgentTest, RejectsMoreChunksThanTheDeviceCanTrack) {
+  start();
+  const auto big = random_image(std::size_t{kMaxImageChunks} * 256u + 1u, 7);
+  OfferOptions opt;
+  opt.chunk_size = 256;
+  expect_declined(offer_for(big, opt), ReasonCode::unsupported);
+}
+
+TEST_F(AgentTest, CorruptOfferIsIgnoredAndCounted) {
+  start();
+  const std::size_t before = transport_.published.size();
+  const std::string junk = "{\"v\":1,\"type\":\"offer\",\"deployment\":";
+  agent_->on_message(topic(proto::TopicKind::offer).c_str(),
+                     reinterpret_cast<const std::uint8_t*>(junk.data()), junk.size());
+  EXPECT_EQ(agent_->stats().bad_messages, 1u);
+  EXPECT_EQ(transport_.published.size(), before);
+  EXPECT_EQ(agent_->state(), DeviceState::idle);
+  EXPECT_EQ(flash_.counts().begin, 0);
+  // A corrupt cancel too.
+  agent_->on_message(topic(proto::TopicKind::cancel).c_str(),
+                     reinterpret_cast<const std::uint8_t*>("[1,"), 3);
+  EXPECT_EQ(agent_->stats().bad_messages, 2u);
+  EXPECT_EQ(transport_.published.size(), before);
+}
+
+TEST_F(AgentTest, IgnoresOffersForOtherDevicesAndGroups) {
+  start();
+  const std::size_t before = transport_.published.size();
+  send_offer(offer_for(image_), proto::TopicKind::offer, "dev-2");
+  send_offer(offer_for(image_), proto::TopicKind::group_offer, "other-fleet");
+  EXPECT_EQ(transport_.published.size(), before);
+  EXPECT_EQ(agent_->state(), DeviceState::idle);
+}
+
+// -------------------------------------------------------------- transfer failures
+
+TEST_F(AgentTest, HashMismatchFailsAndKeepsOldImage) {
+  start();
+  auto served = image_;
+  served[5000] ^= 0x5a;
+  OfferOptions opt;
+  opt.manifest_image = &image_;
+  const proto::Offer offer = offer_for(served, opt);
+  send_offer(offer);
+  ChunkServer server(served, offer.manifest.chunk_size, offer.manifest.image.c_str());
+  serve(server);
+  expect_single_result(false, ReasonCode::hash_mismatch, "1.0.0");
+  EXPECT_EQ(agent_->state(), DeviceState::idle);
+  EXPECT_EQ(flash_.counts().abort, 1);
+  EXPECT_EQ(flash_.counts().finish, 0);
+  EXPECT_EQ(flash_.counts().activate, 0);
+  EXPECT_FALSE(agent_->reset_requested());
+  reboot();
+  EXPECT_EQ(running_version(), "1.0.0");
+  EXPECT_EQ(flash_.running_slot(), 'a');
+}
+
+TEST_F(AgentTest, WrongChunkLengthIsSizeMismatch) {
+  start();
+  // The manifest says 100 KiB + 100 bytes; the server's last chunk holds only 50.
+  const auto described = random_image(kImageSize + 100, 99);
+  std::vector<std::uint8_t> served(described.begin(), described.end() - 50);
+  OfferOptions opt;
+  opt.manifest_image = &described;
+  const proto::Offer offer = offer_for(served, opt);
+  send_offer(offer);
+  ChunkServer server(served, offer.manifest.chunk_size, offer.manifest.image.c_str());
+  serve(server);
+  expect_single_result(false, ReasonCode::size_mismatch, "1.0.0");
+  EXPECT_EQ(flash_.counts().abort, 1);
+  EXPECT_EQ(flash_.counts().activate, 0);
+  EXPECT_EQ(running_version(), "1.0.0");
+}
+
+TEST_F(AgentTest, BadCrcFrameIsIgnoredAndReRequested) {
+  start();
+  const proto::Offer offer = offer_for(image_);
+  send_offer(offer);
+  ChunkServer server(image_, offer.manifest.chunk_size, offer.manifest.image.c_str());
+  bool corrupted = false;
+  serve(server, [&](Frames& f) {
+    for (auto& x : f) {
+      if (x.index == 5 && !corrupted) {
+        x.bytes[proto::kFrameHeaderLen + 17] ^= 0x01;  // payload no longer matches its CRC
+        corrupted = true;
+      }
+    }
+  });
+  ASSERT_TRUE(corrupted);
+  EXPECT_EQ(agent_->stats().bad_frames, 1u);
+  EXPECT_EQ(agent_->state(), DeviceState::downloading);
+  EXPECT_EQ(agent_->persisted().received_chunks, 99u);
+  clock_.advance_ms(cfg_.request_timeout_ms);
+  agent_->tick();
+  const auto reqs = take_requests();
+  ASSERT_EQ(reqs.size(), 1u);
+  EXPECT_EQ(ChunkServer::wanted(reqs[0]), std::vector<std::uint32_t>{5});
+  deliver(server.frame(5));
+  EXPECT_TRUE(agent_->reset_requested());
+  reboot();
+  expect_single_result(true, ReasonCode::ok, "1.1.0");
+}
+
+TEST_F(AgentTest, FrameOfAnotherImageIsIgnored) {
+  start();
+  const proto::Offer offer = offer_for(image_);
+  send_offer(offer);
+  const auto other = random_image(kImageSize, 5);
+  const std::string other_id = sha256_hex(other.data(), other.size()).substr(0, 16);
+  ChunkServer foreign(other, 1024, other_id.c_str());
+  deliver(foreign.frame(0));
+  EXPECT_EQ(agent_->stats().bad_frames, 1u);
+  EXPECT_EQ(agent_->persisted().received_chunks, 0u);
+  EXPECT_EQ(flash_.counts().write, 0);
+}
+
+TEST_F(AgentTest, FlashWriteErrorFailsUpdate) {
+  start();
+  flash_.fail_write(3, PortStatus::error);
+  run_update();
+  expect_single_result(false, ReasonCode::flash_error, "1.0.0");
+  EXPECT_EQ(flash_.counts().write, 3);
+  EXPECT_EQ(flash_.counts().abort, 1);
+  EXPECT_EQ(flash_.counts().activate, 0);
+  EXPECT_EQ(agent_->state(), DeviceState::idle);
+  reboot();
+  EXPECT_EQ(running_version(), "1.0.0");
+  EXPECT_EQ(flash_.slot_data('a'), std::vector<std::uint8_t>(
+                                        std::begin("factory image 1.0.0\n"),
+                                        std::end("factory image 1.0.0\n") - 1));
+}
+
+TEST_F(AgentTest, FlashNoSpaceFailsUpdate) {
+  start();
+  flash_.fail_write(3, PortStatus::no_space);
+  run_update();
+  expect_single_result(false, ReasonCode::no_space, "1.0.0");
+  EXPECT_EQ(flash_.counts().abort, 1);
+  EXPECT_EQ(flash_.counts().activate, 0);
+  EXPECT_EQ(running_version(), "1.0.0");
+}
+
+// ------------------------------------------------------------------ trial boot, revert
+
+TEST_F(AgentTest, FailedSelfTestRevertsAndReports) {
+  cfg_.self_test = &failing_self_test;
+  start();
+  run_update();
+  ASSERT_TRUE(agent_->reset_requested());
+  const std::size_t before = transport_.published.size();
+  reboot();  // trial boot fails its self-test, the device resets into the old image
+  EXPECT_EQ(flash_.counts().power_on, 3);
+  EXPECT_EQ(flash_.counts().confirm, 0);
+  EXPECT_EQ(running_version(), "1.0.0");
+  EXPECT_EQ(flash_.running_slot(), 'a');
+  expect_single_result(false, ReasonCode::self_test_failed, "1.0.0", before);
+  EXPECT_EQ(flash_.boot_state().counter, 0u);  // the security counter was not raised
+  const auto hellos = transport_.hellos(before);
+  ASSERT_FALSE(hellos.empty());
+  EXPECT_EQ(hellos.back().version, "1.0.0");
+  EXPECT_EQ(hellos.back().slot_state, proto::SlotState::rolled_back);
+  EXPECT_EQ(hellos.back().counter, 0u);
+  EXPECT_EQ(agent_->state(), DeviceState::idle);
+  expect_seq_increasing();
+}
+
+// ------------------------------------------------------------------- cancel and busy
+
+TEST_F(AgentTest, CancelDuringDownloadAbortsAndKeepsOldImage) {
+  start();
+  const proto::Offer offer = offer_for(image_);
+  send_offer(offer);
+  ChunkServer server(image_, offer.manifest.chunk_size, offer.manifest.image.c_str());
+  serve(server, {}, 30);
+  send_cancel("dep-1");
+  expect_single_result(false, ReasonCode::cancelled, "1.0.0");
+  EXPECT_EQ(agent_->state(), DeviceState::idle);
+  EXPECT_EQ(flash_.counts().abort, 1);
+  EXPECT_EQ(flash_.boot_state().writing, 0);
+  // Late chunks of the cancelled transfer change nothing.
+  const int writes = flash_.counts().write;
+  deliver(server.frame(40));
+  EXPECT_EQ(flash_.counts().write, writes);
+  reboot();
+  EXPECT_EQ(running_version(), "1.0.0");
+  EXPECT_EQ(flash_.counts().activate, 0);
+}
+
+TEST_F(AgentTest, CancelForAnotherDeploymentIsIgnored) {
+  start();
+  const proto::Offer offer = offer_for(image_);
+  send_offer(offer);
+  send_cancel("dep-other");
+  EXPECT_EQ(agent_->state(), DeviceState::downloading);
+  EXPECT_TRUE(events_of(EventType::result).empty());
+}
+
+TEST_F(AgentTest, SecondOfferWhileDownloadingIsDeclinedBusy) {
+  start();
+  const proto::Offer offer = offer_for(image_);
+  send_offer(offer);
+  ChunkServer server(image_, offer.manifest.chunk_size, offer.manifest.image.c_str());
+  serve(server, {}, 20);
+  OfferOptions other;
+  other.deployment = "dep-2";
+  other.version = "1.2.0";
+  const proto::Offer second = make_offer(signer_, image_, other);
+  const std::size_t before = transport_.published.size();
+  send_offer(second);
+  const auto evs = transport_.events(before);
+  ASSERT_EQ(evs.size(), 1u);
+  EXPECT_EQ(evs[0].type, EventType::decline);
+  EXPECT_EQ(evs[0].reason, ReasonCode::busy);
+  EXPECT_EQ(evs[0].deployment, "dep-2");
+  // The same deployment re-offered (e.g. retained) is neither declined nor restarted.
+  const std::size_t before_same = transport_.published.size();
+  send_offer(offer);
+  EXPECT_EQ(transport_.published.size(), before_same);
+  EXPECT_EQ(flash_.counts().begin, 1);
+  // The running download is unaffected.
+  serve(server);
+  EXPECT_TRUE(agent_->reset_requested());
+  reboot();
+  expect_single_result(true, ReasonCode::ok, "1.1.0");
+}
+
+TEST_F(AgentTest, FinishedDeploymentOfferedAgainIsIgnored) {
+  start();
+  const proto::Offer offer = offer_for(image_);
+  send_offer(offer, proto::TopicKind::group_offer, "fleet");
+  ASSERT_EQ(agent_->state(), DeviceState::downloading);
+  ChunkServer server(image_, offer.manifest.chunk_size, offer.manifest.image.c_str());
+  serve(server);
+  reboot();
+  expect_single_result(true, ReasonCode::ok, "1.1.0");
+  // The retained group offer comes again on every (re)connection.
+  const std::size_t before = transport_.published.size();
+  send_offer(offer, proto::TopicKind::group_offer, "fleet");
+  EXPECT_EQ(transport_.published.size(), before);
+  reboot();
+  const std::size_t after_reboot = transport_.published.size();
+  send_offer(offer, proto::TopicKind::group_offer, "fleet");
+  EXPECT_EQ(transport_.published.size(), after_reboot);
+  EXPECT_EQ(agent_->state(), DeviceState::idle);
+  EXPECT_EQ(flash_.counts().begin, 1);
+  // An empty retained message (offer withdrawn) is ignored as well.
+  agent_->on_message(topic(proto::TopicKind::group_offer, "fleet").c_str(), nullptr, 0);
+  EXPECT_EQ(agent_->stats().bad_messages, 0u);
+}
+
+TEST_F(AgentTest, NoChunksEverArriveTimesOut) {
+  cfg_.max_stalled_requests = 3;
+  start();
+  send_offer(offer_for(image_));
+  ASSERT_EQ(take_requests().size(), 1u);
+  for (std::uint32_t i = 0; i < cfg_.max_stalled_requests; ++i) {
+    clock_.advance_ms(cfg_.request_timeout_ms);
+    agent_->tick();
+    const auto reqs = take_requests();
+    ASSERT_EQ(reqs.size(), 1u) << "re-request " << i;
+    EXPECT_EQ(reqs[0].first, 0u);
+    EXPECT_TRUE(events_of(EventType::result).empty());
+  }
+  // While offline a stall is not counted.
+  transport_.connected_ = false;
+  clock_.advance_ms(10 * cfg_.request_timeout_ms);
+  agent_->tick();
+  EXPECT_EQ(agent_->state(), DeviceState::downloading);
+  transport_.connected_ = true;
+  clock_.advance_ms(cfg_.request_timeout_ms);
+  agent_->tick();
+  expect_single_result(false, ReasonCode::timeout, "1.0.0");
+  EXPECT_EQ(agent_->stats().timeouts, 4u);
+  EXPECT_EQ(flash_.counts().abort, 1);
+  EXPECT_EQ(agent_->state(), DeviceState::idle);
+}
+
+// ------------------------------------------------------------------ power cuts
+
+// The record says "installing" (verification passed) when power is lost, before the flash
+// was switched: boot() activates again and the update completes.
+TEST_F(AgentTest, PowerCutWhileInstallingRedoesActivation) {
+  start();
+  bool snapped = false;
+  FakeFlash flash_at_cut;
+  std::vector<std::uint8_t> record_at_cut;
+  std::size_t published_at_cut = 0;
+  storage_.on_save = [&](const std::vector<std::uint8_t>& rec) {
+    if (snapped || decode_record(rec).state != DeviceState::installing) return;
+    snapped = true;
+    flash_at_cut = flash_;
+    record_at_cut = rec;
+    published_at_cut = transport_.published.size();
+  };
+  run_update();
+  ASSERT_TRUE(snapped);
+  storage_.on_save = nullptr;
+  // Power was lost right there: nothing after it happened.
+  agent_.reset();
+  flash_ = flash_at_cut;
+  storage_.record = record_at_cut;
+  transport_.published.resize(published_at_cut);
+  EXPECT_EQ(flash_.counts().activate, 0);
+  EXPECT_EQ(flash_.version_of('b'), "1.1.0");  // finished (sealed) before the cut
+
+  const std::size_t before = transport_.published.size();
+  ASSERT_EQ(flash_.power_on(), PortStatus::ok);
+  EXPECT_EQ(running_version(), "1.0.0");
+  agent_ = std::make_unique<Agent>(cfg_, flash_, transport_, clock_, storage_, crypto_);
+  agent_->boot();
+  EXPECT_EQ(flash_.counts().activate, 1);
+  EXPECT_TRUE(agent_->reset_requested());
+  EXPECT_EQ(agent_->state(), DeviceState::rebooting);
+  reboot();
+  EXPECT_EQ(running_version(), "1.1.0");
+  expect_single_result(true, ReasonCode::ok, "1.1.0", before);
+  EXPECT_EQ(flash_.slot_data('b'), image_);
+  expect_seq_increasing();
+}
+
+// Power lost after FlashPort::activate() but before the record left "installing": the
+// device comes up in the new image on trial and must run the self-test and confirm it.
+TEST_F(AgentTest, PowerCutRightAfterActivationConfirmsNewImage) {
+  start();
+  bool snapped = false;
+  FakeFlash flash_at_cut;
+  std::vector<std::uint8_t> previous, record_at_cut;
+  std::size_t published_at_cut = 0;
+  storage_.on_save = [&](const std::vector<std::uint8_t>& rec) {
+    if (!snapped && flash_.counts().activate == 1) {
+      snapped = true;  // the first save after activate(): the cut came just before it
+      flash_at_cut = flash_;
+      record_at_cut = previous;
+      published_at_cut = transport_.published.size();
+    }
+    previous = rec;
+  };
+  run_update();
+  ASSERT_TRUE(snapped);
+  storage_.on_save = nullptr;
+  agent_.reset();
+  flash_ = flash_at_cut;
+  storage_.record = record_at_cut;
+  transport_.published.resize(published_at_cut);
+  ASSERT_EQ(decode_record(storage_.record).state, DeviceState::installing);
+
+  const std::size_t before = transport_.published.size();
+  reboot();
+  EXPECT_EQ(running_version(), "1.1.0");
+  EXPECT_EQ(flash_.counts().confirm, 1);
+  expect_single_result(true, ReasonCode::ok, "1.1.0", before);
+  EXPECT_EQ(flash_.boot_state().counter, 1u);
+  reboot();
+  EXPECT_EQ(running_version(), "1.1.0");  // confirmed: no revert at the next boot
+}
+
+// A result that could not be sent (offline) is sent on the next connection, once.
+TEST_F(AgentTest, ResultIsSentOnceWhenBackOnline) {
+  start();
+  flash_.fail_write(1, PortStatus::error);
+  const proto::Offer offer = offer_for(image_);
+  send_offer(offer);
+  ChunkServer server(image_, offer.manifest.chunk_size, offer.manifest.image.c_str());
+  transport_.connected_ = false;
+  deliver(server.frame(0));
+  EXPECT_TRUE(agent_->persisted().result_pending);
+  EXPECT_TRUE(events_of(EventType::result).empty());
+  transport_.connected_ = true;
+  agent_->on_connected();
+  expect_single_result(false, ReasonCode::flash_error, "1.0.0");
+  EXPECT_FALSE(agent_->persisted().result_pending);
+  agent_->on_connected();
+  EXPECT_EQ(events_of(EventType::result).size(), 1u);
+}
+
+}  // namespace
+}  // namespace ota::agent::test
