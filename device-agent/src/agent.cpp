@@ -529,10 +529,7 @@ void Agent::handle_chunk(const std::uint8_t* payload, std::size_t len) {
   if (index < requested_upto_ && outstanding_ > 0) --outstanding_;
   last_chunk_ms_ = clock_.now_ms();
   stalled_requests_ = 0;
-  if (frame.offset == hashed_bytes_) {  // in order: hash straight from the message
-    crypto_.sha256_update(sha_, frame.payload, frame.length);
-    hashed_bytes_ += frame.length;
-  }
+  // Hash what the flash holds, not what arrived: a bad write must fail verification.
   advance_hash(kHashCatchUpPerCall);
 
   if (++chunks_since_checkpoint_ >= cfg_.checkpoint_chunks) persist();  // syncs flash first

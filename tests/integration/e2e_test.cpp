@@ -1,0 +1,357 @@
+// End to end on a real mosquitto from broker-config/: the ota-controller and ota-devsim
+// binaries as a user runs them, a real SQLite file, real OpenSSL. Devices are killed
+// (SIGKILL) mid-download and the controller is killed mid-transfer.
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <fstream>
+#include <random>
+
+#include <gtest/gtest.h>
+#include <httplib.h>
+#include <nlohmann/json.hpp>
+#include <openssl/evp.h>
+
+#include "test_env.hpp"
+
+extern char** environ;
+
+namespace {
+
+using namespace std::chrono_literals;
+using json = nlohmann::json;
+using ota::test::Broker;
+using ota::test::Pki;
+using ota::test::TempDir;
+using ota::test::wait_until;
+
+// A child process we started and stop by its pid (never by name).
+class Child {
+ public:
+  Child(std::vector<std::string> argv, const std::string& log_path) : argv_(std::move(argv)) {
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_addopen(&fa, 1, log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0600);
+    posix_spawn_file_actions_adddup2(&fa, 1, 2);
+    std::vector<char*> args;
+    for (auto& a : argv_) args.push_back(a.data());
+    args.push_back(nullptr);
+    const int rc = posix_spawn(&pid_, args[0], &fa, nullptr, args.data(), environ);
+    posix_spawn_file_actions_destroy(&fa);
+    if (rc != 0) pid_ = -1;
+  }
+  ~Child() { stop(); }
+  Child(const Child&) = delete;
+  Child& operator=(const Child&) = delete;
+
+  pid_t pid() const { return pid_; }
+  void kill9() { signal_and_reap(SIGKILL); }
+  void stop() { signal_and_reap(SIGTERM); }
+  bool alive() const { return pid_ > 0 && ::kill(pid_, 0) == 0; }
+
+ private:
+  void signal_and_reap(int sig) {
+    if (pid_ <= 0) return;
+    ::kill(pid_, sig);
+    int status = 0;
+    if (!wait_until([&] { return ::waitpid(pid_, &status, WNOHANG) == pid_; }, 10s)) {
+      ::kill(pid_, SIGKILL);
+      ::waitpid(pid_, &status, 0);
+    }
+    pid_ = -1;
+  }
+  std::vector<std::string> argv_;
+  pid_t pid_ = -1;
+};
+
+std::string random_bytes(std::size_t n, unsigned seed) {
+  std::mt19937 rng(seed);
+  std::string s(n, '\0');
+  for (auto& c : s) c = static_cast<char>(rng() & 0xff);
+  return s;
+}
+
+std::string sha256_hex(const std::string& data) {
+  unsigned char d[32];
+  unsigned int n = 0;
+  EVP_Digest(data.data(), data.size(), d, &n, EVP_sha256(), nullptr);
+  static const char* hex = "0123456789abcdef";
+  std::string out;
+  for (unsigned i = 0; i < n; ++i) {
+    out += hex[d[i] >> 4];
+    out += hex[d[i] & 15];
+  }
+  return out;
+}
+
+std::string read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+class EndToEnd : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::vector<ota::test::DeviceSpec> specs;
+    for (int i = 1; i <= 5; ++i) {
+      char id[32];
+      std::snprintf(id, sizeof id, "e2e-%03d", i);
+      specs.push_back({id, {"lab"}});
+    }
+    specs.push_back({"solo-001", {}});
+    pki_ = std::make_unique<Pki>(ota::test::make_pki(dir_.path() + "/pki", specs));
+    broker_ = std::make_unique<Broker>(*pki_);
+    http_port_ = ota::test::free_loopback_port();
+    start_controller();
+  }
+
+  void TearDown() override {
+    fleets_.clear();
+    controller_.reset();
+    broker_.reset();
+    if (HasFailure()) {
+      std::fprintf(stderr, "--- controller log tail ---\n%s\n",
+                   tail(read_file(dir_.path() + "/controller.log")).c_str());
+      std::fprintf(stderr, "--- devsim log tail ---\n%s\n",
+                   tail(read_file(dir_.path() + "/devsim.log")).c_str());
+    }
+  }
+
+  static std::string tail(const std::string& s) {
+    return s.size() > 4000 ? s.substr(s.size() - 4000) : s;
+  }
+
+  void start_controller() {
+    controller_ = std::make_unique<Child>(
+        std::vector<std::string>{OTA_CONTROLLER_BIN, "--broker-port",
+                                 std::to_string(broker_->port()), "--ca", pki_->ca_cert(),
+                                 "--cert", pki_->controller_cert(), "--key",
+                                 pki_->controller_key(), "--db", dir_.path() + "/ctl.db",
+                                 "--store", dir_.path() + "/images", "--signing-key",
+                                 pki_->release_key(), "--http",
+                                 "127.0.0.1:" + std::to_string(http_port_)},
+        dir_.path() + "/controller.log");
+    ASSERT_GT(controller_->pid(), 0);
+    ASSERT_TRUE(wait_until(
+        [&] {
+          auto r = client().Get("/api/v1/health");
+          return r && r->status == 200;
+        },
+        15s))
+        << "controller did not come up";
+  }
+
+  // One ota-devsim process for `count` devices named PREFIX-001...
+  Child& start_fleet(const std::string& id_prefix, int count, std::vector<std::string> extra = {}) {
+    std::vector<std::string> argv{OTA_DEVSIM_BIN, "--count", std::to_string(count), "--id-prefix",
+                                  id_prefix, "--pki", pki_->dir, "--data",
+                                  dir_.path() + "/fleet", "--port",
+                                  std::to_string(broker_->port()), "--hw", "board-x",
+                                  "--request-timeout-ms", "1000", "--no-fsync"};
+    if (id_prefix == "e2e") extra.insert(extra.end(), {"--group", "lab"});
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    fleets_.push_back(std::make_unique<Child>(argv, dir_.path() + "/devsim.log"));
+    return *fleets_.back();
+  }
+
+  httplib::Client client() {
+    httplib::Client c("127.0.0.1", http_port_);
+    c.set_connection_timeout(2);
+    c.set_read_timeout(10);
+    return c;
+  }
+
+  json get(const std::string& path) {
+    auto r = client().Get(path.c_str());
+    if (!r) return json();
+    return json::parse(r->body, nullptr, false);
+  }
+
+  bool devices_online(const std::vector<std::string>& ids) {
+    for (const auto& id : ids) {
+      json d = get("/api/v1/devices/" + id);
+      if (!d.is_object() || !d.value("online", false)) return false;
+    }
+    return true;
+  }
+
+  std::string add_image(const std::string& bytes, const std::string& version) {
+    auto r = client().Post(("/api/v1/images?version=" + version + "&hw=board-x").c_str(), bytes,
+                           "application/octet-stream");
+    if (!r || (r->status != 201 && r->status != 200)) {
+      ADD_FAILURE() << "image add failed: " << (r ? r->body : "no response");
+      return {};
+    }
+    return json::parse(r->body)["id"].get<std::string>();
+  }
+
+  std::string deploy(const json& body) {
+    auto r = client().Post("/api/v1/deployments", body.dump(), "application/json");
+    if (!r || r->status != 201) {
+      ADD_FAILURE() << "deploy failed: " << (r ? r->body : "no response");
+      return {};
+    }
+    return json::parse(r->body)["id"].get<std::string>();
+  }
+
+  json deployment(const std::string& id) { return get("/api/v1/deployments/" + id); }
+
+  int percent_of(const std::string& dep, const std::string& device) {
+    json d = deployment(dep);
+    if (!d.contains("devices")) return -1;
+    for (const auto& row : d["devices"]) {
+      if (row["device"] == device) return row["percent"].get<int>();
+    }
+    return -1;
+  }
+
+  std::string device_slot_file(const std::string& id, char slot) {
+    return dir_.path() + "/fleet/" + id + "/flash/slot_" + slot + ".bin";
+  }
+
+  TempDir dir_{"e2e"};
+  std::unique_ptr<Pki> pki_;
+  std::unique_ptr<Broker> broker_;
+  int http_port_ = 0;
+  std::unique_ptr<Child> controller_;
+  std::vector<std::unique_ptr<Child>> fleets_;
+};
+
+const std::vector<std::string> kLab{"e2e-001", "e2e-002", "e2e-003", "e2e-004", "e2e-005"};
+
+TEST_F(EndToEnd, FiveDevicesUpdateThroughGroupOffer) {
+  start_fleet("e2e", 5);
+  ASSERT_TRUE(wait_until([&] { return devices_online(kLab); }, 20s));
+  const std::string image = random_bytes(300 * 1024 + 123, 1);  // last chunk partial
+  const std::string image_id = add_image(image, "1.1.0");
+  const std::string dep = deploy({{"image", "1.1.0"}, {"group", "lab"}});
+  ASSERT_FALSE(dep.empty());
+  ASSERT_TRUE(wait_until([&] { return deployment(dep).value("state", "") == "completed"; }, 60s))
+      << deployment(dep).dump(2);
+  json d = deployment(dep);
+  EXPECT_EQ(d["counts"]["succeeded"], 5) << d.dump(2);
+  for (const auto& id : kLab) {
+    json dev = get("/api/v1/devices/" + id);
+    EXPECT_EQ(dev["version"], "1.1.0") << dev.dump();
+    EXPECT_EQ(dev["slot_state"], "confirmed") << dev.dump();
+    // What the device booted is byte for byte the signed image.
+    EXPECT_EQ(sha256_hex(read_file(device_slot_file(id, 'b'))), sha256_hex(image)) << id;
+  }
+  // The CLI shows the same truth to scripts.
+  auto cli = ota::test::run_command({OTA_OTACTL_BIN, "--api",
+                                     "http://127.0.0.1:" + std::to_string(http_port_), "--json",
+                                     "devices", "--group", "lab"});
+  ASSERT_EQ(cli.exit_code, 0) << cli.output;
+  json listed = json::parse(cli.output, nullptr, false);
+  ASSERT_TRUE(listed.is_array()) << cli.output;
+  EXPECT_EQ(listed.size(), 5u);
+  for (const auto& dev : listed) EXPECT_EQ(dev["version"], "1.1.0") << dev.dump();
+}
+
+TEST_F(EndToEnd, DeviceKilledMidDownloadResumesWithoutStartingOver) {
+  // Slow flash (2 ms per 4 KiB chunk) so the kill lands mid-download.
+  const std::vector<std::string> slow{"--flash-write-delay-us", "2000"};
+  start_fleet("solo", 1, slow);
+  ASSERT_TRUE(wait_until([&] { return devices_online({"solo-001"}); }, 20s));
+  const std::size_t size = 2 * 1024 * 1024;
+  const std::string image = random_bytes(size, 2);
+  add_image(image, "2.0.0");
+  const std::string dep = deploy({{"image", "2.0.0"}, {"device", "solo-001"}});
+  ASSERT_TRUE(wait_until([&] { return percent_of(dep, "solo-001") >= 30; }, 60s))
+      << deployment(dep).dump(2);
+  fleets_.back()->kill9();
+  const int at_kill = percent_of(dep, "solo-001");
+  EXPECT_LT(at_kill, 100) << "the kill should land mid-download";
+
+  start_fleet("solo", 1, slow);
+  ASSERT_TRUE(wait_until(
+      [&] { return get("/api/v1/devices/solo-001").value("version", "") == "2.0.0"; }, 60s))
+      << deployment(dep).dump(2);
+  json d = deployment(dep);
+  EXPECT_EQ(d["counts"]["succeeded"], 1) << d.dump(2);
+  const auto sent = d["devices"][0]["bytes_sent"].get<std::uint64_t>();
+  EXPECT_GE(sent, size);
+  EXPECT_LT(static_cast<double>(sent), 1.3 * static_cast<double>(size))
+      << "resumed download re-fetched too much: " << sent << " bytes for a " << size
+      << " byte image";
+  EXPECT_EQ(sha256_hex(read_file(device_slot_file("solo-001", 'b'))), sha256_hex(image));
+}
+
+TEST_F(EndToEnd, ControllerKilledMidTransferAndRestartedCompletesEveryTransfer) {
+  start_fleet("e2e", 5, {"--flash-write-delay-us", "1500"});
+  ASSERT_TRUE(wait_until([&] { return devices_online(kLab); }, 20s));
+  const std::string image = random_bytes(1536 * 1024, 3);
+  add_image(image, "1.2.0");
+  const std::string dep = deploy({{"image", "1.2.0"}, {"group", "lab"}});
+  ASSERT_TRUE(wait_until(
+      [&] {
+        json d = deployment(dep);
+        return d.value("percent", 0) >= 15 && d["counts"].value("downloading", 0) >= 1;
+      },
+      60s))
+      << deployment(dep).dump(2);
+  controller_->kill9();
+  start_controller();
+  ASSERT_TRUE(wait_until([&] { return deployment(dep).value("state", "") == "completed"; }, 90s))
+      << deployment(dep).dump(2);
+  json d = deployment(dep);
+  EXPECT_EQ(d["counts"]["succeeded"], 5) << d.dump(2);
+  for (const auto& id : kLab) {
+    EXPECT_EQ(get("/api/v1/devices/" + id)["version"], "1.2.0") << id;
+    EXPECT_EQ(sha256_hex(read_file(device_slot_file(id, 'b'))), sha256_hex(image)) << id;
+  }
+}
+
+TEST_F(EndToEnd, ForeignAndMalformedDeviceMessagesAreDroppedAndServiceContinues) {
+  start_fleet("e2e", 1);
+  ASSERT_TRUE(wait_until([&] { return devices_online({"e2e-001"}); }, 20s));
+  // solo-001's certificate, speaking for a device id it does not own: the broker's ACL
+  // drops it, so the controller never learns of "e2e-005".
+  ota::test::MqttTestClient rogue(ota::test::ClientOptions::device(*pki_, "solo-001", broker_->port()));
+  ASSERT_TRUE(rogue.connect().ok());
+  const std::string hello_for_other =
+      R"({"v":1,"type":"hello","device":"e2e-005","hw":"board-x","version":"9.9.9","slot":"a",)"
+      R"("slot_state":"confirmed","free":1000,"counter":0})";
+  rogue.publish("ota/v1/dev/e2e-005/up/presence", hello_for_other, 1, true);
+  // Malformed payloads on its own topics: logged and dropped.
+  rogue.publish("ota/v1/dev/solo-001/up/event", "{not json", 1);
+  rogue.publish("ota/v1/dev/solo-001/up/req", R"({"v":1,"type":"chunk_req","first":-1})", 1);
+  // Then a valid hello on its own topic: once the controller shows it, everything sent
+  // before it has been processed.
+  const std::string own_hello =
+      R"({"v":1,"type":"hello","device":"solo-001","hw":"board-x","version":"1.0.7","slot":"a",)"
+      R"("slot_state":"confirmed","free":1000,"counter":0})";
+  ASSERT_EQ(rogue.publish("ota/v1/dev/solo-001/up/presence", own_hello, 1, true), 0);
+  ASSERT_TRUE(wait_until(
+      [&] { return get("/api/v1/devices/solo-001").value("version", "") == "1.0.7"; }, 10s));
+  auto r = client().Get("/api/v1/devices/e2e-005");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 404) << "a device must not be able to speak for another: " << r->body;
+  EXPECT_TRUE(controller_->alive());
+
+  // The controller keeps serving the real fleet.
+  const std::string image = random_bytes(64 * 1024, 4);
+  add_image(image, "1.3.0");
+  const std::string dep = deploy({{"image", "1.3.0"}, {"device", "e2e-001"}});
+  ASSERT_TRUE(wait_until([&] { return deployment(dep).value("state", "") == "completed"; }, 60s))
+      << deployment(dep).dump(2);
+  EXPECT_EQ(deployment(dep)["counts"]["succeeded"], 1);
+}
+
+TEST_F(EndToEnd, CorruptedFlashWriteIsCaughtByTheHashAndTheOldImageKeepsBooting) {
+  start_fleet("solo", 1, {"--corrupt-ids", "solo-001", "--corrupt-offset", "5000"});
+  ASSERT_TRUE(wait_until([&] { return devices_online({"solo-001"}); }, 20s));
+  add_image(random_bytes(64 * 1024, 5), "1.4.0");
+  const std::string dep = deploy({{"image", "1.4.0"}, {"device", "solo-001"}});
+  ASSERT_TRUE(wait_until([&] { return deployment(dep).value("state", "") == "completed"; }, 60s))
+      << deployment(dep).dump(2);
+  json d = deployment(dep);
+  EXPECT_EQ(d["counts"]["failed"], 1) << d.dump(2);
+  EXPECT_EQ(d["devices"][0]["reason"], "hash_mismatch") << d.dump(2);
+  EXPECT_EQ(get("/api/v1/devices/solo-001")["version"], "1.0.0");
+}
+
+}  // namespace
