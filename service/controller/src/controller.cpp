@@ -143,6 +143,43 @@ void Controller::event(const std::string& dep, const std::string& dev, const std
   if (!s) log_error("event log: " + s.error());
 }
 
+std::optional<RowRec> Controller::finished_row(const std::string& dep_id, const std::string& dev) {
+  auto rows = store_.rows(dep_id);
+  if (!rows) return std::nullopt;
+  for (const auto& r : *rows)
+    if (r.device_id == dev) return r;
+  return std::nullopt;
+}
+
+bool Controller::explained_version(const std::string& dev, const std::string& version,
+                                   const std::optional<std::string>& previous) {
+  if (previous && *previous == version) return true;
+  auto rows = store_.rows_for_device(dev, 50);
+  if (!rows) return true;
+  for (const auto& r : *rows) {
+    auto d = store_.deployment(r.deployment_id);
+    if (!d || !*d) continue;
+    auto img = store_.image_by_id((*d)->image_id);
+    if (img && *img && (*img)->version == version) return true;
+  }
+  return false;
+}
+
+Status Controller::reset_seq(const std::string& dev) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto d = store_.device(dev);
+  if (!d) return d.context("reset seq");
+  if (!*d) return not_found_err("unknown device " + dev);
+  Tx tx(store_);
+  Status s = tx.status();
+  if (s) s = store_.set_device_last_seq(dev, -1);
+  if (s) event("", dev, "seq_reset", "by operator (was " + std::to_string((*d)->last_seq) + ")");
+  if (s) s = tx.commit();
+  if (!s) return s.context("reset seq");
+  dev_seq_[dev] = -1;
+  return {};
+}
+
 bool Controller::in_group(const std::string& dev, const std::string& group) const {
   auto it = dev_groups_.find(dev);
   return it != dev_groups_.end() && contains(it->second, group);
@@ -568,9 +605,25 @@ void Controller::handle_presence(const std::string& dev, const char* p, std::siz
     d.previous_version = old.previous_version;
     if (!old.version.empty() && old.version != d.version) d.previous_version = old.version;
   }
+  // A version change we cannot explain (not one of our deployments, not a rollback to the
+  // previous version) means the device was re-flashed: its persisted seq restarted at 0.
+  bool reflashed = *existing && !(*existing)->version.empty() &&
+                   (*existing)->version != d.version &&
+                   h->slot_state == proto::SlotState::confirmed &&
+                   !explained_version(dev, d.version, (*existing)->previous_version);
   Tx tx(store_);
   Status s = tx.status();
   if (s) s = store_.upsert_device(d);
+  if (s && reflashed) {
+    s = store_.set_device_last_seq(dev, -1);
+    if (s) {
+      dev_seq_[dev] = -1;
+      event("", dev, "seq_reset",
+            "re-flash detected: " + (*existing)->version + " -> " + d.version);
+      log_warn("device " + dev + ": re-flashed (" + (*existing)->version + " -> " + d.version +
+               "); event sequence reset");
+    }
+  }
   if (s && (!*existing || (*existing)->version != d.version || !(*existing)->online))
     event("", dev, "hello",
           "version " + d.version + " hw " + d.hw + " slot " + d.slot + " " + d.slot_state +
@@ -654,13 +707,33 @@ void Controller::handle_event(const std::string& dev, const char* p, std::size_t
   Status s = tx.status();
   if (s) s = store_.ensure_device(dev, now_s());
   if (s) s = store_.set_device_last_seq(dev, ev.seq);
-  if (s && !row) {
+  std::optional<RowRec> late;
+  if (s && !row && it == active_.end()) late = finished_row(dep_id, dev);
+  if (late && late->state == "failed" && ev.type == proto::EventType::result && !ev.success) {
+    // The hello already showed the rollback (and finished the row); the result names the
+    // precise reason.
+    late->reason = reason_text(ev.reason, ev.detail);
+    late->updated_at = now_ms();
+    s = store_.upsert_row(*late);
+    if (s) event(dep_id, dev, "result", "seq " + std::to_string(ev.seq) + " reason " + late->reason);
+  } else if (late) {
+    log_info("device " + dev + ": late " + type + " event for finished deployment " + dep_id +
+             "; ignored");
+    event(dep_id, dev, "late_event", type + " seq " + std::to_string(ev.seq));
+  } else if (s && !row) {
     log_warn("device " + dev + ": " + type + " event for deployment '" + dep_id +
              "' it is not part of (or not active); ignored");
     event(dep_id, dev, "ignored_event", type + " seq " + std::to_string(ev.seq));
   }
   bool final_now = false;
-  if (s && row && is_final_row_state(row->rec.state)) {
+  if (s && row && row->rec.state == "failed" && ev.type == proto::EventType::result &&
+      !ev.success) {
+    // The hello already showed the rollback; the result names the precise reason.
+    row->rec.reason = reason_text(ev.reason, ev.detail);
+    s = write_row(*row);
+    if (s) event(dep_id, dev, "result", "seq " + std::to_string(ev.seq) + " reason " + row->rec.reason);
+    row = nullptr;
+  } else if (s && row && is_final_row_state(row->rec.state)) {
     log_info("device " + dev + ": " + type + " event for deployment " + dep_id +
              " after its row became " + row->rec.state + "; ignored");
     row = nullptr;
@@ -714,6 +787,10 @@ void Controller::handle_event(const std::string& dev, const char* p, std::size_t
           std::string reason = reason_text(ev.reason, ev.detail);
           s = set_row_state(dep, *row, "failed", reason);
           if (s) s = store_.set_device_last_error(dev, dep_id + ": " + reason);
+          if (s && !ev.version.empty() && dev_version_[dev] != ev.version.c_str()) {
+            s = store_.set_device_version(dev, ev.version.c_str());
+            if (s) dev_version_[dev] = ev.version.c_str();
+          }
         }
         final_now = true;
         break;

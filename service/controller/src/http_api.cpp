@@ -233,6 +233,12 @@ void HttpApi::routes() {
   s.Get(R"(/api/v1/devices/([^/]+))", [this](const httplib::Request& req, httplib::Response& res) {
     reply(res, ctl_.device_json(req.matches[1]));
   });
+  s.Post(R"(/api/v1/devices/([^/]+)/reset-seq)",
+         [this](const httplib::Request& req, httplib::Response& res) {
+           Status st = ctl_.reset_seq(req.matches[1]);
+           if (!st) return send_error(res, http_status(st.kind()), st.error());
+           reply(res, ctl_.device_json(req.matches[1]));
+         });
   s.Get("/api/v1/status", [this](const httplib::Request&, httplib::Response& res) {
     auto r = ctl_.status_json();
     if (r) (*r)["mqtt"] = (ready_ && !ready_()) ? "not connected" : "connected";

@@ -7,6 +7,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -59,6 +60,8 @@ class Controller {
   Result<DeploymentRec> deploy(const std::string& image_ref, const std::string& kind,
                                const std::string& target);
   Result<DeploymentRec> cancel(const std::string& deployment_id);
+  // Forgets the device's last event seq (after a factory reset of its counter).
+  Status reset_seq(const std::string& device_id);
 
   // --- MQTT side
   void on_message(const char* topic, const void* payload, std::size_t len);
@@ -120,6 +123,9 @@ class Controller {
   void maybe_complete(const std::string& dep_id);
   void flush_dirty(bool force);
   bool in_group(const std::string& dev, const std::string& group) const;
+  std::optional<RowRec> finished_row(const std::string& dep_id, const std::string& dev);
+  bool explained_version(const std::string& dev, const std::string& version,
+                         const std::optional<std::string>& previous);
   std::string topic_for(int kind, const std::string& id) const;
   nlohmann::json deployment_to_json(const DeploymentRec& d, bool with_rows);
   void event(const std::string& dep, const std::string& dev, const std::string& what,

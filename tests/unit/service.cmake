@@ -1,0 +1,13 @@
+# Service (controller + otactl) unit tests (label `unit`, no network). Included from
+# tests/CMakeLists.txt.
+add_executable(service_tests
+  ${CMAKE_CURRENT_LIST_DIR}/service_store_test.cpp
+  ${CMAKE_CURRENT_LIST_DIR}/service_signing_test.cpp
+  ${CMAKE_CURRENT_LIST_DIR}/service_images_test.cpp
+  ${CMAKE_CURRENT_LIST_DIR}/service_controller_test.cpp
+  ${CMAKE_CURRENT_LIST_DIR}/service_cli_test.cpp)
+target_link_libraries(service_tests PRIVATE ota_service ota::proto OpenSSL::Crypto
+                      GTest::gtest_main ota_warnings)
+target_compile_definitions(service_tests PRIVATE OTACTL_PATH="$<TARGET_FILE:otactl>")
+add_dependencies(service_tests otactl)
+gtest_discover_tests(service_tests TEST_PREFIX "service." PROPERTIES LABELS unit)

@@ -1,0 +1,494 @@
+// Controller logic without a broker: a recording Publisher stands in for MQTT.
+#include <gtest/gtest.h>
+
+#include <fstream>
+
+#include "ota/proto/frame.hpp"
+#include "ota/proto/messages.hpp"
+#include "ota/service/controller.hpp"
+#include "service_test_util.hpp"
+
+using namespace ota::service;
+using ota::service::testing::make_ec_key_pem;
+using ota::service::testing::TempDir;
+namespace proto = ota::proto;
+
+namespace {
+
+struct Msg {
+  std::string topic;
+  std::string payload;
+  int qos;
+  bool retain;
+};
+
+class Recorder : public Publisher {
+ public:
+  bool publish(const std::string& topic, const void* data, std::size_t len, int qos,
+               bool retain) override {
+    msgs.push_back({topic, std::string(static_cast<const char*>(data), len), qos, retain});
+    return true;
+  }
+  std::vector<Msg> on(const std::string& topic) const {
+    std::vector<Msg> out;
+    for (const auto& m : msgs)
+      if (m.topic == topic) out.push_back(m);
+    return out;
+  }
+  std::vector<Msg> msgs;
+};
+
+std::string bytes_of(std::size_t n, unsigned seed = 1) {
+  std::string s(n, '\0');
+  for (std::size_t i = 0; i < n; ++i) s[i] = static_cast<char>((i * 31 + seed * 7) & 0xff);
+  return s;
+}
+
+class ControllerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    key_pem = make_ec_key_pem();
+    start();
+  }
+  void start() {
+    ctl.reset();
+    auto signer = Signer::from_pem(key_pem);
+    ASSERT_TRUE(signer.ok());
+    ControllerConfig cfg;
+    cfg.db_path = dir.file("ota.db");
+    cfg.store_dir = dir.file("images");
+    auto c = Controller::create(cfg, std::move(*signer), &pub);
+    ASSERT_TRUE(c.ok()) << c.error();
+    ctl = std::move(*c);
+  }
+
+  void hello(const std::string& dev, const std::string& version, std::vector<std::string> groups = {},
+             proto::SlotState st = proto::SlotState::confirmed, const std::string& hw = "m1") {
+    proto::Hello h;
+    h.device.assign(dev.c_str());
+    h.hw.assign(hw.c_str());
+    h.version.assign(version.c_str());
+    h.slot.assign("a");
+    h.slot_state = st;
+    h.free = 1 << 20;
+    for (const auto& g : groups) h.groups[h.group_count++].assign(g.c_str());
+    char buf[2048];
+    std::size_t len = 0;
+    ASSERT_FALSE(proto::encode_hello(h, buf, sizeof buf, len));
+    ctl->on_message(("ota/v1/dev/" + dev + "/up/presence").c_str(), buf, len);
+  }
+
+  void event(const std::string& dev, proto::Event ev) {
+    char buf[2048];
+    std::size_t len = 0;
+    ASSERT_FALSE(proto::encode_event(ev, buf, sizeof buf, len));
+    ctl->on_message(("ota/v1/dev/" + dev + "/up/event").c_str(), buf, len);
+  }
+  static proto::Event ev(proto::EventType t, std::uint32_t seq, const std::string& dep) {
+    proto::Event e;
+    e.type = t;
+    e.seq = seq;
+    e.deployment.assign(dep.c_str());
+    return e;
+  }
+
+  void chunk_req(const std::string& dev, const std::string& dep, const std::string& image,
+                 std::uint32_t first, std::uint32_t count) {
+    proto::ChunkRequest r;
+    r.deployment.assign(dep.c_str());
+    r.image.assign(image.c_str());
+    r.first = first;
+    r.count = count;
+    char buf[2048];
+    std::size_t len = 0;
+    ASSERT_FALSE(proto::encode_chunk_request(r, buf, sizeof buf, len));
+    ctl->on_message(("ota/v1/dev/" + dev + "/up/req").c_str(), buf, len);
+  }
+
+  ImageRec add(const std::string& bytes, const std::string& version, std::uint32_t chunk = 4096) {
+    ImageParams p;
+    p.version = version;
+    p.hw = {"m1"};
+    p.chunk_size = chunk;
+    auto r = ctl->add_image(bytes, p);
+    EXPECT_TRUE(r.ok()) << r.error();
+    return r.ok() ? r->image : ImageRec{};
+  }
+
+  std::string row_state(const std::string& dep, const std::string& dev) {
+    auto j = ctl->deployment_json(dep);
+    if (!j) return "?";
+    for (const auto& r : (*j)["devices"])
+      if (r["device"] == dev) return r["state"].get<std::string>();
+    return "none";
+  }
+
+  TempDir dir;
+  std::string key_pem;
+  Recorder pub;
+  std::unique_ptr<Controller> ctl;
+};
+
+TEST_F(ControllerTest, ImageAddValidation) {
+  const std::string a = bytes_of(10000);
+  ImageParams p;
+  p.version = "1.0.0";
+  p.hw = {"m1"};
+  auto r = ctl->add_image(a, p);
+  ASSERT_TRUE(r.ok()) << r.error();
+  EXPECT_TRUE(r->created);
+  EXPECT_EQ(r->image.id, r->image.sha256.substr(0, 16));
+  EXPECT_EQ(r->image.size, 10000u);
+  EXPECT_EQ(r->image.chunk_size, 4096u);
+  std::ifstream f(dir.file("images/" + r->image.sha256 + ".bin"), std::ios::binary);
+  std::string stored((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  EXPECT_EQ(stored, a);
+
+  auto again = ctl->add_image(a, p);  // same bytes, same version: the existing image
+  ASSERT_TRUE(again.ok());
+  EXPECT_FALSE(again->created);
+  EXPECT_EQ(again->image.id, r->image.id);
+
+  auto other = ctl->add_image(bytes_of(10000, 2), p);  // same version, different bytes
+  ASSERT_FALSE(other.ok());
+  EXPECT_EQ(other.kind(), ErrKind::conflict);
+  EXPECT_NE(other.error().find("1.0.0"), std::string::npos) << other.error();
+
+  p.version = "1.0.1";  // same bytes under another version
+  EXPECT_FALSE(ctl->add_image(a, p).ok());
+
+  p.version = "one";
+  auto bad = ctl->add_image(bytes_of(10, 3), p);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.kind(), ErrKind::invalid);
+  EXPECT_EQ(bad.error().rfind("image add: ", 0), 0u) << bad.error();
+  p.version = "2.0.0";
+  p.hw = {};
+  EXPECT_FALSE(ctl->add_image(bytes_of(10, 3), p).ok());
+  p.hw = {"m1"};
+  p.chunk_size = 128;
+  EXPECT_FALSE(ctl->add_image(bytes_of(10, 3), p).ok());
+  p.chunk_size = 4096;
+  EXPECT_FALSE(ctl->add_image("", p).ok());
+}
+
+TEST_F(ControllerTest, DeployToUnknownOrIncompatibleDevice) {
+  auto img = add(bytes_of(5000), "1.1.0");
+  auto r = ctl->deploy(img.id, "device", "ghost");
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.kind(), ErrKind::not_found);
+  EXPECT_NE(r.error().find("unknown device ghost"), std::string::npos) << r.error();
+  hello("d1", "1.0.0", {}, proto::SlotState::confirmed, "other-board");
+  r = ctl->deploy(img.id, "device", "d1");
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.error().find("other-board"), std::string::npos) << r.error();
+  auto u = ctl->deploy("9.9.9", "device", "d1");
+  ASSERT_FALSE(u.ok());
+  EXPECT_NE(u.error().find("unknown image 9.9.9"), std::string::npos);
+}
+
+TEST_F(ControllerTest, DeviceDeploymentLifecycle) {
+  auto img = add(bytes_of(10000), "1.1.0");
+  hello("d1", "1.0.0");
+  auto dep = ctl->deploy("1.1.0", "device", "d1");  // by version
+  ASSERT_TRUE(dep.ok()) << dep.error();
+  EXPECT_EQ(dep->id, "dep-1");
+
+  auto offers = pub.on("ota/v1/dev/d1/down/offer");
+  ASSERT_EQ(offers.size(), 1u);
+  EXPECT_EQ(offers[0].qos, 1);
+  proto::Offer offer;
+  ASSERT_FALSE(proto::decode_offer(offers[0].payload.data(), offers[0].payload.size(), offer));
+  EXPECT_EQ(std::string(offer.deployment.c_str()), "dep-1");
+  EXPECT_EQ(std::string(offer.manifest.image.c_str()), img.id);
+  EXPECT_EQ(offer.manifest.size, 10000u);
+  auto pub_key = public_key_from_pem(Signer::from_pem(key_pem)->public_pem());
+  EXPECT_TRUE(verify_manifest(pub_key->get(), offer.manifest));
+
+  // A second deployment to the same busy device is refused.
+  auto img2 = add(bytes_of(3000, 9), "1.2.0");
+  auto busy = ctl->deploy(img2.id, "device", "d1");
+  ASSERT_FALSE(busy.ok());
+  EXPECT_EQ(busy.kind(), ErrKind::conflict);
+
+  event("d1", ev(proto::EventType::accept, 1, "dep-1"));
+  EXPECT_EQ(row_state("dep-1", "d1"), "accepted");
+  auto p = ev(proto::EventType::progress, 2, "dep-1");
+  p.received = 4096;
+  p.total = 10000;
+  event("d1", p);
+  EXPECT_EQ(row_state("dep-1", "d1"), "downloading");
+  auto js = ctl->deployment_json("dep-1");
+  EXPECT_EQ((*js)["devices"][0]["received"], 4096);
+  EXPECT_EQ((*js)["devices"][0]["percent"], 40);
+
+  // Replayed / duplicate seq is dropped: a stale "accept" does not move the row back.
+  event("d1", ev(proto::EventType::accept, 2, "dep-1"));
+  event("d1", ev(proto::EventType::accept, 1, "dep-1"));
+  EXPECT_EQ(row_state("dep-1", "d1"), "downloading");
+
+  auto st = ev(proto::EventType::status, 3, "dep-1");
+  st.state = proto::DeviceState::installing;
+  event("d1", st);
+  EXPECT_EQ(row_state("dep-1", "d1"), "installing");
+
+  auto res = ev(proto::EventType::result, 4, "dep-1");
+  res.success = true;
+  res.version.assign("1.1.0");
+  event("d1", res);
+  EXPECT_EQ(row_state("dep-1", "d1"), "succeeded");
+  auto d = ctl->deployment_json("dep-1");
+  EXPECT_EQ((*d)["state"], "completed");
+  EXPECT_EQ((*d)["percent"], 100);
+  auto dev = ctl->device_json("d1");
+  EXPECT_EQ((*dev)["version"], "1.1.0");
+  EXPECT_EQ((*dev)["previous_version"], "1.0.0");
+  EXPECT_EQ((*dev)["last_seq"], 4);
+
+  // The device is free again.
+  EXPECT_TRUE(ctl->deploy(img2.id, "device", "d1").ok());
+}
+
+TEST_F(ControllerTest, FailureAndDeclineReasons) {
+  add(bytes_of(1000), "1.1.0");
+  hello("d1", "1.0.0");
+  hello("d2", "1.0.0");
+  hello("d3", "1.1.0");
+  ASSERT_TRUE(ctl->deploy("1.1.0", "device", "d1").ok());
+  ASSERT_TRUE(ctl->deploy("1.1.0", "device", "d2").ok());
+  auto dep3 = ctl->deploy("1.1.0", "device", "d3");
+  ASSERT_TRUE(dep3.ok());
+  // d3 already runs 1.1.0 and is confirmed: hello marks it succeeded.
+  hello("d3", "1.1.0");
+  EXPECT_EQ(row_state(dep3->id, "d3"), "succeeded");
+
+  auto f = ev(proto::EventType::result, 1, "dep-1");
+  f.success = false;
+  f.reason = proto::ReasonCode::hash_mismatch;
+  f.version.assign("1.0.0");
+  event("d1", f);
+  auto j = ctl->deployment_json("dep-1");
+  EXPECT_EQ((*j)["devices"][0]["state"], "failed");
+  EXPECT_EQ((*j)["devices"][0]["reason"], "hash_mismatch");
+  EXPECT_NE((*ctl->device_json("d1"))["last_error"].get<std::string>().find("hash_mismatch"),
+            std::string::npos);
+
+  auto dec = ev(proto::EventType::decline, 1, "dep-2");
+  dec.reason = proto::ReasonCode::already_installed;
+  event("d2", dec);
+  auto j2 = ctl->deployment_json("dep-2");
+  EXPECT_EQ((*j2)["devices"][0]["state"], "succeeded");
+  EXPECT_EQ((*j2)["devices"][0]["reason"], "already_installed");
+}
+
+TEST_F(ControllerTest, ChunkServingOffsetsAndAuthorization) {
+  const std::string bytes = bytes_of(10000);
+  auto img = add(bytes, "1.1.0", 4096);
+  hello("d1", "1.0.0");
+  hello("intruder", "1.0.0");
+  ASSERT_TRUE(ctl->deploy(img.id, "device", "d1").ok());
+  event("d1", ev(proto::EventType::accept, 1, "dep-1"));
+
+  chunk_req("d1", "dep-1", img.id, 0, 256);
+  auto frames = pub.on("ota/v1/dev/d1/down/chunk");
+  ASSERT_EQ(frames.size(), 3u);
+  std::uint32_t expect_off = 0;
+  for (const auto& m : frames) {
+    EXPECT_EQ(m.qos, 1);
+    proto::ChunkFrame fr;
+    ASSERT_FALSE(proto::decode_chunk_frame(reinterpret_cast<const std::uint8_t*>(m.payload.data()),
+                                           m.payload.size(), 65536, fr));
+    EXPECT_EQ(fr.offset, expect_off);
+    EXPECT_EQ(fr.length, std::min<std::uint32_t>(4096, 10000 - expect_off));
+    EXPECT_EQ(std::string(reinterpret_cast<const char*>(fr.payload), fr.length),
+              bytes.substr(fr.offset, fr.length));
+    expect_off += fr.length;
+  }
+  EXPECT_EQ(expect_off, 10000u);
+  EXPECT_EQ(row_state("dep-1", "d1"), "downloading");
+  EXPECT_EQ((*ctl->deployment_json("dep-1"))["devices"][0]["bytes_sent"], 10000);
+
+  // Not part of the deployment / wrong image / unknown deployment: nothing is sent.
+  chunk_req("intruder", "dep-1", img.id, 0, 1);
+  chunk_req("d1", "dep-1", "0000000000000000", 0, 1);
+  chunk_req("d1", "dep-77", img.id, 0, 1);
+  EXPECT_TRUE(pub.on("ota/v1/dev/intruder/down/chunk").empty());
+  EXPECT_EQ(pub.on("ota/v1/dev/d1/down/chunk").size(), 3u);
+}
+
+TEST_F(ControllerTest, DecodeErrorsAreCountedNotFatal) {
+  const char junk[] = "{not json";
+  ctl->on_message("ota/v1/dev/d1/up/event", junk, sizeof junk - 1);
+  ctl->on_message("ota/v1/dev/d1/up/req", junk, sizeof junk - 1);
+  ctl->on_message("ota/v1/dev/d1/up/presence", junk, sizeof junk - 1);
+  EXPECT_EQ(ctl->decode_errors(), 3u);
+  ctl->on_message("ota/v1/dev/d1/up/presence", "", 0);  // cleared retained message: ignored
+  EXPECT_EQ(ctl->decode_errors(), 3u);
+  hello("d1", "1.0.0");  // still serving
+  EXPECT_TRUE(ctl->device_json("d1").ok());
+}
+
+TEST_F(ControllerTest, GroupDeploymentRetainedOfferLateMemberAndCompletion) {
+  auto img = add(bytes_of(2000), "2.0.0");
+  hello("g1", "1.0.0", {"lab"});
+  hello("g2", "1.0.0", {"lab"});
+  hello("x", "1.0.0", {"other"});
+  auto dep = ctl->deploy(img.id, "group", "lab");
+  ASSERT_TRUE(dep.ok()) << dep.error();
+  auto offers = pub.on("ota/v1/grp/lab/offer");
+  ASSERT_EQ(offers.size(), 1u);
+  EXPECT_TRUE(offers[0].retain);
+  auto j = ctl->deployment_json(dep->id);
+  EXPECT_EQ((*j)["devices"].size(), 2u);
+
+  // A member that was not known at deploy time joins and accepts: it gets a row.
+  hello("g3", "1.0.0", {"lab"});
+  event("g3", ev(proto::EventType::accept, 1, dep->id));
+  EXPECT_EQ(row_state(dep->id, "g3"), "accepted");
+  chunk_req("g3", dep->id, img.id, 0, 1);
+  EXPECT_EQ(pub.on("ota/v1/dev/g3/down/chunk").size(), 1u);
+
+  for (const char* d : {"g1", "g2", "g3"}) {
+    auto r = ev(proto::EventType::result, 5, dep->id);
+    r.success = true;
+    r.version.assign("2.0.0");
+    event(d, r);
+  }
+  j = ctl->deployment_json(dep->id);
+  EXPECT_EQ((*j)["state"], "completed");
+  offers = pub.on("ota/v1/grp/lab/offer");
+  ASSERT_EQ(offers.size(), 2u);
+  EXPECT_TRUE(offers[1].retain);
+  EXPECT_TRUE(offers[1].payload.empty()) << "completion clears the retained offer";
+}
+
+TEST_F(ControllerTest, CancelNotifiesInFlightDevices) {
+  add(bytes_of(2000), "2.0.0");
+  hello("d1", "1.0.0");
+  auto dep = ctl->deploy("2.0.0", "device", "d1");
+  ASSERT_TRUE(dep.ok());
+  auto c = ctl->cancel(dep->id);
+  ASSERT_TRUE(c.ok()) << c.error();
+  auto cancels = pub.on("ota/v1/dev/d1/down/cancel");
+  ASSERT_EQ(cancels.size(), 1u);
+  proto::Cancel msg;
+  ASSERT_FALSE(proto::decode_cancel(cancels[0].payload.data(), cancels[0].payload.size(), msg));
+  EXPECT_EQ(std::string(msg.deployment.c_str()), dep->id);
+  EXPECT_EQ(row_state(dep->id, "d1"), "cancelled");
+  EXPECT_EQ((*ctl->deployment_json(dep->id))["state"], "cancelled");
+  auto again = ctl->cancel(dep->id);
+  ASSERT_FALSE(again.ok());
+  EXPECT_EQ(again.kind(), ErrKind::conflict);
+  EXPECT_EQ(ctl->cancel("dep-404").kind(), ErrKind::not_found);
+}
+
+TEST_F(ControllerTest, RestartResendsStoredOfferOnHelloAndKeepsSeq) {
+  add(bytes_of(3000), "1.1.0");
+  hello("d1", "1.0.0");
+  auto dep = ctl->deploy("1.1.0", "device", "d1");
+  ASSERT_TRUE(dep.ok());
+  event("d1", ev(proto::EventType::accept, 7, dep->id));
+  const std::string first_offer = pub.on("ota/v1/dev/d1/down/offer").at(0).payload;
+
+  start();  // "restart" the controller on the same database and store
+  pub.msgs.clear();
+  hello("d1", "1.0.0");
+  auto offers = pub.on("ota/v1/dev/d1/down/offer");
+  ASSERT_EQ(offers.size(), 1u);
+  EXPECT_EQ(offers[0].payload, first_offer) << "re-sent offers are byte-identical";
+  // seq survives the restart: a replay of seq 7 is dropped.
+  auto dec = ev(proto::EventType::decline, 7, dep->id);
+  dec.reason = proto::ReasonCode::busy;
+  event("d1", dec);
+  EXPECT_EQ(row_state(dep->id, "d1"), "accepted");
+  // Chunks are served after the restart.
+  chunk_req("d1", dep->id, dep->image_id, 0, 1);
+  EXPECT_EQ(pub.on("ota/v1/dev/d1/down/chunk").size(), 1u);
+}
+
+TEST_F(ControllerTest, RestartRepublishesGroupOffers) {
+  add(bytes_of(3000), "1.1.0");
+  ASSERT_TRUE(ctl->deploy("1.1.0", "group", "lab").ok());
+  start();
+  pub.msgs.clear();
+  ctl->on_connected();
+  auto offers = pub.on("ota/v1/grp/lab/offer");
+  ASSERT_EQ(offers.size(), 1u);
+  EXPECT_TRUE(offers[0].retain);
+  EXPECT_FALSE(offers[0].payload.empty());
+}
+
+TEST_F(ControllerTest, RollbackSeenInHelloFailsTheRow) {
+  add(bytes_of(3000), "1.1.0");
+  hello("d1", "1.0.0");
+  auto dep = ctl->deploy("1.1.0", "device", "d1");
+  auto st = ev(proto::EventType::status, 1, dep->id);
+  st.state = proto::DeviceState::rebooting;
+  event("d1", st);
+  hello("d1", "1.0.0", {}, proto::SlotState::rolled_back);
+  auto j = ctl->deployment_json(dep->id);
+  EXPECT_EQ((*j)["devices"][0]["state"], "failed");
+  EXPECT_EQ((*j)["devices"][0]["reason"], "rolled_back");
+  EXPECT_EQ((*j)["state"], "completed");
+}
+
+TEST_F(ControllerTest, ReflashResetsSeqAndRollbackReasonIsRefined) {
+  add(bytes_of(3000), "1.1.0");
+  hello("d1", "1.0.0");
+  event("d1", ev(proto::EventType::accept, 40, "dep-x"));
+  EXPECT_EQ((*ctl->device_json("d1"))["last_seq"], 40);
+  // Unexplained version change (no deployment of ours): re-flashed, seq restarts.
+  hello("d1", "0.9.0");
+  EXPECT_EQ((*ctl->device_json("d1"))["last_seq"], -1);
+
+  auto dep = ctl->deploy("1.1.0", "device", "d1");
+  ASSERT_TRUE(dep.ok());
+  event("d1", ev(proto::EventType::accept, 0, dep->id));
+  EXPECT_EQ(row_state(dep->id, "d1"), "accepted");
+  auto st = ev(proto::EventType::status, 1, dep->id);
+  st.state = proto::DeviceState::confirming;
+  event("d1", st);
+  hello("d1", "0.9.0", {}, proto::SlotState::rolled_back);
+  EXPECT_EQ((*ctl->device_json("d1"))["last_seq"], 1) << "a rollback is not a re-flash";
+  auto r = ev(proto::EventType::result, 2, dep->id);
+  r.reason = proto::ReasonCode::self_test_failed;
+  r.version.assign("0.9.0");
+  event("d1", r);
+  auto j = ctl->deployment_json(dep->id);
+  EXPECT_EQ((*j)["devices"][0]["state"], "failed");
+  EXPECT_EQ((*j)["devices"][0]["reason"], "self_test_failed");
+
+  ASSERT_TRUE(ctl->reset_seq("d1").ok());
+  EXPECT_EQ((*ctl->device_json("d1"))["last_seq"], -1);
+  EXPECT_EQ(ctl->reset_seq("ghost").kind(), ErrKind::not_found);
+}
+
+TEST_F(ControllerTest, QueriesAndFilters) {
+  add(bytes_of(3000), "1.1.0");
+  hello("a", "1.0.0", {"lab"});
+  hello("b", "1.1.0", {"field"});
+  const char offline[] = "{\"v\":1,\"type\":\"offline\"}";
+  ctl->on_message("ota/v1/dev/b/up/presence", offline, sizeof offline - 1);
+  DeviceFilter f;
+  f.group = "lab";
+  EXPECT_EQ(ctl->devices_json(f)->size(), 1u);
+  f = {};
+  f.online = true;
+  auto on = ctl->devices_json(f);
+  ASSERT_EQ(on->size(), 1u);
+  EXPECT_EQ((*on)[0]["id"], "a");
+  auto s = ctl->status_json();
+  ASSERT_TRUE(s.ok());
+  EXPECT_EQ((*s)["devices"]["total"], 2);
+  EXPECT_EQ((*s)["devices"]["online"], 1);
+  EXPECT_EQ((*s)["devices"]["by_version"]["1.1.0"], 1);
+  EXPECT_EQ((*s)["images"], 1);
+  EXPECT_EQ(ctl->device_json("nope").kind(), ErrKind::not_found);
+  EXPECT_EQ(ctl->image_json("nope").kind(), ErrKind::not_found);
+  EXPECT_TRUE(ctl->image_json("1.1.0").ok());
+  EventFilter ef;
+  ef.device = "a";
+  EXPECT_GE(ctl->events_json(ef)->size(), 1u);
+}
+
+}  // namespace

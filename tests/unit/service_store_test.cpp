@@ -1,0 +1,203 @@
+#include <gtest/gtest.h>
+
+#include "ota/service/store.hpp"
+#include "service_test_util.hpp"
+
+using namespace ota::service;
+using ota::service::testing::TempDir;
+
+namespace {
+
+ImageRec image(const std::string& id, const std::string& version) {
+  ImageRec r;
+  r.id = id;
+  r.sha256 = id + std::string(48, '0');
+  r.version = version;
+  r.hw = {"m1", "m2"};
+  r.size = 1000;
+  r.chunk_size = 256;
+  r.created_at = 1;
+  return r;
+}
+
+class StoreTest : public ::testing::Test {
+ protected:
+  void SetUp() override { ASSERT_TRUE(store.open(dir.file("ota.db")).ok()); }
+  TempDir dir;
+  Store store;
+};
+
+TEST_F(StoreTest, SchemaVersionRecordedAndReopenWorks) {
+  EXPECT_EQ(store.schema_version(), kSchemaVersion);
+  Store again;
+  Status s = again.open(dir.file("ota.db"));
+  ASSERT_TRUE(s.ok()) << s.error();
+  EXPECT_EQ(again.schema_version(), kSchemaVersion);
+}
+
+TEST_F(StoreTest, OpenFailureNamesThePath) {
+  Store bad;
+  Status s = bad.open("/nonexistent-dir/x/ota.db");
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.error().find("/nonexistent-dir/x/ota.db"), std::string::npos) << s.error();
+}
+
+TEST_F(StoreTest, ImagesRoundTripAndUniqueness) {
+  ASSERT_TRUE(store.insert_image(image("00112233aabbccdd", "1.0.0")).ok());
+  auto by_id = store.image_by_id("00112233aabbccdd");
+  ASSERT_TRUE(by_id.ok());
+  ASSERT_TRUE(by_id->has_value());
+  EXPECT_EQ((*by_id)->version, "1.0.0");
+  EXPECT_EQ((*by_id)->hw, (std::vector<std::string>{"m1", "m2"}));
+  auto by_ver = store.image_by_version("1.0.0");
+  ASSERT_TRUE(by_ver.ok() && by_ver->has_value());
+  EXPECT_FALSE(store.insert_image(image("00112233aabbccde", "1.0.0")).ok()) << "dup version";
+  auto none = store.image_by_version("9.9.9");
+  ASSERT_TRUE(none.ok());
+  EXPECT_FALSE(none->has_value());
+  auto list = store.list_images();
+  ASSERT_TRUE(list.ok());
+  EXPECT_EQ(list->size(), 1u);
+}
+
+TEST_F(StoreTest, ImageChunkSizeCheckedByDatabase) {
+  ImageRec r = image("00112233aabbccdd", "1.0.0");
+  r.chunk_size = 100;
+  EXPECT_FALSE(store.insert_image(r).ok());
+}
+
+TEST_F(StoreTest, DevicesUpsertFilterAndSeq) {
+  DeviceRec d;
+  d.id = "dev-1";
+  d.hw = "m1";
+  d.version = "1.0.0";
+  d.groups = {"lab", "eu"};
+  d.online = true;
+  ASSERT_TRUE(store.upsert_device(d).ok());
+  d.id = "dev-2";
+  d.groups = {"us"};
+  d.online = false;
+  d.version = "1.1.0";
+  ASSERT_TRUE(store.upsert_device(d).ok());
+
+  DeviceFilter f;
+  f.group = "lab";
+  auto lab = store.list_devices(f);
+  ASSERT_TRUE(lab.ok());
+  ASSERT_EQ(lab->size(), 1u);
+  EXPECT_EQ(lab->at(0).id, "dev-1");
+  f = {};
+  f.online = false;
+  auto off = store.list_devices(f);
+  ASSERT_EQ(off->size(), 1u);
+  EXPECT_EQ(off->at(0).id, "dev-2");
+  f = {};
+  f.version = "1.0.0";
+  EXPECT_EQ(store.list_devices(f)->size(), 1u);
+  EXPECT_EQ(store.list_devices({})->size(), 2u);
+
+  auto got = store.device("dev-1");
+  ASSERT_TRUE(got.ok() && got->has_value());
+  EXPECT_EQ((*got)->last_seq, -1);
+  ASSERT_TRUE(store.set_device_last_seq("dev-1", 7).ok());
+  ASSERT_TRUE(store.set_device_version("dev-1", "2.0.0").ok());
+  got = store.device("dev-1");
+  EXPECT_EQ((*got)->last_seq, 7);
+  EXPECT_EQ((*got)->version, "2.0.0");
+  ASSERT_TRUE((*got)->previous_version.has_value());
+  EXPECT_EQ(*(*got)->previous_version, "1.0.0");
+  // Upsert keeps last_seq.
+  d.id = "dev-1";
+  ASSERT_TRUE(store.upsert_device(d).ok());
+  EXPECT_EQ((*store.device("dev-1"))->last_seq, 7);
+}
+
+TEST_F(StoreTest, DeploymentsRowsAndIds) {
+  ASSERT_TRUE(store.insert_image(image("00112233aabbccdd", "1.0.0")).ok());
+  auto id1 = store.next_deployment_id();
+  ASSERT_TRUE(id1.ok());
+  EXPECT_EQ(*id1, "dep-1");
+  DeploymentRec d;
+  d.id = *id1;
+  d.image_id = "00112233aabbccdd";
+  d.target_kind = "device";
+  d.target = "dev-1";
+  d.state = "active";
+  d.offer = "{}";
+  d.created_at = 5;
+  ASSERT_TRUE(store.insert_deployment(d).ok());
+  EXPECT_EQ(*store.next_deployment_id(), "dep-2");
+
+  DeploymentRec bad = d;
+  bad.id = "dep-9";
+  bad.image_id = "ffffffffffffffff";
+  EXPECT_FALSE(store.insert_deployment(bad).ok()) << "foreign key on image_id";
+  bad.image_id = d.image_id;
+  bad.target_kind = "fleet";
+  EXPECT_FALSE(store.insert_deployment(bad).ok()) << "target_kind check";
+
+  RowRec r;
+  r.deployment_id = "dep-1";
+  r.device_id = "dev-1";
+  r.state = "offered";
+  ASSERT_TRUE(store.upsert_row(r).ok());
+  r.state = "downloading";
+  r.received = 10;
+  r.total = 1000;
+  ASSERT_TRUE(store.upsert_row(r).ok());
+  r.state = "bogus";
+  EXPECT_FALSE(store.upsert_row(r).ok());
+  auto rows = store.rows("dep-1");
+  ASSERT_EQ(rows->size(), 1u);
+  EXPECT_EQ(rows->at(0).state, "downloading");
+  EXPECT_EQ(rows->at(0).received, 10u);
+
+  ASSERT_TRUE(store.set_deployment_state("dep-1", "completed", 99).ok());
+  auto dd = store.deployment("dep-1");
+  EXPECT_EQ((*dd)->state, "completed");
+  EXPECT_EQ((*dd)->finished_at, 99);
+  EXPECT_EQ(store.list_deployments("active")->size(), 0u);
+  EXPECT_EQ(store.list_deployments("completed")->size(), 1u);
+}
+
+TEST_F(StoreTest, TransactionRollsBack) {
+  {
+    Tx tx(store);
+    ASSERT_TRUE(tx.status().ok());
+    ASSERT_TRUE(store.insert_image(image("00112233aabbccdd", "1.0.0")).ok());
+  }  // no commit
+  EXPECT_FALSE(store.image_by_id("00112233aabbccdd")->has_value());
+  {
+    Tx tx(store);
+    ASSERT_TRUE(store.insert_image(image("00112233aabbccdd", "1.0.0")).ok());
+    ASSERT_TRUE(tx.commit().ok());
+  }
+  EXPECT_TRUE(store.image_by_id("00112233aabbccdd")->has_value());
+}
+
+TEST_F(StoreTest, EventsFilterAndLimit) {
+  for (int i = 0; i < 5; ++i) ASSERT_TRUE(store.add_event("dep-1", "dev-1", "e", std::to_string(i)).ok());
+  ASSERT_TRUE(store.add_event("dep-2", "dev-2", "x", "").ok());
+  EventFilter f;
+  f.deployment = "dep-1";
+  f.limit = 3;
+  auto ev = store.events(f);
+  ASSERT_EQ(ev->size(), 3u);
+  EXPECT_EQ(ev->at(0).detail, "2");  // the latest three, oldest first
+  EXPECT_EQ(ev->at(2).detail, "4");
+  f = {};
+  f.device = "dev-2";
+  EXPECT_EQ(store.events(f)->size(), 1u);
+}
+
+TEST(RowStates, FinalStates) {
+  for (const char* s : {"succeeded", "failed", "declined", "cancelled"}) EXPECT_TRUE(is_final_row_state(s));
+  for (const char* s : {"offered", "accepted", "downloading", "verifying", "installing", "rebooting",
+                        "confirming"}) {
+    EXPECT_TRUE(is_row_state(s));
+    EXPECT_FALSE(is_final_row_state(s));
+  }
+  EXPECT_FALSE(is_row_state("done"));
+}
+
+}  // namespace
