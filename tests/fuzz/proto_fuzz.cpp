@@ -102,7 +102,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   std::size_t slen = std::strlen(text);
   if (is_semver(text, slen)) {
     check(compare_semver(text, text) == 0);
-    check(compare_semver(text, "0.0.0") >= 0);
+    check(compare_semver(text, "0.0.0-0") >= 0);  // the lowest version there is
+    check(compare_semver(text, "1.0.0") == -compare_semver("1.0.0", text));
   }
   (void)valid_id(text, slen);
   ReasonCode rc;
