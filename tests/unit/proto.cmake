@@ -11,7 +11,8 @@ add_executable(proto_tests
 target_include_directories(proto_tests PRIVATE ${OTA_SOURCE_DIR}/proto/src)
 target_compile_definitions(proto_tests PRIVATE OTA_PROTO_FIXTURE_DIR="${OTA_PROTO_FIXTURES}")
 target_link_libraries(proto_tests PRIVATE ota::proto GTest::gtest_main ota_warnings)
-gtest_discover_tests(proto_tests PROPERTIES LABELS unit)
+# Prefix so that `ctest -R proto` selects them.
+gtest_discover_tests(proto_tests TEST_PREFIX "proto." PROPERTIES LABELS unit)
 
 # JSON Schemas: every valid fixture validates, corrupt ones are rejected (python3-jsonschema).
 find_package(Python3 COMPONENTS Interpreter)
