@@ -163,8 +163,13 @@ void Agent::on_connected() {
       transport_.subscribe(topic, 1);
     }
   }
-  send_hello();
-  flush_pending_result();
+  // The result goes before the hello: the controller should learn why the version changed
+  // before it sees the new version (flush_pending_result sends the hello after it).
+  if (st_.result_pending) {
+    flush_pending_result();
+  } else {
+    send_hello();
+  }
   if (st_.state == DeviceState::downloading) request_chunks(true);
 }
 

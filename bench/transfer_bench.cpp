@@ -1,0 +1,261 @@
+// Transfer benchmark: one device pulls an image over the full path (ota-controller,
+// mosquitto with TLS from broker-config/, the agent core with the Linux ports, file flash,
+// SHA-256 over the flash contents, signature check) and, in the same run and through the
+// same broker and TLS, the raw ceiling: a plain libmosquitto publisher streaming the same
+// bytes in the same chunk size and QoS to a plain subscriber. Prints MiB/s and the ratio.
+//
+//   transfer_bench [--size-mib 16] [--chunk 4096] [--runs 3] [--window 64] [--fsync]
+#include <fcntl.h>
+#include <mosquitto.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <random>
+#include <thread>
+
+#include <httplib.h>
+#include <nlohmann/json.hpp>
+
+#include "ota/agent/linux/device_runner.hpp"
+#include "ota/proto/frame.hpp"
+#include "test_env.hpp"
+
+extern char** environ;
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using namespace std::chrono_literals;
+
+struct Settings {
+  std::size_t size = 16u << 20;
+  std::uint32_t chunk = 4096;
+  int runs = 3;
+  std::uint32_t window = 64;
+  bool fsync = false;
+};
+
+double mib_per_s(std::size_t bytes, Clock::duration d) {
+  return static_cast<double>(bytes) / (1024.0 * 1024.0) /
+         std::chrono::duration<double>(d).count();
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+std::size_t proto_frame_len(std::uint32_t chunk) { return ota::proto::kFrameHeaderLen + chunk; }
+
+mosquitto* tls_client(const std::string& id, const ota::test::Pki& pki, const std::string& cert,
+                      const std::string& key, int port) {
+  mosquitto* m = mosquitto_new(id.c_str(), true, nullptr);
+  mosquitto_int_option(m, MOSQ_OPT_PROTOCOL_VERSION, MQTT_PROTOCOL_V311);
+  mosquitto_int_option(m, MOSQ_OPT_TCP_NODELAY, 1);
+  mosquitto_max_inflight_messages_set(m, 1000);  // as the controller
+  mosquitto_tls_set(m, pki.ca_cert().c_str(), nullptr, cert.c_str(), key.c_str(), nullptr);
+  if (mosquitto_connect(m, "127.0.0.1", port, 30) != MOSQ_ERR_SUCCESS) {
+    std::fprintf(stderr, "bench: %s cannot connect\n", id.c_str());
+    std::exit(1);
+  }
+  return m;
+}
+
+// Raw ceiling: publisher (controller identity) -> broker -> subscriber (device identity),
+// on the device's chunk topic, frames of the same size, QoS 1, TLS.
+double raw_run(const ota::test::Pki& pki, int port, const Settings& s, const std::string& device) {
+  const std::string topic = "ota/v1/dev/" + device + "/down/chunk";
+  const std::uint32_t n = static_cast<std::uint32_t>((s.size + s.chunk - 1) / s.chunk);
+  std::atomic<std::uint32_t> received{0};
+  std::atomic<bool> subscribed{false};
+
+  mosquitto* sub = tls_client(device + "-raw", pki, pki.device_cert(device), pki.device_key(device), port);
+  mosquitto_user_data_set(sub, &received);
+  mosquitto_message_callback_set(sub, [](mosquitto*, void* ud, const mosquitto_message*) {
+    ++*static_cast<std::atomic<std::uint32_t>*>(ud);
+  });
+  mosquitto_subscribe_callback_set(sub, [](mosquitto* m, void*, int, int, const int*) {
+    (void)m;
+  });
+  mosquitto_subscribe(sub, nullptr, topic.c_str(), 1);
+  mosquitto_loop_start(sub);
+  // Subscription round trip: a probe message to ourselves through the broker.
+  mosquitto* pub = tls_client("ota-controller-raw", pki, pki.controller_cert(),
+                              pki.controller_key(), port);
+  mosquitto_loop_start(pub);
+  const std::vector<std::uint8_t> probe(8, 0);
+  while (!subscribed) {
+    mosquitto_publish(pub, nullptr, topic.c_str(), 8, probe.data(), 1, false);
+    subscribed = ota::test::wait_until([&] { return received.load() > 0; }, 200ms);
+  }
+  ota::test::wait_until([] { return false; }, 100ms);  // let stray probes land
+  received = 0;
+
+  std::vector<std::uint8_t> frame(proto_frame_len(s.chunk));
+  std::mt19937 rng(7);
+  std::vector<std::uint8_t> payload(s.chunk);
+  for (auto& b : payload) b = static_cast<std::uint8_t>(rng());
+  const std::uint8_t image_id[8] = {1, 2, 3, 4, 5, 6, 7, 8};
+  const auto t0 = Clock::now();
+  for (std::uint32_t i = 0; i < n; ++i) {
+    const std::size_t len = ota::proto::encode_chunk_frame(
+        image_id, i * s.chunk, payload.data(), s.chunk, 0, frame.data(), frame.size());
+    while (mosquitto_publish(pub, nullptr, topic.c_str(), static_cast<int>(len), frame.data(), 1,
+                             false) == MOSQ_ERR_NOMEM) {
+    }
+  }
+  const bool done = ota::test::wait_until([&] { return received.load() >= n; }, 120s, 1ms);
+  const auto t1 = Clock::now();
+  mosquitto_loop_stop(pub, true);
+  mosquitto_loop_stop(sub, true);
+  mosquitto_destroy(pub);
+  mosquitto_destroy(sub);
+  if (!done) {
+    std::fprintf(stderr, "bench: raw run lost messages (%u of %u)\n", received.load(), n);
+    return 0;
+  }
+  return mib_per_s(static_cast<std::size_t>(n) * s.chunk, t1 - t0);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Settings s;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    auto next = [&]() -> long {
+      if (i + 1 >= argc) {
+        std::fprintf(stderr, "bench: %s needs a value\n", a.c_str());
+        std::exit(2);
+      }
+      return std::strtol(argv[++i], nullptr, 10);
+    };
+    if (a == "--size-mib") s.size = static_cast<std::size_t>(next()) << 20;
+    else if (a == "--chunk") s.chunk = static_cast<std::uint32_t>(next());
+    else if (a == "--runs") s.runs = static_cast<int>(next());
+    else if (a == "--window") s.window = static_cast<std::uint32_t>(next());
+    else if (a == "--fsync") s.fsync = true;
+    else {
+      std::fprintf(stderr, "usage: transfer_bench [--size-mib N] [--chunk B] [--runs N] [--window N] [--fsync]\n");
+      return 2;
+    }
+  }
+  mosquitto_lib_init();
+  ota::test::TempDir dir("bench");
+  const std::string device = "bench-001";
+  const ota::test::Pki pki = ota::test::make_pki(dir.path() + "/pki", {{device, {}}});
+  ota::test::Broker broker(pki);
+  const int http_port = ota::test::free_loopback_port();
+
+  // The controller, as users run it.
+  const std::string log = dir.path() + "/controller.log";
+  std::vector<std::string> cargv{OTA_CONTROLLER_BIN, "--broker-port", std::to_string(broker.port()),
+                                 "--ca", pki.ca_cert(), "--cert", pki.controller_cert(), "--key",
+                                 pki.controller_key(), "--db", dir.path() + "/ctl.db", "--store",
+                                 dir.path() + "/images", "--signing-key", pki.release_key(),
+                                 "--http", "127.0.0.1:" + std::to_string(http_port)};
+  std::vector<char*> cargs;
+  for (auto& a : cargv) cargs.push_back(a.data());
+  cargs.push_back(nullptr);
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_addopen(&fa, 1, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+  posix_spawn_file_actions_adddup2(&fa, 1, 2);
+  pid_t controller = -1;
+  if (posix_spawn(&controller, cargs[0], &fa, nullptr, cargs.data(), environ) != 0) {
+    std::fprintf(stderr, "bench: cannot start %s\n", OTA_CONTROLLER_BIN);
+    return 1;
+  }
+  httplib::Client api("127.0.0.1", http_port);
+  api.set_read_timeout(60);
+  if (!ota::test::wait_until([&] { auto r = api.Get("/api/v1/health"); return r && r->status == 200; }, 15s)) {
+    std::fprintf(stderr, "bench: controller did not start (log %s)\n", log.c_str());
+    ::kill(controller, SIGKILL);
+    return 1;
+  }
+
+  // The device, in-process, so the bench can watch its progress without polling the API.
+  ota::agent::linux_port::DeviceOptions opt;
+  opt.device_id = device;
+  opt.hw_model = "bench-board";
+  opt.data_dir = dir.path() + "/device";
+  opt.mqtt.port = broker.port();
+  opt.mqtt.ca_file = pki.ca_cert();
+  opt.mqtt.cert_file = pki.device_cert(device);
+  opt.mqtt.key_file = pki.device_key(device);
+  opt.trusted_keys = {pki.release_pub()};
+  opt.durable = s.fsync;
+  opt.window_chunks = s.window;
+  opt.checkpoint_chunks = 256;
+  ota::agent::linux_port::DeviceRunner runner(opt);
+  std::atomic<bool> stop{false};
+  std::thread device_thread([&] {
+    std::string error;
+    if (!runner.run(stop, error)) std::fprintf(stderr, "bench: device: %s\n", error.c_str());
+  });
+  ota::test::wait_until([&] {
+    auto r = api.Get(("/api/v1/devices/" + device).c_str());
+    return r && r->status == 200 && nlohmann::json::parse(r->body).value("online", false);
+  }, 20s);
+
+  std::printf("transfer benchmark: %zu MiB image, %u B chunks, QoS 1, TLS, window %u, flash fsync %s\n",
+              s.size >> 20, s.chunk, s.window, s.fsync ? "on" : "off");
+  std::vector<double> raw, transfer, end_to_end, ratio;
+  std::mt19937 rng(42);
+  for (int run = 0; run < s.runs; ++run) {
+    raw.push_back(raw_run(pki, broker.port(), s, device));
+
+    std::string image(s.size, '\0');
+    for (auto& c : image) c = static_cast<char>(rng());
+    const std::string version = "1.1." + std::to_string(run);
+    auto added = api.Post(("/api/v1/images?version=" + version + "&hw=bench-board&chunk_size=" +
+                           std::to_string(s.chunk)).c_str(),
+                          image, "application/octet-stream");
+    if (!added || added->status >= 300) {
+      std::fprintf(stderr, "bench: image add failed: %s\n", added ? added->body.c_str() : "no answer");
+      break;
+    }
+    const auto t0 = Clock::now();
+    auto dep = api.Post("/api/v1/deployments",
+                        nlohmann::json{{"image", version}, {"device", device}}.dump(),
+                        "application/json");
+    if (!dep || dep->status != 201) {
+      std::fprintf(stderr, "bench: deploy failed\n");
+      break;
+    }
+    const std::uint32_t chunks = static_cast<std::uint32_t>((s.size + s.chunk - 1) / s.chunk);
+    const bool got_all = ota::test::wait_until(
+        [&] { return runner.total_chunks == chunks && runner.received_chunks == chunks; }, 300s, 1ms);
+    const auto t1 = Clock::now();
+    const bool booted = ota::test::wait_until([&] { return runner.running_version() == version; },
+                                              60s, 1ms);
+    const auto t2 = Clock::now();
+    if (!got_all || !booted) {
+      std::fprintf(stderr, "bench: run %d did not complete (log %s)\n", run, log.c_str());
+      break;
+    }
+    transfer.push_back(mib_per_s(s.size, t1 - t0));
+    end_to_end.push_back(mib_per_s(s.size, t2 - t0));
+    ratio.push_back(transfer.back() / raw.back());
+    std::printf("  run %d: raw %.1f MiB/s, OTA transfer %.1f MiB/s (%.2f of raw), offer-to-confirmed %.1f MiB/s\n",
+                run + 1, raw.back(), transfer.back(), transfer.back() / raw.back(), end_to_end.back());
+  }
+  stop = true;
+  device_thread.join();
+  ::kill(controller, SIGTERM);
+  int status = 0;
+  ::waitpid(controller, &status, 0);
+  if (transfer.empty()) return 1;
+  const double q = median(ratio);
+  std::printf("median: raw broker %.1f MiB/s | OTA transfer %.1f MiB/s | ratio %.2f (median of per-run ratios) | offer-to-confirmed %.1f MiB/s\n",
+              median(raw), median(transfer), q, median(end_to_end));
+  std::printf("target: ratio >= 0.80 at 4 KiB chunks, QoS 1, TLS: %s\n", q >= 0.8 ? "met" : "NOT met");
+  return 0;
+}
