@@ -586,6 +586,7 @@ int cmd_events(Ctx& c, const std::string& dep, const std::string& dev, int limit
 int main(int argc, char** argv) {
   CLI::App app{"otactl: control the OTA fleet controller over its HTTP API"};
   app.require_subcommand(1);
+  app.fallthrough();  // global options (--json, --api) may also follow the subcommand
   const char* env_api = std::getenv("OTA_API");
   std::string api = env_api && *env_api ? env_api : "http://127.0.0.1:8080";
   bool json_out = false;
