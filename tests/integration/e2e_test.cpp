@@ -355,3 +355,47 @@ TEST_F(EndToEnd, CorruptedFlashWriteIsCaughtByTheHashAndTheOldImageKeepsBooting)
 }
 
 }  // namespace
+
+namespace {
+
+TEST_F(EndToEnd, FailedSelfTestRollsBackToTheOldImageAndIsReported) {
+  start_fleet("solo", 1, {"--fail-self-test", "solo-001"});
+  ASSERT_TRUE(wait_until([&] { return devices_online({"solo-001"}); }, 20s));
+  add_image(random_bytes(128 * 1024, 6), "1.5.0");
+  const std::string dep = deploy({{"image", "1.5.0"}, {"device", "solo-001"}});
+  ASSERT_TRUE(wait_until([&] { return deployment(dep).value("state", "") == "completed"; }, 60s))
+      << deployment(dep).dump(2);
+  json d = deployment(dep);
+  EXPECT_EQ(d["counts"]["failed"], 1) << d.dump(2);
+  EXPECT_EQ(d["devices"][0]["reason"], "self_test_failed") << d.dump(2);
+  ASSERT_TRUE(wait_until(
+      [&] { return get("/api/v1/devices/solo-001").value("slot_state", "") == "rolled_back"; }, 10s))
+      << get("/api/v1/devices/solo-001").dump();
+  EXPECT_EQ(get("/api/v1/devices/solo-001")["version"], "1.0.0");
+}
+
+TEST_F(EndToEnd, NetworkDropMidDownloadReconnectsAndResumes) {
+  start_fleet("solo", 1,
+              {"--drop-ids", "solo-001", "--drop-at", "40", "--flash-write-delay-us", "500"});
+  ASSERT_TRUE(wait_until([&] { return devices_online({"solo-001"}); }, 20s));
+  const std::size_t size = 2 * 1024 * 1024;
+  const std::string image = random_bytes(size, 7);
+  add_image(image, "1.6.0");
+  const std::string dep = deploy({{"image", "1.6.0"}, {"device", "solo-001"}});
+  ASSERT_TRUE(wait_until([&] { return deployment(dep).value("state", "") == "completed"; }, 60s))
+      << deployment(dep).dump(2);
+  json d = deployment(dep);
+  EXPECT_EQ(d["counts"]["succeeded"], 1) << d.dump(2);
+  // The drop really happened: the broker saw the device's connection lost and a new one.
+  const std::string log = read_file(broker_->log_path());
+  std::size_t connects = 0;
+  for (std::size_t p = 0; (p = log.find("as solo-001", p)) != std::string::npos; ++p) ++connects;
+  EXPECT_GE(connects, 2u) << "expected a reconnect of solo-001 in the broker log";
+  // A drop loses what was in flight (at most a window of 64 x 4 KiB chunks) and may get
+  // requests answered twice; it must never restart the image from zero.
+  const std::uint64_t window_bytes = 64 * 4096;
+  EXPECT_LT(d["devices"][0]["bytes_sent"].get<std::uint64_t>(), size + 2 * window_bytes);
+  EXPECT_EQ(sha256_hex(read_file(device_slot_file("solo-001", 'b'))), sha256_hex(image));
+}
+
+}  // namespace

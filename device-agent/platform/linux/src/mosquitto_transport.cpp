@@ -4,6 +4,7 @@
 #include <sys/socket.h>
 
 #include <mutex>
+#include <thread>
 
 namespace ota::agent::linux_port {
 
@@ -14,7 +15,7 @@ MosquittoTransport::MosquittoTransport(MqttSettings settings) : settings_(std::m
 
 MosquittoTransport::~MosquittoTransport() {
   if (mosq_ != nullptr) {
-    if (socket_open_) mosquitto_disconnect(mosq_);
+    if (!link_down_) mosquitto_disconnect(mosq_);
     mosquitto_destroy(mosq_);
   }
 }
@@ -59,11 +60,12 @@ bool MosquittoTransport::start(std::string& error) {
 void MosquittoTransport::try_connect() {
   const auto now = std::chrono::steady_clock::now();
   if (now < next_attempt_) return;
-  const int rc = socket_open_ ? mosquitto_reconnect(mosq_)
-                              : mosquitto_connect(mosq_, settings_.host.c_str(), settings_.port,
-                                                  settings_.keepalive_s);
+  const int rc = ever_connected_ ? mosquitto_reconnect(mosq_)
+                                 : mosquitto_connect(mosq_, settings_.host.c_str(), settings_.port,
+                                                     settings_.keepalive_s);
   if (rc == MOSQ_ERR_SUCCESS) {
-    socket_open_ = true;
+    ever_connected_ = true;
+    link_down_ = false;
     backoff_ = std::chrono::milliseconds(100);
   } else {
     next_attempt_ = now + backoff_;
@@ -73,19 +75,18 @@ void MosquittoTransport::try_connect() {
 
 void MosquittoTransport::poll(int timeout_ms) {
   if (mosq_ == nullptr) return;
-  if (!socket_open_) {
+  if (link_down_) {
     try_connect();
-    if (!socket_open_) return;
-  }
-  const int rc = mosquitto_loop(mosq_, timeout_ms, 1);
-  if (rc != MOSQ_ERR_SUCCESS) {
-    connected_ = false;
-    next_attempt_ = std::chrono::steady_clock::now() + backoff_;
-    if (rc == MOSQ_ERR_NO_CONN || rc == MOSQ_ERR_CONN_LOST || rc == MOSQ_ERR_ERRNO ||
-        rc == MOSQ_ERR_TLS || rc == MOSQ_ERR_PROTOCOL) {
-      socket_open_ = true;  // next try_connect() uses mosquitto_reconnect
-      try_connect();
+    if (link_down_) {
+      // Pace the caller's loop while there is no socket to wait on.
+      std::this_thread::sleep_for(std::chrono::milliseconds(timeout_ms));
+      return;
     }
+  }
+  if (mosquitto_loop(mosq_, timeout_ms, 1) != MOSQ_ERR_SUCCESS) {
+    connected_ = false;
+    link_down_ = true;  // reconnect after one back-off period, not on every poll
+    next_attempt_ = std::chrono::steady_clock::now() + backoff_;
   }
 }
 

@@ -60,7 +60,8 @@ class MosquittoTransport final : public Transport {
   MqttSettings settings_;
   mosquitto* mosq_ = nullptr;
   bool connected_ = false;
-  bool socket_open_ = false;
+  bool link_down_ = true;        // no usable socket: poll() reconnects after the back-off
+  bool ever_connected_ = false;  // mosquitto_reconnect() needs one mosquitto_connect() first
   std::uint64_t connects_ = 0;
   std::chrono::steady_clock::time_point next_attempt_{};
   std::chrono::milliseconds backoff_{100};
