@@ -1,6 +1,7 @@
 #include "ota/agent/agent.hpp"
 
 #include <cstring>
+#include <type_traits>
 
 namespace ota::agent {
 namespace {
@@ -9,7 +10,12 @@ using proto::DeviceState;
 using proto::ReasonCode;
 
 constexpr std::uint32_t kStateMagic = 0x4f544153;  // "OTAS"
-constexpr std::uint32_t kStateLayout = 1;
+constexpr std::uint32_t kStateLayout = 2;
+// Sequence numbers skipped at every boot: events whose record could not be saved before a
+// crash must not have their numbers reused (the controller drops seq <= last seen).
+constexpr std::uint32_t kSeqBootMargin = 8;
+// Re-request back-off: the timeout doubles per stalled request up to this factor.
+constexpr std::uint32_t kMaxBackoffShift = 4;
 // Bytes of already-written image hashed back from flash per call, so a resumed download
 // catches up its hash without stalling the message loop.
 constexpr std::size_t kHashCatchUpPerCall = 256 * 1024;
@@ -96,7 +102,9 @@ void Agent::dispatch(Trigger trigger) {
     }
     if (row == nullptr) return;  // not meaningful in this state: ignored by design
     st_.state = row->to;
-    persist();
+    // Entering idle is persisted by the action itself, after its side effect (confirm,
+    // abort) and together with the outcome, so a power cut cannot lose either.
+    if (row->to != DeviceState::idle) persist();
     trigger = (this->*(row->action))();
   }
 }
@@ -105,14 +113,15 @@ void Agent::dispatch(Trigger trigger) {
 // Boot and connection
 
 void Agent::boot() {
-  PersistedState loaded;
+  static_assert(std::is_trivially_copyable<PersistedState>::value, "stored as bytes");
   std::size_t len = 0;
-  if (storage_.load(&loaded, sizeof loaded, len) == PortStatus::ok && len == sizeof loaded &&
-      plausible(loaded)) {
-    st_ = loaded;
-  } else {
-    st_ = PersistedState{};
+  // Loaded in place: the record is kilobytes, too big for a firmware stack.
+  if (storage_.load(&st_, sizeof st_, len) != PortStatus::ok || len != sizeof st_ ||
+      !plausible(st_)) {
+    // All-zero is the factory state of every field (a temporary would cost kilobytes of stack).
+    std::memset(static_cast<void*>(&st_), 0, sizeof st_);
   }
+  st_.seq += kSeqBootMargin;
   if (flash_.read_state(image_) != PortStatus::ok) image_ = ImageState{};
   reset_requested_ = false;
   reset_transfer_memory();
@@ -142,7 +151,7 @@ void Agent::boot() {
       } else if (runs_new && image_.slot_state == proto::SlotState::confirmed) {
         dispatch(Trigger::self_test_passed);  // confirmed before the record was written
       } else {
-        reason_ = st_.result_reason != ReasonCode::ok ? st_.result_reason : ReasonCode::rolled_back;
+        reason_ = st_.revert_reason != ReasonCode::ok ? st_.revert_reason : ReasonCode::rolled_back;
         dispatch(Trigger::failed);
       }
       break;
@@ -163,13 +172,9 @@ void Agent::on_connected() {
       transport_.subscribe(topic, 1);
     }
   }
-  // The result goes before the hello: the controller should learn why the version changed
-  // before it sees the new version (flush_pending_result sends the hello after it).
-  if (st_.result_pending) {
-    flush_pending_result();
-  } else {
-    send_hello();
-  }
+  // Results go before the hello: the controller should learn why the version changed
+  // before it sees the new version (flush_outcomes sends the hello after a result).
+  if (!flush_outcomes()) send_hello();
   if (st_.state == DeviceState::downloading) request_chunks(true);
 }
 
@@ -214,7 +219,7 @@ void Agent::tick() {
     return;
   }
   const std::uint64_t now = clock_.now_ms();
-  if (now - last_chunk_ms_ < cfg_.request_timeout_ms) return;
+  if (now - last_chunk_ms_ < effective_timeout_ms()) return;
   ++stats_.timeouts;
   if (++stalled_requests_ > cfg_.max_stalled_requests) {
     reason_ = ReasonCode::timeout;
@@ -247,8 +252,8 @@ ReasonCode Agent::check_offer(const proto::Offer& offer) {
   bool hw_ok = false;
   for (std::size_t i = 0; i < m.hw_count; ++i) hw_ok = hw_ok || m.hw[i] == cfg_.hw_model;
   if (!hw_ok) return ReasonCode::wrong_hardware;
-  if (clock_.unix_seconds() > m.expires) return ReasonCode::expired;
   if (m.counter < image_.security_counter) return ReasonCode::downgrade;
+  if (m.expires != 0 && clock_.unix_seconds() > m.expires) return ReasonCode::expired;
   if (m.kind != proto::ImageKind::firmware || m.compression != proto::Compression::none ||
       m.chunk_size > kMaxChunkSize || m.chunk_count() > kMaxImageChunks ||
       m.size > 0xffffffffull) {
@@ -265,7 +270,10 @@ void Agent::handle_offer(const std::uint8_t* payload, std::size_t len) {
     ++stats_.bad_messages;
     return;  // no trustworthy deployment id to answer to
   }
-  if (offer.deployment == st_.finished_deployment) return;
+  if (Outcome* done = find_outcome(offer.deployment)) {
+    send_outcome(*done);  // asked again: the answer was lost somewhere, repeat it as it was
+    return;
+  }
   if (st_.state != DeviceState::idle) {
     if (offer.deployment != st_.deployment) decline(offer.deployment, ReasonCode::busy);
     return;
@@ -273,9 +281,7 @@ void Agent::handle_offer(const std::uint8_t* payload, std::size_t len) {
   flash_.read_state(image_);
   const ReasonCode reason = check_offer(offer);
   if (reason != ReasonCode::ok) {
-    decline(offer.deployment, reason);
-    st_.finished_deployment = offer.deployment;
-    persist();
+    record_outcome(proto::EventType::decline, offer.deployment, false, reason);
     return;
   }
   st_.deployment = offer.deployment;
@@ -283,7 +289,8 @@ void Agent::handle_offer(const std::uint8_t* payload, std::size_t len) {
   st_.received_chunks = 0;
   std::memset(st_.received, 0, sizeof st_.received);
   chunks_since_checkpoint_ = 0;  // nothing unsynced in an empty bitmap (see persist())
-  st_.result_reason = ReasonCode::ok;
+  st_.revert_reason = ReasonCode::ok;
+  chunks_since_checkpoint_ = 0;
   dispatch(Trigger::offer_accepted);
 }
 
@@ -388,16 +395,16 @@ Trigger Agent::confirm_image() {
   const PortStatus s = flash_.confirm();
   flash_.read_state(image_);
   if (s != PortStatus::ok) {
-    set_result(false, reason_for(s), image_.running_version);
+    set_result(false, reason_for(s));
   } else {
-    set_result(true, ReasonCode::ok, image_.running_version);
+    set_result(true, ReasonCode::ok);
   }
   return Trigger::none;
 }
 
 Trigger Agent::revert_image() {
   // Not confirming is what reverts: the flash boots the previous slot next time.
-  st_.result_reason = ReasonCode::self_test_failed;
+  st_.revert_reason = ReasonCode::self_test_failed;
   persist();
   reset_requested_ = true;
   flash_.reset();
@@ -407,7 +414,7 @@ Trigger Agent::revert_image() {
 Trigger Agent::fail_update() {
   flash_.abort();
   flash_.read_state(image_);
-  set_result(false, reason_, image_.running_version);
+  set_result(false, reason_);
   return Trigger::none;
 }
 
@@ -516,8 +523,7 @@ void Agent::handle_chunk(const std::uint8_t* payload, std::size_t len) {
   const std::uint32_t index = frame.offset / st_.manifest.chunk_size;
   if (frame.offset % st_.manifest.chunk_size != 0 || index >= st_.manifest.chunk_count() ||
       frame.length != expected_chunk_len(index)) {
-    reason_ = ReasonCode::size_mismatch;  // the server's image is not the signed one
-    dispatch(Trigger::failed);
+    ++stats_.bad_frames;  // not a chunk of the signed image: dropped, re-requested later
     return;
   }
   if (chunk_received(index)) {
@@ -613,34 +619,74 @@ void Agent::send_hello() {
   publish(proto::TopicKind::presence, msg_, len, true);
 }
 
-void Agent::set_result(bool ok, ReasonCode reason, const proto::Version& version) {
-  st_.result_pending = true;
-  st_.result_ok = ok;
-  st_.result_reason = reason;
-  st_.result_deployment = st_.deployment;
-  st_.result_version = version;
-  st_.result_seq = ++st_.seq;
-  st_.finished_deployment = st_.deployment;
+void Agent::set_result(bool ok, ReasonCode reason) {
   st_.received_chunks = 0;
-  persist();
-  flush_pending_result();
+  record_outcome(proto::EventType::result, st_.deployment, ok, reason);
 }
 
-void Agent::flush_pending_result() {
-  if (!st_.result_pending) return;
-  proto::Event ev;
-  ev.type = proto::EventType::result;
-  ev.seq = st_.result_seq;
-  ev.deployment = st_.result_deployment;
-  ev.success = st_.result_ok;
-  ev.reason = st_.result_reason;
-  ev.version = st_.result_version;
-  std::size_t len = 0;
-  if (proto::encode_event(ev, msg_, sizeof msg_, len)) return;
-  if (!publish(proto::TopicKind::event, msg_, len, false)) return;
-  st_.result_pending = false;
+bool Agent::has_unsent_outcome() const {
+  for (const auto& o : st_.outcomes) {
+    if (o.unsent) return true;
+  }
+  return false;
+}
+
+Outcome* Agent::find_outcome(const proto::Id& deployment) {
+  for (auto& o : st_.outcomes) {
+    if (!o.deployment.empty() && o.deployment == deployment) return &o;
+  }
+  return nullptr;
+}
+
+void Agent::record_outcome(proto::EventType type, const proto::Id& deployment, bool ok,
+                           ReasonCode reason) {
+  flash_.read_state(image_);
+  Outcome& o = st_.outcomes[st_.outcome_next % kRememberedOutcomes];
+  st_.outcome_next = (st_.outcome_next + 1) % kRememberedOutcomes;
+  o.deployment = deployment;
+  o.type = type;
+  o.ok = ok;
+  o.reason = reason;
+  o.version = image_.running_version;
+  o.seq = ++st_.seq;
+  o.unsent = true;
   persist();
-  send_hello();  // the retained presence now shows the version that really runs
+  if (send_outcome(o) && type == proto::EventType::result) send_hello();
+}
+
+bool Agent::send_outcome(Outcome& o) {
+  proto::Event ev;
+  ev.type = o.type;
+  ev.seq = o.seq;
+  ev.deployment = o.deployment;
+  ev.success = o.ok;
+  ev.reason = o.reason;
+  ev.version = o.version;
+  std::size_t len = 0;
+  if (proto::encode_event(ev, msg_, sizeof msg_, len)) return false;
+  if (!publish(proto::TopicKind::event, msg_, len, false)) return false;
+  if (o.unsent) {
+    o.unsent = false;
+    persist();
+  }
+  return true;
+}
+
+bool Agent::flush_outcomes() {
+  bool result_sent = false;
+  for (std::uint32_t i = 0; i < kRememberedOutcomes; ++i) {  // oldest first
+    Outcome& o = st_.outcomes[(st_.outcome_next + i) % kRememberedOutcomes];
+    if (o.unsent && send_outcome(o) && o.type == proto::EventType::result) result_sent = true;
+  }
+  // The retained presence now shows the version that really runs.
+  if (result_sent) send_hello();
+  return result_sent;
+}
+
+std::uint32_t Agent::effective_timeout_ms() const {
+  const std::uint32_t shift =
+      stalled_requests_ < kMaxBackoffShift ? stalled_requests_ : kMaxBackoffShift;
+  return cfg_.request_timeout_ms << shift;
 }
 
 void Agent::persist() {

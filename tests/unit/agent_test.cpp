@@ -226,10 +226,15 @@ class AgentTest : public ::testing::Test {
     EXPECT_EQ(flash_.boot_state().writing, boot_before.writing);
     EXPECT_EQ(flash_.boot_state().counter, boot_before.counter);
     EXPECT_EQ(running_version(), "1.0.0");
-    // The same offer again (e.g. retained) is not answered a second time.
+    // The same offer again (retained, or re-sent because the decline was lost) gets the
+    // same answer with the same sequence number, so the controller counts it once.
     const std::size_t again = transport_.published.size();
     send_offer(offer);
-    EXPECT_EQ(transport_.published.size(), again);
+    const auto repeated = events_of(EventType::decline, again);
+    ASSERT_EQ(repeated.size(), 1u);
+    EXPECT_EQ(repeated[0].seq, evs[0].seq);
+    EXPECT_EQ(repeated[0].reason, reason);
+    EXPECT_EQ(flash_.counts().begin, 0);
   }
 
   TestSigner signer_;
@@ -526,6 +531,24 @@ TEST_F(AgentTest, RejectsExpiredOffer) {
   expect_declined(offer_for(image_, opt), ReasonCode::expired);
 }
 
+TEST_F(AgentTest, ExpiryZeroMeansTheOfferNeverExpires) {
+  start();
+  OfferOptions opt;
+  opt.expires = 0;
+  clock_.set_unix(4'000'000'000);
+  send_offer(offer_for(image_, opt));
+  EXPECT_EQ(agent_->state(), DeviceState::downloading);
+  EXPECT_TRUE(events_of(EventType::decline).empty());
+}
+
+TEST_F(AgentTest, DowngradeIsReportedBeforeExpiry) {
+  start();
+  flash_.set_security_counter(5);
+  OfferOptions opt;
+  clock_.set_unix(opt.expires + 1);  // both wrong: the counter check comes first
+  expect_declined(offer_for(image_, opt), ReasonCode::downgrade);
+}
+
 TEST_F(AgentTest, RejectsAlreadyInstalledVersion) {
   start();
   OfferOptions opt;
@@ -603,7 +626,7 @@ TEST_F(AgentTest, HashMismatchFailsAndKeepsOldImage) {
   EXPECT_EQ(flash_.running_slot(), 'a');
 }
 
-TEST_F(AgentTest, WrongChunkLengthIsSizeMismatch) {
+TEST_F(AgentTest, WrongChunkLengthIsDroppedAndNeverWritten) {
   start();
   // The manifest says 100 KiB + 100 bytes; the server's last chunk holds only 50.
   const auto described = random_image(kImageSize + 100, 99);
@@ -614,8 +637,11 @@ TEST_F(AgentTest, WrongChunkLengthIsSizeMismatch) {
   send_offer(offer);
   ChunkServer server(served, offer.manifest.chunk_size, offer.manifest.image.c_str());
   serve(server);
-  expect_single_result(false, ReasonCode::size_mismatch, "1.0.0");
-  EXPECT_EQ(flash_.counts().abort, 1);
+  // Not a chunk of the signed image: dropped (and re-requested later), never written.
+  EXPECT_GE(agent_->stats().bad_frames, 1u);
+  EXPECT_EQ(agent_->state(), DeviceState::downloading);
+  EXPECT_EQ(agent_->persisted().received_chunks, offer.manifest.chunk_count() - 1);
+  EXPECT_TRUE(events_of(EventType::result).empty());
   EXPECT_EQ(flash_.counts().activate, 0);
   EXPECT_EQ(running_version(), "1.0.0");
 }
@@ -772,7 +798,7 @@ TEST_F(AgentTest, SecondOfferWhileDownloadingIsDeclinedBusy) {
   expect_single_result(true, ReasonCode::ok, "1.1.0");
 }
 
-TEST_F(AgentTest, FinishedDeploymentOfferedAgainIsIgnored) {
+TEST_F(AgentTest, FinishedDeploymentOfferedAgainRepeatsItsResult) {
   start();
   const proto::Offer offer = offer_for(image_);
   send_offer(offer, proto::TopicKind::group_offer, "fleet");
@@ -781,14 +807,23 @@ TEST_F(AgentTest, FinishedDeploymentOfferedAgainIsIgnored) {
   serve(server);
   reboot();
   expect_single_result(true, ReasonCode::ok, "1.1.0");
-  // The retained group offer comes again on every (re)connection.
+  const auto first = events_of(EventType::result);
+  ASSERT_EQ(first.size(), 1u);
+  // The retained group offer comes again on every (re)connection; the controller re-sends
+  // an offer when it missed the result. Either way: the same result, same seq, no download.
   const std::size_t before = transport_.published.size();
   send_offer(offer, proto::TopicKind::group_offer, "fleet");
-  EXPECT_EQ(transport_.published.size(), before);
+  auto again = events_of(EventType::result, before);
+  ASSERT_EQ(again.size(), 1u);
+  EXPECT_EQ(again[0].seq, first[0].seq);
+  EXPECT_TRUE(again[0].success);
   reboot();
   const std::size_t after_reboot = transport_.published.size();
   send_offer(offer, proto::TopicKind::group_offer, "fleet");
-  EXPECT_EQ(transport_.published.size(), after_reboot);
+  again = events_of(EventType::result, after_reboot);
+  ASSERT_EQ(again.size(), 1u);
+  EXPECT_EQ(again[0].seq, first[0].seq);
+  EXPECT_EQ(take_requests().size(), 0u);
   EXPECT_EQ(agent_->state(), DeviceState::idle);
   EXPECT_EQ(flash_.counts().begin, 1);
   // An empty retained message (offer withdrawn) is ignored as well.
@@ -801,8 +836,14 @@ TEST_F(AgentTest, NoChunksEverArriveTimesOut) {
   start();
   send_offer(offer_for(image_));
   ASSERT_EQ(take_requests().size(), 1u);
+  // The re-request timeout doubles per stalled request (up to 16x): an outage of the
+  // controller is not turned into a flood of requests, nor into failures within a minute.
   for (std::uint32_t i = 0; i < cfg_.max_stalled_requests; ++i) {
-    clock_.advance_ms(cfg_.request_timeout_ms);
+    const std::uint64_t wait = std::uint64_t{cfg_.request_timeout_ms} << std::min(i, 4u);
+    clock_.advance_ms(wait - 1);
+    agent_->tick();
+    ASSERT_TRUE(take_requests().empty()) << "re-request " << i << " came before its back-off";
+    clock_.advance_ms(1);
     agent_->tick();
     const auto reqs = take_requests();
     ASSERT_EQ(reqs.size(), 1u) << "re-request " << i;
@@ -815,7 +856,7 @@ TEST_F(AgentTest, NoChunksEverArriveTimesOut) {
   agent_->tick();
   EXPECT_EQ(agent_->state(), DeviceState::downloading);
   transport_.connected_ = true;
-  clock_.advance_ms(cfg_.request_timeout_ms);
+  clock_.advance_ms(std::uint64_t{cfg_.request_timeout_ms} << 3);
   agent_->tick();
   expect_single_result(false, ReasonCode::timeout, "1.0.0");
   EXPECT_EQ(agent_->stats().timeouts, 4u);
@@ -911,12 +952,12 @@ TEST_F(AgentTest, ResultIsSentOnceWhenBackOnline) {
   ChunkServer server(image_, offer.manifest.chunk_size, offer.manifest.image.c_str());
   transport_.connected_ = false;
   deliver(server.frame(0));
-  EXPECT_TRUE(agent_->persisted().result_pending);
+  EXPECT_TRUE(agent_->has_unsent_outcome());
   EXPECT_TRUE(events_of(EventType::result).empty());
   transport_.connected_ = true;
   agent_->on_connected();
   expect_single_result(false, ReasonCode::flash_error, "1.0.0");
-  EXPECT_FALSE(agent_->persisted().result_pending);
+  EXPECT_FALSE(agent_->has_unsent_outcome());
   agent_->on_connected();
   EXPECT_EQ(events_of(EventType::result).size(), 1u);
 }

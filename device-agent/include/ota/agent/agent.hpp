@@ -70,6 +70,20 @@ enum class Trigger : std::uint8_t {
   resume_install,   // boot found an image that was being activated
 };
 
+// A final answer (result or decline) to one deployment. Kept, with its sequence number, so
+// that it can be repeated when the controller asks again (a re-sent offer) and re-sent after
+// a reconnect while the transport had not taken it.
+struct Outcome {
+  proto::Id deployment;
+  proto::EventType type = proto::EventType::result;  // result or decline
+  bool ok = false;
+  proto::ReasonCode reason = proto::ReasonCode::ok;
+  proto::Version version;  // running version when the outcome was made
+  std::uint32_t seq = 0;
+  bool unsent = false;
+};
+constexpr std::size_t kRememberedOutcomes = 4;
+
 // Persisted across reboots through the Storage port (one atomic record).
 struct PersistedState {
   std::uint32_t magic = 0;
@@ -80,16 +94,11 @@ struct PersistedState {
   proto::Manifest manifest;
   std::uint32_t received_chunks = 0;
   std::uint8_t received[(kMaxImageChunks + 7) / 8] = {};
-  // A final result not yet handed to the transport (sent on the next connection).
-  bool result_pending = false;
-  bool result_ok = false;
-  std::uint32_t result_seq = 0;  // fixed when the result is made, so re-sends are deduplicated
-  proto::ReasonCode result_reason = proto::ReasonCode::ok;
-  proto::Id result_deployment;
-  proto::Version result_version;
-  // The last deployment that reached a final result: repeated (retained) offers of it are
-  // ignored instead of being declined again and again.
-  proto::Id finished_deployment;
+  // Why the trial image is being abandoned (self_test_failed), reported after the revert.
+  proto::ReasonCode revert_reason = proto::ReasonCode::ok;
+  // The last few final outcomes, oldest overwritten first.
+  Outcome outcomes[kRememberedOutcomes];
+  std::uint32_t outcome_next = 0;
 };
 
 struct AgentStats {
@@ -120,6 +129,7 @@ class Agent {
   bool reset_requested() const { return reset_requested_; }
   const AgentStats& stats() const { return stats_; }
   const PersistedState& persisted() const { return st_; }
+  bool has_unsent_outcome() const;
   proto::ReasonCode last_reason() const { return reason_; }
 
  private:
@@ -163,8 +173,13 @@ class Agent {
   void send_event(proto::Event& ev);
   void send_status(proto::DeviceState s);
   void send_hello();
-  void flush_pending_result();
-  void set_result(bool ok, proto::ReasonCode reason, const proto::Version& version);
+  bool flush_outcomes();
+  bool send_outcome(Outcome& outcome);
+  Outcome* find_outcome(const proto::Id& deployment);
+  void record_outcome(proto::EventType type, const proto::Id& deployment, bool ok,
+                      proto::ReasonCode reason);
+  void set_result(bool ok, proto::ReasonCode reason);
+  std::uint32_t effective_timeout_ms() const;
   void persist();
   bool publish(proto::TopicKind kind, const char* data, std::size_t len, bool retain);
 
