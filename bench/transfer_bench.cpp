@@ -17,6 +17,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <fstream>
 #include <random>
 #include <thread>
 
@@ -160,7 +161,8 @@ int main(int argc, char** argv) {
                                  "--ca", pki.ca_cert(), "--cert", pki.controller_cert(), "--key",
                                  pki.controller_key(), "--db", dir.path() + "/ctl.db", "--store",
                                  dir.path() + "/images", "--signing-key", pki.release_key(),
-                                 "--http", "127.0.0.1:" + std::to_string(http_port)};
+                                 "--http", "127.0.0.1:" + std::to_string(http_port),
+                                 "--acl-file", pki.acl_path()};
   std::vector<char*> cargs;
   for (auto& a : cargv) cargs.push_back(a.data());
   cargs.push_back(nullptr);
@@ -179,6 +181,12 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "bench: controller did not start (log %s)\n", log.c_str());
     ::kill(controller, SIGKILL);
     return 1;
+  }
+  {
+    std::ifstream tf(dir.path() + "/ctl.db.token");  // created by the controller, mode 0600
+    std::string token;
+    std::getline(tf, token);
+    api.set_bearer_token_auth(token);
   }
 
   // The device, in-process, so the bench can watch its progress without polling the API.

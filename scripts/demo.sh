@@ -48,12 +48,16 @@ wait_for "broker port" 10 bash -c "exec 3<>/dev/tcp/127.0.0.1/$broker_port"
 
 http_port="$(free_port)"
 export OTA_API="http://127.0.0.1:$http_port"
-echo "== controller: SQLite $run/controller.db, HTTP API $OTA_API =="
+echo "== controller: SQLite $run/controller.db, HTTP API $OTA_API (token $run/controller.db.token), groups from $run/pki/acl =="
 "$bin/service/ota-controller" --broker-port "$broker_port" --ca "$run/pki/ca.crt" \
   --cert "$run/pki/controller.crt" --key "$run/pki/controller.key" --db "$run/controller.db" \
   --store "$run/images" --signing-key "$run/pki/release.key" --http "127.0.0.1:$http_port" \
+  --acl-file "$run/pki/acl" \
   >"$run/controller.out" 2>"$run/controller.log" &
 pids+=($!)
+# The controller creates its API bearer token (mode 0600) next to the database; otactl
+# reads it from here.
+export OTA_API_TOKEN_FILE="$run/controller.db.token"
 wait_for "controller API" 15 "$otactl" status
 
 echo "== fleet: $devices simulated devices on 1.0.0 =="

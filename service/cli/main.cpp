@@ -1,7 +1,8 @@
 // otactl: command line client of the ota-controller HTTP API.
 //
-// Exit codes: 0 ok; 1 API error, unreachable controller, or (deploy --wait) a device that
-// failed/declined/was cancelled; 2 usage error; 3 deploy --wait timed out.
+// Exit codes: 0 ok; 1 API error (401: wrong token), no API token, unreachable controller,
+// or (deploy --wait) a device that failed/declined/was cancelled; 2 usage error; 3 deploy
+// --wait timed out.
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netdb.h>
@@ -162,9 +163,50 @@ struct Reply {
   std::string error;
 };
 
+// The API token: --token-file PATH, else $OTA_API_TOKEN (the token itself), else
+// $OTA_API_TOKEN_FILE. Returns false with `why` set if none is configured or readable.
+bool find_token(const std::string& token_file_opt, std::string& token, std::string& why) {
+  std::string file = token_file_opt, source = "--token-file";
+  if (file.empty()) {
+    const char* v = std::getenv("OTA_API_TOKEN");
+    if (v && *v) {
+      token = v;
+      source = "OTA_API_TOKEN";
+    } else {
+      const char* f = std::getenv("OTA_API_TOKEN_FILE");
+      if (f && *f) {
+        file = f;
+        source = "OTA_API_TOKEN_FILE";
+      }
+    }
+  }
+  if (token.empty() && file.empty()) {
+    why = "no API token: pass --token-file PATH or set OTA_API_TOKEN_FILE=PATH (the controller "
+          "writes its token to --api-token-file, default <db>.token) or OTA_API_TOKEN=TOKEN";
+    return false;
+  }
+  if (token.empty()) {
+    std::ifstream in(file);
+    if (!in) {
+      why = "cannot read API token file " + file + " (from " + source + "): " + std::strerror(errno);
+      return false;
+    }
+    std::getline(in, token);
+  }
+  const char* ws = " \t\r\n";
+  const auto b = token.find_first_not_of(ws);
+  token = b == std::string::npos ? "" : token.substr(b, token.find_last_not_of(ws) - b + 1);
+  if (token.empty() || token.find_first_of(ws) != std::string::npos) {
+    why = "API token from " + (file.empty() ? source : file) + " is empty or malformed";
+    return false;
+  }
+  return true;
+}
+
 class Api {
  public:
-  Api(std::string base, Url u) : base_(std::move(base)), url_(std::move(u)) {
+  Api(std::string base, Url u, const std::string& token)
+      : base_(std::move(base)), url_(std::move(u)) {
     std::string hostport = url_.scheme + "://" +
                            (url_.host.find(':') != std::string::npos ? "[" + url_.host + "]" : url_.host) +
                            ":" + std::to_string(url_.port);
@@ -172,6 +214,7 @@ class Api {
     cli_->set_connection_timeout(5, 0);
     cli_->set_read_timeout(120, 0);
     cli_->set_write_timeout(120, 0);
+    cli_->set_bearer_token_auth(token);
   }
 
   Reply get(const std::string& path) { return finish(cli_->Get(path.c_str())); }
@@ -206,6 +249,10 @@ class Api {
       r.error = r.body["error"].get<std::string>();
     else
       r.error = "HTTP " + std::to_string(res->status);
+    if (res->status == 401)
+      r.error = "controller at " + base_ + " rejected the API token (HTTP 401: " + r.error +
+                "); use the token file the controller was started with (--token-file, "
+                "OTA_API_TOKEN_FILE or OTA_API_TOKEN)";
     return r;
   }
 
@@ -592,6 +639,10 @@ int main(int argc, char** argv) {
   bool json_out = false;
   app.add_option("--api", api, "controller API URL (default: $OTA_API or http://127.0.0.1:8080)");
   app.add_flag("--json", json_out, "machine-readable output (the API's JSON)");
+  std::string token_file;
+  app.add_option("--token-file", token_file,
+                 "file holding the API bearer token (the controller's --api-token-file, default "
+                 "<db>.token); else $OTA_API_TOKEN (the token), else $OTA_API_TOKEN_FILE");
 
   auto* image = app.add_subcommand("image", "manage firmware images");
   image->require_subcommand(1);
@@ -671,8 +722,13 @@ int main(int argc, char** argv) {
     errorf("invalid --api URL '" + api + "': " + why);
     return kExitUsage;
   }
+  std::string token;
+  if (!find_token(token_file, token, why)) {
+    errorf(why);
+    return kExitFail;
+  }
   Ctx c;
-  c.api = std::make_unique<Api>(api, u);
+  c.api = std::make_unique<Api>(api, u, token);
   c.json_out = json_out;
 
   if (image_add->parsed()) return cmd_image_add(c, file, version, hw, chunk_size, counter);

@@ -18,7 +18,7 @@ int main(int argc, char** argv) {
   CLI::App app{"ota-controller: OTA fleet controller (MQTT + HTTP API)"};
   MqttConfig mc;
   ControllerConfig cc;
-  std::string signing_key, http = "127.0.0.1:8080";
+  std::string signing_key, http = "127.0.0.1:8080", token_file;
   bool allow_remote = false, verbose = false;
   mc.port = 8883;
   app.add_option("--broker-host", mc.host, "MQTT broker host")->capture_default_str();
@@ -31,6 +31,12 @@ int main(int argc, char** argv) {
   app.add_option("--signing-key", signing_key, "release signing key (EC P-256 private key, PEM)")->required();
   app.add_option("--http", http, "HTTP API listen address HOST:PORT (PORT 0 = any free port)")->capture_default_str();
   app.add_flag("--http-allow-remote", allow_remote, "allow a non-loopback --http address");
+  app.add_option("--acl-file", cc.acl_file,
+                 "the broker's mosquitto acl_file: group membership comes from its `user` "
+                 "sections (re-read when it changes); without it, from device hellos");
+  app.add_option("--api-token-file", token_file,
+                 "HTTP API bearer token file (default: the --db path + \".token\"; created "
+                 "with a random token, mode 0600, if missing)");
   app.add_option("--prefix", cc.prefix, "MQTT topic prefix")->capture_default_str();
   app.add_option("--offer-ttl", cc.offer_ttl, "offer validity in seconds")->capture_default_str()->check(CLI::Range(60LL, 10LL * 365 * 86400));
   app.add_option("--client-id", mc.client_id, "MQTT client id (fixed: persistent session)")->capture_default_str();
@@ -58,8 +64,8 @@ int main(int argc, char** argv) {
   }
   if (!allow_remote && !is_loopback_host(hp->host)) {
     std::fprintf(stderr,
-                 "ota-controller: --http %s is not a loopback address; the API has no "
-                 "authentication, pass --http-allow-remote to expose it anyway\n",
+                 "ota-controller: --http %s is not a loopback address; the API is plain "
+                 "HTTP (token in clear), pass --http-allow-remote to expose it anyway\n",
                  http.c_str());
     return 2;
   }
@@ -77,6 +83,12 @@ int main(int argc, char** argv) {
     log_error("startup: " + signer.error());
     return 1;
   }
+  if (token_file.empty()) token_file = cc.db_path + ".token";
+  auto token = load_or_create_api_token(token_file);
+  if (!token) {
+    log_error("startup: " + token.error());
+    return 1;
+  }
   MqttClient mqtt(mc);
   auto ctl = Controller::create(cc, std::move(*signer), &mqtt);
   if (!ctl) {
@@ -85,7 +97,7 @@ int main(int argc, char** argv) {
   }
   Controller& c = **ctl;
   mqtt.set_controller(&c);
-  HttpApi api(c, [&mqtt] { return mqtt.subscribed(); });
+  HttpApi api(c, [&mqtt] { return mqtt.subscribed(); }, *token);
   auto port = api.start(hp->host, hp->port);
   if (!port) {
     log_error("startup: " + port.error());
@@ -93,7 +105,8 @@ int main(int argc, char** argv) {
   }
   std::string http_addr = (hp->host.find(':') != std::string::npos ? "[" + hp->host + "]" : hp->host) +
                           ":" + std::to_string(*port);
-  log_info("http API listening on " + http_addr + "; release key id " + c.key_id());
+  log_info("http API listening on " + http_addr + " (bearer token in " + token_file +
+           "); release key id " + c.key_id());
   Status ms = mqtt.start();
   if (!ms) {
     log_error("startup: " + ms.error());

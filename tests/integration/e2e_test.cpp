@@ -132,7 +132,8 @@ class EndToEnd : public ::testing::Test {
                                  pki_->controller_key(), "--db", dir_.path() + "/ctl.db",
                                  "--store", dir_.path() + "/images", "--signing-key",
                                  pki_->release_key(), "--http",
-                                 "127.0.0.1:" + std::to_string(http_port_)},
+                                 "127.0.0.1:" + std::to_string(http_port_), "--acl-file",
+                                 pki_->acl_path()},
         dir_.path() + "/controller.log");
     ASSERT_GT(controller_->pid(), 0);
     ASSERT_TRUE(wait_until(
@@ -142,7 +143,13 @@ class EndToEnd : public ::testing::Test {
         },
         15s))
         << "controller did not come up";
+    // Created (mode 0600) by the controller before its HTTP API listens.
+    std::ifstream tf(token_file());
+    std::getline(tf, token_);
+    ASSERT_EQ(token_.size(), 64u) << "API token file " << token_file();
   }
+
+  std::string token_file() const { return dir_.path() + "/ctl.db.token"; }
 
   // One ota-devsim process for `count` devices named PREFIX-001...
   Child& start_fleet(const std::string& id_prefix, int count, std::vector<std::string> extra = {}) {
@@ -157,10 +164,11 @@ class EndToEnd : public ::testing::Test {
     return *fleets_.back();
   }
 
-  httplib::Client client() {
+  httplib::Client client(bool with_token = true) {
     httplib::Client c("127.0.0.1", http_port_);
     c.set_connection_timeout(2);
     c.set_read_timeout(10);
+    if (with_token && !token_.empty()) c.set_bearer_token_auth(token_);
     return c;
   }
 
@@ -216,6 +224,7 @@ class EndToEnd : public ::testing::Test {
   std::unique_ptr<Pki> pki_;
   std::unique_ptr<Broker> broker_;
   int http_port_ = 0;
+  std::string token_;
   std::unique_ptr<Child> controller_;
   std::vector<std::unique_ptr<Child>> fleets_;
 };
@@ -242,8 +251,9 @@ TEST_F(EndToEnd, FiveDevicesUpdateThroughGroupOffer) {
   }
   // The CLI shows the same truth to scripts.
   auto cli = ota::test::run_command({OTA_OTACTL_BIN, "--api",
-                                     "http://127.0.0.1:" + std::to_string(http_port_), "--json",
-                                     "devices", "--group", "lab"});
+                                     "http://127.0.0.1:" + std::to_string(http_port_),
+                                     "--token-file", token_file(), "--json", "devices",
+                                     "--group", "lab"});
   ASSERT_EQ(cli.exit_code, 0) << cli.output;
   json listed = json::parse(cli.output, nullptr, false);
   ASSERT_TRUE(listed.is_array()) << cli.output;
@@ -396,6 +406,87 @@ TEST_F(EndToEnd, NetworkDropMidDownloadReconnectsAndResumes) {
   const std::uint64_t window_bytes = 64 * 4096;
   EXPECT_LT(d["devices"][0]["bytes_sent"].get<std::uint64_t>(), size + 2 * window_bytes);
   EXPECT_EQ(sha256_hex(read_file(device_slot_file("solo-001", 'b'))), sha256_hex(image));
+}
+
+TEST_F(EndToEnd, ApiRefusesRequestsWithoutTheTokenAndCrossSiteContentTypes) {
+  auto health = client(false).Get("/api/v1/health");
+  ASSERT_TRUE(health);
+  EXPECT_EQ(health->status, 200);
+  auto none = client(false).Get("/api/v1/devices");
+  ASSERT_TRUE(none);
+  EXPECT_EQ(none->status, 401) << none->body;
+  EXPECT_NE(none->body.find("missing or wrong API token"), std::string::npos) << none->body;
+  httplib::Client wrong("127.0.0.1", http_port_);
+  wrong.set_bearer_token_auth(std::string(64, '0'));
+  auto w = wrong.Post("/api/v1/images?version=6.6.6&hw=board-x", random_bytes(1000, 9),
+                      "application/octet-stream");
+  ASSERT_TRUE(w);
+  EXPECT_EQ(w->status, 401) << w->body;
+  // What a cross-site <form> can send: text/plain. Refused even with the right token.
+  auto plain = client().Post("/api/v1/deployments", R"({"image":"6.6.6","group":"lab"})",
+                             "text/plain");
+  ASSERT_TRUE(plain);
+  EXPECT_EQ(plain->status, 415) << plain->body;
+  EXPECT_EQ(get("/api/v1/images").size(), 0u) << "nothing was stored";
+  // otactl with a wrong token says so and exits 1.
+  auto cli = ota::test::run_command({"env", "OTA_API_TOKEN=" + std::string(64, '1'),
+                                     OTA_OTACTL_BIN, "--api",
+                                     "http://127.0.0.1:" + std::to_string(http_port_), "status"});
+  EXPECT_EQ(cli.exit_code, 1) << cli.output;
+  EXPECT_NE(cli.output.find("rejected the API token"), std::string::npos) << cli.output;
+}
+
+TEST_F(EndToEnd, AGroupClaimTheAclDoesNotGrantNeitherJoinsNorBlocksTheDeployment) {
+  // solo-001 says it is in "lab", but the broker ACL (from pki.sh) does not grant it.
+  start_fleet("e2e", 5);
+  ASSERT_TRUE(wait_until([&] { return devices_online(kLab); }, 20s));
+  ota::test::MqttTestClient liar(ota::test::ClientOptions::device(*pki_, "solo-001", broker_->port()));
+  ASSERT_TRUE(liar.connect().ok());
+  const std::string hello =
+      R"({"v":1,"type":"hello","device":"solo-001","hw":"board-x","version":"1.0.0","slot":"a",)"
+      R"("slot_state":"confirmed","free":10000000,"counter":0,"groups":["lab"]})";
+  ASSERT_EQ(liar.publish("ota/v1/dev/solo-001/up/presence", hello, 1, true), 0);
+  ASSERT_TRUE(wait_until([&] { return devices_online({"solo-001"}); }, 10s));
+  add_image(random_bytes(64 * 1024, 10), "1.7.0");
+  const std::string dep = deploy({{"image", "1.7.0"}, {"group", "lab"}});
+  // It learned the deployment id somehow and accepts: no row, no chunks.
+  const std::string accept =
+      R"({"v":1,"type":"accept","seq":1,"deployment":")" + dep + R"("})";
+  ASSERT_EQ(liar.publish("ota/v1/dev/solo-001/up/event", accept, 1), 0);
+  ASSERT_TRUE(wait_until([&] { return deployment(dep).value("state", "") == "completed"; }, 60s))
+      << deployment(dep).dump(2);
+  json d = deployment(dep);
+  EXPECT_EQ(d["counts"]["succeeded"], 5) << d.dump(2);
+  EXPECT_EQ(d["devices"].size(), 5u) << d.dump(2);
+  for (const auto& row : d["devices"]) EXPECT_NE(row["device"], "solo-001") << d.dump(2);
+}
+
+TEST_F(EndToEnd, BrokerBoundsTheBytesQueuedForADeviceThatDoesNotRead) {
+  // A device with a persistent session subscribes to its chunk topic and goes away (the same
+  // as never reading). 48 MiB of QoS 1 chunks for it must not all be kept by the broker.
+  {
+    auto o = ota::test::ClientOptions::device(*pki_, "solo-001", broker_->port());
+    o.client_id = "solo-001-sleeper";
+    o.clean_session = false;
+    ota::test::MqttTestClient sleeper(o);
+    ASSERT_TRUE(sleeper.connect().ok());
+    ASSERT_EQ(sleeper.subscribe("ota/v1/dev/solo-001/down/chunk", 1), 1);
+    sleeper.disconnect();
+  }
+  auto co = ota::test::ClientOptions::controller(*pki_, broker_->port());
+  ota::test::MqttTestClient pub(co);
+  ASSERT_TRUE(pub.connect().ok());
+  const std::string chunk(512 * 1024, 'x');
+  for (int i = 0; i < 96; ++i)
+    ASSERT_EQ(pub.publish("ota/v1/dev/solo-001/down/chunk", chunk, 1), 0) << i;
+  EXPECT_TRUE(wait_until(
+      [&] {
+        return read_file(broker_->log_path())
+                   .find("Outgoing messages are being dropped for client solo-001-sleeper") !=
+               std::string::npos;
+      },
+      10s))
+      << broker_->log_tail();
 }
 
 }  // namespace

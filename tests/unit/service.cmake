@@ -5,9 +5,11 @@ add_executable(service_tests
   ${CMAKE_CURRENT_LIST_DIR}/service_signing_test.cpp
   ${CMAKE_CURRENT_LIST_DIR}/service_images_test.cpp
   ${CMAKE_CURRENT_LIST_DIR}/service_controller_test.cpp
-  ${CMAKE_CURRENT_LIST_DIR}/service_cli_test.cpp)
+  ${CMAKE_CURRENT_LIST_DIR}/service_cli_test.cpp
+  ${CMAKE_CURRENT_LIST_DIR}/service_http_test.cpp)
 target_link_libraries(service_tests PRIVATE ota_service ota::proto OpenSSL::Crypto
-                      GTest::gtest_main ota_warnings)
+                      PkgConfig::HTTPLIB OpenSSL::SSL Threads::Threads GTest::gtest_main
+                      ota_warnings)
 target_compile_definitions(service_tests PRIVATE OTACTL_PATH="$<TARGET_FILE:otactl>")
 add_dependencies(service_tests otactl)
 gtest_discover_tests(service_tests TEST_PREFIX "service." PROPERTIES LABELS unit)

@@ -12,8 +12,9 @@ struct Run {
   std::string out;  // stdout + stderr
 };
 
-Run otactl(const std::string& args) {
-  std::string cmd = std::string("env -u OTA_API ") + OTACTL_PATH + " " + args + " 2>&1";
+Run otactl(const std::string& args, const std::string& env = "OTA_API_TOKEN=t0ken") {
+  std::string cmd = std::string("env -u OTA_API -u OTA_API_TOKEN -u OTA_API_TOKEN_FILE ") + env +
+                    " " + OTACTL_PATH + " " + args + " 2>&1";
   Run r;
   FILE* p = popen(cmd.c_str(), "r");
   if (!p) return r;
@@ -76,6 +77,19 @@ TEST(Otactl, UnreachableControllerNamesTheUrl) {
   EXPECT_EQ(r.code, 1);
   EXPECT_NE(r.out.find("cannot reach controller at http://127.0.0.1:1"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("connection refused"), std::string::npos) << r.out;
+}
+
+TEST(Otactl, MissingTokenIsAClearError) {
+  auto r = otactl("--api http://127.0.0.1:1 image list", "");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.out.find("no API token"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("--token-file"), std::string::npos) << r.out;
+  r = otactl("--api http://127.0.0.1:1 --token-file /nonexistent/t image list", "");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.out.find("/nonexistent/t"), std::string::npos) << r.out;
+  r = otactl("--api http://127.0.0.1:1 image list", "OTA_API_TOKEN_FILE=/nonexistent/f");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.out.find("/nonexistent/f"), std::string::npos) << r.out;
 }
 
 TEST(Otactl, HelpExitsZero) { EXPECT_EQ(otactl("--help").code, 0); }

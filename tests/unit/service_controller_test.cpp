@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 
 #include <fstream>
+#include <regex>
 
 #include "ota/proto/frame.hpp"
 #include "ota/proto/messages.hpp"
@@ -57,13 +58,15 @@ class ControllerTest : public ::testing::Test {
     ControllerConfig cfg;
     cfg.db_path = dir.file("ota.db");
     cfg.store_dir = dir.file("images");
+    cfg.acl_file = acl_file;
     auto c = Controller::create(cfg, std::move(*signer), &pub);
     ASSERT_TRUE(c.ok()) << c.error();
     ctl = std::move(*c);
   }
 
   void hello(const std::string& dev, const std::string& version, std::vector<std::string> groups = {},
-             proto::SlotState st = proto::SlotState::confirmed, const std::string& hw = "m1") {
+             proto::SlotState st = proto::SlotState::confirmed, const std::string& hw = "m1",
+             const std::string& resume_dep = "") {
     proto::Hello h;
     h.device.assign(dev.c_str());
     h.hw.assign(hw.c_str());
@@ -72,6 +75,12 @@ class ControllerTest : public ::testing::Test {
     h.slot_state = st;
     h.free = 1 << 20;
     for (const auto& g : groups) h.groups[h.group_count++].assign(g.c_str());
+    if (!resume_dep.empty()) {
+      h.resume.present = true;
+      h.resume.deployment.assign(resume_dep.c_str());
+      h.resume.image.assign("0123456789abcdef");
+      h.resume.received = 4096;
+    }
     char buf[2048];
     std::size_t len = 0;
     ASSERT_FALSE(proto::encode_hello(h, buf, sizeof buf, len));
@@ -125,6 +134,7 @@ class ControllerTest : public ::testing::Test {
 
   TempDir dir;
   std::string key_pem;
+  std::string acl_file;  // set before start() to use an ACL file
   Recorder pub;
   std::unique_ptr<Controller> ctl;
 };
@@ -192,14 +202,15 @@ TEST_F(ControllerTest, DeviceDeploymentLifecycle) {
   hello("d1", "1.0.0");
   auto dep = ctl->deploy("1.1.0", "device", "d1");  // by version
   ASSERT_TRUE(dep.ok()) << dep.error();
-  EXPECT_EQ(dep->id, "dep-1");
+  EXPECT_TRUE(std::regex_match(dep->id, std::regex("dep-[0-9a-f]{12}"))) << dep->id;
+  const std::string id = dep->id;
 
   auto offers = pub.on("ota/v1/dev/d1/down/offer");
   ASSERT_EQ(offers.size(), 1u);
   EXPECT_EQ(offers[0].qos, 1);
   proto::Offer offer;
   ASSERT_FALSE(proto::decode_offer(offers[0].payload.data(), offers[0].payload.size(), offer));
-  EXPECT_EQ(std::string(offer.deployment.c_str()), "dep-1");
+  EXPECT_EQ(std::string(offer.deployment.c_str()), id);
   EXPECT_EQ(std::string(offer.manifest.image.c_str()), img.id);
   EXPECT_EQ(offer.manifest.size, 10000u);
   auto pub_key = public_key_from_pem(Signer::from_pem(key_pem)->public_pem());
@@ -211,33 +222,33 @@ TEST_F(ControllerTest, DeviceDeploymentLifecycle) {
   ASSERT_FALSE(busy.ok());
   EXPECT_EQ(busy.kind(), ErrKind::conflict);
 
-  event("d1", ev(proto::EventType::accept, 1, "dep-1"));
-  EXPECT_EQ(row_state("dep-1", "d1"), "accepted");
-  auto p = ev(proto::EventType::progress, 2, "dep-1");
+  event("d1", ev(proto::EventType::accept, 1, id));
+  EXPECT_EQ(row_state(id, "d1"), "accepted");
+  auto p = ev(proto::EventType::progress, 2, id);
   p.received = 4096;
   p.total = 10000;
   event("d1", p);
-  EXPECT_EQ(row_state("dep-1", "d1"), "downloading");
-  auto js = ctl->deployment_json("dep-1");
+  EXPECT_EQ(row_state(id, "d1"), "downloading");
+  auto js = ctl->deployment_json(id);
   EXPECT_EQ((*js)["devices"][0]["received"], 4096);
   EXPECT_EQ((*js)["devices"][0]["percent"], 40);
 
   // Replayed / duplicate seq is dropped: a stale "accept" does not move the row back.
-  event("d1", ev(proto::EventType::accept, 2, "dep-1"));
-  event("d1", ev(proto::EventType::accept, 1, "dep-1"));
-  EXPECT_EQ(row_state("dep-1", "d1"), "downloading");
+  event("d1", ev(proto::EventType::accept, 2, id));
+  event("d1", ev(proto::EventType::accept, 1, id));
+  EXPECT_EQ(row_state(id, "d1"), "downloading");
 
-  auto st = ev(proto::EventType::status, 3, "dep-1");
+  auto st = ev(proto::EventType::status, 3, id);
   st.state = proto::DeviceState::installing;
   event("d1", st);
-  EXPECT_EQ(row_state("dep-1", "d1"), "installing");
+  EXPECT_EQ(row_state(id, "d1"), "installing");
 
-  auto res = ev(proto::EventType::result, 4, "dep-1");
+  auto res = ev(proto::EventType::result, 4, id);
   res.success = true;
   res.version.assign("1.1.0");
   event("d1", res);
-  EXPECT_EQ(row_state("dep-1", "d1"), "succeeded");
-  auto d = ctl->deployment_json("dep-1");
+  EXPECT_EQ(row_state(id, "d1"), "succeeded");
+  auto d = ctl->deployment_json(id);
   EXPECT_EQ((*d)["state"], "completed");
   EXPECT_EQ((*d)["percent"], 100);
   auto dev = ctl->device_json("d1");
@@ -254,29 +265,31 @@ TEST_F(ControllerTest, FailureAndDeclineReasons) {
   hello("d1", "1.0.0");
   hello("d2", "1.0.0");
   hello("d3", "1.1.0");
-  ASSERT_TRUE(ctl->deploy("1.1.0", "device", "d1").ok());
-  ASSERT_TRUE(ctl->deploy("1.1.0", "device", "d2").ok());
+  auto dep1 = ctl->deploy("1.1.0", "device", "d1");
+  auto dep2 = ctl->deploy("1.1.0", "device", "d2");
+  ASSERT_TRUE(dep1.ok() && dep2.ok());
+  EXPECT_NE(dep1->id, dep2->id);
   auto dep3 = ctl->deploy("1.1.0", "device", "d3");
   ASSERT_TRUE(dep3.ok());
   // d3 already runs 1.1.0 and is confirmed: hello marks it succeeded.
   hello("d3", "1.1.0");
   EXPECT_EQ(row_state(dep3->id, "d3"), "succeeded");
 
-  auto f = ev(proto::EventType::result, 1, "dep-1");
+  auto f = ev(proto::EventType::result, 1, dep1->id);
   f.success = false;
   f.reason = proto::ReasonCode::hash_mismatch;
   f.version.assign("1.0.0");
   event("d1", f);
-  auto j = ctl->deployment_json("dep-1");
+  auto j = ctl->deployment_json(dep1->id);
   EXPECT_EQ((*j)["devices"][0]["state"], "failed");
   EXPECT_EQ((*j)["devices"][0]["reason"], "hash_mismatch");
   EXPECT_NE((*ctl->device_json("d1"))["last_error"].get<std::string>().find("hash_mismatch"),
             std::string::npos);
 
-  auto dec = ev(proto::EventType::decline, 1, "dep-2");
+  auto dec = ev(proto::EventType::decline, 1, dep2->id);
   dec.reason = proto::ReasonCode::already_installed;
   event("d2", dec);
-  auto j2 = ctl->deployment_json("dep-2");
+  auto j2 = ctl->deployment_json(dep2->id);
   EXPECT_EQ((*j2)["devices"][0]["state"], "succeeded");
   EXPECT_EQ((*j2)["devices"][0]["reason"], "already_installed");
 }
@@ -286,10 +299,12 @@ TEST_F(ControllerTest, ChunkServingOffsetsAndAuthorization) {
   auto img = add(bytes, "1.1.0", 4096);
   hello("d1", "1.0.0");
   hello("intruder", "1.0.0");
-  ASSERT_TRUE(ctl->deploy(img.id, "device", "d1").ok());
-  event("d1", ev(proto::EventType::accept, 1, "dep-1"));
+  auto dep = ctl->deploy(img.id, "device", "d1");
+  ASSERT_TRUE(dep.ok());
+  const std::string id = dep->id;
+  event("d1", ev(proto::EventType::accept, 1, id));
 
-  chunk_req("d1", "dep-1", img.id, 0, 256);
+  chunk_req("d1", id, img.id, 0, 256);
   auto frames = pub.on("ota/v1/dev/d1/down/chunk");
   ASSERT_EQ(frames.size(), 3u);
   std::uint32_t expect_off = 0;
@@ -305,12 +320,12 @@ TEST_F(ControllerTest, ChunkServingOffsetsAndAuthorization) {
     expect_off += fr.length;
   }
   EXPECT_EQ(expect_off, 10000u);
-  EXPECT_EQ(row_state("dep-1", "d1"), "downloading");
-  EXPECT_EQ((*ctl->deployment_json("dep-1"))["devices"][0]["bytes_sent"], 10000);
+  EXPECT_EQ(row_state(id, "d1"), "downloading");
+  EXPECT_EQ((*ctl->deployment_json(id))["devices"][0]["bytes_sent"], 10000);
 
   // Not part of the deployment / wrong image / unknown deployment: nothing is sent.
-  chunk_req("intruder", "dep-1", img.id, 0, 1);
-  chunk_req("d1", "dep-1", "0000000000000000", 0, 1);
+  chunk_req("intruder", id, img.id, 0, 1);
+  chunk_req("d1", id, "0000000000000000", 0, 1);
   chunk_req("d1", "dep-77", img.id, 0, 1);
   EXPECT_TRUE(pub.on("ota/v1/dev/intruder/down/chunk").empty());
   EXPECT_EQ(pub.on("ota/v1/dev/d1/down/chunk").size(), 3u);
@@ -396,10 +411,11 @@ TEST_F(ControllerTest, RestartResendsStoredOfferOnHelloAndKeepsSeq) {
   auto offers = pub.on("ota/v1/dev/d1/down/offer");
   ASSERT_EQ(offers.size(), 1u);
   EXPECT_EQ(offers[0].payload, first_offer) << "re-sent offers are byte-identical";
-  // seq survives the restart: a replay of seq 7 is dropped.
-  auto dec = ev(proto::EventType::decline, 7, dep->id);
-  dec.reason = proto::ReasonCode::busy;
-  event("d1", dec);
+  // seq survives the restart: a replay of seq 7 (not a final event) is dropped.
+  auto prog = ev(proto::EventType::progress, 7, dep->id);
+  prog.received = 1;
+  prog.total = 3000;
+  event("d1", prog);
   EXPECT_EQ(row_state(dep->id, "d1"), "accepted");
   // Chunks are served after the restart.
   chunk_req("d1", dep->id, dep->image_id, 0, 1);
@@ -489,6 +505,296 @@ TEST_F(ControllerTest, QueriesAndFilters) {
   EventFilter ef;
   ef.device = "a";
   EXPECT_GE(ctl->events_json(ef)->size(), 1u);
+}
+
+
+// ------------------------------------------------------------------ ACL group membership
+
+TEST(AclGroups, ParsesUserSectionsAndGroupOfferLines) {
+  const std::string text =
+      "# comment\n"
+      "pattern write ota/v1/dev/%u/up/#\n"
+      "topic read ota/v1/grp/anon/offer\n"  // before any user: not a device's
+      "user ota-controller\n"
+      "topic readwrite ota/v1/#\n"
+      "\n# device a\nuser a\n"
+      "topic read ota/v1/grp/lab/offer\n"
+      "topic read ota/v1/grp/field/offer\r\n"
+      "topic write ota/v1/grp/writeonly/offer\n"
+      "topic read other/v1/grp/wrongprefix/offer\n"
+      "topic read ota/v1/grp/+/offer\n"
+      "topic read ota/v1/grp/x/y/offer\n"
+      "user b\n"
+      "topic ota/v1/grp/lab/offer\n";
+  AclGroups a = AclGroups::parse(text, "ota/v1");
+  EXPECT_TRUE(a.is_member("a", "lab"));
+  EXPECT_TRUE(a.is_member("a", "field"));
+  EXPECT_FALSE(a.is_member("a", "writeonly"));
+  EXPECT_FALSE(a.is_member("a", "wrongprefix"));
+  EXPECT_FALSE(a.is_member("a", "+"));
+  EXPECT_EQ(a.groups_of("a"), (std::vector<std::string>{"field", "lab"}));
+  EXPECT_TRUE(a.is_member("b", "lab")) << "'topic T' is readwrite";
+  EXPECT_FALSE(a.is_member("ota-controller", "lab"));
+  EXPECT_FALSE(a.is_member("c", "lab"));
+  EXPECT_TRUE(a.groups_of("nobody").empty());
+}
+
+TEST(BoundedKeySet, ForgetsTheOldestKeyWhenFull) {
+  BoundedKeySet s(3);
+  EXPECT_TRUE(s.insert("a"));
+  EXPECT_FALSE(s.insert("a"));
+  for (int i = 0; i < 1000; ++i) s.insert("k" + std::to_string(i));
+  EXPECT_EQ(s.size(), 3u);
+  EXPECT_FALSE(s.contains("a"));
+  EXPECT_TRUE(s.contains("k999"));
+}
+
+class AclControllerTest : public ControllerTest {
+ protected:
+  void SetUp() override {
+    key_pem = make_ec_key_pem();
+    acl_file = dir.file("acl");
+    write_acl("user g1\ntopic read ota/v1/grp/lab/offer\n"
+              "user g2\ntopic read ota/v1/grp/lab/offer\n");
+    start();
+  }
+  void write_acl(const std::string& text) {
+    // Write a new file and rename it over the old one (new inode), as pki.sh does.
+    std::ofstream(acl_file + ".tmp") << text;
+    ASSERT_EQ(std::rename((acl_file + ".tmp").c_str(), acl_file.c_str()), 0);
+  }
+  long long ignored_count() { return (*ctl->status_json())["ignored_messages"].get<long long>(); }
+};
+
+TEST_F(AclControllerTest, MissingAclFileFailsStartup) {
+  ctl.reset();
+  acl_file = dir.file("no-such-acl");
+  auto signer = Signer::from_pem(key_pem);
+  ControllerConfig cfg;
+  cfg.db_path = dir.file("ota.db");
+  cfg.store_dir = dir.file("images");
+  cfg.acl_file = acl_file;
+  auto c = Controller::create(cfg, std::move(*signer), &pub);
+  ASSERT_FALSE(c.ok());
+  EXPECT_NE(c.error().find("no-such-acl"), std::string::npos) << c.error();
+}
+
+TEST_F(AclControllerTest, ClaimedGroupDoesNotBlockCompletionOrGrantAnything) {
+  auto img = add(bytes_of(2000), "2.0.0");
+  hello("g1", "1.0.0", {"lab"});
+  hello("g2", "1.0.0", {});  // does not claim it, but the ACL grants it: a member
+  hello("liar", "1.0.0", {"lab"});  // claims a group the broker never lets it read
+  auto dep = ctl->deploy(img.id, "group", "lab");
+  ASSERT_TRUE(dep.ok()) << dep.error();
+  auto j = ctl->deployment_json(dep->id);
+  ASSERT_EQ((*j)["devices"].size(), 2u) << j->dump();
+  EXPECT_EQ(row_state(dep->id, "liar"), "none");
+  // The claim is still stored and shown.
+  EXPECT_EQ((*ctl->device_json("liar"))["groups"], nlohmann::json::array({"lab"}));
+
+  // A non-member's accept (it guessed or learned the id) creates no row, its chunk
+  // requests are refused; both are counted.
+  const long long before = ignored_count();
+  event("liar", ev(proto::EventType::accept, 1, dep->id));
+  auto dec = ev(proto::EventType::decline, 2, dep->id);
+  dec.reason = proto::ReasonCode::busy;
+  event("liar", dec);
+  chunk_req("liar", dep->id, img.id, 0, 1);
+  EXPECT_EQ(row_state(dep->id, "liar"), "none");
+  EXPECT_TRUE(pub.on("ota/v1/dev/liar/down/chunk").empty());
+  EXPECT_EQ(ignored_count(), before + 3);
+
+  // Both members finish: complete, although "liar" (claiming lab) never got a final row.
+  for (const char* d : {"g1", "g2"}) {
+    auto r = ev(proto::EventType::result, 5, dep->id);
+    r.success = true;
+    r.version.assign("2.0.0");
+    event(d, r);
+  }
+  EXPECT_EQ((*ctl->deployment_json(dep->id))["state"], "completed");
+}
+
+TEST_F(AclControllerTest, AclChangesAreReReadOnTick) {
+  auto img = add(bytes_of(2000), "2.0.0");
+  hello("g1", "1.0.0");
+  hello("late", "1.0.0");
+  auto dep = ctl->deploy(img.id, "group", "lab");
+  ASSERT_TRUE(dep.ok());
+  chunk_req("late", dep->id, img.id, 0, 1);
+  EXPECT_TRUE(pub.on("ota/v1/dev/late/down/chunk").empty());
+  EXPECT_EQ((*ctl->deployment_json(dep->id))["pending_members"], 0);  // g2 never said hello
+
+  write_acl("user g1\ntopic read ota/v1/grp/lab/offer\n"
+            "user late\ntopic read ota/v1/grp/lab/offer\n");
+  ctl->tick();
+  EXPECT_EQ((*ctl->deployment_json(dep->id))["pending_members"], 1);  // now: late
+  chunk_req("late", dep->id, img.id, 0, 1);
+  EXPECT_EQ(pub.on("ota/v1/dev/late/down/chunk").size(), 1u);
+  event("late", ev(proto::EventType::accept, 1, dep->id));
+  EXPECT_EQ(row_state(dep->id, "late"), "accepted");
+}
+
+TEST_F(ControllerTest, WithoutAclAnAcceptStillJoinsAGroupDeployment) {
+  auto img = add(bytes_of(2000), "2.0.0");
+  hello("x", "1.0.0");
+  auto dep = ctl->deploy(img.id, "group", "lab");
+  ASSERT_TRUE(dep.ok());
+  event("x", ev(proto::EventType::accept, 1, dep->id));
+  EXPECT_EQ(row_state(dep->id, "x"), "accepted");
+}
+
+// ------------------------------------------------------------- ignored-message flooding
+
+TEST_F(ControllerTest, IgnoredMessagesAreCountedNotRecordedEachTime) {
+  auto img = add(bytes_of(2000), "2.0.0");
+  hello("d1", "1.0.0");
+  hello("x", "1.0.0");
+  auto dep = ctl->deploy(img.id, "device", "d1");
+  ASSERT_TRUE(dep.ok());
+  for (std::uint32_t i = 1; i <= 300; ++i) {
+    event("x", ev(proto::EventType::accept, i, dep->id));
+    chunk_req("x", dep->id, img.id, 0, 1);
+  }
+  EXPECT_EQ((*ctl->status_json())["ignored_messages"], 600);
+  EventFilter f;
+  f.device = "x";
+  f.limit = 10000;
+  int ignored_rows = 0;
+  auto evs = ctl->events_json(f);
+  ASSERT_TRUE(evs.ok());
+  for (const auto& e : *evs)
+    if (e["what"] == "ignored_event") ignored_rows++;
+  EXPECT_EQ(ignored_rows, 1);
+  // The seq still advances (persisted lazily): a replay of 300 stays dropped.
+  EXPECT_EQ((*ctl->device_json("x"))["last_seq"], 300);
+}
+
+// ------------------------------------------------------------------ lost final outcomes
+
+TEST_F(ControllerTest, HelloResendsTheOfferForAnyUnfinishedRow) {
+  add(bytes_of(3000), "1.1.0");
+  hello("d1", "1.0.0");
+  auto dep = ctl->deploy("1.1.0", "device", "d1");
+  ASSERT_TRUE(dep.ok());
+  auto st = ev(proto::EventType::status, 1, dep->id);
+  st.state = proto::DeviceState::installing;
+  event("d1", st);
+  ASSERT_EQ(row_state(dep->id, "d1"), "installing");
+  pub.msgs.clear();
+  // Still on the old version, confirmed: the outcome is unknown (the result may be lost).
+  hello("d1", "1.0.0");
+  EXPECT_EQ(pub.on("ota/v1/dev/d1/down/offer").size(), 1u);
+  EXPECT_EQ(row_state(dep->id, "d1"), "installing");
+
+  st = ev(proto::EventType::status, 2, dep->id);
+  st.state = proto::DeviceState::confirming;
+  event("d1", st);
+  pub.msgs.clear();
+  hello("d1", "1.1.0", {}, proto::SlotState::pending);  // trial boot, not proven yet
+  EXPECT_EQ(pub.on("ota/v1/dev/d1/down/offer").size(), 1u);
+  // Proven outcomes get no offer: confirmed on the target version.
+  pub.msgs.clear();
+  hello("d1", "1.1.0");
+  EXPECT_TRUE(pub.on("ota/v1/dev/d1/down/offer").empty());
+  EXPECT_EQ(row_state(dep->id, "d1"), "succeeded");
+}
+
+TEST_F(ControllerTest, ResentFinalEventWithOldSeqAppliesOnceToAnUnfinishedRow) {
+  add(bytes_of(3000), "1.1.0");
+  hello("d1", "1.0.0");
+  auto dep = ctl->deploy("1.1.0", "device", "d1");
+  ASSERT_TRUE(dep.ok());
+  event("d1", ev(proto::EventType::accept, 5, dep->id));
+  auto st = ev(proto::EventType::status, 9, dep->id);
+  st.state = proto::DeviceState::installing;
+  event("d1", st);
+  // The result with seq 8 was lost (crash after PUBACK); seq 9 already advanced last_seq.
+  // Non-final replays stay deduplicated.
+  auto prog = ev(proto::EventType::progress, 8, dep->id);
+  prog.received = 1;
+  prog.total = 3000;
+  event("d1", prog);
+  EXPECT_EQ(row_state(dep->id, "d1"), "installing");
+  auto r = ev(proto::EventType::result, 8, dep->id);
+  r.success = false;
+  r.reason = proto::ReasonCode::hash_mismatch;
+  r.version.assign("1.0.0");
+  event("d1", r);
+  EXPECT_EQ(row_state(dep->id, "d1"), "failed");
+  EXPECT_EQ((*ctl->deployment_json(dep->id))["state"], "completed");
+  EXPECT_EQ((*ctl->device_json("d1"))["last_seq"], 9) << "a replay does not move seq back";
+
+  // Never re-applied to a final row: a different outcome at an old seq changes nothing.
+  auto dep2 = ctl->deploy("1.1.0", "device", "d1");
+  ASSERT_TRUE(dep2.ok());
+  auto ok = ev(proto::EventType::result, 10, dep2->id);
+  ok.success = true;
+  ok.version.assign("1.1.0");
+  event("d1", ok);
+  ASSERT_EQ(row_state(dep2->id, "d1"), "succeeded");
+  auto dec = ev(proto::EventType::decline, 10, dep2->id);
+  dec.reason = proto::ReasonCode::busy;
+  event("d1", dec);
+  EXPECT_EQ(row_state(dep2->id, "d1"), "succeeded");
+  EXPECT_EQ(row_state(dep->id, "d1"), "failed");
+}
+
+// ------------------------------------------------------------ cancelled while offline
+
+TEST_F(ControllerTest, RequestsForAFinishedDeploymentGetACancelRateLimited) {
+  auto img = add(bytes_of(3000), "1.1.0");
+  hello("d1", "1.0.0");
+  auto dep = ctl->deploy("1.1.0", "device", "d1");
+  ASSERT_TRUE(dep.ok());
+  hello("d1", "1.0.0", {}, proto::SlotState::confirmed, "m1", dep->id);
+  EXPECT_TRUE(pub.on("ota/v1/dev/d1/down/cancel").empty()) << "active: resume is fine";
+  ASSERT_TRUE(ctl->cancel(dep->id).ok());
+  ASSERT_EQ(pub.on("ota/v1/dev/d1/down/cancel").size(), 1u);  // the operator's cancel
+  pub.msgs.clear();
+  // The operator's cancel counts for the rate limit: in-flight requests get no second one.
+  chunk_req("d1", dep->id, img.id, 0, 4);
+  EXPECT_TRUE(pub.on("ota/v1/dev/d1/down/cancel").empty());
+
+  // Another device, offline during the cancel of its deployment, comes back.
+  hello("d2", "1.0.0");
+  auto dep2 = ctl->deploy("1.1.0", "device", "d2");
+  ASSERT_TRUE(dep2.ok());
+  auto dec = ev(proto::EventType::decline, 1, dep2->id);
+  dec.reason = proto::ReasonCode::busy;
+  event("d2", dec);  // row final (completed) while a stale download is stored on the device
+  pub.msgs.clear();
+  hello("d2", "1.0.0", {}, proto::SlotState::confirmed, "m1", dep2->id);
+  auto c = pub.on("ota/v1/dev/d2/down/cancel");
+  ASSERT_EQ(c.size(), 1u);
+  proto::Cancel msg;
+  ASSERT_FALSE(proto::decode_cancel(c[0].payload.data(), c[0].payload.size(), msg));
+  EXPECT_EQ(std::string(msg.deployment.c_str()), dep2->id);
+  for (int i = 0; i < 50; ++i) chunk_req("d2", dep2->id, img.id, 0, 4);
+  EXPECT_EQ(pub.on("ota/v1/dev/d2/down/cancel").size(), 1u) << "at most one per 5 s";
+  EXPECT_TRUE(pub.on("ota/v1/dev/d2/down/chunk").empty());
+
+  // A request for an unknown deployment id: cancelled too (d3 has no recent cancel).
+  hello("d3", "1.0.0");
+  chunk_req("d3", "dep-000000000000", img.id, 0, 1);
+  EXPECT_EQ(pub.on("ota/v1/dev/d3/down/cancel").size(), 1u);
+}
+
+// ------------------------------------------------------------- duplicate chunk requests
+
+TEST_F(ControllerTest, IdenticalChunkRequestsWithin200msAreServedOnce) {
+  auto img = add(bytes_of(40000), "1.1.0");
+  hello("d1", "1.0.0");
+  auto dep = ctl->deploy(img.id, "device", "d1");
+  ASSERT_TRUE(dep.ok());
+  chunk_req("d1", dep->id, img.id, 0, 4);
+  chunk_req("d1", dep->id, img.id, 0, 4);
+  chunk_req("d1", dep->id, img.id, 0, 4);
+  EXPECT_EQ(pub.on("ota/v1/dev/d1/down/chunk").size(), 4u);
+  EXPECT_EQ((*ctl->status_json())["duplicate_chunk_requests"], 2);
+  chunk_req("d1", dep->id, img.id, 4, 4);  // a different request is served
+  EXPECT_EQ(pub.on("ota/v1/dev/d1/down/chunk").size(), 8u);
+  chunk_req("d1", dep->id, img.id, 0, 4);  // no longer the last one: served again
+  EXPECT_EQ(pub.on("ota/v1/dev/d1/down/chunk").size(), 12u);
 }
 
 }  // namespace

@@ -1,11 +1,15 @@
 #include "ota/service/controller.hpp"
 
 #include <fcntl.h>
+#include <openssl/rand.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <fstream>
+#include <sstream>
 
 #include "ota/proto/frame.hpp"
 #include "ota/proto/messages.hpp"
@@ -31,9 +35,6 @@ namespace {
 
 std::string str(const char* p, std::size_t n) { return std::string(p, n); }
 
-bool is_early_state(const std::string& s) {
-  return s == "offered" || s == "accepted" || s == "downloading";
-}
 bool is_late_state(const std::string& s) {
   return s == "installing" || s == "rebooting" || s == "confirming";
 }
@@ -57,7 +58,106 @@ std::string join(const std::vector<std::string>& v, const char* sep) {
   return out;
 }
 
+std::string random_hex(std::size_t nbytes) {
+  std::vector<unsigned char> b(nbytes);
+  if (RAND_bytes(b.data(), static_cast<int>(b.size())) != 1) return {};
+  static const char* hex = "0123456789abcdef";
+  std::string out;
+  for (unsigned char c : b) {
+    out += hex[c >> 4];
+    out += hex[c & 15];
+  }
+  return out;
+}
+
+std::string chunk_request_key(const proto::ChunkRequest& r) {
+  std::string k = std::string(r.deployment.c_str()) + "|" + r.image.c_str() + "|" +
+                  std::to_string(r.first) + "|" + std::to_string(r.count) + "|";
+  if (r.has_bitmap) {
+    static const char* hex = "0123456789abcdef";
+    const std::size_t n = (r.count + 7) / 8;
+    for (std::size_t i = 0; i < n && i < sizeof r.bitmap; ++i) {
+      k += hex[r.bitmap[i] >> 4];
+      k += hex[r.bitmap[i] & 15];
+    }
+  }
+  return k;
+}
+
 }  // namespace
+
+// ------------------------------------------------------------------------ helpers types
+
+bool BoundedKeySet::insert(const std::string& key) {
+  if (set_.count(key)) return false;
+  while (set_.size() >= cap_ && !order_.empty()) {
+    set_.erase(order_.front());
+    order_.pop_front();
+  }
+  set_.insert(key);
+  order_.push_back(key);
+  return true;
+}
+
+AclGroups AclGroups::parse(const std::string& text, const std::string& prefix) {
+  AclGroups a;
+  std::istringstream in(text);
+  std::string line;
+  std::string user;  // current `user` section; empty: none (anonymous / pattern lines)
+  const std::string head = prefix + "/grp/";
+  const std::string tail = "/offer";
+  while (std::getline(in, line)) {
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    std::istringstream ls(line);
+    std::string kw;
+    if (!(ls >> kw) || kw[0] == '#') continue;
+    if (kw == "user") {
+      std::string rest;
+      std::getline(ls, rest);
+      const auto b = rest.find_first_not_of(" \t");
+      user = b == std::string::npos ? "" : rest.substr(b);
+      while (!user.empty() && (user.back() == ' ' || user.back() == '\t')) user.pop_back();
+      continue;
+    }
+    if (kw != "topic" || user.empty()) continue;
+    std::string access, topic;
+    ls >> access;
+    if (access == "read" || access == "readwrite") {
+      ls >> topic;
+    } else if (access == "write" || access == "deny") {
+      continue;
+    } else {
+      topic = access;  // "topic T" means readwrite
+    }
+    if (topic.size() <= head.size() + tail.size() || topic.compare(0, head.size(), head) != 0 ||
+        topic.compare(topic.size() - tail.size(), tail.size(), tail) != 0)
+      continue;
+    const std::string g = topic.substr(head.size(), topic.size() - head.size() - tail.size());
+    if (!proto::valid_id(g.data(), g.size())) continue;  // wildcards, extra levels
+    a.groups_[user].insert(g);
+  }
+  return a;
+}
+
+Result<AclGroups> AclGroups::load(const std::string& path, const std::string& prefix) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return invalid_err("acl file " + path + ": " + std::strerror(errno));
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  if (in.bad()) return internal_err("acl file " + path + ": read error");
+  return parse(ss.str(), prefix);
+}
+
+bool AclGroups::is_member(const std::string& dev, const std::string& group) const {
+  auto it = groups_.find(dev);
+  return it != groups_.end() && it->second.count(group) != 0;
+}
+
+std::vector<std::string> AclGroups::groups_of(const std::string& dev) const {
+  auto it = groups_.find(dev);
+  if (it == groups_.end()) return {};
+  return std::vector<std::string>(it->second.begin(), it->second.end());
+}
 
 Controller::Controller(ControllerConfig cfg, Signer signer, Publisher* pub)
     : cfg_(std::move(cfg)), signer_(std::move(signer)), pub_(pub) {}
@@ -75,6 +175,15 @@ Result<std::unique_ptr<Controller>> Controller::create(const ControllerConfig& c
   Status s = c->store_.open(cfg.db_path);
   if (!s) return s.context("database");
   std::lock_guard<std::mutex> lock(c->mu_);
+  if (!cfg.acl_file.empty()) {
+    c->acl_enabled_ = true;
+    Status a = c->reload_acl_if_changed(true);
+    if (!a) return a.context("--acl-file");
+  } else {
+    log_warn("no --acl-file: group membership is taken from the groups devices claim in "
+             "their hello (a device can join any group deployment); pass the broker's "
+             "acl_file to make the ACL the authority");
+  }
   Status l = c->load();
   if (!l) return l.context("load state");
   return c;
@@ -181,8 +290,72 @@ Status Controller::reset_seq(const std::string& dev) {
 }
 
 bool Controller::in_group(const std::string& dev, const std::string& group) const {
+  if (acl_enabled_) return acl_.is_member(dev, group);
   auto it = dev_groups_.find(dev);
   return it != dev_groups_.end() && contains(it->second, group);
+}
+
+std::vector<std::string> Controller::known_members(const std::string& group) const {
+  std::vector<std::string> out;
+  for (const auto& kv : dev_groups_)
+    if (in_group(kv.first, group)) out.push_back(kv.first);
+  return out;
+}
+
+Status Controller::reload_acl_if_changed(bool force) {
+  if (!acl_enabled_) return {};
+  struct stat st {};
+  if (::stat(cfg_.acl_file.c_str(), &st) != 0)
+    return invalid_err("acl file " + cfg_.acl_file + ": " + std::strerror(errno));
+  FileStamp stamp;
+  stamp.mtime_ns = static_cast<long long>(st.st_mtim.tv_sec) * 1000000000LL + st.st_mtim.tv_nsec;
+  stamp.size = static_cast<long long>(st.st_size);
+  stamp.ino = static_cast<long long>(st.st_ino);
+  if (!force && stamp == acl_stamp_) return {};
+  auto a = AclGroups::load(cfg_.acl_file, cfg_.prefix);
+  if (!a) return a.err();
+  acl_ = std::move(*a);
+  acl_stamp_ = stamp;
+  log_info("group membership from acl file " + cfg_.acl_file + " (" +
+           std::to_string(acl_.users()) + " devices with groups)");
+  return {};
+}
+
+void Controller::ignored(const std::string& key, const std::string& dep, const std::string& dev,
+                         const std::string& what, const std::string& detail,
+                         const std::string& msg) {
+  ignored_messages_++;
+  if (!logged_once_.insert(key)) return;
+  log_warn("device " + dev + ": " + msg + " (logged once; further ones are only counted)");
+  if (!what.empty()) event(dep, dev, what, detail);
+}
+
+void Controller::send_cancel(const std::string& dev, const std::string& dep_id,
+                             const std::string& why) {
+  const long long now = now_ms();
+  auto it = last_cancel_ms_.find(dev);
+  if (it != last_cancel_ms_.end() && now - it->second < kCancelIntervalMs) return;
+  if (last_cancel_ms_.size() >= 10000)  // bound: forget entries that no longer limit anything
+    for (auto i = last_cancel_ms_.begin(); i != last_cancel_ms_.end();)
+      i = now - i->second >= kCancelIntervalMs ? last_cancel_ms_.erase(i) : std::next(i);
+  last_cancel_ms_[dev] = now;
+  proto::Cancel c;
+  c.deployment.assign(dep_id.c_str());
+  c.reason.assign(why.c_str());
+  char buf[512];
+  std::size_t len = 0;
+  proto::Error e = proto::encode_cancel(c, buf, sizeof buf, len);
+  if (e) {
+    log_error(std::string("cancel: encode: ") + proto::errc_name(e.code) + " " + e.field);
+    return;
+  }
+  const std::string t = topic_for(static_cast<int>(proto::TopicKind::cancel), dev);
+  if (!pub_ || !pub_->publish(t, buf, len, 1, false)) {
+    log_warn("cancel " + dep_id + ": publish to " + dev + " failed");
+    return;
+  }
+  cancels_sent_++;
+  log_info("device " + dev + ": sent cancel for deployment '" + dep_id + "' (" + why + ")");
 }
 
 // ------------------------------------------------------------------------------ images
@@ -288,11 +461,18 @@ Result<DeploymentRec> Controller::deploy(const std::string& image_ref, const std
     }
     members.push_back(target);
   } else {
-    for (const auto& kv : dev_groups_)
-      if (contains(kv.second, target)) members.push_back(kv.first);
+    members = known_members(target);
   }
-  auto depid = store_.next_deployment_id();
-  if (!depid) return depid.context("deploy: db");
+  // Unguessable ids: a device must not be able to address a deployment it was not offered.
+  std::optional<std::string> depid;
+  for (int attempt = 0; attempt < 8 && !depid; ++attempt) {
+    const std::string hex = random_hex(6);
+    if (hex.empty()) return internal_err("deploy: no randomness for the deployment id");
+    auto existing = store_.deployment("dep-" + hex);
+    if (!existing) return existing.context("deploy: db");
+    if (!*existing) depid = "dep-" + hex;
+  }
+  if (!depid) return internal_err("deploy: could not pick a free deployment id");
 
   auto file = open_image(*img);
   if (!file) return file.context("deploy");
@@ -406,8 +586,8 @@ Result<DeploymentRec> Controller::cancel(const std::string& deployment_id) {
     if (!s) return s.context("cancel: db");
   }
   if (d.rec.target_kind == "group")
-    for (const auto& kv : dev_groups_)
-      if (contains(kv.second, d.rec.target) && !d.rows.count(kv.first)) notify.push_back(kv.first);
+    for (const auto& m : known_members(d.rec.target))
+      if (!d.rows.count(m)) notify.push_back(m);
   Status s = store_.set_deployment_state(d.rec.id, "cancelled", now_s());
   if (!s) return s.context("cancel: db");
   event(d.rec.id, "", "deployment_cancelled",
@@ -426,10 +606,13 @@ Result<DeploymentRec> Controller::cancel(const std::string& deployment_id) {
   if (e) {
     log_error(std::string("cancel: encode: ") + proto::errc_name(e.code) + " " + e.field);
   } else {
+    const long long now = now_ms();
     for (const auto& dev : notify) {
       std::string t = topic_for(static_cast<int>(proto::TopicKind::cancel), dev);
       if (!pub_ || !pub_->publish(t, buf, len, 1, false))
         log_warn("cancel " + d.rec.id + ": publish to " + dev + " failed");
+      else
+        last_cancel_ms_[dev] = now;  // its in-flight requests need no second cancel
     }
   }
   if (d.rec.target_kind == "group") publish_group_offer(d, true);
@@ -475,8 +658,8 @@ void Controller::maybe_complete(const std::string& dep_id) {
     counts[kv.second.rec.state]++;
   }
   if (d.rec.target_kind == "group") {
-    for (const auto& kv : dev_groups_)
-      if (contains(kv.second, d.rec.target) && !d.rows.count(kv.first)) return;
+    for (const auto& m : known_members(d.rec.target))
+      if (!d.rows.count(m)) return;
   }
   flush_dirty(true);
   Tx tx(store_);
@@ -498,7 +681,7 @@ void Controller::maybe_complete(const std::string& dep_id) {
 
 void Controller::flush_dirty(bool force) {
   const long long now = now_ms();
-  bool any = false;
+  bool any = !dirty_seq_.empty();
   for (auto& dkv : active_)
     for (auto& rkv : dkv.second.rows)
       if (rkv.second.dirty && (force || now - rkv.second.last_flush_ms >= cfg_.flush_interval_ms))
@@ -515,6 +698,13 @@ void Controller::flush_dirty(bool force) {
         Status s = write_row(rkv.second);
         if (!s) log_error("flush row " + dkv.first + "/" + rkv.first + ": " + s.error());
       }
+  for (const auto& dev : dirty_seq_) {
+    auto it = dev_seq_.find(dev);
+    if (it == dev_seq_.end()) continue;
+    Status s = store_.set_device_last_seq(dev, it->second);
+    if (!s) log_error("flush seq " + dev + ": " + s.error());
+  }
+  dirty_seq_.clear();
   Status c = tx.commit();
   if (!c) log_error("flush: " + c.error());
 }
@@ -522,6 +712,10 @@ void Controller::flush_dirty(bool force) {
 void Controller::tick() {
   std::lock_guard<std::mutex> lock(mu_);
   flush_dirty(false);
+  if (acl_enabled_) {
+    Status s = reload_acl_if_changed(false);
+    if (!s) log_error(s.error() + " (keeping the memberships read before)");
+  }
 }
 
 void Controller::on_connected() {
@@ -651,9 +845,13 @@ void Controller::handle_presence(const std::string& dev, const char* p, std::siz
         s = set_row_state(dep, row, "failed", "rolled_back");
         if (s) s = store_.set_device_last_error(dev, "rolled back from " + dep.image.version);
         touched.push_back(kv.first);
-      } else if (!runs_target && is_early_state(row.rec.state)) {
+      } else {
+        // The hello does not prove the outcome. Whatever state we last saw, the device may
+        // have finished meanwhile and its final event may be lost (PUBACKed before we
+        // committed it): re-offering makes it work on, or re-send its final event.
         publish_offer_to_device(dep, dev);
-        event(dep.rec.id, dev, "offer_resent", "device said hello running " + d.version);
+        event(dep.rec.id, dev, "offer_resent",
+              "device said hello running " + d.version + "; row " + row.rec.state);
       }
       if (!s) break;
     }
@@ -664,6 +862,19 @@ void Controller::handle_presence(const std::string& dev, const char* p, std::siz
     return;
   }
   log_info("device " + dev + " hello version " + d.version + " " + d.slot_state);
+  if (h->resume.present) {
+    // An interrupted download of a deployment that ended while the device was away: tell it
+    // to drop the partial image now instead of letting it time out.
+    const std::string rdep = h->resume.deployment.c_str();
+    auto it = active_.find(rdep);
+    if (it == active_.end()) {
+      send_cancel(dev, rdep, "deployment is no longer active");
+    } else {
+      auto r = it->second.rows.find(dev);
+      if (r != it->second.rows.end() && is_final_row_state(r->second.rec.state))
+        send_cancel(dev, rdep, "device's row is " + r->second.rec.state);
+    }
+  }
   for (const auto& id : touched) maybe_complete(id);
 }
 
@@ -675,7 +886,13 @@ void Controller::handle_event(const std::string& dev, const char* p, std::size_t
   std::lock_guard<std::mutex> lock(mu_);
   auto seq_it = dev_seq_.find(dev);
   const long long last = seq_it == dev_seq_.end() ? -1 : seq_it->second;
-  if (static_cast<long long>(ev.seq) <= last) {
+  const bool is_final_event =
+      ev.type == proto::EventType::result || ev.type == proto::EventType::decline;
+  // A final event at an old seq is the device re-sending its outcome (it got an offer for a
+  // deployment it already finished): the first copy may have been lost by a crash after the
+  // PUBACK. It is applied to a non-final row; it never re-applies to a final one.
+  const bool replay = static_cast<long long>(ev.seq) <= last;
+  if (replay && !is_final_event) {
     log(LogLevel::debug, "device " + dev + ": dropping event seq " + std::to_string(ev.seq) +
                              " (last " + std::to_string(last) + ")");
     return;
@@ -683,48 +900,92 @@ void Controller::handle_event(const std::string& dev, const char* p, std::size_t
   const std::string dep_id = ev.deployment.c_str();
   const std::string type = proto::event_type_name(ev.type);
   const bool is_progress = ev.type == proto::EventType::progress;
+  auto note_seq = [&] {
+    if (replay) return;
+    dev_seq_[dev] = ev.seq;
+    dirty_seq_.insert(dev);
+  };
 
   auto it = active_.find(dep_id);
   RowMem* row = nullptr;
+  bool non_member = false;
   if (it != active_.end()) {
     DepMem& dep = it->second;
     auto r = dep.rows.find(dev);
     if (r != dep.rows.end()) {
       row = &r->second;
     } else if (dep.rec.target_kind == "group" &&
-               (ev.type == proto::EventType::accept || ev.type == proto::EventType::decline ||
-                in_group(dev, dep.rec.target))) {
+               (in_group(dev, dep.rec.target) ||
+                (!acl_enabled_ &&
+                 (ev.type == proto::EventType::accept || ev.type == proto::EventType::decline)))) {
       RowMem rm;
       rm.rec.deployment_id = dep_id;
       rm.rec.device_id = dev;
       rm.rec.state = "offered";
       rm.rec.total = dep.image.size;
       row = &(dep.rows[dev] = rm);
+    } else if (dep.rec.target_kind == "group") {
+      non_member = true;
     }
+  }
+
+  if (!row) {
+    std::optional<RowRec> late;
+    const bool refinement = ev.type == proto::EventType::result && !ev.success;
+    if (it == active_.end() && !replay &&
+        (refinement || (!logged_once_.contains("late|" + dev + "|" + dep_id) &&
+                        !logged_once_.contains("ignored|" + dev + "|" + dep_id))))
+      late = finished_row(dep_id, dev);
+    if (late && late->state == "failed" && ev.type == proto::EventType::result && !ev.success) {
+      // The hello already showed the rollback (and finished the row); the result names the
+      // precise reason.
+      late->reason = reason_text(ev.reason, ev.detail);
+      late->updated_at = now_ms();
+      Tx tx(store_);
+      Status s = tx.status();
+      if (s) s = store_.upsert_row(*late);
+      if (s) s = store_.set_device_last_seq(dev, ev.seq);
+      if (s) event(dep_id, dev, "result", "seq " + std::to_string(ev.seq) + " reason " + late->reason);
+      if (s) s = tx.commit();
+      if (!s) {
+        log_error("device " + dev + ": " + type + " event: " + s.error());
+        return;
+      }
+      dev_seq_[dev] = ev.seq;
+      return;
+    }
+    // Ignored: counted, logged and recorded once per (device, deployment, reason); the seq is
+    // persisted lazily (flush), so a flood of such events costs no database write each.
+    note_seq();
+    if (replay) {
+      ignored_messages_++;
+    } else if (late) {
+      ignored("late|" + dev + "|" + dep_id, dep_id, dev, "late_event",
+              type + " seq " + std::to_string(ev.seq),
+              type + " event for finished deployment " + dep_id + "; ignored");
+    } else if (non_member) {
+      ignored("nonmember|" + dev + "|" + dep_id, dep_id, dev, "ignored_event",
+              type + " seq " + std::to_string(ev.seq) + ": not a member of group " +
+                  it->second.rec.target,
+              type + " event for group deployment " + dep_id + " of group '" +
+                  it->second.rec.target + "', which the ACL does not grant it; ignored");
+    } else {
+      ignored("ignored|" + dev + "|" + dep_id, dep_id, dev, "ignored_event",
+              type + " seq " + std::to_string(ev.seq),
+              type + " event for deployment '" + dep_id +
+                  "' it is not part of (or not active); ignored");
+    }
+    return;
+  }
+  if (replay && is_final_row_state(row->rec.state)) {
+    ignored_messages_++;  // the outcome we already have, re-sent: nothing to do
+    return;
   }
 
   Tx tx(store_);
   Status s = tx.status();
   if (s) s = store_.ensure_device(dev, now_s());
-  if (s) s = store_.set_device_last_seq(dev, ev.seq);
-  std::optional<RowRec> late;
-  if (s && !row && it == active_.end()) late = finished_row(dep_id, dev);
-  if (late && late->state == "failed" && ev.type == proto::EventType::result && !ev.success) {
-    // The hello already showed the rollback (and finished the row); the result names the
-    // precise reason.
-    late->reason = reason_text(ev.reason, ev.detail);
-    late->updated_at = now_ms();
-    s = store_.upsert_row(*late);
-    if (s) event(dep_id, dev, "result", "seq " + std::to_string(ev.seq) + " reason " + late->reason);
-  } else if (late) {
-    log_info("device " + dev + ": late " + type + " event for finished deployment " + dep_id +
-             "; ignored");
-    event(dep_id, dev, "late_event", type + " seq " + std::to_string(ev.seq));
-  } else if (s && !row) {
-    log_warn("device " + dev + ": " + type + " event for deployment '" + dep_id +
-             "' it is not part of (or not active); ignored");
-    event(dep_id, dev, "ignored_event", type + " seq " + std::to_string(ev.seq));
-  }
+  if (s && !replay) s = store_.set_device_last_seq(dev, ev.seq);
   bool final_now = false;
   if (s && row && row->rec.state == "failed" && ev.type == proto::EventType::result &&
       !ev.success) {
@@ -808,7 +1069,13 @@ void Controller::handle_event(const std::string& dev, const char* p, std::size_t
     log_error("device " + dev + ": " + type + " event: " + s.error());
     return;  // not committed: the device will resend (QoS 1) and we will apply it then
   }
-  dev_seq_[dev] = ev.seq;
+  if (!replay) {
+    dev_seq_[dev] = ev.seq;
+    dirty_seq_.erase(dev);
+  } else {
+    log_info("device " + dev + ": re-sent " + type + " (seq " + std::to_string(ev.seq) +
+             ") for deployment " + dep_id + " applied");
+  }
   if (final_now) {
     log_info("device " + dev + ": deployment " + dep_id + " -> " + row->rec.state +
              (row->rec.reason.empty() ? "" : " (" + row->rec.reason + ")"));
@@ -826,23 +1093,40 @@ void Controller::handle_chunk_request(const std::string& dev, const char* p, std
   {
     std::lock_guard<std::mutex> lock(mu_);
     auto refuse = [&](const std::string& why) {
-      if (logged_refusals_.insert(dev + "|" + dep_id).second)
-        log_warn("device " + dev + ": refusing chunk requests for deployment '" + dep_id +
-                 "': " + why + " (logged once)");
+      ignored("req|" + dev + "|" + dep_id, dep_id, dev, "", "",
+              "refusing chunk requests for deployment '" + dep_id + "': " + why);
     };
     auto it = active_.find(dep_id);
-    if (it == active_.end()) return refuse("no such active deployment");
+    if (it == active_.end()) {
+      refuse("no such active deployment");
+      // Cancelled or finished while the device was away: make it drop the partial image.
+      return send_cancel(dev, dep_id, "deployment is no longer active");
+    }
     DepMem& dep = it->second;
     if (req.image != dep.image.id.c_str())
       return refuse(std::string("image ") + req.image.c_str() + " is not the deployment's image " +
                     dep.image.id);
     auto r = dep.rows.find(dev);
     if (r != dep.rows.end()) {
-      if (is_final_row_state(r->second.rec.state))
-        return refuse("device's row is " + r->second.rec.state);
+      if (is_final_row_state(r->second.rec.state)) {
+        refuse("device's row is " + r->second.rec.state);
+        return send_cancel(dev, dep_id, "device's row is " + r->second.rec.state);
+      }
     } else if (!(dep.rec.target_kind == "group" && in_group(dev, dep.rec.target))) {
       return refuse("device is not part of it");
     }
+    // After an outage a device may re-request the same window several times in a row;
+    // serving each copy would multiply the traffic. Identical requests within
+    // kDuplicateRequestMs are answered once.
+    const long long now = now_ms();
+    const std::string key = chunk_request_key(req);
+    LastRequest& lr = last_request_[dev];
+    if (lr.key == key && now - lr.ms < kDuplicateRequestMs) {
+      duplicate_requests_++;
+      return;
+    }
+    lr.key = key;
+    lr.ms = now;
     file = dep.file;
   }
   std::vector<ChunkSlice> plan = plan_chunks(file->size, file->chunk_size, req);
@@ -971,9 +1255,8 @@ json Controller::deployment_to_json(const DeploymentRec& d, bool with_rows) {
   int pending_members = 0;
   if (d.state == "active" && d.target_kind == "group") {
     auto it = active_.find(d.id);
-    for (const auto& kv : dev_groups_)
-      if (contains(kv.second, d.target) && (it == active_.end() || !it->second.rows.count(kv.first)))
-        pending_members++;
+    for (const auto& m : known_members(d.target))
+      if (it == active_.end() || !it->second.rows.count(m)) pending_members++;
   }
   j["counts"] = counts;
   j["devices_total"] = (rows ? rows->size() : 0) + static_cast<std::size_t>(pending_members);
@@ -1056,7 +1339,10 @@ Result<json> Controller::status_json() {
               {"deployments", dep_states},
               {"images", imgs->count("n") ? imgs->at("n") : 0},
               {"decode_errors", decode_errors_.load()},
-              {"chunks_sent", chunks_sent_.load()}};
+              {"chunks_sent", chunks_sent_.load()},
+              {"ignored_messages", ignored_messages_.load()},
+              {"duplicate_chunk_requests", duplicate_requests_.load()},
+              {"cancels_sent", cancels_sent_.load()}};
 }
 
 Result<json> Controller::events_json(const EventFilter& f) {

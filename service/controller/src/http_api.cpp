@@ -1,9 +1,18 @@
 #include "ota/service/http_api.hpp"
 
+#include <fcntl.h>
 #include <httplib.h>
+#include <openssl/crypto.h>
+#include <openssl/rand.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
+#include <algorithm>
+#include <cctype>
+#include <chrono>
 #include <cerrno>
 #include <cstdlib>
+#include <cstring>
 
 #include "ota/proto/topics.hpp"
 #include "ota/service/log.hpp"
@@ -73,6 +82,75 @@ Result<DeployRequest> parse_deploy_request(const std::string& body) {
   return r;
 }
 
+Result<std::string> load_or_create_api_token(const std::string& path) {
+  auto trim = [](std::string t) {
+    const char* ws = " \t\r\n";
+    const auto b = t.find_first_not_of(ws);
+    if (b == std::string::npos) return std::string();
+    return t.substr(b, t.find_last_not_of(ws) - b + 1);
+  };
+  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  if (fd >= 0) {
+    unsigned char raw[32];
+    if (RAND_bytes(raw, sizeof raw) != 1) {
+      ::close(fd);
+      ::unlink(path.c_str());
+      return internal_err("api token: no randomness");
+    }
+    static const char* hex = "0123456789abcdef";
+    std::string tok;
+    for (unsigned char c : raw) {
+      tok += hex[c >> 4];
+      tok += hex[c & 15];
+    }
+    const std::string line = tok + "\n";
+    const bool ok = ::write(fd, line.data(), line.size()) == static_cast<ssize_t>(line.size()) &&
+                    ::fsync(fd) == 0;
+    ::close(fd);
+    if (!ok) {
+      ::unlink(path.c_str());
+      return internal_err("api token: write " + path + ": " + std::strerror(errno));
+    }
+    log_info("created API token file " + path + " (mode 0600)");
+    return tok;
+  }
+  if (errno != EEXIST)
+    return invalid_err("api token: create " + path + ": " + std::strerror(errno));
+  fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return invalid_err("api token: read " + path + ": " + std::strerror(errno));
+  struct stat st {};
+  if (::fstat(fd, &st) == 0 && (st.st_mode & 077))
+    log_warn("api token file " + path + " is accessible by group/others (chmod 600 it)");
+  std::string text;
+  char buf[256];
+  ssize_t n;
+  while ((n = ::read(fd, buf, sizeof buf)) > 0 && text.size() < 4096)
+    text.append(buf, static_cast<std::size_t>(n));
+  ::close(fd);
+  if (n < 0) return invalid_err("api token: read " + path + ": " + std::strerror(errno));
+  std::string tok = trim(text);
+  if (tok.empty()) return invalid_err("api token: " + path + " is empty");
+  if (tok.find_first_of(" \t\r\n") != std::string::npos)
+    return invalid_err("api token: " + path + " must hold one token on one line");
+  return tok;
+}
+
+bool token_equal(const std::string& a, const std::string& b) {
+  // Length is not secret (64 hex characters); the contents are compared in constant time.
+  if (a.size() != b.size() || a.empty()) return false;
+  return CRYPTO_memcmp(a.data(), b.data(), a.size()) == 0;
+}
+
+std::string media_type(const std::string& content_type) {
+  std::string t = content_type.substr(0, content_type.find(';'));
+  const auto b = t.find_first_not_of(" \t");
+  if (b == std::string::npos) return {};
+  t = t.substr(b, t.find_last_not_of(" \t") - b + 1);
+  std::transform(t.begin(), t.end(), t.begin(),
+                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  return t;
+}
+
 namespace {
 
 int http_status(ErrKind k) {
@@ -102,8 +180,11 @@ void reply(httplib::Response& res, const Result<T>& r, int ok_status = 200) {
 
 }  // namespace
 
-HttpApi::HttpApi(Controller& ctl, std::function<bool()> ready)
-    : ctl_(ctl), ready_(std::move(ready)), srv_(std::make_unique<httplib::Server>()) {
+HttpApi::HttpApi(Controller& ctl, std::function<bool()> ready, std::string api_token)
+    : ctl_(ctl),
+      ready_(std::move(ready)),
+      token_(std::move(api_token)),
+      srv_(std::make_unique<httplib::Server>()) {
   routes();
 }
 
@@ -126,6 +207,12 @@ Result<int> HttpApi::start(const std::string& host, int port) {
     return internal_err("http: cannot listen on " + host + ":" + std::to_string(port) +
                         " (address in use or not available)");
   thread_ = std::make_unique<std::thread>([this] { srv_->listen_after_bind(); });
+  // Wait until the accept loop runs: a stop() before that would be lost (httplib only stops
+  // a running server) and the join in stop() would hang.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  while (!srv_->is_running() && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  if (!srv_->is_running()) return internal_err("http: server thread did not start");
   return bound;
 }
 
@@ -152,6 +239,41 @@ void HttpApi::routes() {
     }
     log_error("http: " + what);
     send_error(res, 500, what);
+  });
+
+  // Authentication and content type, before any handler runs. The token stops other local
+  // users and, with the content-type rule, cross-site requests from a browser: a web page
+  // can POST text/plain or form bodies without a CORS preflight, but cannot add an
+  // Authorization header or an application/json body to a cross-origin request without one.
+  s.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
+    if (req.method == "GET" && req.path == "/api/v1/health")
+      return httplib::Server::HandlerResponse::Unhandled;
+    const std::string auth = req.get_header_value("Authorization");
+    const std::string scheme = "Bearer ";
+    const bool has_bearer = auth.size() > scheme.size() &&
+                            media_type(auth.substr(0, scheme.size() - 1)) == "bearer" &&
+                            auth[scheme.size() - 1] == ' ';
+    if (!has_bearer || !token_equal(auth.substr(scheme.size()), token_)) {
+      res.set_header("WWW-Authenticate", "Bearer");
+      send_error(res, 401,
+                 std::string("missing or wrong API token (") +
+                     (has_bearer ? "not the controller's" : "none sent") +
+                     "): send 'Authorization: Bearer <token>' with the token from the "
+                     "controller's --api-token-file (default: <db>.token)");
+      return httplib::Server::HandlerResponse::Handled;
+    }
+    if (req.method == "POST") {
+      const bool image = req.path == "/api/v1/images";
+      const std::string want = image ? "application/octet-stream" : "application/json";
+      const std::string got = media_type(req.get_header_value("Content-Type"));
+      if (got != want) {
+        send_error(res, 415,
+                   "Content-Type must be " + want + " for POST " + req.path + ", not '" +
+                       (got.empty() ? std::string("(none)") : got) + "'");
+        return httplib::Server::HandlerResponse::Handled;
+      }
+    }
+    return httplib::Server::HandlerResponse::Unhandled;
   });
 
   s.Get("/api/v1/health", [this](const httplib::Request&, httplib::Response& res) {

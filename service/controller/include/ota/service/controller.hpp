@@ -4,12 +4,14 @@
 
 #include <atomic>
 #include <cstdint>
+#include <deque>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
 #include <set>
 #include <string>
+#include <unordered_set>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -29,9 +31,47 @@ class Publisher {
                        bool retain) = 0;
 };
 
+// A set of keys with a capacity: inserting into a full set forgets the oldest key (FIFO).
+// Used for "log once" bookkeeping driven by device messages, so a device cannot grow it
+// without bound.
+class BoundedKeySet {
+ public:
+  explicit BoundedKeySet(std::size_t cap) : cap_(cap ? cap : 1) {}
+  // True if `key` was not present (it is now).
+  bool insert(const std::string& key);
+  bool contains(const std::string& key) const { return set_.count(key) != 0; }
+  std::size_t size() const { return set_.size(); }
+  std::size_t capacity() const { return cap_; }
+
+ private:
+  std::size_t cap_;
+  std::unordered_set<std::string> set_;
+  std::deque<std::string> order_;
+};
+
+// Group memberships from a mosquitto acl_file: `user <id>` sections and their
+// `topic [read|readwrite] <prefix>/grp/<group>/offer` lines (the lines broker-config/pki.sh
+// appends). The broker enforces exactly these, so they are the authority on who may read a
+// group's offer, unlike the "groups" a device claims in its hello.
+class AclGroups {
+ public:
+  // Parses the text of an acl file.
+  static AclGroups parse(const std::string& text, const std::string& prefix);
+  static Result<AclGroups> load(const std::string& path, const std::string& prefix);
+  bool is_member(const std::string& dev, const std::string& group) const;
+  std::vector<std::string> groups_of(const std::string& dev) const;
+  std::size_t users() const { return groups_.size(); }
+
+ private:
+  std::map<std::string, std::set<std::string>> groups_;  // user -> groups
+};
+
 struct ControllerConfig {
   std::string db_path;
   std::string store_dir;
+  // mosquitto acl_file the broker uses; when set, group membership comes from it (re-read
+  // when its mtime changes) and hello "groups" are informative only. Empty: hello claims.
+  std::string acl_file;
   std::string prefix = "ota/v1";
   long long offer_ttl = 604800;
   // Lazy flush of progress/bytes_sent: at most every flush_interval_ms per row, or on 10%.
@@ -66,7 +106,7 @@ class Controller {
   // --- MQTT side
   void on_message(const char* topic, const void* payload, std::size_t len);
   void on_connected();  // after (re)connect+subscribe: re-publish retained group offers
-  void tick();          // periodic: flush lazy counters
+  void tick();          // periodic: flush lazy counters, re-read a changed ACL file
 
   // --- queries (JSON as served by the HTTP API)
   Result<nlohmann::json> images_json();
@@ -83,6 +123,15 @@ class Controller {
 
   std::uint64_t decode_errors() const { return decode_errors_.load(); }
   std::uint64_t chunks_sent() const { return chunks_sent_.load(); }
+  // Device messages dropped without effect (non-members, finished deployments, stale ids).
+  std::uint64_t ignored_messages() const { return ignored_messages_.load(); }
+  // Chunk requests skipped as identical repeats within kDuplicateRequestMs.
+  std::uint64_t duplicate_requests() const { return duplicate_requests_.load(); }
+  std::uint64_t cancels_sent() const { return cancels_sent_.load(); }
+
+  static constexpr long long kDuplicateRequestMs = 200;
+  static constexpr long long kCancelIntervalMs = 5000;
+  static constexpr std::size_t kLogOnceCapacity = 4096;
   const std::string& prefix() const { return cfg_.prefix; }
   const std::string& key_id() const { return signer_.key_id(); }
 
@@ -122,7 +171,16 @@ class Controller {
   // Finishes the deployment when every row is final (erases it from active_).
   void maybe_complete(const std::string& dep_id);
   void flush_dirty(bool force);
+  // Membership: the ACL file when configured, else the device's hello claim.
   bool in_group(const std::string& dev, const std::string& group) const;
+  // Known devices (said hello at least once) that are members of `group`.
+  std::vector<std::string> known_members(const std::string& group) const;
+  Status reload_acl_if_changed(bool force);
+  // Counts an ignored device message; logs (and records one event row) once per key.
+  void ignored(const std::string& key, const std::string& dep, const std::string& dev,
+               const std::string& what, const std::string& detail, const std::string& msg);
+  // Tells `dev` to drop deployment `dep_id` (at most once per kCancelIntervalMs per device).
+  void send_cancel(const std::string& dev, const std::string& dep_id, const std::string& why);
   std::optional<RowRec> finished_row(const std::string& dep_id, const std::string& dev);
   bool explained_version(const std::string& dev, const std::string& version,
                          const std::optional<std::string>& previous);
@@ -141,9 +199,28 @@ class Controller {
   std::map<std::string, long long> dev_seq_;                    // device -> last seq
   std::map<std::string, std::string> dev_version_;              // device -> running version
   std::map<std::string, std::shared_ptr<ImageFile>> files_;     // image id -> open file
-  std::set<std::string> logged_refusals_;                       // "dev|dep" refused chunk reqs
+  BoundedKeySet logged_once_{kLogOnceCapacity};                // ignored-message log keys
+  std::set<std::string> dirty_seq_;                              // devices: last_seq to persist
+  std::map<std::string, long long> last_cancel_ms_;              // device -> last cancel sent
+  struct LastRequest {
+    std::string key;
+    long long ms = 0;
+  };
+  std::map<std::string, LastRequest> last_request_;  // device -> last served chunk request
+  bool acl_enabled_ = false;
+  AclGroups acl_;
+  struct FileStamp {
+    long long mtime_ns = -1, size = -1, ino = -1;
+    bool operator==(const FileStamp& o) const {
+      return mtime_ns == o.mtime_ns && size == o.size && ino == o.ino;
+    }
+  };
+  FileStamp acl_stamp_;
   std::atomic<std::uint64_t> decode_errors_{0};
   std::atomic<std::uint64_t> chunks_sent_{0};
+  std::atomic<std::uint64_t> ignored_messages_{0};
+  std::atomic<std::uint64_t> duplicate_requests_{0};
+  std::atomic<std::uint64_t> cancels_sent_{0};
 };
 
 }  // namespace ota::service

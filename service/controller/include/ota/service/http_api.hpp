@@ -33,10 +33,20 @@ struct DeployRequest {
 };
 Result<DeployRequest> parse_deploy_request(const std::string& body);
 
+// API token (bearer). Reads the token from `path`; if the file does not exist, creates it
+// (O_EXCL, mode 0600) with 32 random bytes as 64 hex characters. Surrounding whitespace is
+// ignored; an empty or unreadable file is an error.
+Result<std::string> load_or_create_api_token(const std::string& path);
+// Constant-time comparison (the time does not depend on where the strings differ).
+bool token_equal(const std::string& a, const std::string& b);
+// The media type of a Content-Type header value, lower-case, without parameters.
+std::string media_type(const std::string& content_type);
+
 class HttpApi {
  public:
   // `ready` reports whether the MQTT side is connected and subscribed (for /health).
-  HttpApi(Controller& ctl, std::function<bool()> ready);
+  // Every request but GET /api/v1/health must carry `Authorization: Bearer <api_token>`.
+  HttpApi(Controller& ctl, std::function<bool()> ready, std::string api_token);
   ~HttpApi();
   HttpApi(const HttpApi&) = delete;
   HttpApi& operator=(const HttpApi&) = delete;
@@ -49,6 +59,7 @@ class HttpApi {
   void routes();
   Controller& ctl_;
   std::function<bool()> ready_;
+  std::string token_;
   std::unique_ptr<httplib::Server> srv_;
   std::unique_ptr<std::thread> thread_;
 };
