@@ -55,6 +55,9 @@ ReasonCode reason_for(PortStatus s) {
 const Agent::Transition Agent::kTransitions[] = {
     // from                     trigger                   to                        action
     {DeviceState::idle, Trigger::offer_accepted, DeviceState::downloading, &Agent::start_download},
+    // A trial image with no record of how it got there (record lost, or written by an agent
+    // with another layout): it still has to prove itself, or it would revert unseen.
+    {DeviceState::idle, Trigger::booted_trial, DeviceState::confirming, &Agent::run_self_test},
     {DeviceState::downloading, Trigger::resume_download, DeviceState::downloading,
      &Agent::resume_download},
     {DeviceState::downloading, Trigger::all_received, DeviceState::verifying, &Agent::verify_image},
@@ -128,6 +131,7 @@ void Agent::boot() {
 
   switch (st_.state) {
     case DeviceState::idle:
+      if (image_.slot_state == proto::SlotState::pending) dispatch(Trigger::booted_trial);
       break;
     case DeviceState::downloading:
       dispatch(Trigger::resume_download);
@@ -394,6 +398,10 @@ Trigger Agent::run_self_test() {
 Trigger Agent::confirm_image() {
   const PortStatus s = flash_.confirm();
   flash_.read_state(image_);
+  if (st_.deployment.empty()) {  // no deployment to answer: the retained hello tells
+    persist();
+    return Trigger::none;
+  }
   if (s != PortStatus::ok) {
     set_result(false, reason_for(s));
   } else {

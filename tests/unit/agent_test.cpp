@@ -864,6 +864,27 @@ TEST_F(AgentTest, NoChunksEverArriveTimesOut) {
   EXPECT_EQ(agent_->state(), DeviceState::idle);
 }
 
+// The record is lost (wiped, or unreadable for the new image's agent) while the new image
+// runs on trial: the image is still self-tested and confirmed instead of reverting unseen.
+TEST_F(AgentTest, TrialImageWithoutRecordIsStillConfirmed) {
+  start();
+  const proto::Offer offer = offer_for(image_);
+  send_offer(offer);
+  ChunkServer server(image_, offer.manifest.chunk_size, offer.manifest.image.c_str());
+  serve(server);
+  ASSERT_TRUE(agent_->reset_requested());
+  ASSERT_EQ(storage_.erase(), PortStatus::ok);
+  reboot();
+  EXPECT_EQ(running_version(), "1.1.0");
+  EXPECT_EQ(flash_.boot_state().pending, 0);  // confirmed: no revert at the next boot
+  reboot();
+  EXPECT_EQ(running_version(), "1.1.0");
+  const auto hellos = transport_.hellos();
+  ASSERT_FALSE(hellos.empty());
+  EXPECT_EQ(hellos.back().version, "1.1.0");
+  EXPECT_EQ(hellos.back().slot_state, proto::SlotState::confirmed);
+}
+
 // ------------------------------------------------------------------ power cuts
 
 // The record says "installing" (verification passed) when power is lost, before the flash
