@@ -5,11 +5,7 @@
 // bytes in the same chunk size and QoS to a plain subscriber. Prints MiB/s and the ratio.
 //
 //   transfer_bench [--size-mib 16] [--chunk 4096] [--runs 3] [--window 64] [--fsync]
-#include <fcntl.h>
 #include <mosquitto.h>
-#include <signal.h>
-#include <spawn.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -27,8 +23,6 @@
 #include "ota/agent/linux/device_runner.hpp"
 #include "ota/proto/frame.hpp"
 #include "test_env.hpp"
-
-extern char** environ;
 
 namespace {
 
@@ -157,21 +151,13 @@ int main(int argc, char** argv) {
 
   // The controller, as users run it.
   const std::string log = dir.path() + "/controller.log";
-  std::vector<std::string> cargv{OTA_CONTROLLER_BIN, "--broker-port", std::to_string(broker.port()),
+  ota::test::ChildProcess controller({OTA_CONTROLLER_BIN, "--broker-port", std::to_string(broker.port()),
                                  "--ca", pki.ca_cert(), "--cert", pki.controller_cert(), "--key",
                                  pki.controller_key(), "--db", dir.path() + "/ctl.db", "--store",
                                  dir.path() + "/images", "--signing-key", pki.release_key(),
                                  "--http", "127.0.0.1:" + std::to_string(http_port),
-                                 "--acl-file", pki.acl_path()};
-  std::vector<char*> cargs;
-  for (auto& a : cargv) cargs.push_back(a.data());
-  cargs.push_back(nullptr);
-  posix_spawn_file_actions_t fa;
-  posix_spawn_file_actions_init(&fa);
-  posix_spawn_file_actions_addopen(&fa, 1, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
-  posix_spawn_file_actions_adddup2(&fa, 1, 2);
-  pid_t controller = -1;
-  if (posix_spawn(&controller, cargs[0], &fa, nullptr, cargs.data(), environ) != 0) {
+                                 "--acl-file", pki.acl_path()}, log);
+  if (controller.pid() <= 0) {
     std::fprintf(stderr, "bench: cannot start %s\n", OTA_CONTROLLER_BIN);
     return 1;
   }
@@ -179,7 +165,6 @@ int main(int argc, char** argv) {
   api.set_read_timeout(60);
   if (!ota::test::wait_until([&] { auto r = api.Get("/api/v1/health"); return r && r->status == 200; }, 15s)) {
     std::fprintf(stderr, "bench: controller did not start (log %s)\n", log.c_str());
-    ::kill(controller, SIGKILL);
     return 1;
   }
   {
@@ -257,9 +242,7 @@ int main(int argc, char** argv) {
   }
   stop = true;
   device_thread.join();
-  ::kill(controller, SIGTERM);
-  int status = 0;
-  ::waitpid(controller, &status, 0);
+  controller.stop();
   if (transfer.empty()) return 1;
   const double q = median(ratio);
   std::printf("median: raw broker %.1f MiB/s | OTA transfer %.1f MiB/s | ratio %.2f (median of per-run ratios) | offer-to-confirmed %.1f MiB/s\n",

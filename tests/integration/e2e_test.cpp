@@ -1,12 +1,6 @@
 // End to end on a real mosquitto from broker-config/: the ota-controller and ota-devsim
 // binaries as a user runs them, a real SQLite file, real OpenSSL. Devices are killed
 // (SIGKILL) mid-download and the controller is killed mid-transfer.
-#include <fcntl.h>
-#include <signal.h>
-#include <spawn.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
 #include <fstream>
 #include <random>
 
@@ -17,55 +11,15 @@
 
 #include "test_env.hpp"
 
-extern char** environ;
-
 namespace {
 
 using namespace std::chrono_literals;
 using json = nlohmann::json;
 using ota::test::Broker;
+using Child = ota::test::ChildProcess;
 using ota::test::Pki;
 using ota::test::TempDir;
 using ota::test::wait_until;
-
-// A child process we started and stop by its pid (never by name).
-class Child {
- public:
-  Child(std::vector<std::string> argv, const std::string& log_path) : argv_(std::move(argv)) {
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_addopen(&fa, 1, log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0600);
-    posix_spawn_file_actions_adddup2(&fa, 1, 2);
-    std::vector<char*> args;
-    for (auto& a : argv_) args.push_back(a.data());
-    args.push_back(nullptr);
-    const int rc = posix_spawn(&pid_, args[0], &fa, nullptr, args.data(), environ);
-    posix_spawn_file_actions_destroy(&fa);
-    if (rc != 0) pid_ = -1;
-  }
-  ~Child() { stop(); }
-  Child(const Child&) = delete;
-  Child& operator=(const Child&) = delete;
-
-  pid_t pid() const { return pid_; }
-  void kill9() { signal_and_reap(SIGKILL); }
-  void stop() { signal_and_reap(SIGTERM); }
-  bool alive() const { return pid_ > 0 && ::kill(pid_, 0) == 0; }
-
- private:
-  void signal_and_reap(int sig) {
-    if (pid_ <= 0) return;
-    ::kill(pid_, sig);
-    int status = 0;
-    if (!wait_until([&] { return ::waitpid(pid_, &status, WNOHANG) == pid_; }, 10s)) {
-      ::kill(pid_, SIGKILL);
-      ::waitpid(pid_, &status, 0);
-    }
-    pid_ = -1;
-  }
-  std::vector<std::string> argv_;
-  pid_t pid_ = -1;
-};
 
 std::string random_bytes(std::size_t n, unsigned seed) {
   std::mt19937 rng(seed);

@@ -685,4 +685,30 @@ void MqttTestClient::on_message_cb(mosquitto*, void* obj, const mosquitto_messag
   self->cv_.notify_all();
 }
 
+ChildProcess::ChildProcess(std::vector<std::string> argv, const std::string& log_path) {
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_addopen(&fa, 1, log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0600);
+  posix_spawn_file_actions_adddup2(&fa, 1, 2);
+  std::vector<char*> args;
+  for (auto& a : argv) args.push_back(a.data());
+  args.push_back(nullptr);
+  if (posix_spawn(&pid_, args[0], &fa, nullptr, args.data(), environ) != 0) pid_ = -1;
+  posix_spawn_file_actions_destroy(&fa);
+}
+
+bool ChildProcess::alive() const { return pid_ > 0 && ::kill(pid_, 0) == 0; }
+
+void ChildProcess::signal_and_reap(int sig) {
+  if (pid_ <= 0) return;
+  ::kill(pid_, sig);
+  int status = 0;
+  if (!wait_until([&] { return ::waitpid(pid_, &status, WNOHANG) == pid_; },
+                  std::chrono::seconds(10))) {
+    ::kill(pid_, SIGKILL);
+    ::waitpid(pid_, &status, 0);
+  }
+  pid_ = -1;
+}
+
 }  // namespace ota::test

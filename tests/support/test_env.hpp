@@ -8,6 +8,10 @@
 
 #include <sys/types.h>
 
+#include <csignal>
+
+#include <sys/types.h>
+
 #include <chrono>
 #include <condition_variable>
 #include <cstddef>
@@ -256,6 +260,25 @@ class MqttTestClient {
   std::set<int> acked_mids_;
   std::map<int, int> suback_;  // mid -> first granted qos
   std::vector<Message> messages_;
+};
+
+// A program started for a test or benchmark (stdout and stderr appended to `log_path`),
+// stopped by its own pid, never by name: SIGTERM (or SIGKILL) and reaped.
+class ChildProcess {
+ public:
+  ChildProcess(std::vector<std::string> argv, const std::string& log_path);
+  ~ChildProcess() { stop(); }
+  ChildProcess(const ChildProcess&) = delete;
+  ChildProcess& operator=(const ChildProcess&) = delete;
+
+  pid_t pid() const { return pid_; }
+  bool alive() const;
+  void kill9() { signal_and_reap(SIGKILL); }
+  void stop() { signal_and_reap(SIGTERM); }
+
+ private:
+  void signal_and_reap(int sig);
+  pid_t pid_ = -1;
 };
 
 }  // namespace ota::test
