@@ -1,4 +1,5 @@
 // ota-controller: the fleet controller daemon. See service/API.md.
+#include <filesystem>
 #include <signal.h>
 
 #include <CLI/CLI.hpp>
@@ -78,6 +79,16 @@ int main(int argc, char** argv) {
   pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
   signal(SIGPIPE, SIG_IGN);
 
+  // A first start on a fresh machine: make the state directories (not their parents' owners).
+  for (const std::filesystem::path& dir :
+       {std::filesystem::path(cc.db_path).parent_path(), std::filesystem::path(cc.store_dir)}) {
+    std::error_code ec;
+    if (!dir.empty()) std::filesystem::create_directories(dir, ec);
+    if (ec) {
+      log_error("startup: create directory " + dir.string() + ": " + ec.message());
+      return 1;
+    }
+  }
   auto signer = Signer::load(signing_key);
   if (!signer) {
     log_error("startup: " + signer.error());

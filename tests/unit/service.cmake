@@ -7,9 +7,10 @@ add_executable(service_tests
   ${CMAKE_CURRENT_LIST_DIR}/service_controller_test.cpp
   ${CMAKE_CURRENT_LIST_DIR}/service_cli_test.cpp
   ${CMAKE_CURRENT_LIST_DIR}/service_http_test.cpp)
-target_link_libraries(service_tests PRIVATE ota_service ota::proto OpenSSL::Crypto
+target_link_libraries(service_tests PRIVATE ota_service ota_test_support ota::proto OpenSSL::Crypto
                       PkgConfig::HTTPLIB OpenSSL::SSL Threads::Threads GTest::gtest_main
                       ota_warnings)
-target_compile_definitions(service_tests PRIVATE OTACTL_PATH="$<TARGET_FILE:otactl>")
-add_dependencies(service_tests otactl)
+target_compile_definitions(service_tests PRIVATE OTACTL_PATH="$<TARGET_FILE:otactl>"
+                           OTA_CONTROLLER_PATH="$<TARGET_FILE:ota-controller>")
+add_dependencies(service_tests otactl ota-controller)
 gtest_discover_tests(service_tests TEST_PREFIX "service." PROPERTIES LABELS unit)

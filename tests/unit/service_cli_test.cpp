@@ -95,3 +95,34 @@ TEST(Otactl, MissingTokenIsAClearError) {
 TEST(Otactl, HelpExitsZero) { EXPECT_EQ(otactl("--help").code, 0); }
 
 }  // namespace
+
+#include <fstream>
+#include <sys/stat.h>
+
+#include "service_test_util.hpp"
+#include "test_env.hpp"
+
+namespace {
+
+// First start on a fresh machine: the database and image directories do not exist yet.
+// The controller makes them and its API token file before it ever reaches a broker.
+TEST(ControllerStartup, CreatesMissingStateDirectories) {
+  ota::service::testing::TempDir dir;
+  const std::string key = dir.path() + "/release.key";
+  std::ofstream(key) << ota::service::testing::make_ec_key_pem();
+  const std::string db = dir.path() + "/state/nested/controller.db";
+  ota::test::ChildProcess controller(
+      {OTA_CONTROLLER_PATH, "--broker-port", "1", "--db", db, "--store",
+       dir.path() + "/state/images", "--signing-key", key, "--http", "127.0.0.1:0"},
+      dir.path() + "/controller.log");
+  ASSERT_GT(controller.pid(), 0);
+  struct stat st {};
+  ASSERT_TRUE(ota::test::wait_until([&] { return ::stat((db + ".token").c_str(), &st) == 0; },
+                                    std::chrono::seconds(10)));
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+  EXPECT_EQ(::stat((dir.path() + "/state/images").c_str(), &st), 0);
+  EXPECT_TRUE(S_ISDIR(st.st_mode));
+  EXPECT_TRUE(controller.alive());  // keeps retrying the broker instead of exiting
+}
+
+}  // namespace
