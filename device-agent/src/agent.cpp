@@ -123,6 +123,11 @@ void Agent::boot() {
       !plausible(st_)) {
     // All-zero is the factory state of every field (a temporary would cost kilobytes of stack).
     std::memset(static_cast<void*>(&st_), 0, sizeof st_);
+    // A lost record must not restart the sequence below numbers already used (the
+    // controller drops seq <= last seen): start at the wall clock in seconds, which stays
+    // ahead unless the device averaged more than one event per second over its life.
+    const std::uint64_t now_s = clock_.unix_seconds();
+    st_.seq = now_s > 0xffff0000u ? 0xffff0000u : static_cast<std::uint32_t>(now_s);
   }
   st_.seq += kSeqBootMargin;
   if (flash_.read_state(image_) != PortStatus::ok) image_ = ImageState{};

@@ -885,6 +885,26 @@ TEST_F(AgentTest, TrialImageWithoutRecordIsStillConfirmed) {
   EXPECT_EQ(hellos.back().slot_state, proto::SlotState::confirmed);
 }
 
+// A device whose state record is lost keeps numbering its events above what the controller
+// has seen, so its next events are not dropped as duplicates.
+TEST_F(AgentTest, LostRecordDoesNotRestartSequenceNumbers) {
+  start();
+  OfferOptions opt;
+  opt.hw = "other-board";
+  send_offer(offer_for(image_, opt));  // declined: one event with a low seq
+  const auto before = events_of(EventType::decline);
+  ASSERT_EQ(before.size(), 1u);
+  ASSERT_EQ(storage_.erase(), PortStatus::ok);
+  clock_.advance_ms(60'000);  // a reboot takes a while; wall time moves on
+  reboot();
+  const std::size_t from = transport_.published.size();
+  opt.deployment = "dep-2";
+  send_offer(offer_for(image_, opt));
+  const auto after = events_of(EventType::decline, from);
+  ASSERT_EQ(after.size(), 1u);
+  EXPECT_GT(after[0].seq, before[0].seq);
+}
+
 // ------------------------------------------------------------------ power cuts
 
 // The record says "installing" (verification passed) when power is lost, before the flash
