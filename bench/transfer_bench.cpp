@@ -76,9 +76,6 @@ double raw_run(const ota::test::Pki& pki, int port, const Settings& s, const std
   mosquitto_message_callback_set(sub, [](mosquitto*, void* ud, const mosquitto_message*) {
     ++*static_cast<std::atomic<std::uint32_t>*>(ud);
   });
-  mosquitto_subscribe_callback_set(sub, [](mosquitto* m, void*, int, int, const int*) {
-    (void)m;
-  });
   mosquitto_subscribe(sub, nullptr, topic.c_str(), 1);
   mosquitto_loop_start(sub);
   // Subscription round trip: a probe message to ourselves through the broker.
