@@ -406,18 +406,17 @@ void Broker::start() {
 void Broker::stop() {
   if (pid_ <= 0) return;
   ::kill(pid_, SIGTERM);
-  const auto end = Clock::now() + options_.stop_deadline;
   int status = 0;
-  for (;;) {
-    pid_t r = ::waitpid(pid_, &status, WNOHANG);
-    if (r == pid_ || (r < 0 && errno != EINTR)) break;
-    if (Clock::now() >= end) {
-      ::kill(pid_, SIGKILL);
-      while (::waitpid(pid_, &status, 0) < 0 && errno == EINTR) {
-      }
-      break;
+  const bool exited = wait_until(
+      [&] {
+        const pid_t r = ::waitpid(pid_, &status, WNOHANG);
+        return r == pid_ || (r < 0 && errno != EINTR);
+      },
+      options_.stop_deadline, std::chrono::milliseconds(5));
+  if (!exited) {
+    ::kill(pid_, SIGKILL);
+    while (::waitpid(pid_, &status, 0) < 0 && errno == EINTR) {
     }
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
   pid_ = -1;
 }
