@@ -1,0 +1,215 @@
+// Example firmware: the agent core wired to stub ports on a bare Cortex-M4. It exists to
+// show the wiring a firmware team writes and to measure what the core costs in flash and
+// RAM (build.sh). The stubs mark where the SDK calls go; see README "Porting the agent to
+// your firmware".
+#include <cstdint>
+#include <cstring>
+
+#include "ota/agent/agent.hpp"
+#include "sha256.hpp"
+#include "startup.hpp"
+
+namespace {
+
+using ota::agent::PortStatus;
+
+// Update slot and state record in flash, placed by the linker script. On the MPS2 model this
+// is writable SSRAM; on a part with real flash every memcpy below is an erase/program call.
+extern "C" std::uint8_t __ota_slot_start[], __ota_slot_end[];
+extern "C" std::uint8_t __ota_state_start[], __ota_state_end[];
+
+volatile std::uint32_t g_ms = 0;
+
+// ------------------------------------------------------------------------------ FlashPort
+// Stands for esp_ota_* / MCUboot's secondary slot: begin erases, write programs at an
+// offset, activate marks the slot for a trial boot, confirm makes it permanent.
+class SlotFlash final : public ota::agent::FlashPort {
+ public:
+  PortStatus begin(const ota::proto::Manifest& m, bool resume) override {
+    if (m.size > capacity()) return PortStatus::no_space;
+    if (!resume) std::memset(__ota_slot_start, 0xff, static_cast<std::size_t>(m.size));
+    return PortStatus::ok;
+  }
+  PortStatus write(std::uint32_t offset, const std::uint8_t* data, std::size_t len) override {
+    if (offset + len > capacity()) return PortStatus::error;
+    std::memcpy(__ota_slot_start + offset, data, len);
+    return PortStatus::ok;
+  }
+  PortStatus read(std::uint32_t offset, std::uint8_t* out, std::size_t len) override {
+    if (offset + len > capacity()) return PortStatus::error;
+    std::memcpy(out, __ota_slot_start + offset, len);
+    return PortStatus::ok;
+  }
+  PortStatus sync() override { return PortStatus::ok; }  // programming is synchronous here
+  PortStatus finish(const ota::proto::Manifest& m) override {
+    pending_version_ = m.version;
+    return PortStatus::ok;
+  }
+  PortStatus abort() override { return PortStatus::ok; }
+  PortStatus activate(const ota::proto::Manifest& m) override {
+    pending_counter_ = m.counter;
+    trial_ = true;  // a bootloader flag in a real port (MCUboot: boot_set_pending(0))
+    return PortStatus::ok;
+  }
+  PortStatus confirm() override {
+    state_.security_counter = pending_counter_;
+    state_.slot_state = ota::proto::SlotState::confirmed;
+    return PortStatus::ok;
+  }
+  void reset() override {
+    // SCB->AIRCR = VECTKEY | SYSRESETREQ
+    *reinterpret_cast<volatile std::uint32_t*>(0xE000ED0Cu) = 0x05FA0004u;
+    for (;;) {
+    }
+  }
+  PortStatus read_state(ota::agent::ImageState& out) override {
+    out = state_;
+    out.free_bytes = capacity();
+    if (trial_) out.previous_version = pending_version_;
+    return PortStatus::ok;
+  }
+
+  ota::agent::ImageState state_;
+
+ private:
+  static std::uint64_t capacity() {
+    return static_cast<std::uint64_t>(__ota_slot_end - __ota_slot_start);
+  }
+  ota::proto::Version pending_version_;
+  std::uint32_t pending_counter_ = 0;
+  bool trial_ = false;
+};
+
+// ------------------------------------------------------------------------------ Transport
+// Stands for the SDK's MQTT client. Its receive buffer is the chunk buffer: a chunk frame is
+// decoded in place and written to flash from there, so it is the one buffer sized by
+// OTA_AGENT_MAX_CHUNK_SIZE.
+class StubTransport final : public ota::agent::Transport {
+ public:
+  bool connected() const override { return link_up; }
+  bool subscribe(const char*, int) override { return link_up; }
+  bool publish(const char*, const void*, std::size_t, int, bool) override { return link_up; }
+
+  // Filled by the network driver (interrupt or task) in a real port.
+  volatile bool link_up = false;
+  volatile bool rx_ready = false;
+  char rx_topic[ota::proto::kMaxTopicLen];
+  std::uint8_t rx_payload[ota::proto::kFrameHeaderLen + OTA_AGENT_MAX_CHUNK_SIZE];
+  volatile std::size_t rx_len = 0;
+};
+
+// ------------------------------------------------------------------------------ Clock
+class TickClock final : public ota::agent::Clock {
+ public:
+  std::uint64_t now_ms() override { return g_ms; }
+  // Wall time from SNTP or an RTC in a real port; manifests carry an expiry in unix seconds.
+  std::uint64_t unix_seconds() override { return unix_at_boot + g_ms / 1000; }
+  std::uint64_t unix_at_boot = 0;
+};
+
+// ------------------------------------------------------------------------------ Storage
+// Stands for an NVS blob or a pair of flash pages written alternately (atomic by a sequence
+// number and a checksum in a real port).
+class PageStorage final : public ota::agent::Storage {
+ public:
+  PortStatus load(void* out, std::size_t cap, std::size_t& len) override {
+    std::uint32_t stored = 0;
+    std::memcpy(&stored, __ota_state_start, sizeof stored);
+    if (stored == 0 || stored == 0xffffffffu) return PortStatus::not_found;
+    if (stored > cap || stored > capacity()) return PortStatus::error;
+    std::memcpy(out, __ota_state_start + sizeof stored, stored);
+    len = stored;
+    return PortStatus::ok;
+  }
+  PortStatus save(const void* data, std::size_t len) override {
+    if (len > capacity()) return PortStatus::no_space;
+    const std::uint32_t stored = static_cast<std::uint32_t>(len);
+    std::memcpy(__ota_state_start + sizeof stored, data, len);
+    std::memcpy(__ota_state_start, &stored, sizeof stored);
+    return PortStatus::ok;
+  }
+  PortStatus erase() override {
+    std::memset(__ota_state_start, 0xff, sizeof(std::uint32_t));
+    return PortStatus::ok;
+  }
+
+ private:
+  static std::size_t capacity() {
+    return static_cast<std::size_t>(__ota_state_end - __ota_state_start) - sizeof(std::uint32_t);
+  }
+};
+
+// ------------------------------------------------------------------------------ Crypto
+// SHA-256 in software; ECDSA P-256 verification is a STUB that accepts any signature made
+// with the trusted key id. A product links mbedTLS, micro-ecc or a hardware engine here, and
+// its size is not part of the figures build.sh prints.
+class StubCrypto final : public ota::agent::Crypto {
+ public:
+  void sha256_init(ota::agent::Sha256State& s) override { fw::sha256_init(ctx(s)); }
+  void sha256_update(ota::agent::Sha256State& s, const std::uint8_t* d, std::size_t n) override {
+    fw::sha256_update(ctx(s), d, n);
+  }
+  void sha256_final(ota::agent::Sha256State& s, std::uint8_t digest[32]) override {
+    fw::sha256_final(ctx(s), digest);
+  }
+  Verify verify_p256(const char* key_id, const std::uint8_t*, std::size_t,
+                     const std::uint8_t[64]) override {
+    return std::strcmp(key_id, kTrustedKey) == 0 ? Verify::ok : Verify::unknown_key;
+  }
+
+ private:
+  static_assert(sizeof(fw::Sha256) <= sizeof(ota::agent::Sha256State), "hash state fits");
+  static fw::Sha256& ctx(ota::agent::Sha256State& s) {
+    return *reinterpret_cast<fw::Sha256*>(s.opaque);
+  }
+  static constexpr const char* kTrustedKey = "0123456789abcdef";
+};
+
+bool self_test(void*) { return true; }  // the application's health check goes here
+
+const char* const kGroups[] = {"lab"};
+
+ota::agent::AgentConfig make_config() {
+  ota::agent::AgentConfig c;
+  c.device_id = "dev-0001";
+  c.hw_model = "m4-board";
+  c.groups = kGroups;
+  c.group_count = 1;
+  c.window_chunks = 8;  // keeps the broker's per-client queue within a small MQTT buffer
+  c.self_test = self_test;
+  return c;
+}
+
+SlotFlash g_flash;
+StubTransport g_transport;
+TickClock g_clock;
+PageStorage g_storage;
+StubCrypto g_crypto;
+ota::agent::Agent g_agent(make_config(), g_flash, g_transport, g_clock, g_storage, g_crypto);
+
+}  // namespace
+
+extern "C" void SysTick_Handler() { g_ms = g_ms + 1; }
+
+int main() {
+  // SysTick at 1 kHz from the 25 MHz MPS2 core clock.
+  volatile std::uint32_t* systick = reinterpret_cast<volatile std::uint32_t*>(0xE000E010u);
+  systick[1] = 25000 - 1;  // LOAD
+  systick[2] = 0;          // VAL
+  systick[0] = 7;          // CTRL: enable, interrupt, core clock
+
+  g_agent.boot();
+  bool was_up = false;
+  for (;;) {
+    const bool up = g_transport.link_up;
+    if (up && !was_up) g_agent.on_connected();
+    was_up = up;
+    if (g_transport.rx_ready) {
+      g_agent.on_message(g_transport.rx_topic, g_transport.rx_payload, g_transport.rx_len);
+      g_transport.rx_ready = false;
+    }
+    g_agent.tick();
+    if (g_agent.reset_requested()) g_flash.reset();
+    __asm volatile("wfi");
+  }
+}

@@ -1,0 +1,678 @@
+// The agent core's tests on the target CPU: the same objects the firmware links, run on an
+// emulated Cortex-M4 (qemu-system-arm -machine mps2-an386, semihosting for output and the
+// exit status). GoogleTest and the host fakes (std containers, OpenSSL) do not fit a bare
+// newlib-nano target, so the ports here are fixed-size, and this file plays the controller.
+//
+// Crypto: SHA-256 is real (sha256.cpp), so the hash check of the flash contents is exercised;
+// ECDSA is replaced by a test signature r||s = SHA-256(canonical manifest) twice, which still
+// makes a tampered manifest fail the signature check.
+#include <cstdint>
+#include <cstring>
+#include <new>
+
+#include "ota/agent/agent.hpp"
+#include "ota/proto/frame.hpp"
+#include "ota/proto/messages.hpp"
+#include "ota/proto/topics.hpp"
+#include "sha256.hpp"
+#include "startup.hpp"
+
+namespace {
+
+namespace agent = ota::agent;
+namespace proto = ota::proto;
+using agent::PortStatus;
+using proto::DeviceState;
+using proto::EventType;
+using proto::ReasonCode;
+
+// ------------------------------------------------------------------------- tiny harness
+
+int g_failures = 0;
+int g_checks = 0;
+const char* g_test = "";
+
+void print_uint(std::uint64_t v) {
+  char buf[24];
+  char* p = buf + sizeof buf;
+  *--p = '\0';
+  do {
+    *--p = static_cast<char>('0' + v % 10);
+    v /= 10;
+  } while (v != 0);
+  fw::print(p);
+}
+
+void check(bool ok, const char* what, int line) {
+  ++g_checks;
+  if (ok) return;
+  ++g_failures;
+  fw::print("FAIL ");
+  fw::print(g_test);
+  fw::print(" line ");
+  print_uint(static_cast<std::uint64_t>(line));
+  fw::print(": ");
+  fw::print(what);
+  fw::print("\n");
+}
+#define CHECK(cond) check((cond), #cond, __LINE__)
+
+constexpr const char* kPrefix = proto::kDefaultPrefix;
+constexpr const char* kDevice = "dev-1";
+constexpr const char* kHw = "m4-board";
+constexpr const char* kTrustedKey = "00112233aabbccdd";
+constexpr std::uint32_t kChunk = 1024;
+constexpr std::uint64_t kNow = 1'800'000'000;
+
+// ------------------------------------------------------------------------- ports
+
+constexpr std::size_t kSlotCapacity = 64 * 1024;
+
+// A/B flash with the boot semantics of the host tests' FakeFlash: an activated slot boots
+// once on trial; booted again without confirm() it reverts.
+class TestFlash final : public agent::FlashPort {
+ public:
+  struct Slot {
+    std::uint8_t data[kSlotCapacity];
+    proto::Version version;
+  };
+
+  void factory(const char* version) {
+    for (Slot& s : slots_) {
+      std::memset(s.data, 0xff, sizeof s.data);
+      s.version = proto::Version{};
+    }
+    slots_[0].version.assign(version);
+    active_ = 0;
+    running_ = 0;
+    pending_ = -1;
+    trial_booted_ = false;
+    rolled_back_ = false;
+    counter = 0;
+    pending_counter_ = 0;
+    begins = writes = finishes = aborts = activates = confirms = resets = 0;
+    reset_requested = false;
+  }
+  // The bootloader's decision at power-on.
+  void power_on() {
+    reset_requested = false;
+    if (pending_ >= 0 && !trial_booted_) {
+      trial_booted_ = true;
+      rolled_back_ = false;
+      running_ = pending_;
+    } else if (pending_ >= 0) {
+      pending_ = -1;
+      trial_booted_ = false;
+      rolled_back_ = true;
+      running_ = active_;
+    } else {
+      running_ = active_;
+    }
+  }
+
+  PortStatus begin(const proto::Manifest& m, bool resume) override {
+    ++begins;
+    if (pending_ >= 0) return PortStatus::error;
+    if (m.size > kSlotCapacity) return PortStatus::no_space;
+    if (!resume) {
+      std::memset(slots_[other()].data, 0xff, sizeof slots_[other()].data);
+      slots_[other()].version = proto::Version{};
+    }
+    rolled_back_ = false;
+    return PortStatus::ok;
+  }
+  PortStatus write(std::uint32_t offset, const std::uint8_t* data, std::size_t len) override {
+    ++writes;
+    if (offset + len > kSlotCapacity) return PortStatus::error;
+    std::memcpy(slots_[other()].data + offset, data, len);
+    return PortStatus::ok;
+  }
+  PortStatus read(std::uint32_t offset, std::uint8_t* out, std::size_t len) override {
+    if (offset + len > kSlotCapacity) return PortStatus::error;
+    std::memcpy(out, slots_[other()].data + offset, len);
+    return PortStatus::ok;
+  }
+  PortStatus sync() override { return PortStatus::ok; }
+  PortStatus finish(const proto::Manifest& m) override {
+    ++finishes;
+    slots_[other()].version = m.version;
+    return PortStatus::ok;
+  }
+  PortStatus abort() override {
+    ++aborts;
+    return PortStatus::ok;
+  }
+  PortStatus activate(const proto::Manifest& m) override {
+    ++activates;
+    pending_ = other();
+    trial_booted_ = false;
+    pending_counter_ = m.counter;
+    return PortStatus::ok;
+  }
+  PortStatus confirm() override {
+    ++confirms;
+    if (running_ == pending_) {
+      active_ = running_;
+      pending_ = -1;
+      trial_booted_ = false;
+      counter = pending_counter_;
+    }
+    return PortStatus::ok;
+  }
+  void reset() override {
+    ++resets;
+    reset_requested = true;
+  }
+  PortStatus read_state(agent::ImageState& out) override {
+    out = agent::ImageState{};
+    out.running_version = slots_[running_].version;
+    out.running_slot = running_ == 0 ? 'a' : 'b';
+    out.slot_state = running_ == pending_ ? proto::SlotState::pending
+                     : rolled_back_       ? proto::SlotState::rolled_back
+                                          : proto::SlotState::confirmed;
+    out.previous_version = slots_[other()].version;
+    out.security_counter = counter;
+    out.free_bytes = kSlotCapacity;
+    return PortStatus::ok;
+  }
+
+  const std::uint8_t* inactive_data() const { return slots_[other()].data; }
+  const proto::Version& running_version() const { return slots_[running_].version; }
+
+  std::uint32_t counter = 0;
+  int begins = 0, writes = 0, finishes = 0, aborts = 0, activates = 0, confirms = 0, resets = 0;
+  bool reset_requested = false;
+
+ private:
+  int other() const { return 1 - running_; }
+
+  Slot slots_[2];
+  int active_ = 0;
+  int running_ = 0;
+  int pending_ = -1;
+  bool trial_booted_ = false;
+  bool rolled_back_ = false;
+  std::uint32_t pending_counter_ = 0;
+};
+
+class TestStorage final : public agent::Storage {
+ public:
+  PortStatus load(void* out, std::size_t cap, std::size_t& len) override {
+    if (!has_) return PortStatus::not_found;
+    if (len_ > cap) return PortStatus::error;
+    std::memcpy(out, record_, len_);
+    len = len_;
+    return PortStatus::ok;
+  }
+  PortStatus save(const void* data, std::size_t len) override {
+    if (len > sizeof record_) return PortStatus::no_space;
+    std::memcpy(record_, data, len);
+    len_ = len;
+    has_ = true;
+    return PortStatus::ok;
+  }
+  PortStatus erase() override {
+    has_ = false;
+    return PortStatus::ok;
+  }
+
+ private:
+  alignas(8) std::uint8_t record_[sizeof(agent::PersistedState)];
+  std::size_t len_ = 0;
+  bool has_ = false;
+};
+
+class TestClock final : public agent::Clock {
+ public:
+  std::uint64_t now_ms() override { return ms; }
+  std::uint64_t unix_seconds() override { return kNow + ms / 1000; }
+  std::uint64_t ms = 1000;
+};
+
+struct Message {
+  proto::TopicKind kind;
+  char payload[OTA_AGENT_MESSAGE_BUFFER];
+  std::size_t len;
+};
+
+// Keeps what the agent publishes, in order, for the test to read as the controller would.
+class TestTransport final : public agent::Transport {
+ public:
+  static constexpr std::size_t kCapacity = 256;
+
+  bool connected() const override { return up; }
+  bool subscribe(const char*, int) override { return up; }
+  bool publish(const char* topic, const void* payload, std::size_t len, int,
+               bool) override {
+    if (!up) return false;
+    if (count == kCapacity || len > sizeof log[0].payload) fw::fatal("transport log full");
+    const char* id = nullptr;
+    std::size_t id_len = 0;
+    Message& m = log[count++];
+    m.kind = proto::parse_topic(kPrefix, topic, &id, &id_len);
+    std::memcpy(m.payload, payload, len);
+    m.len = len;
+    return true;
+  }
+
+  bool up = true;
+  Message log[kCapacity];
+  std::size_t count = 0;
+};
+
+class TestCrypto final : public agent::Crypto {
+ public:
+  void sha256_init(agent::Sha256State& s) override { fw::sha256_init(ctx(s)); }
+  void sha256_update(agent::Sha256State& s, const std::uint8_t* d, std::size_t n) override {
+    fw::sha256_update(ctx(s), d, n);
+  }
+  void sha256_final(agent::Sha256State& s, std::uint8_t digest[32]) override {
+    fw::sha256_final(ctx(s), digest);
+  }
+  Verify verify_p256(const char* key_id, const std::uint8_t* msg, std::size_t len,
+                     const std::uint8_t sig[64]) override {
+    if (std::strcmp(key_id, kTrustedKey) != 0) return Verify::unknown_key;
+    std::uint8_t expected[64];
+    test_signature(msg, len, expected);
+    return std::memcmp(expected, sig, sizeof expected) == 0 ? Verify::ok : Verify::bad_signature;
+  }
+
+  static void test_signature(const std::uint8_t* msg, std::size_t len, std::uint8_t out[64]) {
+    fw::Sha256 s;
+    fw::sha256_init(s);
+    fw::sha256_update(s, msg, len);
+    fw::sha256_final(s, out);
+    std::memcpy(out + 32, out, 32);
+  }
+
+ private:
+  static fw::Sha256& ctx(agent::Sha256State& s) { return *reinterpret_cast<fw::Sha256*>(s.opaque); }
+};
+
+// ------------------------------------------------------------------------- the device
+
+TestFlash g_flash;
+TestStorage g_storage;
+TestClock g_clock;
+TestTransport g_transport;
+TestCrypto g_crypto;
+bool g_self_test_ok = true;
+alignas(agent::Agent) unsigned char g_agent_mem[sizeof(agent::Agent)];
+agent::Agent* g_agent = nullptr;
+std::size_t g_agent_stack_peak = 0;  // deepest stack any call into the agent reached
+
+bool self_test(void*) { return g_self_test_ok; }
+
+agent::AgentConfig config() {
+  agent::AgentConfig c;
+  c.device_id = kDevice;
+  c.hw_model = kHw;
+  c.window_chunks = 8;
+  c.self_test = self_test;
+  return c;
+}
+
+// Runs one call into the agent and records how deep the stack went during it.
+template <typename F>
+void measured(F call) {
+  fw::stack_repaint();
+  const std::size_t before = fw::stack_used();
+  call();
+  const std::size_t used = fw::stack_used() - before;
+  if (used > g_agent_stack_peak) g_agent_stack_peak = used;
+}
+
+agent::Agent& dev() { return *g_agent; }
+
+// Power-on: the bootloader picks a slot, a fresh agent object boots and connects. The
+// storage and flash objects carry over, as they would across a real power cycle.
+void power_cycle() {
+  g_flash.power_on();
+  g_agent = new (g_agent_mem) agent::Agent(config(), g_flash, g_transport, g_clock, g_storage,
+                                           g_crypto);
+  measured([] { dev().boot(); });
+  measured([] { dev().on_connected(); });
+}
+
+void factory_reset() {
+  g_flash.factory("1.0.0");
+  g_storage.erase();
+  g_transport.count = 0;
+  g_clock.ms = 1000;
+  g_self_test_ok = true;
+  power_cycle();
+}
+
+void deliver(proto::TopicKind kind, const std::uint8_t* payload, std::size_t len) {
+  char topic[proto::kMaxTopicLen];
+  proto::make_topic(kPrefix, kind, kDevice, topic, sizeof topic);
+  measured([&] { dev().on_message(topic, payload, len); });
+}
+
+// ------------------------------------------------------------------------- the controller
+
+std::uint8_t g_image[20 * kChunk + 300];
+std::uint8_t g_other_image[sizeof g_image];
+proto::Offer g_offer;
+char g_json[2048];
+std::uint8_t g_frame[proto::kFrameHeaderLen + kChunk];
+
+void fill(std::uint8_t* p, std::size_t n, std::uint32_t seed) {
+  for (std::size_t i = 0; i < n; ++i) {
+    seed = seed * 1664525u + 1013904223u;
+    p[i] = static_cast<std::uint8_t>(seed >> 24);
+  }
+}
+
+void sha256(const std::uint8_t* p, std::size_t n, std::uint8_t out[32]) {
+  fw::Sha256 s;
+  fw::sha256_init(s);
+  fw::sha256_update(s, p, n);
+  fw::sha256_final(s, out);
+}
+
+void sign(proto::Manifest& m) {
+  const std::size_t n = proto::canonical_manifest(m, g_json, sizeof g_json);
+  std::uint8_t sig[64];
+  TestCrypto::test_signature(reinterpret_cast<const std::uint8_t*>(g_json), n, sig);
+  proto::hex_encode(sig, sizeof sig, m.sig.data);
+  m.sig.data[proto::kSignatureHexLen] = '\0';
+  m.sig.size = proto::kSignatureHexLen;
+}
+
+struct OfferSpec {
+  const char* deployment = "dep-1";
+  const char* version = "1.1.0";
+  const char* hw = kHw;
+  const char* key = kTrustedKey;
+  std::uint32_t counter = 1;
+  const std::uint8_t* described = g_image;  // the bytes the manifest's hash is made of
+};
+
+// Builds g_offer for g_image as the controller does.
+void make_offer(const OfferSpec& spec) {
+  g_offer = proto::Offer{};
+  g_offer.deployment.assign(spec.deployment);
+  proto::Manifest& m = g_offer.manifest;
+  std::uint8_t digest[32];
+  sha256(spec.described, sizeof g_image, digest);
+  proto::hex_encode(digest, 8, m.image.data);
+  m.image.size = proto::kImageIdLen;
+  proto::hex_encode(digest, sizeof digest, m.sha256.data);
+  m.sha256.size = proto::kSha256HexLen;
+  m.version.assign(spec.version);
+  m.hw[0].assign(spec.hw);
+  m.hw_count = 1;
+  m.size = sizeof g_image;
+  m.chunk_size = kChunk;
+  m.counter = spec.counter;
+  m.expires = kNow + 3600;
+  m.key.assign(spec.key);
+  sign(m);
+}
+
+void send_offer() {
+  std::size_t len = 0;
+  if (proto::encode_offer(g_offer, g_json, sizeof g_json, len)) fw::fatal("encode_offer");
+  deliver(proto::TopicKind::offer, reinterpret_cast<const std::uint8_t*>(g_json), len);
+}
+
+void send_chunk(std::uint32_t index, bool corrupt) {
+  const std::uint32_t offset = index * kChunk;
+  const std::uint32_t rest = static_cast<std::uint32_t>(sizeof g_image - offset);
+  const std::uint32_t len = rest < kChunk ? rest : kChunk;
+  std::uint8_t id[8];
+  proto::image_id_to_bytes(g_offer.manifest.image.c_str(), id);
+  const std::size_t n =
+      proto::encode_chunk_frame(id, offset, g_image + offset, len, 0, g_frame, sizeof g_frame);
+  if (corrupt) g_frame[proto::kFrameHeaderLen] ^= 0x01;  // the CRC no longer matches
+  deliver(proto::TopicKind::chunk, g_frame, n);
+}
+
+// Serves the chunk requests the agent publishes, last chunk of each request first (so the
+// agent sees them out of order and hashes back from flash). When no request is left it lets
+// the request timeout pass, as a lost message would. `limit` stops after that many frames
+// (a power cut); `corrupt_first` damages the first frame sent.
+struct Transfer {
+  std::size_t frames = 0;
+  std::size_t timeouts = 0;
+  bool requested_received = false;  // a request asked for a chunk already stored
+};
+
+Transfer serve(std::size_t limit = static_cast<std::size_t>(-1), bool corrupt_first = false) {
+  Transfer t;
+  std::size_t next = 0;
+  static proto::ChunkRequest req;  // 130 bytes; kept off the measured stack
+  while (dev().state() == DeviceState::downloading && t.frames < limit) {
+    if (next == g_transport.count) {
+      if (++t.timeouts > 20) break;
+      g_clock.ms += 60'000;  // beyond any back-off
+      measured([] { dev().tick(); });
+      continue;
+    }
+    const Message& m = g_transport.log[next++];
+    if (m.kind != proto::TopicKind::chunk_request) continue;
+    CHECK(!proto::decode_chunk_request(m.payload, m.len, req));
+    for (std::uint32_t i = req.count; i-- > 0 && t.frames < limit;) {
+      if (!req.wants(i)) continue;
+      const std::uint32_t index = req.first + i;
+      const agent::PersistedState& st = dev().persisted();
+      if ((st.received[index / 8] >> (index % 8)) & 1u) t.requested_received = true;
+      send_chunk(index, corrupt_first && t.frames == 0);
+      ++t.frames;
+    }
+  }
+  return t;
+}
+
+// The last event of `type` the agent published since `from`.
+bool last_event(EventType type, proto::Event& out, std::size_t from = 0) {
+  bool found = false;
+  for (std::size_t i = from; i < g_transport.count; ++i) {
+    const Message& m = g_transport.log[i];
+    if (m.kind != proto::TopicKind::event) continue;
+    proto::Event ev;
+    if (proto::decode_event(m.payload, m.len, ev)) continue;
+    if (ev.type == type) {
+      out = ev;
+      found = true;
+    }
+  }
+  return found;
+}
+
+std::size_t count_kind(proto::TopicKind kind) {
+  std::size_t n = 0;
+  for (std::size_t i = 0; i < g_transport.count; ++i) n += g_transport.log[i].kind == kind;
+  return n;
+}
+
+// ------------------------------------------------------------------------- tests
+
+void test_update_confirmed() {
+  factory_reset();
+  CHECK(count_kind(proto::TopicKind::presence) == 1);  // hello
+  make_offer(OfferSpec{});
+  send_offer();
+  proto::Event ev;
+  CHECK(last_event(EventType::accept, ev) && ev.deployment == "dep-1");
+  CHECK(dev().state() == DeviceState::downloading);
+
+  const Transfer t = serve();
+  CHECK(t.frames == (sizeof g_image + kChunk - 1) / kChunk);
+  CHECK(t.timeouts == 0);
+  CHECK(dev().state() == DeviceState::rebooting);
+  CHECK(g_flash.reset_requested && g_flash.activates == 1);
+  CHECK(std::memcmp(g_flash.inactive_data(), g_image, sizeof g_image) == 0);
+  CHECK(dev().stats().duplicate_chunks == 0 && dev().stats().bad_frames == 0);
+
+  power_cycle();  // trial boot of 1.1.0, self-test passes
+  CHECK(g_flash.confirms == 1);
+  CHECK(g_flash.running_version() == "1.1.0");
+  CHECK(g_flash.counter == 1);
+  CHECK(dev().state() == DeviceState::idle);
+  CHECK(last_event(EventType::result, ev) && ev.success && ev.version == "1.1.0" &&
+        ev.deployment == "dep-1");
+  const std::uint32_t seq = ev.seq;
+
+  // The controller asks again (its copy of the result was lost): same answer, same seq.
+  const std::size_t mark = g_transport.count;
+  send_offer();
+  CHECK(last_event(EventType::result, ev, mark) && ev.success && ev.seq == seq);
+  CHECK(g_flash.begins == 1);
+}
+
+void test_declines() {
+  factory_reset();
+  g_flash.counter = 5;
+  struct Case {
+    OfferSpec spec;
+    bool tamper;
+    ReasonCode expected;
+  };
+  Case cases[6];
+  cases[0].spec.deployment = "dep-tampered";
+  cases[0].tamper = true;
+  cases[0].expected = ReasonCode::bad_signature;
+  cases[1].spec.deployment = "dep-key";
+  cases[1].spec.key = "ffffffffffffffff";
+  cases[1].tamper = false;
+  cases[1].expected = ReasonCode::unknown_key;
+  cases[2].spec.deployment = "dep-hw";
+  cases[2].spec.hw = "other-board";
+  cases[2].tamper = false;
+  cases[2].expected = ReasonCode::wrong_hardware;
+  cases[3].spec.deployment = "dep-old";
+  cases[3].spec.counter = 4;
+  cases[3].tamper = false;
+  cases[3].expected = ReasonCode::downgrade;
+  cases[4].spec.deployment = "dep-same";
+  cases[4].spec.version = "1.0.0";
+  cases[4].spec.counter = 5;
+  cases[4].tamper = false;
+  cases[4].expected = ReasonCode::already_installed;
+  cases[5].spec.deployment = "dep-ok";
+  cases[5].spec.counter = 5;
+  cases[5].tamper = false;
+  cases[5].expected = ReasonCode::ok;
+  for (const Case& c : cases) {
+    make_offer(c.spec);
+    if (c.tamper) g_offer.manifest.counter += 1;  // after signing
+    const std::size_t mark = g_transport.count;
+    send_offer();
+    proto::Event ev;
+    if (c.expected == ReasonCode::ok) {
+      CHECK(last_event(EventType::accept, ev, mark) && ev.deployment == c.spec.deployment);
+    } else {
+      CHECK(last_event(EventType::decline, ev, mark) && ev.reason == c.expected &&
+            ev.deployment == c.spec.deployment);
+      CHECK(g_flash.begins == 0);
+    }
+  }
+  // Busy: another deployment while one is downloading.
+  make_offer(OfferSpec{"dep-busy", "1.2.0", kHw, kTrustedKey, 5, g_image});
+  const std::size_t mark = g_transport.count;
+  send_offer();
+  proto::Event ev;
+  CHECK(last_event(EventType::decline, ev, mark) && ev.reason == ReasonCode::busy);
+  CHECK(g_flash.begins == 1);
+}
+
+void test_corrupt_chunk_and_power_cut() {
+  factory_reset();
+  make_offer(OfferSpec{"dep-3", "1.1.0", kHw, kTrustedKey, 1, g_image});
+  send_offer();
+  Transfer t = serve(9, true);
+  CHECK(t.frames == 9);
+  CHECK(dev().stats().bad_frames == 1);  // the damaged frame was dropped, not written
+  CHECK(dev().state() == DeviceState::downloading);
+
+  g_transport.count = 0;
+  power_cycle();  // power cut in the middle of the download
+  CHECK(dev().state() == DeviceState::downloading);
+  const std::uint32_t kept = dev().persisted().received_chunks;
+  CHECK(kept > 0 && kept < 9);
+  proto::Event ev;
+  t = serve();
+  CHECK(!t.requested_received);  // resumed: asks only for what is missing
+  CHECK(t.frames == (sizeof g_image + kChunk - 1) / kChunk - kept);
+  CHECK(dev().state() == DeviceState::rebooting);
+  CHECK(std::memcmp(g_flash.inactive_data(), g_image, sizeof g_image) == 0);
+}
+
+void test_lost_chunk_rerequested() {
+  factory_reset();
+  make_offer(OfferSpec{"dep-4", "1.1.0", kHw, kTrustedKey, 1, g_image});
+  send_offer();
+  const Transfer t = serve(static_cast<std::size_t>(-1), true);
+  CHECK(t.timeouts >= 1);  // the damaged chunk came back only after a re-request
+  CHECK(dev().state() == DeviceState::rebooting);
+}
+
+void test_hash_mismatch() {
+  factory_reset();
+  fill(g_other_image, sizeof g_other_image, 99);
+  make_offer(OfferSpec{"dep-5", "1.1.0", kHw, kTrustedKey, 1, g_other_image});
+  send_offer();
+  serve();
+  CHECK(dev().state() == DeviceState::idle);
+  proto::Event ev;
+  CHECK(last_event(EventType::result, ev) && !ev.success &&
+        ev.reason == ReasonCode::hash_mismatch && ev.version == "1.0.0");
+  CHECK(g_flash.aborts == 1 && g_flash.activates == 0);
+}
+
+void test_self_test_failure_rolls_back() {
+  factory_reset();
+  make_offer(OfferSpec{"dep-6", "1.1.0", kHw, kTrustedKey, 1, g_image});
+  send_offer();
+  serve();
+  CHECK(dev().state() == DeviceState::rebooting);
+  g_self_test_ok = false;
+  power_cycle();  // trial boot: the self-test fails, the agent resets without confirming
+  CHECK(g_flash.reset_requested && g_flash.confirms == 0);
+  g_self_test_ok = true;
+  power_cycle();  // the bootloader reverts to 1.0.0
+  CHECK(g_flash.running_version() == "1.0.0");
+  CHECK(dev().state() == DeviceState::idle);
+  proto::Event ev;
+  CHECK(last_event(EventType::result, ev) && !ev.success &&
+        ev.reason == ReasonCode::self_test_failed && ev.version == "1.0.0" &&
+        ev.deployment == "dep-6");
+}
+
+void run(const char* name, void (*test)()) {
+  g_test = name;
+  const int before = g_failures;
+  test();
+  fw::print(g_failures == before ? "ok   " : "FAIL ");
+  fw::print(name);
+  fw::print("\n");
+}
+
+}  // namespace
+
+int main() {
+  fill(g_image, sizeof g_image, 7);
+  run("update_confirmed", test_update_confirmed);
+  run("declines", test_declines);
+  run("corrupt_chunk_and_power_cut", test_corrupt_chunk_and_power_cut);
+  run("lost_chunk_rerequested", test_lost_chunk_rerequested);
+  run("hash_mismatch", test_hash_mismatch);
+  run("self_test_failure_rolls_back", test_self_test_failure_rolls_back);
+
+  fw::print("sizeof(Agent) ");
+  print_uint(sizeof(agent::Agent));
+  fw::print(" B (PersistedState ");
+  print_uint(sizeof(agent::PersistedState));
+  fw::print(" B, Offer ");
+  print_uint(sizeof(proto::Offer));
+  fw::print(" B)\nagent stack peak ");
+  print_uint(g_agent_stack_peak);
+  fw::print(" B\n");
+  print_uint(static_cast<std::uint64_t>(g_checks));
+  fw::print(" checks, ");
+  print_uint(static_cast<std::uint64_t>(g_failures));
+  fw::print(" failed\n");
+  return g_failures == 0 ? 0 : 1;
+}
