@@ -24,14 +24,16 @@ constexpr const char* kReasonNames[] = {
     "ok",           "bad_manifest",  "bad_signature", "unknown_key",       "wrong_hardware",
     "downgrade",    "expired",       "unsupported",   "no_space",          "busy",
     "already_installed", "size_mismatch", "hash_mismatch", "flash_error", "self_test_failed",
-    "rolled_back",  "cancelled",     "timeout",       "internal_error",
+    "rolled_back",  "cancelled",     "timeout",       "internal_error",    "low_battery",
+    "not_in_window",
 };
 constexpr std::size_t kReasonCount = sizeof(kReasonNames) / sizeof(kReasonNames[0]);
-static_assert(kReasonCount == static_cast<std::size_t>(ReasonCode::internal_error) + 1,
+static_assert(kReasonCount == static_cast<std::size_t>(kLastReasonCode) + 1,
               "reason name table out of sync");
 
 constexpr const char* kSlotStateNames[] = {"confirmed", "pending", "rolled_back"};
-constexpr const char* kEventTypeNames[] = {"accept", "decline", "progress", "status", "result"};
+constexpr const char* kEventTypeNames[] = {"accept", "decline", "progress",
+                                           "status", "result",  "defer"};
 constexpr const char* kDeviceStateNames[] = {"idle",       "downloading", "verifying",
                                              "installing", "rebooting",   "confirming"};
 constexpr const char* kKindNames[] = {"firmware", "bundle"};
@@ -155,7 +157,19 @@ Error validate_event(const Event& m) {
       if (!fs_text(m.detail)) return err(Errc::bad_value, "detail");
       if (!fs_semver(m.version)) return err(Errc::bad_value, "version");
       break;
+    case EventType::defer:
+      if (static_cast<std::size_t>(m.reason) >= kReasonCount) return err(Errc::bad_value, "reason");
+      if (!fs_text(m.detail)) return err(Errc::bad_value, "detail");
+      break;
   }
+  return kOk;
+}
+
+Error validate_heartbeat(const Heartbeat& m) {
+  if (!fs_id(m.device)) return err(Errc::bad_value, "device");
+  if (static_cast<std::size_t>(m.state) >= count_of(kDeviceStateNames))
+    return err(Errc::bad_value, "state");
+  if (m.uptime > kMaxU53) return err(Errc::bad_value, "uptime");
   return kOk;
 }
 
@@ -608,7 +622,39 @@ Error decode_presence_type(const char* in, std::size_t len, PresenceType& out) {
     out = PresenceType::offline;
     return kOk;
   }
+  if (json::string_equals(d, idx, "heartbeat")) {
+    out = PresenceType::heartbeat;
+    return kOk;
+  }
   return err(Errc::wrong_type, "type");
+}
+
+// ========================================================================= heartbeat
+Error encode_heartbeat(const Heartbeat& m, char* out, std::size_t cap, std::size_t& len) {
+  len = 0;
+  if (Error e = validate_heartbeat(m)) return e;
+  Writer w(out, cap);
+  write_header(w, "heartbeat");
+  w.key("device");
+  put(w, m.device);
+  w.key("state");
+  w.string(device_state_name(m.state));
+  w.key("uptime");
+  w.uint(m.uptime);
+  w.end_object();
+  return finish(w, len);
+}
+
+Error decode_heartbeat(const char* in, std::size_t len, Heartbeat& out) {
+  Doc d;
+  if (Error e = open_message(in, len, d)) return e;
+  if (Error e = expect_type(d, "heartbeat")) return e;
+  if (Error e = req_string(d, 0, "device", "device", out.device)) return e;
+  std::size_t v = 0;
+  if (Error e = req_name(d, 0, "state", "state", kDeviceStateNames, v)) return e;
+  out.state = static_cast<DeviceState>(v);
+  if (Error e = req_u64(d, 0, "uptime", "uptime", out.uptime)) return e;
+  return validate_heartbeat(out);
 }
 
 // ========================================================================= event
@@ -654,6 +700,16 @@ Error encode_event(const Event& m, char* out, std::size_t cap, std::size_t& len)
       w.key("version");
       put(w, m.version);
       break;
+    case EventType::defer:
+      w.key("reason");
+      w.string(reason_name(m.reason));
+      if (!m.detail.empty()) {
+        w.key("detail");
+        put(w, m.detail);
+      }
+      w.key("retry_after");
+      w.uint(m.retry_after);
+      break;
   }
   w.end_object();
   return finish(w, len);
@@ -676,6 +732,7 @@ Error decode_event(const char* in, std::size_t len, Event& out) {
   out.state = DeviceState::idle;
   out.success = false;
   out.version.assign("", 0);
+  out.retry_after = 0;
   std::size_t v = 0;
   switch (out.type) {
     case EventType::accept:
@@ -699,6 +756,12 @@ Error decode_event(const char* in, std::size_t len, Event& out) {
       out.reason = static_cast<ReasonCode>(v);
       if (Error e = opt_string(d, 0, "detail", "detail", out.detail)) return e;
       if (Error e = req_string(d, 0, "version", "version", out.version)) return e;
+      break;
+    case EventType::defer:
+      if (Error e = req_name(d, 0, "reason", "reason", kReasonNames, v)) return e;
+      out.reason = static_cast<ReasonCode>(v);
+      if (Error e = opt_string(d, 0, "detail", "detail", out.detail)) return e;
+      if (Error e = req_u32(d, 0, "retry_after", "retry_after", out.retry_after)) return e;
       break;
   }
   return validate_event(out);

@@ -51,6 +51,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   round_trip<Offer>(in, size, decode_offer, encode_offer);
   round_trip<Cancel>(in, size, decode_cancel, encode_cancel);
   round_trip<Hello>(in, size, decode_hello, encode_hello);
+  round_trip<Heartbeat>(in, size, decode_heartbeat, encode_heartbeat);
   round_trip<Event>(in, size, decode_event, encode_event);
   round_trip<ChunkRequest>(in, size, decode_chunk_request, encode_chunk_request);
 

@@ -60,6 +60,13 @@ Error decode_by_name(const std::string& name, const std::string& data, std::stri
     EXPECT_TRUE(decode_presence_type(data.data(), data.size(), t).ok());
     EXPECT_EQ(t, PresenceType::hello);
     e = encode_hello(m, buf, sizeof(buf), len);
+  } else if (starts_with(name, "heartbeat")) {
+    Heartbeat m;
+    if ((e = decode_heartbeat(data.data(), data.size(), m))) return e;
+    PresenceType t = PresenceType::hello;
+    EXPECT_TRUE(decode_presence_type(data.data(), data.size(), t).ok());
+    EXPECT_EQ(t, PresenceType::heartbeat) << name;
+    e = encode_heartbeat(m, buf, sizeof(buf), len);
   } else if (starts_with(name, "offline") || starts_with(name, "presence")) {
     PresenceType t = PresenceType::hello;
     if ((e = decode_presence_type(data.data(), data.size(), t))) return e;
@@ -114,7 +121,8 @@ TEST(ProtoFixtures, ValidDecodeAndReencode) {
     }
     kinds[name.substr(0, name.find_first_of("_."))]++;
   }
-  for (const char* k : {"offer", "cancel", "hello", "offline", "event", "chunk", "frame"}) {
+  for (const char* k :
+       {"offer", "cancel", "hello", "heartbeat", "offline", "event", "chunk", "frame"}) {
     EXPECT_GT(kinds[k], 0) << "no valid fixture for " << k;
   }
 }

@@ -87,6 +87,7 @@ void expect_event_eq(const Event& a, const Event& b) {
   EXPECT_EQ(a.state, b.state);
   EXPECT_EQ(a.success, b.success);
   EXPECT_EQ(a.version, b.version);
+  EXPECT_EQ(a.retry_after, b.retry_after);
 }
 
 std::string err_str(Error e) { return std::string(errc_name(e.code)) + " " + e.field; }
@@ -408,6 +409,104 @@ TEST(ProtoMessages, EventRoundTripAllTypes) {
   }
 }
 
+TEST(ProtoMessages, DeferRoundTrip) {
+  Event e;
+  e.type = EventType::defer;
+  e.seq = 7;
+  e.deployment.assign("dep-9");
+  e.reason = ReasonCode::low_battery;
+  e.detail.assign("battery 12%");
+  e.retry_after = 4294967295u;
+  char buf[512];
+  std::size_t len = 0;
+  ASSERT_TRUE(encode_event(e, buf, sizeof(buf), len).ok());
+  EXPECT_EQ(std::string(buf, len),
+            "{\"v\":1,\"type\":\"defer\",\"seq\":7,\"deployment\":\"dep-9\","
+            "\"reason\":\"low_battery\",\"detail\":\"battery 12%\",\"retry_after\":4294967295}");
+  Event d;
+  ASSERT_TRUE(decode_event(buf, len, d).ok());
+  expect_event_eq(d, e);
+  // Without detail, retry_after 0 (the controller decides when to offer again).
+  e.detail.assign("");
+  e.reason = ReasonCode::not_in_window;
+  e.retry_after = 0;
+  ASSERT_TRUE(encode_event(e, buf, sizeof(buf), len).ok());
+  EXPECT_EQ(std::string(buf, len),
+            "{\"v\":1,\"type\":\"defer\",\"seq\":7,\"deployment\":\"dep-9\","
+            "\"reason\":\"not_in_window\",\"retry_after\":0}");
+  d.retry_after = 99;
+  ASSERT_TRUE(decode_event(buf, len, d).ok());
+  expect_event_eq(d, e);
+  // retry_after is only a field of defer: other types neither write nor read it.
+  e.type = EventType::decline;
+  e.retry_after = 5;
+  ASSERT_TRUE(encode_event(e, buf, sizeof(buf), len).ok());
+  EXPECT_EQ(std::string(buf, len).find("retry_after"), std::string::npos);
+  auto dec = [&](const std::string& s) { return err_str(decode_event(s.data(), s.size(), d)); };
+  EXPECT_EQ(dec(R"({"v":1,"type":"defer","seq":1,"deployment":"d","reason":"busy"})"),
+            "missing_field retry_after");
+  EXPECT_EQ(dec(R"({"v":1,"type":"defer","seq":1,"deployment":"d","retry_after":1})"),
+            "missing_field reason");
+  EXPECT_EQ(dec(R"({"v":1,"type":"defer","seq":1,"deployment":"d","reason":"busy","retry_after":4294967296})"),
+            "bad_value retry_after");
+  EXPECT_EQ(dec(R"({"v":1,"type":"defer","seq":1,"deployment":"d","reason":"busy","retry_after":"1"})"),
+            "bad_field_type retry_after");
+  EXPECT_EQ(dec(R"({"v":1,"type":"defer","seq":1,"deployment":"d","reason":"sleepy","retry_after":1})"),
+            "bad_value reason");
+  EXPECT_EQ(dec(R"({"v":1,"type":"decline","seq":1,"deployment":"d","reason":"low_battery"})"),
+            "ok ");
+  EXPECT_EQ(d.reason, ReasonCode::low_battery);
+}
+
+TEST(ProtoMessages, HeartbeatRoundTrip) {
+  Heartbeat h;
+  h.device.assign("dev-0001");
+  h.state = DeviceState::downloading;
+  h.uptime = 9007199254740992ull;
+  char buf[256];
+  std::size_t len = 0;
+  ASSERT_TRUE(encode_heartbeat(h, buf, sizeof(buf), len).ok());
+  EXPECT_EQ(std::string(buf, len),
+            "{\"v\":1,\"type\":\"heartbeat\",\"device\":\"dev-0001\",\"state\":\"downloading\","
+            "\"uptime\":9007199254740992}");
+  PresenceType pt = PresenceType::hello;
+  ASSERT_TRUE(decode_presence_type(buf, len, pt).ok());
+  EXPECT_EQ(pt, PresenceType::heartbeat);
+  Heartbeat d;
+  ASSERT_TRUE(decode_heartbeat(buf, len, d).ok());
+  EXPECT_EQ(d.device, "dev-0001");
+  EXPECT_EQ(d.state, DeviceState::downloading);
+  EXPECT_EQ(d.uptime, h.uptime);
+  // A heartbeat is not a hello and vice versa.
+  Hello hello;
+  EXPECT_EQ(err_str(decode_hello(buf, len, hello)), "wrong_type type");
+  auto dec = [&](const std::string& s) { return err_str(decode_heartbeat(s.data(), s.size(), d)); };
+  EXPECT_EQ(dec(R"({"v":1,"type":"offline"})"), "wrong_type type");
+  EXPECT_EQ(dec(R"({"v":1,"type":"heartbeat","device":"d","state":"idle"})"),
+            "missing_field uptime");
+  EXPECT_EQ(dec(R"({"v":1,"type":"heartbeat","device":"d","uptime":1})"), "missing_field state");
+  EXPECT_EQ(dec(R"({"v":1,"type":"heartbeat","state":"idle","uptime":1})"),
+            "missing_field device");
+  EXPECT_EQ(dec(R"({"v":1,"type":"heartbeat","device":"d","state":"napping","uptime":1})"),
+            "bad_value state");
+  EXPECT_EQ(dec(R"({"v":1,"type":"heartbeat","device":"d","state":"idle","uptime":-1})"),
+            "bad_value uptime");
+  EXPECT_EQ(dec(R"({"v":1,"type":"heartbeat","device":"d d","state":"idle","uptime":1})"),
+            "bad_value device");
+  EXPECT_EQ(dec(R"({"v":2,"type":"heartbeat","device":"d","state":"idle","uptime":1})"),
+            "unsupported_version v");
+  EXPECT_EQ(dec(R"({"v":1,"type":"heartbeat","device":"d","state":"idle","uptime":0,"x":[]})"),
+            "ok ");
+  // The encoder validates too and reports a short buffer.
+  h.uptime = (1ull << 53) + 1;
+  EXPECT_EQ(err_str(encode_heartbeat(h, buf, sizeof(buf), len)), "bad_value uptime");
+  h.uptime = 1;
+  h.device.assign("");
+  EXPECT_EQ(err_str(encode_heartbeat(h, buf, sizeof(buf), len)), "bad_value device");
+  h.device.assign("dev-0001");
+  EXPECT_EQ(encode_heartbeat(h, buf, 20, len).code, Errc::buffer_too_small);
+}
+
 TEST(ProtoMessages, EventFieldsOfOtherTypesIgnored) {
   std::string s = R"({"v":1,"type":"accept","seq":1,"deployment":"d","reason":"nonsense","state":5})";
   Event d;
@@ -508,7 +607,17 @@ TEST(ProtoMessages, Names) {
   EXPECT_STREQ(reason_name(ReasonCode::already_installed), "already_installed");
   EXPECT_STREQ(reason_name(ReasonCode::internal_error), "internal_error");
   EXPECT_STREQ(reason_name(static_cast<ReasonCode>(200)), "unknown");
-  for (int i = 0; i <= static_cast<int>(ReasonCode::internal_error); ++i) {
+  EXPECT_STREQ(reason_name(ReasonCode::low_battery), "low_battery");
+  EXPECT_STREQ(reason_name(ReasonCode::not_in_window), "not_in_window");
+  // Appended codes keep the numeric values of the earlier ones (stored in device records).
+  EXPECT_EQ(static_cast<int>(ReasonCode::internal_error), 18);
+  EXPECT_EQ(static_cast<int>(ReasonCode::low_battery), 19);
+  EXPECT_EQ(static_cast<int>(ReasonCode::not_in_window), 20);
+  EXPECT_EQ(static_cast<int>(EventType::result), 4);
+  EXPECT_EQ(static_cast<int>(EventType::defer), 5);
+  EXPECT_STREQ(event_type_name(EventType::defer), "defer");
+  EXPECT_STREQ(reason_name(static_cast<ReasonCode>(21)), "unknown");
+  for (int i = 0; i <= static_cast<int>(kLastReasonCode); ++i) {
     ReasonCode rc = static_cast<ReasonCode>(i);
     const char* n = reason_name(rc);
     ReasonCode back = ReasonCode::ok;

@@ -34,7 +34,8 @@ SEMANTIC_ONLY = {
 MIN_REJECTED = 40
 
 PREFIXES = [("offer", ["offer"]), ("cancel", ["cancel"]), ("hello", ["hello"]),
-            ("offline", ["offline"]), ("presence", ["hello", "offline"]), ("event", ["event"]),
+            ("heartbeat", ["heartbeat"]), ("offline", ["offline"]),
+            ("presence", ["hello", "offline", "heartbeat"]), ("event", ["event"]),
             ("chunk_req", ["chunk_req"])]
 
 
@@ -70,7 +71,7 @@ def main():
             schema = json.load(f)
         jsonschema.Draft202012Validator.check_schema(schema)
         validators[fn[: -len(".schema.json")]] = jsonschema.Draft202012Validator(schema)
-    for needed in ("offer", "cancel", "hello", "offline", "event", "chunk_req"):
+    for needed in ("offer", "cancel", "hello", "heartbeat", "offline", "event", "chunk_req"):
         if needed not in validators:
             print("missing schema", needed)
             return 1

@@ -98,7 +98,11 @@ enum class ReasonCode : std::uint8_t {
   cancelled,
   timeout,
   internal_error,
+  // Appended later (numeric values of the codes above never change).
+  low_battery,    // defer/decline by the device's policy: not enough charge to update now
+  not_in_window,  // defer/decline by the device's policy: outside its maintenance window
 };
+constexpr ReasonCode kLastReasonCode = ReasonCode::not_in_window;
 const char* reason_name(ReasonCode code);
 // Returns false when `name` is not a documented reason code.
 bool reason_from_name(const char* name, std::size_t len, ReasonCode& out);
@@ -172,7 +176,7 @@ struct Hello {  // topic .../up/presence, "type":"hello"
 
 // Last will, topic .../up/presence, "type":"offline". No fields besides v and type.
 
-enum class EventType : std::uint8_t { accept = 0, decline, progress, status, result };
+enum class EventType : std::uint8_t { accept = 0, decline, progress, status, result, defer };
 const char* event_type_name(EventType t);
 
 enum class DeviceState : std::uint8_t {
@@ -185,15 +189,17 @@ enum class DeviceState : std::uint8_t {
 };
 const char* device_state_name(DeviceState s);
 
-// Topic .../up/event. One struct for the five event types; fields unused by a type are
+// Topic .../up/event. One struct for the six event types; fields unused by a type are
 // neither encoded nor decoded.
 struct Event {
   EventType type = EventType::status;
   std::uint32_t seq = 0;  // per-device, increases by one per event, persisted on the device
   Id deployment;
-  // decline, result
+  // decline, result, defer
   ReasonCode reason = ReasonCode::ok;
   Reason detail;  // optional human text
+  // defer: seconds after which the controller may offer again (0 = the controller decides)
+  std::uint32_t retry_after = 0;
   // progress
   std::uint64_t received = 0;
   std::uint64_t total = 0;
@@ -235,8 +241,18 @@ Error decode_event(const char* in, std::size_t len, Event& out);
 Error encode_chunk_request(const ChunkRequest& m, char* out, std::size_t cap, std::size_t& len);
 Error decode_chunk_request(const char* in, std::size_t len, ChunkRequest& out);
 
-// Presence topic carries either hello or offline; tells which without a full decode.
-enum class PresenceType : std::uint8_t { hello, offline };
+// Topic .../up/presence, "type":"heartbeat": sent every few minutes while connected, QoS 0,
+// not retained (the retained hello stays the presence record).
+struct Heartbeat {
+  Id device;
+  DeviceState state = DeviceState::idle;  // the agent's state now
+  std::uint64_t uptime = 0;               // seconds since the agent booted
+};
+Error encode_heartbeat(const Heartbeat& m, char* out, std::size_t cap, std::size_t& len);
+Error decode_heartbeat(const char* in, std::size_t len, Heartbeat& out);
+
+// Presence topic carries hello, heartbeat or offline; tells which without a full decode.
+enum class PresenceType : std::uint8_t { hello, offline, heartbeat };
 Error decode_presence_type(const char* in, std::size_t len, PresenceType& out);
 
 // Semantic version check and ordering (MAJOR.MINOR.PATCH, optional -pre/+build).
