@@ -9,6 +9,7 @@ packages=(
   libcli11-dev libcpp-httplib-dev
   libgtest-dev libgmock-dev googletest libbenchmark-dev
   python3 python3-jsonschema
+  gcc-arm-none-eabi libnewlib-arm-none-eabi libstdc++-arm-none-eabi-newlib qemu-system-arm
 )
 missing=()
 for p in "${packages[@]}"; do
