@@ -175,7 +175,7 @@ ota::agent::AgentConfig make_config() {
   c.hw_model = "m4-board";
   c.groups = kGroups;
   c.group_count = 1;
-  c.window_chunks = 8;  // keeps the broker's per-client queue within a small MQTT buffer
+  c.window_chunks = 8;  // enough to stream; few enough for a small MCU's TCP receive window
   c.self_test = self_test;
   return c;
 }
