@@ -38,7 +38,9 @@ int main(int argc, char** argv) {
   std::string id_prefix = "sim";
   std::string pki, data;
   DeviceOptions base;
-  std::string fail_self_test, drop_ids, crash_ids, corrupt_ids;
+  std::string fail_self_test, drop_ids, crash_ids, corrupt_ids, defer_ids, decline_ids;
+  std::string decline_reason = "low_battery";
+  std::uint32_t defer_count = 1;
   int drop_at = 50, crash_at = 50;
   std::int64_t corrupt_offset = 0;
   int status_ms = 0;
@@ -67,11 +69,31 @@ int main(int argc, char** argv) {
   app.add_option("--corrupt-offset", corrupt_offset, "image offset of the corrupted byte")->capture_default_str();
   app.add_option("--flash-write-delay-us", base.flash_write_delay_us,
                  "simulate slow flash: pause per chunk write")->capture_default_str();
+  app.add_option("--heartbeat-ms", base.heartbeat_interval_ms,
+                 "heartbeat on the presence topic every N ms while connected (0: never)")
+      ->capture_default_str();
+  app.add_option("--defer-ids", defer_ids,
+                 "ids whose offer policy defers the first --defer-count offers of every deployment "
+                 "(reason busy, retry_after 1)");
+  app.add_option("--defer-count", defer_count, "offers per deployment --defer-ids defer")
+      ->capture_default_str();
+  app.add_option("--decline-ids", decline_ids, "ids whose offer policy declines every offer");
+  app.add_option("--decline-reason", decline_reason, "reason code --decline-ids decline with")
+      ->capture_default_str()
+      ->check([](const std::string& name) {
+        ota::proto::ReasonCode rc;
+        return ota::proto::reason_from_name(name.c_str(), name.size(), rc)
+                   ? std::string()
+                   : "unknown reason code '" + name + "' (see proto/PROTOCOL.md section 11)";
+      });
   app.add_option("--status-ms", status_ms, "print a status line every N ms (0: never)");
   CLI11_PARSE(app, argc, argv);
 
   const auto fail_set = split_ids(fail_self_test), drop_set = split_ids(drop_ids),
-             crash_set = split_ids(crash_ids), corrupt_set = split_ids(corrupt_ids);
+             crash_set = split_ids(crash_ids), corrupt_set = split_ids(corrupt_ids),
+             defer_set = split_ids(defer_ids), decline_set = split_ids(decline_ids);
+  ota::proto::ReasonCode decline_rc = ota::proto::ReasonCode::low_battery;
+  ota::proto::reason_from_name(decline_reason.c_str(), decline_reason.size(), decline_rc);
   base.mqtt.ca_file = pki + "/ca.crt";
   base.trusted_keys.push_back(pki + "/release.pub");
   std::vector<std::unique_ptr<DeviceRunner>> devices;
@@ -92,6 +114,11 @@ int main(int argc, char** argv) {
     if (drop_set.count(id)) o.drop_at_percent = drop_at;
     if (crash_set.count(id)) o.crash_at_percent = crash_at;
     if (corrupt_set.count(id)) o.corrupt_write_offset = corrupt_offset;
+    if (defer_set.count(id)) o.defer_offers = defer_count;
+    if (decline_set.count(id)) {
+      o.decline_offers = true;
+      o.decline_reason = decline_rc;
+    }
     devices.push_back(std::make_unique<DeviceRunner>(o));
   }
   ::mkdir(data.c_str(), 0700);

@@ -132,6 +132,8 @@ void Agent::boot() {
   st_.seq += kSeqBootMargin;
   if (flash_.read_state(image_) != PortStatus::ok) image_ = ImageState{};
   reset_requested_ = false;
+  boot_ms_ = clock_.now_ms();
+  last_heartbeat_ms_ = boot_ms_;
   reset_transfer_memory();
 
   switch (st_.state) {
@@ -221,6 +223,7 @@ void Agent::on_message(const char* topic, const std::uint8_t* payload, std::size
 }
 
 void Agent::tick() {
+  maybe_send_heartbeat();
   if (st_.state != DeviceState::downloading) return;
   advance_hash(kHashCatchUpPerCall);
   if (!transport_.connected()) {
@@ -293,6 +296,20 @@ void Agent::handle_offer(const std::uint8_t* payload, std::size_t len) {
     record_outcome(proto::EventType::decline, offer.deployment, false, reason);
     return;
   }
+  // Every check passed: the integrator decides whether now is a good time.
+  if (cfg_.offer_policy != nullptr) {
+    const OfferDecision d = cfg_.offer_policy(cfg_.offer_policy_ctx, offer.manifest);
+    if (d.answer == OfferAnswer::decline) {
+      record_outcome(proto::EventType::decline, offer.deployment, false,
+                     d.reason == ReasonCode::ok ? ReasonCode::internal_error : d.reason);
+      return;
+    }
+    if (d.answer == OfferAnswer::defer) {
+      defer(offer.deployment, d.reason == ReasonCode::ok ? ReasonCode::busy : d.reason,
+            d.retry_after_s);
+      return;
+    }
+  }
   st_.deployment = offer.deployment;
   st_.manifest = offer.manifest;
   st_.received_chunks = 0;
@@ -319,6 +336,31 @@ void Agent::decline(const proto::Id& deployment, ReasonCode reason) {
   ev.deployment = deployment;
   ev.reason = reason;
   send_event(ev);
+}
+
+// Not now: no outcome is kept, so the same deployment offered again asks the policy again.
+void Agent::defer(const proto::Id& deployment, ReasonCode reason, std::uint32_t retry_after_s) {
+  proto::Event ev;
+  ev.type = proto::EventType::defer;
+  ev.deployment = deployment;
+  ev.reason = reason;
+  ev.retry_after = retry_after_s;
+  send_event(ev);
+}
+
+// Liveness only: QoS 0, not retained (the retained hello stays), no seq, no storage write.
+void Agent::maybe_send_heartbeat() {
+  if (cfg_.heartbeat_interval_ms == 0 || !transport_.connected()) return;
+  const std::uint64_t now = clock_.now_ms();
+  if (now - last_heartbeat_ms_ < cfg_.heartbeat_interval_ms) return;
+  proto::Heartbeat hb;
+  hb.device.assign(cfg_.device_id);
+  hb.state = st_.state;
+  hb.uptime = (now - boot_ms_) / 1000u;
+  std::size_t len = 0;
+  if (proto::encode_heartbeat(hb, msg_, sizeof msg_, len)) return;
+  if (publish(proto::TopicKind::presence, msg_, len, 0, false)) ++stats_.heartbeats;
+  last_heartbeat_ms_ = now;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -498,7 +540,7 @@ void Agent::request_chunks(bool restart_window) {
     req.count = span;
     std::size_t len = 0;
     if (proto::encode_chunk_request(req, msg_, sizeof msg_, len)) return;
-    publish(proto::TopicKind::chunk_request, msg_, len, false);
+    publish(proto::TopicKind::chunk_request, msg_, len, 1, false);
     ++stats_.requests_sent;
     outstanding_ += wanted;
   }
@@ -584,10 +626,11 @@ void Agent::maybe_report_progress() {
 // ---------------------------------------------------------------------------------------
 // Reporting and persistence
 
-bool Agent::publish(proto::TopicKind kind, const char* data, std::size_t len, bool retain) {
+bool Agent::publish(proto::TopicKind kind, const char* data, std::size_t len, int qos,
+                    bool retain) {
   char topic[proto::kMaxTopicLen];
   if (proto::make_topic(cfg_.prefix, kind, cfg_.device_id, topic, sizeof topic) == 0) return false;
-  return transport_.connected() && transport_.publish(topic, data, len, 1, retain);
+  return transport_.connected() && transport_.publish(topic, data, len, qos, retain);
 }
 
 void Agent::send_event(proto::Event& ev) {
@@ -595,7 +638,7 @@ void Agent::send_event(proto::Event& ev) {
   persist();  // a sequence number is never reused, even across a power cut
   std::size_t len = 0;
   if (proto::encode_event(ev, msg_, sizeof msg_, len)) return;
-  publish(proto::TopicKind::event, msg_, len, false);
+  publish(proto::TopicKind::event, msg_, len, 1, false);
 }
 
 void Agent::send_status(DeviceState s) {
@@ -629,7 +672,7 @@ void Agent::send_hello() {
   }
   std::size_t len = 0;
   if (proto::encode_hello(h, msg_, sizeof msg_, len)) return;
-  publish(proto::TopicKind::presence, msg_, len, true);
+  publish(proto::TopicKind::presence, msg_, len, 1, true);
 }
 
 void Agent::set_result(bool ok, ReasonCode reason) {
@@ -677,7 +720,7 @@ bool Agent::send_outcome(Outcome& o) {
   ev.version = o.version;
   std::size_t len = 0;
   if (proto::encode_event(ev, msg_, sizeof msg_, len)) return false;
-  if (!publish(proto::TopicKind::event, msg_, len, false)) return false;
+  if (!publish(proto::TopicKind::event, msg_, len, 1, false)) return false;
   if (o.unsent) {
     o.unsent = false;
     persist();

@@ -1003,5 +1003,229 @@ TEST_F(AgentTest, ResultIsSentOnceWhenBackOnline) {
   EXPECT_EQ(events_of(EventType::result).size(), 1u);
 }
 
+// ------------------------------------------------------------------ heartbeat, offer policy
+
+TEST_F(AgentTest, HeartbeatEveryIntervalWithoutSeqOrStorageWrites) {
+  cfg_.heartbeat_interval_ms = 10'000;
+  start();
+  const int saves = storage_.saves;
+  const std::uint32_t seq = agent_->persisted().seq;
+  const std::size_t from = transport_.published.size();
+  clock_.advance_ms(9'999);
+  agent_->tick();
+  EXPECT_TRUE(transport_.heartbeats(from).empty()) << "heartbeat before its interval";
+  clock_.advance_ms(1);
+  agent_->tick();
+  auto hbs = transport_.heartbeats(from);
+  ASSERT_EQ(hbs.size(), 1u);
+  EXPECT_EQ(transport_.published[hbs[0].index].topic, "ota/v1/dev/dev-1/up/presence");
+  EXPECT_EQ(hbs[0].qos, 0);
+  EXPECT_FALSE(hbs[0].retain) << "a retained heartbeat would replace the retained hello";
+  EXPECT_EQ(hbs[0].hb.device, kDevice);
+  EXPECT_EQ(hbs[0].hb.state, DeviceState::idle);
+  EXPECT_EQ(hbs[0].hb.uptime, 10u);
+  // Ticks in between send nothing; the next one comes one interval later.
+  for (int i = 0; i < 9; ++i) {
+    clock_.advance_ms(1'000);
+    agent_->tick();
+  }
+  EXPECT_EQ(transport_.heartbeats(from).size(), 1u);
+  clock_.advance_ms(1'000);
+  agent_->tick();
+  hbs = transport_.heartbeats(from);
+  ASSERT_EQ(hbs.size(), 2u);
+  EXPECT_EQ(hbs[1].hb.uptime, 20u);
+  // Offline: nothing is queued; the first tick after reconnecting sends one.
+  transport_.connected_ = false;
+  clock_.advance_ms(35'000);
+  agent_->tick();
+  transport_.connected_ = true;
+  agent_->tick();
+  hbs = transport_.heartbeats(from);
+  ASSERT_EQ(hbs.size(), 3u);
+  EXPECT_EQ(hbs[2].hb.uptime, 55u);
+  // The state shown is the agent's: downloading once an update runs.
+  send_offer(offer_for(image_));
+  ASSERT_EQ(agent_->state(), DeviceState::downloading);
+  const int saves_before_hb = storage_.saves;
+  const std::uint32_t seq_before_hb = agent_->persisted().seq;
+  clock_.advance_ms(10'000);
+  agent_->tick();
+  hbs = transport_.heartbeats(from);
+  ASSERT_EQ(hbs.size(), 4u);
+  EXPECT_EQ(hbs[3].hb.state, DeviceState::downloading);
+  // No event sequence number and no storage write for any heartbeat (flash wear).
+  EXPECT_EQ(agent_->stats().heartbeats, 4u);
+  EXPECT_GE(saves_before_hb, saves);
+  EXPECT_EQ(storage_.saves - saves_before_hb, 0) << "a heartbeat wrote the record";
+  EXPECT_EQ(agent_->persisted().seq, seq_before_hb);
+  EXPECT_EQ(transport_.hellos(from).size(), 0u);
+  (void)seq;
+}
+
+TEST_F(AgentTest, HeartbeatIntervalZeroNeverSends) {
+  cfg_.heartbeat_interval_ms = 0;
+  start();
+  for (int i = 0; i < 10; ++i) {
+    clock_.advance_ms(3'600'000);
+    agent_->tick();
+  }
+  EXPECT_TRUE(transport_.heartbeats().empty());
+  EXPECT_EQ(agent_->stats().heartbeats, 0u);
+}
+
+// A scripted integrator policy that records what it was asked.
+struct PolicyScript {
+  std::vector<OfferDecision> answers;  // consumed in order; accept when exhausted
+  std::vector<std::string> asked;      // versions of the manifests it saw
+  static OfferDecision call(void* ctx, const proto::Manifest& m) {
+    auto* self = static_cast<PolicyScript*>(ctx);
+    self->asked.emplace_back(m.version.c_str());
+    if (self->asked.size() > self->answers.size()) return OfferDecision{};
+    return self->answers[self->asked.size() - 1];
+  }
+};
+
+OfferDecision decision(OfferAnswer a, ReasonCode r, std::uint32_t retry = 0) {
+  OfferDecision d;
+  d.answer = a;
+  d.reason = r;
+  d.retry_after_s = retry;
+  return d;
+}
+
+TEST_F(AgentTest, PolicyDeclineIsAFinalOutcomeRepeatedOnReOffer) {
+  PolicyScript policy;
+  policy.answers = {decision(OfferAnswer::decline, ReasonCode::low_battery)};
+  cfg_.offer_policy = &PolicyScript::call;
+  cfg_.offer_policy_ctx = &policy;
+  start();
+  const proto::Offer offer = offer_for(image_);
+  // expect_declined() also sends the offer a second time: same event, same seq, and the
+  // policy is not asked again (the decline is final, like a failed check).
+  expect_declined(offer, ReasonCode::low_battery);
+  EXPECT_EQ(policy.asked, std::vector<std::string>{"1.1.0"});
+  // It survives a reboot like any final outcome.
+  const auto first = events_of(EventType::decline);
+  ASSERT_FALSE(first.empty());
+  reboot();
+  const std::size_t from = transport_.published.size();
+  send_offer(offer);
+  const auto again = events_of(EventType::decline, from);
+  ASSERT_EQ(again.size(), 1u);
+  EXPECT_EQ(again[0].seq, first[0].seq);
+  EXPECT_EQ(again[0].reason, ReasonCode::low_battery);
+  EXPECT_EQ(policy.asked.size(), 1u);
+  EXPECT_TRUE(events_of(EventType::defer).empty());
+}
+
+TEST_F(AgentTest, PolicyDeclineWithoutReasonIsSentAsInternalError) {
+  PolicyScript policy;
+  policy.answers = {decision(OfferAnswer::decline, ReasonCode::ok)};
+  cfg_.offer_policy = &PolicyScript::call;
+  cfg_.offer_policy_ctx = &policy;
+  start();
+  expect_declined(offer_for(image_), ReasonCode::internal_error);
+}
+
+TEST_F(AgentTest, PolicyDeferIsNotRecordedAndTheReOfferAsksAgainThenCompletes) {
+  PolicyScript policy;
+  policy.answers = {decision(OfferAnswer::defer, ReasonCode::not_in_window, 900),
+                    decision(OfferAnswer::defer, ReasonCode::ok, 0)};
+  cfg_.offer_policy = &PolicyScript::call;
+  cfg_.offer_policy_ctx = &policy;
+  start();
+  const proto::Offer offer = offer_for(image_);
+  const int saves = storage_.saves;
+  std::size_t from = transport_.published.size();
+  send_offer(offer);
+  auto evs = transport_.events(from);
+  ASSERT_EQ(evs.size(), 1u);
+  EXPECT_EQ(evs[0].type, EventType::defer);
+  EXPECT_EQ(evs[0].deployment, "dep-1");
+  EXPECT_EQ(evs[0].reason, ReasonCode::not_in_window);
+  EXPECT_EQ(evs[0].retry_after, 900u);
+  const std::uint32_t first_seq = evs[0].seq;
+  EXPECT_EQ(agent_->state(), DeviceState::idle);
+  EXPECT_FALSE(agent_->has_unsent_outcome());
+  for (const auto& o : agent_->persisted().outcomes) EXPECT_TRUE(o.deployment.empty());
+  EXPECT_EQ(flash_.counts().begin, 0);
+  EXPECT_EQ(transport_.count(proto::TopicKind::chunk_request, from), 0u);
+  EXPECT_EQ(saves + 1, storage_.saves) << "a defer saves only its sequence number";
+
+  // The controller offers again later (after a reboot, too): the policy is asked again.
+  reboot();
+  from = transport_.published.size();
+  send_offer(offer);
+  evs = transport_.events(from);
+  ASSERT_EQ(evs.size(), 1u);
+  EXPECT_EQ(evs[0].type, EventType::defer);
+  EXPECT_EQ(evs[0].reason, ReasonCode::busy);  // a defer without a reason says busy
+  EXPECT_EQ(evs[0].retry_after, 0u);
+  EXPECT_GT(evs[0].seq, first_seq);
+  EXPECT_EQ(policy.asked.size(), 2u);
+
+  // Third time it accepts: the update runs to the end and is reported once.
+  from = transport_.published.size();
+  send_offer(offer);
+  EXPECT_EQ(policy.asked.size(), 3u);
+  ASSERT_EQ(agent_->state(), DeviceState::downloading);
+  ASSERT_EQ(events_of(EventType::accept, from).size(), 1u);
+  ChunkServer server(image_, offer.manifest.chunk_size, offer.manifest.image.c_str());
+  serve(server);
+  ASSERT_TRUE(agent_->reset_requested());
+  reboot();
+  expect_single_result(true, ReasonCode::ok, "1.1.0", from);
+  EXPECT_EQ(running_version(), "1.1.0");
+  expect_seq_increasing();
+  // Offers after the result repeat the result and do not ask the policy.
+  const std::size_t after = transport_.published.size();
+  send_offer(offer);
+  EXPECT_EQ(events_of(EventType::result, after).size(), 1u);
+  EXPECT_EQ(policy.asked.size(), 3u);
+}
+
+TEST_F(AgentTest, PolicyIsNeverAskedAboutAnOfferThatFailsACheck) {
+  PolicyScript policy;
+  policy.answers = {decision(OfferAnswer::defer, ReasonCode::busy, 1)};
+  cfg_.offer_policy = &PolicyScript::call;
+  cfg_.offer_policy_ctx = &policy;
+  start();
+  proto::Offer bad_sig = offer_for(image_);
+  bad_sig.manifest.sig.data[10] = bad_sig.manifest.sig.data[10] == '0' ? '1' : '0';
+  expect_declined(bad_sig, ReasonCode::bad_signature);
+  OfferOptions opt;
+  opt.deployment = "dep-hw";
+  opt.hw = "other-board";
+  expect_declined(offer_for(image_, opt), ReasonCode::wrong_hardware);
+  opt = OfferOptions{};
+  opt.deployment = "dep-same";
+  opt.version = "1.0.0";
+  expect_declined(offer_for(image_, opt), ReasonCode::already_installed);
+  flash_.set_capacity(kImageSize - 1);
+  opt = OfferOptions{};
+  opt.deployment = "dep-big";
+  expect_declined(offer_for(image_, opt), ReasonCode::no_space);
+  EXPECT_TRUE(policy.asked.empty());
+  // Nor while another deployment is running (that one is declined busy by the agent).
+  flash_.set_capacity(1u << 20);
+  opt = OfferOptions{};
+  opt.deployment = "dep-ok";
+  const proto::Offer good = offer_for(image_, opt);
+  send_offer(good);  // asked: defers
+  ASSERT_EQ(policy.asked.size(), 1u);
+  send_offer(good);  // asked: accepts
+  ASSERT_EQ(agent_->state(), DeviceState::downloading);
+  opt = OfferOptions{};
+  opt.deployment = "dep-2";
+  opt.version = "1.2.0";
+  const std::size_t from = transport_.published.size();
+  send_offer(make_offer(signer_, image_, opt));
+  const auto busy = events_of(EventType::decline, from);
+  ASSERT_EQ(busy.size(), 1u);
+  EXPECT_EQ(busy[0].reason, ReasonCode::busy);
+  EXPECT_EQ(policy.asked.size(), 2u);
+}
+
 }  // namespace
 }  // namespace ota::agent::test

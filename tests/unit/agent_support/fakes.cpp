@@ -225,11 +225,42 @@ std::vector<proto::Hello> ScriptedTransport::hellos(std::size_t from) const {
   for (std::size_t i = from; i < published.size(); ++i) {
     const auto& p = published[i];
     if (p.kind != proto::TopicKind::presence) continue;
+    proto::PresenceType type = proto::PresenceType::hello;
+    const char* text = reinterpret_cast<const char*>(p.payload.data());
+    if (!proto::decode_presence_type(text, p.payload.size(), type) &&
+        type != proto::PresenceType::hello) {
+      continue;  // heartbeat (or offline)
+    }
     proto::Hello h;
     const proto::Error e =
         proto::decode_hello(reinterpret_cast<const char*>(p.payload.data()), p.payload.size(), h);
     if (e) {
       ADD_FAILURE() << "undecodable hello: " << proto::errc_name(e.code) << " " << e.field;
+      continue;
+    }
+    out.push_back(h);
+  }
+  return out;
+}
+
+std::vector<ScriptedTransport::HeartbeatSeen> ScriptedTransport::heartbeats(std::size_t from) const {
+  std::vector<HeartbeatSeen> out;
+  for (std::size_t i = from; i < published.size(); ++i) {
+    const auto& p = published[i];
+    if (p.kind != proto::TopicKind::presence) continue;
+    const char* text = reinterpret_cast<const char*>(p.payload.data());
+    proto::PresenceType type = proto::PresenceType::hello;
+    if (proto::decode_presence_type(text, p.payload.size(), type) ||
+        type != proto::PresenceType::heartbeat) {
+      continue;
+    }
+    HeartbeatSeen h;
+    h.qos = p.qos;
+    h.retain = p.retain;
+    h.index = i;
+    const proto::Error e = proto::decode_heartbeat(text, p.payload.size(), h.hb);
+    if (e) {
+      ADD_FAILURE() << "undecodable heartbeat: " << proto::errc_name(e.code) << " " << e.field;
       continue;
     }
     out.push_back(h);

@@ -158,7 +158,14 @@ class ScriptedTransport final : public Transport {
 
   // Decoded views (decode failures make the test fail via ADD_FAILURE in the .cpp).
   std::vector<proto::Event> events(std::size_t from = 0) const;
-  std::vector<proto::Hello> hellos(std::size_t from = 0) const;
+  std::vector<proto::Hello> hellos(std::size_t from = 0) const;  // heartbeats skipped
+  struct HeartbeatSeen {
+    proto::Heartbeat hb;
+    int qos = 0;
+    bool retain = false;
+    std::size_t index = 0;  // in `published`
+  };
+  std::vector<HeartbeatSeen> heartbeats(std::size_t from = 0) const;
   std::vector<proto::ChunkRequest> chunk_requests(std::size_t from = 0) const;
   std::size_t count(proto::TopicKind kind, std::size_t from = 0) const;
 

@@ -38,6 +38,21 @@ constexpr std::size_t kHashReadBuffer = OTA_AGENT_HASH_READ_BUFFER;
 // Integrator hook run after booting a new image on trial; return true when the image works.
 using SelfTest = bool (*)(void* ctx);
 
+// Integrator policy for offers that passed every check (signature, key, hardware, counter,
+// expiry, kind, version, size, busy): accept now, decline for good, or defer ("not now").
+enum class OfferAnswer : std::uint8_t { accept, decline, defer };
+struct OfferDecision {
+  OfferAnswer answer = OfferAnswer::accept;
+  // decline/defer: the reason sent (e.g. low_battery, not_in_window, busy). A decline with
+  // `ok` is sent as internal_error, a defer with `ok` as busy.
+  proto::ReasonCode reason = proto::ReasonCode::ok;
+  std::uint32_t retry_after_s = 0;  // defer: when the controller may offer again (0: it decides)
+};
+// Called before anything of the offer is written. A decline is a final answer (kept and
+// repeated like a failed check); a defer is not recorded: the agent stays idle and asks again
+// when the controller offers the same deployment again.
+using OfferPolicy = OfferDecision (*)(void* ctx, const proto::Manifest& manifest);
+
 struct AgentConfig {
   const char* prefix = proto::kDefaultPrefix;
   const char* device_id = "";
@@ -51,6 +66,11 @@ struct AgentConfig {
   std::uint32_t progress_step_percent = 5;  // progress event granularity
   SelfTest self_test = nullptr;             // nullptr: the image is considered healthy
   void* self_test_ctx = nullptr;
+  // Liveness: a heartbeat on the presence topic (QoS 0, not retained) every interval while
+  // connected; 0 = never. It uses no event sequence number and writes no storage.
+  std::uint32_t heartbeat_interval_ms = 60000;
+  OfferPolicy offer_policy = nullptr;  // nullptr: accept every offer that passed the checks
+  void* offer_policy_ctx = nullptr;
 };
 
 // Why a trigger fired is kept in the agent (reason_) so the table stays small.
@@ -109,6 +129,7 @@ struct AgentStats {
   std::uint64_t requests_sent = 0;
   std::uint64_t timeouts = 0;
   std::uint64_t bad_messages = 0;     // undecodable offers/cancels
+  std::uint64_t heartbeats = 0;       // heartbeats handed to the transport
 };
 
 class Agent {
@@ -161,6 +182,8 @@ class Agent {
   void handle_chunk(const std::uint8_t* payload, std::size_t len);
   proto::ReasonCode check_offer(const proto::Offer& offer);
   void decline(const proto::Id& deployment, proto::ReasonCode reason);
+  void defer(const proto::Id& deployment, proto::ReasonCode reason, std::uint32_t retry_after_s);
+  void maybe_send_heartbeat();
 
   void request_chunks(bool restart_window);
   void advance_hash(std::size_t budget_bytes);
@@ -181,7 +204,7 @@ class Agent {
   void set_result(bool ok, proto::ReasonCode reason);
   std::uint32_t effective_timeout_ms() const;
   void persist();
-  bool publish(proto::TopicKind kind, const char* data, std::size_t len, bool retain);
+  bool publish(proto::TopicKind kind, const char* data, std::size_t len, int qos, bool retain);
 
   const AgentConfig cfg_;
   FlashPort& flash_;
@@ -195,6 +218,8 @@ class Agent {
   proto::ReasonCode reason_ = proto::ReasonCode::ok;
   proto::Offer offer_scratch_;  // decoded offer (too big for a firmware stack)
   bool reset_requested_ = false;
+  std::uint64_t boot_ms_ = 0;            // clock at boot(): uptime in heartbeats
+  std::uint64_t last_heartbeat_ms_ = 0;  // last heartbeat sent (or boot)
 
   // Transfer (RAM only; rebuilt from st_.received after a restart).
   Sha256State sha_;

@@ -31,6 +31,9 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--window", opt.window_chunks, "chunks requested ahead")->capture_default_str()
       ->check(CLI::Range(1, 256));
+  app.add_option("--heartbeat-ms", opt.heartbeat_interval_ms,
+                 "heartbeat on the presence topic every N ms while connected (0: never)")
+      ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
 
   std::signal(SIGINT, on_signal);

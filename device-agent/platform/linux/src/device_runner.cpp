@@ -33,6 +33,35 @@ void DeviceRunner::set_running_version(const char* v) {
   if (version_ != v) version_ = v;
 }
 
+// Deferrals are counted per deployment: the runner notes the deployment id of the offer it
+// hands to the agent (the policy itself only sees the signed manifest).
+OfferDecision DeviceRunner::offer_policy(void* self, const proto::Manifest&) {
+  auto* r = static_cast<DeviceRunner*>(self);
+  OfferDecision d;
+  if (r->opt_.decline_offers) {
+    d.answer = OfferAnswer::decline;
+    d.reason = r->opt_.decline_reason;
+    return d;
+  }
+  std::uint32_t& n = r->deferred_[r->offer_deployment_];
+  if (n < r->opt_.defer_offers) {
+    ++n;
+    d.answer = OfferAnswer::defer;
+    d.reason = proto::ReasonCode::busy;
+    d.retry_after_s = 1;
+  }
+  return d;
+}
+
+void DeviceRunner::note_offer(const char* topic, const std::uint8_t* payload, std::size_t len) {
+  const proto::TopicKind kind = proto::parse_topic(opt_.prefix.c_str(), topic, nullptr, nullptr);
+  if (kind != proto::TopicKind::offer && kind != proto::TopicKind::group_offer) return;
+  auto offer = std::make_unique<proto::Offer>();
+  if (!proto::decode_offer(reinterpret_cast<const char*>(payload), len, *offer)) {
+    offer_deployment_ = offer->deployment.c_str();
+  }
+}
+
 bool DeviceRunner::run(const std::atomic<bool>& stop, std::string& error) {
   if (!proto::valid_id(opt_.device_id.c_str(), opt_.device_id.size())) {
     error = "invalid device id '" + opt_.device_id + "' (1-64 of [A-Za-z0-9._-])";
@@ -56,6 +85,11 @@ bool DeviceRunner::run(const std::atomic<bool>& stop, std::string& error) {
   cfg.request_timeout_ms = opt_.request_timeout_ms;
   cfg.checkpoint_chunks = opt_.checkpoint_chunks;
   if (opt_.fail_self_test) cfg.self_test = &fail_self_test_hook;
+  cfg.heartbeat_interval_ms = opt_.heartbeat_interval_ms;
+  if (opt_.decline_offers || opt_.defer_offers > 0) {
+    cfg.offer_policy = &DeviceRunner::offer_policy;
+    cfg.offer_policy_ctx = this;
+  }
 
   MqttSettings mqtt = opt_.mqtt;
   mqtt.client_id = opt_.device_id;
@@ -100,6 +134,7 @@ bool DeviceRunner::run(const std::atomic<bool>& stop, std::string& error) {
     if (agent->reset_requested()) continue;
     transport->set_handlers([&] { agent->on_connected(); },
                             [&](const char* t, const std::uint8_t* p, std::size_t n) {
+                              if (cfg.offer_policy != nullptr) note_offer(t, p, n);
                               agent->on_message(t, p, n);
                             });
     if (!transport->start(error)) return false;

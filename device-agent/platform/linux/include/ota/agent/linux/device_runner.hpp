@@ -2,9 +2,12 @@
 
 #include <atomic>
 #include <cstdint>
+#include <map>
 #include <mutex>
 #include <string>
 #include <vector>
+
+#include "ota/agent/agent.hpp"
 
 #include "ota/agent/linux/mosquitto_transport.hpp"
 
@@ -24,7 +27,14 @@ struct DeviceOptions {
   std::uint32_t window_chunks = 64;
   std::uint32_t request_timeout_ms = 2000;
   std::uint32_t checkpoint_chunks = 64;
+  std::uint32_t heartbeat_interval_ms = 60000;  // 0 = no heartbeats
   unsigned flash_write_delay_us = 0;  // simulate slow flash
+  // Offer policy (what an integrator's battery/maintenance-window check would answer):
+  // defer the first `defer_offers` offers of every deployment (reason busy, retry after 1 s),
+  // and/or decline every offer with `decline_reason`.
+  std::uint32_t defer_offers = 0;
+  bool decline_offers = false;
+  proto::ReasonCode decline_reason = proto::ReasonCode::low_battery;
   // Fault injection, each fires at most once per process.
   bool fail_self_test = false;
   int drop_at_percent = -1;   // cut the network link at this download progress
@@ -53,11 +63,15 @@ class DeviceRunner {
 
  private:
   void set_running_version(const char* v);
+  static OfferDecision offer_policy(void* self, const proto::Manifest& manifest);
+  void note_offer(const char* topic, const std::uint8_t* payload, std::size_t len);
 
   DeviceOptions opt_;
   mutable std::mutex mu_;
   std::string version_;
   bool dropped_ = false, crashed_ = false, corrupted_ = false;
+  std::map<std::string, std::uint32_t> deferred_;  // offers deferred per deployment (policy)
+  std::string offer_deployment_;                   // deployment of the offer being handled
 };
 
 }  // namespace ota::agent::linux_port
