@@ -22,9 +22,15 @@ fi
 
 generator=()
 command -v ninja >/dev/null 2>&1 && generator=(-G Ninja)
-# A build dir configured with another generator cannot be switched; start it over.
-if [[ -f $build/CMakeCache.txt ]] && ! grep -q "^CMAKE_GENERATOR:INTERNAL=${generator[1]:-Unix Makefiles}\$" "$build/CMakeCache.txt"; then
-  rm -rf "$build"
+if [[ -f $build/CMakeCache.txt ]]; then
+  if ! grep -qx "CMAKE_HOME_DIRECTORY:INTERNAL=$here" "$build/CMakeCache.txt"; then
+    echo "firmware: $build holds another CMake project; give an empty or firmware build dir" >&2
+    exit 1
+  fi
+  # A build dir configured with another generator cannot be switched; start it over.
+  if ! grep -qx "CMAKE_GENERATOR:INTERNAL=${generator[1]:-Unix Makefiles}" "$build/CMakeCache.txt"; then
+    rm -rf "$build"
+  fi
 fi
 mkdir -p "$build"
 if ! { cmake -S "$here" -B "$build" "${generator[@]}" -DOTA_WERROR=ON \
