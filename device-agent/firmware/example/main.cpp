@@ -42,13 +42,13 @@ class SlotFlash final : public ota::agent::FlashPort {
   }
   PortStatus sync() override { return PortStatus::ok; }  // programming is synchronous here
   PortStatus finish(const ota::proto::Manifest& m) override {
-    pending_version_ = m.version;
+    other_version_ = m.version;
     return PortStatus::ok;
   }
   PortStatus abort() override { return PortStatus::ok; }
   PortStatus activate(const ota::proto::Manifest& m) override {
-    pending_counter_ = m.counter;
-    trial_ = true;  // a bootloader flag in a real port (MCUboot: boot_set_pending(0))
+    pending_counter_ = m.counter;  // becomes the device's counter once confirmed
+    // A real port sets the bootloader's trial flag here (MCUboot: boot_set_pending(0)).
     return PortStatus::ok;
   }
   PortStatus confirm() override {
@@ -65,7 +65,7 @@ class SlotFlash final : public ota::agent::FlashPort {
   PortStatus read_state(ota::agent::ImageState& out) override {
     out = state_;
     out.free_bytes = capacity();
-    if (trial_) out.previous_version = pending_version_;
+    out.previous_version = other_version_;
     return PortStatus::ok;
   }
 
@@ -75,9 +75,8 @@ class SlotFlash final : public ota::agent::FlashPort {
   static std::uint64_t capacity() {
     return static_cast<std::uint64_t>(__ota_slot_end - __ota_slot_start);
   }
-  ota::proto::Version pending_version_;
+  ota::proto::Version other_version_;  // of the image sealed in the update slot
   std::uint32_t pending_counter_ = 0;
-  bool trial_ = false;
 };
 
 // ------------------------------------------------------------------------------ Transport

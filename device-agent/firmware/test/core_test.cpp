@@ -592,7 +592,6 @@ void test_corrupt_chunk_and_power_cut() {
   CHECK(dev().state() == DeviceState::downloading);
   const std::uint32_t kept = dev().persisted().received_chunks;
   CHECK(kept > 0 && kept < 9);
-  proto::Event ev;
   t = serve();
   CHECK(!t.requested_received);  // resumed: asks only for what is missing
   CHECK(t.frames == (sizeof g_image + kChunk - 1) / kChunk - kept);
