@@ -1,8 +1,9 @@
 // otactl: command line client of the ota-controller HTTP API.
 //
-// Exit codes: 0 ok; 1 API error (401: wrong token), no API token, unreachable controller,
-// or (deploy --wait) a device that failed/declined/was cancelled; 2 usage error; 3 deploy
-// --wait timed out.
+// Exit codes: 0 ok; 1 API error (4xx/5xx; 401: wrong token), no API token, unreachable
+// controller, (deploy --wait) a device that failed/declined/was cancelled, or (watch) a rollout
+// that was aborted or paused by its policy; 2 usage error; 3 deploy --wait timed out, or watch
+// gave up on an unreachable controller.
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netdb.h>
@@ -23,11 +24,16 @@
 #include <httplib.h>
 #include <nlohmann/json.hpp>
 #include <sstream>
+#include <sys/ioctl.h>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "args.hpp"
+
 using nlohmann::json;
+using otactl::fmt_age;
+using otactl::fmt_duration;
 
 namespace {
 
@@ -205,7 +211,7 @@ bool find_token(const std::string& token_file_opt, std::string& token, std::stri
 
 class Api {
  public:
-  Api(std::string base, Url u, const std::string& token)
+  Api(std::string base, Url u, const std::string& token, const std::string& actor)
       : base_(std::move(base)), url_(std::move(u)) {
     std::string hostport = url_.scheme + "://" +
                            (url_.host.find(':') != std::string::npos ? "[" + url_.host + "]" : url_.host) +
@@ -215,11 +221,18 @@ class Api {
     cli_->set_read_timeout(120, 0);
     cli_->set_write_timeout(120, 0);
     cli_->set_bearer_token_auth(token);
+    cli_->set_default_headers({{"X-OTA-Actor", actor}});
   }
 
   Reply get(const std::string& path) { return finish(cli_->Get(path.c_str())); }
   Reply post(const std::string& path, const std::string& body, const char* type) {
     return finish(cli_->Post(path.c_str(), body, type));
+  }
+  Reply post_json(const std::string& path, const json& body) {
+    return post(path, body.dump(), "application/json");
+  }
+  Reply put_json(const std::string& path, const json& body) {
+    return finish(cli_->Put(path.c_str(), body.dump(), "application/json"));
   }
   const std::string& base() const { return base_; }
 
@@ -517,47 +530,6 @@ int cmd_deploy(Ctx& c, const std::string& image, const std::string& device, cons
   return wait_deployment(c, id, timeout_s);
 }
 
-int cmd_devices(Ctx& c, const std::string& group, const std::string& version, bool online) {
-  std::string q = "/api/v1/devices";
-  std::string sep = "?";
-  if (!group.empty()) q += sep + "group=" + url_encode(group), sep = "&";
-  if (!version.empty()) q += sep + "version=" + url_encode(version), sep = "&";
-  if (online) q += sep + "online=true";
-  Reply r = c.api->get(q);
-  if (!r.ok) return fail(r);
-  if (c.json_out) return print_json(r.body), kExitOk;
-  std::vector<std::vector<std::string>> rows;
-  for (const auto& d : r.body)
-    rows.push_back({jstr(d, "id"), jstr(d, "hw"), jstr(d, "version"), jstr(d, "online"),
-                    jstr(d, "slot") + "/" + jstr(d, "slot_state"), jstr(d, "groups"),
-                    fmt_time(jint(d, "last_seen")), jstr(d, "last_error")});
-  print_table({"ID", "HW", "VERSION", "ONLINE", "SLOT", "GROUPS", "LAST SEEN", "LAST ERROR"}, rows);
-  return kExitOk;
-}
-
-int cmd_device_show(Ctx& c, const std::string& id) {
-  Reply r = c.api->get("/api/v1/devices/" + url_encode(id));
-  if (!r.ok) return fail(r);
-  if (c.json_out) return print_json(r.body), kExitOk;
-  const json& d = r.body;
-  std::printf("device     %s\n", jstr(d, "id").c_str());
-  std::printf("hw         %s\n", jstr(d, "hw").c_str());
-  std::printf("version    %s (previous %s)\n", jstr(d, "version").c_str(),
-              jstr(d, "previous_version").empty() ? "-" : jstr(d, "previous_version").c_str());
-  std::printf("slot       %s (%s)\n", jstr(d, "slot").c_str(), jstr(d, "slot_state").c_str());
-  std::printf("online     %s (last seen %s)\n", jstr(d, "online").c_str(), fmt_time(jint(d, "last_seen")).c_str());
-  std::printf("groups     %s\n", jstr(d, "groups").c_str());
-  std::printf("free       %s\n", fmt_bytes(jint(d, "free")).c_str());
-  std::printf("counter    %lld\n", jint(d, "counter"));
-  std::printf("last error %s\n\n", jstr(d, "last_error").empty() ? "-" : jstr(d, "last_error").c_str());
-  std::vector<std::vector<std::string>> rows;
-  if (d.contains("deployments"))
-    for (const auto& x : d["deployments"])
-      rows.push_back({jstr(x, "deployment"), jstr(x, "state"), jstr(x, "reason")});
-  print_table({"DEPLOYMENT", "STATE", "REASON"}, rows);
-  return kExitOk;
-}
-
 int cmd_deployment_list(Ctx& c) {
   Reply r = c.api->get("/api/v1/deployments");
   if (!r.ok) return fail(r);
@@ -609,22 +581,470 @@ int cmd_status(Ctx& c, const std::string& dep) {
   return kExitOk;
 }
 
-int cmd_events(Ctx& c, const std::string& dep, const std::string& dev, int limit) {
+// ---------------------------------------------------------------------------- rollouts
+
+// Who acts, for the controller's event log (header X-OTA-Actor): $USER, else "operator".
+std::string actor_name() {
+  std::string out;
+  if (const char* u = std::getenv("USER"))
+    for (const char* p = u; *p && out.size() < 64; ++p) {
+      const auto ch = static_cast<unsigned char>(*p);
+      if (std::isalnum(ch) || ch == '.' || ch == '_' || ch == '-' || ch == '@') out += static_cast<char>(ch);
+    }
+  return out.empty() ? "operator" : out;
+}
+
+bool jhas(const json& j, const char* key) {
+  return j.is_object() && j.contains(key) && !j[key].is_null();
+}
+
+// "site=berlin,model=esp32".
+std::string tags_text(const json& d) {
+  std::string s;
+  if (d.is_object() && d.contains("tags") && d["tags"].is_object())
+    for (auto it = d["tags"].begin(); it != d["tags"].end(); ++it)
+      s += (s.empty() ? "" : ",") + it.key() + "=" + (it.value().is_string() ? it.value().get<std::string>()
+                                                                             : it.value().dump());
+  return s;
+}
+
+// "yes 12s" / "no 3h" (heartbeat age; else the age of last_seen).
+std::string online_text(const json& d) {
+  std::string s = jstr(d, "online");
+  if (s.empty()) s = "?";
+  if (jhas(d, "heartbeat_age") && d["heartbeat_age"].is_number()) {
+    s += " " + fmt_age(d["heartbeat_age"].get<long long>());
+  } else if (jint(d, "last_seen") > 0) {
+    s += " " + fmt_age(static_cast<long long>(std::time(nullptr)) - jint(d, "last_seen"));
+  }
+  return s;
+}
+
+// "dep-xx downloading 45%" or "-".
+std::string transfer_text(const json& d) {
+  if (!d.is_object() || !d.contains("transfer") || !d["transfer"].is_object()) return "-";
+  const json& t = d["transfer"];
+  return jstr(t, "deployment") + " " + jstr(t, "state") + " " + std::to_string(jint(t, "percent")) + "%";
+}
+
+const json& jobj(const json& j, const char* key) {
+  static const json empty = json::object();
+  return j.is_object() && j.contains(key) && j[key].is_object() ? j[key] : empty;
+}
+double jnum(const json& j, const char* key) {
+  if (!j.is_object() || !j.contains(key) || !j[key].is_number()) return 0;
+  return j[key].get<double>();
+}
+// "2.5%", "5%".
+std::string fmt_pct(double v) {
+  char buf[32];
+  if (v == static_cast<double>(static_cast<long long>(v)))
+    std::snprintf(buf, sizeof buf, "%lld%%", static_cast<long long>(v));
+  else
+    std::snprintf(buf, sizeof buf, "%.1f%%", v);
+  return buf;
+}
+std::string bar(long long pct, int width) {
+  pct = std::clamp(pct, 0LL, 100LL);
+  const long long fill = pct * width / 100;
+  std::string s = "[";
+  for (long long i = 0; i < width; ++i) s += i < fill ? '#' : '-';
+  return s + "]";
+}
+
+std::string rollout_target(const json& ro) {
+  const json& t = jobj(ro, "target");
+  std::string v = jstr(t, "value");
+  return jstr(t, "kind") + " " + v;
+}
+
+// ok 27 fail 1 run 12 pend 20 decl 0 tout 0 (plus "def N" / "canc N" when there are any).
+std::string rollout_counts(const json& counts) {
+  auto n = [&](const char* k) { return jint(counts, k); };
+  std::string s = "ok " + std::to_string(n("succeeded")) + " fail " + std::to_string(n("failed")) +
+                  " run " + std::to_string(n("offered") + n("downloading") + n("installing")) +
+                  " pend " + std::to_string(n("pending") + n("deferred")) + " decl " +
+                  std::to_string(n("declined")) + " tout " + std::to_string(n("timed_out"));
+  if (n("deferred") > 0) s += " def " + std::to_string(n("deferred"));
+  if (n("cancelled") > 0) s += " canc " + std::to_string(n("cancelled"));
+  return s;
+}
+
+std::string wave_line(const json& w, std::size_t i, std::size_t total) {
+  char head[64];
+  std::snprintf(head, sizeof head, "wave %zu/%zu %-7s ", i + 1, total, jstr(w, "state").c_str());
+  char pct[16];
+  std::snprintf(pct, sizeof pct, "%3lld%%", std::clamp(jint(w, "percent"), 0LL, 100LL));
+  std::string s = std::string(head) + bar(jint(w, "percent"), 20) + " " + pct + "  " +
+                  std::to_string(jint(w, "devices")) + " devices  " + rollout_counts(jobj(w, "counts"));
+  std::string extra = "needs " + fmt_pct(jhas(w, "success_threshold") ? jnum(w, "success_threshold") : 100);
+  if (jint(w, "soak") > 0) extra += ", soak " + fmt_duration(jint(w, "soak"));
+  if (jstr(w, "state") != "waiting" && jhas(w, "success_rate"))
+    extra = "success " + fmt_pct(jnum(w, "success_rate")) + ", " + extra;
+  return s + "  (" + extra + ")";
+}
+
+// "failure 2.5% (max 5% total, 10% per wave, then pause)".
+std::string failure_text(const json& ro) {
+  const json& f = jobj(ro, "failure_rate");
+  std::string s = "failure " + fmt_pct(jnum(f, "total"));
+  std::vector<std::string> lim;
+  if (jhas(f, "max_total_rate")) lim.push_back("max " + fmt_pct(jnum(f, "max_total_rate")) + " total");
+  if (jhas(f, "max_wave_rate")) lim.push_back(fmt_pct(jnum(f, "max_wave_rate")) + " per wave");
+  if (lim.empty()) return s + " (no failure limit)";
+  std::string l;
+  for (const auto& x : lim) l += (l.empty() ? "" : ", ") + x;
+  const std::string action = jstr(f, "action");
+  return s + " (" + l + (action.empty() ? "" : ", then " + action) + ")";
+}
+
+// "wave 2/3" (or "wave -/3" before the first wave starts).
+std::string current_wave(const json& ro) {
+  const long long total = jint(ro, "waves_total");
+  const long long cur = jint(ro, "current_wave");
+  const std::string st = jstr(ro, "state");
+  const bool started = st != "draft" && st != "scheduled";
+  return "wave " + (started ? std::to_string(std::min(cur + 1, total)) : std::string("-")) + "/" +
+         std::to_string(total);
+}
+
+std::string pause_text(const json& ro) {
+  const std::string by = jstr(ro, "paused_by"), why = jstr(ro, "pause_reason");
+  std::string s = "paused";
+  if (!by.empty()) s += " by " + by;
+  if (!why.empty()) s += ": " + why;
+  return s;
+}
+
+// Header + one line per wave (the live view and `rollout show`).
+std::vector<std::string> rollout_lines(const json& ro) {
+  std::vector<std::string> out;
+  const std::string name = jstr(ro, "name");
+  char pct[16];
+  std::snprintf(pct, sizeof pct, "%3lld%%", std::clamp(jint(ro, "percent"), 0LL, 100LL));
+  out.push_back("rollout " + jstr(ro, "id") + (name.empty() ? "" : " \"" + name + "\"") + "  version " +
+                jstr(ro, "version") + "  " + rollout_target(ro) + "  state " + jstr(ro, "state") + "  " +
+                current_wave(ro));
+  std::string line2 = "overall " + bar(jint(ro, "percent"), 20) + " " + pct + "  " +
+                      std::to_string(jint(ro, "devices_total")) + " devices";
+  if (jint(ro, "excluded") > 0) line2 += " (" + std::to_string(jint(ro, "excluded")) + " excluded)";
+  line2 += "  " + rollout_counts(jobj(ro, "counts"));
+  out.push_back(line2);
+  out.push_back(failure_text(ro));
+  if (jstr(ro, "state") == "paused") out.push_back(pause_text(ro));
+  const json& waves = ro.is_object() && ro.contains("waves") && ro["waves"].is_array() ? ro["waves"] : json::array();
+  for (std::size_t i = 0; i < waves.size(); ++i) out.push_back(wave_line(waves[i], i, waves.size()));
+  return out;
+}
+
+std::string policy_text(const json& p) {
+  std::vector<std::string> parts;
+  if (jhas(p, "retries"))
+    parts.push_back("retries " + std::to_string(jint(p, "retries")) +
+                    (jint(p, "retry_delay") > 0 ? " after " + fmt_duration(jint(p, "retry_delay")) : ""));
+  if (jint(p, "timeout") > 0) parts.push_back("timeout " + fmt_duration(jint(p, "timeout")));
+  if (jint(p, "max_concurrent") > 0) parts.push_back("max concurrent " + std::to_string(jint(p, "max_concurrent")));
+  if (!jstr(p, "window").empty()) parts.push_back("window " + jstr(p, "window") + " UTC");
+  if (jint(p, "start_at") > 0) parts.push_back("start at " + fmt_time(jint(p, "start_at")) + " UTC");
+  if (jint(p, "defer_delay") > 0 || jhas(p, "max_defers"))
+    parts.push_back("deferrals retried after " + fmt_duration(jint(p, "defer_delay")) +
+                    (jhas(p, "max_defers") ? ", at most " + std::to_string(jint(p, "max_defers")) : ""));
+  std::string s;
+  for (const auto& x : parts) s += (s.empty() ? "" : ", ") + x;
+  return s.empty() ? "-" : s;
+}
+
+void print_rollout(const json& ro, bool with_devices) {
+  std::printf("rollout    %s%s\n", jstr(ro, "id").c_str(),
+              jstr(ro, "name").empty() ? "" : (" \"" + jstr(ro, "name") + "\"").c_str());
+  std::printf("image      %s (%s)\n", jstr(ro, "version").c_str(), jstr(ro, "image").c_str());
+  std::printf("target     %s: %lld devices%s\n", rollout_target(ro).c_str(), jint(ro, "devices_total"),
+              jint(ro, "excluded") > 0 ? (", " + std::to_string(jint(ro, "excluded")) + " excluded").c_str() : "");
+  std::printf("state      %s  %s\n", jstr(ro, "state").c_str(), current_wave(ro).c_str());
+  if (jstr(ro, "state") == "paused") std::printf("           %s\n", pause_text(ro).c_str());
+  if (!jstr(ro, "rollback_of").empty()) std::printf("rollback   of %s\n", jstr(ro, "rollback_of").c_str());
+  if (!jstr(ro, "deployment").empty()) std::printf("deployment %s\n", jstr(ro, "deployment").c_str());
+  std::printf("policy     %s\n", policy_text(jobj(ro, "policy")).c_str());
+  std::printf("created    %s", fmt_time(jint(ro, "created_at")).c_str());
+  if (jint(ro, "started_at") > 0) std::printf("  started %s", fmt_time(jint(ro, "started_at")).c_str());
+  if (jint(ro, "finished_at") > 0) std::printf("  finished %s", fmt_time(jint(ro, "finished_at")).c_str());
+  std::printf("\n\n");
+  auto lines = rollout_lines(ro);
+  for (std::size_t i = 1; i < lines.size(); ++i)  // the first line repeats the header above
+    if (lines[i].rfind("paused", 0) != 0) std::printf("%s\n", lines[i].c_str());  // paused: above
+  if (!with_devices) return;
+  std::printf("\n");
+  std::vector<std::vector<std::string>> rows;
+  if (ro.contains("devices") && ro["devices"].is_array())
+    for (const auto& d : ro["devices"]) {
+      const long long ms = jint(d, "updated_at");
+      rows.push_back({jstr(d, "device"), std::to_string(jint(d, "wave") + 1), jstr(d, "state"),
+                      jstr(d, "attempt"), std::to_string(jint(d, "percent")) + "%",
+                      ms > 0 ? fmt_time(ms / 1000) : "-", jstr(d, "reason")});
+    }
+  print_table({"DEVICE", "WAVE", "STATE", "ATTEMPT", "PERCENT", "UPDATED (UTC)", "REASON"}, rows);
+}
+
+int cmd_rollout_create(Ctx& c, const json& body) {
+  Reply r = c.api->post_json("/api/v1/rollouts", body);
+  if (!r.ok) return fail(r);
+  if (c.json_out) return print_json(r.body), kExitOk;
+  std::printf("rollout %s created (%s)\n\n", jstr(r.body, "id").c_str(), jstr(r.body, "state").c_str());
+  print_rollout(r.body, false);
+  return kExitOk;
+}
+
+int cmd_rollout_action(Ctx& c, const std::string& id, const std::string& action, const std::string& reason) {
+  json body = json::object();
+  if (!reason.empty()) body["reason"] = reason;
+  Reply r = c.api->post_json("/api/v1/rollouts/" + url_encode(id) + "/" + action, body);
+  if (!r.ok) return fail(r);
+  if (c.json_out) return print_json(r.body), kExitOk;
+  std::printf("rollout %s: %s done, state now %s\n\n", id.c_str(), action.c_str(), jstr(r.body, "state").c_str());
+  print_rollout(r.body, false);
+  return kExitOk;
+}
+
+int cmd_rollout_rollback(Ctx& c, const std::string& id, const std::string& image, bool start) {
+  json body{{"start", start}};
+  if (!image.empty()) body["image"] = image;
+  Reply r = c.api->post_json("/api/v1/rollouts/" + url_encode(id) + "/rollback", body);
+  if (!r.ok) return fail(r);
+  if (c.json_out) return print_json(r.body), kExitOk;
+  std::printf("rollout %s created: rollback of %s to %s (%s)\n\n", jstr(r.body, "id").c_str(), id.c_str(),
+              jstr(r.body, "version").c_str(), jstr(r.body, "state").c_str());
+  print_rollout(r.body, false);
+  return kExitOk;
+}
+
+int cmd_rollout_list(Ctx& c) {
+  Reply r = c.api->get("/api/v1/rollouts");
+  if (!r.ok) return fail(r);
+  if (c.json_out) return print_json(r.body), kExitOk;
+  std::vector<std::vector<std::string>> rows;
+  for (const auto& ro : r.body) {
+    const json& counts = jobj(ro, "counts");
+    rows.push_back({jstr(ro, "id"), jstr(ro, "name"), jstr(ro, "version"), rollout_target(ro),
+                    jstr(ro, "state") + (jstr(ro, "state") == "paused" && !jstr(ro, "paused_by").empty()
+                                             ? " (" + jstr(ro, "paused_by") + ")"
+                                             : ""),
+                    current_wave(ro).substr(5), std::to_string(jint(ro, "percent")) + "%",
+                    std::to_string(jint(ro, "devices_total")), std::to_string(jint(counts, "succeeded")),
+                    std::to_string(jint(counts, "failed")), fmt_pct(jnum(jobj(ro, "failure_rate"), "total")),
+                    fmt_time(jint(ro, "created_at"))});
+  }
+  print_table({"ID", "NAME", "VERSION", "TARGET", "STATE", "WAVE", "PROGRESS", "DEVICES", "OK", "FAILED",
+               "FAILURE", "CREATED (UTC)"},
+              rows);
+  return kExitOk;
+}
+
+int cmd_rollout_show(Ctx& c, const std::string& id, bool devices) {
+  Reply r = c.api->get("/api/v1/rollouts/" + url_encode(id) + (devices ? "?devices=1" : ""));
+  if (!r.ok) return fail(r);
+  if (c.json_out) return print_json(r.body), kExitOk;
+  print_rollout(r.body, devices);
+  return kExitOk;
+}
+
+bool paused_by_policy(const json& ro) {
+  const std::string by = jstr(ro, "paused_by");
+  return jstr(ro, "state") == "paused" && (by == "policy" || by == "threshold");
+}
+
+std::string event_time(long long ts_ms, bool with_date) {
+  const std::string t = fmt_time(ts_ms / 1000);
+  char ms[8];
+  std::snprintf(ms, sizeof ms, ".%03lld", ts_ms % 1000);
+  return (with_date || t.size() < 11 ? t : t.substr(11)) + ms;
+}
+
+// The live view: polls the rollout (and its last events) every interval until it completes,
+// is aborted or is paused by its policy.
+int cmd_watch(Ctx& c, const std::string& id, int interval_ms, int events_shown, int retry_for_s) {
+  const bool tty = isatty(STDOUT_FILENO) != 0 && !c.json_out;
+  std::string last_block, last_json, last_err;
+  std::size_t drawn = 0;  // lines of the block on screen (TTY)
+  auto fail_since = std::chrono::steady_clock::time_point{};
+  bool failing = false;
+  json ro, events = json::array();
+  auto draw = [&](const std::vector<std::string>& lines) {
+    std::string block;
+    for (const auto& l : lines) block += l + "\n";
+    if (!tty) {
+      if (block == last_block) return;
+      if (!last_block.empty()) std::printf("\n");
+      std::fputs(block.c_str(), stdout);
+    } else {
+      winsize ws{};
+      const std::size_t cols = ioctl(STDOUT_FILENO, TIOCGWINSZ, &ws) == 0 && ws.ws_col > 1 ? ws.ws_col : 200;
+      std::string out;
+      if (drawn > 0) out += "\033[" + std::to_string(drawn) + "A";
+      for (const auto& l : lines) out += "\r\033[2K" + (l.size() >= cols ? l.substr(0, cols - 1) : l) + "\n";
+      out += "\033[J";
+      std::fputs(out.c_str(), stdout);
+      drawn = lines.size();
+    }
+    last_block = block;
+    std::fflush(stdout);
+  };
+  auto render = [&](const std::string& note) {
+    std::vector<std::string> lines = rollout_lines(ro);
+    if (events_shown > 0 && events.is_array() && !events.empty()) {
+      lines.push_back("recent events:");
+      for (const auto& e : events) {
+        std::string l = "  " + event_time(jint(e, "ts"), false) + "  " + jstr(e, "actor") + "  " + jstr(e, "what");
+        if (!jstr(e, "device").empty()) l += "  " + jstr(e, "device");
+        if (!jstr(e, "detail").empty()) l += "  " + jstr(e, "detail");
+        lines.push_back(l);
+      }
+    }
+    if (!note.empty()) lines.push_back(note);
+    draw(lines);
+  };
+  for (;;) {
+    Reply r = c.api->get("/api/v1/rollouts/" + url_encode(id));
+    if (r.ok && events_shown > 0 && !c.json_out) {
+      Reply e = c.api->get("/api/v1/events?rollout=" + url_encode(id) + "&limit=" + std::to_string(events_shown));
+      if (e.ok && e.body.is_array()) events = e.body;
+    }
+    if (r.ok) {
+      failing = false;
+      last_err.clear();
+      ro = r.body;
+      if (c.json_out) {
+        std::string line = ro.dump();
+        if (line != last_json) std::printf("%s\n", line.c_str()), std::fflush(stdout);
+        last_json = line;
+      } else {
+        render("");
+      }
+      std::FILE* msg = c.json_out ? stderr : stdout;
+      const std::string st = jstr(ro, "state");
+      const std::string rid = jstr(ro, "id").empty() ? id : jstr(ro, "id");
+      if (st == "completed") {
+        std::fprintf(msg, "rollout %s completed: %lld of %lld devices succeeded\n", rid.c_str(),
+                     jint(jobj(ro, "counts"), "succeeded"), jint(ro, "devices_total"));
+        return kExitOk;
+      }
+      if (st == "aborted") {
+        std::string why = jstr(ro, "pause_reason");
+        std::fprintf(stderr, "rollout %s aborted%s (%s)\n", rid.c_str(), why.empty() ? "" : (": " + why).c_str(),
+                     rollout_counts(jobj(ro, "counts")).c_str());
+        return kExitFail;
+      }
+      if (paused_by_policy(ro)) {
+        std::fprintf(stderr, "rollout %s %s; resume it with: otactl rollout resume %s\n", rid.c_str(),
+                     pause_text(ro).c_str(), rid.c_str());
+        return kExitFail;
+      }
+    } else if (r.status == 0 || r.status >= 500) {  // unreachable or restarting: retry for a while
+      const auto now = std::chrono::steady_clock::now();
+      if (!failing) fail_since = now, failing = true;
+      const double down = std::chrono::duration<double>(now - fail_since).count();
+      if (down >= retry_for_s) {
+        errorf(r.error + " (gave up after " + std::to_string(retry_for_s) + " s)");
+        return r.status == 0 ? kExitTimeout : kExitFail;
+      }
+      if (r.error != last_err) {
+        if (tty && ro.is_object())
+          render("(" + r.error + "; retrying)");
+        else
+          errorf(r.error + " (retrying)");
+        last_err = r.error;
+      }
+    } else {
+      return fail(r);
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(interval_ms));
+  }
+}
+
+// Event rows; ROLLOUT / DEPLOYMENT / DEVICE / ACTOR columns only when some event has them.
+void print_events(const json& evs) {
+  const char* const keys[] = {"actor", "rollout", "deployment", "device"};
+  const char* const heads[] = {"ACTOR", "ROLLOUT", "DEPLOYMENT", "DEVICE"};
+  bool show[4] = {false, false, false, false};
+  for (const auto& e : evs)
+    for (int k = 0; k < 4; ++k)
+      if (!jstr(e, keys[k]).empty()) show[k] = true;
+  std::vector<std::string> head{"TIME (UTC)"};
+  for (int k = 0; k < 4; ++k)
+    if (show[k]) head.push_back(heads[k]);
+  head.push_back("WHAT");
+  head.push_back("DETAIL");
+  std::vector<std::vector<std::string>> rows;
+  for (const auto& e : evs) {
+    std::vector<std::string> row{event_time(jint(e, "ts"), true)};
+    for (int k = 0; k < 4; ++k)
+      if (show[k]) row.push_back(jstr(e, keys[k]));
+    row.push_back(jstr(e, "what"));
+    row.push_back(jstr(e, "detail"));
+    rows.push_back(std::move(row));
+  }
+  print_table(head, rows);
+}
+
+int cmd_device_tag(Ctx& c, const std::string& id, const json& body) {
+  Reply r = c.api->put_json("/api/v1/devices/" + url_encode(id) + "/tags", body);
+  if (!r.ok) return fail(r);
+  if (c.json_out) return print_json(r.body), kExitOk;
+  const std::string tags = tags_text(r.body);
+  std::printf("device %s tags: %s\n", id.c_str(), tags.empty() ? "(none)" : tags.c_str());
+  return kExitOk;
+}
+
+int cmd_devices(Ctx& c, const std::string& query) {
+  Reply r = c.api->get("/api/v1/devices" + query);
+  if (!r.ok) return fail(r);
+  if (c.json_out) return print_json(r.body), kExitOk;
+  std::vector<std::vector<std::string>> rows;
+  for (const auto& d : r.body) {
+    std::string err = jstr(d, "last_error");
+    rows.push_back({jstr(d, "id"), online_text(d), jstr(d, "version"),
+                    jstr(d, "previous_version").empty() ? "-" : jstr(d, "previous_version"),
+                    jstr(d, "slot") + "/" + jstr(d, "slot_state"), jstr(d, "groups"),
+                    tags_text(d).empty() ? "-" : tags_text(d), transfer_text(d), err.empty() ? "-" : err});
+  }
+  print_table({"ID", "ONLINE", "VERSION", "PREVIOUS", "SLOT", "GROUPS", "TAGS", "TRANSFER", "LAST ERROR"}, rows);
+  return kExitOk;
+}
+
+int cmd_device_show(Ctx& c, const std::string& id) {
+  Reply r = c.api->get("/api/v1/devices/" + url_encode(id));
+  if (!r.ok) return fail(r);
+  if (c.json_out) return print_json(r.body), kExitOk;
+  const json& d = r.body;
+  std::printf("device     %s\n", jstr(d, "id").c_str());
+  std::printf("hw         %s\n", jstr(d, "hw").c_str());
+  std::printf("version    %s (previous %s)\n", jstr(d, "version").c_str(),
+              jstr(d, "previous_version").empty() ? "-" : jstr(d, "previous_version").c_str());
+  std::printf("slot       %s (%s)\n", jstr(d, "slot").c_str(), jstr(d, "slot_state").c_str());
+  std::printf("online     %s (last seen %s)\n", online_text(d).c_str(), fmt_time(jint(d, "last_seen")).c_str());
+  if (jhas(d, "state")) std::printf("state      %s\n", jstr(d, "state").c_str());
+  if (jhas(d, "transfer")) std::printf("transfer   %s\n", transfer_text(d).c_str());
+  std::printf("groups     %s\n", jstr(d, "groups").c_str());
+  if (jhas(d, "tags")) std::printf("tags       %s\n", tags_text(d).empty() ? "-" : tags_text(d).c_str());
+  std::printf("free       %s\n", fmt_bytes(jint(d, "free")).c_str());
+  std::printf("counter    %lld\n", jint(d, "counter"));
+  std::printf("last error %s\n\n", jstr(d, "last_error").empty() ? "-" : jstr(d, "last_error").c_str());
+  std::vector<std::vector<std::string>> rows;
+  if (d.contains("deployments"))
+    for (const auto& x : d["deployments"])
+      rows.push_back({jstr(x, "deployment"), jstr(x, "state"), jstr(x, "reason")});
+  print_table({"DEPLOYMENT", "STATE", "REASON"}, rows);
+  return kExitOk;
+}
+
+int cmd_events(Ctx& c, const std::string& rollout, const std::string& dep, const std::string& dev, int limit) {
   std::string q = "/api/v1/events?limit=" + std::to_string(limit);
+  if (!rollout.empty()) q += "&rollout=" + url_encode(rollout);
   if (!dep.empty()) q += "&deployment=" + url_encode(dep);
   if (!dev.empty()) q += "&device=" + url_encode(dev);
   Reply r = c.api->get(q);
   if (!r.ok) return fail(r);
   if (c.json_out) return print_json(r.body), kExitOk;
-  std::vector<std::vector<std::string>> rows;
-  for (const auto& e : r.body) {
-    long long ts = jint(e, "ts");
-    char ms[8];
-    std::snprintf(ms, sizeof ms, ".%03lld", ts % 1000);
-    rows.push_back({fmt_time(ts / 1000) + ms, jstr(e, "deployment"), jstr(e, "device"), jstr(e, "what"),
-                    jstr(e, "detail")});
-  }
-  print_table({"TIME (UTC)", "DEPLOYMENT", "DEVICE", "WHAT", "DETAIL"}, rows);
+  print_events(r.body);
   return kExitOk;
 }
 
@@ -674,17 +1094,27 @@ int main(int argc, char** argv) {
       ->check(CLI::PositiveNumber);
 
   auto* devices = app.add_subcommand("devices", "list devices");
-  std::string f_group, f_version;
-  bool f_online = false;
+  std::string f_group, f_version, f_tag, f_state;
+  bool f_online = false, f_offline = false;
   devices->add_option("--group", f_group, "only members of this group");
+  devices->add_option("--tag", f_tag, "only devices matching this tag expression, e.g. 'site=berlin and model=esp32'");
   devices->add_option("--version", f_version, "only devices running this version");
-  devices->add_flag("--online", f_online, "only online devices");
+  devices->add_option("--state", f_state, "only devices in this update state (idle, offered, downloading, ...)");
+  auto* o_on = devices->add_flag("--online", f_online, "only online devices");
+  auto* o_off = devices->add_flag("--offline", f_offline, "only offline devices");
+  o_on->excludes(o_off);
+  o_off->excludes(o_on);
 
   auto* device = app.add_subcommand("device", "one device");
   device->require_subcommand(1);
   auto* device_show = device->add_subcommand("show", "show a device");
   std::string dev_id;
   device_show->add_option("ID", dev_id, "device id")->required();
+  auto* device_tag = device->add_subcommand("tag", "set or remove a device's tags");
+  std::vector<std::string> tag_set, tag_remove;
+  device_tag->add_option("ID", dev_id, "device id")->required();
+  device_tag->add_option("KEY=VALUE", tag_set, "tags to set");
+  device_tag->add_option("--remove", tag_remove, "tag key to remove (repeatable)")->allow_extra_args(false);
 
   auto* status = app.add_subcommand("status", "fleet summary, or one deployment's progress");
   std::string status_dep;
@@ -700,11 +1130,96 @@ int main(int argc, char** argv) {
   dc->add_option("ID", d_id, "deployment id")->required();
 
   auto* events = app.add_subcommand("events", "event log");
-  std::string e_dep, e_dev;
+  std::string e_rollout, e_dep, e_dev;
   int e_limit = 50;
+  events->add_option("--rollout", e_rollout, "only this rollout");
   events->add_option("--deployment", e_dep, "only this deployment");
   events->add_option("--device", e_dev, "only this device");
   events->add_option("--limit", e_limit, "at most N events (1..10000, default 50)")->check(CLI::Range(1, 10000));
+
+  // rollout create|start|pause|resume|abort|retry|rollback|list|show|events
+  auto* rollout = app.add_subcommand("rollout", "staged rollouts");
+  rollout->require_subcommand(1);
+  auto* ro_create = rollout->add_subcommand("create", "create a rollout (a draft unless --start or --start-at)");
+  std::string ro_image, ro_group, ro_tags, ro_name, ro_on_failure, ro_retry_delay, ro_timeout, ro_start_at,
+      ro_window, ro_defer_delay;
+  std::vector<std::string> ro_devices, ro_waves;
+  double ro_max_wave = -1, ro_max_total = -1;
+  long long ro_retries = -1, ro_max_conc = -1, ro_max_defers = -1;
+  bool ro_start = false;
+  ro_create->add_option("IMAGE", ro_image, "image id or version")->required();
+  auto* t_grp = ro_create->add_option("--group", ro_group, "target: the members of group G");
+  auto* t_dev = ro_create->add_option("--devices", ro_devices, "target: these devices (ID[,ID...])")
+                    ->delimiter(',')
+                    ->allow_extra_args(false);
+  auto* t_tag = ro_create->add_option("--tags", ro_tags, "target: devices whose tags match EXPR, e.g. 'site=berlin and model=esp32'");
+  t_grp->excludes(t_dev)->excludes(t_tag);
+  t_dev->excludes(t_grp)->excludes(t_tag);
+  t_tag->excludes(t_grp)->excludes(t_dev);
+  ro_create->add_option("--name", ro_name, "a name for people");
+  ro_create->add_option("--wave", ro_waves,
+                 "a wave SIZE[:THRESHOLD[:SOAK]] (repeatable, in order): SIZE 10% of the remaining targets "
+                 "or a count 5; THRESHOLD success percent before the next wave (default 100); SOAK a duration "
+                 "(30s, 5m, 2h, 1d) to wait after it; the last wave takes all remaining targets (default: "
+                 "one wave of 100%)")
+      ->allow_extra_args(false);
+  ro_create->add_option("--max-wave-failure", ro_max_wave, "failure policy: max failure percent in a wave")
+      ->check(CLI::Range(0.0, 100.0));
+  ro_create->add_option("--max-failure", ro_max_total, "failure policy: max failure percent over the whole rollout")
+      ->check(CLI::Range(0.0, 100.0));
+  ro_create->add_option("--on-failure", ro_on_failure, "pause|abort when a failure limit is crossed");
+  ro_create->add_option("--retries", ro_retries, "retries per failed device")->check(CLI::Range(0LL, 1000LL));
+  ro_create->add_option("--retry-delay", ro_retry_delay, "wait before a retry (duration)");
+  ro_create->add_option("--timeout", ro_timeout, "in-progress timeout per device (duration)");
+  ro_create->add_option("--max-concurrent", ro_max_conc, "at most N devices transferring at once")
+      ->check(CLI::Range(1LL, 1000000LL));
+  ro_create->add_option("--start-at", ro_start_at, "start time: YYYY-MM-DDTHH:MM[:SS]Z (or +HH:MM) or unix seconds");
+  ro_create->add_option("--window", ro_window, "maintenance window HH:MM-HH:MM (UTC; offers only inside it)");
+  ro_create->add_option("--defer-delay", ro_defer_delay, "retry a deferred offer after this duration");
+  ro_create->add_option("--max-defers", ro_max_defers, "at most N deferrals per device")->check(CLI::Range(0LL, 1000000LL));
+  ro_create->add_flag("--start", ro_start, "start at once (or at --start-at) instead of leaving a draft");
+
+  std::string ro_id, ro_reason, rb_image;
+  bool rb_no_start = false, rs_devices = false;
+  struct Action {
+    const char* name;
+    const char* help;
+    bool reason;
+    CLI::App* cmd = nullptr;
+  };
+  Action actions[] = {{"start", "start a draft or scheduled rollout", false},
+                      {"pause", "pause a rollout (devices in flight finish)", true},
+                      {"resume", "resume a paused rollout", false},
+                      {"abort", "abort a rollout (devices in flight are told to cancel)", true},
+                      {"retry", "offer the image again to the rollout's failed devices", false}};
+  for (auto& a : actions) {
+    a.cmd = rollout->add_subcommand(a.name, a.help);
+    a.cmd->add_option("ID", ro_id, "rollout id")->required();
+    if (a.reason) a.cmd->add_option("--reason", ro_reason, "why (written to the event log)");
+  }
+  auto* rrb = rollout->add_subcommand("rollback", "create a rollout back to the previous (or another) version");
+  rrb->add_option("ID", ro_id, "rollout id")->required();
+  rrb->add_option("--image", rb_image, "image id or version (default: the version the targets ran before)");
+  rrb->add_flag("--no-start", rb_no_start, "leave the rollback rollout as a draft");
+  auto* rl = rollout->add_subcommand("list", "list rollouts");
+  auto* rs = rollout->add_subcommand("show", "show a rollout: policy, waves, counts");
+  rs->add_option("ID", ro_id, "rollout id")->required();
+  rs->add_flag("--devices", rs_devices, "with one row per device");
+  auto* re = rollout->add_subcommand("events", "a rollout's event log");
+  re->add_option("ID", ro_id, "rollout id")->required();
+  re->add_option("--limit", e_limit, "at most N events (1..10000, default 50)")->check(CLI::Range(1, 10000));
+
+  auto* watch = app.add_subcommand("watch", "live view of a rollout until it ends");
+  std::string w_id;
+  int w_interval = 500, w_events = 5, w_retry_for = 10;
+  watch->add_option("ROLLOUT", w_id, "rollout id")->required();
+  watch->add_option("--interval-ms", w_interval, "poll interval (50..60000 ms, default 500)")
+      ->check(CLI::Range(50, 60000));
+  watch->add_option("--retry-for", w_retry_for,
+                    "keep retrying an unreachable controller for S seconds before giving up with exit 3 "
+                    "(0..3600, default 10)")
+      ->check(CLI::Range(0, 3600));
+  watch->add_option("--events", w_events, "show the last N events (0..50, default 5)")->check(CLI::Range(0, 50));
 
   try {
     app.parse(argc, argv);
@@ -715,6 +1230,101 @@ int main(int argc, char** argv) {
   if (deploy->parsed() && dep_device.empty() && dep_group.empty()) {
     errorf("deploy: give a target: --device ID or --group G");
     return kExitUsage;
+  }
+
+  // Everything that can be checked without the controller is checked before it is asked.
+  json ro_body;
+  if (ro_create->parsed()) {
+    auto usage = [](const std::string& m) {
+      errorf("rollout create: " + m);
+      return kExitUsage;
+    };
+    ro_body = {{"image", ro_image}};
+    if (!ro_group.empty()) {
+      ro_body["target"] = {{"group", ro_group}};
+    } else if (!ro_devices.empty()) {
+      for (const auto& d : ro_devices)
+        if (d.empty()) return usage("--devices: empty device id in the list");
+      ro_body["target"] = {{"devices", ro_devices}};
+    } else if (!ro_tags.empty()) {
+      ro_body["target"] = {{"tags", ro_tags}};
+    } else {
+      return usage("give a target: --group G, --devices ID[,ID...] or --tags EXPR");
+    }
+    if (!ro_name.empty()) ro_body["name"] = ro_name;
+    json waves = json::array();
+    for (const auto& w : ro_waves) {
+      json wave;
+      std::string why;
+      if (!otactl::parse_wave(w, wave, why)) return usage("--wave '" + w + "': " + why);
+      waves.push_back(wave);
+    }
+    if (waves.empty()) waves.push_back({{"size", "100%"}, {"success_threshold", 100}});
+    ro_body["waves"] = waves;
+    json failure = json::object();
+    auto pct = [](double v) {
+      return v == static_cast<double>(static_cast<long long>(v)) ? json(static_cast<long long>(v)) : json(v);
+    };
+    if (ro_max_wave >= 0) failure["max_wave_rate"] = pct(ro_max_wave);
+    if (ro_max_total >= 0) failure["max_total_rate"] = pct(ro_max_total);
+    if (!ro_on_failure.empty()) {
+      if (ro_on_failure != "pause" && ro_on_failure != "abort")
+        return usage("--on-failure must be pause or abort, not '" + ro_on_failure + "'");
+      failure["action"] = ro_on_failure;
+    }
+    if (!failure.empty()) ro_body["failure"] = failure;
+    if (ro_retries >= 0) ro_body["retries"] = ro_retries;
+    if (ro_max_conc >= 0) ro_body["max_concurrent"] = ro_max_conc;
+    if (ro_max_defers >= 0) ro_body["max_defers"] = ro_max_defers;
+    const std::pair<const char*, const std::string*> durations[] = {
+        {"retry_delay", &ro_retry_delay}, {"timeout", &ro_timeout}, {"defer_delay", &ro_defer_delay}};
+    for (const auto& [key, val] : durations) {
+      std::string opt = std::string("--") + key;
+      std::replace(opt.begin(), opt.end(), '_', '-');
+      if (ro_create->count(opt) == 0) continue;
+      long long secs = 0;
+      std::string why;
+      if (!otactl::parse_duration(*val, secs, why)) return usage(opt + " '" + *val + "': " + why);
+      ro_body[key] = secs;
+    }
+    if (ro_create->count("--start-at") > 0) {
+      long long t = 0;
+      std::string why;
+      if (!otactl::parse_time(ro_start_at, t, why)) return usage("--start-at '" + ro_start_at + "': " + why);
+      ro_body["start_at"] = t;
+    }
+    if (ro_create->count("--window") > 0) {
+      std::string why;
+      if (!otactl::parse_window(ro_window, why)) return usage("--window '" + ro_window + "': " + why);
+      ro_body["window"] = ro_window;
+    }
+    ro_body["start"] = ro_start;
+  }
+  json tag_body = json::object();
+  if (device_tag->parsed()) {
+    for (const auto& kv : tag_set) {
+      const auto eq = kv.find('=');
+      if (eq == std::string::npos || eq == 0) {
+        errorf("device tag: '" + kv + "' is not KEY=VALUE");
+        return kExitUsage;
+      }
+      tag_body[kv.substr(0, eq)] = kv.substr(eq + 1);
+    }
+    for (const auto& k : tag_remove) {
+      if (k.empty() || k.find('=') != std::string::npos) {
+        errorf("device tag: --remove takes a tag KEY, not '" + k + "'");
+        return kExitUsage;
+      }
+      if (tag_body.contains(k)) {
+        errorf("device tag: tag '" + k + "' is both set and removed");
+        return kExitUsage;
+      }
+      tag_body[k] = nullptr;
+    }
+    if (tag_body.empty()) {
+      errorf("device tag: give KEY=VALUE to set and/or --remove KEY");
+      return kExitUsage;
+    }
   }
   Url u;
   std::string why;
@@ -728,19 +1338,39 @@ int main(int argc, char** argv) {
     return kExitFail;
   }
   Ctx c;
-  c.api = std::make_unique<Api>(api, u, token);
+  c.api = std::make_unique<Api>(api, u, token, actor_name());
   c.json_out = json_out;
 
   if (image_add->parsed()) return cmd_image_add(c, file, version, hw, chunk_size, counter);
   if (image_list->parsed()) return cmd_image_list(c);
   if (deploy->parsed()) return cmd_deploy(c, dep_image, dep_device, dep_group, wait, timeout_s);
-  if (devices->parsed()) return cmd_devices(c, f_group, f_version, f_online);
+  if (devices->parsed()) {
+    std::string q;
+    auto add = [&q](const char* k, const std::string& v) {
+      if (!v.empty()) q += (q.empty() ? "?" : "&") + std::string(k) + "=" + url_encode(v);
+    };
+    add("group", f_group);
+    add("tag", f_tag);
+    add("version", f_version);
+    add("state", f_state);
+    add("online", f_online ? "true" : f_offline ? "false" : "");
+    return cmd_devices(c, q);
+  }
   if (device_show->parsed()) return cmd_device_show(c, dev_id);
+  if (device_tag->parsed()) return cmd_device_tag(c, dev_id, tag_body);
+  if (ro_create->parsed()) return cmd_rollout_create(c, ro_body);
+  for (const auto& a : actions)
+    if (a.cmd->parsed()) return cmd_rollout_action(c, ro_id, a.name, ro_reason);
+  if (rrb->parsed()) return cmd_rollout_rollback(c, ro_id, rb_image, !rb_no_start);
+  if (rl->parsed()) return cmd_rollout_list(c);
+  if (rs->parsed()) return cmd_rollout_show(c, ro_id, rs_devices);
+  if (re->parsed()) return cmd_events(c, ro_id, "", "", e_limit);
+  if (watch->parsed()) return cmd_watch(c, w_id, w_interval, w_events, w_retry_for);
   if (status->parsed()) return cmd_status(c, status_dep);
   if (dl->parsed()) return cmd_deployment_list(c);
   if (ds->parsed()) return cmd_deployment_show(c, d_id);
   if (dc->parsed()) return cmd_deployment_cancel(c, d_id);
-  if (events->parsed()) return cmd_events(c, e_dep, e_dev, e_limit);
+  if (events->parsed()) return cmd_events(c, e_rollout, e_dep, e_dev, e_limit);
   errorf("no command given (try --help)");
   return kExitUsage;
 }

@@ -1,9 +1,12 @@
-// otactl argument handling: run the built binary with bad arguments.
+// otactl argument handling: run the built binary with bad arguments; the rollout policy parsers
+// (service/cli/args.hpp) directly.
 #include <gtest/gtest.h>
 #include <sys/wait.h>
 
 #include <cstdio>
 #include <string>
+
+#include "../../service/cli/args.hpp"
 
 namespace {
 
@@ -93,6 +96,155 @@ TEST(Otactl, MissingTokenIsAClearError) {
 }
 
 TEST(Otactl, HelpExitsZero) { EXPECT_EQ(otactl("--help").code, 0); }
+
+// The argument tests below point at a port where nothing listens: a command that got past its
+// argument checks would exit 1 (cannot reach controller), not 2.
+const std::string kNoServer = "--api http://127.0.0.1:1 ";
+
+// Exit 2 and every `needles` in the output.
+void expect_usage(const std::string& args, std::initializer_list<const char*> needles) {
+  auto r = otactl(kNoServer + args);
+  EXPECT_EQ(r.code, 2) << args << "\n" << r.out;
+  for (const char* n : needles) EXPECT_NE(r.out.find(n), std::string::npos) << args << ": no '" << n << "' in\n" << r.out;
+}
+
+TEST(Otactl, RolloutCreateNeedsExactlyOneTarget) {
+  expect_usage("rollout create 1.1.0", {"target", "--group", "--devices", "--tags"});
+  expect_usage("rollout create 1.1.0 --group g --devices d1", {"--group", "--devices"});
+  expect_usage("rollout create 1.1.0 --devices d1 --tags site=berlin", {"--devices", "--tags"});
+  expect_usage("rollout create 1.1.0 --devices ''", {"--devices", "empty"});
+  expect_usage("rollout create 1.1.0 --devices ,", {"--devices"});
+  expect_usage("rollout create --group g", {"IMAGE"});
+}
+
+TEST(Otactl, RolloutCreateBadWaveSpecNamesIt) {
+  expect_usage("rollout create 1.1.0 --group g --wave abc", {"--wave", "'abc'"});
+  expect_usage("rollout create 1.1.0 --group g --wave 10%:150", {"--wave", "'10%:150'", "threshold"});
+  expect_usage("rollout create 1.1.0 --group g --wave 10% --wave 0%", {"--wave", "'0%'"});
+  expect_usage("rollout create 1.1.0 --group g --wave 101%", {"--wave", "101%"});
+  expect_usage("rollout create 1.1.0 --group g --wave 0", {"--wave", "'0'"});
+  expect_usage("rollout create 1.1.0 --group g --wave 5:90:5x", {"--wave", "soak", "5x"});
+  expect_usage("rollout create 1.1.0 --group g --wave 5:90:5m:1", {"--wave", "too many"});
+}
+
+TEST(Otactl, RolloutCreateBadDurationNamesIt) {
+  expect_usage("rollout create 1.1.0 --group g --retry-delay 5y", {"--retry-delay", "'5y'"});
+  expect_usage("rollout create 1.1.0 --group g --timeout soon", {"--timeout", "'soon'"});
+  expect_usage("rollout create 1.1.0 --group g --defer-delay -5m", {"--defer-delay"});
+  expect_usage("rollout create 1.1.0 --group g --timeout ''", {"--timeout", "empty"});
+}
+
+TEST(Otactl, RolloutCreateBadWindowStartAtAndPolicy) {
+  expect_usage("rollout create 1.1.0 --group g --window 25:00-01:00", {"--window", "25:00-01:00"});
+  expect_usage("rollout create 1.1.0 --group g --window 22:00", {"--window", "HH:MM-HH:MM"});
+  expect_usage("rollout create 1.1.0 --group g --window 02:00-02:00", {"--window", "same"});
+  expect_usage("rollout create 1.1.0 --group g --on-failure explode", {"--on-failure", "explode", "pause", "abort"});
+  expect_usage("rollout create 1.1.0 --group g --start-at tomorrow", {"--start-at", "tomorrow"});
+  expect_usage("rollout create 1.1.0 --group g --start-at 2026-11-26T02:00", {"--start-at", "zone"});
+  expect_usage("rollout create 1.1.0 --group g --start-at 2026-02-30T02:00Z", {"--start-at", "range"});
+  expect_usage("rollout create 1.1.0 --group g --max-failure 150", {"--max-failure"});
+  expect_usage("rollout create 1.1.0 --group g --max-wave-failure -1", {"--max-wave-failure"});
+  expect_usage("rollout create 1.1.0 --group g --retries -1", {"--retries"});
+  expect_usage("rollout create 1.1.0 --group g --max-concurrent 0", {"--max-concurrent"});
+}
+
+TEST(Otactl, RolloutCreateValidArgumentsReachTheController) {
+  auto r = otactl(kNoServer +
+                  "rollout create 1.1.0 --devices a,b --devices c --wave 10%:90:5m --wave 5 --wave 50%::1h "
+                  "--max-wave-failure 10 --max-failure 2.5 --on-failure abort --retries 1 --retry-delay 60 "
+                  "--timeout 1h --max-concurrent 50 --start-at 2026-11-26T02:00:00Z --window 22:00-04:00 "
+                  "--defer-delay 5m --max-defers 10 --name canary --start");
+  EXPECT_EQ(r.code, 1) << r.out;
+  EXPECT_NE(r.out.find("cannot reach controller"), std::string::npos) << r.out;
+}
+
+TEST(Otactl, RolloutActionsAndWatchNeedAnId) {
+  for (const char* a : {"start", "pause", "resume", "abort", "retry", "rollback", "show", "events"})
+    expect_usage(std::string("rollout ") + a, {"ID"});
+  expect_usage("rollout resume ro-1 --reason x", {"--reason"});  // only pause and abort take one
+  expect_usage("rollout", {"subcommand"});
+  expect_usage("watch", {"ROLLOUT"});
+  expect_usage("watch ro-1 --interval-ms 0", {"--interval-ms"});
+  expect_usage("watch ro-1 --retry-for -1", {"--retry-for"});
+}
+
+TEST(Otactl, DevicesFiltersAndTags) {
+  expect_usage("devices --online --offline", {"--online", "--offline"});
+  expect_usage("device tag d1", {"KEY=VALUE", "--remove"});
+  expect_usage("device tag d1 site", {"'site'", "KEY=VALUE"});
+  expect_usage("device tag d1 =berlin", {"'=berlin'"});
+  expect_usage("device tag d1 site=berlin --remove site", {"'site'", "both"});
+  expect_usage("device tag d1 --remove a=b", {"--remove", "'a=b'"});
+  auto r = otactl(kNoServer + "device tag d1 site=berlin model= --remove old");
+  EXPECT_EQ(r.code, 1) << r.out;  // valid: reaches for the controller
+}
+
+TEST(Otactl, WatchGivesUpOnAnUnreachableControllerWithExit3) {
+  auto r = otactl(kNoServer + "watch ro-1 --interval-ms 100 --retry-for 1");
+  EXPECT_EQ(r.code, 3) << r.out;
+  EXPECT_NE(r.out.find("cannot reach controller at http://127.0.0.1:1"), std::string::npos) << r.out;
+}
+
+TEST(OtactlArgs, Durations) {
+  long long s = -1;
+  std::string why;
+  EXPECT_TRUE(otactl::parse_duration("90", s, why));
+  EXPECT_EQ(s, 90);
+  EXPECT_TRUE(otactl::parse_duration("30s", s, why));
+  EXPECT_EQ(s, 30);
+  EXPECT_TRUE(otactl::parse_duration("5m", s, why));
+  EXPECT_EQ(s, 300);
+  EXPECT_TRUE(otactl::parse_duration("2h", s, why));
+  EXPECT_EQ(s, 7200);
+  EXPECT_TRUE(otactl::parse_duration("1d", s, why));
+  EXPECT_EQ(s, 86400);
+  EXPECT_TRUE(otactl::parse_duration("0", s, why));
+  EXPECT_EQ(s, 0);
+  for (const char* bad : {"", "s", "5y", "-5", "1.5h", "5 m", "1h30m", "99999999999d"})
+    EXPECT_FALSE(otactl::parse_duration(bad, s, why)) << bad;
+  EXPECT_EQ(otactl::fmt_duration(300), "5m");
+  EXPECT_EQ(otactl::fmt_duration(90), "90s");
+  EXPECT_EQ(otactl::fmt_duration(86400), "1d");
+  EXPECT_EQ(otactl::fmt_age(12), "12s");
+  EXPECT_EQ(otactl::fmt_age(3 * 3600 + 5), "3h");
+}
+
+TEST(OtactlArgs, Waves) {
+  nlohmann::json w;
+  std::string why;
+  ASSERT_TRUE(otactl::parse_wave("10%:90:5m", w, why)) << why;
+  EXPECT_EQ(w, nlohmann::json::parse(R"({"size":"10%","success_threshold":90,"soak":300})"));
+  ASSERT_TRUE(otactl::parse_wave("5", w, why)) << why;
+  EXPECT_EQ(w, nlohmann::json::parse(R"({"size":5,"success_threshold":100})"));
+  ASSERT_TRUE(otactl::parse_wave("100%::30", w, why)) << why;
+  EXPECT_EQ(w, nlohmann::json::parse(R"({"size":"100%","success_threshold":100,"soak":30})"));
+  ASSERT_TRUE(otactl::parse_wave("50%:97.5", w, why)) << why;
+  EXPECT_DOUBLE_EQ(w["success_threshold"].get<double>(), 97.5);
+  for (const char* bad : {"", "abc", "%", "0%", "101%", "-5", "0", "10%:150", "10%:x", "10%:90:x", "1:2:3:4", "5%%"})
+    EXPECT_FALSE(otactl::parse_wave(bad, w, why)) << bad;
+}
+
+TEST(OtactlArgs, WindowsAndTimes) {
+  std::string why;
+  EXPECT_TRUE(otactl::parse_window("22:00-04:00", why));
+  EXPECT_TRUE(otactl::parse_window("00:00-23:59", why));
+  for (const char* bad : {"", "22:00", "24:00-01:00", "22:60-01:00", "2:00-4:00", "22:00_04:00", "10:00-10:00"})
+    EXPECT_FALSE(otactl::parse_window(bad, why)) << bad;
+  long long t = 0;
+  ASSERT_TRUE(otactl::parse_time("2026-11-26T02:00:00Z", t, why)) << why;
+  EXPECT_EQ(t, 1795658400);
+  ASSERT_TRUE(otactl::parse_time("2026-11-26T02:00Z", t, why)) << why;
+  EXPECT_EQ(t, 1795658400);
+  ASSERT_TRUE(otactl::parse_time("2026-11-26T03:00:00+01:00", t, why)) << why;
+  EXPECT_EQ(t, 1795658400);
+  ASSERT_TRUE(otactl::parse_time("1795658400", t, why)) << why;
+  EXPECT_EQ(t, 1795658400);
+  ASSERT_TRUE(otactl::parse_time("2024-02-29 23:30:15+02:30", t, why)) << why;
+  EXPECT_EQ(t, 1709240415);
+  for (const char* bad : {"", "now", "2026-11-26", "2026-11-26T02:00", "2025-02-29T00:00Z", "2026-13-01T00:00Z",
+                          "2026-11-26T24:00Z", "2026-11-26T02:00:00+1:00", "-5"})
+    EXPECT_FALSE(otactl::parse_time(bad, t, why)) << bad;
+}
 
 }  // namespace
 
