@@ -40,6 +40,9 @@ int main(int argc, char** argv) {
                  "with a random token, mode 0600, if missing)");
   app.add_option("--prefix", cc.prefix, "MQTT topic prefix")->capture_default_str();
   app.add_option("--offer-ttl", cc.offer_ttl, "offer validity in seconds")->capture_default_str()->check(CLI::Range(60LL, 10LL * 365 * 86400));
+  app.add_option("--heartbeat-timeout", cc.heartbeat_timeout_s,
+                 "seconds without any message before a device is shown offline (0: only "
+                 "the broker's last will)")->capture_default_str()->check(CLI::Range(0LL, 30LL * 86400));
   app.add_option("--client-id", mc.client_id, "MQTT client id (fixed: persistent session)")->capture_default_str();
   app.add_flag("-v,--verbose", verbose, "debug logging");
   try {

@@ -207,6 +207,7 @@ Status Controller::load() {
     if (!f) return f.context("deployment " + d.id);
     DepMem m;
     m.rec = d;
+    if (d.target_kind == "rollout") m.rollout_id = d.target;
     m.image = **img;
     m.file = *f;
     auto rows = store_.rows(d.id);
@@ -219,8 +220,11 @@ Status Controller::load() {
     }
     active_[d.id] = std::move(m);
   }
+  Status r = load_rollouts();
+  if (!r) return r.context("rollouts");
   log_info("loaded " + std::to_string(devs->size()) + " devices, " +
-           std::to_string(active_.size()) + " active deployments");
+           std::to_string(active_.size()) + " active deployments, " +
+           std::to_string(rollouts_.size()) + " live rollouts");
   return {};
 }
 
@@ -247,8 +251,14 @@ std::string Controller::topic_for(int kind, const std::string& id) const {
 }
 
 void Controller::event(const std::string& dep, const std::string& dev, const std::string& what,
-                       const std::string& detail) {
-  Status s = store_.add_event(dep, dev, what, detail);
+                       const std::string& detail, const std::string& actor,
+                       const std::string& rollout) {
+  std::string ro = rollout;
+  if (ro.empty() && !dep.empty()) {
+    auto it = active_.find(dep);
+    if (it != active_.end()) ro = it->second.rollout_id;
+  }
+  Status s = store_.add_event(dep, dev, what, detail, actor, ro);
   if (!s) log_error("event log: " + s.error());
 }
 
@@ -477,28 +487,8 @@ Result<DeploymentRec> Controller::deploy(const std::string& image_ref, const std
   auto file = open_image(*img);
   if (!file) return file.context("deploy");
 
-  proto::Offer offer;
-  offer.deployment.assign(depid->c_str());
-  proto::Manifest& m = offer.manifest;
-  m.image.assign(img->id.c_str());
-  m.version.assign(img->version.c_str());
-  for (const auto& h : img->hw) {
-    if (m.hw_count >= proto::kMaxHwModels) break;
-    m.hw[m.hw_count++].assign(h.c_str());
-  }
-  m.size = img->size;
-  m.sha256.assign(img->sha256.c_str());
-  m.chunk_size = img->chunk_size;
-  m.counter = img->counter;
-  m.expires = static_cast<std::uint64_t>(now_s() + cfg_.offer_ttl);
-  m.kind = proto::ImageKind::firmware;
-  Status sg = signer_.sign_manifest(m);
-  if (!sg) return sg.context("deploy");
-  std::vector<char> buf(16384);
-  std::size_t len = 0;
-  proto::Error e = proto::encode_offer(offer, buf.data(), buf.size(), len);
-  if (e) return internal_err(std::string("deploy: encode offer: ") + proto::errc_name(e.code) +
-                             " " + e.field);
+  auto offer = build_offer(*img, *depid);
+  if (!offer) return offer.context("deploy");
 
   DepMem dm;
   dm.rec.id = *depid;
@@ -506,7 +496,7 @@ Result<DeploymentRec> Controller::deploy(const std::string& image_ref, const std
   dm.rec.target_kind = kind;
   dm.rec.target = target;
   dm.rec.state = "active";
-  dm.rec.offer.assign(buf.data(), len);
+  dm.rec.offer = *offer;
   dm.rec.created_at = now_s();
   dm.image = *img;
   dm.file = *file;
@@ -544,6 +534,71 @@ Result<DeploymentRec> Controller::deploy(const std::string& image_ref, const std
   return d.rec;
 }
 
+Result<std::string> Controller::build_offer(const ImageRec& img, const std::string& offer_id) {
+  auto offer = std::make_unique<proto::Offer>();
+  offer->deployment.assign(offer_id.c_str());
+  proto::Manifest& m = offer->manifest;
+  m.image.assign(img.id.c_str());
+  m.version.assign(img.version.c_str());
+  for (const auto& h : img.hw) {
+    if (m.hw_count >= proto::kMaxHwModels) break;
+    m.hw[m.hw_count++].assign(h.c_str());
+  }
+  m.size = img.size;
+  m.sha256.assign(img.sha256.c_str());
+  m.chunk_size = img.chunk_size;
+  m.counter = img.counter;
+  m.expires = static_cast<std::uint64_t>(now() / 1000 + cfg_.offer_ttl);
+  m.kind = proto::ImageKind::firmware;
+  Status sg = signer_.sign_manifest(m);
+  if (!sg) return sg.err();
+  std::vector<char> buf(16384);
+  std::size_t len = 0;
+  proto::Error e = proto::encode_offer(*offer, buf.data(), buf.size(), len);
+  if (e)
+    return internal_err(std::string("encode offer: ") + proto::errc_name(e.code) + " " + e.field);
+  return std::string(buf.data(), len);
+}
+
+long long Controller::now() const { return cfg_.clock ? cfg_.clock() : now_ms(); }
+
+std::string Controller::offer_id(const std::string& dep_id, int attempt) {
+  return attempt <= 1 ? dep_id : dep_id + "." + std::to_string(attempt);
+}
+
+Controller::DepMem* Controller::find_dep(const std::string& id, int* attempt) {
+  *attempt = 1;
+  auto it = active_.find(id);
+  if (it != active_.end()) return &it->second;
+  const auto dot = id.rfind('.');
+  if (dot == std::string::npos || dot + 1 >= id.size() || id.size() - dot > 6 ||
+      id.find_first_not_of("0123456789", dot + 1) != std::string::npos)
+    return nullptr;
+  it = active_.find(id.substr(0, dot));
+  if (it == active_.end() || it->second.rollout_id.empty()) return nullptr;
+  *attempt = std::atoi(id.c_str() + dot + 1);
+  return &it->second;
+}
+
+bool Controller::publish_offer_attempt(DepMem& d, const std::string& dev, int attempt) {
+  if (d.rollout_id.empty() || attempt <= 1) return publish_offer_to_device(d, dev);
+  auto offer = build_offer(d.image, offer_id(d.rec.id, attempt));
+  if (!offer) {
+    log_error("deployment " + d.rec.id + ": offer to " + dev + ": " + offer.error());
+    return false;
+  }
+  std::string t = topic_for(static_cast<int>(proto::TopicKind::offer), dev);
+  bool ok = pub_ && pub_->publish(t, offer->data(), offer->size(), 1, false);
+  if (!ok) log_warn("deployment " + d.rec.id + ": publish offer to " + dev + " failed");
+  return ok;
+}
+
+void Controller::note_alive(const std::string& dev) {
+  const long long t = now();
+  alive_ms_[dev] = t;
+  seen_ms_[dev] = t;
+}
+
 bool Controller::publish_offer_to_device(const DepMem& d, const std::string& dev) {
   std::string t = topic_for(static_cast<int>(proto::TopicKind::offer), dev);
   bool ok = !t.empty() && pub_ && pub_->publish(t, d.rec.offer.data(), d.rec.offer.size(), 1, false);
@@ -571,6 +626,9 @@ Result<DeploymentRec> Controller::cancel(const std::string& deployment_id) {
     return conflict_err("cancel: deployment " + deployment_id + " is already " + (*d)->state);
   }
   DepMem& d = it->second;
+  if (!d.rollout_id.empty())
+    return conflict_err("cancel: deployment " + deployment_id + " belongs to rollout " +
+                        d.rollout_id + "; use `otactl rollout abort " + d.rollout_id + "`");
   flush_dirty(true);
   std::vector<std::string> notify;
   const long long ts = now_ms();
@@ -651,7 +709,15 @@ void Controller::maybe_complete(const std::string& dep_id) {
   auto it = active_.find(dep_id);
   if (it == active_.end()) return;
   DepMem& d = it->second;
-  if (d.rows.empty()) return;
+  std::string final_state = "completed";
+  if (!d.rollout_id.empty()) {
+    // A rollout's deployment lives as long as the rollout (retries reopen rows) and then
+    // until the devices that could not be stopped have reported.
+    auto ro = rollouts_.find(d.rollout_id);
+    if (ro != rollouts_.end() && !is_terminal_rollout_state(ro->second.rec.state)) return;
+    if (ro != rollouts_.end() && ro->second.rec.state == "aborted") final_state = "cancelled";
+  }
+  if (d.rows.empty() && d.rollout_id.empty()) return;
   std::map<std::string, int> counts;
   for (const auto& kv : d.rows) {
     if (!is_final_row_state(kv.second.rec.state)) return;
@@ -664,24 +730,25 @@ void Controller::maybe_complete(const std::string& dep_id) {
   flush_dirty(true);
   Tx tx(store_);
   Status s = tx.status();
-  if (s) s = store_.set_deployment_state(d.rec.id, "completed", now_s());
+  if (s) s = store_.set_deployment_state(d.rec.id, final_state, now_s());
   std::string summary;
   for (const auto& c : counts)
     summary += (summary.empty() ? "" : " ") + c.first + "=" + std::to_string(c.second);
-  if (s) event(d.rec.id, "", "deployment_completed", summary);
+  if (s) event(d.rec.id, "", "deployment_" + final_state, summary);
   if (s) s = tx.commit();
   if (!s) {
     log_error("deployment " + d.rec.id + ": complete: " + s.error());
     return;
   }
   if (d.rec.target_kind == "group") publish_group_offer(d, true);
-  log_info("deployment " + d.rec.id + " completed: " + summary);
+  log_info("deployment " + d.rec.id + " " + final_state + ": " + summary);
+  if (!d.rollout_id.empty()) rollouts_.erase(d.rollout_id);
   active_.erase(it);
 }
 
 void Controller::flush_dirty(bool force) {
   const long long now = now_ms();
-  bool any = !dirty_seq_.empty();
+  bool any = !dirty_seq_.empty() || !alive_ms_.empty();
   for (auto& dkv : active_)
     for (auto& rkv : dkv.second.rows)
       if (rkv.second.dirty && (force || now - rkv.second.last_flush_ms >= cfg_.flush_interval_ms))
@@ -705,12 +772,36 @@ void Controller::flush_dirty(bool force) {
     if (!s) log_error("flush seq " + dev + ": " + s.error());
   }
   dirty_seq_.clear();
+  for (const auto& kv : alive_ms_) {
+    Status s = store_.set_device_last_seen(kv.first, kv.second / 1000);
+    if (!s) log_error("flush last_seen " + kv.first + ": " + s.error());
+  }
+  alive_ms_.clear();
   Status c = tx.commit();
   if (!c) log_error("flush: " + c.error());
 }
 
 void Controller::tick() {
+  const bool link_up = !pub_ || pub_->ready();
+  if (link_up) rollout_tick(now());
   std::lock_guard<std::mutex> lock(mu_);
+  if (link_up) {
+    const long long t = now();
+    for (auto& kv : active_) {
+      if (!kv.second.rollout_id.empty()) continue;  // the rollout engine re-offers its own
+      for (auto& r : kv.second.rows) {
+        RowMem& row = r.second;
+        if (row.rec.state != "deferred" || row.rec.next_at > t) continue;
+        row.rec.next_at = 0;
+        Status s = set_row_state(kv.second, row, "offered", "offered again after a deferral");
+        if (!s) {
+          log_error("deployment " + kv.first + ": re-offer to " + r.first + ": " + s.error());
+          continue;
+        }
+        publish_offer_to_device(kv.second, r.first);
+      }
+    }
+  }
   flush_dirty(false);
   if (acl_enabled_) {
     Status s = reload_acl_if_changed(false);
@@ -763,7 +854,25 @@ void Controller::handle_presence(const std::string& dev, const char* p, std::siz
   proto::Error e = proto::decode_presence_type(p, len, pt);
   if (e) return decode_error(dev, topic, "presence", static_cast<int>(e.code), e.field);
   std::lock_guard<std::mutex> lock(mu_);
+  if (pt == proto::PresenceType::heartbeat) {
+    proto::Heartbeat hb;
+    e = proto::decode_heartbeat(p, len, hb);
+    if (e) return decode_error(dev, topic, "heartbeat", static_cast<int>(e.code), e.field);
+    if (!dev_seq_.count(dev)) {  // never said hello: nothing to keep alive
+      ignored("hb|" + dev, "", dev, "", "", "heartbeat from a device that never said hello");
+      return;
+    }
+    note_alive(dev);
+    if (offline_devs_.erase(dev)) {
+      Status s = store_.set_device_online(dev, true, now() / 1000);
+      if (!s) log_error("device " + dev + ": heartbeat: " + s.error());
+    }
+    return;
+  }
   if (pt == proto::PresenceType::offline) {
+    alive_ms_.erase(dev);
+    seen_ms_.erase(dev);
+    offline_devs_.insert(dev);
     auto existing = store_.device(dev);
     if (existing && *existing) {
       Status s = store_.set_device_online(dev, false, now_s());
@@ -836,6 +945,7 @@ void Controller::handle_presence(const std::string& dev, const char* p, std::siz
       }
       RowMem& row = r->second;
       if (is_final_row_state(row.rec.state)) continue;
+      if (!is_in_flight_state(row.rec.state)) continue;  // a rollout has not offered it yet
       const bool runs_target = d.version == dep.image.version;
       if (runs_target && h->slot_state == proto::SlotState::confirmed) {
         s = set_row_state(dep, row, "succeeded", "running " + d.version + " (confirmed)");
@@ -849,7 +959,7 @@ void Controller::handle_presence(const std::string& dev, const char* p, std::siz
         // The hello does not prove the outcome. Whatever state we last saw, the device may
         // have finished meanwhile and its final event may be lost (PUBACKed before we
         // committed it): re-offering makes it work on, or re-send its final event.
-        publish_offer_to_device(dep, dev);
+        publish_offer_attempt(dep, dev, row.rec.attempt);
         event(dep.rec.id, dev, "offer_resent",
               "device said hello running " + d.version + "; row " + row.rec.state);
       }
@@ -861,18 +971,23 @@ void Controller::handle_presence(const std::string& dev, const char* p, std::siz
     log_error("device " + dev + ": hello: " + s.error());
     return;
   }
+  note_alive(dev);
+  offline_devs_.erase(dev);
   log_info("device " + dev + " hello version " + d.version + " " + d.slot_state);
   if (h->resume.present) {
     // An interrupted download of a deployment that ended while the device was away: tell it
     // to drop the partial image now instead of letting it time out.
     const std::string rdep = h->resume.deployment.c_str();
-    auto it = active_.find(rdep);
-    if (it == active_.end()) {
+    int attempt = 1;
+    DepMem* dp = find_dep(rdep, &attempt);
+    if (!dp) {
       send_cancel(dev, rdep, "deployment is no longer active");
     } else {
-      auto r = it->second.rows.find(dev);
-      if (r != it->second.rows.end() && is_final_row_state(r->second.rec.state))
+      auto r = dp->rows.find(dev);
+      if (r != dp->rows.end() && is_final_row_state(r->second.rec.state))
         send_cancel(dev, rdep, "device's row is " + r->second.rec.state);
+      else if (r != dp->rows.end() && r->second.rec.attempt != attempt)
+        send_cancel(dev, rdep, "superseded by attempt " + std::to_string(r->second.rec.attempt));
     }
   }
   for (const auto& id : touched) maybe_complete(id);
@@ -897,7 +1012,10 @@ void Controller::handle_event(const std::string& dev, const char* p, std::size_t
                              " (last " + std::to_string(last) + ")");
     return;
   }
-  const std::string dep_id = ev.deployment.c_str();
+  note_alive(dev);
+  int attempt = 1;
+  DepMem* dp = find_dep(ev.deployment.c_str(), &attempt);
+  const std::string dep_id = dp ? dp->rec.id : std::string(ev.deployment.c_str());
   const std::string type = proto::event_type_name(ev.type);
   const bool is_progress = ev.type == proto::EventType::progress;
   auto note_seq = [&] {
@@ -906,13 +1024,15 @@ void Controller::handle_event(const std::string& dev, const char* p, std::size_t
     dirty_seq_.insert(dev);
   };
 
-  auto it = active_.find(dep_id);
   RowMem* row = nullptr;
   bool non_member = false;
-  if (it != active_.end()) {
-    DepMem& dep = it->second;
+  bool stale_attempt = false;
+  if (dp) {
+    DepMem& dep = *dp;
     auto r = dep.rows.find(dev);
-    if (r != dep.rows.end()) {
+    if (r != dep.rows.end() && r->second.rec.attempt != attempt) {
+      stale_attempt = true;  // an earlier attempt of a rollout: superseded, ignore
+    } else if (r != dep.rows.end()) {
       row = &r->second;
     } else if (dep.rec.target_kind == "group" &&
                (in_group(dev, dep.rec.target) ||
@@ -932,7 +1052,7 @@ void Controller::handle_event(const std::string& dev, const char* p, std::size_t
   if (!row) {
     std::optional<RowRec> late;
     const bool refinement = ev.type == proto::EventType::result && !ev.success;
-    if (it == active_.end() && !replay &&
+    if (!dp && !replay &&
         (refinement || (!logged_once_.contains("late|" + dev + "|" + dep_id) &&
                         !logged_once_.contains("ignored|" + dev + "|" + dep_id))))
       late = finished_row(dep_id, dev);
@@ -963,12 +1083,17 @@ void Controller::handle_event(const std::string& dev, const char* p, std::size_t
       ignored("late|" + dev + "|" + dep_id, dep_id, dev, "late_event",
               type + " seq " + std::to_string(ev.seq),
               type + " event for finished deployment " + dep_id + "; ignored");
+    } else if (stale_attempt) {
+      ignored("stale|" + dev + "|" + std::string(ev.deployment.c_str()), dep_id, dev,
+              "ignored_event", type + " seq " + std::to_string(ev.seq) + " for superseded " +
+              std::string(ev.deployment.c_str()),
+              type + " event for superseded attempt " + ev.deployment.c_str() + "; ignored");
     } else if (non_member) {
       ignored("nonmember|" + dev + "|" + dep_id, dep_id, dev, "ignored_event",
               type + " seq " + std::to_string(ev.seq) + ": not a member of group " +
-                  it->second.rec.target,
+                  dp->rec.target,
               type + " event for group deployment " + dep_id + " of group '" +
-                  it->second.rec.target + "', which the ACL does not grant it; ignored");
+                  dp->rec.target + "', which the ACL does not grant it; ignored");
     } else {
       ignored("ignored|" + dev + "|" + dep_id, dep_id, dev, "ignored_event",
               type + " seq " + std::to_string(ev.seq),
@@ -994,13 +1119,20 @@ void Controller::handle_event(const std::string& dev, const char* p, std::size_t
     s = write_row(*row);
     if (s) event(dep_id, dev, "result", "seq " + std::to_string(ev.seq) + " reason " + row->rec.reason);
     row = nullptr;
+  } else if (s && row && (row->rec.state == "timed_out" || row->rec.state == "pending") &&
+             row->rec.attempt > 0 && ev.type == proto::EventType::result) {
+    // The result of an attempt the rollout gave up waiting for: it is still the truth.
+  } else if (s && row && (row->rec.state == "pending" || row->rec.state == "deferred")) {
+    log_info("device " + dev + ": " + type + " event for deployment " + dep_id +
+             " while its row is " + row->rec.state + "; ignored");
+    row = nullptr;
   } else if (s && row && is_final_row_state(row->rec.state)) {
     log_info("device " + dev + ": " + type + " event for deployment " + dep_id +
              " after its row became " + row->rec.state + "; ignored");
     row = nullptr;
   }
   if (s && row) {
-    DepMem& dep = it->second;
+    DepMem& dep = *dp;
     switch (ev.type) {
       case proto::EventType::accept:
         if (row->rec.state == "offered") s = set_row_state(dep, *row, "accepted", "");
@@ -1014,6 +1146,33 @@ void Controller::handle_event(const std::string& dev, const char* p, std::size_t
           if (s) s = store_.set_device_last_error(dev, "declined " + dep_id + ": " + reason);
         }
         final_now = true;
+        break;
+      }
+      case proto::EventType::defer: {
+        // Not a failure and not final: offered again later (the rollout engine, or tick()
+        // for a plain deployment), when the device said or after the policy's delay.
+        std::string reason = reason_text(ev.reason, ev.detail);
+        long long delay_s = ev.retry_after;
+        int max_defers = 10;
+        if (!dep.rollout_id.empty()) {
+          auto ro = rollouts_.find(dep.rollout_id);
+          if (ro != rollouts_.end()) {
+            if (!delay_s) delay_s = ro->second.policy.defer_delay_s;
+            max_defers = ro->second.policy.max_defers;
+          }
+        }
+        if (!delay_s) delay_s = 300;
+        row->rec.defers++;
+        if (row->rec.defers > max_defers) {
+          s = set_row_state(dep, *row, "declined",
+                            "deferred " + std::to_string(row->rec.defers) + " times (last: " +
+                                reason + ")");
+          final_now = true;
+        } else {
+          row->rec.next_at = now() + delay_s * 1000;
+          s = set_row_state(dep, *row, "deferred",
+                            reason + "; offered again in " + std::to_string(delay_s) + " s");
+        }
         break;
       }
       case proto::EventType::progress: {
@@ -1059,7 +1218,7 @@ void Controller::handle_event(const std::string& dev, const char* p, std::size_t
     if (s && !is_progress && ev.type != proto::EventType::status)
       event(dep_id, dev, type,
             "seq " + std::to_string(ev.seq) +
-                (ev.type == proto::EventType::decline ||
+                (ev.type == proto::EventType::decline || ev.type == proto::EventType::defer ||
                          (ev.type == proto::EventType::result && !ev.success)
                      ? " reason " + reason_text(ev.reason, ev.detail)
                      : std::string()));
@@ -1096,21 +1255,27 @@ void Controller::handle_chunk_request(const std::string& dev, const char* p, std
       ignored("req|" + dev + "|" + dep_id, dep_id, dev, "", "",
               "refusing chunk requests for deployment '" + dep_id + "': " + why);
     };
-    auto it = active_.find(dep_id);
-    if (it == active_.end()) {
+    note_alive(dev);
+    int attempt = 1;
+    DepMem* dp = find_dep(dep_id, &attempt);
+    if (!dp) {
       refuse("no such active deployment");
       // Cancelled or finished while the device was away: make it drop the partial image.
       return send_cancel(dev, dep_id, "deployment is no longer active");
     }
-    DepMem& dep = it->second;
+    DepMem& dep = *dp;
     if (req.image != dep.image.id.c_str())
       return refuse(std::string("image ") + req.image.c_str() + " is not the deployment's image " +
                     dep.image.id);
     auto r = dep.rows.find(dev);
     if (r != dep.rows.end()) {
-      if (is_final_row_state(r->second.rec.state)) {
-        refuse("device's row is " + r->second.rec.state);
-        return send_cancel(dev, dep_id, "device's row is " + r->second.rec.state);
+      if (is_final_row_state(r->second.rec.state) || r->second.rec.attempt != attempt ||
+          !is_in_flight_state(r->second.rec.state)) {
+        const std::string why = r->second.rec.attempt != attempt
+                                    ? "superseded by attempt " + std::to_string(r->second.rec.attempt)
+                                    : "device's row is " + r->second.rec.state;
+        refuse(why);
+        return send_cancel(dev, dep_id, why);
       }
     } else if (!(dep.rec.target_kind == "group" && in_group(dev, dep.rec.target))) {
       return refuse("device is not part of it");
@@ -1160,15 +1325,17 @@ void Controller::handle_chunk_request(const std::string& dev, const char* p, std
     chunks_sent_++;
   }
   if (sent == 0) return;
+  bytes_served_ += sent;
   std::lock_guard<std::mutex> lock(mu_);
-  auto it = active_.find(dep_id);
-  if (it == active_.end()) return;
-  auto r = it->second.rows.find(dev);
-  if (r == it->second.rows.end()) return;
+  int attempt = 1;
+  DepMem* dp = find_dep(dep_id, &attempt);
+  if (!dp) return;
+  auto r = dp->rows.find(dev);
+  if (r == dp->rows.end()) return;
   r->second.rec.bytes_sent += sent;
   r->second.dirty = true;
   if (r->second.rec.state == "offered" || r->second.rec.state == "accepted") {
-    Status s = set_row_state(it->second, r->second, "downloading", "");
+    Status s = set_row_state(*dp, r->second, "downloading", "");
     if (!s) log_error("device " + dev + ": chunk accounting: " + s.error());
   }
 }
@@ -1288,13 +1455,82 @@ Result<json> Controller::deployment_json(const std::string& id) {
   return deployment_to_json(**d, true);
 }
 
-Result<json> Controller::devices_json(const DeviceFilter& f) {
+Result<json> Controller::devices_json(const DeviceFilter& f, const std::string& tag_expr,
+                                      const std::string& state) {
+  std::optional<TagExpr> expr;
+  if (!tag_expr.empty()) {
+    auto e = TagExpr::parse(tag_expr);
+    if (!e) return e.err();
+    expr = *e;
+  }
+  static const std::set<std::string> kStates{
+      "idle", "online", "offline", "updating", "offered", "accepted", "downloading",
+      "verifying", "installing", "rebooting", "confirming"};
+  if (!state.empty() && !kStates.count(state))
+    return invalid_err("state '" + state +
+                       "' is not one of idle, updating, online, offline, offered, accepted, "
+                       "downloading, verifying, installing, rebooting, confirming");
   std::lock_guard<std::mutex> lock(mu_);
-  auto devs = store_.list_devices(f);
+  auto devs = store_.list_devices(DeviceFilter{f.group, f.version, std::nullopt});
   if (!devs) return devs.context("devices");
+  std::map<std::string, TagSubject> subjects;
+  if (expr) subjects = tag_subjects();
+  auto tags = store_.all_tags();
   json out = json::array();
-  for (const auto& d : *devs) out.push_back(to_json(d));
+  for (const auto& d : *devs) {
+    if (expr) {
+      auto it = subjects.find(d.id);
+      if (it == subjects.end() || !expr->matches(it->second)) continue;
+    }
+    json j = device_view(d, tags ? &*tags : nullptr);
+    if (f.online && j["online"].get<bool>() != *f.online) continue;
+    if (!state.empty()) {
+      const std::string st = j["state"].get<std::string>();
+      const bool on = j["online"].get<bool>();
+      const bool ok = state == st || (state == "updating" && st != "idle") ||
+                      (state == "online" && on) || (state == "offline" && !on);
+      if (!ok) continue;
+    }
+    out.push_back(std::move(j));
+  }
   return out;
+}
+
+json Controller::device_view(const DeviceRec& d,
+                             const std::map<std::string, std::map<std::string, std::string>>* tags) {
+  json j = to_json(d);
+  const long long t = now();
+  auto seen = seen_ms_.find(d.id);
+  const long long last = std::max(d.last_seen * 1000, seen == seen_ms_.end() ? 0 : seen->second);
+  j["last_seen"] = last / 1000;
+  j["heartbeat_age"] = last ? json(std::max(0LL, (t - last) / 1000)) : json();
+  j["online"] = d.online &&
+                (cfg_.heartbeat_timeout_s <= 0 || t - last <= cfg_.heartbeat_timeout_s * 1000);
+  // "groups" is what the device claims; with an ACL file, membership is what the broker grants.
+  j["member_of"] = acl_enabled_ ? json(acl_.groups_of(d.id)) : j["groups"];
+  json jt = json::object();
+  if (tags) {
+    auto it = tags->find(d.id);
+    if (it != tags->end())
+      for (const auto& kv : it->second) jt[kv.first] = kv.second;
+  }
+  j["tags"] = jt;
+  j["state"] = "idle";
+  j["transfer"] = nullptr;
+  for (const auto& kv : active_) {
+    auto r = kv.second.rows.find(d.id);
+    if (r == kv.second.rows.end() || !is_in_flight_state(r->second.rec.state)) continue;
+    const RowRec& rr = r->second.rec;
+    const std::uint64_t total = rr.total ? rr.total : kv.second.image.size;
+    j["state"] = rr.state;
+    j["transfer"] = json{{"deployment", kv.first},
+                         {"rollout", kv.second.rollout_id},
+                         {"version", kv.second.image.version},
+                         {"state", rr.state},
+                         {"percent", total ? static_cast<int>(std::min(rr.received, total) * 100 / total) : 0}};
+    break;
+  }
+  return j;
 }
 
 Result<json> Controller::device_json(const std::string& id) {
@@ -1303,7 +1539,8 @@ Result<json> Controller::device_json(const std::string& id) {
   auto d = store_.device(id);
   if (!d) return d.context("device");
   if (!*d) return not_found_err("unknown device " + id);
-  json j = to_json(**d);
+  auto tags = store_.all_tags();
+  json j = device_view(**d, tags ? &*tags : nullptr);
   auto rows = store_.rows_for_device(id, 20);
   json jr = json::array();
   if (rows)
@@ -1356,7 +1593,9 @@ Result<json> Controller::events_json(const EventFilter& f) {
                        {"deployment", e.deployment},
                        {"device", e.device},
                        {"what", e.what},
-                       {"detail", e.detail}});
+                       {"detail", e.detail},
+                       {"actor", e.actor},
+                       {"rollout", e.rollout}});
   return out;
 }
 

@@ -178,6 +178,23 @@ void reply(httplib::Response& res, const Result<T>& r, int ok_status = 200) {
     send_error(res, http_status(r.kind()), r.error());
 }
 
+Result<json> parse_body(const std::string& body) {
+  json j = json::parse(body, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded()) return invalid_err("body is not valid JSON");
+  if (!j.is_object()) return invalid_err("body must be a JSON object");
+  return j;
+}
+
+// Who acted, for the event log: the operator name otactl sends (X-OTA-Actor), else "api".
+std::string actor_of(const httplib::Request& req) {
+  std::string a = req.get_header_value("X-OTA-Actor");
+  if (a.size() > 64) a.resize(64);
+  for (char& c : a)
+    if (!std::isalnum(static_cast<unsigned char>(c)) && c != '.' && c != '_' && c != '-' && c != '@')
+      c = '_';
+  return a.empty() ? std::string("operator:api") : "operator:" + a;
+}
+
 }  // namespace
 
 HttpApi::HttpApi(Controller& ctl, std::function<bool()> ready, std::string api_token)
@@ -262,7 +279,7 @@ void HttpApi::routes() {
                      "controller's --api-token-file (default: <db>.token)");
       return httplib::Server::HandlerResponse::Handled;
     }
-    if (req.method == "POST") {
+    if (req.method == "POST" || req.method == "PUT") {
       const bool image = req.path == "/api/v1/images";
       const std::string want = image ? "application/octet-stream" : "application/json";
       const std::string got = media_type(req.get_header_value("Content-Type"));
@@ -350,7 +367,37 @@ void HttpApi::routes() {
       else
         return send_error(res, 400, "online must be true/false/1/0, not '" + o + "'");
     }
-    reply(res, ctl_.devices_json(f));
+    reply(res, ctl_.devices_json(f, req.get_param_value("tag"), req.get_param_value("state")));
+  });
+  s.Put(R"(/api/v1/devices/([^/]+)/tags)", [this](const httplib::Request& req, httplib::Response& res) {
+    auto body = parse_body(req.body);
+    if (!body) return send_error(res, 400, "tags: " + body.error());
+    reply(res, ctl_.set_device_tags(req.matches[1], *body, actor_of(req)));
+  });
+
+  s.Post("/api/v1/rollouts", [this](const httplib::Request& req, httplib::Response& res) {
+    auto body = parse_body(req.body);
+    if (!body) return send_error(res, 400, "rollout: " + body.error());
+    reply(res, ctl_.create_rollout(*body, actor_of(req)), 201);
+  });
+  s.Get("/api/v1/rollouts", [this](const httplib::Request&, httplib::Response& res) {
+    reply(res, ctl_.rollouts_json());
+  });
+  s.Get(R"(/api/v1/rollouts/([^/]+))", [this](const httplib::Request& req, httplib::Response& res) {
+    const std::string d = req.get_param_value("devices");
+    reply(res, ctl_.rollout_json(req.matches[1], d == "1" || d == "true"));
+  });
+  s.Post(R"(/api/v1/rollouts/([^/]+)/([a-z]+))",
+         [this](const httplib::Request& req, httplib::Response& res) {
+           auto body = parse_body(req.body.empty() ? std::string("{}") : req.body);
+           if (!body) return send_error(res, 400, std::string(req.matches[2]) + ": " + body.error());
+           const std::string action = req.matches[2];
+           reply(res, ctl_.rollout_action(req.matches[1], action, *body, actor_of(req)),
+                 action == "rollback" ? 201 : 200);
+         });
+  s.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
+    res.status = 200;
+    res.set_content(ctl_.metrics_text(), "text/plain; version=0.0.4; charset=utf-8");
   });
   s.Get(R"(/api/v1/devices/([^/]+))", [this](const httplib::Request& req, httplib::Response& res) {
     reply(res, ctl_.device_json(req.matches[1]));
@@ -370,6 +417,12 @@ void HttpApi::routes() {
     EventFilter f;
     f.deployment = req.get_param_value("deployment");
     f.device = req.get_param_value("device");
+    f.rollout = req.get_param_value("rollout");
+    if (req.has_param("after")) {
+      auto a = parse_u32("after", req.get_param_value("after"), 0, 0xFFFFFFFFu);
+      if (!a) return send_error(res, 400, a.error());
+      f.after_id = *a;
+    }
     if (req.has_param("limit")) {
       auto l = parse_u32("limit", req.get_param_value("limit"), 1, 10000);
       if (!l) return send_error(res, 400, l.error());

@@ -9,9 +9,10 @@
 namespace ota::service {
 namespace {
 
-const char* const kRowStates[] = {"offered",    "accepted",  "downloading", "verifying",
+const char* const kRowStates[] = {"offered",   "accepted",  "downloading", "verifying",
                                   "installing", "rebooting", "confirming",  "succeeded",
-                                  "failed",     "declined",  "cancelled"};
+                                  "failed",    "declined",  "cancelled",   "pending",
+                                  "deferred",  "timed_out"};
 
 // Binds and resets a cached statement.
 class Q {
@@ -126,11 +127,48 @@ RowRec read_row(const Q& q) {
   r.total = q.u64(5);
   r.bytes_sent = q.u64(6);
   r.updated_at = q.i64(7);
+  r.wave = static_cast<int>(q.i64(8));
+  r.ord = static_cast<int>(q.i64(9));
+  r.attempt = static_cast<int>(q.i64(10));
+  r.extra_attempts = static_cast<int>(q.i64(11));
+  r.defers = static_cast<int>(q.i64(12));
+  r.next_at = q.i64(13);
+  r.offered_at = q.i64(14);
   return r;
 }
 const char* const kRowCols =
-    "SELECT deployment_id, device_id, state, reason, received, total, bytes_sent, updated_at "
-    "FROM deployment_devices ";
+    "SELECT deployment_id, device_id, state, reason, received, total, bytes_sent, updated_at, "
+    "wave, ord, attempt, extra_attempts, defers, next_at, offered_at FROM deployment_devices ";
+
+RolloutRec read_rollout(const Q& q) {
+  RolloutRec r;
+  r.id = q.text(0);
+  r.name = q.text(1);
+  r.image_id = q.text(2);
+  r.target_kind = q.text(3);
+  r.target = q.text(4);
+  r.policy = q.text(5);
+  r.state = q.text(6);
+  r.current_wave = static_cast<int>(q.i64(7));
+  r.wave_started_ms = q.i64(8);
+  r.threshold_met_ms = q.i64(9);
+  r.accepted_through = static_cast<int>(q.i64(10));
+  r.pause_reason = q.text(11);
+  r.paused_by = q.text(12);
+  r.deployment_id = q.text(13);
+  r.rollback_of = q.text(14);
+  r.from_version = q.text(15);
+  r.excluded = q.i64(16);
+  r.created_at = q.i64(17);
+  r.started_at = q.i64(18);
+  r.finished_at = q.i64(19);
+  return r;
+}
+const char* const kRolloutCols =
+    "SELECT id, name, image_id, target_kind, target, policy, state, current_wave, "
+    "wave_started_ms, threshold_met_ms, accepted_through, pause_reason, paused_by, "
+    "deployment_id, rollback_of, from_version, excluded, created_at, started_at, finished_at "
+    "FROM rollouts ";
 
 const char* const kSchemaV1 = R"SQL(
 CREATE TABLE IF NOT EXISTS images (
@@ -196,6 +234,87 @@ CREATE INDEX IF NOT EXISTS events_deployment ON events(deployment);
 CREATE INDEX IF NOT EXISTS events_device ON events(device);
 )SQL";
 
+// v2: rollouts. SQLite cannot change a CHECK constraint in place, so the deployment tables
+// are rebuilt (foreign keys are off around this, see migrate()).
+const char* const kSchemaV2 = R"SQL(
+DROP INDEX IF EXISTS deployments_state;
+DROP INDEX IF EXISTS deployment_devices_device;
+ALTER TABLE deployment_devices RENAME TO deployment_devices_v1;
+ALTER TABLE deployments RENAME TO deployments_v1;
+CREATE TABLE deployments (
+  id          TEXT PRIMARY KEY,
+  image_id    TEXT NOT NULL REFERENCES images(id),
+  target_kind TEXT NOT NULL CHECK (target_kind IN ('device', 'group', 'rollout')),
+  target      TEXT NOT NULL,
+  state       TEXT NOT NULL CHECK (state IN ('active', 'completed', 'cancelled')),
+  offer       TEXT NOT NULL,
+  created_at  INTEGER NOT NULL,
+  finished_at INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX deployments_state ON deployments(state);
+CREATE TABLE deployment_devices (
+  deployment_id  TEXT NOT NULL REFERENCES deployments(id) ON DELETE CASCADE,
+  device_id      TEXT NOT NULL,
+  state          TEXT NOT NULL CHECK (state IN ('offered', 'accepted', 'downloading',
+                   'verifying', 'installing', 'rebooting', 'confirming', 'succeeded', 'failed',
+                   'declined', 'cancelled', 'pending', 'deferred', 'timed_out')),
+  reason         TEXT NOT NULL DEFAULT '',
+  received       INTEGER NOT NULL DEFAULT 0,
+  total          INTEGER NOT NULL DEFAULT 0,
+  bytes_sent     INTEGER NOT NULL DEFAULT 0,
+  updated_at     INTEGER NOT NULL,
+  wave           INTEGER NOT NULL DEFAULT 0,
+  ord            INTEGER NOT NULL DEFAULT 0,
+  attempt        INTEGER NOT NULL DEFAULT 1,
+  extra_attempts INTEGER NOT NULL DEFAULT 0,
+  defers         INTEGER NOT NULL DEFAULT 0,
+  next_at        INTEGER NOT NULL DEFAULT 0,
+  offered_at     INTEGER NOT NULL DEFAULT 0,
+  PRIMARY KEY (deployment_id, device_id)
+);
+CREATE INDEX deployment_devices_device ON deployment_devices(device_id);
+INSERT INTO deployments SELECT id, image_id, target_kind, target, state, offer, created_at,
+  finished_at FROM deployments_v1;
+INSERT INTO deployment_devices(deployment_id, device_id, state, reason, received, total,
+  bytes_sent, updated_at) SELECT deployment_id, device_id, state, reason, received, total,
+  bytes_sent, updated_at FROM deployment_devices_v1;
+DROP TABLE deployment_devices_v1;
+DROP TABLE deployments_v1;
+ALTER TABLE events ADD COLUMN actor TEXT NOT NULL DEFAULT '';
+ALTER TABLE events ADD COLUMN rollout TEXT NOT NULL DEFAULT '';
+CREATE INDEX events_rollout ON events(rollout);
+CREATE TABLE rollouts (
+  id               TEXT PRIMARY KEY,
+  name             TEXT NOT NULL DEFAULT '',
+  image_id         TEXT NOT NULL REFERENCES images(id),
+  target_kind      TEXT NOT NULL CHECK (target_kind IN ('group', 'devices', 'tags')),
+  target           TEXT NOT NULL,
+  policy           TEXT NOT NULL,
+  state            TEXT NOT NULL CHECK (state IN ('draft', 'scheduled', 'running', 'paused',
+                     'completed', 'aborted')),
+  current_wave     INTEGER NOT NULL DEFAULT -1,
+  wave_started_ms  INTEGER NOT NULL DEFAULT 0,
+  threshold_met_ms INTEGER NOT NULL DEFAULT 0,
+  accepted_through INTEGER NOT NULL DEFAULT -1,
+  pause_reason     TEXT NOT NULL DEFAULT '',
+  paused_by        TEXT NOT NULL DEFAULT '',
+  deployment_id    TEXT NOT NULL DEFAULT '',
+  rollback_of      TEXT NOT NULL DEFAULT '',
+  from_version     TEXT NOT NULL DEFAULT '',
+  excluded         INTEGER NOT NULL DEFAULT 0,
+  created_at       INTEGER NOT NULL,
+  started_at       INTEGER NOT NULL DEFAULT 0,
+  finished_at      INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX rollouts_state ON rollouts(state);
+CREATE TABLE device_tags (
+  device_id TEXT NOT NULL,
+  key       TEXT NOT NULL,
+  value     TEXT NOT NULL,
+  PRIMARY KEY (device_id, key)
+);
+)SQL";
+
 }  // namespace
 
 bool is_row_state(const std::string& s) {
@@ -204,7 +323,8 @@ bool is_row_state(const std::string& s) {
   return false;
 }
 bool is_final_row_state(const std::string& s) {
-  return s == "succeeded" || s == "failed" || s == "declined" || s == "cancelled";
+  return s == "succeeded" || s == "failed" || s == "declined" || s == "cancelled" ||
+         s == "timed_out";
 }
 
 Store::~Store() {
@@ -234,7 +354,7 @@ Result<sqlite3_stmt*> Store::prepare(const std::string& sql) {
   return st;
 }
 
-Status Store::open(const std::string& path) {
+Status Store::open(const std::string& path, int target_version) {
   if (sqlite3_open_v2(path.c_str(), &db_,
                       SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
                       nullptr) != SQLITE_OK) {
@@ -247,12 +367,12 @@ Status Store::open(const std::string& path) {
     Status s = exec(p);
     if (!s) return s.context("open " + path + ": " + p);
   }
-  Status m = migrate();
+  Status m = migrate(target_version);
   if (!m) return m.context("open " + path + ": schema");
   return {};
 }
 
-Status Store::migrate() {
+Status Store::migrate(int target) {
   Status s = exec("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)");
   if (!s) return s;
   auto st = prepare("SELECT MAX(version) FROM schema_version");
@@ -274,8 +394,31 @@ Status Store::migrate() {
     if (!c) return c;
     c = tx.commit();
     if (!c) return c;
+    have = 1;
   }
-  schema_version_ = kSchemaVersion;
+  if (have < 2 && target >= 2) {
+    // Table rebuilds: foreign keys off (only possible outside a transaction), checked after.
+    Status c = exec("PRAGMA foreign_keys=OFF");
+    if (!c) return c;
+    {
+      Tx tx(*this);
+      if (!tx.status()) return tx.status();
+      c = exec(kSchemaV2);
+      if (c) c = exec("INSERT INTO schema_version(version) VALUES (2)");
+      if (c) {
+        auto fk = prepare("PRAGMA foreign_key_check");
+        if (!fk) return fk.err();
+        Q q(*fk);
+        if (q.step() == SQLITE_ROW) c = internal_err("foreign key check failed after migration to v2");
+      }
+      if (c) c = tx.commit();
+    }
+    Status on = exec("PRAGMA foreign_keys=ON");
+    if (!c) return c.context("migrate to schema 2");
+    if (!on) return on;
+    have = 2;
+  }
+  schema_version_ = have;
   return {};
 }
 
@@ -458,12 +601,18 @@ Status Store::upsert_row(const RowRec& r) {
   if (!is_row_state(r.state)) return invalid_err("bad row state '" + r.state + "'");
   OTA_PREP(q,
            "INSERT INTO deployment_devices(deployment_id, device_id, state, reason, received, "
-           "total, bytes_sent, updated_at) VALUES (?,?,?,?,?,?,?,?) "
+           "total, bytes_sent, updated_at, wave, ord, attempt, extra_attempts, defers, next_at, "
+           "offered_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
            "ON CONFLICT(deployment_id, device_id) DO UPDATE SET state=excluded.state, "
            "reason=excluded.reason, received=excluded.received, total=excluded.total, "
-           "bytes_sent=excluded.bytes_sent, updated_at=excluded.updated_at");
+           "bytes_sent=excluded.bytes_sent, updated_at=excluded.updated_at, wave=excluded.wave, "
+           "ord=excluded.ord, attempt=excluded.attempt, extra_attempts=excluded.extra_attempts, "
+           "defers=excluded.defers, next_at=excluded.next_at, offered_at=excluded.offered_at");
   q.bind(1, r.deployment_id).bind(2, r.device_id).bind(3, r.state).bind(4, r.reason);
   q.bind_u64(5, r.received).bind_u64(6, r.total).bind_u64(7, r.bytes_sent).bind(8, r.updated_at);
+  q.bind(9, static_cast<long long>(r.wave)).bind(10, static_cast<long long>(r.ord));
+  q.bind(11, static_cast<long long>(r.attempt)).bind(12, static_cast<long long>(r.extra_attempts));
+  q.bind(13, static_cast<long long>(r.defers)).bind(14, r.next_at).bind(15, r.offered_at);
   OTA_DONE(q, "upsert deployment row");
   return {};
 }
@@ -486,19 +635,23 @@ Result<std::vector<RowRec>> Store::rows_for_device(const std::string& device_id,
 
 // ---------------------------------------------------------------------------------- events
 Status Store::add_event(const std::string& deployment, const std::string& device,
-                        const std::string& what, const std::string& detail) {
-  OTA_PREP(q, "INSERT INTO events(ts, deployment, device, what, detail) VALUES (?,?,?,?,?)");
+                        const std::string& what, const std::string& detail,
+                        const std::string& actor, const std::string& rollout) {
+  OTA_PREP(q, "INSERT INTO events(ts, deployment, device, what, detail, actor, rollout) "
+              "VALUES (?,?,?,?,?,?,?)");
   q.bind(1, now_ms()).bind(2, deployment).bind(3, device).bind(4, what).bind(5, detail);
+  q.bind(6, actor.empty() ? std::string("controller") : actor).bind(7, rollout);
   OTA_DONE(q, "add event");
   return {};
 }
 
 Result<std::vector<EventRec>> Store::events(const EventFilter& f) {
   OTA_PREP(q,
-           "SELECT id, ts, deployment, device, what, detail FROM (SELECT * FROM events "
-           "WHERE (?1 = '' OR deployment = ?1) AND (?2 = '' OR device = ?2) "
-           "ORDER BY id DESC LIMIT ?3) ORDER BY id");
+           "SELECT id, ts, deployment, device, what, detail, actor, rollout FROM (SELECT * "
+           "FROM events WHERE (?1 = '' OR deployment = ?1) AND (?2 = '' OR device = ?2) "
+           "AND (?4 = '' OR rollout = ?4) AND id > ?5 ORDER BY id DESC LIMIT ?3) ORDER BY id");
   q.bind(1, f.deployment).bind(2, f.device).bind(3, static_cast<long long>(f.limit));
+  q.bind(4, f.rollout).bind(5, f.after_id);
   std::vector<EventRec> out;
   while (q.step() == SQLITE_ROW) {
     EventRec e;
@@ -508,6 +661,8 @@ Result<std::vector<EventRec>> Store::events(const EventFilter& f) {
     e.device = q.text(3);
     e.what = q.text(4);
     e.detail = q.text(5);
+    e.actor = q.text(6);
+    e.rollout = q.text(7);
     out.push_back(std::move(e));
   }
   return out;
@@ -518,6 +673,87 @@ Result<std::map<std::string, long long>> Store::count_by(const std::string& sql)
   std::map<std::string, long long> out;
   while (q.step() == SQLITE_ROW) out[q.text(0)] = q.i64(1);
   return out;
+}
+
+}  // namespace ota::service
+
+namespace ota::service {
+
+// -------------------------------------------------------------------------------- rollouts
+Status Store::insert_rollout(const RolloutRec& r) {
+  OTA_PREP(q,
+           "INSERT INTO rollouts(id, name, image_id, target_kind, target, policy, state, "
+           "current_wave, wave_started_ms, threshold_met_ms, accepted_through, pause_reason, "
+           "paused_by, deployment_id, rollback_of, from_version, excluded, created_at, "
+           "started_at, finished_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)");
+  q.bind(1, r.id).bind(2, r.name).bind(3, r.image_id).bind(4, r.target_kind).bind(5, r.target);
+  q.bind(6, r.policy).bind(7, r.state).bind(8, static_cast<long long>(r.current_wave));
+  q.bind(9, r.wave_started_ms).bind(10, r.threshold_met_ms);
+  q.bind(11, static_cast<long long>(r.accepted_through)).bind(12, r.pause_reason);
+  q.bind(13, r.paused_by).bind(14, r.deployment_id).bind(15, r.rollback_of);
+  q.bind(16, r.from_version).bind(17, r.excluded).bind(18, r.created_at);
+  q.bind(19, r.started_at).bind(20, r.finished_at);
+  OTA_DONE(q, "insert rollout");
+  return {};
+}
+
+Status Store::update_rollout(const RolloutRec& r) {
+  OTA_PREP(q,
+           "UPDATE rollouts SET state=?, current_wave=?, wave_started_ms=?, threshold_met_ms=?, "
+           "accepted_through=?, pause_reason=?, paused_by=?, deployment_id=?, from_version=?, "
+           "excluded=?, started_at=?, finished_at=? WHERE id=?");
+  q.bind(1, r.state).bind(2, static_cast<long long>(r.current_wave)).bind(3, r.wave_started_ms);
+  q.bind(4, r.threshold_met_ms).bind(5, static_cast<long long>(r.accepted_through));
+  q.bind(6, r.pause_reason).bind(7, r.paused_by).bind(8, r.deployment_id);
+  q.bind(9, r.from_version).bind(10, r.excluded).bind(11, r.started_at);
+  q.bind(12, r.finished_at).bind(13, r.id);
+  OTA_DONE(q, "update rollout");
+  if (sqlite3_changes(db_) != 1) return not_found_err("update rollout: unknown rollout " + r.id);
+  return {};
+}
+
+Result<std::optional<RolloutRec>> Store::rollout(const std::string& id) {
+  OTA_PREP(q, std::string(kRolloutCols) + "WHERE id = ?");
+  q.bind(1, id);
+  if (q.step() == SQLITE_ROW) return std::optional<RolloutRec>(read_rollout(q));
+  return std::optional<RolloutRec>();
+}
+
+Result<std::vector<RolloutRec>> Store::list_rollouts() {
+  OTA_PREP(q, std::string(kRolloutCols) + "ORDER BY created_at, id");
+  std::vector<RolloutRec> out;
+  while (q.step() == SQLITE_ROW) out.push_back(read_rollout(q));
+  return out;
+}
+
+// ------------------------------------------------------------------------------------ tags
+Status Store::set_device_tag(const std::string& device, const std::string& key,
+                             const std::optional<std::string>& value) {
+  if (value) {
+    OTA_PREP(q, "INSERT INTO device_tags(device_id, key, value) VALUES (?,?,?) "
+                "ON CONFLICT(device_id, key) DO UPDATE SET value=excluded.value");
+    q.bind(1, device).bind(2, key).bind(3, *value);
+    OTA_DONE(q, "set tag");
+  } else {
+    OTA_PREP(q, "DELETE FROM device_tags WHERE device_id = ? AND key = ?");
+    q.bind(1, device).bind(2, key);
+    OTA_DONE(q, "remove tag");
+  }
+  return {};
+}
+
+Result<std::map<std::string, std::map<std::string, std::string>>> Store::all_tags() {
+  OTA_PREP(q, "SELECT device_id, key, value FROM device_tags");
+  std::map<std::string, std::map<std::string, std::string>> out;
+  while (q.step() == SQLITE_ROW) out[q.text(0)][q.text(1)] = q.text(2);
+  return out;
+}
+
+Status Store::set_device_last_seen(const std::string& id, long long ts) {
+  OTA_PREP(q, "UPDATE devices SET last_seen = ? WHERE id = ? AND last_seen < ?");
+  q.bind(1, ts).bind(2, id).bind(3, ts);
+  OTA_DONE(q, "set device last_seen");
+  return {};
 }
 
 }  // namespace ota::service

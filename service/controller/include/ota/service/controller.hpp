@@ -5,6 +5,7 @@
 #include <atomic>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -18,8 +19,10 @@
 
 #include "ota/service/images.hpp"
 #include "ota/service/result.hpp"
+#include "ota/service/rollout.hpp"
 #include "ota/service/signing.hpp"
 #include "ota/service/store.hpp"
+#include "ota/service/tag_expr.hpp"
 
 namespace ota::service {
 
@@ -29,6 +32,8 @@ class Publisher {
   virtual ~Publisher() = default;
   virtual bool publish(const std::string& topic, const void* data, std::size_t len, int qos,
                        bool retain) = 0;
+  // False while the link is down: rollouts hold new offers instead of losing them.
+  virtual bool ready() const { return true; }
 };
 
 // A set of keys with a capacity: inserting into a full set forgets the oldest key (FIFO).
@@ -76,6 +81,11 @@ struct ControllerConfig {
   long long offer_ttl = 604800;
   // Lazy flush of progress/bytes_sent: at most every flush_interval_ms per row, or on 10%.
   long long flush_interval_ms = 1000;
+  // A device is shown offline when nothing (heartbeat, event, request) arrived for this long,
+  // even before the broker publishes its last will. 0: trust the last will only.
+  long long heartbeat_timeout_s = 180;
+  // Wall clock in unix ms; tests drive rollouts with their own. Empty: the system clock.
+  std::function<long long()> clock;
 };
 
 struct ImageFile;  // open fd + geometry of a stored image
@@ -103,6 +113,21 @@ class Controller {
   // Forgets the device's last event seq (after a factory reset of its counter).
   Status reset_seq(const std::string& device_id);
 
+  // --- rollouts (see rollout.hpp; actor names who asked, for the event log)
+  Result<nlohmann::json> create_rollout(const nlohmann::json& body, const std::string& actor);
+  // action: start pause resume abort retry rollback. rollback returns the new rollout.
+  Result<nlohmann::json> rollout_action(const std::string& id, const std::string& action,
+                                        const nlohmann::json& body, const std::string& actor);
+  Result<nlohmann::json> rollouts_json();
+  Result<nlohmann::json> rollout_json(const std::string& id, bool with_devices);
+  // One engine step for every live rollout at `now_ms` (tick() calls it with the clock).
+  void rollout_tick(long long now_ms);
+  // body: {"key": "value" | null, ...}
+  Result<nlohmann::json> set_device_tags(const std::string& id, const nlohmann::json& body,
+                                         const std::string& actor);
+  // Prometheus text exposition.
+  std::string metrics_text();
+
   // --- MQTT side
   void on_message(const char* topic, const void* payload, std::size_t len);
   void on_connected();  // after (re)connect+subscribe: re-publish retained group offers
@@ -113,7 +138,9 @@ class Controller {
   Result<nlohmann::json> image_json(const std::string& id_or_version);
   Result<nlohmann::json> deployments_json();
   Result<nlohmann::json> deployment_json(const std::string& id);
-  Result<nlohmann::json> devices_json(const DeviceFilter& f);
+  // f plus a tag expression and a state (idle, an in-flight row state, online, offline).
+  Result<nlohmann::json> devices_json(const DeviceFilter& f, const std::string& tag_expr = "",
+                                      const std::string& state = "");
   Result<nlohmann::json> device_json(const std::string& id);
   Result<nlohmann::json> status_json();
   Result<nlohmann::json> events_json(const EventFilter& f);
@@ -128,6 +155,7 @@ class Controller {
   // Chunk requests skipped as identical repeats within kDuplicateRequestMs.
   std::uint64_t duplicate_requests() const { return duplicate_requests_.load(); }
   std::uint64_t cancels_sent() const { return cancels_sent_.load(); }
+  std::uint64_t bytes_served() const { return bytes_served_.load(); }
 
   static constexpr long long kDuplicateRequestMs = 200;
   static constexpr long long kCancelIntervalMs = 5000;
@@ -144,12 +172,44 @@ class Controller {
   };
   struct DepMem {
     DeploymentRec rec;
+    std::string rollout_id;  // for target_kind "rollout"
     ImageRec image;
     std::shared_ptr<ImageFile> file;
     std::map<std::string, RowMem> rows;  // by device id
   };
 
+  struct RolloutMem {
+    RolloutRec rec;
+    RolloutPolicy policy;
+    RolloutState st;
+  };
+
   Controller(ControllerConfig cfg, Signer signer, Publisher* pub);
+  long long now() const;  // unix ms from cfg_.clock
+  // Signed offer JSON for `img` under the deployment id devices will use.
+  Result<std::string> build_offer(const ImageRec& img, const std::string& offer_id);
+  // Active deployment for an id as sent by a device ("dep-x" or "dep-x.<attempt>").
+  DepMem* find_dep(const std::string& offer_id, int* attempt);
+  static std::string offer_id(const std::string& dep_id, int attempt);
+  bool publish_offer_attempt(DepMem& d, const std::string& dev, int attempt);
+  void send_cancel_now(const std::string& dev, const std::string& offer_id, const std::string& why);
+  void note_alive(const std::string& dev);
+  // Rollouts, must hold mu_.
+  Status load_rollouts();
+  std::vector<RolloutRow> rollout_rows(const DepMem& d) const;
+  // Writes back changed rows and the rollout state, logs and carries out the actions.
+  Status apply_engine(RolloutMem& ro, DepMem* d, std::vector<RolloutRow>& rows,
+                      const std::vector<EngineAction>& actions, const std::string& actor,
+                      long long now_ms);
+  void run_engine(RolloutMem& ro, long long now_ms);
+  Status start_rollout(RolloutMem& ro, const std::string& actor, long long now_ms);
+  Result<std::vector<std::string>> resolve_targets(const RolloutRec& r);
+  Result<nlohmann::json> rollback_rollout(RolloutMem* ro, const RolloutRec& rec,
+                                          const nlohmann::json& body, const std::string& actor);
+  nlohmann::json rollout_to_json(const RolloutRec& r, bool with_devices);
+  std::map<std::string, TagSubject> tag_subjects();
+  nlohmann::json device_view(const DeviceRec& d,
+                             const std::map<std::string, std::map<std::string, std::string>>* tags);
   Status load();
   Result<std::shared_ptr<ImageFile>> open_image(const ImageRec& img);
   Result<ImageRec> resolve_image(const std::string& ref);
@@ -187,7 +247,8 @@ class Controller {
   std::string topic_for(int kind, const std::string& id) const;
   nlohmann::json deployment_to_json(const DeploymentRec& d, bool with_rows);
   void event(const std::string& dep, const std::string& dev, const std::string& what,
-             const std::string& detail);
+             const std::string& detail, const std::string& actor = "",
+             const std::string& rollout = "");
 
   ControllerConfig cfg_;
   Signer signer_;
@@ -199,6 +260,10 @@ class Controller {
   std::map<std::string, long long> dev_seq_;                    // device -> last seq
   std::map<std::string, std::string> dev_version_;              // device -> running version
   std::map<std::string, std::shared_ptr<ImageFile>> files_;     // image id -> open file
+  std::map<std::string, RolloutMem> rollouts_;                  // live rollouts by id
+  std::map<std::string, long long> alive_ms_;   // device -> last message (unix ms), unflushed
+  std::map<std::string, long long> seen_ms_;    // device -> last message (unix ms)
+  std::set<std::string> offline_devs_;          // last will seen, no hello/heartbeat since
   BoundedKeySet logged_once_{kLogOnceCapacity};                // ignored-message log keys
   std::set<std::string> dirty_seq_;                              // devices: last_seq to persist
   std::map<std::string, long long> last_cancel_ms_;              // device -> last cancel sent
@@ -221,6 +286,7 @@ class Controller {
   std::atomic<std::uint64_t> ignored_messages_{0};
   std::atomic<std::uint64_t> duplicate_requests_{0};
   std::atomic<std::uint64_t> cancels_sent_{0};
+  std::atomic<std::uint64_t> bytes_served_{0};
 };
 
 }  // namespace ota::service

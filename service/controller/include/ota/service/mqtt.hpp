@@ -41,6 +41,7 @@ class MqttClient : public Publisher {
 
   bool connected() const { return connected_.load(); }
   bool subscribed() const { return subscribed_.load(); }
+  bool ready() const override { return subscribed(); }
   std::string describe() const;
 
  private:

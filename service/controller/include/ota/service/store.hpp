@@ -16,7 +16,7 @@ struct sqlite3_stmt;
 
 namespace ota::service {
 
-constexpr int kSchemaVersion = 1;
+constexpr int kSchemaVersion = 2;
 
 struct ImageRec {
   std::string id;  // first 16 hex chars of sha256
@@ -66,6 +66,37 @@ struct RowRec {
   std::uint64_t total = 0;
   std::uint64_t bytes_sent = 0;
   long long updated_at = 0;
+  // Rollout bookkeeping (plain deployments leave the defaults).
+  int wave = 0;
+  int ord = 0;
+  int attempt = 1;
+  int extra_attempts = 0;
+  int defers = 0;
+  long long next_at = 0;     // unix ms: pending/deferred row not before
+  long long offered_at = 0;  // unix ms of the current attempt's offer
+};
+
+struct RolloutRec {
+  std::string id;
+  std::string name;
+  std::string image_id;
+  std::string target_kind;  // group | devices | tags
+  std::string target;       // group id, JSON array of ids, or a tag expression
+  std::string policy;       // JSON (RolloutPolicy::to_json)
+  std::string state = "draft";
+  int current_wave = -1;
+  long long wave_started_ms = 0;
+  long long threshold_met_ms = 0;
+  int accepted_through = -1;
+  std::string pause_reason;
+  std::string paused_by;
+  std::string deployment_id;
+  std::string rollback_of;
+  std::string from_version;
+  long long excluded = 0;
+  long long created_at = 0;
+  long long started_at = 0;
+  long long finished_at = 0;
 };
 
 struct EventRec {
@@ -75,6 +106,8 @@ struct EventRec {
   std::string device;
   std::string what;
   std::string detail;
+  std::string actor;
+  std::string rollout;
 };
 
 struct DeviceFilter {
@@ -86,6 +119,8 @@ struct DeviceFilter {
 struct EventFilter {
   std::string deployment;
   std::string device;
+  std::string rollout;
+  long long after_id = 0;
   int limit = 100;
 };
 
@@ -100,7 +135,8 @@ class Store {
   Store(const Store&) = delete;
   Store& operator=(const Store&) = delete;
 
-  Status open(const std::string& path);
+  // Opens and migrates to target_version (tests create older schemas with it).
+  Status open(const std::string& path, int target_version = kSchemaVersion);
   int schema_version() const { return schema_version_; }
 
   // Transactions (BEGIN IMMEDIATE / COMMIT / ROLLBACK).
@@ -138,9 +174,23 @@ class Store {
   Result<std::vector<RowRec>> rows_for_device(const std::string& device_id, int limit);
 
   // Events.
+  // actor: who decided ("controller", "operator:alice", "device"); empty = controller.
   Status add_event(const std::string& deployment, const std::string& device,
-                   const std::string& what, const std::string& detail);
+                   const std::string& what, const std::string& detail,
+                   const std::string& actor = "", const std::string& rollout = "");
   Result<std::vector<EventRec>> events(const EventFilter& f);
+
+  // Rollouts.
+  Status insert_rollout(const RolloutRec& r);
+  Status update_rollout(const RolloutRec& r);  // state fields only
+  Result<std::optional<RolloutRec>> rollout(const std::string& id);
+  Result<std::vector<RolloutRec>> list_rollouts();
+
+  // Device tags (operator-assigned key=value) and liveness.
+  Status set_device_tag(const std::string& device, const std::string& key,
+                        const std::optional<std::string>& value);  // nullopt removes
+  Result<std::map<std::string, std::map<std::string, std::string>>> all_tags();
+  Status set_device_last_seen(const std::string& id, long long ts);
 
   // Summary helpers.
   Result<std::map<std::string, long long>> count_by(const std::string& sql);
@@ -148,7 +198,7 @@ class Store {
  private:
   Result<sqlite3_stmt*> prepare(const std::string& sql);
   Status exec(const std::string& sql);
-  Status migrate();
+  Status migrate(int target_version);
   std::string errmsg() const;
 
   sqlite3* db_ = nullptr;
