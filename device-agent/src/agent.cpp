@@ -10,7 +10,7 @@ using proto::DeviceState;
 using proto::ReasonCode;
 
 constexpr std::uint32_t kStateMagic = 0x4f544153;  // "OTAS"
-constexpr std::uint32_t kStateLayout = 2;
+constexpr std::uint32_t kStateLayout = 3;
 // Sequence numbers skipped at every boot: events whose record could not be saved before a
 // crash must not have their numbers reused (the controller drops seq <= last seen).
 constexpr std::uint32_t kSeqBootMargin = 8;
@@ -20,8 +20,7 @@ constexpr std::uint32_t kMaxBackoffShift = 4;
 // catches up its hash without stalling the message loop.
 constexpr std::size_t kHashCatchUpPerCall = 256 * 1024;
 
-// The Storage port writes atomically, so a record is whole or absent; this only guards
-// against a record from another build or a damaged medium.
+// Besides the CRC: guards against a record from another build.
 bool plausible(const PersistedState& s) {
   if (s.magic != kStateMagic || s.layout != kStateLayout) return false;
   if (s.state > DeviceState::confirming) return false;
@@ -39,6 +38,13 @@ std::size_t append(char* out, std::size_t cap, std::size_t pos, const char* s) {
   return pos + n;
 }
 
+const char* const kDetailTexts[] = {
+    "",
+    "confirm timeout: the self-test did not pass in time",
+    "boot count exceeded: the image was not confirmed within its trial boots",
+    "state record could not be saved",
+};
+
 ReasonCode reason_for(PortStatus s) {
   switch (s) {
     case PortStatus::no_space:
@@ -49,6 +55,11 @@ ReasonCode reason_for(PortStatus s) {
 }
 
 }  // namespace
+
+const char* detail_text(Detail d) {
+  const auto i = static_cast<std::size_t>(d);
+  return i < sizeof kDetailTexts / sizeof kDetailTexts[0] ? kDetailTexts[i] : "";
+}
 
 // The whole update life cycle. dispatch() enters `to` (persisting it) and then runs the
 // action, whose returned trigger is dispatched from the new state.
@@ -82,6 +93,8 @@ const Agent::Transition Agent::kTransitions[] = {
     {DeviceState::confirming, Trigger::self_test_passed, DeviceState::idle, &Agent::confirm_image},
     {DeviceState::confirming, Trigger::self_test_failed, DeviceState::rebooting,
      &Agent::revert_image},
+    {DeviceState::confirming, Trigger::confirm_timeout, DeviceState::rebooting,
+     &Agent::revert_image},
     {DeviceState::confirming, Trigger::failed, DeviceState::idle, &Agent::fail_update},
 };
 
@@ -107,8 +120,24 @@ void Agent::dispatch(Trigger trigger) {
     st_.state = row->to;
     // Entering idle is persisted by the action itself, after its side effect (confirm,
     // abort) and together with the outcome, so a power cut cannot lose either.
-    if (row->to != DeviceState::idle) persist();
+    if (row->to != DeviceState::idle) {
+      const bool saved = persist();
+      if (!saved && (row->to == DeviceState::downloading || row->to == DeviceState::verifying ||
+                     row->to == DeviceState::installing)) {
+        // Before activation an update whose state cannot be recorded stops cleanly: the old
+        // image is untouched and the failure is reported.
+        reason_ = persist_reason_;
+        detail_ = persist_detail_;
+        trigger = Trigger::failed;
+        continue;
+      }
+      if (cfg_.on_state != nullptr) cfg_.on_state(cfg_.on_state_ctx, row->to);
+    }
     trigger = (this->*(row->action))();
+    if (row->to == DeviceState::idle && st_.state == DeviceState::idle &&
+        cfg_.on_state != nullptr) {
+      cfg_.on_state(cfg_.on_state_ctx, DeviceState::idle);
+    }
   }
 }
 
@@ -119,8 +148,9 @@ void Agent::boot() {
   static_assert(std::is_trivially_copyable<PersistedState>::value, "stored as bytes");
   std::size_t len = 0;
   // Loaded in place: the record is kilobytes, too big for a firmware stack.
-  if (storage_.load(&st_, sizeof st_, len) != PortStatus::ok || len != sizeof st_ ||
-      !plausible(st_)) {
+  const PortStatus loaded = storage_.load(&st_, sizeof st_, len);
+  if (loaded != PortStatus::ok || len != sizeof st_ || !plausible(st_) || st_.crc != record_crc()) {
+    if (loaded != PortStatus::not_found) ++stats_.discarded_records;  // torn, foreign, damaged
     // All-zero is the factory state of every field (a temporary would cost kilobytes of stack).
     std::memset(static_cast<void*>(&st_), 0, sizeof st_);
     // A lost record must not restart the sequence below numbers already used (the
@@ -162,7 +192,16 @@ void Agent::boot() {
       } else if (runs_new && image_.slot_state == proto::SlotState::confirmed) {
         dispatch(Trigger::self_test_passed);  // confirmed before the record was written
       } else {
-        reason_ = st_.revert_reason != ReasonCode::ok ? st_.revert_reason : ReasonCode::rolled_back;
+        // Back on the old image: the agent gave up the trial (revert_reason says why) or the
+        // boot loader did, after the trial boots ran out without a confirmation.
+        if (st_.revert_reason != ReasonCode::ok) {
+          reason_ = st_.revert_reason;
+          detail_ = st_.revert_detail;
+        } else {
+          reason_ = ReasonCode::rolled_back;
+          detail_ = image_.slot_state == proto::SlotState::rolled_back ? Detail::boot_limit
+                                                                      : Detail::none;
+        }
         dispatch(Trigger::failed);
       }
       break;
@@ -224,6 +263,10 @@ void Agent::on_message(const char* topic, const std::uint8_t* payload, std::size
 
 void Agent::tick() {
   maybe_send_heartbeat();
+  if (st_.state == DeviceState::confirming && !reset_requested_) {
+    dispatch(check_self_test());  // an asynchronous self-test, or its timeout
+    return;
+  }
   if (st_.state != DeviceState::downloading) return;
   advance_hash(kHashCatchUpPerCall);
   if (!transport_.connected()) {
@@ -386,7 +429,13 @@ Trigger Agent::start_download() {
 Trigger Agent::resume_download() {
   proto::image_id_to_bytes(st_.manifest.image.c_str(), image_id_bytes_);
   const PortStatus s = flash_.begin(st_.manifest, true);
-  if (s != PortStatus::ok) {
+  if (s == PortStatus::not_found) {
+    // The partial image is gone (the slot was prepared afresh): so are the chunks.
+    st_.received_chunks = 0;
+    std::memset(st_.received, 0, sizeof st_.received);
+    chunks_since_checkpoint_ = 0;
+    persist();
+  } else if (s != PortStatus::ok) {
     reason_ = reason_for(s);
     return Trigger::failed;
   }
@@ -422,7 +471,8 @@ Trigger Agent::verify_image() {
 
 Trigger Agent::install_image() {
   send_status(DeviceState::installing);
-  const PortStatus s = flash_.activate(st_.manifest);
+  const PortStatus s =
+      flash_.activate_trial(st_.manifest, cfg_.max_trial_boots == 0 ? 1 : cfg_.max_trial_boots);
   if (s != PortStatus::ok) {
     reason_ = reason_for(s);
     return Trigger::failed;
@@ -438,8 +488,32 @@ Trigger Agent::restart_device() {
 }
 
 Trigger Agent::run_self_test() {
-  const bool healthy = cfg_.self_test == nullptr || cfg_.self_test(cfg_.self_test_ctx);
-  return healthy ? Trigger::self_test_passed : Trigger::self_test_failed;
+  trial_started_ms_ = clock_.now_ms();
+  return check_self_test();
+}
+
+// Not an action: asks the self-test hook (again) and watches the confirm timeout.
+Trigger Agent::check_self_test() {
+  SelfTestStatus s;
+  if (cfg_.self_test_poll != nullptr) {
+    s = cfg_.self_test_poll(cfg_.self_test_ctx);
+  } else {
+    const bool healthy = cfg_.self_test == nullptr || cfg_.self_test(cfg_.self_test_ctx);
+    s = healthy ? SelfTestStatus::passed : SelfTestStatus::failed;
+  }
+  if (s == SelfTestStatus::passed) return Trigger::self_test_passed;
+  if (s == SelfTestStatus::failed) {
+    reason_ = ReasonCode::self_test_failed;
+    detail_ = Detail::none;
+    return Trigger::self_test_failed;
+  }
+  if (cfg_.confirm_timeout_ms != 0 &&
+      clock_.now_ms() - trial_started_ms_ >= cfg_.confirm_timeout_ms) {
+    reason_ = ReasonCode::timeout;
+    detail_ = Detail::confirm_timeout;
+    return Trigger::confirm_timeout;
+  }
+  return Trigger::none;  // still running: tick() asks again
 }
 
 Trigger Agent::confirm_image() {
@@ -458,9 +532,13 @@ Trigger Agent::confirm_image() {
 }
 
 Trigger Agent::revert_image() {
-  // Not confirming is what reverts: the flash boots the previous slot next time.
-  st_.revert_reason = ReasonCode::self_test_failed;
+  // Not confirming is what reverts; reject() makes a boot loader that would give the image
+  // more trial boots return to the previous slot at once.
+  st_.revert_reason = reason_;
+  st_.revert_detail = detail_;
+  detail_ = Detail::none;
   persist();
+  flash_.reject();
   reset_requested_ = true;
   flash_.reset();
   return Trigger::none;
@@ -469,7 +547,9 @@ Trigger Agent::revert_image() {
 Trigger Agent::fail_update() {
   flash_.abort();
   flash_.read_state(image_);
-  set_result(false, reason_);
+  const Detail detail = detail_;
+  detail_ = Detail::none;
+  set_result(false, reason_, detail);
   return Trigger::none;
 }
 
@@ -598,7 +678,12 @@ void Agent::handle_chunk(const std::uint8_t* payload, std::size_t len) {
   // Hash what the flash holds, not what arrived: a bad write must fail verification.
   advance_hash(kHashCatchUpPerCall);
 
-  if (++chunks_since_checkpoint_ >= cfg_.checkpoint_chunks) persist();  // syncs flash first
+  if (++chunks_since_checkpoint_ >= cfg_.checkpoint_chunks && !persist()) {  // syncs flash first
+    reason_ = persist_reason_;
+    detail_ = persist_detail_;
+    dispatch(Trigger::failed);
+    return;
+  }
   maybe_report_progress();
   if (st_.received_chunks == st_.manifest.chunk_count()) {
     flash_.sync();
@@ -675,9 +760,11 @@ void Agent::send_hello() {
   publish(proto::TopicKind::presence, msg_, len, 1, true);
 }
 
-void Agent::set_result(bool ok, ReasonCode reason) {
+void Agent::set_result(bool ok, ReasonCode reason, Detail detail) {
   st_.received_chunks = 0;
-  record_outcome(proto::EventType::result, st_.deployment, ok, reason);
+  st_.revert_reason = ReasonCode::ok;
+  st_.revert_detail = Detail::none;
+  record_outcome(proto::EventType::result, st_.deployment, ok, reason, detail);
 }
 
 bool Agent::has_unsent_outcome() const {
@@ -695,7 +782,14 @@ Outcome* Agent::find_outcome(const proto::Id& deployment) {
 }
 
 void Agent::record_outcome(proto::EventType type, const proto::Id& deployment, bool ok,
-                           ReasonCode reason) {
+                           ReasonCode reason, Detail detail) {
+  if (Outcome* done = find_outcome(deployment)) {
+    // One final answer per deployment (e.g. a confirm that failed on one trial boot and is
+    // tried again on the next): the first one stands.
+    persist();
+    if (done->unsent) send_outcome(*done);
+    return;
+  }
   flash_.read_state(image_);
   Outcome& o = st_.outcomes[st_.outcome_next % kRememberedOutcomes];
   st_.outcome_next = (st_.outcome_next + 1) % kRememberedOutcomes;
@@ -706,6 +800,7 @@ void Agent::record_outcome(proto::EventType type, const proto::Id& deployment, b
   o.version = image_.running_version;
   o.seq = ++st_.seq;
   o.unsent = true;
+  o.detail = detail;
   persist();
   if (send_outcome(o) && type == proto::EventType::result) send_hello();
 }
@@ -718,6 +813,7 @@ bool Agent::send_outcome(Outcome& o) {
   ev.success = o.ok;
   ev.reason = o.reason;
   ev.version = o.version;
+  ev.detail.assign(detail_text(o.detail));
   std::size_t len = 0;
   if (proto::encode_event(ev, msg_, sizeof msg_, len)) return false;
   if (!publish(proto::TopicKind::event, msg_, len, 1, false)) return false;
@@ -745,16 +841,35 @@ std::uint32_t Agent::effective_timeout_ms() const {
   return cfg_.request_timeout_ms << shift;
 }
 
-void Agent::persist() {
+std::uint32_t Agent::record_crc() {
+  const std::uint32_t stored = st_.crc;
+  st_.crc = 0;
+  const std::uint32_t crc = proto::crc32(reinterpret_cast<const std::uint8_t*>(&st_), sizeof st_);
+  st_.crc = stored;
+  return crc;
+}
+
+bool Agent::persist() {
   // The record may only claim chunks the flash holds durably. Any persist (progress events,
   // declines), not only a checkpoint, saves the bitmap, so sync the chunks written since.
   if (st_.state == DeviceState::downloading && chunks_since_checkpoint_ > 0) {
-    if (flash_.sync() != PortStatus::ok) return;  // keep the last durable record
+    const PortStatus s = flash_.sync();
+    if (s != PortStatus::ok) {  // keep the last durable record
+      persist_reason_ = reason_for(s);
+      persist_detail_ = Detail::none;
+      return false;
+    }
     chunks_since_checkpoint_ = 0;
   }
   st_.magic = kStateMagic;
   st_.layout = kStateLayout;
-  storage_.save(&st_, sizeof st_);
+  st_.crc = record_crc();
+  const PortStatus s = storage_.save(&st_, sizeof st_);
+  if (s == PortStatus::ok) return true;
+  ++stats_.storage_failures;
+  persist_reason_ = s == PortStatus::no_space ? ReasonCode::no_space : ReasonCode::internal_error;
+  persist_detail_ = Detail::storage_failed;
+  return false;
 }
 
 }  // namespace ota::agent

@@ -1227,5 +1227,353 @@ TEST_F(AgentTest, PolicyIsNeverAskedAboutAnOfferThatFailsACheck) {
   EXPECT_EQ(policy.asked.size(), 2u);
 }
 
+// ------------------------------------------------------------- boot confirmation, rollback
+
+// An asynchronous self-test scripted by the test.
+struct SelfTestScript {
+  SelfTestStatus status = SelfTestStatus::running;
+  int polls = 0;
+  static SelfTestStatus poll(void* ctx) {
+    auto* self = static_cast<SelfTestScript*>(ctx);
+    ++self->polls;
+    return self->status;
+  }
+};
+
+TEST_F(AgentTest, AsyncSelfTestConfirmsWhenItPasses) {
+  SelfTestScript probe;
+  cfg_.self_test_poll = &SelfTestScript::poll;
+  cfg_.self_test_ctx = &probe;
+  cfg_.confirm_timeout_ms = 60'000;
+  start();
+  run_update();
+  ASSERT_TRUE(agent_->reset_requested());
+  const std::size_t before = transport_.published.size();
+  reboot();
+  EXPECT_EQ(agent_->state(), DeviceState::confirming);
+  EXPECT_EQ(running_version(), "1.1.0");
+  clock_.advance_ms(30'000);
+  agent_->tick();
+  EXPECT_EQ(agent_->state(), DeviceState::confirming);
+  EXPECT_TRUE(events_of(EventType::result, before).empty());
+  EXPECT_EQ(flash_.counts().confirm, 0);
+  probe.status = SelfTestStatus::passed;
+  agent_->tick();
+  EXPECT_EQ(agent_->state(), DeviceState::idle);
+  EXPECT_EQ(flash_.counts().confirm, 1);
+  expect_single_result(true, ReasonCode::ok, "1.1.0", before);
+  EXPECT_GE(probe.polls, 3);
+}
+
+TEST_F(AgentTest, SelfTestThatNeverPassesInTimeRollsBackWithConfirmTimeout) {
+  SelfTestScript probe;  // stays "running"
+  cfg_.self_test_poll = &SelfTestScript::poll;
+  cfg_.self_test_ctx = &probe;
+  cfg_.confirm_timeout_ms = 60'000;
+  start();
+  run_update();
+  const std::size_t before = transport_.published.size();
+  reboot(false);
+  ASSERT_EQ(agent_->state(), DeviceState::confirming);
+  clock_.advance_ms(59'999);
+  agent_->tick();
+  ASSERT_EQ(agent_->state(), DeviceState::confirming);
+  clock_.advance_ms(1);
+  agent_->tick();
+  // Given up: the trial image is rejected and the device resets into the old one.
+  EXPECT_TRUE(agent_->reset_requested());
+  EXPECT_EQ(flash_.counts().reject, 1);
+  EXPECT_EQ(flash_.counts().confirm, 0);
+  reboot();
+  EXPECT_EQ(running_version(), "1.0.0");
+  EXPECT_EQ(flash_.running_slot(), 'a');
+  expect_single_result(false, ReasonCode::timeout, "1.0.0", before);
+  EXPECT_EQ(events_of(EventType::result, before)[0].detail,
+            "confirm timeout: the self-test did not pass in time");
+  EXPECT_EQ(flash_.boot_state().counter, 0u);
+  EXPECT_EQ(agent_->state(), DeviceState::idle);
+}
+
+// The new image crashes (power cycles) before it can confirm, again and again: the boot
+// loader gives it max_trial_boots boots and then returns to the old image by itself.
+TEST_F(AgentTest, TrialImageThatNeverConfirmsIsRolledBackAfterMaxTrialBoots) {
+  SelfTestScript probe;
+  cfg_.self_test_poll = &SelfTestScript::poll;
+  cfg_.self_test_ctx = &probe;
+  cfg_.max_trial_boots = 3;
+  start();
+  run_update();
+  const std::size_t before = transport_.published.size();
+  for (std::uint32_t boot = 1; boot <= 3; ++boot) {
+    agent_.reset();  // crash: no shutdown
+    ASSERT_EQ(flash_.power_on(), PortStatus::ok);
+    EXPECT_EQ(running_version(), "1.1.0") << "trial boot " << boot;
+    ImageState img;
+    flash_.read_state(img);
+    EXPECT_EQ(img.trial_boots, boot);
+    EXPECT_EQ(img.slot_state, proto::SlotState::pending);
+    boot_and_connect();
+    EXPECT_EQ(agent_->state(), DeviceState::confirming);
+  }
+  EXPECT_EQ(probe.polls, 3);
+  EXPECT_TRUE(events_of(EventType::result, before).empty());
+  reboot();  // the fourth boot: the boot loader reverts
+  EXPECT_EQ(running_version(), "1.0.0");
+  expect_single_result(false, ReasonCode::rolled_back, "1.0.0", before);
+  EXPECT_EQ(events_of(EventType::result, before)[0].detail,
+            "boot count exceeded: the image was not confirmed within its trial boots");
+  EXPECT_EQ(flash_.counts().confirm, 0);
+  EXPECT_EQ(flash_.boot_state().counter, 0u);
+  const auto hellos = transport_.hellos(before);
+  ASSERT_FALSE(hellos.empty());
+  EXPECT_EQ(hellos.back().slot_state, proto::SlotState::rolled_back);
+  EXPECT_EQ(agent_->state(), DeviceState::idle);
+}
+
+// A crash during the self-test is not a failure by itself: the next trial boot confirms.
+TEST_F(AgentTest, CrashDuringSelfTestGetsAnotherTrialBootAndConfirms) {
+  SelfTestScript probe;
+  cfg_.self_test_poll = &SelfTestScript::poll;
+  cfg_.self_test_ctx = &probe;
+  start();
+  run_update();
+  const std::size_t before = transport_.published.size();
+  reboot();
+  ASSERT_EQ(agent_->state(), DeviceState::confirming);
+  probe.status = SelfTestStatus::passed;
+  reboot();  // crash before the next poll
+  EXPECT_EQ(running_version(), "1.1.0");
+  EXPECT_EQ(flash_.counts().confirm, 1);
+  expect_single_result(true, ReasonCode::ok, "1.1.0", before);
+}
+
+TEST_F(AgentTest, FailedSelfTestRejectsTheImageAtOnceEvenWithTrialBootsLeft) {
+  cfg_.self_test = &failing_self_test;
+  cfg_.max_trial_boots = 5;
+  start();
+  run_update();
+  const std::size_t before = transport_.published.size();
+  reboot();
+  EXPECT_EQ(flash_.counts().reject, 1);
+  EXPECT_EQ(flash_.counts().power_on, 3);  // trial boot, then straight back to the old image
+  EXPECT_EQ(running_version(), "1.0.0");
+  expect_single_result(false, ReasonCode::self_test_failed, "1.0.0", before);
+  EXPECT_TRUE(events_of(EventType::result, before)[0].detail.empty());
+}
+
+TEST_F(AgentTest, SameVersionOfferedAfterUpdateIsAlreadyInstalledWithoutReboot) {
+  start();
+  run_update();
+  reboot();
+  expect_single_result(true, ReasonCode::ok, "1.1.0");
+  const int begins = flash_.counts().begin, resets = flash_.counts().reset;
+  const int power_ons = flash_.counts().power_on;
+  OfferOptions opt;
+  opt.deployment = "dep-again";
+  const proto::Offer again = offer_for(image_, opt);
+  const std::size_t from = transport_.published.size();
+  send_offer(again);
+  const auto evs = transport_.events(from);
+  ASSERT_EQ(evs.size(), 1u);
+  EXPECT_EQ(evs[0].type, EventType::decline);
+  EXPECT_EQ(evs[0].reason, ReasonCode::already_installed);
+  EXPECT_EQ(evs[0].deployment, "dep-again");
+  EXPECT_EQ(flash_.counts().begin, begins);
+  EXPECT_EQ(flash_.counts().reset, resets);
+  EXPECT_EQ(flash_.counts().power_on, power_ons);
+  EXPECT_FALSE(agent_->reset_requested());
+  EXPECT_EQ(agent_->state(), DeviceState::idle);
+  EXPECT_EQ(running_version(), "1.1.0");
+}
+
+TEST_F(AgentTest, SecurityCounterIsRaisedOnlyWhenTheImageIsConfirmed) {
+  start();
+  OfferOptions opt;
+  opt.counter = 7;
+  run_update(opt);
+  ASSERT_TRUE(agent_->reset_requested());
+  EXPECT_EQ(flash_.boot_state().counter, 0u) << "raised before the image proved itself";
+  reboot();
+  EXPECT_EQ(flash_.boot_state().counter, 7u);
+  const auto hellos = transport_.hellos();
+  ASSERT_FALSE(hellos.empty());
+  EXPECT_EQ(hellos.back().counter, 7u);
+  // From now on an image signed with a lower counter is a downgrade.
+  OfferOptions old;
+  old.deployment = "dep-old";
+  old.version = "1.0.5";
+  old.counter = 6;
+  const std::size_t from = transport_.published.size();
+  send_offer(offer_for(image_, old));
+  const auto evs = events_of(EventType::decline, from);
+  ASSERT_EQ(evs.size(), 1u);
+  EXPECT_EQ(evs[0].reason, ReasonCode::downgrade);
+  // A rolled-back image never raises it.
+  cfg_.self_test = &failing_self_test;
+  OfferOptions next;
+  next.deployment = "dep-next";
+  next.version = "1.2.0";
+  next.counter = 9;
+  reboot();
+  run_update(next);
+  reboot();
+  EXPECT_EQ(running_version(), "1.1.0");
+  EXPECT_EQ(flash_.boot_state().counter, 7u);
+}
+
+// ------------------------------------------------------------- storage and flash faults
+
+TEST_F(AgentTest, TornRecordIsDiscardedAndTheUpdateStartsOver) {
+  start();
+  const proto::Offer offer = offer_for(image_);
+  send_offer(offer);
+  ChunkServer server(image_, offer.manifest.chunk_size, offer.manifest.image.c_str());
+  serve(server, {}, 50);
+  ASSERT_EQ(decode_record(storage_.record).state, DeviceState::downloading);
+  // Half of a newer record over the old one: the CRC no longer matches.
+  auto torn = storage_.record;
+  for (std::size_t i = torn.size() / 2; i < torn.size(); ++i) torn[i] ^= 0x5a;
+  storage_.record = torn;
+  forget_requests();
+  agent_.reset();
+  flash_.power_cut();
+  reboot();
+  EXPECT_EQ(agent_->stats().discarded_records, 1u);
+  EXPECT_EQ(agent_->state(), DeviceState::idle);
+  EXPECT_EQ(running_version(), "1.0.0");
+  const auto hellos = transport_.hellos();
+  ASSERT_FALSE(hellos.empty());
+  EXPECT_FALSE(hellos.back().resume.present);
+  // The controller offers the deployment again; it is downloaded from scratch and completes.
+  send_offer(offer);
+  ASSERT_EQ(agent_->state(), DeviceState::downloading);
+  serve(server);
+  ASSERT_TRUE(agent_->reset_requested());
+  reboot();
+  EXPECT_EQ(running_version(), "1.1.0");
+  EXPECT_EQ(flash_.slot_data('b'), image_);
+}
+
+// The flash lost the partial image (slot erased) while the record kept its bitmap: begin()
+// says not_found and the agent forgets those chunks instead of failing verification.
+TEST_F(AgentTest, ResumeWithoutThePartialImageDownloadsEverythingAgain) {
+  start();
+  const proto::Offer offer = offer_for(image_);
+  send_offer(offer);
+  ChunkServer server(image_, offer.manifest.chunk_size, offer.manifest.image.c_str());
+  serve(server, {}, 70);
+  ASSERT_GT(decode_record(storage_.record).received_chunks, 0u);
+  forget_requests();
+  agent_.reset();
+  // Something else (a factory tool, a previous abort) erased the slot.
+  ASSERT_EQ(flash_.power_on(), PortStatus::ok);
+  ASSERT_EQ(flash_.abort(), PortStatus::ok);  // no target after power-on: a no-op...
+  FakeFlash wiped(1u << 20);
+  wiped.power_on();
+  flash_ = wiped;  // ...so start from a factory-fresh flash with the old record
+  boot_and_connect();
+  EXPECT_EQ(agent_->state(), DeviceState::downloading);
+  EXPECT_EQ(agent_->persisted().received_chunks, 0u);
+  serve(server);
+  ASSERT_TRUE(agent_->reset_requested()) << proto::reason_name(agent_->last_reason());
+  reboot();
+  expect_single_result(true, ReasonCode::ok, "1.1.0");
+  EXPECT_EQ(flash_.slot_data('b'), image_);
+}
+
+TEST_F(AgentTest, ReadOnlyStateStorageAbortsCleanlyAndReports) {
+  start();
+  storage_.fail_saves = true;
+  storage_.fail_status = PortStatus::read_only;
+  const proto::Offer offer = offer_for(image_);
+  send_offer(offer);
+  expect_single_result(false, ReasonCode::internal_error, "1.0.0");
+  EXPECT_EQ(events_of(EventType::result)[0].detail, "state record could not be saved");
+  EXPECT_EQ(agent_->state(), DeviceState::idle);
+  EXPECT_EQ(flash_.counts().write, 0);
+  EXPECT_EQ(flash_.counts().activate, 0);
+  EXPECT_GT(agent_->stats().storage_failures, 0u);
+  storage_.fail_saves = false;
+  reboot();
+  EXPECT_EQ(running_version(), "1.0.0");
+  EXPECT_EQ(flash_.boot_state().writing, 0);
+}
+
+TEST_F(AgentTest, StorageFullMidDownloadAbortsWithNoSpace) {
+  cfg_.checkpoint_chunks = 8;
+  start();
+  const proto::Offer offer = offer_for(image_);
+  send_offer(offer);
+  ChunkServer server(image_, offer.manifest.chunk_size, offer.manifest.image.c_str());
+  serve(server, {}, 20);
+  storage_.fail_saves = true;
+  storage_.fail_status = PortStatus::no_space;
+  serve(server);
+  expect_single_result(false, ReasonCode::no_space, "1.0.0");
+  EXPECT_EQ(flash_.counts().abort, 1);
+  EXPECT_EQ(flash_.counts().activate, 0);
+  EXPECT_EQ(agent_->state(), DeviceState::idle);
+  storage_.fail_saves = false;
+  reboot();
+  EXPECT_EQ(running_version(), "1.0.0");
+  EXPECT_EQ(flash_.slot_data('a'), std::vector<std::uint8_t>(
+                                        std::begin("factory image 1.0.0\n"),
+                                        std::end("factory image 1.0.0\n") - 1));
+}
+
+struct FlashFault {
+  FakeFlash::FailOp op;
+  PortStatus status;
+  ReasonCode reason;
+};
+
+TEST_F(AgentTest, FailingFlashOperationsAbortCleanlyKeepTheOldImageAndReport) {
+  const FlashFault faults[] = {
+      {FakeFlash::FailOp::begin, PortStatus::no_space, ReasonCode::no_space},
+      {FakeFlash::FailOp::begin, PortStatus::read_only, ReasonCode::flash_error},
+      {FakeFlash::FailOp::sync, PortStatus::error, ReasonCode::flash_error},
+      {FakeFlash::FailOp::finish, PortStatus::error, ReasonCode::flash_error},
+      {FakeFlash::FailOp::activate, PortStatus::read_only, ReasonCode::flash_error},
+  };
+  int n = 0;
+  for (const auto& f : faults) {
+    SCOPED_TRACE(::testing::Message() << "fault " << n);
+    flash_ = FakeFlash();
+    storage_ = MemStorage();
+    transport_ = ScriptedTransport();
+    forget_requests();
+    req_cursor_ = 0;
+    start();
+    flash_.fail_always(f.op, f.status);
+    OfferOptions opt;
+    opt.deployment = "dep-f" + std::to_string(n++);
+    run_update(opt);
+    expect_single_result(false, f.reason, "1.0.0");
+    EXPECT_EQ(agent_->state(), DeviceState::idle);
+    EXPECT_FALSE(agent_->reset_requested());
+    EXPECT_EQ(flash_.boot_state().pending, 0);
+    EXPECT_EQ(flash_.boot_state().writing, 0);
+    flash_.fail_always(f.op, PortStatus::ok);
+    reboot();
+    EXPECT_EQ(running_version(), "1.0.0");
+    EXPECT_EQ(flash_.running_slot(), 'a');
+  }
+}
+
+TEST_F(AgentTest, FailingConfirmReportsFlashErrorOnceAndTheBootLoaderReverts) {
+  start();
+  run_update();
+  flash_.fail_always(FakeFlash::FailOp::confirm, PortStatus::error);
+  const std::size_t before = transport_.published.size();
+  reboot();
+  expect_single_result(false, ReasonCode::flash_error, "1.1.0", before);
+  // The remaining trial boots try again (and fail again); the boot loader then returns to
+  // the old image. The deployment is reported once.
+  for (int i = 0; i < 3; ++i) reboot();
+  EXPECT_EQ(running_version(), "1.0.0");
+  EXPECT_EQ(events_of(EventType::result, before).size(), 1u);
+  EXPECT_EQ(flash_.boot_state().counter, 0u);
+}
+
 }  // namespace
 }  // namespace ota::agent::test

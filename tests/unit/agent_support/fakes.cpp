@@ -11,6 +11,13 @@ namespace ota::agent::test {
 FakeFlash::FakeFlash(std::uint64_t capacity, std::string initial_version)
     : capacity_(capacity), initial_version_(std::move(initial_version)) {}
 
+bool FakeFlash::powered(bool* torn) {
+  if (rail_ == nullptr) return true;
+  const PowerRail::Op op = rail_->next_op();
+  if (torn != nullptr) *torn = op == PowerRail::Op::torn;
+  return op == PowerRail::Op::full;
+}
+
 PortStatus FakeFlash::power_on() {
   ++counts_.power_on;
   reset_requested_ = false;
@@ -24,13 +31,16 @@ PortStatus FakeFlash::power_on() {
     a_.assign(image.begin(), image.end());
     durable_a_ = a_;
   }
-  if (boot_.pending != 0 && !boot_.trial_booted) {
-    boot_.trial_booted = true;  // the one trial boot the new image gets
+  if (boot_.pending != 0 && !boot_.rejected && boot_.trial_boots < boot_.max_trial_boots) {
+    if (!powered()) return PortStatus::error;  // the boot counter update is the operation
+    ++boot_.trial_boots;  // one more trial boot for the new image
     boot_.rolled_back = false;
     running_ = boot_.pending;
   } else if (boot_.pending != 0) {
-    boot_.pending = 0;  // booted on trial before and never confirmed: revert
-    boot_.trial_booted = false;
+    if (!powered()) return PortStatus::error;
+    boot_.pending = 0;  // out of trial boots (or rejected) and never confirmed: revert
+    boot_.trial_boots = 0;
+    boot_.rejected = false;
     boot_.rolled_back = true;
     running_ = boot_.active;
   } else {
@@ -56,24 +66,28 @@ PortStatus FakeFlash::read_state(ImageState& out) {
   out.previous_version.assign(version_ref(other(running_)).c_str());
   out.security_counter = boot_.counter;
   out.free_bytes = capacity_;
+  out.trial_boots = running_ == boot_.pending ? boot_.trial_boots : 0;
   return PortStatus::ok;
 }
 
 PortStatus FakeFlash::begin(const proto::Manifest& manifest, bool resume) {
   ++counts_.begin;
+  if (failing(FailOp::begin)) return fail_op_status_;
   if (boot_.pending != 0) return PortStatus::error;  // a trial image must be settled first
   if (manifest.size > capacity_) return PortStatus::no_space;
-  target_ = other(running_);
-  target_size_ = manifest.size;
-  const bool keep = resume && boot_.writing == target_;
+  const bool keep = resume && boot_.writing == other(running_);
   if (!keep) {
+    if (!powered()) return PortStatus::error;  // erase + "writing" marker: atomic
+    target_ = other(running_);
     boot_.writing = target_;
     version_ref(target_).clear();
     boot_.rolled_back = false;
     data_of(target_).clear();
     durable_of(target_).clear();
   }
-  return PortStatus::ok;
+  target_ = other(running_);
+  target_size_ = manifest.size;
+  return keep || !resume ? PortStatus::ok : PortStatus::not_found;
 }
 
 PortStatus FakeFlash::write(std::uint32_t offset, const std::uint8_t* data, std::size_t len) {
@@ -81,6 +95,17 @@ PortStatus FakeFlash::write(std::uint32_t offset, const std::uint8_t* data, std:
   if (record_writes_) write_offsets_.push_back(offset);
   if (fail_write_at_ != 0 && counts_.write == fail_write_at_) return fail_status_;
   if (target_ == 0 || offset + len > target_size_) return PortStatus::error;
+  bool torn = false;
+  if (!powered(&torn)) {
+    if (torn) {  // programming stopped half way: those cells hold the new bytes for good
+      const std::size_t half = len / 2;
+      for (auto* v : {&data_of(target_), &durable_of(target_)}) {
+        if (v->size() < offset + half) v->resize(offset + half, 0);
+        std::memcpy(v->data() + offset, data, half);
+      }
+    }
+    return PortStatus::error;
+  }
   auto& d = data_of(target_);
   if (d.size() < offset + len) d.resize(offset + len, 0);
   std::memcpy(d.data() + offset, data, len);
@@ -89,6 +114,7 @@ PortStatus FakeFlash::write(std::uint32_t offset, const std::uint8_t* data, std:
 
 PortStatus FakeFlash::read(std::uint32_t offset, std::uint8_t* out, std::size_t len) {
   ++counts_.read;
+  if (rail_ != nullptr && rail_->dead()) return PortStatus::error;
   const char slot = target_ != 0 ? target_ : other(running_);
   const auto& d = data_of(slot);
   if (offset + len > d.size()) return PortStatus::error;
@@ -98,6 +124,8 @@ PortStatus FakeFlash::read(std::uint32_t offset, std::uint8_t* out, std::size_t 
 
 PortStatus FakeFlash::sync() {
   ++counts_.sync;
+  if (failing(FailOp::sync)) return fail_op_status_;
+  if (!powered()) return PortStatus::error;
   const char slot = target_ != 0 ? target_ : other(running_);
   durable_of(slot) = data_of(slot);
   return PortStatus::ok;
@@ -105,6 +133,8 @@ PortStatus FakeFlash::sync() {
 
 PortStatus FakeFlash::finish(const proto::Manifest& manifest) {
   ++counts_.finish;
+  if (failing(FailOp::finish)) return fail_op_status_;
+  if (!powered()) return PortStatus::error;
   const char slot = target_ != 0 ? target_ : other(running_);
   target_ = slot;
   durable_of(slot) = data_of(slot);
@@ -116,6 +146,7 @@ PortStatus FakeFlash::finish(const proto::Manifest& manifest) {
 PortStatus FakeFlash::abort() {
   ++counts_.abort;
   if (target_ == 0 || boot_.writing != target_) return PortStatus::ok;
+  if (!powered()) return PortStatus::error;
   boot_.writing = 0;
   data_of(target_).clear();
   durable_of(target_).clear();
@@ -123,23 +154,42 @@ PortStatus FakeFlash::abort() {
 }
 
 PortStatus FakeFlash::activate(const proto::Manifest& manifest) {
+  return activate_trial(manifest, 1);
+}
+
+PortStatus FakeFlash::activate_trial(const proto::Manifest& manifest, std::uint32_t max_boots) {
   ++counts_.activate;
+  if (failing(FailOp::activate)) return fail_op_status_;
   const char slot = other(running_);
   if (boot_.writing == slot || version_ref(slot) != manifest.version.c_str()) {
     return PortStatus::error;  // only a finished image may become bootable
   }
+  if (!powered()) return PortStatus::error;
   boot_.pending = slot;
-  boot_.trial_booted = false;
+  boot_.trial_boots = 0;
+  boot_.max_trial_boots = max_boots == 0 ? 1 : max_boots;
+  boot_.rejected = false;
   boot_.pending_counter = manifest.counter;
+  return PortStatus::ok;
+}
+
+PortStatus FakeFlash::reject() {
+  ++counts_.reject;
+  if (boot_.pending == 0 || running_ != boot_.pending) return PortStatus::ok;
+  if (!powered()) return PortStatus::error;
+  boot_.rejected = true;
   return PortStatus::ok;
 }
 
 PortStatus FakeFlash::confirm() {
   ++counts_.confirm;
+  if (failing(FailOp::confirm)) return fail_op_status_;
   if (boot_.pending == 0 || running_ != boot_.pending) return PortStatus::ok;
+  if (!powered()) return PortStatus::error;
   boot_.active = boot_.pending;
   boot_.pending = 0;
-  boot_.trial_booted = false;
+  boot_.trial_boots = 0;
+  boot_.rejected = false;
   boot_.rolled_back = false;
   if (boot_.pending_counter > boot_.counter) boot_.counter = boot_.pending_counter;
   return PortStatus::ok;
@@ -147,6 +197,7 @@ PortStatus FakeFlash::confirm() {
 
 void FakeFlash::reset() {
   ++counts_.reset;
+  if (rail_ != nullptr && rail_->dead()) return;
   reset_requested_ = true;
 }
 
@@ -160,9 +211,18 @@ PortStatus MemStorage::load(void* out, std::size_t cap, std::size_t& len) {
 }
 
 PortStatus MemStorage::save(const void* data, std::size_t len) {
-  if (fail_saves) return PortStatus::error;
-  ++saves;
+  if (fail_saves) return fail_status;
   const auto* p = static_cast<const std::uint8_t*>(data);
+  if (rail != nullptr) {
+    const PowerRail::Op op = rail->next_op();
+    if (op == PowerRail::Op::torn) {  // half the new record over the old one
+      record.resize(std::max(record.size(), len), 0);
+      std::memcpy(record.data(), p, len / 2);
+      has_record = true;
+    }
+    if (op != PowerRail::Op::full) return PortStatus::error;
+  }
+  ++saves;
   record.assign(p, p + len);
   has_record = true;
   if (on_save) on_save(record);
@@ -183,7 +243,7 @@ bool ScriptedTransport::subscribe(const char* topic, int qos) {
 
 bool ScriptedTransport::publish(const char* topic, const void* payload, std::size_t len, int qos,
                                 bool retain) {
-  if (!connected_) return false;
+  if (!connected()) return false;
   Published p;
   p.topic = topic;
   const auto* b = static_cast<const std::uint8_t*>(payload);

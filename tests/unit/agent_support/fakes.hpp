@@ -25,21 +25,62 @@ inline void PrintTo(SlotState s, std::ostream* os) { *os << slot_state_name(s); 
 namespace ota::agent::test {
 
 // ---------------------------------------------------------------------------------------
+// The power supply of one simulated device, shared by its fakes. Every operation that
+// changes persistent state (flash erase/program/sync/seal, boot-state writes, record saves)
+// is counted; an armed cut makes the k-th one the last: it is torn (a flash write programs
+// half its buffer, a record save leaves half the new bytes over the old) or, for operations
+// that are atomic on real parts (boot-state updates), does not happen. From then on the
+// device is dead: the fakes change nothing and the transport sends nothing, until the test
+// powers it on again (restore()).
+class PowerRail {
+ public:
+  enum class Op : std::uint8_t { full, torn, dead };
+  // The `n`-th operation from now (1 = the next one) is cut; 0 disarms.
+  void cut_after(std::uint64_t n) { cut_at_ = n == 0 ? 0 : ops_ + n; }
+  Op next_op() {
+    if (dead_) return Op::dead;
+    ++ops_;
+    if (cut_at_ != 0 && ops_ == cut_at_) {
+      dead_ = true;
+      ++cuts_;
+      return Op::torn;
+    }
+    return Op::full;
+  }
+  bool dead() const { return dead_; }
+  void restore() {
+    dead_ = false;
+    cut_at_ = 0;
+  }
+  std::uint64_t ops() const { return ops_; }
+  std::uint64_t cuts() const { return cuts_; }
+
+ private:
+  std::uint64_t ops_ = 0;
+  std::uint64_t cut_at_ = 0;
+  std::uint64_t cuts_ = 0;
+  bool dead_ = false;
+};
+
+// ---------------------------------------------------------------------------------------
 // In-memory A/B flash with the boot semantics of linux_port::FileFlash:
-//  - power_on() picks the confirmed slot, or a freshly activated one on trial; a trial slot
-//    booted once and never confirmed reverts (slot_state rolled_back).
+//  - power_on() picks the confirmed slot, or an activated one on trial, counting its trial
+//    boots; a trial slot that used up its boots (activate_trial) without being confirmed, or
+//    was rejected, reverts (slot_state rolled_back).
 //  - writes are volatile until sync()/finish(); power_cut() drops what was not made durable.
 // Copyable, so a test can snapshot the whole device.
 class FakeFlash final : public FlashPort {
  public:
   struct Counts {
     int power_on = 0, begin = 0, write = 0, read = 0, sync = 0, finish = 0, abort = 0,
-        activate = 0, confirm = 0, reset = 0, read_state = 0;
+        activate = 0, confirm = 0, reset = 0, read_state = 0, reject = 0;
   };
   struct BootState {
     char active = 'a';
     char pending = 0;
-    bool trial_booted = false;
+    std::uint32_t trial_boots = 0;      // boots of the pending slot so far
+    std::uint32_t max_trial_boots = 1;  // from activate_trial()
+    bool rejected = false;
     bool rolled_back = false;
     char writing = 0;
     std::string version_a, version_b;
@@ -60,6 +101,8 @@ class FakeFlash final : public FlashPort {
   PortStatus finish(const proto::Manifest& manifest) override;
   PortStatus abort() override;
   PortStatus activate(const proto::Manifest& manifest) override;
+  PortStatus activate_trial(const proto::Manifest& manifest, std::uint32_t max_boots) override;
+  PortStatus reject() override;
   PortStatus confirm() override;
   void reset() override;
   PortStatus read_state(ImageState& out) override;
@@ -69,6 +112,14 @@ class FakeFlash final : public FlashPort {
     fail_write_at_ = counts_.write + nth;
     fail_status_ = status;
   }
+  // Fault injection: every call of one operation returns `status` (ok = stop failing).
+  enum class FailOp : std::uint8_t { none, begin, sync, finish, activate, confirm };
+  void fail_always(FailOp op, PortStatus status) {
+    fail_op_ = status == PortStatus::ok ? FailOp::none : op;
+    fail_op_status_ = status;
+  }
+  // The power supply this flash hangs on (nullptr: never cut).
+  void attach(PowerRail* rail) { rail_ = rail; }
   void set_capacity(std::uint64_t c) { capacity_ = c; }
   void set_security_counter(std::uint32_t c) { boot_.counter = c; }
   void record_writes(bool on) { record_writes_ = on; }
@@ -82,6 +133,9 @@ class FakeFlash final : public FlashPort {
   std::string version_of(char slot) const { return slot == 'b' ? boot_.version_b : boot_.version_a; }
 
  private:
+  bool failing(FailOp op) const { return fail_op_ == op; }
+  // Counts an operation on the rail: false when it must not happen (cut or dead).
+  bool powered(bool* torn = nullptr);
   std::vector<std::uint8_t>& data_of(char slot) { return slot == 'b' ? b_ : a_; }
   std::vector<std::uint8_t>& durable_of(char slot) { return slot == 'b' ? durable_b_ : durable_a_; }
   std::string& version_ref(char slot) { return slot == 'b' ? boot_.version_b : boot_.version_a; }
@@ -101,6 +155,9 @@ class FakeFlash final : public FlashPort {
   PortStatus fail_status_ = PortStatus::error;
   bool record_writes_ = false;
   std::vector<std::uint32_t> write_offsets_;
+  FailOp fail_op_ = FailOp::none;
+  PortStatus fail_op_status_ = PortStatus::ok;
+  PowerRail* rail_ = nullptr;
 };
 
 // ---------------------------------------------------------------------------------------
@@ -112,6 +169,8 @@ class MemStorage final : public Storage {
   PortStatus erase() override;
 
   bool fail_saves = false;
+  PortStatus fail_status = PortStatus::error;  // what a failing save returns
+  PowerRail* rail = nullptr;                   // a cut save leaves a torn record
   int saves = 0;
   bool has_record = false;
   std::vector<std::uint8_t> record;
@@ -147,12 +206,13 @@ class ScriptedTransport final : public Transport {
  public:
   explicit ScriptedTransport(std::string prefix = proto::kDefaultPrefix) : prefix_(std::move(prefix)) {}
 
-  bool connected() const override { return connected_; }
+  bool connected() const override { return connected_ && (rail == nullptr || !rail->dead()); }
   bool subscribe(const char* topic, int qos) override;
   bool publish(const char* topic, const void* payload, std::size_t len, int qos,
                bool retain) override;
 
   bool connected_ = true;
+  const PowerRail* rail = nullptr;  // a dead device sends nothing
   std::vector<Published> published;
   std::vector<std::pair<std::string, int>> subscriptions;
 

@@ -37,6 +37,10 @@ constexpr std::size_t kHashReadBuffer = OTA_AGENT_HASH_READ_BUFFER;
 
 // Integrator hook run after booting a new image on trial; return true when the image works.
 using SelfTest = bool (*)(void* ctx);
+// Asynchronous form (e.g. "reached the server", "sensor answered"): polled from boot() and
+// tick() until it is no longer `running`; bounded by AgentConfig::confirm_timeout_ms.
+enum class SelfTestStatus : std::uint8_t { passed, failed, running };
+using SelfTestPoll = SelfTestStatus (*)(void* ctx);
 
 // Integrator policy for offers that passed every check (signature, key, hardware, counter,
 // expiry, kind, version, size, busy): accept now, decline for good, or defer ("not now").
@@ -65,7 +69,17 @@ struct AgentConfig {
   std::uint32_t checkpoint_chunks = 32;     // persist progress every N new chunks
   std::uint32_t progress_step_percent = 5;  // progress event granularity
   SelfTest self_test = nullptr;             // nullptr: the image is considered healthy
-  void* self_test_ctx = nullptr;
+  SelfTestPoll self_test_poll = nullptr;    // used instead of self_test when set
+  void* self_test_ctx = nullptr;            // for either hook
+  // A trial image must pass its self-test within this time after booting (0 = no limit),
+  // or it is rolled back and reported with reason `timeout`.
+  std::uint32_t confirm_timeout_ms = 300000;
+  // Boots a trial image gets (counted by the boot loader, FlashPort::activate_trial) before
+  // the boot loader returns to the previous slot; reported as `rolled_back`.
+  std::uint32_t max_trial_boots = 3;
+  // Observer called after a new state was persisted (UI, logging, fault injection).
+  void (*on_state)(void* ctx, proto::DeviceState entered) = nullptr;
+  void* on_state_ctx = nullptr;
   // Liveness: a heartbeat on the presence topic (QoS 0, not retained) every interval while
   // connected; 0 = never. It uses no event sequence number and writes no storage.
   std::uint32_t heartbeat_interval_ms = 60000;
@@ -88,7 +102,17 @@ enum class Trigger : std::uint8_t {
   resume_download,  // boot found an interrupted download
   resume_verify,    // boot found an image that was being verified
   resume_install,   // boot found an image that was being activated
+  confirm_timeout,  // the trial image did not pass its self-test in time
 };
+
+// Fixed detail texts of outcomes (kept as a code in the persisted record).
+enum class Detail : std::uint8_t {
+  none = 0,
+  confirm_timeout,  // "confirm timeout: ..."
+  boot_limit,       // "boot count exceeded: ..."
+  storage_failed,   // "state record could not be saved"
+};
+const char* detail_text(Detail d);
 
 // A final answer (result or decline) to one deployment. Kept, with its sequence number, so
 // that it can be repeated when the controller asks again (a re-sent offer) and re-sent after
@@ -101,13 +125,15 @@ struct Outcome {
   proto::Version version;  // running version when the outcome was made
   std::uint32_t seq = 0;
   bool unsent = false;
+  Detail detail = Detail::none;
 };
 constexpr std::size_t kRememberedOutcomes = 4;
 
-// Persisted across reboots through the Storage port (one atomic record).
+// Persisted across reboots through the Storage port (one record, CRC-checked on load).
 struct PersistedState {
   std::uint32_t magic = 0;
   std::uint32_t layout = 0;
+  std::uint32_t crc = 0;  // CRC-32 of the whole record with this field 0
   std::uint32_t seq = 0;  // last event sequence number used
   proto::DeviceState state = proto::DeviceState::idle;
   proto::Id deployment;
@@ -116,6 +142,7 @@ struct PersistedState {
   std::uint8_t received[(kMaxImageChunks + 7) / 8] = {};
   // Why the trial image is being abandoned (self_test_failed), reported after the revert.
   proto::ReasonCode revert_reason = proto::ReasonCode::ok;
+  Detail revert_detail = Detail::none;
   // The last few final outcomes, oldest overwritten first.
   Outcome outcomes[kRememberedOutcomes];
   std::uint32_t outcome_next = 0;
@@ -130,6 +157,8 @@ struct AgentStats {
   std::uint64_t timeouts = 0;
   std::uint64_t bad_messages = 0;     // undecodable offers/cancels
   std::uint64_t heartbeats = 0;       // heartbeats handed to the transport
+  std::uint64_t storage_failures = 0; // record saves the Storage port refused
+  std::uint64_t discarded_records = 0;  // records found torn/foreign at boot (CRC, magic)
 };
 
 class Agent {
@@ -176,6 +205,7 @@ class Agent {
   Trigger revert_image();
   Trigger fail_update();
   Trigger cancel_update();
+  Trigger check_self_test();
 
   void handle_offer(const std::uint8_t* payload, std::size_t len);
   void handle_cancel(const std::uint8_t* payload, std::size_t len);
@@ -200,10 +230,11 @@ class Agent {
   bool send_outcome(Outcome& outcome);
   Outcome* find_outcome(const proto::Id& deployment);
   void record_outcome(proto::EventType type, const proto::Id& deployment, bool ok,
-                      proto::ReasonCode reason);
-  void set_result(bool ok, proto::ReasonCode reason);
+                      proto::ReasonCode reason, Detail detail = Detail::none);
+  void set_result(bool ok, proto::ReasonCode reason, Detail detail = Detail::none);
   std::uint32_t effective_timeout_ms() const;
-  void persist();
+  bool persist();
+  std::uint32_t record_crc();
   bool publish(proto::TopicKind kind, const char* data, std::size_t len, int qos, bool retain);
 
   const AgentConfig cfg_;
@@ -216,6 +247,10 @@ class Agent {
   PersistedState st_;
   ImageState image_;
   proto::ReasonCode reason_ = proto::ReasonCode::ok;
+  Detail detail_ = Detail::none;             // goes with reason_ into the outcome
+  proto::ReasonCode persist_reason_ = proto::ReasonCode::ok;  // why the last persist() failed
+  Detail persist_detail_ = Detail::none;
+  std::uint64_t trial_started_ms_ = 0;       // when the self-test of a trial image began
   proto::Offer offer_scratch_;  // decoded offer (too big for a firmware stack)
   bool reset_requested_ = false;
   std::uint64_t boot_ms_ = 0;            // clock at boot(): uptime in heartbeats

@@ -19,6 +19,9 @@ struct ImageState {
   proto::Version previous_version;  // version in the other slot, empty if none
   std::uint32_t security_counter = 0;  // highest counter confirmed on this device
   std::uint64_t free_bytes = 0;        // capacity of the update slot
+  // Boots of the running trial image so far (1 on its first), kept by the boot loader; 0 when
+  // the running image is confirmed or the port does not count.
+  std::uint32_t trial_boots = 0;
 };
 
 // The flash boundary, modelled on ota_start/ota_write/ota_finish (Pycom, ESP-IDF) and the
@@ -28,7 +31,9 @@ class FlashPort {
   virtual ~FlashPort() = default;
   // Prepare the inactive slot for an image of `size` bytes. Called after the manifest
   // signature, key, hardware, counter, expiry and size (<= free_bytes) were checked.
-  // `resume` = true keeps what an earlier begin() for the same image wrote.
+  // `resume` = true keeps what an earlier begin() for the same image wrote; when nothing can
+  // be kept (the slot was erased or never begun) the port prepares the slot afresh and
+  // returns not_found, so the agent forgets the chunks it believed written.
   virtual PortStatus begin(const proto::Manifest& manifest, bool resume) = 0;
   // Write `len` bytes at `offset` of the inactive slot. The chunk's CRC was checked and
   // offset+len <= manifest.size. May be called again for the same offset (idempotent).
@@ -45,6 +50,19 @@ class FlashPort {
   // Mark the finished slot to boot next, on trial (reverts at the next boot unless
   // confirmed). `manifest` is the verified manifest of the finished slot.
   virtual PortStatus activate(const proto::Manifest& manifest) = 0;
+  // activate() with the number of boots the trial image gets before the boot loader returns
+  // to the previous slot by itself (U-Boot bootcount/bootlimit, a boot counter in the slot
+  // trailer). Boot loaders that allow exactly one trial boot (MCUboot test swap, ESP-IDF
+  // app rollback) keep this default.
+  virtual PortStatus activate_trial(const proto::Manifest& manifest, std::uint32_t max_boots) {
+    (void)max_boots;
+    return activate(manifest);
+  }
+  // The running trial image failed its self-test or did not confirm in time: the next boot
+  // must return to the previous slot (esp_ota_mark_app_invalid_rollback_and_reboot). The
+  // default does nothing, which is right for a boot loader that reverts any unconfirmed
+  // image at its next boot.
+  virtual PortStatus reject() { return PortStatus::ok; }
   // The running image passed its self-test: make it permanent, store its counter.
   virtual PortStatus confirm() = 0;
   // Restart the device into whatever activate() chose. On real hardware this never returns.
@@ -72,8 +90,9 @@ class Clock {
   virtual std::uint64_t unix_seconds() = 0;
 };
 
-// Small persistent record store (a file, NVS, a flash page). Writes must be atomic:
-// after a power cut the record is the old one or the new one.
+// Small persistent record store (a file, NVS, a flash page). Writes should be atomic
+// (after a power cut the record is the old one or the new one); the agent checks a CRC and
+// treats a torn record as lost, which never bricks but may restart an update.
 class Storage {
  public:
   virtual ~Storage() = default;

@@ -50,7 +50,10 @@ bool FileFlash::load_state() {
     const std::string key = line.substr(0, eq), value = line.substr(eq + 1);
     if (key == "active") s.active = slot_char(value);
     else if (key == "pending") s.pending = slot_char(value);
-    else if (key == "trial_booted") s.trial_booted = value == "1";
+    else if (key == "trial_booted") s.trial_boots = value == "1" ? 1 : 0;  // layout before bootcount
+    else if (key == "trial_boots") s.trial_boots = static_cast<std::uint32_t>(std::stoul(value));
+    else if (key == "max_trial_boots") s.max_trial_boots = static_cast<std::uint32_t>(std::stoul(value));
+    else if (key == "rejected") s.rejected = value == "1";
     else if (key == "rolled_back") s.rolled_back = value == "1";
     else if (key == "writing") s.writing = slot_char(value);
     else if (key == "version_a") s.version_a = value;
@@ -67,7 +70,8 @@ bool FileFlash::save_state() {
   std::ostringstream out;
   auto slot = [](char c) { return c == 0 ? std::string() : std::string(1, c); };
   out << "active=" << slot(state_.active) << "\npending=" << slot(state_.pending)
-      << "\ntrial_booted=" << (state_.trial_booted ? 1 : 0)
+      << "\ntrial_boots=" << state_.trial_boots << "\nmax_trial_boots=" << state_.max_trial_boots
+      << "\nrejected=" << (state_.rejected ? 1 : 0)
       << "\nrolled_back=" << (state_.rolled_back ? 1 : 0) << "\nwriting=" << slot(state_.writing)
       << "\nversion_a=" << state_.version_a << "\nversion_b=" << state_.version_b
       << "\ncounter=" << state_.counter << "\npending_counter=" << state_.pending_counter << "\n";
@@ -89,14 +93,15 @@ PortStatus FileFlash::power_on() {
       return from_errno();
     }
   }
-  if (state_.pending != 0 && !state_.trial_booted) {
-    state_.trial_booted = true;  // the one trial boot the new image gets
+  if (state_.pending != 0 && !state_.rejected && state_.trial_boots < state_.max_trial_boots) {
+    ++state_.trial_boots;  // one more trial boot for the new image
     state_.rolled_back = false;
     running_ = state_.pending;
     if (!save_state()) return from_errno();
   } else if (state_.pending != 0) {
-    state_.pending = 0;  // booted on trial before and never confirmed: revert
-    state_.trial_booted = false;
+    state_.pending = 0;  // out of trial boots (or rejected) and never confirmed: revert
+    state_.trial_boots = 0;
+    state_.rejected = false;
     state_.rolled_back = true;
     running_ = state_.active;
     if (!save_state()) return from_errno();
@@ -116,6 +121,7 @@ PortStatus FileFlash::read_state(ImageState& out) {
   out.previous_version.assign(version_of(other(running_)).c_str());
   out.security_counter = state_.counter;
   out.free_bytes = cfg_.slot_capacity;
+  out.trial_boots = running_ == state_.pending ? state_.trial_boots : 0;
   return PortStatus::ok;
 }
 
@@ -146,7 +152,10 @@ PortStatus FileFlash::begin(const proto::Manifest& manifest, bool resume) {
     state_.rolled_back = false;
     if (!save_state()) return from_errno();
   }
-  return open_target(!keep);
+  const PortStatus s = open_target(!keep);
+  // Asked to resume but nothing could be kept: say so, or the agent would trust a bitmap of
+  // chunks that are gone and fail verification instead of downloading them again.
+  return s == PortStatus::ok && resume && !keep ? PortStatus::not_found : s;
 }
 
 PortStatus FileFlash::write(std::uint32_t offset, const std::uint8_t* data, std::size_t len) {
@@ -208,12 +217,24 @@ PortStatus FileFlash::abort() {
 }
 
 PortStatus FileFlash::activate(const proto::Manifest& manifest) {
+  return activate_trial(manifest, 1);
+}
+
+PortStatus FileFlash::reject() {
+  if (state_.pending == 0 || running_ != state_.pending) return PortStatus::ok;
+  state_.rejected = true;
+  return save_state() ? PortStatus::ok : from_errno();
+}
+
+PortStatus FileFlash::activate_trial(const proto::Manifest& manifest, std::uint32_t max_boots) {
   const char slot = other(running_);
   if (state_.writing == slot || version_of(slot) != manifest.version.c_str()) {
     return PortStatus::error;  // only a finished image may become bootable
   }
   state_.pending = slot;
-  state_.trial_booted = false;
+  state_.trial_boots = 0;
+  state_.max_trial_boots = max_boots == 0 ? 1 : max_boots;
+  state_.rejected = false;
   state_.pending_counter = manifest.counter;
   return save_state() ? PortStatus::ok : from_errno();
 }
@@ -222,7 +243,8 @@ PortStatus FileFlash::confirm() {
   if (state_.pending == 0 || running_ != state_.pending) return PortStatus::ok;
   state_.active = state_.pending;
   state_.pending = 0;
-  state_.trial_booted = false;
+  state_.trial_boots = 0;
+  state_.rejected = false;
   state_.rolled_back = false;
   if (state_.pending_counter > state_.counter) state_.counter = state_.pending_counter;
   return save_state() ? PortStatus::ok : from_errno();

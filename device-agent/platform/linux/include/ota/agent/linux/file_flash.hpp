@@ -16,8 +16,9 @@ struct FileFlashConfig {
 };
 
 // A dual-slot (A/B) flash in files that boots like real hardware does:
-//  - power_on() picks the slot to run: the confirmed one, or a freshly activated one on
-//    trial; a trial slot that was booted once and never confirmed reverts to the old one.
+//  - power_on() picks the slot to run: the confirmed one, or an activated one on trial,
+//    counting its trial boots (bootcount); a trial slot that used up its boots
+//    (activate_trial) or was rejected without being confirmed reverts to the old one.
 //  - the boot state is one small file replaced atomically.
 class FileFlash final : public FlashPort {
  public:
@@ -34,6 +35,8 @@ class FileFlash final : public FlashPort {
   PortStatus finish(const proto::Manifest& manifest) override;
   PortStatus abort() override;
   PortStatus activate(const proto::Manifest& manifest) override;
+  PortStatus activate_trial(const proto::Manifest& manifest, std::uint32_t max_boots) override;
+  PortStatus reject() override;
   PortStatus confirm() override;
   void reset() override { reset_requested_ = true; }
   PortStatus read_state(ImageState& out) override;
@@ -50,7 +53,9 @@ class FileFlash final : public FlashPort {
   struct BootState {
     char active = 'a';   // last confirmed slot
     char pending = 0;    // slot activated on trial, 0 if none
-    bool trial_booted = false;
+    std::uint32_t trial_boots = 0;      // boots of the pending slot so far
+    std::uint32_t max_trial_boots = 1;  // trial boots it gets
+    bool rejected = false;              // failed its self-test: revert at the next boot
     bool rolled_back = false;
     char writing = 0;    // slot holding a partial image, 0 if none
     std::string version_a, version_b;
