@@ -1000,10 +1000,12 @@ int cmd_devices(Ctx& c, const std::string& query) {
   if (c.json_out) return print_json(r.body), kExitOk;
   std::vector<std::vector<std::string>> rows;
   for (const auto& d : r.body) {
-    std::string err = jstr(d, "last_error");
+    const std::string err = jstr(d, "last_error");
+    // With --acl-file the broker grants membership (member_of); groups is what the device claims.
+    const std::string groups = jstr(d, jhas(d, "member_of") ? "member_of" : "groups");
     rows.push_back({jstr(d, "id"), online_text(d), jstr(d, "version"),
                     jstr(d, "previous_version").empty() ? "-" : jstr(d, "previous_version"),
-                    jstr(d, "slot") + "/" + jstr(d, "slot_state"), jstr(d, "groups"),
+                    jstr(d, "slot") + "/" + jstr(d, "slot_state"), groups.empty() ? "-" : groups,
                     tags_text(d).empty() ? "-" : tags_text(d), transfer_text(d), err.empty() ? "-" : err});
   }
   print_table({"ID", "ONLINE", "VERSION", "PREVIOUS", "SLOT", "GROUPS", "TAGS", "TRANSFER", "LAST ERROR"}, rows);
@@ -1024,6 +1026,8 @@ int cmd_device_show(Ctx& c, const std::string& id) {
   if (jhas(d, "state")) std::printf("state      %s\n", jstr(d, "state").c_str());
   if (jhas(d, "transfer")) std::printf("transfer   %s\n", transfer_text(d).c_str());
   std::printf("groups     %s\n", jstr(d, "groups").c_str());
+  if (jhas(d, "member_of") && jstr(d, "member_of") != jstr(d, "groups"))
+    std::printf("member of  %s (the broker's ACL)\n", jstr(d, "member_of").c_str());
   if (jhas(d, "tags")) std::printf("tags       %s\n", tags_text(d).empty() ? "-" : tags_text(d).c_str());
   std::printf("free       %s\n", fmt_bytes(jint(d, "free")).c_str());
   std::printf("counter    %lld\n", jint(d, "counter"));
@@ -1099,7 +1103,7 @@ int main(int argc, char** argv) {
   devices->add_option("--group", f_group, "only members of this group");
   devices->add_option("--tag", f_tag, "only devices matching this tag expression, e.g. 'site=berlin and model=esp32'");
   devices->add_option("--version", f_version, "only devices running this version");
-  devices->add_option("--state", f_state, "only devices in this update state (idle, offered, downloading, ...)");
+  devices->add_option("--state", f_state, "only devices in this update state (idle, offered, downloading, installing, ...; updating = not idle)");
   auto* o_on = devices->add_flag("--online", f_online, "only online devices");
   auto* o_off = devices->add_flag("--offline", f_offline, "only offline devices");
   o_on->excludes(o_off);
