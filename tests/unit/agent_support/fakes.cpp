@@ -11,9 +11,9 @@ namespace ota::agent::test {
 FakeFlash::FakeFlash(std::uint64_t capacity, std::string initial_version)
     : capacity_(capacity), initial_version_(std::move(initial_version)) {}
 
-bool FakeFlash::powered(bool* torn) {
+bool FakeFlash::powered(const char* what, bool* torn) {
   if (rail_ == nullptr) return true;
-  const PowerRail::Op op = rail_->next_op();
+  const PowerRail::Op op = rail_->next_op(what);
   if (torn != nullptr) *torn = op == PowerRail::Op::torn;
   return op == PowerRail::Op::full;
 }
@@ -32,12 +32,12 @@ PortStatus FakeFlash::power_on() {
     durable_a_ = a_;
   }
   if (boot_.pending != 0 && !boot_.rejected && boot_.trial_boots < boot_.max_trial_boots) {
-    if (!powered()) return PortStatus::error;  // the boot counter update is the operation
+    if (!powered("boot-state")) return PortStatus::error;  // the boot counter update is the operation
     ++boot_.trial_boots;  // one more trial boot for the new image
     boot_.rolled_back = false;
     running_ = boot_.pending;
   } else if (boot_.pending != 0) {
-    if (!powered()) return PortStatus::error;
+    if (!powered("boot-state")) return PortStatus::error;
     boot_.pending = 0;  // out of trial boots (or rejected) and never confirmed: revert
     boot_.trial_boots = 0;
     boot_.rejected = false;
@@ -77,7 +77,7 @@ PortStatus FakeFlash::begin(const proto::Manifest& manifest, bool resume) {
   if (manifest.size > capacity_) return PortStatus::no_space;
   const bool keep = resume && boot_.writing == other(running_);
   if (!keep) {
-    if (!powered()) return PortStatus::error;  // erase + "writing" marker: atomic
+    if (!powered("erase")) return PortStatus::error;  // erase + "writing" marker: atomic
     target_ = other(running_);
     boot_.writing = target_;
     version_ref(target_).clear();
@@ -96,7 +96,7 @@ PortStatus FakeFlash::write(std::uint32_t offset, const std::uint8_t* data, std:
   if (fail_write_at_ != 0 && counts_.write == fail_write_at_) return fail_status_;
   if (target_ == 0 || offset + len > target_size_) return PortStatus::error;
   bool torn = false;
-  if (!powered(&torn)) {
+  if (!powered("write", &torn)) {
     if (torn) {  // programming stopped half way: those cells hold the new bytes for good
       const std::size_t half = len / 2;
       for (auto* v : {&data_of(target_), &durable_of(target_)}) {
@@ -125,7 +125,7 @@ PortStatus FakeFlash::read(std::uint32_t offset, std::uint8_t* out, std::size_t 
 PortStatus FakeFlash::sync() {
   ++counts_.sync;
   if (failing(FailOp::sync)) return fail_op_status_;
-  if (!powered()) return PortStatus::error;
+  if (!powered("sync")) return PortStatus::error;
   const char slot = target_ != 0 ? target_ : other(running_);
   durable_of(slot) = data_of(slot);
   return PortStatus::ok;
@@ -134,7 +134,7 @@ PortStatus FakeFlash::sync() {
 PortStatus FakeFlash::finish(const proto::Manifest& manifest) {
   ++counts_.finish;
   if (failing(FailOp::finish)) return fail_op_status_;
-  if (!powered()) return PortStatus::error;
+  if (!powered("finish")) return PortStatus::error;
   const char slot = target_ != 0 ? target_ : other(running_);
   target_ = slot;
   durable_of(slot) = data_of(slot);
@@ -146,7 +146,7 @@ PortStatus FakeFlash::finish(const proto::Manifest& manifest) {
 PortStatus FakeFlash::abort() {
   ++counts_.abort;
   if (target_ == 0 || boot_.writing != target_) return PortStatus::ok;
-  if (!powered()) return PortStatus::error;
+  if (!powered("abort")) return PortStatus::error;
   boot_.writing = 0;
   data_of(target_).clear();
   durable_of(target_).clear();
@@ -164,7 +164,7 @@ PortStatus FakeFlash::activate_trial(const proto::Manifest& manifest, std::uint3
   if (boot_.writing == slot || version_ref(slot) != manifest.version.c_str()) {
     return PortStatus::error;  // only a finished image may become bootable
   }
-  if (!powered()) return PortStatus::error;
+  if (!powered("activate")) return PortStatus::error;
   boot_.pending = slot;
   boot_.trial_boots = 0;
   boot_.max_trial_boots = max_boots == 0 ? 1 : max_boots;
@@ -176,7 +176,7 @@ PortStatus FakeFlash::activate_trial(const proto::Manifest& manifest, std::uint3
 PortStatus FakeFlash::reject() {
   ++counts_.reject;
   if (boot_.pending == 0 || running_ != boot_.pending) return PortStatus::ok;
-  if (!powered()) return PortStatus::error;
+  if (!powered("reject")) return PortStatus::error;
   boot_.rejected = true;
   return PortStatus::ok;
 }
@@ -185,7 +185,7 @@ PortStatus FakeFlash::confirm() {
   ++counts_.confirm;
   if (failing(FailOp::confirm)) return fail_op_status_;
   if (boot_.pending == 0 || running_ != boot_.pending) return PortStatus::ok;
-  if (!powered()) return PortStatus::error;
+  if (!powered("confirm")) return PortStatus::error;
   boot_.active = boot_.pending;
   boot_.pending = 0;
   boot_.trial_boots = 0;
@@ -214,7 +214,7 @@ PortStatus MemStorage::save(const void* data, std::size_t len) {
   if (fail_saves) return fail_status;
   const auto* p = static_cast<const std::uint8_t*>(data);
   if (rail != nullptr) {
-    const PowerRail::Op op = rail->next_op();
+    const PowerRail::Op op = rail->next_op("save");
     if (op == PowerRail::Op::torn) {  // half the new record over the old one
       record.resize(std::max(record.size(), len), 0);
       std::memcpy(record.data(), p, len / 2);

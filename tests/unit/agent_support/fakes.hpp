@@ -37,16 +37,19 @@ class PowerRail {
   enum class Op : std::uint8_t { full, torn, dead };
   // The `n`-th operation from now (1 = the next one) is cut; 0 disarms.
   void cut_after(std::uint64_t n) { cut_at_ = n == 0 ? 0 : ops_ + n; }
-  Op next_op() {
+  // `what` names the operation ("write", "save", ...) for the test's reports.
+  Op next_op(const char* what) {
     if (dead_) return Op::dead;
     ++ops_;
     if (cut_at_ != 0 && ops_ == cut_at_) {
       dead_ = true;
       ++cuts_;
+      cut_what_ = what;
       return Op::torn;
     }
     return Op::full;
   }
+  const char* cut_what() const { return cut_what_; }  // the operation of the last cut
   bool dead() const { return dead_; }
   void restore() {
     dead_ = false;
@@ -60,6 +63,7 @@ class PowerRail {
   std::uint64_t cut_at_ = 0;
   std::uint64_t cuts_ = 0;
   bool dead_ = false;
+  const char* cut_what_ = "";
 };
 
 // ---------------------------------------------------------------------------------------
@@ -135,7 +139,7 @@ class FakeFlash final : public FlashPort {
  private:
   bool failing(FailOp op) const { return fail_op_ == op; }
   // Counts an operation on the rail: false when it must not happen (cut or dead).
-  bool powered(bool* torn = nullptr);
+  bool powered(const char* what, bool* torn = nullptr);
   std::vector<std::uint8_t>& data_of(char slot) { return slot == 'b' ? b_ : a_; }
   std::vector<std::uint8_t>& durable_of(char slot) { return slot == 'b' ? durable_b_ : durable_a_; }
   std::string& version_ref(char slot) { return slot == 'b' ? boot_.version_b : boot_.version_a; }
