@@ -652,10 +652,15 @@ std::string bar(long long pct, int width) {
   return s + "]";
 }
 
-std::string rollout_target(const json& ro) {
+// "group g1", "tags site=berlin", "devices d1,d2,d3 +33 more" (at most `max_ids` ids).
+std::string rollout_target(const json& ro, std::size_t max_ids = 3) {
   const json& t = jobj(ro, "target");
-  std::string v = jstr(t, "value");
-  return jstr(t, "kind") + " " + v;
+  if (t.contains("value") && t["value"].is_array() && t["value"].size() > max_ids) {
+    std::string v;
+    for (std::size_t i = 0; i < max_ids; ++i) v += (i ? "," : "") + jstr(json{{"v", t["value"][i]}}, "v");
+    return jstr(t, "kind") + " " + v + " +" + std::to_string(t["value"].size() - max_ids) + " more";
+  }
+  return jstr(t, "kind") + " " + jstr(t, "value");
 }
 
 // ok 27 fail 1 run 12 pend 20 decl 0 tout 0 (plus "def N" / "canc N" when there are any).
@@ -741,7 +746,9 @@ std::string policy_text(const json& p) {
   std::vector<std::string> parts;
   if (jhas(p, "retries"))
     parts.push_back("retries " + std::to_string(jint(p, "retries")) +
-                    (jint(p, "retry_delay") > 0 ? " after " + fmt_duration(jint(p, "retry_delay")) : ""));
+                    (jint(p, "retries") > 0 && jint(p, "retry_delay") > 0
+                         ? " after " + fmt_duration(jint(p, "retry_delay"))
+                         : ""));
   if (jint(p, "timeout") > 0) parts.push_back("timeout " + fmt_duration(jint(p, "timeout")));
   if (jint(p, "max_concurrent") > 0) parts.push_back("max concurrent " + std::to_string(jint(p, "max_concurrent")));
   if (!jstr(p, "window").empty()) parts.push_back("window " + jstr(p, "window") + " UTC");
@@ -758,7 +765,7 @@ void print_rollout(const json& ro, bool with_devices) {
   std::printf("rollout    %s%s\n", jstr(ro, "id").c_str(),
               jstr(ro, "name").empty() ? "" : (" \"" + jstr(ro, "name") + "\"").c_str());
   std::printf("image      %s (%s)\n", jstr(ro, "version").c_str(), jstr(ro, "image").c_str());
-  std::printf("target     %s: %lld devices%s\n", rollout_target(ro).c_str(), jint(ro, "devices_total"),
+  std::printf("target     %s: %lld devices%s\n", rollout_target(ro, 8).c_str(), jint(ro, "devices_total"),
               jint(ro, "excluded") > 0 ? (", " + std::to_string(jint(ro, "excluded")) + " excluded").c_str() : "");
   std::printf("state      %s  %s\n", jstr(ro, "state").c_str(), current_wave(ro).c_str());
   if (jstr(ro, "state") == "paused") std::printf("           %s\n", pause_text(ro).c_str());
@@ -859,6 +866,25 @@ std::string event_time(long long ts_ms, bool with_date) {
   return (with_date || t.size() < 11 ? t : t.substr(11)) + ms;
 }
 
+// The last `n` events worth an operator's eye: rollout decisions and actions, and device
+// failures, declines, deferrals, timeouts and retries, not every state step of every device.
+json notable_events(const json& evs, std::size_t n) {
+  static const char* const kRoutine[] = {"state", "accept", "offered", "offer_resent", "hello", "late_event"};
+  std::vector<json> keep;
+  for (const auto& e : evs) {
+    const std::string what = jstr(e, "what");
+    if (!jstr(e, "device").empty()) {
+      if (std::any_of(std::begin(kRoutine), std::end(kRoutine), [&](const char* w) { return what == w; }))
+        continue;
+      if (what == "result" && jstr(e, "detail").find("reason") == std::string::npos) continue;  // success
+    }
+    keep.push_back(e);
+  }
+  json out = json::array();
+  for (std::size_t i = keep.size() > n ? keep.size() - n : 0; i < keep.size(); ++i) out.push_back(keep[i]);
+  return out;
+}
+
 // The live view: polls the rollout (and its last events) every interval until it completes,
 // is aborted or is paused by its policy.
 int cmd_watch(Ctx& c, const std::string& id, int interval_ms, int events_shown, int retry_for_s) {
@@ -871,8 +897,8 @@ int cmd_watch(Ctx& c, const std::string& id, int interval_ms, int events_shown, 
   auto draw = [&](const std::vector<std::string>& lines) {
     std::string block;
     for (const auto& l : lines) block += l + "\n";
+    if (block == last_block) return;
     if (!tty) {
-      if (block == last_block) return;
       if (!last_block.empty()) std::printf("\n");
       std::fputs(block.c_str(), stdout);
     } else {
@@ -893,20 +919,30 @@ int cmd_watch(Ctx& c, const std::string& id, int interval_ms, int events_shown, 
     if (events_shown > 0 && events.is_array() && !events.empty()) {
       lines.push_back("recent events:");
       for (const auto& e : events) {
-        std::string l = "  " + event_time(jint(e, "ts"), false) + "  " + jstr(e, "actor") + "  " + jstr(e, "what");
-        if (!jstr(e, "device").empty()) l += "  " + jstr(e, "device");
+        char head[96];
+        std::snprintf(head, sizeof head, "  %s  %-14s %-16s", event_time(jint(e, "ts"), false).c_str(),
+                      jstr(e, "actor").c_str(), jstr(e, "what").c_str());
+        std::string l = head;
+        if (!jstr(e, "device").empty()) l += " " + jstr(e, "device");
         if (!jstr(e, "detail").empty()) l += "  " + jstr(e, "detail");
         lines.push_back(l);
       }
     }
+    const std::string st = jstr(ro, "state");
+    if (st == "draft")
+      lines.push_back("(a draft: start it with otactl rollout start " + jstr(ro, "id") + ")");
+    else if (st == "scheduled")
+      lines.push_back("(scheduled: starts at " + fmt_time(jint(jobj(ro, "policy"), "start_at")) + " UTC)");
+    else if (st == "paused" && !paused_by_policy(ro))
+      lines.push_back("(waiting for: otactl rollout resume " + jstr(ro, "id") + ")");
     if (!note.empty()) lines.push_back(note);
     draw(lines);
   };
   for (;;) {
     Reply r = c.api->get("/api/v1/rollouts/" + url_encode(id));
     if (r.ok && events_shown > 0 && !c.json_out) {
-      Reply e = c.api->get("/api/v1/events?rollout=" + url_encode(id) + "&limit=" + std::to_string(events_shown));
-      if (e.ok && e.body.is_array()) events = e.body;
+      Reply e = c.api->get("/api/v1/events?rollout=" + url_encode(id) + "&limit=200");
+      if (e.ok && e.body.is_array()) events = notable_events(e.body, static_cast<std::size_t>(events_shown));
     }
     if (r.ok) {
       failing = false;
