@@ -696,7 +696,8 @@ std::string failure_text(const json& ro) {
   std::vector<std::string> lim;
   if (jhas(f, "max_total_rate")) lim.push_back("max " + fmt_pct(jnum(f, "max_total_rate")) + " total");
   if (jhas(f, "max_wave_rate")) lim.push_back(fmt_pct(jnum(f, "max_wave_rate")) + " per wave");
-  if (lim.empty()) return s + " (no failure limit)";
+  if (lim.empty() || (jnum(f, "max_total_rate") >= 100 && jnum(f, "max_wave_rate") >= 100))
+    return s + " (no failure limit)";
   std::string l;
   for (const auto& x : lim) l += (l.empty() ? "" : ", ") + x;
   const std::string action = jstr(f, "action");
@@ -920,7 +921,7 @@ int cmd_watch(Ctx& c, const std::string& id, int interval_ms, int events_shown, 
       lines.push_back("recent events:");
       for (const auto& e : events) {
         char head[96];
-        std::snprintf(head, sizeof head, "  %s  %-14s %-16s", event_time(jint(e, "ts"), false).c_str(),
+        std::snprintf(head, sizeof head, "  %s  %-16s %-16s", event_time(jint(e, "ts"), false).c_str(),
                       jstr(e, "actor").c_str(), jstr(e, "what").c_str());
         std::string l = head;
         if (!jstr(e, "device").empty()) l += " " + jstr(e, "device");
@@ -965,6 +966,8 @@ int cmd_watch(Ctx& c, const std::string& id, int interval_ms, int events_shown, 
       }
       if (st == "aborted") {
         std::string why = jstr(ro, "pause_reason");
+        for (const char* p : {"rollout aborted: ", "rollout aborted"})
+          if (why.rfind(p, 0) == 0) why = why.substr(std::strlen(p));
         std::fprintf(stderr, "rollout %s aborted%s (%s)\n", rid.c_str(), why.empty() ? "" : (": " + why).c_str(),
                      rollout_counts(jobj(ro, "counts")).c_str());
         return kExitFail;
