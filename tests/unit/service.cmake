@@ -5,6 +5,7 @@ add_executable(service_tests
   ${CMAKE_CURRENT_LIST_DIR}/service_signing_test.cpp
   ${CMAKE_CURRENT_LIST_DIR}/service_images_test.cpp
   ${CMAKE_CURRENT_LIST_DIR}/service_controller_test.cpp
+  ${CMAKE_CURRENT_LIST_DIR}/service_rollout_test.cpp
   ${CMAKE_CURRENT_LIST_DIR}/service_cli_test.cpp
   ${CMAKE_CURRENT_LIST_DIR}/service_http_test.cpp)
 target_link_libraries(service_tests PRIVATE ota_service ota_test_support ota::proto OpenSSL::Crypto

@@ -35,6 +35,67 @@ TEST_F(StoreTest, SchemaVersionRecordedAndReopenWorks) {
   EXPECT_EQ(again.schema_version(), kSchemaVersion);
 }
 
+TEST(StoreMigration, Version1DatabaseKeepsItsDeploymentsAfterUpgrade) {
+  TempDir dir;
+  {
+    Store v1;
+    ASSERT_TRUE(v1.open(dir.file("old.db"), 1).ok());
+    EXPECT_EQ(v1.schema_version(), 1);
+    ASSERT_TRUE(v1.insert_image(image("aaaaaaaaaaaaaaaa", "1.0.0")).ok());
+    DeploymentRec d;
+    d.id = "dep-1";
+    d.image_id = "aaaaaaaaaaaaaaaa";
+    d.target_kind = "group";
+    d.target = "lab";
+    d.state = "active";
+    d.offer = "{}";
+    d.created_at = 5;
+    ASSERT_TRUE(v1.insert_deployment(d).ok());
+  }
+  {
+    // Write the v1 row with plain SQL through a v1-only statement.
+    Store raw;
+    ASSERT_TRUE(raw.open(dir.file("old.db"), 1).ok());
+    auto c = raw.count_by(
+        "INSERT INTO deployment_devices(deployment_id, device_id, state, reason, received, total, "
+        "bytes_sent, updated_at) VALUES ('dep-1', 'd1', 'downloading', '', 10, 1000, 20, 7) "
+        "RETURNING 'n', 1");
+    ASSERT_TRUE(c.ok()) << c.error();
+  }
+  Store v2;
+  Status s = v2.open(dir.file("old.db"));
+  ASSERT_TRUE(s.ok()) << s.error();
+  EXPECT_EQ(v2.schema_version(), 2);
+  auto dep = v2.deployment("dep-1");
+  ASSERT_TRUE(dep.ok() && *dep);
+  EXPECT_EQ((*dep)->target, "lab");
+  auto rows = v2.rows("dep-1");
+  ASSERT_TRUE(rows.ok());
+  ASSERT_EQ(rows->size(), 1u);
+  EXPECT_EQ((*rows)[0].state, "downloading");
+  EXPECT_EQ((*rows)[0].bytes_sent, 20u);
+  EXPECT_EQ((*rows)[0].attempt, 1);
+  // The new states and tables work.
+  RowRec r = (*rows)[0];
+  r.state = "timed_out";
+  EXPECT_TRUE(v2.upsert_row(r).ok());
+  RolloutRec ro;
+  ro.id = "ro-1";
+  ro.image_id = "aaaaaaaaaaaaaaaa";
+  ro.target_kind = "group";
+  ro.target = "lab";
+  ro.policy = "{}";
+  ro.created_at = 1;
+  EXPECT_TRUE(v2.insert_rollout(ro).ok());
+  EXPECT_TRUE(v2.add_event("dep-1", "d1", "x", "y", "operator:me", "ro-1").ok());
+  EventFilter f;
+  f.rollout = "ro-1";
+  auto evs = v2.events(f);
+  ASSERT_TRUE(evs.ok());
+  ASSERT_EQ(evs->size(), 1u);
+  EXPECT_EQ((*evs)[0].actor, "operator:me");
+}
+
 TEST_F(StoreTest, OpenFailureNamesThePath) {
   Store bad;
   Status s = bad.open("/nonexistent-dir/x/ota.db");

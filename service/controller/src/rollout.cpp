@@ -159,7 +159,7 @@ Result<RolloutPolicy> parse_policy(const json& body) {
         return invalid_err(f + ".size " + sz->dump() +
                            " must be a percentage string (\"10%\") or a positive count");
       }
-      if (w.contains("success_threshold")) {
+      if (w.contains("success_threshold") && !w["success_threshold"].is_null()) {
         auto t = parse_pct(w["success_threshold"], f + ".success_threshold");
         if (!t) return t.err();
         spec.success_threshold = *t;
@@ -255,7 +255,7 @@ json RolloutPolicy::to_json() const {
     } else {
       jw["size"] = static_cast<long long>(w.size);
     }
-    jw["success_threshold"] = w.success_threshold;
+    jw["success_threshold"] = w.success_threshold < 0 ? json() : json(w.success_threshold);
     jw["soak"] = w.soak_s;
     ws.push_back(jw);
   }
@@ -486,6 +486,7 @@ std::vector<EngineAction> tick(RolloutState& st, std::vector<RolloutRow>& rows,
     const WaveSpec& spec = p.waves[static_cast<std::size_t>(w)];
     const bool accepted = w <= st.accepted_through;
     const bool all_final = c.final_count == c.devices;
+    if (!accepted && spec.success_threshold < 0 && !all_final) break;
     if (!accepted && c.success_rate() + 1e-9 < spec.success_threshold) {
       if (all_final && c.devices > 0) {
         st.state = "paused";

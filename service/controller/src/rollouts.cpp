@@ -757,7 +757,9 @@ json Controller::rollout_to_json(const RolloutRec& r, bool with_devices) {
     waves.push_back(json{{"index", w},
                          {"devices", c.devices},
                          {"state", state},
-                         {"success_threshold", p.waves[w].success_threshold},
+                         {"success_threshold", p.waves[w].success_threshold < 0
+                                                   ? json()
+                                                   : json(p.waves[w].success_threshold)},
                          {"soak", p.waves[w].soak_s},
                          {"counts", wave_bucket[w]},
                          {"success_rate", std::round(c.success_rate() * 10) / 10},

@@ -21,7 +21,11 @@ namespace ota::service {
 struct WaveSpec {
   bool percent = true;
   double size = 100;               // percent of the remaining targets, or a count
-  double success_threshold = 100;  // percent of the wave (declines excluded) that must succeed
+  // Percent of the wave (declines excluded) that must succeed before the next wave starts,
+  // stragglers still running; a wave that ends below it pauses the rollout. Negative (the
+  // default): no threshold, the next wave starts when every device of this one is final and
+  // only the failure policy judges the failures.
+  double success_threshold = -1;
   long long soak_s = 0;            // wait after reaching the threshold before the next wave
 };
 
