@@ -40,6 +40,7 @@ int main(int argc, char** argv) {
   DeviceOptions base;
   std::string fail_self_test, drop_ids, crash_ids, corrupt_ids, defer_ids, decline_ids;
   std::string decline_reason = "low_battery";
+  std::string crash_in_state;
   std::uint32_t defer_count = 1;
   int drop_at = 50, crash_at = 50;
   std::int64_t corrupt_offset = 0;
@@ -86,6 +87,17 @@ int main(int argc, char** argv) {
                    ? std::string()
                    : "unknown reason code '" + name + "' (see proto/PROTOCOL.md section 11)";
       });
+  app.add_option("--crash-in-state", crash_in_state,
+                 "SIGKILL the process when a device enters this state (idle, downloading, "
+                 "verifying, installing, rebooting, confirming), once per device data directory")
+      ->check([](const std::string& name) {
+        for (int i = 0; i <= static_cast<int>(ota::proto::DeviceState::confirming); ++i) {
+          if (name == ota::proto::device_state_name(static_cast<ota::proto::DeviceState>(i))) {
+            return std::string();
+          }
+        }
+        return "unknown state '" + name + "'";
+      });
   app.add_option("--status-ms", status_ms, "print a status line every N ms (0: never)");
   CLI11_PARSE(app, argc, argv);
 
@@ -115,6 +127,11 @@ int main(int argc, char** argv) {
     if (crash_set.count(id)) o.crash_at_percent = crash_at;
     if (corrupt_set.count(id)) o.corrupt_write_offset = corrupt_offset;
     if (defer_set.count(id)) o.defer_offers = defer_count;
+    for (int st = 0; !crash_in_state.empty() && st <= 5; ++st) {
+      if (crash_in_state == ota::proto::device_state_name(static_cast<ota::proto::DeviceState>(st))) {
+        o.crash_in_state = st;
+      }
+    }
     if (decline_set.count(id)) {
       o.decline_offers = true;
       o.decline_reason = decline_rc;

@@ -34,7 +34,19 @@ int main(int argc, char** argv) {
   app.add_option("--heartbeat-ms", opt.heartbeat_interval_ms,
                  "heartbeat on the presence topic every N ms while connected (0: never)")
       ->capture_default_str();
+  std::string crash_in_state;
+  app.add_option("--crash-in-state", crash_in_state,
+                 "debug: SIGKILL when entering this state, once per --data directory");
   CLI11_PARSE(app, argc, argv);
+  for (int st = 0; !crash_in_state.empty() && st <= 5; ++st) {
+    if (crash_in_state == ota::proto::device_state_name(static_cast<ota::proto::DeviceState>(st))) {
+      opt.crash_in_state = st;
+    }
+  }
+  if (!crash_in_state.empty() && opt.crash_in_state < 0) {
+    std::fprintf(stderr, "ota-agent: --crash-in-state: unknown state '%s'\n", crash_in_state.c_str());
+    return 2;
+  }
 
   std::signal(SIGINT, on_signal);
   std::signal(SIGTERM, on_signal);

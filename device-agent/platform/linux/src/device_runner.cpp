@@ -1,6 +1,11 @@
 #include "ota/agent/linux/device_runner.hpp"
 
+#include <fcntl.h>
 #include <sys/stat.h>
+#include <unistd.h>
+
+#include <csignal>
+#include <cstdio>
 
 #include <memory>
 
@@ -53,6 +58,24 @@ OfferDecision DeviceRunner::offer_policy(void* self, const proto::Manifest&) {
   return d;
 }
 
+void DeviceRunner::on_state(void* self, proto::DeviceState entered) {
+  auto* r = static_cast<DeviceRunner*>(self);
+  r->state = static_cast<int>(entered);
+  if (r->opt_.crash_in_state != static_cast<int>(entered)) return;
+  const std::string marker =
+      r->opt_.data_dir + "/crashed-in-" + proto::device_state_name(entered);
+  if (::access(marker.c_str(), F_OK) == 0) return;  // crashed here before: run on
+  const int fd = ::open(marker.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+  if (fd >= 0) {
+    ::fsync(fd);
+    ::close(fd);
+  }
+  std::fprintf(stderr, "%s: fault injection: SIGKILL in state %s\n", r->opt_.device_id.c_str(),
+               proto::device_state_name(entered));
+  std::fflush(stderr);
+  std::raise(SIGKILL);
+}
+
 void DeviceRunner::note_offer(const char* topic, const std::uint8_t* payload, std::size_t len) {
   const proto::TopicKind kind = proto::parse_topic(opt_.prefix.c_str(), topic, nullptr, nullptr);
   if (kind != proto::TopicKind::offer && kind != proto::TopicKind::group_offer) return;
@@ -86,6 +109,8 @@ bool DeviceRunner::run(const std::atomic<bool>& stop, std::string& error) {
   cfg.checkpoint_chunks = opt_.checkpoint_chunks;
   if (opt_.fail_self_test) cfg.self_test = &fail_self_test_hook;
   cfg.heartbeat_interval_ms = opt_.heartbeat_interval_ms;
+  cfg.on_state = &DeviceRunner::on_state;
+  cfg.on_state_ctx = this;
   if (opt_.decline_offers || opt_.defer_offers > 0) {
     cfg.offer_policy = &DeviceRunner::offer_policy;
     cfg.offer_policy_ctx = this;

@@ -40,6 +40,9 @@ struct DeviceOptions {
   int drop_at_percent = -1;   // cut the network link at this download progress
   int crash_at_percent = -1;  // lose power (all RAM state) at this download progress
   std::int64_t corrupt_write_offset = -1;  // flip a byte of the image write at this offset
+  // SIGKILL the whole process right after the agent entered (and persisted) this state, once
+  // per data directory (a marker file DATA/crashed-in-STATE keeps the restart alive).
+  int crash_in_state = -1;  // proto::DeviceState, -1 = never
 };
 
 // One device: the agent core wired to the Linux ports, in a loop of power-on, serve,
@@ -65,6 +68,7 @@ class DeviceRunner {
   void set_running_version(const char* v);
   static OfferDecision offer_policy(void* self, const proto::Manifest& manifest);
   void note_offer(const char* topic, const std::uint8_t* payload, std::size_t len);
+  static void on_state(void* self, proto::DeviceState entered);
 
   DeviceOptions opt_;
   mutable std::mutex mu_;
