@@ -75,7 +75,7 @@ inline bool parse_duration(const std::string& s, long long& secs, std::string& w
 
 // One wave: SIZE[:THRESHOLD[:SOAK]]. SIZE "10%" (1..100 percent of the remaining targets) or a
 // device count "5"; THRESHOLD the success percent needed before the next wave (0..100, default
-// 100; may be left empty: "10%::5m"); SOAK a duration (default none).
+// none = wait for the whole wave; may be left empty: "10%::5m"); SOAK a duration (default none).
 // Fills {"size": "10%" | 5, "success_threshold": N[, "soak": seconds]}.
 inline bool parse_wave(const std::string& spec, nlohmann::json& wave, std::string& why) {
   std::vector<std::string> parts;
@@ -106,19 +106,20 @@ inline bool parse_wave(const std::string& spec, nlohmann::json& wave, std::strin
           "' is neither a percentage of the remaining targets (e.g. 10%) nor a device count (e.g. 5)";
     return false;
   }
-  double threshold = 100;
+  // No threshold: the next wave waits until every device of this one has finished.
   if (parts.size() > 1 && !parts[1].empty()) {
+    double threshold = 0;
     std::string t = parts[1];
     if (!t.empty() && t.back() == '%') t.pop_back();
     if (!parse_decimal(t, threshold) || threshold > 100) {
       why = "success threshold '" + parts[1] + "' is not a percentage 0..100";
       return false;
     }
+    if (threshold == static_cast<double>(static_cast<long long>(threshold)))
+      wave["success_threshold"] = static_cast<long long>(threshold);
+    else
+      wave["success_threshold"] = threshold;
   }
-  if (threshold == static_cast<double>(static_cast<long long>(threshold)))
-    wave["success_threshold"] = static_cast<long long>(threshold);
-  else
-    wave["success_threshold"] = threshold;
   if (parts.size() > 2 && !parts[2].empty()) {
     long long soak = 0;
     std::string w;

@@ -682,7 +682,9 @@ std::string wave_line(const json& w, std::size_t i, std::size_t total) {
   std::snprintf(pct, sizeof pct, "%3lld%%", std::clamp(jint(w, "percent"), 0LL, 100LL));
   std::string s = std::string(head) + bar(jint(w, "percent"), 20) + " " + pct + "  " +
                   std::to_string(jint(w, "devices")) + " devices  " + rollout_counts(jobj(w, "counts"));
-  std::string extra = "needs " + fmt_pct(jhas(w, "success_threshold") ? jnum(w, "success_threshold") : 100);
+  const bool has_threshold = jhas(w, "success_threshold") && w["success_threshold"].is_number();
+  std::string extra = has_threshold ? "needs " + fmt_pct(jnum(w, "success_threshold"))
+                                    : std::string("waits for all");
   if (jint(w, "soak") > 0) extra += ", soak " + fmt_duration(jint(w, "soak"));
   if (jstr(w, "state") != "waiting" && jhas(w, "success_rate"))
     extra = "success " + fmt_pct(jnum(w, "success_rate")) + ", " + extra;
@@ -1202,7 +1204,7 @@ int main(int argc, char** argv) {
   ro_create->add_option("--name", ro_name, "a name for people");
   ro_create->add_option("--wave", ro_waves,
                  "a wave SIZE[:THRESHOLD[:SOAK]] (repeatable, in order): SIZE 10% of the remaining targets "
-                 "or a count 5; THRESHOLD success percent before the next wave (default 100); SOAK a duration "
+                 "or a count 5; THRESHOLD success percent before the next wave starts (default: none, the next wave waits until every device of this one has finished); SOAK a duration "
                  "(30s, 5m, 2h, 1d) to wait after it; the last wave takes all remaining targets (default: "
                  "one wave of 100%)")
       ->allow_extra_args(false);
@@ -1302,7 +1304,7 @@ int main(int argc, char** argv) {
       if (!otactl::parse_wave(w, wave, why)) return usage("--wave '" + w + "': " + why);
       waves.push_back(wave);
     }
-    if (waves.empty()) waves.push_back({{"size", "100%"}, {"success_threshold", 100}});
+    if (waves.empty()) waves.push_back({{"size", "100%"}});
     ro_body["waves"] = waves;
     json failure = json::object();
     auto pct = [](double v) {
