@@ -1185,7 +1185,7 @@ int main(int argc, char** argv) {
   // rollout create|start|pause|resume|abort|retry|rollback|list|show|events
   auto* rollout = app.add_subcommand("rollout", "staged rollouts");
   rollout->require_subcommand(1);
-  auto* ro_create = rollout->add_subcommand("create", "create a rollout (a draft unless --start or --start-at)");
+  auto* ro_create = rollout->add_subcommand("create", "create a rollout (a draft until `otactl rollout start`, unless --start)");
   std::string ro_image, ro_group, ro_tags, ro_name, ro_on_failure, ro_retry_delay, ro_timeout, ro_start_at,
       ro_window, ro_defer_delay;
   std::vector<std::string> ro_devices, ro_waves;
@@ -1222,7 +1222,7 @@ int main(int argc, char** argv) {
   ro_create->add_option("--window", ro_window, "maintenance window HH:MM-HH:MM (UTC; offers only inside it)");
   ro_create->add_option("--defer-delay", ro_defer_delay, "retry a deferred offer after this duration");
   ro_create->add_option("--max-defers", ro_max_defers, "at most N deferrals per device")->check(CLI::Range(0LL, 1000000LL));
-  ro_create->add_flag("--start", ro_start, "start at once (or at --start-at) instead of leaving a draft");
+  ro_create->add_flag("--start", ro_start, "start at once (with --start-at: schedule it) instead of leaving a draft");
 
   std::string ro_id, ro_reason, rb_image;
   bool rb_no_start = false, rs_devices = false;
