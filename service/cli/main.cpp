@@ -905,14 +905,23 @@ int cmd_watch(Ctx& c, const std::string& id, int interval_ms, int events_shown, 
       if (!last_block.empty()) std::printf("\n");
       std::fputs(block.c_str(), stdout);
     } else {
+      // Lines longer than the terminal would wrap and a block taller than it would scroll, and
+      // then "cursor up" would miss the block's start: cut both (events go first).
       winsize ws{};
-      const std::size_t cols = ioctl(STDOUT_FILENO, TIOCGWINSZ, &ws) == 0 && ws.ws_col > 1 ? ws.ws_col : 200;
+      const bool known = ioctl(STDOUT_FILENO, TIOCGWINSZ, &ws) == 0;
+      const std::size_t cols = known && ws.ws_col > 1 ? ws.ws_col : 200;
+      const std::size_t rows = known && ws.ws_row > 3 ? ws.ws_row : 1000;
       std::string out;
       if (drawn > 0) out += "\033[" + std::to_string(drawn) + "A";
-      for (const auto& l : lines) out += "\r\033[2K" + (l.size() >= cols ? l.substr(0, cols - 1) : l) + "\n";
+      std::size_t n = 0;
+      for (const auto& l : lines) {
+        if (n + 1 >= rows) break;
+        out += "\r\033[2K" + (l.size() >= cols ? l.substr(0, cols - 1) : l) + "\n";
+        ++n;
+      }
       out += "\033[J";
       std::fputs(out.c_str(), stdout);
-      drawn = lines.size();
+      drawn = n;
     }
     last_block = block;
     std::fflush(stdout);
