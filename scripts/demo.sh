@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # End-to-end demo on the embedded default: a local TLS mosquitto from broker-config/, the
 # controller with its SQLite database, and a simulated fleet of 20 devices on 1.0.0 that
-# are updated to a freshly signed 1.1.0. Exits non-zero unless every device ends on 1.1.0.
+# are updated to a freshly signed 1.1.0 by a 3-wave staged rollout (10%, 30%, the rest),
+# shown live by `otactl watch`; one device defers its first offer (busy) and is offered
+# again. Exits non-zero unless the rollout completes and every device ends on 1.1.0.
 #
 #   DEVICES=20 IMAGE_KIB=1024 KEEP=1 ./scripts/demo.sh
 set -euo pipefail
@@ -62,7 +64,7 @@ wait_for "controller API" 15 "$otactl" status
 
 echo "== fleet: $devices simulated devices on 1.0.0 =="
 "$bin/device-agent/sim/ota-devsim" --count "$devices" --id-prefix sim --pki "$run/pki" \
-  --data "$run/fleet" --port "$broker_port" --hw esp32-sim --group demo \
+  --data "$run/fleet" --port "$broker_port" --hw esp32-sim --group demo --defer-ids sim-002 \
   >"$run/devsim.out" 2>"$run/devsim.log" &
 pids+=($!)
 online() { [[ "$("$otactl" --json devices --online | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))')" -ge "$devices" ]]; }
@@ -74,17 +76,20 @@ head -c "$((image_kib * 1024))" /dev/urandom >"$run/firmware-1.1.0.bin"
 "$otactl" image add "$run/firmware-1.1.0.bin" --version 1.1.0 --hw esp32-sim
 "$otactl" image list
 
-echo "== deploying 1.1.0 to group 'demo' =="
+echo "== rollout of 1.1.0 to group 'demo': waves 10% / 30% / rest, pause if a wave fails >20% =="
+rollout="$("$otactl" --json rollout create 1.1.0 --group demo --name demo \
+  --wave 10% --wave 30% --wave 100% --max-wave-failure 20 --max-failure 10 \
+  --timeout 5m --retries 1 --start | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')"
 status=0
-"$otactl" deploy 1.1.0 --group demo --wait --timeout 300 || status=$?
-
+"$otactl" watch "$rollout" || status=$?
+"$otactl" rollout show "$rollout"
 echo "== fleet after the update =="
 "$otactl" devices
 not_updated="$("$otactl" --json devices | python3 -c '
 import json, sys
 print(sum(1 for d in json.load(sys.stdin) if d.get("version") != "1.1.0"))')"
 if [[ "$status" -ne 0 || "$not_updated" -ne 0 ]]; then
-  echo "demo: FAILED: $not_updated device(s) not on 1.1.0 (deploy exit $status); logs in $run" >&2
+  echo "demo: FAILED: $not_updated device(s) not on 1.1.0 (rollout watch exit $status); logs in $run" >&2
   exit 1
 fi
 echo "demo: all $devices devices run 1.1.0"
