@@ -142,7 +142,8 @@ Status Controller::apply_engine(RolloutMem& ro, DepMem* d, std::vector<RolloutRo
         it = d->rows.emplace(r.device, rm).first;
       }
       RowRec& rec = it->second.rec;
-      if (rec.state != r.state && !rec.state.empty())
+      // (An offer is logged as its own "offered" decision below.)
+      if (rec.state != r.state && !rec.state.empty() && r.state != "offered")
         event(dep_id, r.device, "state",
               rec.state + " -> " + r.state + (r.reason.empty() ? "" : " (" + r.reason + ")"),
               actor, ro.rec.id);
@@ -567,9 +568,10 @@ Result<json> Controller::rollout_action(const std::string& id, const std::string
     return s.context(action);
   }
   run_engine(ro, t);  // e.g. resume starts the next wave now, not a tick later
-  auto again = store_.rollout(id);
-  if (again && *again) return rollout_to_json(**again, false);
-  return rollout_to_json(ro.rec, false);
+  json out = rollout_to_json(ro.rec, false);
+  // A draft aborted before it started has no deployment to wait for.
+  if (is_terminal_rollout_state(ro.rec.state) && ro.rec.deployment_id.empty()) rollouts_.erase(id);
+  return out;
 }
 
 Result<json> Controller::rollback_rollout(RolloutMem* ro, const RolloutRec& rec, const json& body,
@@ -746,7 +748,7 @@ json Controller::rollout_to_json(const RolloutRec& r, bool with_devices) {
           wave_bucket[static_cast<std::size_t>(x.wave)][b].get<long long>() + 1;
   }
   json waves = json::array();
-  int fails = 0, devs = 0, finals = 0;
+  int fails = 0, devs = 0, finals = 0, all_fails = 0, all_devs = 0;
   for (std::size_t w = 0; w < p.waves.size(); ++w) {
     const WaveCounts& c = wc[w];
     finals += c.final_count;
@@ -754,6 +756,8 @@ json Controller::rollout_to_json(const RolloutRec& r, bool with_devices) {
     if (wi <= r.current_wave && wi > r.accepted_through) fails += c.failed, devs += c.devices;
     std::string state = "waiting";
     if (r.current_wave >= wi) state = c.final_count == c.devices ? "done" : "running";
+    else if (r.state == "aborted") state = "cancelled";
+    if (wi <= r.current_wave) all_fails += c.failed, all_devs += c.devices;
     waves.push_back(json{{"index", w},
                          {"devices", c.devices},
                          {"state", state},
@@ -771,7 +775,10 @@ json Controller::rollout_to_json(const RolloutRec& r, bool with_devices) {
   j["devices_total"] = rows.size();
   j["percent"] = rows.empty() ? (is_terminal_rollout_state(r.state) ? 100 : 0)
                               : static_cast<int>(finals * 100 / static_cast<int>(rows.size()));
+  // "total" is what the policy judges (waves the operator accepted on resume are left out);
+  // "all" counts every started wave.
   j["failure_rate"] = json{{"total", devs ? std::round(1000.0 * fails / devs) / 10 : 0.0},
+                           {"all", all_devs ? std::round(1000.0 * all_fails / all_devs) / 10 : 0.0},
                            {"max_total_rate", p.max_total_failure_pct},
                            {"max_wave_rate", p.max_wave_failure_pct},
                            {"action", p.abort_on_failure ? "abort" : "pause"}};
