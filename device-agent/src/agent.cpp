@@ -159,6 +159,7 @@ void Agent::boot() {
     const std::uint64_t now_s = clock_.unix_seconds();
     st_.seq = now_s > 0xffff0000u ? 0xffff0000u : static_cast<std::uint32_t>(now_s);
   }
+  persisted_seq_ = st_.seq;  // what the stored record says (or the wall-clock start)
   st_.seq += kSeqBootMargin;
   if (flash_.read_state(image_) != PortStatus::ok) image_ = ImageState{};
   reset_requested_ = false;
@@ -720,7 +721,10 @@ bool Agent::publish(proto::TopicKind kind, const char* data, std::size_t len, in
 
 void Agent::send_event(proto::Event& ev) {
   ev.seq = ++st_.seq;
-  persist();  // a sequence number is never reused, even across a power cut
+  // A sequence number is never reused, even across a power cut: boot() skips
+  // kSeqBootMargin numbers past the stored one, so the record needs saving only every
+  // kSeqBootMargin events (flash wear), not for each one.
+  if (st_.seq - persisted_seq_ >= kSeqBootMargin) persist();
   std::size_t len = 0;
   if (proto::encode_event(ev, msg_, sizeof msg_, len)) return;
   publish(proto::TopicKind::event, msg_, len, 1, false);
@@ -865,7 +869,10 @@ bool Agent::persist() {
   st_.layout = kStateLayout;
   st_.crc = record_crc();
   const PortStatus s = storage_.save(&st_, sizeof st_);
-  if (s == PortStatus::ok) return true;
+  if (s == PortStatus::ok) {
+    persisted_seq_ = st_.seq;
+    return true;
+  }
   ++stats_.storage_failures;
   persist_reason_ = s == PortStatus::no_space ? ReasonCode::no_space : ReasonCode::internal_error;
   persist_detail_ = Detail::storage_failed;

@@ -180,6 +180,15 @@ class Device {
     agent->on_message(t, f.bytes.data(), f.bytes.size());
   }
 
+  // The controller drops events whose seq it has seen: a seq must never name two events.
+  void note_seq(const proto::Event& ev, const char* text, std::size_t len) {
+    auto [it, fresh] = seen_seq_.emplace(ev.seq, std::string(text, len));
+    if (!fresh && it->second != std::string(text, len)) {
+      problem("seq " + std::to_string(ev.seq) + " reused: " + it->second + " and " +
+              std::string(text, len));
+    }
+  }
+
   void note_final(const proto::Event& ev) {
     if (ev.deployment != rel_.offer.deployment) {
       problem("final event for another deployment");
@@ -216,9 +225,10 @@ class Device {
         proto::Event ev;
         if (proto::decode_event(text, p.payload.size(), ev)) {
           problem("undecodable event");
-        } else if (ev.type == EventType::result || ev.type == EventType::decline) {
-          note_final(ev);
+          continue;
         }
+        note_seq(ev, text, p.payload.size());
+        if (ev.type == EventType::result || ev.type == EventType::decline) note_final(ev);
       } else if (p.kind == proto::TopicKind::chunk_request) {
         proto::ChunkRequest req;
         if (proto::decode_chunk_request(text, p.payload.size(), req)) {
@@ -236,6 +246,7 @@ class Device {
 
   Release& rel_;
   std::size_t cursor_ = 0;
+  std::map<std::uint32_t, std::string> seen_seq_;
 };
 
 struct Tally {

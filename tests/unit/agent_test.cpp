@@ -421,6 +421,7 @@ TEST_F(AgentTest, LostChunksAreReRequestedAfterTimeout) {
 }
 
 TEST_F(AgentTest, ResumesAfterRestartWithoutRefetchingPersistedChunks) {
+  cfg_.checkpoint_chunks = 10;  // progress is saved at checkpoints only (not per event)
   start();
   const proto::Offer offer = offer_for(image_);
   send_offer(offer);

@@ -251,6 +251,7 @@ class Agent {
   proto::ReasonCode persist_reason_ = proto::ReasonCode::ok;  // why the last persist() failed
   Detail persist_detail_ = Detail::none;
   std::uint64_t trial_started_ms_ = 0;       // when the self-test of a trial image began
+  std::uint32_t persisted_seq_ = 0;          // seq in the last record saved (or loaded)
   proto::Offer offer_scratch_;  // decoded offer (too big for a firmware stack)
   bool reset_requested_ = false;
   std::uint64_t boot_ms_ = 0;            // clock at boot(): uptime in heartbeats
