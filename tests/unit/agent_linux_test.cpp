@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include "fakes.hpp"
+#include "ota/agent/agent.hpp"
 #include "ota/agent/linux/atomic_file.hpp"
 #include "ota/agent/linux/file_flash.hpp"
 #include "ota/agent/linux/file_storage.hpp"
@@ -201,6 +203,130 @@ TEST_F(FileFlashTest, ResumedBeginKeepsPartialImage) {
   EXPECT_EQ(std::memcmp(back.data(), image_.data(), 1024), 0);
   ASSERT_EQ(f.begin(m, false), PortStatus::ok);  // a fresh begin drops it
   EXPECT_NE(f.read(0, back.data(), back.size()), PortStatus::ok);
+}
+
+TEST_F(FileFlashTest, ResumedBeginWithoutPartialImageSaysNotFound) {
+  const proto::Manifest m = manifest_for(image_, "1.1.0", 1);
+  FileFlash f(config());
+  ASSERT_EQ(f.power_on(), PortStatus::ok);
+  // Nothing was begun for this slot: the slot is prepared afresh and the caller told so, so
+  // that it does not trust a bitmap of chunks that are not there.
+  ASSERT_EQ(f.begin(m, true), PortStatus::not_found);
+  ASSERT_EQ(f.write(0, image_.data(), 1024), PortStatus::ok);
+  ASSERT_EQ(f.sync(), PortStatus::ok);
+  FileFlash again(config());
+  ASSERT_EQ(again.power_on(), PortStatus::ok);
+  EXPECT_EQ(again.begin(m, true), PortStatus::ok);  // now there is something to keep
+}
+
+TEST_F(FileFlashTest, TrialBootsAreCountedUpToTheLimitThenReverted) {
+  const proto::Manifest m = manifest_for(image_, "1.1.0", 3);
+  {
+    FileFlash f(config());
+    ASSERT_EQ(f.power_on(), PortStatus::ok);
+    install(f, image_, m);
+    ASSERT_EQ(f.activate_trial(m, 3), PortStatus::ok);
+  }
+  for (std::uint32_t boot = 1; boot <= 3; ++boot) {
+    FileFlash f(config());  // each a crash before the confirmation
+    ASSERT_EQ(f.power_on(), PortStatus::ok);
+    const ImageState s = state_of(f);
+    EXPECT_EQ(s.running_version, "1.1.0") << "trial boot " << boot;
+    EXPECT_EQ(s.slot_state, proto::SlotState::pending);
+    EXPECT_EQ(s.trial_boots, boot);
+  }
+  FileFlash f(config());
+  ASSERT_EQ(f.power_on(), PortStatus::ok);
+  const ImageState s = state_of(f);
+  EXPECT_EQ(s.running_version, "1.0.0");
+  EXPECT_EQ(s.slot_state, proto::SlotState::rolled_back);
+  EXPECT_EQ(s.trial_boots, 0u);
+  EXPECT_EQ(s.security_counter, 0u);
+}
+
+TEST_F(FileFlashTest, RejectedTrialImageRevertsAtTheNextBoot) {
+  const proto::Manifest m = manifest_for(image_, "1.1.0", 3);
+  {
+    FileFlash f(config());
+    ASSERT_EQ(f.power_on(), PortStatus::ok);
+    install(f, image_, m);
+    ASSERT_EQ(f.activate_trial(m, 5), PortStatus::ok);
+  }
+  {
+    FileFlash f(config());
+    ASSERT_EQ(f.power_on(), PortStatus::ok);
+    ASSERT_EQ(state_of(f).slot_state, proto::SlotState::pending);
+    ASSERT_EQ(f.reject(), PortStatus::ok);
+  }
+  FileFlash f(config());
+  ASSERT_EQ(f.power_on(), PortStatus::ok);
+  EXPECT_EQ(state_of(f).running_version, "1.0.0");
+  EXPECT_EQ(state_of(f).slot_state, proto::SlotState::rolled_back);
+}
+
+// A boot.state written before trial boots were counted (trial_booted=1) still reverts.
+TEST_F(FileFlashTest, BootStateOfTheOneTrialBootLayoutStillReverts) {
+  const proto::Manifest m = manifest_for(image_, "1.1.0", 3);
+  {
+    FileFlash f(config());
+    ASSERT_EQ(f.power_on(), PortStatus::ok);
+    install(f, image_, m);
+  }
+  const std::string old_state =
+      "active=a\npending=b\ntrial_booted=1\nrolled_back=0\nwriting=\nversion_a=1.0.0\n"
+      "version_b=1.1.0\ncounter=0\npending_counter=3\n";
+  ASSERT_TRUE(linux_port::write_file_atomically(config().dir + "/boot.state", old_state.data(),
+                                                old_state.size(), false));
+  FileFlash f(config());
+  ASSERT_EQ(f.power_on(), PortStatus::ok);
+  EXPECT_EQ(state_of(f).running_version, "1.0.0");
+  EXPECT_EQ(state_of(f).slot_state, proto::SlotState::rolled_back);
+}
+
+// The agent on the Linux ports whose state file cannot be replaced (here: a directory is in
+// the way of its temporary file): the update stops before anything is written to flash, the
+// old image keeps running and the reason is reported.
+TEST(LinuxAgentTest, UnwritableStateFileAbortsCleanlyAndReports) {
+  TempDir dir;
+  TestSigner signer;
+  OpensslCrypto crypto;
+  std::string error;
+  ASSERT_FALSE(crypto.add_trusted_key_pem(signer.pem_path(), error).empty()) << error;
+  FileFlashConfig fc;
+  fc.dir = dir.path() + "/flash";
+  fc.durable = false;
+  FileFlash flash(fc);
+  ASSERT_EQ(flash.power_on(), PortStatus::ok);
+  const std::string state_path = dir.path() + "/agent.state";
+  FileStorage storage(state_path, false);
+  std::filesystem::create_directory(state_path + ".tmp");
+  ScriptedTransport transport;
+  FakeClock clock;
+  AgentConfig cfg;
+  cfg.device_id = "dev-ro";
+  cfg.hw_model = "sim-board";
+  Agent agent(cfg, flash, transport, clock, storage, crypto);
+  agent.boot();
+  agent.on_connected();
+  const auto image = random_image(8 * 1024, 5);
+  const auto offer = encode(make_offer(signer, image, {}));
+  agent.on_message("ota/v1/dev/dev-ro/down/offer", offer.data(), offer.size());
+  const auto evs = transport.events();
+  ASSERT_FALSE(evs.empty());
+  EXPECT_EQ(evs.back().type, proto::EventType::result);
+  EXPECT_FALSE(evs.back().success);
+  EXPECT_EQ(evs.back().reason, proto::ReasonCode::internal_error);
+  EXPECT_EQ(evs.back().detail, "state record could not be saved");
+  EXPECT_EQ(evs.back().version, "1.0.0");
+  EXPECT_EQ(agent.state(), proto::DeviceState::idle);
+  EXPECT_GT(agent.stats().storage_failures, 0u);
+  EXPECT_FALSE(std::filesystem::exists(flash.slot_path('b'))) << "the update slot was touched";
+  FileFlash after(fc);
+  ASSERT_EQ(after.power_on(), PortStatus::ok);
+  ImageState s;
+  after.read_state(s);
+  EXPECT_EQ(s.running_version, "1.0.0");
+  EXPECT_EQ(s.slot_state, proto::SlotState::confirmed);
 }
 
 // ------------------------------------------------------------------------ FileStorage
