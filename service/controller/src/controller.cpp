@@ -415,6 +415,7 @@ Result<AddImageResult> Controller::add_image(const std::string& bytes, const Ima
   rec.size = bytes.size();
   rec.chunk_size = p.chunk_size;
   rec.counter = p.counter;
+  rec.kind = p.kind;
   rec.created_at = now_s();
   Tx tx(store_);
   if (!tx.status()) return tx.status().context("image add: db");
@@ -549,7 +550,7 @@ Result<std::string> Controller::build_offer(const ImageRec& img, const std::stri
   m.chunk_size = img.chunk_size;
   m.counter = img.counter;
   m.expires = static_cast<std::uint64_t>(now() / 1000 + cfg_.offer_ttl);
-  m.kind = proto::ImageKind::firmware;
+  m.kind = img.kind == "bundle" ? proto::ImageKind::bundle : proto::ImageKind::firmware;
   Status sg = signer_.sign_manifest(m);
   if (!sg) return sg.err();
   std::vector<char> buf(16384);

@@ -320,6 +320,7 @@ void HttpApi::routes() {
       if (!c) return send_error(res, 400, c.error());
       p.counter = *c;
     }
+    if (req.has_param("kind")) p.kind = req.get_param_value("kind");
     if (req.body.empty()) return send_error(res, 400, "request body (the image bytes) is empty");
     auto r = ctl_.add_image(req.body, p);
     if (!r) return send_error(res, http_status(r.kind()), r.error());

@@ -35,6 +35,8 @@ Status validate_image_params(const ImageParams& p) {
                          "' is invalid (1-64 chars of A-Z a-z 0-9 . _ -)");
     if (!seen.insert(h).second) return invalid_err("hardware model '" + h + "' given twice");
   }
+  if (p.kind != "firmware" && p.kind != "bundle")
+    return invalid_err("kind '" + p.kind + "' is not firmware or bundle");
   if (p.chunk_size < proto::kMinChunkSize || p.chunk_size > proto::kMaxChunkSize)
     return invalid_err("chunk size " + std::to_string(p.chunk_size) + " out of range " +
                        std::to_string(proto::kMinChunkSize) + ".." +

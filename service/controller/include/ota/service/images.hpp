@@ -18,6 +18,7 @@ struct ImageParams {
   std::vector<std::string> hw;
   std::uint32_t chunk_size = kDefaultChunkSize;
   std::uint32_t counter = 0;
+  std::string kind = "firmware";  // "firmware" (a whole image) or "bundle" (application files)
 };
 
 // Checks version (semver, <= 32 chars), hw (1..4 valid ids, no duplicates) and chunk size
