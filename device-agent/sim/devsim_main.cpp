@@ -70,6 +70,12 @@ int main(int argc, char** argv) {
   app.add_option("--corrupt-offset", corrupt_offset, "image offset of the corrupted byte")->capture_default_str();
   app.add_option("--flash-write-delay-us", base.flash_write_delay_us,
                  "simulate slow flash: pause per chunk write")->capture_default_str();
+  app.add_option("--max-trial-boots", base.max_trial_boots,
+                 "boots a new image gets to confirm itself before the old one comes back")
+      ->capture_default_str()->check(CLI::Range(1, 255));
+  app.add_option("--confirm-timeout-ms", base.confirm_timeout_ms,
+                 "a trial image must pass its self-test within this time (0: no limit)")
+      ->capture_default_str();
   app.add_option("--heartbeat-ms", base.heartbeat_interval_ms,
                  "heartbeat on the presence topic every N ms while connected (0: never)")
       ->capture_default_str();

@@ -31,6 +31,12 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--window", opt.window_chunks, "chunks requested ahead")->capture_default_str()
       ->check(CLI::Range(1, 256));
+  app.add_option("--max-trial-boots", opt.max_trial_boots,
+                 "boots a new image gets to confirm itself before the old one comes back")
+      ->capture_default_str()->check(CLI::Range(1, 255));
+  app.add_option("--confirm-timeout-ms", opt.confirm_timeout_ms,
+                 "a trial image must pass its self-test within this time (0: no limit)")
+      ->capture_default_str();
   app.add_option("--heartbeat-ms", opt.heartbeat_interval_ms,
                  "heartbeat on the presence topic every N ms while connected (0: never)")
       ->capture_default_str();

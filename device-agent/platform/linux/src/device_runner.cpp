@@ -109,6 +109,8 @@ bool DeviceRunner::run(const std::atomic<bool>& stop, std::string& error) {
   cfg.checkpoint_chunks = opt_.checkpoint_chunks;
   if (opt_.fail_self_test) cfg.self_test = &fail_self_test_hook;
   cfg.heartbeat_interval_ms = opt_.heartbeat_interval_ms;
+  cfg.max_trial_boots = opt_.max_trial_boots;
+  cfg.confirm_timeout_ms = opt_.confirm_timeout_ms;
   cfg.on_state = &DeviceRunner::on_state;
   cfg.on_state_ctx = this;
   if (opt_.decline_offers || opt_.defer_offers > 0) {

@@ -28,6 +28,8 @@ struct DeviceOptions {
   std::uint32_t request_timeout_ms = 2000;
   std::uint32_t checkpoint_chunks = 64;
   std::uint32_t heartbeat_interval_ms = 60000;  // 0 = no heartbeats
+  std::uint32_t max_trial_boots = 3;             // boots a new image gets to confirm itself
+  std::uint32_t confirm_timeout_ms = 300000;     // per trial boot; 0 = no limit
   unsigned flash_write_delay_us = 0;  // simulate slow flash
   // Offer policy (what an integrator's battery/maintenance-window check would answer):
   // defer the first `defer_offers` offers of every deployment (reason busy, retry after 1 s),
