@@ -164,3 +164,74 @@ TEST_F(HttpAuth, OtactlSendsTheTokenAndExplainsA401) {
 }
 
 }  // namespace
+
+namespace {
+
+TEST_F(HttpAuth, RolloutEndpointsTagsAndMetrics) {
+  auto c = client(token);
+  // Metrics need the token like everything else.
+  EXPECT_EQ(client().Get("/metrics")->status, 401);
+  auto m = c.Get("/metrics");
+  ASSERT_TRUE(m);
+  EXPECT_EQ(m->status, 200);
+  EXPECT_NE(m->get_header_value("Content-Type").find("text/plain"), std::string::npos);
+  EXPECT_NE(m->body.find("ota_transfers_in_flight 0"), std::string::npos) << m->body;
+  EXPECT_NE(m->body.find("# TYPE ota_bytes_served_total counter"), std::string::npos);
+
+  // A rollout needs JSON, names bad fields, and 404s unknown ids and actions.
+  auto r = c.Post("/api/v1/rollouts", R"({"image":"1.0.0","target":{"group":"g"},"waves":[{"size":"abc"}]})",
+                  "application/json");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 400);
+  EXPECT_NE(r->body.find("waves[0].size"), std::string::npos) << r->body;
+  r = c.Post("/api/v1/rollouts", "image=1", "text/plain");
+  EXPECT_EQ(r->status, 415);
+  r = c.Post("/api/v1/rollouts", "{", "application/json");
+  EXPECT_EQ(r->status, 400);
+  EXPECT_NE(r->body.find("not valid JSON"), std::string::npos) << r->body;
+  r = c.Post("/api/v1/rollouts/ro-nope/pause", "{}", "application/json");
+  EXPECT_EQ(r->status, 404);
+  r = c.Post("/api/v1/rollouts/ro-nope/explode", "{}", "application/json");
+  EXPECT_EQ(r->status, 404);
+  EXPECT_NE(r->body.find("unknown rollout action"), std::string::npos) << r->body;
+  EXPECT_EQ(nlohmann::json::parse(c.Get("/api/v1/rollouts")->body), nlohmann::json::array());
+
+  // Image, rollout draft, the actor in the event log.
+  ImageParams p;
+  p.version = "2.0.0";
+  p.hw = {"m1"};
+  ASSERT_TRUE(ctl->add_image(std::string(3000, 'x'), p).ok());
+  httplib::Headers actor{{"X-OTA-Actor", "alice"}};
+  r = c.Post("/api/v1/rollouts", actor, R"({"image":"2.0.0","target":{"tags":"site=berlin"}})",
+             "application/json");
+  ASSERT_TRUE(r);
+  ASSERT_EQ(r->status, 201) << r->body;
+  auto ro = nlohmann::json::parse(r->body);
+  EXPECT_EQ(ro["state"], "draft");
+  const std::string id = ro["id"];
+  r = c.Post("/api/v1/rollouts/" + id + "/start", "{}", "application/json");
+  EXPECT_EQ(r->status, 400);  // no device matches the tags yet
+  EXPECT_NE(r->body.find("no eligible devices"), std::string::npos) << r->body;
+  r = c.Post("/api/v1/rollouts/" + id + "/abort", actor, R"({"reason":"changed my mind"})", "application/json");
+  ASSERT_EQ(r->status, 200) << r->body;
+  EXPECT_EQ(nlohmann::json::parse(r->body)["state"], "aborted");
+  auto ev = c.Get("/api/v1/events?rollout=" + id);
+  ASSERT_EQ(ev->status, 200);
+  auto evs = nlohmann::json::parse(ev->body);
+  ASSERT_GE(evs.size(), 2u);
+  EXPECT_EQ(evs.front()["actor"], "operator:alice");
+  EXPECT_EQ(evs.back()["what"], "rollout_aborted");
+
+  // Tags: unknown device 404, bad key 400; a device filter with a bad expression 400.
+  r = c.Put("/api/v1/devices/ghost/tags", R"({"site":"berlin"})", "application/json");
+  EXPECT_EQ(r->status, 404);
+  r = c.Put("/api/v1/devices/ghost/tags", R"({"site":"berlin"})", "text/plain");
+  EXPECT_EQ(r->status, 415);
+  auto d = c.Get("/api/v1/devices?tag=site%3D");
+  EXPECT_EQ(d->status, 400);
+  EXPECT_NE(d->body.find("tag expression"), std::string::npos) << d->body;
+  d = c.Get("/api/v1/devices?state=sleeping");
+  EXPECT_EQ(d->status, 400);
+}
+
+}  // namespace
