@@ -651,7 +651,11 @@ TEST_F(Rollouts, FailurePolicyPausesInWaveOneAndLaterWavesStayUntouched) {
   offers = offers_seen();
   EXPECT_EQ(offers.size(), 18u);
   for (const auto& [dev, ids] : offers) EXPECT_EQ(ids.size(), 1u) << dev << ": " << join(ids);
-  for (const auto& dev : fleet_ids()) EXPECT_EQ(boot_record(dev).boots(), "1.0.0") << dev;
+  // Every device still boots its old image (the failed ones reverted after their trial boot).
+  for (const auto& dev : fleet_ids()) {
+    ASSERT_TRUE(wait_until([&] { return boot_record(dev).settled(); }, 20s)) << dev << " stays on trial";
+    EXPECT_EQ(boot_record(dev).boots(), "1.0.0") << dev;
+  }
 }
 
 // ------------------------------------------------------------------------------------------
@@ -759,7 +763,10 @@ TEST_F(Rollouts, ControllerKilledMidRolloutContinuesAndNeverOffersTwice) {
     repeated += static_cast<int>(ids.size()) - 1;
   }
   std::fprintf(stderr, "[ offers  ] %zu devices, %d repeated offer messages\n", offers.size(), repeated);
-  for (const auto& dev : fleet_ids()) EXPECT_EQ(boot_record(dev).boots(), "2.0.0") << dev;
+  for (const auto& dev : fleet_ids()) {
+    ASSERT_TRUE(wait_until([&] { return boot_record(dev).settled(); }, 20s)) << dev << " stays on trial";
+    EXPECT_EQ(boot_record(dev).boots(), "2.0.0") << dev;
+  }
 }
 
 // ------------------------------------------------------------------------------------------
