@@ -503,7 +503,8 @@ class RolloutControllerTest : public ota::service::testing::ControllerTest {
     if (!ok) e.reason = proto::ReasonCode::self_test_failed;
     event(dev, e);
   }
-  void hello_with_counter(const std::string& dev, const std::string& version, std::uint32_t counter) {
+  void hello_with_counter(const std::string& dev, const std::string& version, std::uint32_t counter,
+                          bool retained = false) {
     proto::Hello h;
     h.device.assign(dev.c_str());
     h.hw.assign("m1");
@@ -514,7 +515,7 @@ class RolloutControllerTest : public ota::service::testing::ControllerTest {
     char buf[2048];
     std::size_t len = 0;
     ASSERT_FALSE(proto::encode_hello(h, buf, sizeof buf, len));
-    ctl->on_message(("ota/v1/dev/" + dev + "/up/presence").c_str(), buf, len);
+    ctl->on_message(("ota/v1/dev/" + dev + "/up/presence").c_str(), buf, len, retained);
   }
   long long now_ms = kT0;
 };
@@ -542,13 +543,20 @@ TEST_F(RolloutControllerTest, OffersWaveByWaveAndSurvivesARestartWithoutOffering
   }
   EXPECT_EQ(j["waves"][1]["counts"]["pending"], 8);
 
-  // "Crash" and restart on the same database: same wave, nothing re-offered.
+  // "Crash" and restart on the same database: same wave, nothing re-offered, not even when
+  // the broker hands the restarted controller the devices' retained hellos.
   ctl.reset();
   start();
+  for (const auto& kv : o) hello_with_counter(kv.first, "1.0.0", 0, /*retained=*/true);
   ctl->rollout_tick(now_ms + 1000);
   EXPECT_EQ(offers().size(), 2u);
   for (const auto& kv : offers()) EXPECT_EQ(kv.second.size(), 1u) << kv.first;
   EXPECT_EQ(show(id)["current_wave"], 0);
+  // A device that really reconnects (a fresh hello) gets its offer again: it may have lost it.
+  const std::string again = o.begin()->first;
+  hello_with_counter(again, "1.0.0", 0);
+  EXPECT_EQ(offers()[again].size(), 2u);
+  EXPECT_EQ(offers()[again][1], dep);
 
   std::uint32_t seq = 100;
   for (const auto& kv : offers()) result(kv.first, seq++, dep, true, "2.0.0");
@@ -556,7 +564,7 @@ TEST_F(RolloutControllerTest, OffersWaveByWaveAndSurvivesARestartWithoutOffering
   j = show(id);
   EXPECT_EQ(j["current_wave"], 1);
   EXPECT_EQ(offers().size(), 10u);
-  for (const auto& kv : offers()) EXPECT_EQ(kv.second.size(), 1u) << kv.first;
+  for (const auto& kv : offers()) EXPECT_EQ(kv.second.size(), kv.first == again ? 2u : 1u) << kv.first;
   for (const auto& kv : offers())
     if (j["devices"].dump().find(kv.first) != std::string::npos && dev_state(j, kv.first) == "offered")
       result(kv.first, seq++, dep, true, "2.0.0");

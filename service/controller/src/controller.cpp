@@ -826,7 +826,8 @@ void Controller::decode_error(const std::string& dev, const char* topic, const c
            (field && *field ? std::string(" (field ") + field + ")" : std::string()));
 }
 
-void Controller::on_message(const char* topic, const void* payload, std::size_t len) {
+void Controller::on_message(const char* topic, const void* payload, std::size_t len,
+                            bool retained) {
   const char* idp = nullptr;
   std::size_t idlen = 0;
   proto::TopicKind k = proto::parse_topic(cfg_.prefix.c_str(), topic, &idp, &idlen);
@@ -841,7 +842,7 @@ void Controller::on_message(const char* topic, const void* payload, std::size_t 
   const std::string dev = str(idp, idlen);
   const char* p = static_cast<const char*>(payload);
   switch (k) {
-    case proto::TopicKind::presence: handle_presence(dev, p, len, topic); break;
+    case proto::TopicKind::presence: handle_presence(dev, p, len, topic, retained); break;
     case proto::TopicKind::event: handle_event(dev, p, len, topic); break;
     case proto::TopicKind::chunk_request: handle_chunk_request(dev, p, len, topic); break;
     default: break;
@@ -849,7 +850,7 @@ void Controller::on_message(const char* topic, const void* payload, std::size_t 
 }
 
 void Controller::handle_presence(const std::string& dev, const char* p, std::size_t len,
-                                 const char* topic) {
+                                 const char* topic, bool retained) {
   if (len == 0) return;  // a cleared retained message
   proto::PresenceType pt{};
   proto::Error e = proto::decode_presence_type(p, len, pt);
@@ -956,10 +957,12 @@ void Controller::handle_presence(const std::string& dev, const char* p, std::siz
         s = set_row_state(dep, row, "failed", "rolled_back");
         if (s) s = store_.set_device_last_error(dev, "rolled back from " + dep.image.version);
         touched.push_back(kv.first);
-      } else {
+      } else if (!retained) {
         // The hello does not prove the outcome. Whatever state we last saw, the device may
         // have finished meanwhile and its final event may be lost (PUBACKed before we
-        // committed it): re-offering makes it work on, or re-send its final event.
+        // committed it): re-offering makes it work on, or re-send its final event. A
+        // retained hello is not a reconnect (we re-subscribed): the device is still working
+        // on what it was offered and its events reach our persistent session.
         publish_offer_attempt(dep, dev, row.rec.attempt);
         event(dep.rec.id, dev, "offer_resent",
               "device said hello running " + d.version + "; row " + row.rec.state);

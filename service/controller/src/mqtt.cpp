@@ -117,7 +117,9 @@ void MqttClient::on_subscribe(mosquitto*, void* self, int mid, int qos_count, co
 void MqttClient::on_message(mosquitto*, void* self, const mosquitto_message* msg) {
   auto* c = static_cast<MqttClient*>(self);
   if (!c->ctl_ || !msg || !msg->topic) return;
-  c->ctl_->on_message(msg->topic, msg->payload, msg->payloadlen > 0 ? static_cast<std::size_t>(msg->payloadlen) : 0);
+  c->ctl_->on_message(msg->topic, msg->payload,
+                      msg->payloadlen > 0 ? static_cast<std::size_t>(msg->payloadlen) : 0,
+                      msg->retain);
 }
 
 void MqttClient::on_log(mosquitto*, void*, int level, const char* str) {

@@ -367,7 +367,7 @@ Result<json> Controller::create_rollout(const json& body, const std::string& act
     Status s = start_rollout(ro, actor, now());
     if (!s) return s.context("rollout " + rec.id + " created but not started");
   }
-  return rollout_to_json(ro.rec, false);
+  return current_rollout_json(rec.id);
 }
 
 Status Controller::start_rollout(RolloutMem& ro, const std::string& actor, long long now_ms) {
@@ -541,7 +541,7 @@ Result<json> Controller::rollout_action(const std::string& id, const std::string
   if (action == "start") {
     Status s = start_rollout(ro, actor, t);
     if (!s) return s.context("start");
-    return rollout_to_json(ro.rec, false);
+    return current_rollout_json(id);
   }
   DepMem* d = nullptr;
   if (!ro.rec.deployment_id.empty()) {
@@ -567,11 +567,14 @@ Result<json> Controller::rollout_action(const std::string& id, const std::string
     ro.st = before;
     return s.context(action);
   }
-  run_engine(ro, t);  // e.g. resume starts the next wave now, not a tick later
-  json out = rollout_to_json(ro.rec, false);
   // A draft aborted before it started has no deployment to wait for.
-  if (is_terminal_rollout_state(ro.rec.state) && ro.rec.deployment_id.empty()) rollouts_.erase(id);
-  return out;
+  if (is_terminal_rollout_state(ro.rec.state) && ro.rec.deployment_id.empty()) {
+    rollouts_.erase(id);
+  } else {
+    run_engine(ro, t);  // e.g. resume starts the next wave now, not a tick later
+  }
+  // (run_engine may have finished the rollout and dropped it from memory: `ro` is gone.)
+  return current_rollout_json(id);
 }
 
 Result<json> Controller::rollback_rollout(RolloutMem* ro, const RolloutRec& rec, const json& body,
@@ -679,7 +682,7 @@ Result<json> Controller::rollback_rollout(RolloutMem* ro, const RolloutRec& rec,
     Status s = start_rollout(m, actor, now());
     if (!s) return s.context("rollback " + nr.id + " created but not started");
   }
-  return rollout_to_json(m.rec, false);
+  return current_rollout_json(nr.id);
 }
 
 // ------------------------------------------------------------------------------ queries
@@ -806,6 +809,15 @@ json Controller::rollout_to_json(const RolloutRec& r, bool with_devices) {
     j["devices"] = jd;
   }
   return j;
+}
+
+Result<json> Controller::current_rollout_json(const std::string& id) {
+  auto live = rollouts_.find(id);
+  if (live != rollouts_.end()) return rollout_to_json(live->second.rec, false);
+  auto r = store_.rollout(id);
+  if (!r) return r.err();
+  if (!*r) return not_found_err("unknown rollout " + id);
+  return rollout_to_json(**r, false);
 }
 
 Result<json> Controller::rollouts_json() {

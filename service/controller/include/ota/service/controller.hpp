@@ -129,7 +129,9 @@ class Controller {
   std::string metrics_text();
 
   // --- MQTT side
-  void on_message(const char* topic, const void* payload, std::size_t len);
+  // retained: the broker's stored copy, delivered because we (re)subscribed (a hello the
+  // device sent before; it did not just reconnect).
+  void on_message(const char* topic, const void* payload, std::size_t len, bool retained = false);
   void on_connected();  // after (re)connect+subscribe: re-publish retained group offers
   void tick();          // periodic: flush lazy counters, re-read a changed ACL file
 
@@ -207,6 +209,8 @@ class Controller {
   Result<nlohmann::json> rollback_rollout(RolloutMem* ro, const RolloutRec& rec,
                                           const nlohmann::json& body, const std::string& actor);
   nlohmann::json rollout_to_json(const RolloutRec& r, bool with_devices);
+  // From memory if live, else from the database (must hold mu_).
+  Result<nlohmann::json> current_rollout_json(const std::string& id);
   std::map<std::string, TagSubject> tag_subjects();
   nlohmann::json device_view(const DeviceRec& d,
                              const std::map<std::string, std::map<std::string, std::string>>* tags);
@@ -215,7 +219,7 @@ class Controller {
   Result<ImageRec> resolve_image(const std::string& ref);
 
   void handle_presence(const std::string& dev, const char* p, std::size_t len,
-                       const char* topic);
+                       const char* topic, bool retained);
   void handle_event(const std::string& dev, const char* p, std::size_t len, const char* topic);
   void handle_chunk_request(const std::string& dev, const char* p, std::size_t len,
                             const char* topic);
