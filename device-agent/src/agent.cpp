@@ -10,7 +10,7 @@ using proto::DeviceState;
 using proto::ReasonCode;
 
 constexpr std::uint32_t kStateMagic = 0x4f544153;  // "OTAS"
-constexpr std::uint32_t kStateLayout = 3;
+constexpr std::uint32_t kStateLayout = 4;
 // Sequence numbers skipped at every boot: events whose record could not be saved before a
 // crash must not have their numbers reused (the controller drops seq <= last seen).
 constexpr std::uint32_t kSeqBootMargin = 8;
@@ -147,9 +147,12 @@ void Agent::dispatch(Trigger trigger) {
 void Agent::boot() {
   static_assert(std::is_trivially_copyable<PersistedState>::value, "stored as bytes");
   std::size_t len = 0;
-  // Loaded in place: the record is kilobytes, too big for a firmware stack.
+  // Loaded in place: the record is kilobytes, too big for a firmware stack. Saved records
+  // stop after the bitmap bytes in use; the rest stays zero.
+  std::memset(static_cast<void*>(&st_), 0, sizeof st_);
   const PortStatus loaded = storage_.load(&st_, sizeof st_, len);
-  if (loaded != PortStatus::ok || len != sizeof st_ || !plausible(st_) || st_.crc != record_crc()) {
+  if (loaded != PortStatus::ok || len > sizeof st_ || !plausible(st_) || len != record_len() ||
+      st_.crc != record_crc(len)) {
     if (loaded != PortStatus::not_found) ++stats_.discarded_records;  // torn, foreign, damaged
     // All-zero is the factory state of every field (a temporary would cost kilobytes of stack).
     std::memset(static_cast<void*>(&st_), 0, sizeof st_);
@@ -845,10 +848,18 @@ std::uint32_t Agent::effective_timeout_ms() const {
   return cfg_.request_timeout_ms << shift;
 }
 
-std::uint32_t Agent::record_crc() {
+std::size_t Agent::record_len() const {
+  const auto* base = reinterpret_cast<const std::uint8_t*>(&st_);
+  const std::size_t head = static_cast<std::size_t>(st_.received - base);
+  if (st_.state == DeviceState::idle) return head;
+  const std::uint32_t chunks = st_.manifest.chunk_count();
+  return head + (chunks >= kMaxImageChunks ? sizeof st_.received : (chunks + 7u) / 8u);
+}
+
+std::uint32_t Agent::record_crc(std::size_t len) {
   const std::uint32_t stored = st_.crc;
   st_.crc = 0;
-  const std::uint32_t crc = proto::crc32(reinterpret_cast<const std::uint8_t*>(&st_), sizeof st_);
+  const std::uint32_t crc = proto::crc32(reinterpret_cast<const std::uint8_t*>(&st_), len);
   st_.crc = stored;
   return crc;
 }
@@ -867,8 +878,9 @@ bool Agent::persist() {
   }
   st_.magic = kStateMagic;
   st_.layout = kStateLayout;
-  st_.crc = record_crc();
-  const PortStatus s = storage_.save(&st_, sizeof st_);
+  const std::size_t len = record_len();
+  st_.crc = record_crc(len);
+  const PortStatus s = storage_.save(&st_, len);
   if (s == PortStatus::ok) {
     persisted_seq_ = st_.seq;
     return true;

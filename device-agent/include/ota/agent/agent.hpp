@@ -130,6 +130,9 @@ struct Outcome {
 constexpr std::size_t kRememberedOutcomes = 4;
 
 // Persisted across reboots through the Storage port (one record, CRC-checked on load).
+// Only the bytes that matter are saved: everything up to the bitmap, plus the bitmap bytes
+// of the image being downloaded (none when idle), so a save writes about 1 KiB instead of
+// the whole capacity-sized bitmap.
 struct PersistedState {
   std::uint32_t magic = 0;
   std::uint32_t layout = 0;
@@ -139,13 +142,14 @@ struct PersistedState {
   proto::Id deployment;
   proto::Manifest manifest;
   std::uint32_t received_chunks = 0;
-  std::uint8_t received[(kMaxImageChunks + 7) / 8] = {};
   // Why the trial image is being abandoned (self_test_failed), reported after the revert.
   proto::ReasonCode revert_reason = proto::ReasonCode::ok;
   Detail revert_detail = Detail::none;
   // The last few final outcomes, oldest overwritten first.
   Outcome outcomes[kRememberedOutcomes];
   std::uint32_t outcome_next = 0;
+  // Chunks written and synced; last, so that a record is saved only as far as it is used.
+  std::uint8_t received[(kMaxImageChunks + 7) / 8] = {};
 };
 
 struct AgentStats {
@@ -234,7 +238,8 @@ class Agent {
   void set_result(bool ok, proto::ReasonCode reason, Detail detail = Detail::none);
   std::uint32_t effective_timeout_ms() const;
   bool persist();
-  std::uint32_t record_crc();
+  std::size_t record_len() const;
+  std::uint32_t record_crc(std::size_t len);
   bool publish(proto::TopicKind kind, const char* data, std::size_t len, int qos, bool retain);
 
   const AgentConfig cfg_;
