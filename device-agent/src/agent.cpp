@@ -313,7 +313,7 @@ ReasonCode Agent::check_offer(const proto::Offer& offer) {
   if (!hw_ok) return ReasonCode::wrong_hardware;
   if (m.counter < image_.security_counter) return ReasonCode::downgrade;
   if (m.expires != 0 && clock_.unix_seconds() > m.expires) return ReasonCode::expired;
-  if (m.kind != proto::ImageKind::firmware || m.compression != proto::Compression::none ||
+  if (m.kind != image_.kind || m.compression != proto::Compression::none ||
       m.chunk_size > kMaxChunkSize || m.chunk_count() > kMaxImageChunks ||
       m.size > 0xffffffffull) {
     return ReasonCode::unsupported;

@@ -22,6 +22,9 @@ struct ImageState {
   // Boots of the running trial image so far (1 on its first), kept by the boot loader; 0 when
   // the running image is confirmed or the port does not count.
   std::uint32_t trial_boots = 0;
+  // What the port installs: whole images (firmware) or application trees (bundle); offers of
+  // another kind are declined as unsupported.
+  proto::ImageKind kind = proto::ImageKind::firmware;
 };
 
 // The flash boundary, modelled on ota_start/ota_write/ota_finish (Pycom, ESP-IDF) and the
