@@ -104,6 +104,14 @@ int main(int argc, char** argv) {
         }
         return "unknown state '" + name + "'";
       });
+  bool app_bundles = false;
+  app.add_flag("--app-dir", app_bundles,
+               "devices install application bundles (kind bundle) into DATA/ID/app (BundleFlash) "
+               "instead of firmware images; a plain directory DATA/ID/app/current is adopted as "
+               "the factory tree");
+  app.add_option("--protect", base.protect,
+                 "with --app-dir: paths no bundle may write or delete, e.g. wifi.json,certs/")
+      ->delimiter(',');
   app.add_option("--status-ms", status_ms, "print a status line every N ms (0: never)");
   CLI11_PARSE(app, argc, argv);
 
@@ -121,6 +129,7 @@ int main(int argc, char** argv) {
     DeviceOptions o = base;
     o.device_id = id;
     o.data_dir = data + "/" + id;
+    if (app_bundles) o.app_dir = o.data_dir + "/app";
     o.mqtt.cert_file = pki + "/devices/" + id + ".crt";
     o.mqtt.key_file = pki + "/devices/" + id + ".key";
     if (::access(o.mqtt.cert_file.c_str(), R_OK) != 0) {

@@ -8,7 +8,9 @@
 #include <fcntl.h>
 #include <netdb.h>
 #include <poll.h>
+#include <dirent.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
@@ -30,6 +32,7 @@
 #include <vector>
 
 #include "args.hpp"
+#include "ota/proto/bundle.hpp"
 
 using nlohmann::json;
 using otactl::fmt_age;
@@ -397,24 +400,119 @@ int fail(const Reply& r) {
   return r.exit_code == kExitOk ? kExitFail : r.exit_code;
 }
 
+// Reads DIR recursively into bundle files: regular files only (symlinks and special files
+// are skipped with a warning), sorted by path by bundle::build.
+bool read_bundle_dir(const std::string& root, const std::string& rel,
+                     std::vector<ota::proto::bundle::InputFile>& out, std::string& error) {
+  const std::string dir = rel.empty() ? root : root + "/" + rel;
+  DIR* d = ::opendir(dir.c_str());
+  if (d == nullptr) {
+    error = "cannot read directory " + dir + ": " + std::strerror(errno);
+    return false;
+  }
+  std::vector<std::string> names;
+  while (const dirent* e = ::readdir(d)) {
+    if (std::strcmp(e->d_name, ".") != 0 && std::strcmp(e->d_name, "..") != 0) {
+      names.emplace_back(e->d_name);
+    }
+  }
+  ::closedir(d);
+  std::sort(names.begin(), names.end());
+  for (const auto& n : names) {
+    const std::string r = rel.empty() ? n : rel + "/" + n;
+    const std::string path = root + "/" + r;
+    struct stat st {};
+    if (::lstat(path.c_str(), &st) != 0) {
+      error = "cannot stat " + path + ": " + std::strerror(errno);
+      return false;
+    }
+    if (S_ISDIR(st.st_mode)) {
+      if (!read_bundle_dir(root, r, out, error)) return false;
+      continue;
+    }
+    if (!S_ISREG(st.st_mode)) {
+      errorf("warning: skipping " + path + " (" + (S_ISLNK(st.st_mode) ? "symlink" : "not a regular file") + ")");
+      continue;
+    }
+    if (std::string err = ota::proto::bundle::check_path(r); !err.empty()) {
+      error = "cannot put " + path + " in a bundle: " + err;
+      return false;
+    }
+    std::ifstream in(path, std::ios::binary);
+    std::ostringstream ss;
+    ss << in.rdbuf();
+    if (!in) {
+      error = "cannot read " + path + ": " + std::strerror(errno);
+      return false;
+    }
+    out.push_back({r, static_cast<std::uint32_t>(st.st_mode & 0777), ss.str()});
+  }
+  return true;
+}
+
 int cmd_image_add(Ctx& c, const std::string& file, const std::string& version,
-                  const std::vector<std::string>& hw, long long chunk_size, long long counter) {
-  std::ifstream in(file, std::ios::binary);
-  if (!in) {
-    errorf("cannot read image file " + file + ": " + std::strerror(errno));
+                  const std::vector<std::string>& hw, long long chunk_size, long long counter,
+                  std::string kind, const std::vector<std::string>& deletes) {
+  namespace bundle = ota::proto::bundle;
+  struct stat st {};
+  const bool is_dir = ::stat(file.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+  if (kind.empty()) kind = is_dir ? "bundle" : "firmware";
+  if (kind != "bundle" && (is_dir || !deletes.empty())) {
+    errorf(is_dir ? file + " is a directory: only a bundle (--kind bundle) is built from one"
+                  : std::string("--delete is for bundles (--kind bundle)"));
     return kExitUsage;
   }
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  std::string bytes = ss.str();
-  if (bytes.empty()) {
-    errorf("image file " + file + " is empty");
-    return kExitUsage;
+  std::string bytes;
+  std::size_t bundle_files = 0;
+  if (is_dir) {
+    std::vector<bundle::InputFile> files;
+    std::string error;
+    if (!read_bundle_dir(file, "", files, error)) {
+      errorf(error);
+      return kExitUsage;
+    }
+    bundle_files = files.size();
+    if (std::string err = bundle::build(std::move(files), deletes, bytes); !err.empty()) {
+      errorf("cannot build a bundle from " + file + ": " + err);
+      return kExitUsage;
+    }
+  } else {
+    std::ifstream in(file, std::ios::binary);
+    if (!in) {
+      errorf("cannot read image file " + file + ": " + std::strerror(errno));
+      return kExitUsage;
+    }
+    std::ostringstream ss;
+    ss << in.rdbuf();
+    bytes = ss.str();
+    if (bytes.empty()) {
+      errorf("image file " + file + " is empty");
+      return kExitUsage;
+    }
+    if (kind == "bundle") {  // a bundle built elsewhere: check it before uploading
+      bundle::Index idx;
+      if (std::string err = bundle::parse(bytes, idx, true); !err.empty()) {
+        errorf(file + " is not a valid bundle: " + err);
+        return kExitUsage;
+      }
+      if (!deletes.empty()) {
+        errorf("--delete needs a directory (a built bundle already has its delete list)");
+        return kExitUsage;
+      }
+      bundle_files = idx.files.size();
+    }
   }
   std::string q = "/api/v1/images?version=" + url_encode(version);
   for (const auto& h : hw) q += "&hw=" + url_encode(h);
   if (chunk_size >= 0) q += "&chunk_size=" + std::to_string(chunk_size);
   if (counter >= 0) q += "&counter=" + std::to_string(counter);
+  if (kind == "bundle") {
+    q += "&kind=bundle";
+    if (!c.json_out) {
+      std::printf("bundle of %zu files, %zu deletes, %s\n", bundle_files, deletes.size(),
+                  fmt_bytes(static_cast<long long>(bytes.size())).c_str());
+    }
+  }
   Reply r = c.api->post(q, bytes, "application/octet-stream");
   if (!r.ok) return fail(r);
   if (c.json_out) {
@@ -1124,7 +1222,18 @@ int main(int argc, char** argv) {
   std::string file, version;
   std::vector<std::string> hw;
   long long chunk_size = -1, counter = -1;
-  image_add->add_option("FILE", file, "image file")->required();
+  std::string image_kind;
+  std::vector<std::string> image_deletes;
+  image_add->add_option("FILE", file,
+                        "image file, or a directory to build an application bundle from")
+      ->required();
+  image_add->add_option("--kind", image_kind,
+                        "firmware (a whole image) or bundle (application files; the default for "
+                        "a directory)")
+      ->check(CLI::IsMember({"firmware", "bundle"}));
+  image_add->add_option("--delete", image_deletes,
+                        "bundle: a path (file or directory) the update removes from the device "
+                        "(repeatable)");
   image_add->add_option("--version", version, "semantic version, e.g. 1.2.0")->required();
   image_add->add_option("--hw", hw, "compatible hardware model (repeatable)")->required();
   image_add->add_option("--chunk-size", chunk_size, "chunk size in bytes (256..65536, default 4096)")
@@ -1395,7 +1504,9 @@ int main(int argc, char** argv) {
   c.api = std::make_unique<Api>(api, u, token, actor_name());
   c.json_out = json_out;
 
-  if (image_add->parsed()) return cmd_image_add(c, file, version, hw, chunk_size, counter);
+  if (image_add->parsed()) {
+    return cmd_image_add(c, file, version, hw, chunk_size, counter, image_kind, image_deletes);
+  }
   if (image_list->parsed()) return cmd_image_list(c);
   if (deploy->parsed()) return cmd_deploy(c, dep_image, dep_device, dep_group, wait, timeout_s);
   if (devices->parsed()) {

@@ -40,6 +40,14 @@ int main(int argc, char** argv) {
   app.add_option("--heartbeat-ms", opt.heartbeat_interval_ms,
                  "heartbeat on the presence topic every N ms while connected (0: never)")
       ->capture_default_str();
+  app.add_option("--app-dir", opt.app_dir,
+                 "install application bundles (kind bundle) into this tree instead of firmware "
+                 "images: DIR/current -> trees/a|b; a plain directory DIR/current is adopted as "
+                 "the factory tree (version --initial-version)");
+  app.add_option("--protect", opt.protect,
+                 "with --app-dir: paths no bundle may write or delete, e.g. wifi.json,certs/ "
+                 "(comma-separated, repeatable)")
+      ->delimiter(',');
   std::string crash_in_state;
   app.add_option("--crash-in-state", crash_in_state,
                  "debug: SIGKILL when entering this state, once per --data directory");

@@ -10,6 +10,7 @@
 #include <memory>
 
 #include "ota/agent/agent.hpp"
+#include "ota/agent/linux/bundle_flash.hpp"
 #include "ota/agent/linux/file_flash.hpp"
 #include "ota/agent/linux/file_storage.hpp"
 #include "ota/agent/linux/openssl_crypto.hpp"
@@ -138,18 +139,39 @@ bool DeviceRunner::run(const std::atomic<bool>& stop, std::string& error) {
   flash_cfg.initial_version = opt_.initial_version;
   flash_cfg.durable = opt_.durable;
   flash_cfg.write_delay_us = opt_.flash_write_delay_us;
+  BundleFlashConfig bundle_cfg;
+  bundle_cfg.root = opt_.app_dir;
+  bundle_cfg.initial_version = opt_.initial_version;
+  bundle_cfg.protect = opt_.protect;
+  bundle_cfg.durable = opt_.durable;
+  bundle_cfg.write_delay_us = opt_.flash_write_delay_us;
   SystemClock clock;
 
   while (!stop) {
     // Power-on: nothing from the previous run survives but the files.
-    FileFlash flash(flash_cfg);
-    if (flash.power_on() != PortStatus::ok) {
-      error = "flash at " + flash_cfg.dir + " cannot be initialised";
-      return false;
+    std::unique_ptr<FileFlash> file_flash;
+    std::unique_ptr<BundleFlash> bundle_flash;
+    if (opt_.app_dir.empty()) {
+      file_flash = std::make_unique<FileFlash>(flash_cfg);
+      if (file_flash->power_on() != PortStatus::ok) {
+        error = "flash at " + flash_cfg.dir + " cannot be initialised";
+        return false;
+      }
+      if (opt_.corrupt_write_offset >= 0 && !corrupted_) {
+        file_flash->corrupt_write_at(static_cast<std::uint32_t>(opt_.corrupt_write_offset));
+      }
+    } else {
+      bundle_flash = std::make_unique<BundleFlash>(bundle_cfg);
+      if (bundle_flash->power_on() != PortStatus::ok) {
+        error = "application tree at " + bundle_cfg.root + " cannot be initialised: " +
+                bundle_flash->last_error();
+        return false;
+      }
     }
-    if (opt_.corrupt_write_offset >= 0 && !corrupted_) {
-      flash.corrupt_write_at(static_cast<std::uint32_t>(opt_.corrupt_write_offset));
-    }
+    FlashPort& flash = file_flash ? static_cast<FlashPort&>(*file_flash) : *bundle_flash;
+    auto flash_reset_requested = [&] {
+      return file_flash ? file_flash->reset_requested() : bundle_flash->reset_requested();
+    };
     FileStorage storage(opt_.data_dir + "/agent.state", opt_.durable);
     auto transport = std::make_unique<MosquittoTransport>(mqtt);
     auto agent = std::make_unique<Agent>(cfg, flash, *transport, clock, storage, crypto);
@@ -192,7 +214,7 @@ bool DeviceRunner::run(const std::atomic<bool>& stop, std::string& error) {
         }
       }
     }
-    if (flash.reset_requested() || stop) transport->stop();
+    if (flash_reset_requested() || stop) transport->stop();
     corrupted_ = corrupted_ || opt_.corrupt_write_offset >= 0;
   }
   return true;

@@ -31,6 +31,11 @@ struct DeviceOptions {
   std::uint32_t max_trial_boots = 3;             // boots a new image gets to confirm itself
   std::uint32_t confirm_timeout_ms = 300000;     // per trial boot; 0 = no limit
   unsigned flash_write_delay_us = 0;  // simulate slow flash
+  // Application bundles instead of firmware images: the device's application tree lives at
+  // app_dir (BundleFlash: app_dir/current -> trees/a|b); `protect` lists paths no bundle may
+  // write or delete (Wi-Fi credentials, certificates).
+  std::string app_dir;
+  std::vector<std::string> protect;
   // Offer policy (what an integrator's battery/maintenance-window check would answer):
   // defer the first `defer_offers` offers of every deployment (reason busy, retry after 1 s),
   // and/or decline every offer with `decline_reason`.
