@@ -631,3 +631,55 @@ TEST(BundleFlash, PowerCutAtEveryOperationLeavesTheOldOrTheNewTree) {
 }
 
 }  // namespace
+
+namespace {
+
+// Several power cuts at random operations in one update, cuts during the recovery (power-on,
+// resumed install, trial boot, confirm) included: every boot sees exactly the old or the new
+// tree, and the update ends confirmed on the new one.
+TEST(BundleFlash, RandomMultiplePowerCutsIncludingDuringRecovery) {
+  ota::test::TempDir tmp("bundle-random");
+  const Fixture f = make_fixture(1024);
+  int runs = 0, boots = 0, cuts = 0;
+  for (unsigned seed = 1; seed <= 300; ++seed) {
+    SCOPED_TRACE("seed " + std::to_string(seed));
+    const std::string root = tmp.path() + "/s" + std::to_string(seed);
+    seed_tree(root, f.old_tree);
+    BundleFlashConfig cfg = config(root);
+    cfg.durable = false;  // the cut model is the process's view; fsync adds nothing here
+    std::mt19937 rng(seed);
+    int cuts_left = 1 + static_cast<int>(rng() % 4);
+    bool done = false;
+    for (int boot = 0; boot < 40 && !done; ++boot) {
+      ++boots;
+      BundleFlash flash(cfg);
+      if (cuts_left > 0) flash.cut_power_at(1 + rng() % 110);
+      if (flash.power_on() == PortStatus::ok) {
+        const Tree now = snapshot(root + "/current/");
+        ImageState st;
+        flash.read_state(st);
+        ASSERT_TRUE(now == f.old_tree || now == f.new_tree) << "a mix at boot " << boot;
+        ASSERT_STREQ(st.running_version.c_str(), now == f.new_tree ? "2.0.0" : "1.0.0");
+        if (now == f.new_tree && st.slot_state == ota::proto::SlotState::confirmed) {
+          done = true;
+        } else if (now == f.new_tree) {
+          flash.confirm();
+        } else {
+          install(flash, f, seed + static_cast<unsigned>(boot), true);
+        }
+      }
+      if (flash.powered_off()) {
+        --cuts_left;
+        ++cuts;
+      }
+    }
+    ASSERT_TRUE(done) << "did not converge";
+    ++runs;
+    ota::test::remove_tree(root);
+  }
+  std::printf("%d runs, %d boots, %d power cuts: every boot saw the old or the new tree, every "
+              "run ended confirmed on the new one\n",
+              runs, boots, cuts);
+}
+
+}  // namespace

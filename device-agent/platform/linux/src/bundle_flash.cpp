@@ -494,18 +494,10 @@ PortStatus BundleFlash::link_old_tree(const std::string& from, const std::string
   }
   dir.reset();
   std::sort(names.begin(), names.end());
-  std::set<std::string> files, dirs_of_files;
-  for (const auto& f : index_.files) {
-    files.insert(f.path);
-    for (std::size_t s = f.path.find('/'); s != std::string::npos; s = f.path.find('/', s + 1)) {
-      dirs_of_files.insert(f.path.substr(0, s));
-    }
-  }
   for (const auto& name : names) {
     const std::string r = rel.empty() ? name : rel + "/" + name;
     const std::string src = from + "/" + name, dst = to + "/" + name;
-    if (std::find(index_.deletes.begin(), index_.deletes.end(), r) != index_.deletes.end() ||
-        files.count(r) != 0) {
+    if (skip_.count(r) != 0) {
       continue;  // deleted (with everything under it) or replaced by the bundle
     }
     struct stat st {};
@@ -513,7 +505,7 @@ PortStatus BundleFlash::link_old_tree(const std::string& from, const std::string
     if (S_ISDIR(st.st_mode)) {
       if (!fs_mkdir(dst)) return fail("mkdir " + dst);
       if (PortStatus s = link_old_tree(src, dst, r); s != PortStatus::ok) return s;
-    } else if (dirs_of_files.count(r) != 0) {
+    } else if (dirs_of_files_.count(r) != 0) {
       continue;  // a file where the bundle needs a directory
     } else if (S_ISLNK(st.st_mode)) {
       char target[4096];
@@ -531,6 +523,15 @@ PortStatus BundleFlash::link_old_tree(const std::string& from, const std::string
 
 PortStatus BundleFlash::prepare_tree() {
   const std::string tree = tree_path(target_);
+  skip_.clear();
+  dirs_of_files_.clear();
+  skip_.insert(index_.deletes.begin(), index_.deletes.end());
+  for (const auto& f : index_.files) {
+    skip_.insert(f.path);
+    for (std::size_t s = f.path.find('/'); s != std::string::npos; s = f.path.find('/', s + 1)) {
+      dirs_of_files_.insert(f.path.substr(0, s));
+    }
+  }
   if (PortStatus s = link_old_tree(tree_path(running_), tree, ""); s != PortStatus::ok) return s;
   std::set<std::string> made_dirs;
   for (std::size_t i = 0; i < index_.files.size(); ++i) {

@@ -2,6 +2,7 @@
 
 #include <cstdint>
 #include <map>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -133,6 +134,8 @@ class BundleFlash final : public FlashPort {
   int spill_fd_ = -1;
   std::map<std::size_t, int> fds_;  // open files of the bundle, by index position
   std::map<std::size_t, bool> dirty_;
+  std::set<std::string> skip_;           // paths of the running tree not carried over
+  std::set<std::string> dirs_of_files_;  // directories the bundle's files need
 
   std::uint64_t cut_at_ = 0;
   std::uint64_t ops_ = 0;
