@@ -532,9 +532,10 @@ int cmd_image_list(Ctx& c) {
   if (c.json_out) return print_json(r.body), kExitOk;
   std::vector<std::vector<std::string>> rows;
   for (const auto& i : r.body)
-    rows.push_back({jstr(i, "id"), jstr(i, "version"), jstr(i, "hw"), std::to_string(jint(i, "size")),
-                    jstr(i, "chunk_size"), jstr(i, "counter"), fmt_time(jint(i, "created_at"))});
-  print_table({"ID", "VERSION", "HW", "SIZE", "CHUNK", "COUNTER", "CREATED"}, rows);
+    rows.push_back({jstr(i, "id"), jstr(i, "version"), i.contains("kind") ? jstr(i, "kind") : "firmware",
+                    jstr(i, "hw"), std::to_string(jint(i, "size")), jstr(i, "chunk_size"),
+                    jstr(i, "counter"), fmt_time(jint(i, "created_at"))});
+  print_table({"ID", "VERSION", "KIND", "HW", "SIZE", "CHUNK", "COUNTER", "CREATED"}, rows);
   return kExitOk;
 }
 

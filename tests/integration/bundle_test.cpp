@@ -147,6 +147,10 @@ TEST_F(Bundles, OtactlBuildsABundleFromADirectoryAndDevicesSwitchTheirTree) {
   ASSERT_EQ(add.exit_code, 0) << add.output;
   EXPECT_NE(add.output.find("bundle of 3 files, 1 deletes"), std::string::npos) << add.output;
   EXPECT_NE(add.output.find("skipping"), std::string::npos) << add.output;
+  auto list = otactl({"image", "list"});
+  ASSERT_EQ(list.exit_code, 0) << list.output;
+  EXPECT_NE(list.output.find("KIND"), std::string::npos) << list.output;
+  EXPECT_NE(list.output.find("bundle"), std::string::npos) << list.output;
   auto dep = otactl({"deploy", "1.1.0", "--group", "apps", "--wait", "--timeout", "90"});
   ASSERT_EQ(dep.exit_code, 0) << dep.output;
   for (const auto& id : kApps) {

@@ -187,7 +187,7 @@ bool BundleFlash::fs_remove_tree(const std::string& path) {
 
 int BundleFlash::fs_create(const std::string& path) {
   if (!op()) return -1;
-  return ::open(path.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  return ::open(path.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
 }
 
 PortStatus BundleFlash::fail(const std::string& what) {
@@ -348,7 +348,7 @@ int BundleFlash::file_fd(std::size_t i) {
     fds_.erase(victim);
   }
   const std::string path = tree_path(target_) + "/" + index_.files[i].path;
-  const int fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
+  const int fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC | O_NOFOLLOW);
   if (fd >= 0) fds_[i] = fd;
   return fd;
 }
@@ -705,7 +705,7 @@ PortStatus BundleFlash::finish(const proto::Manifest& manifest) {
   std::vector<std::uint8_t> buf(64 * 1024);
   for (const auto& f : index_.files) {
     const std::string path = tree + "/" + f.path;
-    const int fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
+    const int fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC | O_NOFOLLOW);
     if (fd < 0) return fail("open " + path);
     std::unique_ptr<EVP_MD_CTX, void (*)(EVP_MD_CTX*)> ctx(EVP_MD_CTX_new(), &EVP_MD_CTX_free);
     EVP_DigestInit_ex(ctx.get(), EVP_sha256(), nullptr);
