@@ -544,7 +544,9 @@ TEST_F(RolloutControllerTest, OffersWaveByWaveAndSurvivesARestartWithoutOffering
   EXPECT_EQ(j["waves"][1]["counts"]["pending"], 8);
 
   // "Crash" and restart on the same database: same wave, nothing re-offered, not even when
-  // the broker hands the restarted controller the devices' retained hellos.
+  // the broker hands the restarted controller the devices' retained hellos. (The recorder
+  // acknowledges at once; the acks are stored when the controller hears of them.)
+  ctl->offer_acks_arrived();
   ctl.reset();
   start();
   for (const auto& kv : o) hello_with_counter(kv.first, "1.0.0", 0, /*retained=*/true);
@@ -589,6 +591,42 @@ TEST_F(RolloutControllerTest, OffersWaveByWaveAndSurvivesARestartWithoutOffering
   EXPECT_EQ(offered, 10);
   EXPECT_EQ(created_by_op, 1);
   EXPECT_EQ(waves, 1);
+}
+
+TEST_F(RolloutControllerTest, OffersTheBrokerNeverAcknowledgedAreSentOnceAfterARestart) {
+  add(bytes_of(5000), "2.0.0");
+  for (const char* d : {"d0", "d1"}) hello(d, "1.0.0");
+  struct Lossy : ota::service::testing::Recorder {
+    bool publish_acked(const std::string& topic, const void* data, std::size_t len, int qos,
+                       bool retain, std::function<void()>) override {
+      return publish(topic, data, len, qos, retain);  // sent, but no PUBACK ever comes
+    }
+  } lossy;
+  // The controller dies after committing the offers, before any PUBACK.
+  {
+    auto signer = Signer::from_pem(key_pem);
+    ASSERT_TRUE(signer.ok());
+    ControllerConfig cfg;
+    cfg.db_path = dir.file("ota.db");
+    cfg.store_dir = dir.file("images");
+    cfg.clock = clock;
+    auto c = Controller::create(cfg, std::move(*signer), &lossy);
+    ASSERT_TRUE(c.ok());
+    ctl.reset();
+    auto r = (*c)->create_rollout(json{{"image", "2.0.0"}, {"target", {{"devices", {"d0", "d1"}}}},
+                                       {"start", true}}, "");
+    ASSERT_TRUE(r.ok()) << r.error();
+  }
+  EXPECT_TRUE(offers().empty());
+  start();  // the recorder acknowledges what it is given
+  ctl->rollout_tick(now_ms);
+  auto o = offers();
+  ASSERT_EQ(o.size(), 2u);
+  for (const auto& kv : o) EXPECT_EQ(kv.second.size(), 1u);
+  ctl->offer_acks_arrived();
+  start();  // acknowledged now: a second restart sends nothing
+  ctl->rollout_tick(now_ms + 1000);
+  for (const auto& kv : offers()) EXPECT_EQ(kv.second.size(), 1u) << kv.first;
 }
 
 TEST_F(RolloutControllerTest, RetryUsesANewOfferIdAndIgnoresTheOldAttempt) {

@@ -581,15 +581,26 @@ Controller::DepMem* Controller::find_dep(const std::string& id, int* attempt) {
   return &it->second;
 }
 
-bool Controller::publish_offer_attempt(DepMem& d, const std::string& dev, int attempt) {
-  if (d.rollout_id.empty() || attempt <= 1) return publish_offer_to_device(d, dev);
-  auto offer = build_offer(d.image, offer_id(d.rec.id, attempt));
-  if (!offer) {
-    log_error("deployment " + d.rec.id + ": offer to " + dev + ": " + offer.error());
-    return false;
+bool Controller::publish_offer_attempt(DepMem& d, const std::string& dev, int attempt,
+                                       bool tracked) {
+  if (!tracked && (d.rollout_id.empty() || attempt <= 1)) return publish_offer_to_device(d, dev);
+  std::string offer = d.rec.offer;
+  if (attempt > 1) {
+    auto built = build_offer(d.image, offer_id(d.rec.id, attempt));
+    if (!built) {
+      log_error("deployment " + d.rec.id + ": offer to " + dev + ": " + built.error());
+      return false;
+    }
+    offer = *built;
   }
   std::string t = topic_for(static_cast<int>(proto::TopicKind::offer), dev);
-  bool ok = pub_ && pub_->publish(t, offer->data(), offer->size(), 1, false);
+  std::function<void()> acked;
+  if (tracked)
+    acked = [this, dep = d.rec.id, dev, attempt] {
+      std::lock_guard<std::mutex> lock(ack_mu_);
+      offer_acks_.push_back({dep, dev, attempt});
+    };
+  bool ok = pub_ && pub_->publish_acked(t, offer.data(), offer.size(), 1, false, std::move(acked));
   if (!ok) log_warn("deployment " + d.rec.id + ": publish offer to " + dev + " failed");
   return ok;
 }

@@ -36,6 +36,7 @@ Status MqttClient::start() {
   mosquitto_disconnect_callback_set(mosq_, &MqttClient::on_disconnect);
   mosquitto_subscribe_callback_set(mosq_, &MqttClient::on_subscribe);
   mosquitto_message_callback_set(mosq_, &MqttClient::on_message);
+  mosquitto_publish_callback_set(mosq_, &MqttClient::on_publish);
   mosquitto_log_callback_set(mosq_, &MqttClient::on_log);
   mosquitto_reconnect_delay_set(mosq_, 1, 10, true);
   if (!cfg_.ca.empty()) {
@@ -76,6 +77,36 @@ bool MqttClient::publish(const std::string& topic, const void* data, std::size_t
   }
   // MOSQ_ERR_NO_CONN: QoS>0 messages are queued by libmosquitto and sent after reconnect.
   return rc == MOSQ_ERR_SUCCESS || qos > 0;
+}
+
+bool MqttClient::publish_acked(const std::string& topic, const void* data, std::size_t len,
+                               int qos, bool retain, std::function<void()> acked) {
+  if (!mosq_) return false;
+  // Held across the publish so the network thread's on_publish cannot look the id up
+  // before it is recorded.
+  std::lock_guard<std::mutex> lock(ack_mu_);
+  int mid = 0;
+  int rc = mosquitto_publish(mosq_, &mid, topic.c_str(), static_cast<int>(len), data, qos, retain);
+  if (rc != MOSQ_ERR_SUCCESS) {
+    log_warn("mqtt publish " + topic + ": " + mosquitto_strerror(rc));
+    return false;
+  }
+  if (acked) pending_acks_[mid] = std::move(acked);
+  return true;
+}
+
+void MqttClient::on_publish(mosquitto*, void* self, int mid) {
+  auto* c = static_cast<MqttClient*>(self);
+  std::function<void()> cb;
+  {
+    std::lock_guard<std::mutex> lock(c->ack_mu_);
+    auto it = c->pending_acks_.find(mid);
+    if (it == c->pending_acks_.end()) return;
+    cb = std::move(it->second);
+    c->pending_acks_.erase(it);
+  }
+  cb();
+  if (c->ctl_) c->ctl_->offer_acks_arrived();
 }
 
 void MqttClient::on_connect(mosquitto* m, void* self, int rc) {

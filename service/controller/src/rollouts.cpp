@@ -159,6 +159,7 @@ Status Controller::apply_engine(RolloutMem& ro, DepMem* d, std::vector<RolloutRo
       if (r.state == "offered") {
         rec.received = 0;
         rec.bytes_sent = 0;
+        rec.offer_sent = false;  // until the broker acknowledges it
       }
       s = write_row(it->second);
     }
@@ -192,7 +193,7 @@ Status Controller::apply_engine(RolloutMem& ro, DepMem* d, std::vector<RolloutRo
   for (const auto& a : actions) {
     if (!d) break;
     if (a.kind == EngineAction::Kind::offer) {
-      publish_offer_attempt(*d, a.device, a.attempt);
+      publish_offer_attempt(*d, a.device, a.attempt, /*tracked=*/true);
     } else if (a.kind == EngineAction::Kind::cancel) {
       send_cancel_now(a.device, offer_id(d->rec.id, a.attempt), a.detail);
     }
@@ -234,8 +235,60 @@ void Controller::run_engine(RolloutMem& ro, long long now_ms) {
   if (is_terminal_rollout_state(ro.rec.state)) maybe_complete(d.rec.id);
 }
 
+void Controller::offer_acks_arrived() {
+  std::lock_guard<std::mutex> lock(mu_);
+  apply_offer_acks();
+}
+
+void Controller::apply_offer_acks() {
+  std::vector<OfferAck> acks;
+  {
+    std::lock_guard<std::mutex> lock(ack_mu_);
+    acks.swap(offer_acks_);
+  }
+  if (acks.empty()) return;
+  Tx tx(store_);
+  if (!tx.status()) {
+    log_error("offer acks: " + tx.status().error());
+    std::lock_guard<std::mutex> lock(ack_mu_);
+    offer_acks_.insert(offer_acks_.end(), acks.begin(), acks.end());
+    return;
+  }
+  for (const auto& a : acks) {
+    auto d = active_.find(a.dep);
+    if (d == active_.end()) continue;
+    auto r = d->second.rows.find(a.dev);
+    if (r == d->second.rows.end() || r->second.rec.attempt != a.attempt || r->second.rec.offer_sent)
+      continue;
+    r->second.rec.offer_sent = true;
+    Status s = write_row(r->second);
+    if (!s) log_error("offer ack " + a.dep + "/" + a.dev + ": " + s.error());
+  }
+  Status c = tx.commit();
+  if (!c) log_error("offer acks: " + c.error());
+}
+
 void Controller::rollout_tick(long long now_ms) {
   std::lock_guard<std::mutex> lock(mu_);
+  apply_offer_acks();
+  if (resend_unsent_offers_) {
+    // Offers this controller committed before it stopped but the broker never acknowledged
+    // (killed between the commit and the PUBACK): publish them now, once. One the broker
+    // did take but whose PUBACK we lost is sent twice, the same offer id, which the agent
+    // treats as the offer it already has.
+    resend_unsent_offers_ = false;
+    for (auto& kv : active_) {
+      if (kv.second.rollout_id.empty()) continue;
+      for (auto& r : kv.second.rows) {
+        if (r.second.rec.state != "offered" || r.second.rec.offer_sent) continue;
+        event(kv.first, r.first, "offer_republished",
+              "attempt " + std::to_string(r.second.rec.attempt) +
+                  ": the broker had not acknowledged it before the controller stopped",
+              "controller", kv.second.rollout_id);
+        publish_offer_attempt(kv.second, r.first, r.second.rec.attempt, /*tracked=*/true);
+      }
+    }
+  }
   std::vector<std::string> ids;
   for (const auto& kv : rollouts_) ids.push_back(kv.first);
   for (const auto& id : ids) {

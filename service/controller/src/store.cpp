@@ -134,11 +134,13 @@ RowRec read_row(const Q& q) {
   r.defers = static_cast<int>(q.i64(12));
   r.next_at = q.i64(13);
   r.offered_at = q.i64(14);
+  r.offer_sent = q.i64(15) != 0;
   return r;
 }
 const char* const kRowCols =
     "SELECT deployment_id, device_id, state, reason, received, total, bytes_sent, updated_at, "
-    "wave, ord, attempt, extra_attempts, defers, next_at, offered_at FROM deployment_devices ";
+    "wave, ord, attempt, extra_attempts, defers, next_at, offered_at, offer_sent "
+    "FROM deployment_devices ";
 
 RolloutRec read_rollout(const Q& q) {
   RolloutRec r;
@@ -270,6 +272,7 @@ CREATE TABLE deployment_devices (
   defers         INTEGER NOT NULL DEFAULT 0,
   next_at        INTEGER NOT NULL DEFAULT 0,
   offered_at     INTEGER NOT NULL DEFAULT 0,
+  offer_sent     INTEGER NOT NULL DEFAULT 1,
   PRIMARY KEY (deployment_id, device_id)
 );
 CREATE INDEX deployment_devices_device ON deployment_devices(device_id);
@@ -602,17 +605,19 @@ Status Store::upsert_row(const RowRec& r) {
   OTA_PREP(q,
            "INSERT INTO deployment_devices(deployment_id, device_id, state, reason, received, "
            "total, bytes_sent, updated_at, wave, ord, attempt, extra_attempts, defers, next_at, "
-           "offered_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
+           "offered_at, offer_sent) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
            "ON CONFLICT(deployment_id, device_id) DO UPDATE SET state=excluded.state, "
            "reason=excluded.reason, received=excluded.received, total=excluded.total, "
            "bytes_sent=excluded.bytes_sent, updated_at=excluded.updated_at, wave=excluded.wave, "
            "ord=excluded.ord, attempt=excluded.attempt, extra_attempts=excluded.extra_attempts, "
-           "defers=excluded.defers, next_at=excluded.next_at, offered_at=excluded.offered_at");
+           "defers=excluded.defers, next_at=excluded.next_at, offered_at=excluded.offered_at, "
+           "offer_sent=excluded.offer_sent");
   q.bind(1, r.deployment_id).bind(2, r.device_id).bind(3, r.state).bind(4, r.reason);
   q.bind_u64(5, r.received).bind_u64(6, r.total).bind_u64(7, r.bytes_sent).bind(8, r.updated_at);
   q.bind(9, static_cast<long long>(r.wave)).bind(10, static_cast<long long>(r.ord));
   q.bind(11, static_cast<long long>(r.attempt)).bind(12, static_cast<long long>(r.extra_attempts));
   q.bind(13, static_cast<long long>(r.defers)).bind(14, r.next_at).bind(15, r.offered_at);
+  q.bind(16, static_cast<long long>(r.offer_sent ? 1 : 0));
   OTA_DONE(q, "upsert deployment row");
   return {};
 }

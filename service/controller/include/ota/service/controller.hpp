@@ -34,6 +34,14 @@ class Publisher {
                        bool retain) = 0;
   // False while the link is down: rollouts hold new offers instead of losing them.
   virtual bool ready() const { return true; }
+  // As publish(); `acked` runs once the broker acknowledged the message (QoS 1 PUBACK), on
+  // any thread and possibly inside this call: it must not take the caller's locks.
+  virtual bool publish_acked(const std::string& topic, const void* data, std::size_t len, int qos,
+                             bool retain, std::function<void()> acked) {
+    const bool ok = publish(topic, data, len, qos, retain);
+    if (ok && acked) acked();
+    return ok;
+  }
 };
 
 // A set of keys with a capacity: inserting into a full set forgets the oldest key (FIFO).
@@ -134,6 +142,9 @@ class Controller {
   void on_message(const char* topic, const void* payload, std::size_t len, bool retained = false);
   void on_connected();  // after (re)connect+subscribe: re-publish retained group offers
   void tick();          // periodic: flush lazy counters, re-read a changed ACL file
+  // The broker acknowledged tracked offers (publish_acked callbacks ran): persist that now,
+  // so a restart does not send them again. Takes the controller lock: call it outside.
+  void offer_acks_arrived();
 
   // --- queries (JSON as served by the HTTP API)
   Result<nlohmann::json> images_json();
@@ -193,7 +204,9 @@ class Controller {
   // Active deployment for an id as sent by a device ("dep-x" or "dep-x.<attempt>").
   DepMem* find_dep(const std::string& offer_id, int* attempt);
   static std::string offer_id(const std::string& dep_id, int attempt);
-  bool publish_offer_attempt(DepMem& d, const std::string& dev, int attempt);
+  // tracked: the row's offer_sent is set once the broker acknowledged the offer.
+  bool publish_offer_attempt(DepMem& d, const std::string& dev, int attempt, bool tracked = false);
+  void apply_offer_acks();  // must hold mu_
   void send_cancel_now(const std::string& dev, const std::string& offer_id, const std::string& why);
   void note_alive(const std::string& dev);
   // Rollouts, must hold mu_.
@@ -268,6 +281,13 @@ class Controller {
   std::map<std::string, long long> alive_ms_;   // device -> last message (unix ms), unflushed
   std::map<std::string, long long> seen_ms_;    // device -> last message (unix ms)
   std::set<std::string> offline_devs_;          // last will seen, no hello/heartbeat since
+  struct OfferAck {
+    std::string dep, dev;
+    int attempt;
+  };
+  std::mutex ack_mu_;  // the MQTT thread reports acks here without taking mu_
+  std::vector<OfferAck> offer_acks_;
+  bool resend_unsent_offers_ = true;  // once after start: offers committed, never acked
   BoundedKeySet logged_once_{kLogOnceCapacity};                // ignored-message log keys
   std::set<std::string> dirty_seq_;                              // devices: last_seq to persist
   std::map<std::string, long long> last_cancel_ms_;              // device -> last cancel sent

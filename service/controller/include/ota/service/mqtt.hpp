@@ -4,6 +4,8 @@
 
 #include <atomic>
 #include <functional>
+#include <map>
+#include <mutex>
 #include <string>
 
 #include "ota/service/controller.hpp"
@@ -38,6 +40,8 @@ class MqttClient : public Publisher {
 
   bool publish(const std::string& topic, const void* data, std::size_t len, int qos,
                bool retain) override;
+  bool publish_acked(const std::string& topic, const void* data, std::size_t len, int qos,
+                     bool retain, std::function<void()> acked) override;
 
   bool connected() const { return connected_.load(); }
   bool subscribed() const { return subscribed_.load(); }
@@ -50,6 +54,7 @@ class MqttClient : public Publisher {
   static void on_subscribe(mosquitto*, void* self, int mid, int qos_count, const int* granted);
   static void on_message(mosquitto*, void* self, const mosquitto_message* msg);
   static void on_log(mosquitto*, void* self, int level, const char* str);
+  static void on_publish(mosquitto*, void* self, int mid);
 
   MqttConfig cfg_;
   mosquitto* mosq_ = nullptr;
@@ -58,6 +63,8 @@ class MqttClient : public Publisher {
   std::atomic<bool> subscribed_{false};
   std::atomic<bool> started_{false};
   int sub_mid_ = -1;
+  std::mutex ack_mu_;
+  std::map<int, std::function<void()>> pending_acks_;  // message id -> callback
 };
 
 }  // namespace ota::service

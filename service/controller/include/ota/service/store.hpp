@@ -74,6 +74,7 @@ struct RowRec {
   int defers = 0;
   long long next_at = 0;     // unix ms: pending/deferred row not before
   long long offered_at = 0;  // unix ms of the current attempt's offer
+  bool offer_sent = false;   // the broker acknowledged the current attempt's offer
 };
 
 struct RolloutRec {
