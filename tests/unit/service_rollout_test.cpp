@@ -681,6 +681,29 @@ TEST_F(RolloutControllerTest, DeferIsRetriedLaterNotCountedAsFailure) {
   EXPECT_EQ(show(id)["state"], "completed");
 }
 
+TEST_F(RolloutControllerTest, PlainDeploymentDeferralIsShownAndOfferedAgain) {
+  add(bytes_of(5000), "2.0.0");
+  hello("d0", "1.0.0");
+  auto dep = ctl->deploy("2.0.0", "device", "d0");
+  ASSERT_TRUE(dep.ok()) << dep.error();
+  auto d = ev(proto::EventType::defer, 5, dep->id);
+  d.reason = proto::ReasonCode::busy;
+  d.retry_after = 30;
+  event("d0", d);
+  auto j = ctl->deployment_json(dep->id);
+  ASSERT_TRUE(j.ok()) << j.error();
+  EXPECT_EQ((*j)["counts"]["deferred"], 1);
+  EXPECT_EQ((*j)["devices"][0]["state"], "deferred");
+  EXPECT_EQ(offers()["d0"].size(), 1u);
+  now_ms += 29000;
+  ctl->tick();
+  EXPECT_EQ(offers()["d0"].size(), 1u);
+  now_ms += 1000;
+  ctl->tick();
+  EXPECT_EQ(offers()["d0"], (std::vector<std::string>{dep->id, dep->id}));
+  EXPECT_EQ((*ctl->deployment_json(dep->id))["devices"][0]["state"], "offered");
+}
+
 TEST_F(RolloutControllerTest, TagTargetsAndRollbackRefusedBySecurityCounter) {
   ImageParams p;
   p.version = "1.0.0";

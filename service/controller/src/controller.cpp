@@ -1407,15 +1407,15 @@ json Controller::deployment_to_json(const DeploymentRec& d, bool with_rows) {
   }
   auto rows = store_.rows(d.id);
   json counts = json::object();
-  for (const char* s : {"offered", "accepted", "downloading", "verifying", "installing",
-                        "rebooting", "confirming", "succeeded", "failed", "declined",
-                        "cancelled"})
+  for (const char* s : {"pending", "offered", "accepted", "downloading", "verifying",
+                        "installing", "rebooting", "confirming", "deferred", "succeeded",
+                        "failed", "declined", "timed_out", "cancelled"})
     counts[s] = 0;
   std::uint64_t sum_total = 0, sum_recv = 0, sum_sent = 0;
   json jrows = json::array();
   if (rows) {
     for (const auto& r : *rows) {
-      counts[r.state] = counts[r.state].get<long long>() + 1;
+      counts[r.state] = counts.value(r.state, 0LL) + 1;
       const std::uint64_t total = r.total ? r.total : img_size;
       const std::uint64_t recv =
           r.state == "succeeded" ? total : std::min<std::uint64_t>(r.received, total);
