@@ -26,33 +26,11 @@ using ota::test::MqttTestClient;
 using ota::test::Pki;
 using ota::test::TempDir;
 using ota::test::wait_until;
+using ota::test::random_bytes;
+using ota::test::sha256_hex;
+using ota::test::read_file;
 
 const std::string kVersion = "1.1.0";
-
-std::string random_bytes(std::size_t n, unsigned seed) {
-  std::mt19937 rng(seed);
-  std::string s(n, '\0');
-  for (auto& c : s) c = static_cast<char>(rng() & 0xff);
-  return s;
-}
-
-std::string sha256_hex(const std::string& data) {
-  unsigned char d[32];
-  unsigned int n = 0;
-  EVP_Digest(data.data(), data.size(), d, &n, EVP_sha256(), nullptr);
-  static const char* hex = "0123456789abcdef";
-  std::string out;
-  for (unsigned i = 0; i < n; ++i) {
-    out += hex[d[i] >> 4];
-    out += hex[d[i] & 15];
-  }
-  return out;
-}
-
-std::string read_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
 
 bool file_exists(const std::string& path) { return std::ifstream(path).good(); }
 

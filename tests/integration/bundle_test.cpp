@@ -19,11 +19,7 @@ using Child = ota::test::ChildProcess;
 using ota::test::Pki;
 using ota::test::TempDir;
 using ota::test::wait_until;
-
-std::string read_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
+using ota::test::read_file;
 
 bool exists(const std::string& path) {
   struct stat st {};

@@ -32,18 +32,8 @@ using ota::test::MqttTestClient;
 using ota::test::Pki;
 using ota::test::TempDir;
 using ota::test::wait_until;
-
-std::string random_bytes(std::size_t n, unsigned seed) {
-  std::mt19937 rng(seed);
-  std::string s(n, '\0');
-  for (auto& c : s) c = static_cast<char>(rng() & 0xff);
-  return s;
-}
-
-std::string read_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
+using ota::test::random_bytes;
+using ota::test::read_file;
 
 std::string sha256_raw(const std::string& data) {
   unsigned char d[EVP_MAX_MD_SIZE];

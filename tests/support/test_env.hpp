@@ -44,6 +44,13 @@ int free_loopback_port();
 // mkdtemp("/tmp/ota-<tag>-XXXXXX"); throws on failure.
 std::string make_temp_dir(const char* tag);
 
+// Deterministic pseudo-random bytes (an image whose content the test can reproduce).
+std::string random_bytes(std::size_t n, unsigned seed);
+// Lower-case hex SHA-256 of `data`.
+std::string sha256_hex(const std::string& data);
+// The whole file, or "" if it cannot be read.
+std::string read_file(const std::string& path);
+
 // Removes a directory tree (ignores errors).
 void remove_tree(const std::string& path);
 
