@@ -607,7 +607,6 @@ bool Controller::publish_offer_attempt(DepMem& d, const std::string& dev, int at
 
 void Controller::note_alive(const std::string& dev) {
   const long long t = now();
-  alive_ms_[dev] = t;
   seen_ms_[dev] = t;
 }
 
@@ -760,7 +759,18 @@ void Controller::maybe_complete(const std::string& dep_id) {
 
 void Controller::flush_dirty(bool force) {
   const long long now = now_ms();
-  bool any = !dirty_seq_.empty() || !alive_ms_.empty();
+  // last_seen only says "when did we last hear of it" across restarts: written when it moved
+  // by kSeenSaveS, not on every message (the live figure is seen_ms_).
+  constexpr long long kSeenSaveS = 30;
+  std::vector<std::pair<std::string, long long>> seen;
+  for (const auto& kv : seen_ms_) {
+    const long long s = kv.second / 1000;
+    auto saved = saved_seen_.find(kv.first);
+    if (force ? (saved == saved_seen_.end() || saved->second != s)
+              : (saved == saved_seen_.end() || s - saved->second >= kSeenSaveS))
+      seen.emplace_back(kv.first, s);
+  }
+  bool any = !dirty_seq_.empty() || !seen.empty();
   for (auto& dkv : active_)
     for (auto& rkv : dkv.second.rows)
       if (rkv.second.dirty && (force || now - rkv.second.last_flush_ms >= cfg_.flush_interval_ms))
@@ -784,11 +794,11 @@ void Controller::flush_dirty(bool force) {
     if (!s) log_error("flush seq " + dev + ": " + s.error());
   }
   dirty_seq_.clear();
-  for (const auto& kv : alive_ms_) {
-    Status s = store_.set_device_last_seen(kv.first, kv.second / 1000);
+  for (const auto& kv : seen) {
+    Status s = store_.set_device_last_seen(kv.first, kv.second);
     if (!s) log_error("flush last_seen " + kv.first + ": " + s.error());
+    saved_seen_[kv.first] = kv.second;
   }
-  alive_ms_.clear();
   Status c = tx.commit();
   if (!c) log_error("flush: " + c.error());
 }
@@ -883,8 +893,8 @@ void Controller::handle_presence(const std::string& dev, const char* p, std::siz
     return;
   }
   if (pt == proto::PresenceType::offline) {
-    alive_ms_.erase(dev);
     seen_ms_.erase(dev);
+    saved_seen_.erase(dev);
     offline_devs_.insert(dev);
     auto existing = store_.device(dev);
     if (existing && *existing) {
@@ -1511,16 +1521,22 @@ Result<json> Controller::devices_json(const DeviceFilter& f, const std::string& 
   return out;
 }
 
+bool Controller::is_online(const DeviceRec& d, long long now_ms, long long* last_ms) const {
+  auto seen = seen_ms_.find(d.id);
+  const long long last = std::max(d.last_seen * 1000, seen == seen_ms_.end() ? 0 : seen->second);
+  if (last_ms) *last_ms = last;
+  return d.online &&
+         (cfg_.heartbeat_timeout_s <= 0 || now_ms - last <= cfg_.heartbeat_timeout_s * 1000);
+}
+
 json Controller::device_view(const DeviceRec& d,
                              const std::map<std::string, std::map<std::string, std::string>>* tags) {
   json j = to_json(d);
   const long long t = now();
-  auto seen = seen_ms_.find(d.id);
-  const long long last = std::max(d.last_seen * 1000, seen == seen_ms_.end() ? 0 : seen->second);
+  long long last = 0;
+  j["online"] = is_online(d, t, &last);
   j["last_seen"] = last / 1000;
   j["heartbeat_age"] = last ? json(std::max(0LL, (t - last) / 1000)) : json();
-  j["online"] = d.online &&
-                (cfg_.heartbeat_timeout_s <= 0 || t - last <= cfg_.heartbeat_timeout_s * 1000);
   // "groups" is what the device claims; with an ACL file, membership is what the broker grants.
   j["member_of"] = acl_enabled_ ? json(acl_.groups_of(d.id)) : j["groups"];
   json jt = json::object();

@@ -949,11 +949,7 @@ std::string Controller::metrics_text() {
       }
   if (devs) {
     for (const auto& d : *devs) {
-      auto seen = seen_ms_.find(d.id);
-      const long long last = std::max(d.last_seen * 1000, seen == seen_ms_.end() ? 0 : seen->second);
-      const bool on = d.online && (cfg_.heartbeat_timeout_s <= 0 ||
-                                   t - last <= cfg_.heartbeat_timeout_s * 1000);
-      (on ? online : offline)++;
+      (is_online(d, t, nullptr) ? online : offline)++;
       by_version[d.version.empty() ? "unknown" : d.version]++;
       auto st = dev_state.find(d.id);
       by_state[st == dev_state.end() ? "idle" : st->second]++;

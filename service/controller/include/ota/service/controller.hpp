@@ -278,8 +278,11 @@ class Controller {
   std::map<std::string, std::string> dev_version_;              // device -> running version
   std::map<std::string, std::shared_ptr<ImageFile>> files_;     // image id -> open file
   std::map<std::string, RolloutMem> rollouts_;                  // live rollouts by id
-  std::map<std::string, long long> alive_ms_;   // device -> last message (unix ms), unflushed
-  std::map<std::string, long long> seen_ms_;    // device -> last message (unix ms)
+  std::map<std::string, long long> seen_ms_;     // device -> last message (unix ms)
+  std::map<std::string, long long> saved_seen_; // device -> last_seen (s) last written
+  // Liveness: the broker's last will (d.online) and the age of the last message we heard.
+  // Sets *last_ms to that message's time. Must hold mu_.
+  bool is_online(const DeviceRec& d, long long now_ms, long long* last_ms) const;
   std::set<std::string> offline_devs_;          // last will seen, no hello/heartbeat since
   struct OfferAck {
     std::string dep, dev;
