@@ -6,6 +6,8 @@
 #include <iterator>
 #include <filesystem>
 #include <fstream>
+#include <random>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -14,6 +16,7 @@
 #include "ota/agent/linux/atomic_file.hpp"
 #include "ota/agent/linux/file_flash.hpp"
 #include "ota/agent/linux/file_storage.hpp"
+#include "ota/agent/linux/mosquitto_transport.hpp"
 #include "ota/agent/linux/openssl_crypto.hpp"
 #include "ota/proto/frame.hpp"
 #include "signer.hpp"
@@ -438,6 +441,68 @@ TEST(OpensslCryptoTest, AddTrustedKeyErrors) {
   error.clear();
   EXPECT_TRUE(c.add_trusted_key_pem(junk, error).empty());
   EXPECT_FALSE(error.empty());
+}
+
+// ------------------------------------------------------------ reconnect back-off
+
+using std::chrono::milliseconds;
+using linux_port::reconnect_delay;
+using linux_port::reconnect_delay_ceiling;
+
+TEST(ReconnectBackoffTest, CeilingDoublesFromBaseUpToTheCap) {
+  const milliseconds base(200), cap(5000);
+  EXPECT_EQ(reconnect_delay_ceiling(0, base, cap), milliseconds(200));
+  EXPECT_EQ(reconnect_delay_ceiling(1, base, cap), milliseconds(400));
+  EXPECT_EQ(reconnect_delay_ceiling(4, base, cap), milliseconds(3200));
+  EXPECT_EQ(reconnect_delay_ceiling(5, base, cap), cap);
+  // A device that has been failing for days must neither overflow nor spin.
+  EXPECT_EQ(reconnect_delay_ceiling(0xffffffffu, base, cap), cap);
+  EXPECT_EQ(reconnect_delay_ceiling(3, milliseconds(9000), cap), cap);  // base above the cap
+  EXPECT_EQ(reconnect_delay_ceiling(7, milliseconds(0), cap), milliseconds(0));
+}
+
+TEST(ReconnectBackoffTest, DelaysStayWithinZeroAndTheCeiling) {
+  const milliseconds base(200), cap(5000);
+  std::mt19937_64 rng(7);
+  for (std::uint32_t n = 0; n < 40; ++n) {
+    const milliseconds ceiling = reconnect_delay_ceiling(n, base, cap);
+    for (int i = 0; i < 500; ++i) {
+      const milliseconds d = reconnect_delay(n, base, cap, rng());
+      ASSERT_GE(d, milliseconds(0)) << "attempt " << n;
+      ASSERT_LE(d, ceiling) << "attempt " << n;
+    }
+    // Both ends of the interval are reachable ("full" jitter, not base plus a little noise).
+    EXPECT_EQ(reconnect_delay(n, base, cap, 0), milliseconds(0));
+    EXPECT_EQ(reconnect_delay(n, base, cap, static_cast<std::uint64_t>(ceiling.count())), ceiling);
+  }
+}
+
+// Twenty devices that lost the broker at the same instant and failed the same number of
+// attempts must not retry at the same moment: each seeds its own random source.
+TEST(ReconnectBackoffTest, DevicesWithDifferentSeedsSpreadOverTheWholeInterval) {
+  const milliseconds base(200), cap(5000);
+  for (std::uint32_t n : {0u, 3u, 6u}) {
+    const milliseconds ceiling = reconnect_delay_ceiling(n, base, cap);
+    std::set<long long> distinct;
+    milliseconds lowest = ceiling, highest(0);
+    for (std::uint64_t device = 1; device <= 20; ++device) {
+      std::mt19937_64 rng(device);
+      const milliseconds d = reconnect_delay(n, base, cap, rng());
+      distinct.insert(d.count());
+      lowest = std::min(lowest, d);
+      highest = std::max(highest, d);
+    }
+    EXPECT_GE(distinct.size(), 15u) << "attempt " << n;
+    EXPECT_GE((highest - lowest).count(), ceiling.count() / 2) << "attempt " << n;
+  }
+  // Over many draws the mean sits in the middle of [0, ceiling] (uniform, not skewed).
+  std::mt19937_64 rng(42);
+  double sum = 0;
+  const int draws = 20000;
+  for (int i = 0; i < draws; ++i) {
+    sum += static_cast<double>(reconnect_delay(9, base, cap, rng()).count());
+  }
+  EXPECT_NEAR(sum / draws, 2500.0, 100.0);
 }
 
 }  // namespace

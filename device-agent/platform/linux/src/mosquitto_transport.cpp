@@ -3,19 +3,52 @@
 #include <mosquitto.h>
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <mutex>
 #include <thread>
 
 namespace ota::agent::linux_port {
 
-MosquittoTransport::MosquittoTransport(MqttSettings settings) : settings_(std::move(settings)) {
+std::chrono::milliseconds reconnect_delay_ceiling(std::uint32_t failed_attempts,
+                                                  std::chrono::milliseconds base,
+                                                  std::chrono::milliseconds cap) {
+  using std::chrono::milliseconds;
+  if (cap <= milliseconds::zero() || base <= milliseconds::zero()) return milliseconds::zero();
+  milliseconds ceiling = base;
+  // Doubling stops at the cap, so neither the shift nor the count can overflow.
+  for (std::uint32_t i = 0; i < failed_attempts && ceiling < cap; ++i) ceiling *= 2;
+  return std::min(ceiling, cap);
+}
+
+std::chrono::milliseconds reconnect_delay(std::uint32_t failed_attempts,
+                                          std::chrono::milliseconds base,
+                                          std::chrono::milliseconds cap, std::uint64_t random) {
+  const auto ceiling =
+      static_cast<std::uint64_t>(reconnect_delay_ceiling(failed_attempts, base, cap).count());
+  // The modulo bias is below 2^-40 for any ceiling a device would use.
+  const std::uint64_t delay = random % (ceiling + 1);
+  return std::chrono::milliseconds(static_cast<std::chrono::milliseconds::rep>(delay));
+}
+
+namespace {
+
+std::uint64_t jitter_seed(std::uint64_t configured) {
+  if (configured != 0) return configured;
+  std::random_device entropy;
+  return (static_cast<std::uint64_t>(entropy()) << 32) ^ entropy();
+}
+
+}  // namespace
+
+MosquittoTransport::MosquittoTransport(MqttSettings settings)
+    : settings_(std::move(settings)), jitter_rng_(jitter_seed(settings_.jitter_seed)) {
   static std::once_flag init_once;
   std::call_once(init_once, [] { mosquitto_lib_init(); });
 }
 
 MosquittoTransport::~MosquittoTransport() {
   if (mosq_ != nullptr) {
-    if (!link_down_) mosquitto_disconnect(mosq_);
+    if (link_ != Link::down) mosquitto_disconnect(mosq_);
     mosquitto_destroy(mosq_);
   }
 }
@@ -52,42 +85,61 @@ bool MosquittoTransport::start(std::string& error) {
   }
   mosquitto_connect_callback_set(mosq_, &on_connect_cb);
   mosquitto_disconnect_callback_set(mosq_, &on_disconnect_cb);
+  mosquitto_publish_callback_set(mosq_, &on_publish_cb);
   mosquitto_message_callback_set(mosq_, &on_message_cb);
   try_connect();
   return true;
 }
 
 void MosquittoTransport::try_connect() {
-  const auto now = std::chrono::steady_clock::now();
-  if (now < next_attempt_) return;
   const int rc = ever_connected_ ? mosquitto_reconnect(mosq_)
                                  : mosquitto_connect(mosq_, settings_.host.c_str(), settings_.port,
                                                      settings_.keepalive_s);
-  if (rc == MOSQ_ERR_SUCCESS) {
-    ever_connected_ = true;
-    link_down_ = false;
-    backoff_ = std::chrono::milliseconds(100);
-  } else {
-    next_attempt_ = now + backoff_;
-    if (backoff_ < std::chrono::milliseconds(2000)) backoff_ *= 2;
+  if (rc != MOSQ_ERR_SUCCESS) {
+    ++failed_attempts_;
+    schedule_next_attempt();
+    return;
   }
+  // Only TCP is up and CONNECT queued: the TLS handshake and the broker's answer are still to
+  // come, so this is not yet a success (a broker that is starting up accepts TCP and then
+  // drops or ignores us). on_connect_cb() decides.
+  ever_connected_ = true;
+  link_ = Link::awaiting_connack;
+  connack_deadline_ = std::chrono::steady_clock::now() + settings_.connack_timeout;
+}
+
+void MosquittoTransport::schedule_next_attempt() {
+  next_attempt_ = std::chrono::steady_clock::now() +
+                  reconnect_delay(failed_attempts_, settings_.reconnect_base,
+                                  settings_.reconnect_cap, jitter_rng_());
+}
+
+void MosquittoTransport::link_lost() {
+  // Losing a connection the broker had accepted is not a failed attempt: the first reconnect
+  // waits at most reconnect_base. Losing one it never accepted is.
+  if (link_ != Link::up) ++failed_attempts_;
+  link_ = Link::down;
+  connected_ = false;
+  schedule_next_attempt();
 }
 
 void MosquittoTransport::poll(int timeout_ms) {
   if (mosq_ == nullptr) return;
-  if (link_down_) {
-    try_connect();
-    if (link_down_) {
+  if (link_ == Link::down) {
+    if (std::chrono::steady_clock::now() >= next_attempt_) try_connect();
+    if (link_ == Link::down) {
       // Pace the caller's loop while there is no socket to wait on.
       std::this_thread::sleep_for(std::chrono::milliseconds(timeout_ms));
       return;
     }
   }
-  if (mosquitto_loop(mosq_, timeout_ms, 1) != MOSQ_ERR_SUCCESS) {
-    connected_ = false;
-    link_down_ = true;  // reconnect after one back-off period, not on every poll
-    next_attempt_ = std::chrono::steady_clock::now() + backoff_;
+  if (link_ == Link::awaiting_connack && std::chrono::steady_clock::now() >= connack_deadline_) {
+    // Abandoned without touching the socket: mosquitto_reconnect() closes it at the next
+    // attempt (shutting it down here would make that close write to a dead socket).
+    link_lost();
+    return;
   }
+  if (mosquitto_loop(mosq_, timeout_ms, 1) != MOSQ_ERR_SUCCESS) link_lost();
 }
 
 void MosquittoTransport::drop() {
@@ -96,11 +148,38 @@ void MosquittoTransport::drop() {
   connected_ = false;
 }
 
+void MosquittoTransport::publish_offline_and_wait() {
+  offline_acked_ = false;
+  int mid = -1;
+  if (mosquitto_publish(mosq_, &mid, settings_.will_topic.c_str(),
+                        static_cast<int>(settings_.will_payload.size()),
+                        settings_.will_payload.data(), 1, true) != MOSQ_ERR_SUCCESS) {
+    return;
+  }
+  offline_mid_ = mid;
+  // The PUBACK proves the broker stored the retained offline message; the DISCONNECT that
+  // follows must not overtake it. If the link dies meanwhile the last will says the same.
+  // Messages arriving meanwhile still reach the agent, as in any poll().
+  const auto deadline = std::chrono::steady_clock::now() + settings_.offline_ack_timeout;
+  while (!offline_acked_) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        deadline - std::chrono::steady_clock::now());
+    if (left <= std::chrono::milliseconds::zero()) break;
+    const auto wait = std::min(left, std::chrono::milliseconds(100));
+    if (mosquitto_loop(mosq_, static_cast<int>(wait.count()), 1) != MOSQ_ERR_SUCCESS) break;
+  }
+  offline_mid_ = -1;
+}
+
 void MosquittoTransport::stop() {
   if (mosq_ != nullptr && connected_) {
+    if (!settings_.will_topic.empty()) publish_offline_and_wait();
     mosquitto_disconnect(mosq_);
     mosquitto_loop(mosq_, 100, 1);
   }
+  // An attempt still waiting for its CONNACK is just closed (by the destructor): if the broker
+  // did accept it, its last will marks the device offline.
+  link_ = Link::down;
   connected_ = false;
 }
 
@@ -117,14 +196,23 @@ bool MosquittoTransport::publish(const char* topic, const void* payload, std::si
 
 void MosquittoTransport::on_connect_cb(mosquitto*, void* self, int rc) {
   auto* t = static_cast<MosquittoTransport*>(self);
-  if (rc != 0) return;  // refused (bad certificate, ACL): poll() retries with back-off
+  // Refused (bad certificate, ACL): mosquitto_loop() fails next and poll() counts a failed
+  // attempt.
+  if (rc != 0) return;
+  t->link_ = Link::up;
   t->connected_ = true;
+  t->failed_attempts_ = 0;  // the only place the back-off starts over
   ++t->connects_;
   if (t->on_connect_) t->on_connect_();
 }
 
 void MosquittoTransport::on_disconnect_cb(mosquitto*, void* self, int) {
   static_cast<MosquittoTransport*>(self)->connected_ = false;
+}
+
+void MosquittoTransport::on_publish_cb(mosquitto*, void* self, int mid) {
+  auto* t = static_cast<MosquittoTransport*>(self);
+  if (t->offline_mid_ >= 0 && mid == t->offline_mid_) t->offline_acked_ = true;
 }
 
 void MosquittoTransport::on_message_cb(mosquitto*, void* self, const mosquitto_message* msg) {

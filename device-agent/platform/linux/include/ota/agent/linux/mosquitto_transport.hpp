@@ -3,6 +3,7 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <random>
 #include <string>
 
 #include "ota/agent/ports.hpp"
@@ -19,7 +20,29 @@ struct MqttSettings {
   std::string client_id;
   int keepalive_s = 20;
   std::string will_topic, will_payload;  // last will, published retained at QoS 1
+  // Reconnect back-off with full jitter: after n failed attempts in a row the next one
+  // waits a uniform random time in [0, min(reconnect_cap, reconnect_base * 2^n)], so a fleet
+  // that lost its broker at the same instant does not come back in lock-step. Only a CONNACK
+  // that accepts the connection resets n.
+  std::chrono::milliseconds reconnect_base{200};
+  std::chrono::milliseconds reconnect_cap{5000};
+  // A socket whose CONNACK has not arrived after this long counts as a failed attempt (a
+  // broker that accepts TCP but is too busy or half-started to answer).
+  std::chrono::milliseconds connack_timeout{10000};
+  // stop(): how long to wait for the broker's PUBACK of the offline message.
+  std::chrono::milliseconds offline_ack_timeout{1000};
+  std::uint64_t jitter_seed = 0;  // 0: seeded from std::random_device (tests pin it)
 };
+
+// The longest reconnect delay after `failed_attempts` failures in a row: base * 2^n, capped.
+std::chrono::milliseconds reconnect_delay_ceiling(std::uint32_t failed_attempts,
+                                                  std::chrono::milliseconds base,
+                                                  std::chrono::milliseconds cap);
+// Full jitter: `random` (a uniformly distributed 64-bit value) mapped onto
+// [0, reconnect_delay_ceiling(failed_attempts, base, cap)].
+std::chrono::milliseconds reconnect_delay(std::uint32_t failed_attempts,
+                                          std::chrono::milliseconds base,
+                                          std::chrono::milliseconds cap, std::uint64_t random);
 
 // Transport port on libmosquitto with TLS. Single-threaded: poll() runs the network loop
 // and calls the handlers on the caller's thread, so the agent needs no locks.
@@ -41,7 +64,11 @@ class MosquittoTransport final : public Transport {
   void poll(int timeout_ms);
   // Cuts the TCP connection without a DISCONNECT (the broker publishes the last will).
   void drop();
-  // Clean DISCONNECT and a final flush.
+  // Clean shutdown: when connected, publishes the offline message (will_payload, retained,
+  // QoS 1) on the will topic and waits up to offline_ack_timeout for its PUBACK, then sends
+  // DISCONNECT. A DISCONNECT discards the last will, so without the explicit offline message
+  // the retained hello would keep the device "online" until the controller's heartbeat
+  // timeout.
   void stop();
 
   bool connected() const override { return connected_; }
@@ -50,21 +77,33 @@ class MosquittoTransport final : public Transport {
                bool retain) override;
 
   std::uint64_t connects() const { return connects_; }
+  // Connection attempts that failed since the broker last accepted one (diagnostics, tests).
+  std::uint32_t failed_attempts() const { return failed_attempts_; }
 
  private:
+  enum class Link { down, awaiting_connack, up };
+
   static void on_connect_cb(mosquitto*, void* self, int rc);
   static void on_disconnect_cb(mosquitto*, void* self, int rc);
+  static void on_publish_cb(mosquitto*, void* self, int mid);
   static void on_message_cb(mosquitto*, void* self, const mosquitto_message* msg);
   void try_connect();
+  void link_lost();
+  void schedule_next_attempt();
+  void publish_offline_and_wait();
 
   MqttSettings settings_;
   mosquitto* mosq_ = nullptr;
+  Link link_ = Link::down;
   bool connected_ = false;
-  bool link_down_ = true;        // no usable socket: poll() reconnects after the back-off
   bool ever_connected_ = false;  // mosquitto_reconnect() needs one mosquitto_connect() first
   std::uint64_t connects_ = 0;
+  std::uint32_t failed_attempts_ = 0;
   std::chrono::steady_clock::time_point next_attempt_{};
-  std::chrono::milliseconds backoff_{100};
+  std::chrono::steady_clock::time_point connack_deadline_{};
+  std::mt19937_64 jitter_rng_;
+  int offline_mid_ = -1;  // message id of the offline message stop() waits for
+  bool offline_acked_ = false;
   ConnectHandler on_connect_;
   MessageHandler on_message_;
 };

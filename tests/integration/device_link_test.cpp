@@ -1,0 +1,489 @@
+// The device's MQTT link on a real mosquitto (broker-config/), with the real ota-controller,
+// ota-devsim and ota-agent processes:
+//  - a device stopped with SIGTERM publishes its retained offline message before its
+//    DISCONNECT, so the controller shows it offline at once (not after the heartbeat timeout);
+//  - the reconnect back-off starts over only when the broker accepted (CONNACK), not when a
+//    socket opened, and a socket that never gets a CONNACK counts as a failed attempt;
+//  - a fleet that lost its broker comes back spread out (full jitter), not in one burst.
+#include <arpa/inet.h>
+#include <gtest/gtest.h>
+#include <httplib.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <thread>
+
+#include "ota/agent/linux/mosquitto_transport.hpp"
+#include "ota/proto/messages.hpp"
+#include "test_env.hpp"
+
+namespace {
+
+using namespace std::chrono_literals;
+using json = nlohmann::json;
+using ota::agent::linux_port::MosquittoTransport;
+using ota::agent::linux_port::MqttSettings;
+using ota::test::Broker;
+using Child = ota::test::ChildProcess;
+using ota::test::MqttTestClient;
+using ota::test::Pki;
+using ota::test::TempDir;
+using ota::test::wait_until;
+using SteadyClock = std::chrono::steady_clock;
+
+constexpr int kFleetSize = 20;
+
+const std::string kDevTopics = "ota/v1/dev/";
+const std::string kPresenceSuffix = "/up/presence";
+
+std::string presence_topic(const std::string& id) {
+  return kDevTopics + id + kPresenceSuffix;
+}
+
+// The device id in ota/v1/dev/ID/up/presence.
+std::string device_of(const std::string& presence) {
+  return presence.substr(kDevTopics.size(),
+                         presence.size() - kDevTopics.size() - kPresenceSuffix.size());
+}
+
+std::vector<std::string> numbered_ids(const std::string& prefix, int count) {
+  std::vector<std::string> ids;
+  for (int i = 1; i <= count; ++i) {
+    char id[64];
+    std::snprintf(id, sizeof id, "%s-%03d", prefix.c_str(), i);
+    ids.emplace_back(id);
+  }
+  return ids;
+}
+
+bool is_offline_payload(const std::string& payload) {
+  ota::proto::PresenceType type{};
+  return !ota::proto::decode_presence_type(payload.data(), payload.size(), type) &&
+         type == ota::proto::PresenceType::offline;
+}
+
+long long ms_between(SteadyClock::time_point from, SteadyClock::time_point to) {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(to - from).count();
+}
+
+// A TCP listener that completes the TCP handshake (the kernel does, from the backlog) and then
+// never says a word: no TLS ServerHello, no CONNACK. What a device sees from a broker that is
+// half started or overloaded.
+class SilentListener {
+ public:
+  SilentListener() {
+    fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    addr.sin_port = 0;
+    socklen_t len = sizeof addr;
+    if (fd_ < 0 || ::bind(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 ||
+        ::listen(fd_, 16) != 0 ||
+        ::getsockname(fd_, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
+      throw std::runtime_error("silent listener: cannot listen on loopback");
+    }
+    port_ = ntohs(addr.sin_port);
+  }
+  ~SilentListener() {
+    for (int fd : accepted_) ::close(fd);
+    if (fd_ >= 0) ::close(fd_);
+  }
+  SilentListener(const SilentListener&) = delete;
+  SilentListener& operator=(const SilentListener&) = delete;
+
+  int port() const { return port_; }
+  // Takes every pending connection (and keeps it open, silent); returns how many so far.
+  std::size_t accept_pending() {
+    for (;;) {
+      const int fd = ::accept4(fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+      if (fd < 0) break;
+      accepted_.push_back(fd);
+    }
+    return accepted_.size();
+  }
+
+ private:
+  int fd_ = -1;
+  int port_ = 0;
+  std::vector<int> accepted_;
+};
+
+class DeviceLink : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = new TempDir("device-link");
+    std::vector<ota::test::DeviceSpec> specs;
+    for (const auto& id : numbered_ids("term", 5)) specs.push_back({id, {}});
+    for (const auto& id : numbered_ids("fleet", kFleetSize)) specs.push_back({id, {}});
+    specs.push_back({"agent-001", {}});
+    specs.push_back({"link-001", {}});
+    pki_ = new Pki(ota::test::make_pki(dir_->path() + "/pki", specs));
+  }
+
+  static void TearDownTestSuite() {
+    delete pki_;
+    delete dir_;
+    pki_ = nullptr;
+    dir_ = nullptr;
+  }
+
+  void TearDown() override {
+    devices_.clear();
+    const bool failed = HasFailure();
+    controller_.reset();
+    if (failed) {
+      std::fprintf(stderr, "--- controller log tail ---\n%s\n",
+                   tail(ota::test::read_file(work_dir() + "/controller.log")).c_str());
+      std::fprintf(stderr, "--- device log tail ---\n%s\n",
+                   tail(ota::test::read_file(device_log())).c_str());
+      if (broker_)
+        std::fprintf(stderr, "--- broker log tail ---\n%s\n", broker_->log_tail().c_str());
+    }
+    broker_.reset();
+  }
+
+  static std::string tail(const std::string& s) {
+    return s.size() > 4000 ? s.substr(s.size() - 4000) : s;
+  }
+
+  std::string test_name() const {
+    return ::testing::UnitTest::GetInstance()->current_test_info()->name();
+  }
+  std::string work_dir() const { return dir_->path() + "/" + test_name(); }
+  std::string device_log() const { return work_dir() + "/devices.log"; }
+
+  void start_broker() {
+    ::mkdir(work_dir().c_str(), 0700);
+    broker_ = std::make_unique<Broker>(*pki_);
+  }
+
+  // Broker plus ota-controller (with the broker's ACL file), up and answering.
+  void start_stack() {
+    start_broker();
+    http_port_ = ota::test::free_loopback_port();
+    controller_ = std::make_unique<Child>(
+        std::vector<std::string>{
+            OTA_CONTROLLER_BIN, "--broker-port", std::to_string(broker_->port()), "--ca",
+            pki_->ca_cert(), "--cert", pki_->controller_cert(), "--key", pki_->controller_key(),
+            "--db", work_dir() + "/ctl.db", "--store", work_dir() + "/images", "--signing-key",
+            pki_->release_key(), "--http", "127.0.0.1:" + std::to_string(http_port_), "--acl-file",
+            pki_->acl_path()},
+        work_dir() + "/controller.log");
+    ASSERT_TRUE(wait_until(
+        [&] {
+          auto r = client(false).Get("/api/v1/health");
+          return r && r->status == 200;
+        },
+        15s))
+        << "controller did not come up";
+    std::ifstream tf(work_dir() + "/ctl.db.token");
+    std::getline(tf, token_);
+    ASSERT_EQ(token_.size(), 64u) << "no API token";
+  }
+
+  httplib::Client client(bool with_token = true) const {
+    httplib::Client c("127.0.0.1", http_port_);
+    c.set_connection_timeout(2);
+    c.set_read_timeout(10);
+    if (with_token && !token_.empty()) c.set_bearer_token_auth(token_);
+    return c;
+  }
+
+  // The controller's liveness view of the device ("online" of GET /api/v1/devices/ID);
+  // nullopt while the device is unknown or the controller does not answer.
+  std::optional<bool> online(const std::string& id) const {
+    auto r = client().Get(("/api/v1/devices/" + id).c_str());
+    if (!r || r->status != 200) return std::nullopt;
+    const json j = json::parse(r->body, nullptr, false);
+    if (!j.is_object() || !j.contains("online") || !j["online"].is_boolean()) return std::nullopt;
+    return j["online"].get<bool>();
+  }
+
+  bool all_show(const std::vector<std::string>& ids, bool want_online) const {
+    for (const auto& id : ids) {
+      if (online(id) != want_online) return false;
+    }
+    return true;
+  }
+
+  Child& start_devsim(const std::string& prefix, int count) {
+    devices_.push_back(std::make_unique<Child>(
+        std::vector<std::string>{OTA_DEVSIM_BIN, "--count", std::to_string(count), "--id-prefix",
+                                 prefix, "--pki", pki_->dir, "--data", work_dir() + "/fleet",
+                                 "--port", std::to_string(broker_->port()), "--hw", "board-x",
+                                 "--no-fsync"},
+        device_log()));
+    return *devices_.back();
+  }
+
+  Child& start_agent(const std::string& id) {
+    devices_.push_back(std::make_unique<Child>(
+        std::vector<std::string>{OTA_AGENT_BIN, "--device-id", id, "--hw", "board-x", "--data",
+                                 work_dir() + "/" + id, "--port", std::to_string(broker_->port()),
+                                 "--ca", pki_->ca_cert(), "--cert", pki_->device_cert(id), "--key",
+                                 pki_->device_key(id), "--trusted-key", pki_->release_pub()},
+        device_log()));
+    return *devices_.back();
+  }
+
+  // Stops `devices` (SIGTERM, reaped) once the controller shows every one of `ids` online,
+  // and checks that the controller shows them offline within 2 s of the signal, and that the
+  // presence topic the broker keeps for each is the offline message (not the hello).
+  void expect_offline_within_2s_of_sigterm(Child& devices, const std::vector<std::string>& ids) {
+    ASSERT_TRUE(wait_until([&] { return all_show(ids, true); }, 30s))
+        << "devices did not come online";
+    const auto signalled = SteadyClock::now();
+    devices.stop();
+    const auto exited = SteadyClock::now();
+    const bool offline = wait_until([&] { return all_show(ids, false); }, 10s);
+    const long long to_offline_ms = ms_between(signalled, SteadyClock::now());
+    std::printf(
+        "[ measured ] %zu device(s): SIGTERM -> process exited %lld ms, -> all shown "
+        "offline by the controller %lld ms%s\n",
+        ids.size(), ms_between(signalled, exited), to_offline_ms,
+        offline ? "" : " (NOT reached within 10 s)");
+    EXPECT_TRUE(offline) << "the controller still shows a stopped device online";
+    EXPECT_LE(to_offline_ms, 2000) << "SIGTERM -> offline took longer than 2 s";
+
+    // What a controller that (re)subscribes now would learn: the retained presence message.
+    MqttTestClient observer(ota::test::ClientOptions::controller(*pki_, broker_->port()));
+    ASSERT_TRUE(observer.connect().ok());
+    ASSERT_EQ(observer.subscribe("ota/v1/dev/+/up/presence", 1), 1);
+    for (const auto& id : ids) {
+      auto m = observer.wait_for_message(
+          [&](const ota::test::Message& msg) { return msg.topic == presence_topic(id); }, 5s);
+      ASSERT_TRUE(m.has_value()) << id << ": no retained presence message";
+      EXPECT_TRUE(m->retain) << id;
+      EXPECT_TRUE(is_offline_payload(m->payload))
+          << id << ": retained presence is not the offline message: " << m->payload;
+    }
+  }
+
+  MqttSettings link_settings(int port) const {
+    MqttSettings s;
+    s.port = port;
+    s.ca_file = pki_->ca_cert();
+    s.cert_file = pki_->device_cert("link-001");
+    s.key_file = pki_->device_key("link-001");
+    s.client_id = "link-001";
+    s.will_topic = presence_topic("link-001");
+    s.will_payload = R"({"v":1,"type":"offline"})";
+    s.jitter_seed = 1;  // reproducible delays
+    return s;
+  }
+
+  static TempDir* dir_;
+  static Pki* pki_;
+  std::unique_ptr<Broker> broker_;
+  std::unique_ptr<Child> controller_;
+  std::vector<std::unique_ptr<Child>> devices_;
+  int http_port_ = 0;
+  std::string token_;
+};
+
+TempDir* DeviceLink::dir_ = nullptr;
+Pki* DeviceLink::pki_ = nullptr;
+
+// ------------------------------------------------------------------ clean stop
+
+TEST_F(DeviceLink, DevsimStoppedWithSigtermShowsOfflineWithin2s) {
+  ASSERT_NO_FATAL_FAILURE(start_stack());
+  Child& fleet = start_devsim("term", 5);
+  expect_offline_within_2s_of_sigterm(fleet, numbered_ids("term", 5));
+}
+
+TEST_F(DeviceLink, AgentStoppedWithSigtermShowsOfflineWithin2s) {
+  ASSERT_NO_FATAL_FAILURE(start_stack());
+  Child& agent = start_agent("agent-001");
+  expect_offline_within_2s_of_sigterm(agent, {"agent-001"});
+}
+
+// The transport alone: stop() leaves the offline message retained although its DISCONNECT
+// suppresses the last will.
+TEST_F(DeviceLink, TransportStopReplacesRetainedHelloWithOffline) {
+  start_broker();
+  MosquittoTransport link(link_settings(broker_->port()));
+  std::string error;
+  ASSERT_TRUE(link.start(error)) << error;
+  ASSERT_TRUE(wait_until(
+      [&] {
+        link.poll(10);
+        return link.connected();
+      },
+      10s, 0ms));
+  const std::string hello = R"({"v":1,"type":"hello","note":"stands for the device's hello"})";
+  ASSERT_TRUE(
+      link.publish(presence_topic("link-001").c_str(), hello.data(), hello.size(), 1, true));
+  {
+    MqttTestClient observer(ota::test::ClientOptions::controller(*pki_, broker_->port()));
+    ASSERT_TRUE(observer.connect().ok());
+    ASSERT_EQ(observer.subscribe(presence_topic("link-001"), 1), 1);
+    ASSERT_TRUE(wait_until(
+        [&] {
+          link.poll(10);
+          auto msgs = observer.messages();
+          return !msgs.empty() && msgs.back().payload == hello;
+        },
+        5s, 0ms))
+        << "the hello did not reach the broker";
+  }
+  const auto before = SteadyClock::now();
+  link.stop();
+  const long long stop_ms = ms_between(before, SteadyClock::now());
+  std::printf("[ measured ] MosquittoTransport::stop() took %lld ms\n", stop_ms);
+  EXPECT_LT(stop_ms, 1000) << "stop() ran into its PUBACK deadline";
+  EXPECT_FALSE(link.connected());
+
+  MqttTestClient observer(ota::test::ClientOptions::controller(*pki_, broker_->port()));
+  ASSERT_TRUE(observer.connect().ok());
+  ASSERT_EQ(observer.subscribe(presence_topic("link-001"), 1), 1);
+  auto m = observer.wait_for_topic(presence_topic("link-001"), 5s);
+  ASSERT_TRUE(m.has_value()) << "no retained presence message";
+  EXPECT_TRUE(m->retain);
+  EXPECT_TRUE(is_offline_payload(m->payload)) << m->payload;
+}
+
+// ------------------------------------------------------------------ back-off
+
+// A broker that accepts TCP but never answers: every attempt must be abandoned after
+// connack_timeout and counted as failed, and a socket that opened must not reset the count.
+TEST_F(DeviceLink, SocketWithoutConnackIsAFailedAttemptAndDoesNotResetBackoff) {
+  SilentListener silent;
+  MqttSettings s = link_settings(silent.port());
+  s.connack_timeout = 300ms;
+  s.reconnect_base = 20ms;
+  s.reconnect_cap = 100ms;
+  MosquittoTransport link(s);
+  std::string error;
+  ASSERT_TRUE(link.start(error)) << error;
+  EXPECT_EQ(link.failed_attempts(), 0u) << "the first socket opened: not a failure yet";
+
+  const auto started = SteadyClock::now();
+  std::uint32_t highest = 0;
+  bool count_went_down = false;
+  std::size_t sockets = 0;
+  const bool four_sockets = wait_until(
+      [&] {
+        link.poll(10);
+        sockets = silent.accept_pending();
+        const std::uint32_t n = link.failed_attempts();
+        if (n < highest) count_went_down = true;
+        highest = std::max(highest, n);
+        return sockets >= 4;
+      },
+      15s, 0ms);
+  const long long elapsed = ms_between(started, SteadyClock::now());
+  std::printf("[ measured ] %zu sockets opened, %u failed attempts counted, %lld ms\n", sockets,
+              link.failed_attempts(), elapsed);
+  ASSERT_TRUE(four_sockets) << "the device stopped retrying";
+  EXPECT_FALSE(count_went_down) << "an open socket without CONNACK reset the back-off";
+  EXPECT_GE(link.failed_attempts(), 3u);  // the 4th socket's attempt is still pending
+  EXPECT_FALSE(link.connected());
+  EXPECT_EQ(link.connects(), 0u);
+  // Each of the three abandoned attempts waited for its CONNACK deadline.
+  EXPECT_GE(elapsed, 3 * 300);
+  link.stop();
+}
+
+// A real broker restart: failed attempts pile up while it is down and only the CONNACK of the
+// new connection resets them.
+TEST_F(DeviceLink, OnlyTheBrokersConnackResetsBackoff) {
+  start_broker();
+  MqttSettings s = link_settings(broker_->port());
+  s.reconnect_base = 20ms;
+  s.reconnect_cap = 200ms;
+  MosquittoTransport link(s);
+  std::string error;
+  ASSERT_TRUE(link.start(error)) << error;
+  auto poll_until = [&](const std::function<bool()>& cond, std::chrono::milliseconds deadline) {
+    return wait_until(
+        [&] {
+          link.poll(10);
+          return cond();
+        },
+        deadline, 0ms);
+  };
+  ASSERT_TRUE(poll_until([&] { return link.connected(); }, 10s));
+  EXPECT_EQ(link.failed_attempts(), 0u);
+  EXPECT_EQ(link.connects(), 1u);
+
+  broker_->kill9();
+  ASSERT_TRUE(poll_until([&] { return link.failed_attempts() >= 3; }, 10s))
+      << "refused connections were not counted: " << link.failed_attempts();
+  EXPECT_FALSE(link.connected());
+
+  broker_->start();
+  ASSERT_TRUE(poll_until([&] { return link.connected(); }, 15s)) << "no reconnect";
+  EXPECT_EQ(link.failed_attempts(), 0u);
+  EXPECT_EQ(link.connects(), 2u);
+  link.stop();
+}
+
+// Twenty devices lose the broker at the same instant (SIGKILL). After the outage every one
+// must come back, and not in one burst: the arrival of their hellos, as a subscriber that
+// connected right after the broker restarted sees them, spreads over more than a second
+// (lock-step retries would land within the few hundred ms 20 TLS handshakes take).
+TEST_F(DeviceLink, FleetComesBackSpreadOutAfterBrokerRestart) {
+  ASSERT_NO_FATAL_FAILURE(start_stack());
+  const auto ids = numbered_ids("fleet", kFleetSize);
+  Child& fleet = start_devsim("fleet", kFleetSize);
+  ASSERT_TRUE(wait_until([&] { return all_show(ids, true); }, 30s)) << "fleet did not come online";
+
+  broker_->kill9();
+  // The outage itself (not a synchronisation): long enough for every device to fail several
+  // attempts, so their back-off has grown towards the cap.
+  std::this_thread::sleep_for(3s);
+  broker_->start();
+
+  MqttTestClient observer(ota::test::ClientOptions::controller(*pki_, broker_->port()));
+  ASSERT_TRUE(observer.connect().ok());
+  ASSERT_EQ(observer.subscribe("ota/v1/dev/+/up/presence", 1), 1);
+  const auto subscribed = SteadyClock::now();
+  // First hello per device: when the observer saw it (10 ms resolution) and whether it was
+  // already retained (the device was back before the observer subscribed).
+  std::map<std::string, std::pair<long long, bool>> first_hello;
+  const bool all_back = wait_until(
+      [&] {
+        const long long now_ms = ms_between(subscribed, SteadyClock::now());
+        for (const auto& m : observer.messages()) {
+          ota::proto::PresenceType type{};
+          if (ota::proto::decode_presence_type(m.payload.data(), m.payload.size(), type) ||
+              type != ota::proto::PresenceType::hello) {
+            continue;
+          }
+          first_hello.emplace(device_of(m.topic), std::make_pair(now_ms, m.retain));
+        }
+        return first_hello.size() >= ids.size();
+      },
+      30s, 10ms);
+  std::vector<long long> live;
+  for (const auto& [id, seen] : first_hello) {
+    if (!seen.second) live.push_back(seen.first);
+  }
+  std::sort(live.begin(), live.end());
+  std::string spread;
+  for (long long t : live) spread += " " + std::to_string(t);
+  std::printf(
+      "[ measured ] %zu/%d devices back; %zu hellos after the observer subscribed, at "
+      "(ms):%s\n",
+      first_hello.size(), kFleetSize, live.size(), spread.c_str());
+  EXPECT_TRUE(all_back) << "not every device reconnected after the broker restart";
+  ASSERT_GE(live.size(), 8u) << "too few devices came back after the observer subscribed to "
+                                "measure the spread";
+  EXPECT_GE(live.back() - live.front(), 1000) << "the fleet reconnected in one burst";
+  EXPECT_TRUE(wait_until([&] { return all_show(ids, true); }, 30s))
+      << "the controller does not show the whole fleet online again";
+  EXPECT_TRUE(fleet.alive()) << "ota-devsim died during the broker outage";
+}
+
+}  // namespace
