@@ -3,6 +3,7 @@
 #include <signal.h>
 
 #include <CLI/CLI.hpp>
+#include <cstdint>
 #include <cstdio>
 #include <ctime>
 #include <memory>
@@ -44,6 +45,29 @@ int main(int argc, char** argv) {
                  "seconds without any message before a device is shown offline (0: only "
                  "the broker's last will)")->capture_default_str()->check(CLI::Range(0LL, 30LL * 86400));
   app.add_option("--client-id", mc.client_id, "MQTT client id (fixed: persistent session)")->capture_default_str();
+  app.add_option("--reconnect-max-ms", mc.reconnect_max_ms,
+                 "longest wait between broker connection attempts (exponential back-off with "
+                 "full jitter from --reconnect-base-ms)")
+      ->capture_default_str()->check(CLI::Range(100LL, 3600LL * 1000));
+  app.add_option("--reconnect-base-ms", mc.reconnect_base_ms, "first back-off step")
+      ->capture_default_str()->check(CLI::Range(10LL, 60LL * 1000));
+  app.add_option("--connect-timeout-ms", mc.connect_timeout_ms,
+                 "a broker connection without CONNACK and SUBACK after this long is dropped "
+                 "and retried")
+      ->capture_default_str()->check(CLI::Range(1000LL, 600LL * 1000));
+  std::uint64_t min_free_mb = cc.min_free_bytes / (1024 * 1024);
+  app.add_option("--min-free-mb", min_free_mb,
+                 "/health fails when the disk of the database or the image store has less "
+                 "free space (MiB)")
+      ->capture_default_str()->check(CLI::Range(0ULL, 1ULL << 30));
+  long long retention_days = cc.event_retention.max_age_ms / (86400LL * 1000);
+  app.add_option("--event-retention-days", retention_days,
+                 "delete events older than this (0: keep); events of active deployments "
+                 "and live rollouts are always kept")
+      ->capture_default_str()->check(CLI::Range(0LL, 100LL * 365));
+  app.add_option("--event-retention-count", cc.event_retention.max_count,
+                 "keep at most this many events, deleting the oldest (0: no limit)")
+      ->capture_default_str()->check(CLI::Range(0LL, 1LL << 40));
   app.add_flag("-v,--verbose", verbose, "debug logging");
   try {
     app.parse(argc, argv);
@@ -52,6 +76,13 @@ int main(int argc, char** argv) {
     return rc == 0 ? 0 : 2;
   }
   if (verbose) set_log_level(LogLevel::debug);
+  cc.min_free_bytes = min_free_mb * 1024 * 1024;
+  cc.event_retention.max_age_ms = retention_days * 86400LL * 1000;
+  if (mc.reconnect_base_ms > mc.reconnect_max_ms) {
+    std::fprintf(stderr, "ota-controller: --reconnect-base-ms %lld is above --reconnect-max-ms %lld\n",
+                 mc.reconnect_base_ms, mc.reconnect_max_ms);
+    return 2;
+  }
   mc.prefix = cc.prefix;
   if (cc.prefix.empty() || cc.prefix.find_first_of("+#") != std::string::npos || cc.prefix.back() == '/') {
     std::fprintf(stderr, "ota-controller: --prefix '%s' is not a valid topic prefix\n", cc.prefix.c_str());

@@ -693,10 +693,30 @@ ChildProcess::ChildProcess(std::vector<std::string> argv, const std::string& log
   posix_spawn_file_actions_destroy(&fa);
 }
 
-bool ChildProcess::alive() const { return pid_ > 0 && ::kill(pid_, 0) == 0; }
+bool ChildProcess::alive() const { return pid_ > 0 && !reaped_ && ::kill(pid_, 0) == 0; }
+
+void ChildProcess::signal(int sig) {
+  if (pid_ > 0 && !reaped_) ::kill(pid_, sig);
+}
+
+bool ChildProcess::exited(int* code) {
+  if (pid_ > 0 && !reaped_) {
+    int status = 0;
+    if (::waitpid(pid_, &status, WNOHANG) == pid_) {
+      reaped_ = true;
+      exit_code_ = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    }
+  }
+  if (code) *code = exit_code_;
+  return reaped_;
+}
 
 void ChildProcess::signal_and_reap(int sig) {
   if (pid_ <= 0) return;
+  if (reaped_) {
+    pid_ = -1;
+    return;
+  }
   ::kill(pid_, sig);
   int status = 0;
   if (!wait_until([&] { return ::waitpid(pid_, &status, WNOHANG) == pid_; },

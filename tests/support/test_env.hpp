@@ -282,10 +282,17 @@ class ChildProcess {
   bool alive() const;
   void kill9() { signal_and_reap(SIGKILL); }
   void stop() { signal_and_reap(SIGTERM); }
+  // Sends `sig` and returns at once (stop() and kill9() wait and reap).
+  void signal(int sig);
+  // True once the process has ended (it is reaped then); *code: its exit status, or 128 +
+  // the signal that killed it.
+  bool exited(int* code = nullptr);
 
  private:
   void signal_and_reap(int sig);
   pid_t pid_ = -1;
+  bool reaped_ = false;
+  int exit_code_ = -1;
 };
 
 }  // namespace ota::test

@@ -2,6 +2,8 @@
 # tests/CMakeLists.txt.
 add_executable(service_tests
   ${CMAKE_CURRENT_LIST_DIR}/service_store_test.cpp
+  ${CMAKE_CURRENT_LIST_DIR}/service_store_recovery_test.cpp
+  ${CMAKE_CURRENT_LIST_DIR}/service_recovery_test.cpp
   ${CMAKE_CURRENT_LIST_DIR}/service_signing_test.cpp
   ${CMAKE_CURRENT_LIST_DIR}/service_images_test.cpp
   ${CMAKE_CURRENT_LIST_DIR}/service_controller_test.cpp

@@ -61,7 +61,8 @@ class ControllerTest : public ::testing::Test {
     cfg.store_dir = dir.file("images");
     cfg.acl_file = acl_file;
     cfg.clock = clock;
-    auto c = Controller::create(cfg, std::move(*signer), &pub);
+    if (configure) configure(cfg);
+    auto c = Controller::create(cfg, std::move(*signer), publisher ? publisher : &pub);
     ASSERT_TRUE(c.ok()) << c.error();
     ctl = std::move(*c);
   }
@@ -138,6 +139,8 @@ class ControllerTest : public ::testing::Test {
   std::string key_pem;
   std::string acl_file;  // set before start() to use an ACL file
   std::function<long long()> clock;  // set before start() to drive time
+  std::function<void(ControllerConfig&)> configure;  // set before start(): other settings
+  Publisher* publisher = nullptr;  // set before start() to use another publisher than pub
   Recorder pub;
   std::unique_ptr<Controller> ctl;
 };

@@ -65,7 +65,7 @@ TEST(StoreMigration, Version1DatabaseKeepsItsDeploymentsAfterUpgrade) {
   Store v2;
   Status s = v2.open(dir.file("old.db"));
   ASSERT_TRUE(s.ok()) << s.error();
-  EXPECT_EQ(v2.schema_version(), 2);
+  EXPECT_EQ(v2.schema_version(), kSchemaVersion);
   auto dep = v2.deployment("dep-1");
   ASSERT_TRUE(dep.ok() && *dep);
   EXPECT_EQ((*dep)->target, "lab");

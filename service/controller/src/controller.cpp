@@ -258,7 +258,7 @@ void Controller::event(const std::string& dep, const std::string& dev, const std
     auto it = active_.find(dep);
     if (it != active_.end()) ro = it->second.rollout_id;
   }
-  Status s = store_.add_event(dep, dev, what, detail, actor, ro);
+  Status s = store_.add_event(dep, dev, what, detail, actor, ro, now());
   if (!s) log_error("event log: " + s.error());
 }
 
@@ -803,7 +803,28 @@ void Controller::flush_dirty(bool force) {
   if (!c) log_error("flush: " + c.error());
 }
 
+void Controller::keep_unapplied_hello(const std::string& dev, const char* p, std::size_t len,
+                                      bool retained) {
+  if (unapplied_hellos_.size() >= kMaxUnappliedHellos && !unapplied_hellos_.count(dev)) return;
+  unapplied_hellos_[dev] = {std::string(p, len), retained};
+}
+
+void Controller::retry_unapplied_hellos() {
+  std::map<std::string, std::pair<std::string, bool>> retry;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (unapplied_hellos_.empty() || !store_.writable()) return;
+    retry.swap(unapplied_hellos_);
+  }
+  log_info("applying " + std::to_string(retry.size()) + " device hellos the database could not take before");
+  for (const auto& [dev, hello] : retry) {
+    const std::string topic = cfg_.prefix + "/dev/" + dev + "/up/presence";
+    handle_presence(dev, hello.first.data(), hello.first.size(), topic.c_str(), hello.second);
+  }
+}
+
 void Controller::tick() {
+  retry_unapplied_hellos();
   const bool link_up = !pub_ || pub_->ready();
   if (link_up) rollout_tick(now());
   std::lock_guard<std::mutex> lock(mu_);
@@ -825,16 +846,36 @@ void Controller::tick() {
     }
   }
   flush_dirty(false);
+  probe_database(now());
+  prune_history(now());
   if (acl_enabled_) {
     Status s = reload_acl_if_changed(false);
     if (!s) log_error(s.error() + " (keeping the memberships read before)");
   }
 }
 
-void Controller::on_connected() {
+void Controller::on_connected(bool after_link_loss) {
   std::lock_guard<std::mutex> lock(mu_);
   for (const auto& kv : active_)
     if (kv.second.rec.target_kind == "group") publish_group_offer(kv.second, false);
+  if (!after_link_loss) return;
+  // Whatever crossed the broker around the loss may be gone: an offer or an answer the
+  // broker acknowledged but never delivered (a broker killed before it saved), a device's
+  // hello delivered to nobody (our session lost, so we got only the retained copy). Every
+  // device still in flight gets its offer again; by the protocol it works on from where it
+  // is, or repeats its final answer, so no row waits for an answer that will never come.
+  for (auto& kv : active_) {
+    std::size_t resent = 0;
+    for (auto& r : kv.second.rows) {
+      if (!is_in_flight_state(r.second.rec.state)) continue;
+      publish_offer_attempt(kv.second, r.first, r.second.rec.attempt, /*tracked=*/true);
+      resent++;
+    }
+    if (resent > 0)
+      event(kv.first, "", "offers_resent",
+            std::to_string(resent) + " devices in flight: the link to the broker was restored",
+            "controller", kv.second.rollout_id);
+  }
 }
 
 // ---------------------------------------------------------------------- device messages
@@ -913,6 +954,7 @@ void Controller::handle_presence(const std::string& dev, const char* p, std::siz
   auto existing = store_.device(dev);
   if (!existing) {
     log_error("device " + dev + ": hello: " + existing.error());
+    keep_unapplied_hello(dev, p, len, retained);
     return;
   }
   DeviceRec d;
@@ -993,9 +1035,11 @@ void Controller::handle_presence(const std::string& dev, const char* p, std::siz
   }
   if (s) s = tx.commit();
   if (!s) {
-    log_error("device " + dev + ": hello: " + s.error());
+    log_error("device " + dev + ": hello: " + s.error() + " (applied again once the database takes writes)");
+    keep_unapplied_hello(dev, p, len, retained);
     return;
   }
+  unapplied_hellos_.erase(dev);
   note_alive(dev);
   offline_devs_.erase(dev);
   log_info("device " + dev + " hello version " + d.version + " " + d.slot_state);

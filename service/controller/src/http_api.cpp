@@ -294,13 +294,35 @@ void HttpApi::routes() {
   });
 
   s.Get("/api/v1/health", [this](const httplib::Request&, httplib::Response& res) {
-    const bool ready = ready_ ? ready_() : true;
-    send_json(res, ready ? 200 : 503,
-              json{{"status", ready ? "ok" : "starting"},
-                   {"mqtt", ready ? "connected" : "not connected"},
-                   {"key_id", ctl_.key_id()},
-                   {"prefix", ctl_.prefix()},
-                   {"decode_errors", ctl_.decode_errors()}});
+    bool ok = false;
+    json body = ctl_.health_json(&ok);
+    send_json(res, ok ? 200 : 503, body);
+  });
+
+  // The database as one SQLite file (an online backup): restore it by stopping the
+  // controller, putting the file in place of --db (without -wal/-shm) and starting it.
+  s.Get("/api/v1/backup", [this](const httplib::Request&, httplib::Response& res) {
+    const std::string tmp = ctl_.backup_temp_path();
+    auto size = ctl_.backup_database(tmp);
+    if (!size) {
+      ::unlink(tmp.c_str());
+      return send_error(res, size.kind() == ErrKind::conflict ? 409 : 500, size.error());
+    }
+    const int fd = ::open(tmp.c_str(), O_RDONLY | O_CLOEXEC);
+    ::unlink(tmp.c_str());  // the open descriptor keeps the bytes until the reply is sent
+    if (fd < 0) return send_error(res, 500, "backup: reopen " + tmp + ": " + std::strerror(errno));
+    res.status = 200;
+    res.set_header("Content-Disposition", "attachment; filename=\"controller-backup.db\"");
+    res.set_content_provider(
+        static_cast<std::size_t>(*size), "application/vnd.sqlite3",
+        [fd](std::size_t offset, std::size_t length, httplib::DataSink& sink) {
+          char buf[64 * 1024];
+          const std::size_t want = std::min(length, sizeof buf);
+          const ssize_t n = ::pread(fd, buf, want, static_cast<off_t>(offset));
+          if (n <= 0) return false;
+          return sink.write(buf, static_cast<std::size_t>(n));
+        },
+        [fd](bool) { ::close(fd); });
   });
 
   s.Post("/api/v1/images", [this](const httplib::Request& req, httplib::Response& res) {

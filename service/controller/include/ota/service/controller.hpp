@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <iosfwd>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -26,6 +27,18 @@
 
 namespace ota::service {
 
+// The broker link as /api/v1/health and /metrics show it.
+struct LinkStatus {
+  bool usable = true;     // connected and subscribed: offers and chunks can flow
+  bool connected = true;  // the broker accepted the connection (CONNACK)
+  std::uint64_t reconnects = 0;       // times the link became usable again after a loss
+  std::uint64_t failed_attempts = 0;  // connection attempts that never became usable
+  long long down_since_ms = 0;        // unix ms the link went down; 0 while usable
+  long long last_outage_ms = -1;      // how long the last loss lasted; -1: none yet
+  std::string last_error;             // why the link last went down or an attempt failed
+  std::string broker;                 // mqtts://host:port
+};
+
 // Where the controller sends MQTT messages (the real client, or a recorder in tests).
 class Publisher {
  public:
@@ -34,6 +47,11 @@ class Publisher {
                        bool retain) = 0;
   // False while the link is down: rollouts hold new offers instead of losing them.
   virtual bool ready() const { return true; }
+  virtual LinkStatus link_status() const {
+    LinkStatus s;
+    s.usable = s.connected = ready();
+    return s;
+  }
   // As publish(); `acked` runs once the broker acknowledged the message (QoS 1 PUBACK), on
   // any thread and possibly inside this call: it must not take the caller's locks.
   virtual bool publish_acked(const std::string& topic, const void* data, std::size_t len, int qos,
@@ -94,6 +112,14 @@ struct ControllerConfig {
   long long heartbeat_timeout_s = 180;
   // Wall clock in unix ms; tests drive rollouts with their own. Empty: the system clock.
   std::function<long long()> clock;
+  // Health: the disks holding the database and the image store must keep this much free.
+  std::uint64_t min_free_bytes = 64ull * 1024 * 1024;
+  // How often tick() proves the database writable when nothing else wrote (health).
+  long long db_probe_interval_ms = 5000;
+  // Event history kept: older / more events are deleted, except those of active
+  // deployments and live rollouts. 0 = no limit of that kind.
+  EventRetention event_retention{90LL * 86400 * 1000, 1000000};
+  long long prune_interval_ms = 60000;
 };
 
 struct ImageFile;  // open fd + geometry of a stored image
@@ -135,13 +161,25 @@ class Controller {
                                          const std::string& actor);
   // Prometheus text exposition.
   std::string metrics_text();
+  // An online backup of the database (SQLite's backup API: every committed transaction,
+  // WAL included) written to `dest`, which must not exist. Returns its size in bytes.
+  Result<std::uint64_t> backup_database(const std::string& dest);
+  // Where backup_database() may put a temporary copy: beside the database (same disk).
+  std::string backup_temp_path() const;
+  // GET /api/v1/health: the broker link, the database's writability and the free space of
+  // the database's and the store's disks, each with its own verdict. *ok: all pass.
+  nlohmann::json health_json(bool* ok);
 
   // --- MQTT side
   // retained: the broker's stored copy, delivered because we (re)subscribed (a hello the
   // device sent before; it did not just reconnect).
   void on_message(const char* topic, const void* payload, std::size_t len, bool retained = false);
-  void on_connected();  // after (re)connect+subscribe: re-publish retained group offers
-  void tick();          // periodic: flush lazy counters, re-read a changed ACL file
+  // After connect+subscribe: re-publish retained group offers; after a lost link also
+  // re-send the offer to every device in flight (their answers may have been lost).
+  void on_connected(bool after_link_loss = false);
+  // Periodic (about once a second): flush lazy counters, re-read a changed ACL file, prove
+  // the database writable, prune old events.
+  void tick();
   // The broker acknowledged tracked offers (publish_acked callbacks ran): persist that now,
   // so a restart does not send them again. Takes the controller lock: call it outside.
   void offer_acks_arrived();
@@ -314,6 +352,20 @@ class Controller {
   std::atomic<std::uint64_t> duplicate_requests_{0};
   std::atomic<std::uint64_t> cancels_sent_{0};
   std::atomic<std::uint64_t> bytes_served_{0};
+  // Health (health.cpp). Must hold mu_.
+  void probe_database(long long now_ms);
+  void prune_history(long long now_ms);
+  void health_metrics(std::ostream& o);
+  // Hellos whose commit failed (full disk, I/O error): applied again by tick() once the
+  // database takes writes, so a device that said hello during the outage is not missed
+  // (it will not say hello again until it reconnects). Device -> payload, retained flag.
+  std::map<std::string, std::pair<std::string, bool>> unapplied_hellos_;
+  static constexpr std::size_t kMaxUnappliedHellos = 100000;
+  void keep_unapplied_hello(const std::string& dev, const char* p, std::size_t len, bool retained);
+  void retry_unapplied_hellos();  // takes mu_
+  long long last_db_probe_ms_ = 0;
+  long long last_prune_ms_ = 0;
+  std::uint64_t events_pruned_ = 0;
 };
 
 }  // namespace ota::service

@@ -1,6 +1,11 @@
 // SQLite persistence of the controller: images, devices, deployments, per-device deployment
 // rows and an append-only event log. WAL, busy_timeout, foreign keys, a schema version table,
 // prepared statements (cached), writes in transactions. Not thread-safe: the owner serialises.
+//
+// Recovery without a person: open() refuses a damaged file (integrity check) and says how to
+// restore it, backup_to() makes a consistent copy while the controller runs, the write-health
+// counters and probe_write() tell the truth about whether the database can take writes (full
+// disk, I/O errors), and prune_events() keeps the event log bounded.
 #pragma once
 
 #include <cstdint>
@@ -16,7 +21,11 @@ struct sqlite3_stmt;
 
 namespace ota::service {
 
-constexpr int kSchemaVersion = 2;
+constexpr int kSchemaVersion = 3;
+
+// Start of the message of the error open() returns for a damaged database file (also
+// Store::damaged()). verify_file() uses it too.
+constexpr const char* kDatabaseDamagedPrefix = "database damaged: ";
 
 struct ImageRec {
   std::string id;  // first 16 hex chars of sha256
@@ -125,6 +134,12 @@ struct EventFilter {
   int limit = 100;
 };
 
+// How much event history to keep; 0 = no limit in that dimension.
+struct EventRetention {
+  long long max_age_ms = 0;  // events older than this (by ts) go
+  long long max_count = 0;   // only the newest max_count events stay
+};
+
 // Row states.
 bool is_row_state(const std::string& s);
 bool is_final_row_state(const std::string& s);
@@ -136,9 +151,35 @@ class Store {
   Store(const Store&) = delete;
   Store& operator=(const Store&) = delete;
 
-  // Opens and migrates to target_version (tests create older schemas with it).
+  // Opens, checks the file's integrity (PRAGMA quick_check) and migrates to target_version
+  // (tests create older schemas with it). A damaged file is refused: the error starts with
+  // kDatabaseDamagedPrefix, names the file, says what is wrong and how to restore a backup,
+  // and damaged() is true (the connection is closed then).
   Status open(const std::string& path, int target_version = kSchemaVersion);
   int schema_version() const { return schema_version_; }
+  bool damaged() const { return damaged_; }
+
+  // Consistent online copy of the database (every committed transaction, WAL content
+  // included) as a stand-alone file (rollback-journal mode, no -wal needed) at dest: written to
+  // dest + ".tmp", integrity-checked, fsynced, renamed to dest, directory fsynced. Refuses
+  // (conflict) if dest exists and inside an open transaction. Blocks the caller for the copy.
+  Status backup_to(const std::string& dest);
+  // Opens path read-only and checks it: quick_check (damage: kDatabaseDamagedPrefix) and a
+  // schema version this controller can use. For restore tooling; does not modify the file.
+  static Status verify_file(const std::string& path);
+  // Copies the WAL into the database file and truncates the WAL to zero bytes.
+  Status checkpoint_wal();
+
+  // Write health. A write, begin or commit that fails counts in write_errors() (constraint
+  // violations excepted: they are the caller's data, not the database's health) and sets
+  // last_error(); one failing with a storage error (FULL, IOERR*, READONLY, CORRUPT, NOTADB,
+  // CANTOPEN, PERM) makes writable() false until a later commit that changed data succeeds.
+  std::uint64_t write_errors() const { return write_errors_; }
+  std::string last_error() const { return last_error_; }
+  bool writable() const { return writable_; }
+  // A tiny write transaction (the one-row health_probe table) so that writability is known
+  // even while nothing else writes.
+  Status probe_write(long long now_ms);
 
   // Transactions (BEGIN IMMEDIATE / COMMIT / ROLLBACK).
   Status begin();
@@ -176,10 +217,17 @@ class Store {
 
   // Events.
   // actor: who decided ("controller", "operator:alice", "device"); empty = controller.
+  // ts_ms: unix ms (the controller's clock); 0 = the system clock.
   Status add_event(const std::string& deployment, const std::string& device,
                    const std::string& what, const std::string& detail,
-                   const std::string& actor = "", const std::string& rollout = "");
+                   const std::string& actor = "", const std::string& rollout = "", long long ts_ms = 0);
   Result<std::vector<EventRec>> events(const EventFilter& f);
+  // Deletes, oldest first and at most `batch` per call, the events older than r.max_age_ms
+  // (ts < now_ms - max_age_ms) or beyond the newest r.max_count, except those of an active
+  // deployment or of a rollout not in a terminal state (is_terminal_rollout_state). Returns
+  // how many it deleted: call again while it returns `batch`. Not inside a transaction: each
+  // delete commits on its own so the write lock is held briefly.
+  Result<long long> prune_events(const EventRetention& r, long long now_ms, int batch = 5000);
 
   // Rollouts.
   Status insert_rollout(const RolloutRec& r);
@@ -198,13 +246,24 @@ class Store {
 
  private:
   Result<sqlite3_stmt*> prepare(const std::string& sql);
-  Status exec(const std::string& sql);
+  // what: prefix of the error message ("commit: ..."), none if null.
+  Status exec(const std::string& sql, const char* what = nullptr);
   Status migrate(int target_version);
   std::string errmsg() const;
+  void close();
+  // The health bookkeeping of every write: a failure (returns the error to pass on) and a
+  // statement that finished (a commit in autocommit mode).
+  Err record_write_failure(int rc, std::string msg);
+  void record_statement_done();
 
   sqlite3* db_ = nullptr;
   std::map<std::string, sqlite3_stmt*> cache_;
   int schema_version_ = 0;
+  bool damaged_ = false;
+  std::uint64_t write_errors_ = 0;
+  std::string last_error_;
+  bool writable_ = true;
+  long long changes_at_begin_ = 0;  // sqlite3_total_changes64 when the transaction began
 };
 
 // RAII transaction: rolls back unless commit() succeeded.

@@ -1,0 +1,194 @@
+// Controller fault handling without a broker: the reconnect back-off, offers re-sent after the
+// broker link came back, /health verdicts, and event retention driven by tick(). (The same
+// faults with real processes are in tests/integration/recovery_test.cpp.)
+#include <gtest/gtest.h>
+
+#include <random>
+#include <set>
+
+#include "ota/service/mqtt.hpp"
+#include "service_controller_fixture.hpp"
+
+namespace ota::service::testing {
+namespace {
+
+TEST(FullJitterDelay, StaysUnderTheDoublingCeilingAndTheCap) {
+  std::mt19937_64 rng(7);
+  for (int attempt = 0; attempt < 70; ++attempt) {
+    long long ceiling = 500;
+    for (int i = 0; i < attempt && ceiling < 10000; ++i) ceiling *= 2;
+    ceiling = std::min(ceiling, 10000LL);
+    for (int k = 0; k < 200; ++k) {
+      const long long d = full_jitter_delay_ms(attempt, 500, 10000, rng());
+      ASSERT_GE(d, 0);
+      ASSERT_LE(d, ceiling) << "attempt " << attempt;
+    }
+  }
+  // The extremes of the random source reach both ends of the interval.
+  EXPECT_EQ(full_jitter_delay_ms(3, 500, 10000, 0), 0);
+  EXPECT_EQ(full_jitter_delay_ms(3, 500, 10000, 4000), 4000);
+  EXPECT_EQ(full_jitter_delay_ms(1000, 500, 10000, 10000), 10000);
+}
+
+TEST(FullJitterDelay, SpreadsOverTheWholeInterval) {
+  // Full jitter, not "base plus a little": clients that failed together retry apart.
+  std::mt19937_64 rng(11);
+  std::set<long long> seen;
+  long long lo = 1 << 30, hi = -1;
+  for (int k = 0; k < 1000; ++k) {
+    const long long d = full_jitter_delay_ms(10, 500, 10000, rng());
+    seen.insert(d);
+    lo = std::min(lo, d);
+    hi = std::max(hi, d);
+  }
+  EXPECT_LT(lo, 1000);
+  EXPECT_GT(hi, 9000);
+  EXPECT_GT(seen.size(), 500u);
+}
+
+// A publisher whose broker link is down, as MqttClient reports it during an outage.
+class DownLink : public Recorder {
+ public:
+  bool ready() const override { return false; }
+  LinkStatus link_status() const override {
+    LinkStatus s;
+    s.usable = s.connected = false;
+    s.reconnects = reconnects;
+    s.last_outage_ms = reconnects > 0 ? 1500 : -1;
+    s.down_since_ms = 1;
+    s.failed_attempts = 4;
+    s.last_error = "connection refused or closed";
+    s.broker = "mqtts://127.0.0.1:1";
+    return s;
+  }
+  std::uint64_t reconnects = 0;
+};
+
+using ControllerRecovery = ControllerTest;
+
+TEST_F(ControllerRecovery, LinkRestoredResendsTheOfferToEveryDeviceInFlight) {
+  const ImageRec img = add(bytes_of(10000), "1.1.0");
+  for (const char* d : {"d1", "d2", "d3", "d4"}) hello(d, "1.0.0");
+  auto offered = ctl->deploy("1.1.0", "device", "d1");
+  auto downloading = ctl->deploy("1.1.0", "device", "d2");
+  auto finished = ctl->deploy("1.1.0", "device", "d3");
+  ASSERT_TRUE(offered.ok() && downloading.ok() && finished.ok());
+  event("d2", ev(proto::EventType::accept, 1, downloading->id));
+  auto p = ev(proto::EventType::progress, 2, downloading->id);
+  p.received = 4096;
+  p.total = 10000;
+  event("d2", p);
+  auto res = ev(proto::EventType::result, 1, finished->id);
+  res.success = true;
+  res.version.assign("1.1.0");
+  event("d3", res);
+  ASSERT_EQ(row_state(downloading->id, "d2"), "downloading");
+  ASSERT_EQ(row_state(finished->id, "d3"), "succeeded");
+
+  // The first connection re-sends nothing to devices (a restart has its own rule).
+  pub.msgs.clear();
+  ctl->on_connected(false);
+  EXPECT_TRUE(pub.on("ota/v1/dev/d1/down/offer").empty());
+  EXPECT_TRUE(pub.on("ota/v1/dev/d2/down/offer").empty());
+
+  // After a lost link: both devices in flight get their offer again, byte for byte the
+  // offer of their deployment; the finished one and the idle one get nothing.
+  ctl->on_connected(true);
+  auto o1 = pub.on("ota/v1/dev/d1/down/offer");
+  auto o2 = pub.on("ota/v1/dev/d2/down/offer");
+  ASSERT_EQ(o1.size(), 1u);
+  ASSERT_EQ(o2.size(), 1u);
+  EXPECT_NE(o1[0].payload.find(offered->id), std::string::npos);
+  EXPECT_NE(o2[0].payload.find(downloading->id), std::string::npos);
+  EXPECT_EQ(o1[0].qos, 1);
+  EXPECT_TRUE(pub.on("ota/v1/dev/d3/down/offer").empty());
+  EXPECT_TRUE(pub.on("ota/v1/dev/d4/down/offer").empty());
+  // The rows did not move; the log says why the offers went out again.
+  EXPECT_EQ(row_state(downloading->id, "d2"), "downloading");
+  EventFilter f;
+  f.deployment = downloading->id;
+  f.limit = 100;
+  auto evs = ctl->events_json(f);
+  ASSERT_TRUE(evs.ok());
+  bool logged = false;
+  for (const auto& e : *evs) logged = logged || e["what"] == "offers_resent";
+  EXPECT_TRUE(logged) << evs->dump();
+  (void)img;
+}
+
+TEST_F(ControllerRecovery, HealthNamesTheFailingBrokerLink) {
+  DownLink down;
+  publisher = &down;
+  start();
+  bool ok = true;
+  nlohmann::json h = ctl->health_json(&ok);
+  EXPECT_FALSE(ok);
+  EXPECT_EQ(h["status"], "starting") << h.dump();  // never connected yet
+  EXPECT_EQ(h["failing"], nlohmann::json::array({"mqtt"}));
+  EXPECT_FALSE(h["checks"]["mqtt"]["ok"].get<bool>());
+  EXPECT_EQ(h["checks"]["mqtt"]["last_error"], "connection refused or closed");
+  EXPECT_TRUE(h["checks"]["database"]["ok"].get<bool>());
+  EXPECT_TRUE(h["checks"]["disk"]["ok"].get<bool>());
+
+  down.reconnects = 2;  // was up before: an outage, not a start
+  h = ctl->health_json(&ok);
+  EXPECT_FALSE(ok);
+  EXPECT_EQ(h["status"], "failing");
+  const std::string m = ctl->metrics_text();
+  EXPECT_NE(m.find("\nota_mqtt_up 0\n"), std::string::npos) << m;
+  EXPECT_NE(m.find("\nota_mqtt_reconnects_total 2\n"), std::string::npos) << m;
+  EXPECT_NE(m.find("\nota_mqtt_connect_failures_total 4\n"), std::string::npos) << m;
+}
+
+TEST_F(ControllerRecovery, HealthFailsWhenTheDiskIsBelowTheMinimum) {
+  bool ok = false;
+  nlohmann::json h = ctl->health_json(&ok);
+  ASSERT_TRUE(ok) << h.dump();
+  EXPECT_EQ(h["status"], "ok");
+  configure = [](ControllerConfig& c) { c.min_free_bytes = 1ull << 62; };  // more than any disk
+  start();
+  h = ctl->health_json(&ok);
+  EXPECT_FALSE(ok);
+  EXPECT_EQ(h["failing"], nlohmann::json::array({"disk"})) << h.dump();
+  ASSERT_FALSE(h["checks"]["disk"]["paths"].empty());
+  EXPECT_GT(h["checks"]["disk"]["paths"][0]["free_bytes"].get<std::uint64_t>(), 0u);
+  EXPECT_NE(ctl->metrics_text().find("ota_disk_free_bytes{path="), std::string::npos);
+}
+
+TEST_F(ControllerRecovery, TickPrunesOldEventsButNeverThoseOfAnActiveDeployment) {
+  long long now = 1'800'000'000'000LL;
+  clock = [&now] { return now; };
+  configure = [](ControllerConfig& c) {
+    c.event_retention = EventRetention{3600LL * 1000, 0};  // one hour
+    c.prune_interval_ms = 0;
+  };
+  start();
+  add(bytes_of(5000), "1.1.0");
+  for (int i = 0; i < 20; ++i) hello("old" + std::to_string(i), "1.0.0");
+  hello("busy", "1.0.0");
+  auto active = ctl->deploy("1.1.0", "device", "busy");
+  ASSERT_TRUE(active.ok());
+  auto count = [&](const std::string& dep, const std::string& dev) {
+    EventFilter f;
+    f.deployment = dep;
+    f.device = dev;
+    f.limit = 10000;
+    auto e = ctl->events_json(f);
+    return e.ok() ? e->size() : std::size_t{0};
+  };
+  ASSERT_GE(count("", "old3"), 1u);
+  const std::size_t active_events = count(active->id, "");
+  ASSERT_GE(active_events, 1u);
+
+  now += 2 * 3600LL * 1000;  // two hours later everything above is past the retention
+  hello("new", "1.0.0");
+  for (int i = 0; i < 5; ++i) ctl->tick();
+  EXPECT_EQ(count("", "old3"), 0u) << "events older than the retention are still there";
+  EXPECT_GE(count("", "new"), 1u) << "a recent event was pruned";
+  EXPECT_EQ(count(active->id, ""), active_events) << "an active deployment lost history";
+  const std::string m = ctl->metrics_text();
+  EXPECT_EQ(m.find("\nota_events_pruned_total 0\n"), std::string::npos) << m;
+}
+
+}  // namespace
+}  // namespace ota::service::testing
