@@ -85,6 +85,9 @@ status=0
 "$otactl" rollout show "$rollout"
 echo "== fleet after the update =="
 "$otactl" devices
+echo "== controller health (broker link, database, disk) =="
+"$otactl" health || true
+"$otactl" backup "$run/controller-backup.db" --force
 not_updated="$("$otactl" --json devices | python3 -c '
 import json, sys
 print(sum(1 for d in json.load(sys.stdin) if d.get("version") != "1.1.0"))')"

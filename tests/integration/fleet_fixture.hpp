@@ -189,6 +189,18 @@ class FleetTest : public ::testing::Test {
     return read_boot_record(dir_.path() + "/fleet/" + id + "/flash/boot.state");
   }
 
+  // Waits until no device of the fleet is on trial or mid-boot (a failed self-test reverts
+  // at the next boot): only then does its boot record say what it runs.
+  bool wait_fleet_settled(std::chrono::milliseconds deadline) {
+    return wait_until(
+        [&] {
+          for (const auto& dev : fleet_ids())
+            if (!boot_record(dev).settled()) return false;
+          return true;
+        },
+        deadline, 100ms);
+  }
+
   // One ota-devsim process for the whole fleet (every device in `group_`).
   void start_fleet(std::vector<std::string> extra = {}) {
     std::vector<std::string> argv{OTA_DEVSIM_BIN, "--count", std::to_string(count_), "--id-prefix", name_,

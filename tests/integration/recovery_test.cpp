@@ -94,13 +94,7 @@ class Recovery : public FleetTest {
   }
 
   void expect_fleet_boots(const std::string& version) {
-    ASSERT_TRUE(wait_until(
-        [&] {
-          for (const auto& dev : fleet_ids())
-            if (!boot_record(dev).settled()) return false;
-          return true;
-        },
-        60s, 100ms));
+    ASSERT_TRUE(wait_fleet_settled(60s));
     for (const auto& dev : fleet_ids()) EXPECT_EQ(boot_record(dev).boots(), version) << dev;
   }
 
@@ -196,6 +190,28 @@ TEST_F(Recovery, IdleControllerHealthyAgainAfterEachOfTwentyBrokerKills) {
   std::size_t lost = 0;
   for (auto p = log.find("lost the link"); p != std::string::npos; p = log.find("lost the link", p + 1)) lost++;
   EXPECT_EQ(lost, 20u);
+}
+
+TEST_F(Recovery, ControllerComesBackAfterItsSessionWasTakenOver) {
+  start_env("to", 1, "fleet");
+  if (HasFatalFailure()) return;
+  // Another client with the controller's client id (a second controller started by mistake):
+  // the broker drops ours, which must come back by itself.
+  auto opts = ota::test::ClientOptions::controller(*pki_, broker_->port());
+  opts.client_id = "ota-controller";
+  auto intruder = std::make_unique<MqttTestClient>(opts);
+  ASSERT_TRUE(intruder->connect().ok());
+  ASSERT_TRUE(wait_until(
+      [&] {
+        json h;
+        return health_status(&h) == 200 && h["checks"]["mqtt"].value("reconnects", 0) >= 1;
+      },
+      15s, 20ms))
+      << "the controller did not take its session back";
+  intruder.reset();  // disconnects for good
+  ASSERT_TRUE(wait_until([&] { return health_status() == 200; }, 15s, 20ms));
+  const std::string log = read_file(dir_.path() + "/controller.log");
+  EXPECT_NE(log.find("lost the link"), std::string::npos) << log;
 }
 
 TEST_F(Recovery, NoBrokerAtStartWaitsQuietlyStopsAtOnceAndConnectsLater) {

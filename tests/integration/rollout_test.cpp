@@ -24,21 +24,7 @@
 
 namespace {
 
-using namespace std::chrono_literals;
-using json = nlohmann::json;
-using ota::test::Broker;
-using Child = ota::test::ChildProcess;
-using ota::test::CommandResult;
-using ota::test::MqttTestClient;
-using ota::test::Pki;
-using ota::test::TempDir;
-using ota::test::wait_until;
-using ota::test::random_bytes;
-using ota::test::read_file;
-using fleet_test::BootRecord;
-using fleet_test::count_of;
-using fleet_test::join;
-using fleet_test::metric_sum;
+using namespace fleet_test;
 
 std::string sha256_raw(const std::string& data) {
   unsigned char d[EVP_MAX_MD_SIZE];
@@ -180,13 +166,7 @@ TEST_F(Rollouts, TwoHundredDevicesThreeWavesFivePercentSelfTestFailures) {
 
   // The truth: what each device boots, from its own flash state. A failed self-test reverts
   // at the next boot, so wait (with a deadline) until no device is on trial any more.
-  ASSERT_TRUE(wait_until(
-      [&] {
-        for (const auto& dev : fleet_ids())
-          if (!boot_record(dev).settled()) return false;
-        return true;
-      },
-      30s, 100ms));
+  ASSERT_TRUE(wait_fleet_settled(30s));
   std::set<std::string> boots_new, boots_old;
   for (const auto& dev : fleet_ids()) {
     const std::string v = boot_record(dev).boots();

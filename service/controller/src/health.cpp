@@ -48,19 +48,6 @@ std::vector<DiskSpace> watched_disks(const ControllerConfig& cfg) {
   return out;
 }
 
-std::string escape(const std::string& s) {
-  std::string o;
-  for (char c : s) {
-    if (c == '\\' || c == '"') o += '\\';
-    if (c == '\n') {
-      o += "\\n";
-      continue;
-    }
-    o += c;
-  }
-  return o;
-}
-
 }  // namespace
 
 void Controller::probe_database(long long now_ms) {
@@ -182,7 +169,7 @@ void Controller::health_metrics(std::ostream& o) {
   o << "# HELP ota_disk_free_bytes Free bytes on the disks of the database and the image store.\n"
        "# TYPE ota_disk_free_bytes gauge\n";
   for (const auto& d : watched_disks(cfg_))
-    if (d.known) o << "ota_disk_free_bytes{path=\"" << escape(d.path) << "\"} " << d.free_bytes << "\n";
+    if (d.known) o << "ota_disk_free_bytes{path=\"" << prometheus_label_value(d.path) << "\"} " << d.free_bytes << "\n";
   o << "# HELP ota_disk_min_free_bytes Free space below which /health fails.\n"
        "# TYPE ota_disk_min_free_bytes gauge\nota_disk_min_free_bytes " << cfg_.min_free_bytes << "\n";
   o << "# HELP ota_events_pruned_total Events deleted by the retention policy.\n"

@@ -51,18 +51,6 @@ void copy_state(const RolloutState& st, RolloutRec& r) {
   r.paused_by = st.paused_by;
 }
 
-std::string escape_label(const std::string& v) {
-  std::string out;
-  for (char c : v) {
-    if (c == '\\' || c == '"') out += '\\';
-    if (c == '\n') {
-      out += "\\n";
-      continue;
-    }
-    out += c;
-  }
-  return out;
-}
 
 json zero_counts() {
   json c = json::object();
@@ -959,10 +947,10 @@ std::string Controller::metrics_text() {
   o << "ota_devices{online=\"true\"} " << online << "\nota_devices{online=\"false\"} " << offline << "\n";
   o << "# HELP ota_devices_by_version Known devices by running version.\n# TYPE ota_devices_by_version gauge\n";
   for (const auto& kv : by_version)
-    o << "ota_devices_by_version{version=\"" << escape_label(kv.first) << "\"} " << kv.second << "\n";
+    o << "ota_devices_by_version{version=\"" << prometheus_label_value(kv.first) << "\"} " << kv.second << "\n";
   o << "# HELP ota_devices_by_state Known devices by update state.\n# TYPE ota_devices_by_state gauge\n";
   for (const auto& kv : by_state)
-    o << "ota_devices_by_state{state=\"" << escape_label(kv.first) << "\"} " << kv.second << "\n";
+    o << "ota_devices_by_state{state=\"" << prometheus_label_value(kv.first) << "\"} " << kv.second << "\n";
   o << "# HELP ota_transfers_in_flight Devices offered an update that have not finished.\n"
        "# TYPE ota_transfers_in_flight gauge\nota_transfers_in_flight " << in_flight << "\n";
   o << "# HELP ota_bytes_served_total Image bytes published to devices.\n"
@@ -987,6 +975,19 @@ std::string Controller::metrics_text() {
        "# TYPE ota_rollout_failure_rate gauge\n" << rates.str();
   health_metrics(o);
   return o.str();
+}
+
+std::string prometheus_label_value(const std::string& v) {
+  std::string out;
+  for (char c : v) {
+    if (c == '\\' || c == '"') out += '\\';
+    if (c == '\n') {
+      out += "\\n";
+      continue;
+    }
+    out += c;
+  }
+  return out;
 }
 
 }  // namespace ota::service

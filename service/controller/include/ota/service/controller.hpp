@@ -122,6 +122,9 @@ struct ControllerConfig {
   long long prune_interval_ms = 60000;
 };
 
+// A Prometheus label value with backslash, double quote and newline escaped.
+std::string prometheus_label_value(const std::string& v);
+
 struct ImageFile;  // open fd + geometry of a stored image
 
 struct AddImageResult {
