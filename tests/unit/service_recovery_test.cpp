@@ -190,5 +190,111 @@ TEST_F(ControllerRecovery, TickPrunesOldEventsButNeverThoseOfAnActiveDeployment)
   EXPECT_EQ(m.find("\nota_events_pruned_total 0\n"), std::string::npos) << m;
 }
 
+// --------------------------------------------------------------------- hostile devices
+
+TEST(RateLimiterTest, BurstThenTheRateAndKeysAreIndependent) {
+  RateLimiter rl(10.0, 5.0);  // 10 a second, bursts of 5
+  int admitted = 0;
+  for (int i = 0; i < 20; ++i) admitted += rl.admit("a", 1000) ? 1 : 0;
+  EXPECT_EQ(admitted, 5);
+  EXPECT_TRUE(rl.admit("b", 1000)) << "another key has its own budget";
+  EXPECT_FALSE(rl.admit("a", 1050)) << "half a token after 50 ms";
+  EXPECT_TRUE(rl.admit("a", 1100));
+  admitted = 0;
+  for (int i = 0; i < 20; ++i) admitted += rl.admit("a", 1000000) ? 1 : 0;
+  EXPECT_EQ(admitted, 5) << "a long pause refills to the burst, not beyond";
+}
+
+TEST(RateLimiterTest, ForgetsIdleKeysBeyondItsCapacity) {
+  RateLimiter rl(1000.0, 2.0, 10);
+  for (int i = 0; i < 10; ++i) ASSERT_TRUE(rl.admit("k" + std::to_string(i), 0));
+  EXPECT_EQ(rl.keys(), 10u);
+  // Much later every bucket has refilled: they are forgotten to make room.
+  EXPECT_TRUE(rl.admit("new", 100000));
+  EXPECT_EQ(rl.keys(), 1u);
+}
+
+TEST_F(ControllerRecovery, AFloodingDeviceIsRateLimitedAndOthersAreServed) {
+  configure = [](ControllerConfig& c) {
+    c.device_messages_per_s = 0.001;  // no refill within the test
+    c.device_messages_burst = 5;
+  };
+  start();
+  auto img = add(bytes_of(3000), "1.1.0");
+  hello("flood", "1.0.0");  // 1 of its 5
+  hello("calm", "1.0.0");
+  auto dep = ctl->deploy("1.1.0", "device", "flood");
+  ASSERT_TRUE(dep.ok());
+  for (std::uint32_t i = 1; i <= 100; ++i) event("flood", ev(proto::EventType::accept, i, dep->id));
+  EXPECT_EQ(ctl->dropped(DropReason::rate_limited), 96u);
+  EXPECT_EQ((*ctl->device_json("flood"))["last_seq"], 4) << "messages beyond the budget had an effect";
+  hello("calm", "1.0.1", {}, proto::SlotState::confirmed);
+  EXPECT_EQ((*ctl->device_json("calm"))["version"], "1.0.1") << "another device was starved";
+  const std::string m = ctl->metrics_text();
+  EXPECT_NE(m.find("ota_device_messages_dropped_total{reason=\"rate_limited\"} 96"), std::string::npos) << m;
+  (void)img;
+}
+
+TEST_F(ControllerRecovery, AHelloNamingAnotherDeviceChangesNothing) {
+  hello("victim", "1.0.0", {}, proto::SlotState::confirmed, "m1");
+  // A device publishes on its own topic a hello that names the victim and another model.
+  proto::Hello h;
+  h.device.assign("victim");
+  h.hw.assign("evil-board");
+  h.version.assign("6.6.6");
+  h.slot.assign("b");
+  h.slot_state = proto::SlotState::confirmed;
+  char buf[2048];
+  std::size_t len = 0;
+  ASSERT_FALSE(proto::encode_hello(h, buf, sizeof buf, len));
+  ctl->on_message("ota/v1/dev/attacker/up/presence", buf, len);
+  EXPECT_EQ((*ctl->device_json("victim"))["hw"], "m1");
+  EXPECT_EQ((*ctl->device_json("victim"))["version"], "1.0.0");
+  EXPECT_FALSE(ctl->device_json("attacker").ok() && (*ctl->device_json("attacker"))["version"] == "6.6.6")
+      << "a hello naming another device was applied to its topic's device";
+  EXPECT_EQ(ctl->dropped(DropReason::device_id_mismatch), 1u);
+}
+
+TEST_F(ControllerRecovery, ASuccessResultForAnotherVersionIsRefused) {
+  add(bytes_of(9000), "1.5.0");
+  hello("d1", "1.0.0");
+  auto dep = ctl->deploy("1.5.0", "device", "d1");
+  ASSERT_TRUE(dep.ok());
+  event("d1", ev(proto::EventType::accept, 1, dep->id));
+  auto lie = ev(proto::EventType::result, 2, dep->id);
+  lie.success = true;
+  lie.version.assign("9.9.9");
+  event("d1", lie);
+  EXPECT_EQ(row_state(dep->id, "d1"), "accepted");
+  EXPECT_EQ((*ctl->device_json("d1"))["version"], "1.0.0");
+  EXPECT_EQ(ctl->dropped(DropReason::result_mismatch), 1u);
+  // The truthful result still counts.
+  auto truth = ev(proto::EventType::result, 3, dep->id);
+  truth.success = true;
+  truth.version.assign("1.5.0");
+  event("d1", truth);
+  EXPECT_EQ(row_state(dep->id, "d1"), "succeeded");
+  EXPECT_EQ((*ctl->device_json("d1"))["version"], "1.5.0");
+}
+
+TEST_F(ControllerRecovery, ProgressNeverGoesBackwardsWithinAnAttempt) {
+  add(bytes_of(40000), "1.1.0");
+  hello("d1", "1.0.0");
+  auto dep = ctl->deploy("1.1.0", "device", "d1");
+  ASSERT_TRUE(dep.ok());
+  event("d1", ev(proto::EventType::accept, 1, dep->id));
+  auto p = ev(proto::EventType::progress, 2, dep->id);
+  p.received = 20000;
+  p.total = 40000;
+  event("d1", p);
+  auto back = ev(proto::EventType::progress, 3, dep->id);
+  back.received = 4096;
+  back.total = 40000;
+  event("d1", back);
+  auto j = ctl->deployment_json(dep->id);
+  EXPECT_EQ((*j)["devices"][0]["received"], 20000);
+  EXPECT_EQ(ctl->dropped(DropReason::progress_backwards), 1u);
+}
+
 }  // namespace
 }  // namespace ota::service::testing

@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cerrno>
 #include <cstring>
 #include <fstream>
@@ -34,6 +35,12 @@ struct ImageFile {
 namespace {
 
 std::string str(const char* p, std::size_t n) { return std::string(p, n); }
+
+long long steady_now_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
 
 bool is_late_state(const std::string& s) {
   return s == "installing" || s == "rebooting" || s == "confirming";
@@ -160,7 +167,24 @@ std::vector<std::string> AclGroups::groups_of(const std::string& dev) const {
 }
 
 Controller::Controller(ControllerConfig cfg, Signer signer, Publisher* pub)
-    : cfg_(std::move(cfg)), signer_(std::move(signer)), pub_(pub) {}
+    : cfg_(std::move(cfg)),
+      signer_(std::move(signer)),
+      pub_(pub),
+      message_budget_(cfg_.device_messages_per_s, cfg_.device_messages_burst),
+      request_budget_(cfg_.device_requests_per_s, cfg_.device_requests_burst) {}
+
+const char* drop_reason_name(DropReason r) {
+  switch (r) {
+    case DropReason::decode_error: return "decode_error";
+    case DropReason::rate_limited: return "rate_limited";
+    case DropReason::device_id_mismatch: return "device_id_mismatch";
+    case DropReason::result_mismatch: return "result_mismatch";
+    case DropReason::progress_backwards: return "progress_backwards";
+    case DropReason::not_applicable: return "not_applicable";
+    case DropReason::duplicate: return "duplicate";
+  }
+  return "unknown";
+}
 
 Controller::~Controller() {
   std::lock_guard<std::mutex> lock(mu_);
@@ -333,8 +357,9 @@ Status Controller::reload_acl_if_changed(bool force) {
 
 void Controller::ignored(const std::string& key, const std::string& dep, const std::string& dev,
                          const std::string& what, const std::string& detail,
-                         const std::string& msg) {
+                         const std::string& msg, DropReason reason) {
   ignored_messages_++;
+  count_drop(reason);
   if (!logged_once_.insert(key)) return;
   log_warn("device " + dev + ": " + msg + " (logged once; further ones are only counted)");
   if (!what.empty()) event(dep, dev, what, detail);
@@ -883,6 +908,7 @@ void Controller::on_connected(bool after_link_loss) {
 void Controller::decode_error(const std::string& dev, const char* topic, const char* what,
                               int code, const char* field) {
   decode_errors_++;
+  count_drop(DropReason::decode_error);
   log_warn("device " + dev + ": bad " + what + " on " + topic + ": " +
            proto::errc_name(static_cast<proto::Errc>(code)) +
            (field && *field ? std::string(" (field ") + field + ")" : std::string()));
@@ -898,11 +924,23 @@ void Controller::on_message(const char* topic, const void* payload, std::size_t 
     return;
   if (!idp || !proto::valid_id(idp, idlen)) {
     decode_errors_++;
+    count_drop(DropReason::decode_error);
     log_warn(std::string("ignoring message on topic with invalid device id: ") + topic);
     return;
   }
   const std::string dev = str(idp, idlen);
   const char* p = static_cast<const char*>(payload);
+  // Retained copies come from the broker's store (we subscribed), not from the device now.
+  RateLimiter& budget = k == proto::TopicKind::chunk_request ? request_budget_ : message_budget_;
+  if (!retained && !budget.admit(dev, steady_now_ms())) {
+    count_drop(DropReason::rate_limited);
+    ignored_messages_++;
+    std::lock_guard<std::mutex> lock(mu_);
+    if (logged_once_.insert("rate|" + dev))
+      log_warn("device " + dev + ": over its message budget; dropping messages (logged once, counted "
+               "in ota_device_messages_dropped_total{reason=\"rate_limited\"})");
+    return;
+  }
   switch (k) {
     case proto::TopicKind::presence: handle_presence(dev, p, len, topic, retained); break;
     case proto::TopicKind::event: handle_event(dev, p, len, topic); break;
@@ -948,9 +986,15 @@ void Controller::handle_presence(const std::string& dev, const char* p, std::siz
   auto h = std::make_unique<proto::Hello>();
   e = proto::decode_hello(p, len, *h);
   if (e) return decode_error(dev, topic, "hello", static_cast<int>(e.code), e.field);
-  if (*h->device.c_str() && h->device != dev.c_str())
-    log_warn("device " + dev + ": hello claims device '" + h->device.c_str() +
-             "'; using the topic's id");
+  if (*h->device.c_str() && h->device != dev.c_str()) {
+    // The topic's id is the one the broker vouches for (its ACL pins a certificate to its
+    // own topics); a hello naming someone else is a lie or a mix-up: apply nothing.
+    ignored("hello-id|" + dev, "", dev, "", "",
+            std::string("hello names device '") + h->device.c_str() +
+                "', not the topic's; ignored",
+            DropReason::device_id_mismatch);
+    return;
+  }
   auto existing = store_.device(dev);
   if (!existing) {
     log_error("device " + dev + ": hello: " + existing.error());
@@ -1173,6 +1217,24 @@ void Controller::handle_event(const std::string& dev, const char* p, std::size_t
   }
   if (replay && is_final_row_state(row->rec.state)) {
     ignored_messages_++;  // the outcome we already have, re-sent: nothing to do
+    count_drop(DropReason::duplicate);
+    return;
+  }
+  // Claims the controller can check against what it knows are not taken at face value.
+  if (ev.type == proto::EventType::result && ev.success && !ev.version.empty() &&
+      dp->image.version != ev.version.c_str()) {
+    ignored("result-version|" + dev + "|" + dep_id, dep_id, dev, "refused_result",
+            std::string("success result claims version ") + ev.version.c_str() +
+                ", the deployment's image is " + dp->image.version,
+            std::string("success result for deployment ") + dep_id + " claims version " +
+                ev.version.c_str() + ", not the image's " + dp->image.version + "; ignored",
+            DropReason::result_mismatch);
+    return;
+  }
+  if (ev.type == proto::EventType::progress && row->rec.attempt == attempt &&
+      ev.received < row->rec.received && row->rec.state == "downloading") {
+    count_drop(DropReason::progress_backwards);
+    ignored_messages_++;
     return;
   }
 

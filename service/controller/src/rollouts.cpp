@@ -961,6 +961,11 @@ std::string Controller::metrics_text() {
        "# TYPE ota_decode_errors_total counter\nota_decode_errors_total " << decode_errors_.load() << "\n";
   o << "# HELP ota_ignored_messages_total Device messages dropped without effect.\n"
        "# TYPE ota_ignored_messages_total counter\nota_ignored_messages_total " << ignored_messages_.load() << "\n";
+  o << "# HELP ota_device_messages_dropped_total Device messages dropped without effect, by reason.\n"
+       "# TYPE ota_device_messages_dropped_total counter\n";
+  for (std::size_t r = 0; r < kDropReasonCount; ++r)
+    o << "ota_device_messages_dropped_total{reason=\"" << drop_reason_name(static_cast<DropReason>(r))
+      << "\"} " << dropped_[r].load() << "\n";
   o << "# HELP ota_rollout_devices Devices of live rollouts by state.\n# TYPE ota_rollout_devices gauge\n";
   std::ostringstream rates;
   for (const auto& kv : rollouts_) {

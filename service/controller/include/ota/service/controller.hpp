@@ -2,6 +2,7 @@
 // Thread-safe: MQTT callbacks, HTTP handlers and the periodic tick may run concurrently.
 #pragma once
 
+#include <array>
 #include <atomic>
 #include <cstdint>
 #include <deque>
@@ -19,6 +20,7 @@
 #include <nlohmann/json.hpp>
 
 #include "ota/service/images.hpp"
+#include "ota/service/rate_limit.hpp"
 #include "ota/service/result.hpp"
 #include "ota/service/rollout.hpp"
 #include "ota/service/signing.hpp"
@@ -120,7 +122,26 @@ struct ControllerConfig {
   // deployments and live rollouts. 0 = no limit of that kind.
   EventRetention event_retention{90LL * 86400 * 1000, 1000000};
   long long prune_interval_ms = 60000;
+  // Per-device message budgets (token buckets): presence and events, and chunk requests (an
+  // agent at full speed asks about 600 times a second with 4 KiB chunks). Messages beyond
+  // them are dropped and counted (ota_device_messages_dropped_total{reason="rate_limited"}).
+  double device_messages_per_s = 20, device_messages_burst = 200;
+  double device_requests_per_s = 2000, device_requests_burst = 2000;
 };
+
+// Why a device message was dropped without effect (a label of
+// ota_device_messages_dropped_total).
+enum class DropReason {
+  decode_error,        // not a valid message (codec error)
+  rate_limited,        // over the device's message budget
+  device_id_mismatch,  // a hello naming another device than its topic
+  result_mismatch,     // a success result for another version than the deployment's image
+  progress_backwards,  // progress below what the device already reported in this attempt
+  not_applicable,      // not a member, finished or superseded deployment, stale id
+  duplicate,           // an outcome we already have, sent again
+};
+constexpr std::size_t kDropReasonCount = 7;
+const char* drop_reason_name(DropReason r);
 
 // A Prometheus label value with backslash, double quote and newline escaped.
 std::string prometheus_label_value(const std::string& v);
@@ -210,6 +231,7 @@ class Controller {
   std::uint64_t duplicate_requests() const { return duplicate_requests_.load(); }
   std::uint64_t cancels_sent() const { return cancels_sent_.load(); }
   std::uint64_t bytes_served() const { return bytes_served_.load(); }
+  std::uint64_t dropped(DropReason r) const { return dropped_[static_cast<std::size_t>(r)].load(); }
 
   static constexpr long long kDuplicateRequestMs = 200;
   static constexpr long long kCancelIntervalMs = 5000;
@@ -296,7 +318,9 @@ class Controller {
   Status reload_acl_if_changed(bool force);
   // Counts an ignored device message; logs (and records one event row) once per key.
   void ignored(const std::string& key, const std::string& dep, const std::string& dev,
-               const std::string& what, const std::string& detail, const std::string& msg);
+               const std::string& what, const std::string& detail, const std::string& msg,
+               DropReason reason = DropReason::not_applicable);
+  void count_drop(DropReason r) { dropped_[static_cast<std::size_t>(r)]++; }
   // Tells `dev` to drop deployment `dep_id` (at most once per kCancelIntervalMs per device).
   void send_cancel(const std::string& dev, const std::string& dep_id, const std::string& why);
   std::optional<RowRec> finished_row(const std::string& dep_id, const std::string& dev);
@@ -355,6 +379,9 @@ class Controller {
   std::atomic<std::uint64_t> duplicate_requests_{0};
   std::atomic<std::uint64_t> cancels_sent_{0};
   std::atomic<std::uint64_t> bytes_served_{0};
+  std::array<std::atomic<std::uint64_t>, kDropReasonCount> dropped_{};
+  RateLimiter message_budget_;  // presence + events, per device
+  RateLimiter request_budget_;  // chunk requests, per device
   // Health (health.cpp). Must hold mu_.
   void probe_database(long long now_ms);
   void prune_history(long long now_ms);
