@@ -181,8 +181,7 @@ void Agent::boot() {
       dispatch(Trigger::resume_verify);
       break;
     case DeviceState::installing:
-      if (image_.running_version == st_.manifest.version &&
-          image_.slot_state == proto::SlotState::pending) {
+      if (runs_image(st_.manifest) && image_.slot_state == proto::SlotState::pending) {
         dispatch(Trigger::booted_trial);  // activated just before the power was lost
       } else {
         dispatch(Trigger::resume_install);
@@ -190,7 +189,9 @@ void Agent::boot() {
       break;
     case DeviceState::rebooting:
     case DeviceState::confirming: {
-      const bool runs_new = image_.running_version == st_.manifest.version;
+      // By hash too where the port can tell: a same-version image that was reverted leaves
+      // the device on an image with the same version.
+      const bool runs_new = runs_image(st_.manifest);
       if (runs_new && image_.slot_state == proto::SlotState::pending) {
         dispatch(Trigger::booted_trial);
       } else if (runs_new && image_.slot_state == proto::SlotState::confirmed) {
@@ -308,19 +309,42 @@ ReasonCode Agent::check_offer(const proto::Offer& offer) {
     case Crypto::Verify::bad_signature:
       return ReasonCode::bad_signature;
   }
+  // Check 3a: signed for this offer id and for this device or one of its groups, so a
+  // captured offer replayed under another deployment id, or to another device, is useless.
+  if (m.deployment != offer.deployment.c_str()) return ReasonCode::wrong_target;
+  if (!m.device.empty()) {
+    if (m.device != cfg_.device_id) return ReasonCode::wrong_target;
+  } else {
+    bool member = false;
+    for (std::size_t i = 0; i < cfg_.group_count && !m.group.empty(); ++i)
+      member = member || m.group == cfg_.groups[i];
+    if (!member) return ReasonCode::wrong_target;
+  }
   bool hw_ok = false;
   for (std::size_t i = 0; i < m.hw_count; ++i) hw_ok = hw_ok || m.hw[i] == cfg_.hw_model;
   if (!hw_ok) return ReasonCode::wrong_hardware;
   if (m.counter < image_.security_counter) return ReasonCode::downgrade;
+  // A lower version only when the signed manifest says the operator ordered a rollback.
+  if (!m.rollback && proto::is_semver(image_.running_version.c_str(), image_.running_version.size) &&
+      proto::compare_semver(m.version.c_str(), image_.running_version.c_str()) < 0) {
+    return ReasonCode::downgrade;
+  }
   if (m.expires != 0 && clock_.unix_seconds() > m.expires) return ReasonCode::expired;
   if (m.kind != image_.kind || m.compression != proto::Compression::none ||
       m.chunk_size > kMaxChunkSize || m.chunk_count() > kMaxImageChunks ||
       m.size > 0xffffffffull) {
     return ReasonCode::unsupported;
   }
-  if (image_.running_version == m.version) return ReasonCode::already_installed;
+  if (runs_image(m)) return ReasonCode::already_installed;
   if (m.size > image_.free_bytes) return ReasonCode::no_space;
   return ReasonCode::ok;
+}
+
+bool Agent::runs_image(const proto::Manifest& m) const {
+  if (image_.running_version != m.version) return false;
+  // PROTOCOL.md section 7, check 8: the same image is the same version and SHA-256. A port
+  // that cannot tell the running hash leaves the version alone to decide.
+  return image_.running_sha256.empty() || image_.running_sha256 == m.sha256;
 }
 
 void Agent::handle_offer(const std::uint8_t* payload, std::size_t len) {

@@ -25,7 +25,7 @@ constexpr const char* kReasonNames[] = {
     "downgrade",    "expired",       "unsupported",   "no_space",          "busy",
     "already_installed", "size_mismatch", "hash_mismatch", "flash_error", "self_test_failed",
     "rolled_back",  "cancelled",     "timeout",       "internal_error",    "low_battery",
-    "not_in_window",
+    "not_in_window", "wrong_target",
 };
 constexpr std::size_t kReasonCount = sizeof(kReasonNames) / sizeof(kReasonNames[0]);
 static_assert(kReasonCount == static_cast<std::size_t>(kLastReasonCode) + 1,
@@ -99,6 +99,10 @@ Error validate_manifest(const Manifest& m) {
   if (static_cast<std::size_t>(m.compression) >= count_of(kCompressionNames))
     return err(Errc::bad_value, "manifest.compression");
   if (!fs_hex(m.sig, kSignatureHexLen)) return err(Errc::bad_value, "manifest.sig");
+  if (!m.deployment.empty() && !fs_id(m.deployment)) return err(Errc::bad_value, "manifest.deployment");
+  if (!m.device.empty() && !fs_id(m.device)) return err(Errc::bad_value, "manifest.device");
+  if (!m.group.empty() && !fs_id(m.group)) return err(Errc::bad_value, "manifest.group");
+  if (!m.device.empty() && !m.group.empty()) return err(Errc::bad_value, "manifest.group");
   return kOk;
 }
 
@@ -337,8 +341,21 @@ void write_manifest(Writer& w, const Manifest& m, bool with_sig) {
   w.string(name_at(kCompressionNames, static_cast<std::size_t>(m.compression)));
   w.key("counter");
   w.uint(m.counter);
+  // The binding members only when set: manifests signed without them keep their bytes.
+  if (!m.deployment.empty()) {
+    w.key("deployment");
+    put(w, m.deployment);
+  }
+  if (!m.device.empty()) {
+    w.key("device");
+    put(w, m.device);
+  }
   w.key("expires");
   w.uint(m.expires);
+  if (!m.group.empty()) {
+    w.key("group");
+    put(w, m.group);
+  }
   w.key("hw");
   w.begin_array();
   std::size_t n = m.hw_count <= kMaxHwModels ? m.hw_count : kMaxHwModels;
@@ -350,6 +367,10 @@ void write_manifest(Writer& w, const Manifest& m, bool with_sig) {
   put(w, m.key);
   w.key("kind");
   w.string(name_at(kKindNames, static_cast<std::size_t>(m.kind)));
+  if (m.rollback) {
+    w.key("rollback");
+    w.boolean(true);
+  }
   w.key("sha256");
   put(w, m.sha256);
   if (with_sig) {
@@ -363,9 +384,9 @@ void write_manifest(Writer& w, const Manifest& m, bool with_sig) {
   w.end_object();
 }
 
-constexpr const char* kManifestKeys[] = {"chunk_size", "compression", "counter", "expires",
-                                         "hw",         "image",       "key",     "kind",
-                                         "sha256",     "sig",         "size",    "version"};
+constexpr const char* kManifestKeys[] = {
+    "chunk_size", "compression", "counter", "deployment", "device", "expires", "group", "hw",
+    "image",      "key",         "kind",    "rollback",   "sha256", "sig",     "size",  "version"};
 
 Error decode_manifest(const Doc& d, int obj, Manifest& m) {
   if (d.tok[obj].type != Type::object) return err(Errc::bad_field_type, "manifest");
@@ -415,6 +436,17 @@ Error decode_manifest(const Doc& d, int obj, Manifest& m) {
     m.compression = static_cast<Compression>(v);
   }
   if (Error e = req_string(d, obj, "sig", "manifest.sig", m.sig)) return e;
+  if (Error e = opt_string(d, obj, "deployment", "manifest.deployment", m.deployment)) return e;
+  if (Error e = opt_string(d, obj, "device", "manifest.device", m.device)) return e;
+  if (Error e = opt_string(d, obj, "group", "manifest.group", m.group)) return e;
+  m.rollback = false;
+  idx = json::find(d, obj, "rollback");
+  if (idx >= 0) {
+    if (d.tok[idx].type != Type::boolean) return err(Errc::bad_field_type, "manifest.rollback");
+    m.rollback = json::boolean_value(d, idx);
+    // Only `true` is ever written: a `false` would give one manifest two encodings.
+    if (!m.rollback) return err(Errc::bad_value, "manifest.rollback");
+  }
   return validate_manifest(m);
 }
 

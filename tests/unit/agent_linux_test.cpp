@@ -312,7 +312,9 @@ TEST(LinuxAgentTest, UnwritableStateFileAbortsCleanlyAndReports) {
   agent.boot();
   agent.on_connected();
   const auto image = random_image(8 * 1024, 5);
-  const auto offer = encode(make_offer(signer, image, {}));
+  OfferOptions opt;
+  opt.device = "dev-ro";
+  const auto offer = encode(make_offer(signer, image, opt));
   agent.on_message("ota/v1/dev/dev-ro/down/offer", offer.data(), offer.size());
   const auto evs = transport.events();
   ASSERT_FALSE(evs.empty());

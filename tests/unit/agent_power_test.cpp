@@ -46,6 +46,7 @@ struct Release {
     EXPECT_EQ(crypto.add_trusted_key_pem(signer.pem_path(), error), signer.key_id()) << error;
     OfferOptions opt;
     opt.deployment = "dep-pc";
+    opt.device = kDevice;
     opt.version = kNew;
     opt.chunk_size = kChunk;
     opt.hw = "sim-board";

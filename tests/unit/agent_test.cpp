@@ -70,7 +70,8 @@ class AgentTest : public ::testing::Test {
     for (int i = 0; i < 4; ++i) {
       agent_.reset();
       transport_.connected_ = false;
-      agent_ = std::make_unique<Agent>(cfg_, flash_, transport_, clock_, storage_, crypto_);
+      agent_ = std::make_unique<Agent>(cfg_, port_ != nullptr ? *port_ : flash_, transport_,
+                                       clock_, storage_, crypto_);
       agent_->boot();
       if (!agent_->reset_requested()) break;
       ASSERT_EQ(flash_.power_on(), PortStatus::ok);
@@ -245,6 +246,7 @@ class AgentTest : public ::testing::Test {
   linux_port::OpensslCrypto crypto_;
   std::string key_id_;
   FakeFlash flash_;
+  FlashPort* port_ = nullptr;  // set before start(): the agent's flash instead of flash_
   ScriptedTransport transport_;
   FakeClock clock_;
   MemStorage storage_;
@@ -511,6 +513,52 @@ TEST_F(AgentTest, RejectsUnknownKey) {
   TestSigner stranger;
   proto::Offer offer = make_offer(stranger, image_, {});
   expect_declined(offer, ReasonCode::unknown_key);
+}
+
+// A captured, validly signed offer replayed under another deployment id, to another device,
+// to a group the device is not in, or signed without any binding: declined, nothing written.
+TEST_F(AgentTest, RejectsAnOfferSignedForAnotherDeploymentDeviceOrGroup) {
+  start();
+  proto::Offer replayed = offer_for(image_);  // signed for dep-1
+  replayed.deployment.assign("dep-replayed");  // outside the signature
+  expect_declined(replayed, ReasonCode::wrong_target);
+  OfferOptions other_device;
+  other_device.deployment = "dep-2";
+  other_device.device = "dev-2";
+  expect_declined(offer_for(image_, other_device), ReasonCode::wrong_target);
+  OfferOptions other_group;
+  other_group.deployment = "dep-3";
+  other_group.group = "other-fleet";
+  expect_declined(offer_for(image_, other_group), ReasonCode::wrong_target);
+  OfferOptions unbound;
+  unbound.deployment = "dep-4";
+  unbound.unbound = true;
+  expect_declined(offer_for(image_, unbound), ReasonCode::wrong_target);
+  // Bound to a group it is in: accepted.
+  OfferOptions own_group;
+  own_group.deployment = "dep-5";
+  own_group.group = "fleet";
+  const std::size_t from = transport_.published.size();
+  send_offer(offer_for(image_, own_group));
+  const auto evs = transport_.events(from);
+  ASSERT_FALSE(evs.empty());
+  EXPECT_EQ(evs[0].type, EventType::accept);
+}
+
+TEST_F(AgentTest, ALowerVersionNeedsTheOperatorsRollback) {
+  start();
+  OfferOptions older;
+  older.deployment = "dep-old";
+  older.version = "0.9.0";  // running 1.0.0, same security counter
+  expect_declined(offer_for(image_, older), ReasonCode::downgrade);
+  OfferOptions rollback = older;
+  rollback.deployment = "dep-rollback";
+  rollback.rollback = true;
+  const std::size_t from = transport_.published.size();
+  send_offer(offer_for(image_, rollback));
+  const auto evs = transport_.events(from);
+  ASSERT_FALSE(evs.empty());
+  EXPECT_EQ(evs[0].type, EventType::accept) << "a rollback the operator ordered was refused";
 }
 
 TEST_F(AgentTest, RejectsWrongHardware) {
@@ -1389,6 +1437,105 @@ TEST_F(AgentTest, SameVersionOfferedAfterUpdateIsAlreadyInstalledWithoutReboot) 
   EXPECT_FALSE(agent_->reset_requested());
   EXPECT_EQ(agent_->state(), DeviceState::idle);
   EXPECT_EQ(running_version(), "1.1.0");
+}
+
+// A port that can tell the SHA-256 of the running image (one that hashes its slot, or keeps
+// the verified manifest's sha256 with the slot), over the fake flash.
+class HashingFlash final : public FlashPort {
+ public:
+  explicit HashingFlash(FakeFlash& inner) : inner_(inner) {}
+  PortStatus begin(const proto::Manifest& m, bool resume) override { return inner_.begin(m, resume); }
+  PortStatus write(std::uint32_t offset, const std::uint8_t* data, std::size_t len) override {
+    return inner_.write(offset, data, len);
+  }
+  PortStatus read(std::uint32_t offset, std::uint8_t* out, std::size_t len) override {
+    return inner_.read(offset, out, len);
+  }
+  PortStatus sync() override { return inner_.sync(); }
+  PortStatus finish(const proto::Manifest& m) override { return inner_.finish(m); }
+  PortStatus abort() override { return inner_.abort(); }
+  PortStatus activate(const proto::Manifest& m) override { return inner_.activate(m); }
+  PortStatus activate_trial(const proto::Manifest& m, std::uint32_t boots) override {
+    return inner_.activate_trial(m, boots);
+  }
+  PortStatus reject() override { return inner_.reject(); }
+  PortStatus confirm() override { return inner_.confirm(); }
+  void reset() override { inner_.reset(); }
+  PortStatus read_state(ImageState& out) override {
+    const PortStatus s = inner_.read_state(out);
+    const auto& running = inner_.slot_data(inner_.running_slot());
+    out.running_sha256.assign(sha256_hex(running.data(), running.size()).c_str());
+    return s;
+  }
+
+ private:
+  FakeFlash& inner_;
+};
+
+// PROTOCOL.md section 7, check 8: already_installed means the same version *and* the same
+// SHA-256. A different image under the running version (a rebuild, or a running image that
+// is not what its version claims) is installed when the port can tell the running hash.
+TEST_F(AgentTest, SameVersionWithOtherBytesIsInstalledWhenThePortKnowsTheRunningHash) {
+  HashingFlash hashing(flash_);
+  port_ = &hashing;
+  start();
+  OfferOptions opt;
+  opt.version = "1.0.0";  // the factory image's version, other bytes
+  const proto::Offer offer = offer_for(image_, opt);
+  send_offer(offer);
+  const auto evs = transport_.events();
+  ASSERT_FALSE(evs.empty());
+  EXPECT_EQ(evs[0].type, EventType::accept) << "declined " << proto::reason_name(evs[0].reason);
+  ChunkServer server(image_, offer.manifest.chunk_size, offer.manifest.image.c_str());
+  serve(server);
+  ASSERT_EQ(agent_->state(), DeviceState::rebooting);
+  const std::size_t before_reboot = transport_.published.size();
+  reboot();
+  EXPECT_EQ(flash_.running_slot(), 'b');
+  EXPECT_EQ(flash_.slot_data('b'), image_);
+  expect_single_result(true, ReasonCode::ok, "1.0.0", before_reboot);
+
+  // Now the same version and the same bytes: nothing to do.
+  const int begins = flash_.counts().begin;
+  opt.deployment = "dep-again";
+  const std::size_t from = transport_.published.size();
+  send_offer(offer_for(image_, opt));
+  const auto again = transport_.events(from);
+  ASSERT_EQ(again.size(), 1u);
+  EXPECT_EQ(again[0].type, EventType::decline);
+  EXPECT_EQ(again[0].reason, ReasonCode::already_installed);
+  EXPECT_EQ(flash_.counts().begin, begins);
+}
+
+TEST_F(AgentTest, SameVersionAndSameBytesIsAlreadyInstalledWhenThePortKnowsTheRunningHash) {
+  HashingFlash hashing(flash_);
+  port_ = &hashing;
+  start();
+  const std::string factory = "factory image 1.0.0\n";  // what FakeFlash puts in slot a
+  const std::vector<std::uint8_t> running(factory.begin(), factory.end());
+  ASSERT_EQ(flash_.slot_data('a'), running);
+  OfferOptions opt;
+  opt.version = "1.0.0";
+  opt.chunk_size = 256;
+  expect_declined(offer_for(running, opt), ReasonCode::already_installed);
+}
+
+// A same-version image that fails its self-test: the device is back on the old image, which
+// has the same version; only the hash tells the agent that the new one did not stay.
+TEST_F(AgentTest, SameVersionImageThatFailsItsSelfTestIsReportedAsReverted) {
+  HashingFlash hashing(flash_);
+  port_ = &hashing;
+  cfg_.self_test = &failing_self_test;
+  start();
+  OfferOptions opt;
+  opt.version = "1.0.0";
+  run_update(opt);
+  ASSERT_EQ(agent_->state(), DeviceState::rebooting);
+  const std::size_t before = transport_.published.size();
+  reboot();
+  EXPECT_EQ(flash_.running_slot(), 'a');
+  expect_single_result(false, ReasonCode::self_test_failed, "1.0.0", before);
+  EXPECT_EQ(flash_.boot_state().counter, 0u);
 }
 
 TEST_F(AgentTest, SecurityCounterIsRaisedOnlyWhenTheImageIsConfirmed) {

@@ -616,7 +616,9 @@ TEST(ProtoMessages, Names) {
   EXPECT_EQ(static_cast<int>(EventType::result), 4);
   EXPECT_EQ(static_cast<int>(EventType::defer), 5);
   EXPECT_STREQ(event_type_name(EventType::defer), "defer");
-  EXPECT_STREQ(reason_name(static_cast<ReasonCode>(21)), "unknown");
+  EXPECT_EQ(static_cast<int>(ReasonCode::wrong_target), 21);
+  EXPECT_STREQ(reason_name(ReasonCode::wrong_target), "wrong_target");
+  EXPECT_STREQ(reason_name(static_cast<ReasonCode>(22)), "unknown");
   for (int i = 0; i <= static_cast<int>(kLastReasonCode); ++i) {
     ReasonCode rc = static_cast<ReasonCode>(i);
     const char* n = reason_name(rc);

@@ -387,6 +387,8 @@ struct OfferSpec {
   const char* key = kTrustedKey;
   std::uint32_t counter = 1;
   const std::uint8_t* described = g_image;  // the bytes the manifest's hash is made of
+  const char* device = kDevice;              // binding: the device it is signed for
+  const char* signed_for = nullptr;          // binding: deployment signed for (default: the same)
 };
 
 // Builds g_offer for g_image as the controller does.
@@ -408,6 +410,8 @@ void make_offer(const OfferSpec& spec) {
   m.counter = spec.counter;
   m.expires = kNow + 3600;
   m.key.assign(spec.key);
+  m.deployment.assign(spec.signed_for ? spec.signed_for : spec.deployment);
+  m.device.assign(spec.device);
   sign(m);
 }
 
@@ -530,7 +534,7 @@ void test_declines() {
     bool tamper;
     ReasonCode expected;
   };
-  Case cases[6];
+  Case cases[9];
   cases[0].spec.deployment = "dep-tampered";
   cases[0].tamper = true;
   cases[0].expected = ReasonCode::bad_signature;
@@ -551,10 +555,25 @@ void test_declines() {
   cases[4].spec.counter = 5;
   cases[4].tamper = false;
   cases[4].expected = ReasonCode::already_installed;
-  cases[5].spec.deployment = "dep-ok";
+  cases[5].spec.deployment = "dep-replayed";  // a signed offer replayed under another id
+  cases[5].spec.signed_for = "dep-original";
   cases[5].spec.counter = 5;
   cases[5].tamper = false;
-  cases[5].expected = ReasonCode::ok;
+  cases[5].expected = ReasonCode::wrong_target;
+  cases[6].spec.deployment = "dep-elsewhere";  // signed for another device
+  cases[6].spec.device = "dev-2";
+  cases[6].spec.counter = 5;
+  cases[6].tamper = false;
+  cases[6].expected = ReasonCode::wrong_target;
+  cases[7].spec.deployment = "dep-lower";  // a lower version without the operator's rollback
+  cases[7].spec.version = "0.9.0";
+  cases[7].spec.counter = 5;
+  cases[7].tamper = false;
+  cases[7].expected = ReasonCode::downgrade;
+  cases[8].spec.deployment = "dep-ok";
+  cases[8].spec.counter = 5;
+  cases[8].tamper = false;
+  cases[8].expected = ReasonCode::ok;
   for (const Case& c : cases) {
     make_offer(c.spec);
     if (c.tamper) g_offer.manifest.counter += 1;  // after signing

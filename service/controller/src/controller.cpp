@@ -513,7 +513,9 @@ Result<DeploymentRec> Controller::deploy(const std::string& image_ref, const std
   auto file = open_image(*img);
   if (!file) return file.context("deploy");
 
-  auto offer = build_offer(*img, *depid);
+  OfferTarget bound;
+  (kind == "device" ? bound.device : bound.group) = target;
+  auto offer = build_offer(*img, *depid, bound);
   if (!offer) return offer.context("deploy");
 
   DepMem dm;
@@ -560,10 +562,15 @@ Result<DeploymentRec> Controller::deploy(const std::string& image_ref, const std
   return d.rec;
 }
 
-Result<std::string> Controller::build_offer(const ImageRec& img, const std::string& offer_id) {
+Result<std::string> Controller::build_offer(const ImageRec& img, const std::string& offer_id,
+                                            const OfferTarget& target) {
   auto offer = std::make_unique<proto::Offer>();
   offer->deployment.assign(offer_id.c_str());
   proto::Manifest& m = offer->manifest;
+  m.deployment.assign(offer_id.c_str());
+  m.device.assign(target.device.c_str());
+  m.group.assign(target.group.c_str());
+  m.rollback = target.rollback;
   m.image.assign(img.id.c_str());
   m.version.assign(img.version.c_str());
   for (const auto& h : img.hw) {
@@ -608,10 +615,14 @@ Controller::DepMem* Controller::find_dep(const std::string& id, int* attempt) {
 
 bool Controller::publish_offer_attempt(DepMem& d, const std::string& dev, int attempt,
                                        bool tracked) {
-  if (!tracked && (d.rollout_id.empty() || attempt <= 1)) return publish_offer_to_device(d, dev);
+  if (!tracked && d.rollout_id.empty()) return publish_offer_to_device(d, dev);
   std::string offer = d.rec.offer;
-  if (attempt > 1) {
-    auto built = build_offer(d.image, offer_id(d.rec.id, attempt));
+  if (!d.rollout_id.empty()) {
+    // A rollout offers each device its own manifest, bound to the device and the attempt.
+    OfferTarget bound;
+    bound.device = dev;
+    bound.rollback = is_rollback(d);
+    auto built = build_offer(d.image, offer_id(d.rec.id, attempt), bound);
     if (!built) {
       log_error("deployment " + d.rec.id + ": offer to " + dev + ": " + built.error());
       return false;
@@ -633,6 +644,11 @@ bool Controller::publish_offer_attempt(DepMem& d, const std::string& dev, int at
 void Controller::note_alive(const std::string& dev) {
   const long long t = now();
   seen_ms_[dev] = t;
+}
+
+bool Controller::is_rollback(const DepMem& d) const {
+  auto ro = rollouts_.find(d.rollout_id);
+  return ro != rollouts_.end() && !ro->second.rec.rollback_of.empty();
 }
 
 bool Controller::publish_offer_to_device(const DepMem& d, const std::string& dev) {

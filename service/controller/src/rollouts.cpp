@@ -455,7 +455,11 @@ Status Controller::start_rollout(RolloutMem& ro, const std::string& actor, long 
   auto rows = assign_waves(ro.rec.id, eligible, ro.policy);
   std::string dep_id = random_id("dep-");
   if (dep_id.size() < 5) return internal_err("no randomness for the deployment id");
-  auto offer = build_offer(**img, dep_id);
+  // The deployment's own offer is bound to nobody: devices get per-device offers
+  // (publish_offer_attempt); this one only records what was signed.
+  OfferTarget unbound;
+  unbound.rollback = !ro.rec.rollback_of.empty();
+  auto offer = build_offer(**img, dep_id, unbound);
   if (!offer) return offer.err();
   auto file = open_image(**img);
   if (!file) return file.err();

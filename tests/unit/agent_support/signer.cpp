@@ -129,6 +129,14 @@ proto::Offer make_offer(const TestSigner& signer, const std::vector<std::uint8_t
   m.expires = opt.expires;
   m.kind = opt.kind;
   m.compression = proto::Compression::none;
+  if (!opt.unbound) {
+    m.deployment.assign(opt.deployment.c_str());
+    if (opt.group.empty())
+      m.device.assign(opt.device.c_str());
+    else
+      m.group.assign(opt.group.c_str());
+  }
+  m.rollback = opt.rollback;
   signer.sign(m);
   return offer;
 }

@@ -54,6 +54,12 @@ struct OfferOptions {
   std::uint32_t counter = 1;
   std::uint64_t expires = 1'900'000'000;
   proto::ImageKind kind = proto::ImageKind::firmware;
+  // Binding (PROTOCOL.md section 7, check 3a): the manifest is signed for `deployment` and
+  // for this device, or for this group when `group` is set.
+  std::string device = "dev-1";
+  std::string group;
+  bool rollback = false;
+  bool unbound = false;  // sign without any binding (as before the binding existed)
   // When set, the manifest describes these bytes instead of the served image.
   const std::vector<std::uint8_t>* manifest_image = nullptr;
 };

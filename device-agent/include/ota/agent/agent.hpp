@@ -215,6 +215,9 @@ class Agent {
   void handle_cancel(const std::uint8_t* payload, std::size_t len);
   void handle_chunk(const std::uint8_t* payload, std::size_t len);
   proto::ReasonCode check_offer(const proto::Offer& offer);
+  // The running image (image_) is the one `m` describes: same version, and same SHA-256 when
+  // the port can tell it (ImageState::running_sha256).
+  bool runs_image(const proto::Manifest& m) const;
   void decline(const proto::Id& deployment, proto::ReasonCode reason);
   void defer(const proto::Id& deployment, proto::ReasonCode reason, std::uint32_t retry_after_s);
   void maybe_send_heartbeat();

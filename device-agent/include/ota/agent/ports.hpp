@@ -14,6 +14,10 @@ enum class PortStatus : std::uint8_t { ok = 0, error, no_space, read_only, not_f
 // Which image the device runs and whether it still has to prove itself.
 struct ImageState {
   proto::Version running_version;
+  // SHA-256 (lower-case hex) of the running image, as the port knows it (the verified
+  // manifest's sha256 kept with the slot, or a hash of the slot); empty when the port cannot
+  // tell, and then an offer of the running version is taken for the running image.
+  proto::Sha256Hex running_sha256;
   char running_slot = 'a';  // 'a' or 'b'
   proto::SlotState slot_state = proto::SlotState::confirmed;
   proto::Version previous_version;  // version in the other slot, empty if none

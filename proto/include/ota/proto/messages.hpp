@@ -101,8 +101,9 @@ enum class ReasonCode : std::uint8_t {
   // Appended later (numeric values of the codes above never change).
   low_battery,    // defer/decline by the device's policy: not enough charge to update now
   not_in_window,  // defer/decline by the device's policy: outside its maintenance window
+  wrong_target,   // the signed manifest is bound to another deployment, device or group
 };
-constexpr ReasonCode kLastReasonCode = ReasonCode::not_in_window;
+constexpr ReasonCode kLastReasonCode = ReasonCode::wrong_target;
 const char* reason_name(ReasonCode code);
 // Returns false when `name` is not a documented reason code.
 bool reason_from_name(const char* name, std::size_t len, ReasonCode& out);
@@ -126,6 +127,13 @@ struct Manifest {
   ImageKind kind = ImageKind::firmware;       // "kind", optional, default "firmware"
   Compression compression = Compression::none;  // "compression", optional, default "none"
   SignatureHex sig;              // "sig": hex r||s over canonical_manifest()
+  // Binding (optional on the wire, written only when set; a device refuses a manifest
+  // without them, so a signed offer cannot be replayed under another deployment id, to
+  // another device or to another group).
+  Id deployment;                 // "deployment": the offer id it was signed for
+  Id device;                     // "device": the one device it is for, or
+  Id group;                      // "group": the group it is for (exactly one of the two)
+  bool rollback = false;         // "rollback": true = a downgrade the operator ordered
 
   std::uint32_t chunk_count() const {
     return chunk_size == 0 ? 0 : static_cast<std::uint32_t>((size + chunk_size - 1) / chunk_size);

@@ -262,8 +262,17 @@ class Controller {
 
   Controller(ControllerConfig cfg, Signer signer, Publisher* pub);
   long long now() const;  // unix ms from cfg_.clock
-  // Signed offer JSON for `img` under the deployment id devices will use.
-  Result<std::string> build_offer(const ImageRec& img, const std::string& offer_id);
+  // Whom a signed offer is for (the manifest's binding members).
+  struct OfferTarget {
+    std::string device;     // one device, or
+    std::string group;      // one group (a retained group offer)
+    bool rollback = false;  // a downgrade the operator ordered (rollout rollback)
+  };
+  // Signed offer JSON for `img` under the deployment id devices will use, bound to that id
+  // and to `target`.
+  Result<std::string> build_offer(const ImageRec& img, const std::string& offer_id,
+                                  const OfferTarget& target);
+  bool is_rollback(const DepMem& d) const;
   // Active deployment for an id as sent by a device ("dep-x" or "dep-x.<attempt>").
   DepMem* find_dep(const std::string& offer_id, int* attempt);
   static std::string offer_id(const std::string& dep_id, int attempt);
