@@ -1,16 +1,32 @@
 #!/usr/bin/env bash
 # pki.sh — test/demo PKI for the OTA broker (openssl CLI only).
 #
-#   pki.sh init    DIR [--prefix P]                     CA, server, controller, release key, ACL
-#   pki.sh device  DIR ID [--group G]...                one device certificate (+ group ACL)
-#   pki.sh devices DIR COUNT NAME [--group G]...        NAME-001 .. NAME-COUNT
+#   pki.sh init    DIR [--prefix P]                CA, server, controller, monitor, probe,
+#                                                  release key, ACL, (empty) CRL
+#   pki.sh device  DIR ID [--group G]...           one device certificate (+ group ACL)
+#   pki.sh devices DIR COUNT NAME [--group G]...   NAME-001 .. NAME-COUNT
+#   pki.sh monitor DIR NAME                        another read-only identity, NAME ota-monitor-*
+#   pki.sh revoke  DIR ID                          revoke a device: CRL, ACL section removed,
+#                                                  its files moved to revoked/
+#   pki.sh crl     DIR                             re-sign the CRL (valid CRL_DAYS days)
 #
-# Layout of DIR:
+# `init` is idempotent and also upgrades a directory made by an older pki.sh (adds what is
+# missing: monitor/probe identities and their ACL sections, the CA database and the CRL).
+# After `revoke` the broker must re-read the CRL (SIGHUP) and drop connections that are
+# already open (restart): see broker-config/README.md, "Revoking a device".
+#
+# Layout of DIR (the directory and its subdirectories are 0700, keys 0600):
 #   ca.key ca.crt                 EC P-256 CA (10 years)
 #   server.key server.crt         CN=localhost, SAN DNS:localhost, IP:127.0.0.1, IP:::1
 #   controller.key controller.crt CN=ota-controller (clientAuth)
+#   monitor.key monitor.crt       CN=ota-monitor (clientAuth): reads <prefix>/#, writes nothing
+#   probe.key probe.crt           CN=ota-probe (clientAuth): no topic rights (liveness checks)
+#   monitors/NAME.key .crt        CN=NAME, further read-only identities (`pki.sh monitor`)
 #   release.key release.pub       EC P-256 firmware-manifest signing pair (NOT a TLS key)
 #   devices/ID.key devices/ID.crt CN=ID (clientAuth)
+#   revoked/ID.SERIAL.crt .key    revoked device certificates, kept for the record
+#   crl.pem                       the CA's CRL (mosquitto crlfile), 0644
+#   ca.cnf index.txt crlnumber    `openssl ca` configuration and database (CRL only)
 #   acl                           mosquitto acl_file rendered from acl.in (+ group sections)
 #   prefix                        the topic prefix the ACL was rendered with
 #   openssl.cnf                   extension profiles used for signing
@@ -22,15 +38,24 @@ umask 077
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ID_RE='^[A-Za-z0-9._-]{1,64}$'
 CONTROLLER_CN="ota-controller"
+MONITOR_CN="ota-monitor"     # read-only; further monitors are ota-monitor-<suffix>
+PROBE_CN="ota-probe"         # no topic rights at all
 CA_DAYS=3650
 LEAF_DAYS=825
+# A CRL past its nextUpdate makes OpenSSL refuse EVERY client certificate, so the CRL is
+# valid as long as the CA; `pki.sh crl DIR` re-signs it (each revoke does too).
+CRL_DAYS=3650
 
 usage() {
   cat >&2 <<'EOF'
 usage: pki.sh init    DIR [--prefix P]                 (default prefix: ota/v1)
        pki.sh device  DIR ID [--group G]...
        pki.sh devices DIR COUNT NAME [--group G]...    creates NAME-001..NAME-COUNT
-IDs, names and groups: 1-64 characters of [A-Za-z0-9._-].
+       pki.sh monitor DIR NAME                         NAME: ota-monitor-<suffix>
+       pki.sh revoke  DIR ID                           then SIGHUP + restart the broker
+       pki.sh crl     DIR                              re-sign the CRL
+IDs, names and groups: 1-64 characters of [A-Za-z0-9._-]. Device ids must not be
+ota-controller, ota-probe, ota-monitor or ota-monitor-*.
 EOF
   exit 2
 }
@@ -155,16 +180,71 @@ cmd_init() {
     mv -f "$dir/release.pub.tmp" "$dir/release.pub"
   fi
 
+  [[ -f "$dir/monitor.crt" && -f "$dir/monitor.key" ]] ||
+    issue "$dir" "$dir/monitor" "$MONITOR_CN" v3_client || die "monitor certificate failed"
+  [[ -f "$dir/probe.crt" && -f "$dir/probe.key" ]] ||
+    issue "$dir" "$dir/probe" "$PROBE_CN" v3_client || die "probe certificate failed"
+
   if [[ ! -f "$dir/acl" ]]; then
     [[ -f "$SCRIPT_DIR/acl.in" ]] || die "missing template $SCRIPT_DIR/acl.in"
     sed -e "s|@PREFIX@|$prefix|g" "$SCRIPT_DIR/acl.in" >"$dir/acl.tmp"
     chmod 644 "$dir/acl.tmp"
     mv -f "$dir/acl.tmp" "$dir/acl"
   fi
+  # An ACL rendered by an older pki.sh lacks these sections.
+  grep -qxF "user $MONITOR_CN" "$dir/acl" || acl_append_monitor "$dir/acl" "$MONITOR_CN" "$prefix"
+  grep -qxF "user $PROBE_CN" "$dir/acl" || acl_append_probe "$dir/acl" "$prefix"
   printf '%s\n' "$prefix" >"$dir/prefix.tmp"
   chmod 644 "$dir/prefix.tmp"
   mv -f "$dir/prefix.tmp" "$dir/prefix"
+
+  write_ca_db "$dir"
+  [[ -f "$dir/crl.pem" ]] || gen_crl "$dir" || die "CRL creation failed"
   echo "$dir"
+}
+
+# acl_append_monitor ACL NAME PREFIX — a read-only section. mosquitto checks a user's
+# "deny" lines first, then its grants, then the pattern lines; the deny closes the one
+# write the patterns would grant any user (<prefix>/dev/<own name>/up/#).
+acl_append_monitor() {
+  printf '\n# monitor %s: read-only\nuser %s\ntopic deny %s/dev/%s/#\ntopic read %s/#\n' \
+    "$2" "$2" "$3" "$2" "$3" >>"$1"
+}
+acl_append_probe() {  # acl_append_probe ACL PREFIX — no rights at all
+  printf '\n# probe %s: connects, nothing else\nuser %s\ntopic deny %s/#\n' \
+    "$PROBE_CN" "$PROBE_CN" "$2" >>"$1"
+}
+
+# The `openssl ca` configuration and database, used only to keep the revocation list
+# (certificates are issued with `openssl req -x509 -CA`, see issue()). Paths are relative:
+# openssl runs in DIR.
+write_ca_db() {
+  local dir="$1"
+  if [[ ! -f "$dir/ca.cnf" ]]; then
+    {
+      printf '[ ca ]\ndefault_ca = ota_ca\n[ ota_ca ]\n'
+      printf 'database = index.txt\ncrlnumber = crlnumber\n'
+      printf 'certificate = ca.crt\nprivate_key = ca.key\ndefault_md = sha256\n'
+      printf 'default_crl_days = %s\nunique_subject = no\ncrl_extensions = crl_ext\n' "$CRL_DAYS"
+      printf '[ crl_ext ]\nauthorityKeyIdentifier = keyid:always\n'
+    } >"$dir/ca.cnf.tmp"
+    chmod 644 "$dir/ca.cnf.tmp"
+    mv -f "$dir/ca.cnf.tmp" "$dir/ca.cnf"
+  fi
+  [[ -f "$dir/index.txt" ]] || : >"$dir/index.txt"
+  [[ -f "$dir/index.txt.attr" ]] || echo "unique_subject = no" >"$dir/index.txt.attr"
+  [[ -f "$dir/crlnumber" ]] || echo 01 >"$dir/crlnumber"
+}
+
+# gen_crl DIR — signs DIR/crl.pem from the database; replaced atomically, mode 0644 (the
+# broker reads it; a CRL is public).
+gen_crl() {
+  local dir="$1"
+  (cd "$dir" && openssl ca -config ca.cnf -gencrl -out crl.pem.tmp) >"$dir/crl.err" 2>&1 ||
+    { cat "$dir/crl.err" >&2; rm -f "$dir/crl.err" "$dir/crl.pem.tmp"; return 1; }
+  rm -f "$dir/crl.err"
+  chmod 644 "$dir/crl.pem.tmp"
+  mv -f "$dir/crl.pem.tmp" "$dir/crl.pem"
 }
 
 # acl_add_groups DIR ID G... — ensures "user ID" + "topic read P/grp/G/offer" lines exist.
@@ -211,6 +291,8 @@ parse_groups() {  # fills GROUPS from "--group G" pairs
 check_device_id() {
   check_id "device id" "$1"
   [[ "$1" != "$CONTROLLER_CN" ]] || bad "device id '$1' is reserved for the controller"
+  [[ "$1" != "$PROBE_CN" && "$1" != "$MONITOR_CN" && "$1" != "$MONITOR_CN"-* ]] ||
+    bad "device id '$1' is reserved (monitoring identities)"
 }
 
 cmd_device() {
@@ -271,12 +353,104 @@ cmd_devices() {
   fi
 }
 
+cmd_monitor() {
+  (($# == 2)) || usage
+  local dir="$1" name="$2"
+  check_id "monitor name" "$name"
+  [[ "$name" == "$MONITOR_CN"-* ]] ||
+    bad "monitor name '$name' must start with '$MONITOR_CN-' ($MONITOR_CN itself comes with init)"
+  need_init "$dir"
+  dir="$(cd "$dir" && pwd)"
+  mkdir -p "$dir/monitors"
+  if [[ ! -f "$dir/monitors/$name.crt" || ! -f "$dir/monitors/$name.key" ]]; then
+    issue "$dir" "$dir/monitors/$name" "$name" v3_client || die "certificate for '$name' failed"
+  fi
+  grep -qxF "user $name" "$dir/acl" || acl_append_monitor "$dir/acl" "$name" "$(cat "$dir/prefix")"
+}
+
+# acl_remove_user DIR ID — drops the "user ID" section (its lines up to the next section,
+# comment or blank line) and the "# device ID: ..." comment pki.sh wrote above it. Atomic
+# rename, so the controller (--acl-file, re-read when it changes) and the broker never read
+# half a file.
+acl_remove_user() {
+  local dir="$1" id="$2" acl="$1/acl"
+  grep -qxF "user $id" "$acl" || return 0
+  awk -v u="user $id" -v c="# device $id: group offers" '
+    { line[NR] = $0 }
+    END {
+      skip = 0; n = 0
+      for (i = 1; i <= NR; i++) {
+        if (line[i] == u) { skip = 1; continue }
+        if (skip && (line[i] ~ /^user / || line[i] ~ /^#/ || line[i] ~ /^[ \t]*$/)) skip = 0
+        if (skip) continue
+        # the comment (and the blank line before it) that introduced the section
+        if (line[i] == c && (i + 1) in line && line[i + 1] == u) {
+          if (n > 0 && out[n] == "") n--
+          continue
+        }
+        out[++n] = line[i]
+      }
+      for (i = 1; i <= n; i++) print out[i]
+    }' "$acl" >"$acl.tmp"
+  chmod 644 "$acl.tmp"
+  mv -f "$acl.tmp" "$acl"
+}
+
+cmd_revoke() {
+  (($# == 2)) || usage
+  local dir="$1" id="$2"
+  check_device_id "$id"
+  need_init "$dir"
+  dir="$(cd "$dir" && pwd)"
+  write_ca_db "$dir"
+  local crt="$dir/devices/$id.crt" key="$dir/devices/$id.key" serial
+  if [[ -f "$crt" ]]; then
+    serial="$(openssl x509 -in "$crt" -noout -serial)" || die "cannot read $crt"
+    serial="${serial#serial=}"
+    # Already revoked in the database (an earlier run stopped half way): carry on.
+    if ! awk -F'\t' -v s="$serial" '$1 == "R" && toupper($4) == toupper(s) { f = 1 }
+                                 END { exit f ? 0 : 1 }' "$dir/index.txt"; then
+      (cd "$dir" && openssl ca -config ca.cnf -revoke "devices/$id.crt") >"$dir/revoke.err" 2>&1 ||
+        { cat "$dir/revoke.err" >&2; rm -f "$dir/revoke.err"; die "revoking '$id' failed"; }
+      rm -f "$dir/revoke.err"
+    fi
+    gen_crl "$dir" || die "CRL generation failed ('$id' is revoked in index.txt; run: pki.sh crl $dir)"
+    acl_remove_user "$dir" "$id"
+    # Moved aside, so that `pki.sh device DIR ID` issues a new certificate (new serial) to
+    # re-enrol the device once it can be trusted again.
+    mkdir -p "$dir/revoked"
+    if [[ -f "$key" ]]; then mv -f "$key" "$dir/revoked/$id.$serial.key"; fi
+    mv -f "$crt" "$dir/revoked/$id.$serial.crt"
+    echo "revoked $id (serial $serial): reload the broker (SIGHUP) to refuse new connections," \
+      "restart it to drop an open one"
+  elif awk -F'\t' -v n="/CN=$id" '$1 == "R" && $6 == n { f = 1 } END { exit f ? 0 : 1 }' \
+      "$dir/index.txt"; then
+    gen_crl "$dir" || die "CRL generation failed"
+    acl_remove_user "$dir" "$id"
+    echo "$id has no current certificate; already revoked"
+  else
+    die "no certificate for device '$id' in $dir/devices"
+  fi
+}
+
+cmd_crl() {
+  (($# == 1)) || usage
+  local dir="$1"
+  need_init "$dir"
+  dir="$(cd "$dir" && pwd)"
+  write_ca_db "$dir"
+  gen_crl "$dir" || die "CRL generation failed"
+}
+
 (($# >= 1)) || usage
 cmd="$1"; shift
 case "$cmd" in
   init) cmd_init "$@" ;;
   device) cmd_device "$@" ;;
   devices) cmd_devices "$@" ;;
+  monitor) cmd_monitor "$@" ;;
+  revoke) cmd_revoke "$@" ;;
+  crl) cmd_crl "$@" ;;
   -h|--help|help) usage ;;
   *) usage ;;
 esac

@@ -11,7 +11,8 @@ usage() { echo "usage: run-broker.sh PKI_DIR DATA_DIR PORT [PREFIX]" >&2; exit 2
 (($# == 3 || $# == 4)) || usage
 pki="$1" data="$2" port="$3" prefix="${4:-}"
 [[ "$port" =~ ^[0-9]+$ ]] && ((port >= 1 && port <= 65535)) || { echo "run-broker.sh: bad PORT '$port'" >&2; exit 2; }
-for f in ca.crt server.crt server.key acl; do
+# crl.pem: a PKI directory made by an older pki.sh has none; `pki.sh init` adds it.
+for f in ca.crt server.crt server.key acl crl.pem; do
   [[ -f "$pki/$f" ]] || { echo "run-broker.sh: $pki/$f missing (run pki.sh init $pki)" >&2; exit 1; }
 done
 pki="$(cd "$pki" && pwd)"

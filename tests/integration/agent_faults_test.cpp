@@ -81,6 +81,9 @@ class AgentFaults : public ::testing::Test {
       specs.push_back({std::string("kill-") + st + "-001", {}});
     }
     pki_ = new Pki(ota::test::make_pki(dir_->path() + "/pki", specs));
+    // A second read-only identity for an observer that runs next to wire_ (one certificate
+    // is one client id: two clients with the same one would take each other over).
+    pki_->add_monitor("ota-monitor-late");
     broker_ = new Broker(*pki_);
     http_port_ = ota::test::free_loopback_port();
     controller_ = new Child(
@@ -103,8 +106,8 @@ class AgentFaults : public ::testing::Test {
       std::ifstream tf(dir_->path() + "/ctl.db.token");
       std::getline(tf, token_);
     }
-    // Everything the devices publish, as the controller receives it.
-    wire_ = new MqttTestClient(ota::test::ClientOptions::controller(*pki_, broker_->port()));
+    // Everything the devices publish, as the controller receives it (read-only identity).
+    wire_ = new MqttTestClient(ota::test::ClientOptions::monitor(*pki_, broker_->port()));
     if (wire_->connect().ok()) wire_->subscribe("ota/v1/dev/+/up/#", 1);
   }
 
@@ -333,7 +336,8 @@ TEST_F(AgentFaults, HeartbeatsArriveAndDoNotReplaceTheRetainedHello) {
   EXPECT_EQ(beats[0].device, id.c_str());
   EXPECT_EQ(beats[0].state, ota::proto::DeviceState::idle);
   EXPECT_LE(beats.front().uptime, beats.back().uptime);
-  MqttTestClient late(ota::test::ClientOptions::controller(*pki_, broker_->port()));
+  MqttTestClient late(
+      ota::test::ClientOptions::monitor(*pki_, broker_->port(), "ota-monitor-late"));
   ASSERT_TRUE(late.connect().ok());
   ASSERT_EQ(late.subscribe(topic, 1), 1);
   const auto retained = late.wait_for_message([&](const ota::test::Message& m) { return m.retain; }, 5s);

@@ -240,8 +240,8 @@ TEST_F(BrokerTest, DeviceAddedLaterWithGroupReadsOfferAfterReload) {
   auto ctl = controller();
   auto dev = device("dev-late");
   (void)dev->subscribe(grp_offer("g-late"), 1);
-  broker_->reload();  // SIGHUP: mosquitto re-reads the ACL file
-  // The reload is asynchronous: re-publish until one arrives (each attempt is bounded).
+  ASSERT_TRUE(broker_->reload());  // SIGHUP: mosquitto re-reads the ACL file
+  // Re-publish until one arrives (each attempt is bounded).
   EXPECT_TRUE(wait_until(
       [&] {
         if (ctl->publish(grp_offer("g-late"), "late-offer") != MOSQ_ERR_SUCCESS) return false;
@@ -320,8 +320,7 @@ TEST(BrokerLifecycle, StopByPidAndRestartOnSamePortKeepsQueuedMessages) {
 
   const std::string offer = dev_topic("dev-1", "down/offer");
   ClientOptions dev_opts = ClientOptions::device(pki(), "dev-1", port);
-  dev_opts.client_id = "dev-1-persistent";
-  dev_opts.clean_session = false;
+  dev_opts.clean_session = false;  // the session is "dev-1": the broker uses the certificate CN
   {
     MqttTestClient dev(dev_opts);
     ASSERT_TRUE(dev.connect(kWait).ok());
@@ -361,6 +360,9 @@ TEST(BrokerLifecycle, Kill9ThenRestart) {
   broker.kill9();
   EXPECT_FALSE(broker.running());
   EXPECT_TRUE(wait_until([&] { return !ctl.connected(); }, kWait));
+  // Stop its automatic reconnects: `again` has the same certificate, hence the same client
+  // id, and the two would keep taking the connection from each other.
+  ctl.disconnect();
   broker.restart();
   EXPECT_TRUE(broker.running());
   MqttTestClient again(ClientOptions::controller(pki(), port));

@@ -256,7 +256,7 @@ class DeviceLink : public ::testing::Test {
     EXPECT_LE(to_offline_ms, 2000) << "SIGTERM -> offline took longer than 2 s";
 
     // What a controller that (re)subscribes now would learn: the retained presence message.
-    MqttTestClient observer(ota::test::ClientOptions::controller(*pki_, broker_->port()));
+    MqttTestClient observer(ota::test::ClientOptions::monitor(*pki_, broker_->port()));
     ASSERT_TRUE(observer.connect().ok());
     ASSERT_EQ(observer.subscribe("ota/v1/dev/+/up/presence", 1), 1);
     for (const auto& id : ids) {
@@ -325,7 +325,7 @@ TEST_F(DeviceLink, TransportStopReplacesRetainedHelloWithOffline) {
   ASSERT_TRUE(
       link.publish(presence_topic("link-001").c_str(), hello.data(), hello.size(), 1, true));
   {
-    MqttTestClient observer(ota::test::ClientOptions::controller(*pki_, broker_->port()));
+    MqttTestClient observer(ota::test::ClientOptions::monitor(*pki_, broker_->port()));
     ASSERT_TRUE(observer.connect().ok());
     ASSERT_EQ(observer.subscribe(presence_topic("link-001"), 1), 1);
     ASSERT_TRUE(wait_until(
@@ -344,7 +344,7 @@ TEST_F(DeviceLink, TransportStopReplacesRetainedHelloWithOffline) {
   EXPECT_LT(stop_ms, 1000) << "stop() ran into its PUBACK deadline";
   EXPECT_FALSE(link.connected());
 
-  MqttTestClient observer(ota::test::ClientOptions::controller(*pki_, broker_->port()));
+  MqttTestClient observer(ota::test::ClientOptions::monitor(*pki_, broker_->port()));
   ASSERT_TRUE(observer.connect().ok());
   ASSERT_EQ(observer.subscribe(presence_topic("link-001"), 1), 1);
   auto m = observer.wait_for_topic(presence_topic("link-001"), 5s);
@@ -445,7 +445,7 @@ TEST_F(DeviceLink, FleetComesBackSpreadOutAfterBrokerRestart) {
   std::this_thread::sleep_for(3s);
   broker_->start();
 
-  MqttTestClient observer(ota::test::ClientOptions::controller(*pki_, broker_->port()));
+  MqttTestClient observer(ota::test::ClientOptions::monitor(*pki_, broker_->port()));
   ASSERT_TRUE(observer.connect().ok());
   ASSERT_EQ(observer.subscribe("ota/v1/dev/+/up/presence", 1), 1);
   const auto subscribed = SteadyClock::now();

@@ -272,12 +272,13 @@ class FleetTest : public ::testing::Test {
     ASSERT_EQ(img.value("version", ""), version) << img.dump();
   }
 
-  // A test client with the controller's identity (the ACL lets it read every device's topics)
-  // under its own client id, counting the offers the broker carries to each device.
+  // A read-only test client (the monitoring identity: the ACL lets it read every device's
+  // topics, write none), counting the offers the broker carries to each device. Not the
+  // controller's certificate: the broker makes the CN the client id, so that would take the
+  // controller's own connection and session over.
   void observe_offers() {
-    auto opts = ota::test::ClientOptions::controller(*pki_, broker_->port());
-    opts.client_id = "rollout-test-observer";
-    observer_ = std::make_unique<MqttTestClient>(opts);
+    observer_ = std::make_unique<MqttTestClient>(
+        ota::test::ClientOptions::monitor(*pki_, broker_->port()));
     auto c = observer_->connect();
     ASSERT_TRUE(c.ok()) << c.describe();
     ASSERT_EQ(observer_->subscribe(pki_->prefix + "/dev/+/down/offer", 1), 1);

@@ -233,6 +233,17 @@ std::vector<std::string> group_args(const std::vector<std::string>& groups) {
 
 }  // namespace
 
+std::string Pki::monitor_cert(const std::string& name) const {
+  return name == "ota-monitor" ? dir + "/monitor.crt" : dir + "/monitors/" + name + ".crt";
+}
+std::string Pki::monitor_key(const std::string& name) const {
+  return name == "ota-monitor" ? dir + "/monitor.key" : dir + "/monitors/" + name + ".key";
+}
+
+void Pki::add_monitor(const std::string& name) const { run_pki({"monitor", dir, name}); }
+
+void Pki::revoke(const std::string& id) const { run_pki({"revoke", dir, id}); }
+
 bool Pki::has_device(const std::string& id) const {
   return ::access(device_cert(id).c_str(), R_OK) == 0 &&
          ::access(device_key(id).c_str(), R_OK) == 0;
@@ -358,7 +369,9 @@ std::string Broker::wait_ready() {
     }
     auto remaining = std::chrono::duration_cast<std::chrono::milliseconds>(end - Clock::now());
     try {
-      MqttTestClient probe(ClientOptions::controller(pki_, port_));
+      // Its own identity (no topic rights): with the controller's, the probe would take the
+      // connection and, being a clean session, the durable session of a running controller.
+      MqttTestClient probe(ClientOptions::probe(pki_, port_));
       ConnectResult cr = probe.connect(std::min(remaining, std::chrono::milliseconds(2000)));
       if (cr.ok()) return "";
       last = cr.describe();
@@ -432,8 +445,20 @@ void Broker::restart() {
   start();
 }
 
-void Broker::reload() {
-  if (pid_ > 0) ::kill(pid_, SIGHUP);
+bool Broker::reload(std::chrono::milliseconds deadline) {
+  if (pid_ <= 0) return false;
+  auto reloads = [this] {
+    const std::string log = read_file(log_path());
+    std::size_t n = 0;
+    for (auto p = log.find("Reloading config."); p != std::string::npos;
+         p = log.find("Reloading config.", p + 1)) {
+      ++n;
+    }
+    return n;
+  };
+  const std::size_t before = reloads();
+  ::kill(pid_, SIGHUP);
+  return wait_until([&] { return reloads() > before; }, deadline);
 }
 
 std::string Broker::log_tail(std::size_t lines) const {
@@ -463,6 +488,24 @@ ClientOptions ClientOptions::controller(const Pki& pki, int port) {
   o.ca_file = pki.ca_cert();
   o.cert_file = pki.controller_cert();
   o.key_file = pki.controller_key();
+  return o;
+}
+
+ClientOptions ClientOptions::monitor(const Pki& pki, int port, const std::string& name) {
+  ClientOptions o;
+  o.port = port;
+  o.ca_file = pki.ca_cert();
+  o.cert_file = pki.monitor_cert(name);
+  o.key_file = pki.monitor_key(name);
+  return o;
+}
+
+ClientOptions ClientOptions::probe(const Pki& pki, int port) {
+  ClientOptions o;
+  o.port = port;
+  o.ca_file = pki.ca_cert();
+  o.cert_file = pki.probe_cert();
+  o.key_file = pki.probe_key();
   return o;
 }
 
@@ -512,6 +555,7 @@ ConnectResult MqttTestClient::connect(std::chrono::milliseconds deadline) {
     connack_ = -1;
     connected_ = false;
     disconnect_rc_ = -1;
+    lost_connections_ = 0;
   }
   if (loop_running_) disconnect();
   int rc = mosquitto_connect(mosq_, options_.host.c_str(), options_.port, options_.keepalive);
@@ -620,6 +664,11 @@ std::vector<Message> MqttTestClient::messages() const {
   return messages_;
 }
 
+int MqttTestClient::lost_connections() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return lost_connections_;
+}
+
 void MqttTestClient::clear_messages() {
   std::lock_guard<std::mutex> lock(mu_);
   messages_.clear();
@@ -641,6 +690,7 @@ void MqttTestClient::on_disconnect_cb(mosquitto*, void* obj, int rc) {
     std::lock_guard<std::mutex> lock(self->mu_);
     self->connected_ = false;
     self->disconnect_rc_ = rc;
+    if (rc != 0) ++self->lost_connections_;
   }
   self->cv_.notify_all();
 }

@@ -99,6 +99,15 @@ struct Pki {
   std::string server_key() const { return dir + "/server.key"; }
   std::string controller_cert() const { return dir + "/controller.crt"; }
   std::string controller_key() const { return dir + "/controller.key"; }
+  // Read-only identities: "ota-monitor" (pki.sh init) or "ota-monitor-X" (add_monitor).
+  // The client id is the CN, so two clients with the same monitor certificate take each
+  // other's connection over: give concurrent observers different names.
+  std::string monitor_cert(const std::string& name = "ota-monitor") const;
+  std::string monitor_key(const std::string& name = "ota-monitor") const;
+  // CN ota-probe: may connect, no topic rights (Broker's readiness check).
+  std::string probe_cert() const { return dir + "/probe.crt"; }
+  std::string probe_key() const { return dir + "/probe.key"; }
+  std::string crl_path() const { return dir + "/crl.pem"; }  // the broker's crlfile
   std::string release_key() const { return dir + "/release.key"; }  // manifest signing (PEM)
   std::string release_pub() const { return dir + "/release.pub"; }
   std::string acl_path() const { return dir + "/acl"; }
@@ -112,6 +121,13 @@ struct Pki {
   // `pki.sh devices DIR COUNT NAME --group G...` -> NAME-001..NAME-COUNT.
   void add_devices(int count, const std::string& name,
                    const std::vector<std::string>& groups = {}) const;
+  // `pki.sh monitor DIR NAME` (NAME: ota-monitor-X; idempotent). A running broker knows
+  // the new ACL section only after Broker::reload().
+  void add_monitor(const std::string& name) const;
+  // `pki.sh revoke DIR ID`: CRL entry, ACL section removed, device files moved to
+  // DIR/revoked/ (has_device() is false afterwards). The broker refuses the certificate
+  // after Broker::reload(); an open connection of it stays until Broker::restart().
+  void revoke(const std::string& id) const;
 };
 
 using DeviceSpec = std::pair<std::string, std::vector<std::string>>;  // id, groups
@@ -151,7 +167,11 @@ class Broker {
   void stop();     // SIGTERM to our pid, wait; SIGKILL after stop_deadline. Broker saves its DB.
   void kill9();    // SIGKILL to our pid (crash; no DB save)
   void restart();  // stop() + start() on the same port and data dir
-  void reload();   // SIGHUP (re-reads the ACL file, e.g. after Pki::add_device with groups)
+  // SIGHUP: re-reads the ACL file (e.g. after Pki::add_device with groups) and the CRL
+  // (Pki::revoke; new handshakes only, open connections stay). Waits until the broker has
+  // logged "Reloading config." (it is single-threaded: every connection attempt made after
+  // that sees the new configuration); false if it did not within `deadline`.
+  bool reload(std::chrono::milliseconds deadline = std::chrono::milliseconds(5000));
   bool running();  // reaps the child if it exited
 
   int port() const { return port_; }
@@ -204,8 +224,15 @@ struct ClientOptions {
   bool clean_session = true;
   int keepalive = 30;
 
+  // The broker makes the certificate CN the client id (use_username_as_clientid), so
+  // `client_id` only names the libmosquitto handle: a client with the controller's
+  // certificate IS ota-controller and takes the real controller's connection over. Tests
+  // that only watch traffic use monitor().
   static ClientOptions controller(const Pki& pki, int port);
   static ClientOptions device(const Pki& pki, const std::string& id, int port);
+  static ClientOptions monitor(const Pki& pki, int port,
+                               const std::string& name = "ota-monitor");
+  static ClientOptions probe(const Pki& pki, int port);
 };
 
 class MqttTestClient {
@@ -245,6 +272,10 @@ class MqttTestClient {
 
   std::vector<Message> messages() const;  // every received message, in arrival order
   void clear_messages();
+  // Connections lost since the last connect() (on_disconnect with rc != 0: the broker or
+  // the network closed it, e.g. another client took the session over). The background
+  // loop reconnects by itself, so connected() alone can miss a short loss.
+  int lost_connections() const;
   const std::string& client_id() const { return options_.client_id; }
   mosquitto* handle() { return mosq_; }
 
@@ -264,6 +295,7 @@ class MqttTestClient {
   int connack_ = -1;
   bool connected_ = false;
   int disconnect_rc_ = -1;  // last on_disconnect rc, -1 if none
+  int lost_connections_ = 0;
   std::set<int> acked_mids_;
   std::map<int, int> suback_;  // mid -> first granted qos
   std::vector<Message> messages_;
