@@ -214,7 +214,7 @@ bool find_token(const std::string& token_file_opt, std::string& token, std::stri
 
 class Api {
  public:
-  Api(std::string base, Url u, const std::string& token, const std::string& actor)
+  Api(std::string base, Url u, const std::string& token)
       : base_(std::move(base)), url_(std::move(u)) {
     std::string hostport = url_.scheme + "://" +
                            (url_.host.find(':') != std::string::npos ? "[" + url_.host + "]" : url_.host) +
@@ -223,8 +223,8 @@ class Api {
     cli_->set_connection_timeout(5, 0);
     cli_->set_read_timeout(120, 0);
     cli_->set_write_timeout(120, 0);
+    // The controller names the actor in its event log after this token.
     cli_->set_bearer_token_auth(token);
-    cli_->set_default_headers({{"X-OTA-Actor", actor}});
   }
 
   Reply get(const std::string& path) { return finish(cli_->Get(path.c_str())); }
@@ -237,6 +237,7 @@ class Api {
   Reply put_json(const std::string& path, const json& body) {
     return finish(cli_->Put(path.c_str(), body.dump(), "application/json"));
   }
+  Reply del(const std::string& path) { return finish(cli_->Delete(path.c_str())); }
   const std::string& base() const { return base_; }
   // GET of a binary body: on HTTP 200 `bytes` holds it; otherwise the reply explains.
   Reply download(const std::string& path, std::string& bytes) {
@@ -280,8 +281,9 @@ class Api {
       r.error = "HTTP " + std::to_string(res->status);
     if (res->status == 401)
       r.error = "controller at " + base_ + " rejected the API token (HTTP 401: " + r.error +
-                "); use the token file the controller was started with (--token-file, "
-                "OTA_API_TOKEN_FILE or OTA_API_TOKEN)";
+                "); use the controller's bootstrap token file (its --api-token-file) or a "
+                "token from `otactl token create` (--token-file, OTA_API_TOKEN_FILE or "
+                "OTA_API_TOKEN); a revoked token stays rejected";
     return r;
   }
 
@@ -694,17 +696,6 @@ int cmd_status(Ctx& c, const std::string& dep) {
 }
 
 // ---------------------------------------------------------------------------- rollouts
-
-// Who acts, for the controller's event log (header X-OTA-Actor): $USER, else "operator".
-std::string actor_name() {
-  std::string out;
-  if (const char* u = std::getenv("USER"))
-    for (const char* p = u; *p && out.size() < 64; ++p) {
-      const auto ch = static_cast<unsigned char>(*p);
-      if (std::isalnum(ch) || ch == '.' || ch == '_' || ch == '-' || ch == '@') out += static_cast<char>(ch);
-    }
-  return out.empty() ? "operator" : out;
-}
 
 bool jhas(const json& j, const char* key) {
   return j.is_object() && j.contains(key) && !j[key].is_null();
@@ -1302,6 +1293,46 @@ int cmd_backup(Ctx& c, const std::string& dest, bool force) {
   return kExitOk;
 }
 
+// ------------------------------------------------------------------------------- tokens
+
+// The secret goes alone to stdout (`otactl token create ci --role operator > ci.token`), the
+// explanation to stderr: it is shown once and the controller keeps only its hash.
+int cmd_token_create(Ctx& c, const std::string& name, const std::string& role) {
+  Reply r = c.api->post_json("/api/v1/tokens", json{{"name", name}, {"role", role}});
+  if (!r.ok) return fail(r);
+  if (c.json_out) return print_json(r.body), kExitOk;
+  std::fprintf(stderr,
+               "token %s (role %s) created. Its secret follows; it is shown only now (the "
+               "controller keeps its SHA-256): store it in a file of mode 0600 and use it with "
+               "--token-file, OTA_API_TOKEN_FILE or OTA_API_TOKEN\n",
+               jstr(r.body, "name").c_str(), jstr(r.body, "role").c_str());
+  std::printf("%s\n", jstr(r.body, "token").c_str());
+  return kExitOk;
+}
+
+int cmd_token_list(Ctx& c) {
+  Reply r = c.api->get("/api/v1/tokens");
+  if (!r.ok) return fail(r);
+  if (c.json_out) return print_json(r.body), kExitOk;
+  std::vector<std::vector<std::string>> rows;
+  for (const auto& t : r.body) {
+    const bool bootstrap = t.is_object() && t.value("bootstrap", false);
+    rows.push_back({jstr(t, "name"), jstr(t, "role"),
+                    bootstrap ? "-" : fmt_time(jint(t, "created_at")),
+                    bootstrap ? "(the controller's --api-token-file)" : jstr(t, "created_by")});
+  }
+  print_table({"NAME", "ROLE", "CREATED", "CREATED BY"}, rows);
+  return kExitOk;
+}
+
+int cmd_token_revoke(Ctx& c, const std::string& name) {
+  Reply r = c.api->del("/api/v1/tokens/" + url_encode(name));
+  if (!r.ok) return fail(r);
+  if (c.json_out) return print_json(r.body), kExitOk;
+  std::printf("token %s revoked: the controller refuses it from now on\n", name.c_str());
+  return kExitOk;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -1480,6 +1511,20 @@ int main(int argc, char** argv) {
   bool backup_force = false;
   backup->add_option("FILE", backup_file, "where to write the backup (an SQLite file)")->required();
   backup->add_flag("--force", backup_force, "replace FILE if it exists");
+  auto* token_cmd = app.add_subcommand("token", "API tokens (admin): one per person or script, with a role");
+  token_cmd->require_subcommand(1);
+  auto* token_create = token_cmd->add_subcommand(
+      "create", "create a token; prints its secret once (to stdout, alone on a line)");
+  auto* token_list = token_cmd->add_subcommand("list", "list tokens (names and roles, never secrets)");
+  auto* token_revoke = token_cmd->add_subcommand("revoke", "revoke a token: refused from the next request on");
+  std::string token_name, token_role;
+  token_create->add_option("NAME", token_name, "who or what uses it: 1-64 of A-Z a-z 0-9 . _ @ -")->required();
+  token_create->add_option("--role", token_role,
+                           "read-only (GETs and /metrics), operator (+ images, deployments, "
+                           "rollouts, tags) or admin (+ tokens, backup, reset-seq)")
+      ->required()
+      ->check(CLI::IsMember({"read-only", "operator", "admin"}));
+  token_revoke->add_option("NAME", token_name, "token name")->required();
   auto* watch = app.add_subcommand("watch", "live view of a rollout until it ends");
   std::string w_id;
   int w_interval = 500, w_events = 5, w_retry_for = 10;
@@ -1609,7 +1654,7 @@ int main(int argc, char** argv) {
     return kExitFail;
   }
   Ctx c;
-  c.api = std::make_unique<Api>(api, u, token, actor_name());
+  c.api = std::make_unique<Api>(api, u, token);
   c.json_out = json_out;
 
   if (image_add->parsed()) {
@@ -1642,6 +1687,9 @@ int main(int argc, char** argv) {
   if (status->parsed()) return cmd_status(c, status_dep);
   if (health->parsed()) return cmd_health(c);
   if (backup->parsed()) return cmd_backup(c, backup_file, backup_force);
+  if (token_create->parsed()) return cmd_token_create(c, token_name, token_role);
+  if (token_list->parsed()) return cmd_token_list(c);
+  if (token_revoke->parsed()) return cmd_token_revoke(c, token_name);
   if (dl->parsed()) return cmd_deployment_list(c);
   if (ds->parsed()) return cmd_deployment_show(c, d_id);
   if (dc->parsed()) return cmd_deployment_cancel(c, d_id);

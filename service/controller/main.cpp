@@ -1,10 +1,13 @@
 // ota-controller: the fleet controller daemon. See service/API.md.
 #include <filesystem>
 #include <signal.h>
+#include <sys/stat.h>
 
 #include <CLI/CLI.hpp>
+#include <cerrno>
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <ctime>
 #include <memory>
 #include <string>
@@ -15,6 +18,48 @@
 #include "ota/service/mqtt.hpp"
 
 using namespace ota::service;
+
+namespace {
+
+std::string mode_text(mode_t mode) {
+  char buf[8];
+  std::snprintf(buf, sizeof buf, "%04o", static_cast<unsigned>(mode & 07777));
+  return buf;
+}
+
+// A private key that group or others may read is refused before it is loaded: with the
+// release key anyone can sign firmware every device installs, with the TLS key act as the
+// controller on the broker.
+bool key_is_private(const std::string& option, const std::string& path, const char* grants) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) {
+    log_error("startup: " + option + " " + path + ": " + std::strerror(errno));
+    return false;
+  }
+  if ((st.st_mode & 077) == 0) return true;
+  log_error("startup: " + option + " " + path + " has mode " + mode_text(st.st_mode) +
+            ": group or others may read it, and whoever reads it " + grants +
+            "; refusing to start. Run `chmod 600 " + path +
+            "` (the file must be readable by the controller's user only)");
+  return false;
+}
+
+// Databases made by earlier versions (under umask 022) are world-readable; the database holds
+// the fleet's state and the API token hashes, so it and its WAL files become private.
+void make_database_private(const std::string& db_path) {
+  for (const std::string& f : {db_path, db_path + "-wal", db_path + "-shm"}) {
+    struct stat st {};
+    if (::stat(f.c_str(), &st) != 0 || (st.st_mode & 077) == 0) continue;
+    if (::chmod(f.c_str(), st.st_mode & 0700) == 0)
+      log_warn("startup: " + f + " had mode " + mode_text(st.st_mode) + "; made it " +
+               mode_text(st.st_mode & 0700) + " (it holds the fleet's state and token hashes)");
+    else
+      log_warn("startup: " + f + " has mode " + mode_text(st.st_mode) + " and chmod failed: " +
+               std::strerror(errno) + "; make it readable by the controller's user only");
+  }
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   CLI::App app{"ota-controller: OTA fleet controller (MQTT + HTTP API)"};
@@ -37,8 +82,9 @@ int main(int argc, char** argv) {
                  "the broker's mosquitto acl_file: group membership comes from its `user` "
                  "sections (re-read when it changes); without it, from device hellos");
   app.add_option("--api-token-file", token_file,
-                 "HTTP API bearer token file (default: the --db path + \".token\"; created "
-                 "with a random token, mode 0600, if missing)");
+                 "the bootstrap admin token of the HTTP API (default: the --db path + "
+                 "\".token\"; created with a random token, mode 0600, if missing; refused if "
+                 "group or others may read it); more tokens: otactl token create");
   app.add_option("--prefix", cc.prefix, "MQTT topic prefix")->capture_default_str();
   app.add_option("--offer-ttl", cc.offer_ttl, "offer validity in seconds")->capture_default_str()->check(CLI::Range(60LL, 10LL * 365 * 86400));
   app.add_option("--heartbeat-timeout", cc.heartbeat_timeout_s,
@@ -105,6 +151,10 @@ int main(int argc, char** argv) {
     return 2;
   }
 
+  // Everything the controller creates (database and its WAL files, token file, images,
+  // backups, directories) is for its own user only.
+  ::umask(077);
+
   // Block the stop signals in every thread; the main thread waits for them.
   sigset_t sigs;
   sigemptyset(&sigs);
@@ -113,6 +163,10 @@ int main(int argc, char** argv) {
   pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
   signal(SIGPIPE, SIG_IGN);
 
+  if (!key_is_private("--signing-key", signing_key, "can sign firmware that every device installs") ||
+      (!mc.key.empty() &&
+       !key_is_private("--key", mc.key, "can connect to the broker as the controller")))
+    return 1;
   // A first start on a fresh machine: make the state directories (not their parents' owners).
   for (const std::filesystem::path& dir :
        {std::filesystem::path(cc.db_path).parent_path(), std::filesystem::path(cc.store_dir)}) {
@@ -123,6 +177,7 @@ int main(int argc, char** argv) {
       return 1;
     }
   }
+  make_database_private(cc.db_path);
   auto signer = Signer::load(signing_key);
   if (!signer) {
     log_error("startup: " + signer.error());
@@ -142,7 +197,12 @@ int main(int argc, char** argv) {
   }
   Controller& c = **ctl;
   mqtt.set_controller(&c);
-  HttpApi api(c, [&mqtt] { return mqtt.subscribed(); }, *token);
+  auto tokens = ApiTokens::open(cc.db_path, *token);
+  if (!tokens) {
+    log_error("startup: " + tokens.error());
+    return 1;
+  }
+  HttpApi api(c, [&mqtt] { return mqtt.subscribed(); }, **tokens);
   auto port = api.start(hp->host, hp->port);
   if (!port) {
     log_error("startup: " + port.error());
@@ -150,7 +210,7 @@ int main(int argc, char** argv) {
   }
   std::string http_addr = (hp->host.find(':') != std::string::npos ? "[" + hp->host + "]" : hp->host) +
                           ":" + std::to_string(*port);
-  log_info("http API listening on " + http_addr + " (bearer token in " + token_file +
+  log_info("http API listening on " + http_addr + " (bootstrap admin token in " + token_file +
            "); release key id " + c.key_id());
   Status ms = mqtt.start();
   if (!ms) {

@@ -334,7 +334,7 @@ TEST_F(Rollouts, FailurePolicyPausesInWaveOneAndLaterWavesStayUntouched) {
     }
     if (e.value("what", "") == "rollout_resumed") {
       ++resumed_events;
-      EXPECT_EQ(e.value("actor", "").rfind("operator:", 0), 0u) << e.dump();
+      EXPECT_EQ(e.value("actor", "").rfind("token:", 0), 0u) << e.dump();
     }
   }
   EXPECT_EQ(wave2_started, 1);

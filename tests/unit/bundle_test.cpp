@@ -310,6 +310,97 @@ TEST(BundleFormat, TruncatedAndCorruptBundlesAreNamed) {
             std::string::npos);
 }
 
+// C-string pitfalls in the index: a NUL byte must never pass as a path character (the device
+// opens paths with their C string, so "wifi.json\0" would name "wifi.json"), a raw NUL must not
+// end the JSON early, and a member given twice must not silently mean its last value.
+TEST(BundleFormat, NulBytesInPathsAreRefused) {
+  const std::string nul(1, '\0');
+  EXPECT_NE(bundle::check_path("wifi.json" + nul).find("character"), std::string::npos);
+  EXPECT_NE(bundle::check_path(nul).find("character"), std::string::npos);
+  EXPECT_NE(bundle::check_path("a" + nul + "b/c").find("character"), std::string::npos);
+  // The error shows the byte escaped: the message is printed and sent as JSON text.
+  EXPECT_NE(bundle::check_path("wifi.json" + nul).find("'wifi.json\\x00'"), std::string::npos)
+      << bundle::check_path("wifi.json" + nul);
+  std::string out;
+  EXPECT_NE(bundle::build({{"wifi.json" + nul, 0644, "x"}}, {}, out).find("character"),
+            std::string::npos);
+  EXPECT_NE(bundle::build({}, {"certs" + nul}, out).find("character"), std::string::npos);
+
+  // The attack as sent: JSON escapes "\u0000" into the path of a file and of a delete.
+  const std::string evil = "{\"ssid\":\"evil\"}";
+  const std::string sha = bundle::sha256_hex(evil.data(), evil.size());
+  bundle::Index idx;
+  std::string err = bundle::parse(
+      with_index("{\"files\":[{\"path\":\"wifi.json\\u0000\",\"size\":" +
+                     std::to_string(evil.size()) + ",\"sha256\":\"" + sha + "\"}]}",
+                 evil),
+      idx, true);
+  EXPECT_NE(err.find("files[0].path"), std::string::npos) << err;
+  EXPECT_NE(err.find("character"), std::string::npos) << err;
+  EXPECT_EQ(err.find(nul), std::string::npos) << "raw NUL in the error message";
+  err = bundle::parse(with_index("{\"files\":[],\"delete\":[\"certs\\u0000\"]}"), idx, false);
+  EXPECT_NE(err.find("delete[0]"), std::string::npos) << err;
+  EXPECT_NE(err.find("character"), std::string::npos) << err;
+}
+
+TEST(BundleFormat, RawNulByteInTheIndexIsRefused) {
+  // The JSON reader stops at a raw NUL: without a check, whatever follows it inside the index
+  // would be carried along unparsed.
+  bundle::Index idx;
+  const std::string json = std::string("{\"files\":[]}") + '\0' + "{\"files\":[{\"junk\":1}]}";
+  const std::string err = bundle::parse(with_index(json), idx, false);
+  EXPECT_NE(err.find("NUL byte at index offset 12"), std::string::npos) << err;
+  EXPECT_NE(bundle::parse(with_index(std::string(1, '\0')), idx, false).find("NUL byte"),
+            std::string::npos);
+}
+
+TEST(BundleFormat, DuplicateMembersAndDeepNestingAreRefused) {
+  const std::string a = "a", b = "bb";
+  const std::string sha_a = bundle::sha256_hex(a.data(), a.size());
+  bundle::Index idx;
+  // A path given twice: the reader would keep the last one, another decoder the first.
+  std::string err = bundle::parse(
+      with_index("{\"files\":[{\"path\":\"main.py\",\"path\":\"wifi.json\",\"size\":1,"
+                 "\"sha256\":\"" + sha_a + "\"}]}",
+                 a),
+      idx, true);
+  EXPECT_NE(err.find("duplicate member 'path'"), std::string::npos) << err;
+  err = bundle::parse(with_index("{\"files\":[],\"files\":[]}"), idx, false);
+  EXPECT_NE(err.find("duplicate member 'files'"), std::string::npos) << err;
+  // Equal after unescaping is equal.
+  err = bundle::parse(with_index("{\"files\":[],\"delete\":[],\"d\\u0065lete\":[\"x\"]}"), idx,
+                      false);
+  EXPECT_NE(err.find("duplicate member 'delete'"), std::string::npos) << err;
+  // Nothing in the index nests deeper than index > files > file.
+  err = bundle::parse(with_index("{\"files\":[[[{}]]]}"), idx, false);
+  EXPECT_NE(err.find("nested deeper than 3"), std::string::npos) << err;
+  err = bundle::parse(with_index("{\"files\":[" + std::string(100000, '[') +
+                                 std::string(100000, ']') + "]}"),
+                      idx, false);
+  EXPECT_NE(err.find("nested deeper than 3"), std::string::npos) << err;
+  // Sizes and counts.
+  err = bundle::parse(with_index("{\"files\":[{\"path\":\"x\",\"size\":1.0,\"sha256\":\"" +
+                                 sha_a + "\"}]}", a),
+                      idx, false);
+  EXPECT_NE(err.find("files[0].size"), std::string::npos) << err;
+  err = bundle::parse(with_index("{\"files\":[{\"path\":\"x\",\"size\":18446744073709551616,"
+                                 "\"sha256\":\"" + sha_a + "\"}]}", a),
+                      idx, false);
+  EXPECT_NE(err.find("files[0].size"), std::string::npos) << err;
+  err = bundle::parse(with_index("{\"files\":[{\"path\":\"x\",\"size\":1,\"sha256\":\"" + sha_a +
+                                 "\"},{\"path\":\"y\",\"size\":2,\"sha256\":\"" +
+                                 bundle::sha256_hex(b.data(), b.size()) + "\"}]}",
+                                 a + b + "extra"),
+                      idx, true);
+  EXPECT_NE(err.find("its index says"), std::string::npos) << err;
+  // A non-ASCII path in an error is escaped, not cut in the middle of a UTF-8 sequence.
+  std::string long_path;
+  for (int i = 0; i < 150; ++i) long_path += "\xc3\xa9";  // é, 300 bytes
+  err = bundle::check_path(long_path);
+  EXPECT_NE(err.find("longer than 255"), std::string::npos) << err;
+  for (char c : err) EXPECT_LT(static_cast<unsigned char>(c), 0x80) << err;
+}
+
 TEST(BundleFormat, ProtectedPathOverlap) {
   EXPECT_TRUE(bundle::paths_overlap("certs", "certs"));
   EXPECT_TRUE(bundle::paths_overlap("certs/ca.pem", "certs"));
@@ -423,6 +514,43 @@ TEST(BundleFlash, ABundleTouchingAProtectedPathIsRefusedAndNothingChanges) {
   ImageState st;
   flash.read_state(st);
   EXPECT_STREQ(st.running_version.c_str(), "1.0.0");
+}
+
+// The attack from the field: a file "wifi.json\0" passed the path and protected-path checks, the
+// device opened it as "wifi.json" with O_TRUNC, and since the new tree hard-links the running
+// tree's file, the running (protected) file was overwritten in both trees. The bundle must be
+// refused before anything is written, and the protected file must stay as it was.
+TEST(BundleFlash, ABundlePathWithANulByteNeverTouchesTheProtectedFile) {
+  ota::test::TempDir tmp("bundle");
+  const std::string root = tmp.path() + "/app";
+  const Fixture f = make_fixture(1024);
+  seed_tree(root, f.old_tree);
+  const std::string evil = "{\"ssid\":\"evil\",\"psk\":\"attacker\"}";
+  Fixture bad = f;
+  bad.bytes = with_index("{\"delete\":[],\"files\":[{\"mode\":420,\"path\":\"wifi.json\\u0000\","
+                         "\"sha256\":\"" + bundle::sha256_hex(evil.data(), evil.size()) +
+                             "\",\"size\":" + std::to_string(evil.size()) + "}]}",
+                         evil);
+  bad.manifest.size = bad.bytes.size();
+  const std::string sha = bundle::sha256_hex(bad.bytes.data(), bad.bytes.size());
+  bad.manifest.sha256.assign(sha.c_str());
+  bad.manifest.image.assign(sha.substr(0, 16).c_str());
+  {
+    BundleFlash flash(config(root));
+    ASSERT_EQ(flash.power_on(), PortStatus::ok);
+    EXPECT_FALSE(install(flash, bad, 4, false)) << "the bundle was installed";
+    EXPECT_NE(flash.last_error().find("files[0].path"), std::string::npos) << flash.last_error();
+    EXPECT_NE(flash.last_error().find("character"), std::string::npos) << flash.last_error();
+    flash.abort();
+    EXPECT_EQ(snapshot(root + "/trees/a"), f.old_tree);
+  }
+  BundleFlash rebooted(config(root));
+  ASSERT_EQ(rebooted.power_on(), PortStatus::ok);
+  rebooted.reject();  // had it been activated: revert; the running file must still be intact
+  BundleFlash again(config(root));
+  ASSERT_EQ(again.power_on(), PortStatus::ok);
+  EXPECT_EQ(snapshot(root + "/current/"), f.old_tree);
+  EXPECT_EQ(snapshot(root + "/current/").at("wifi.json"), f.old_tree.at("wifi.json"));
 }
 
 TEST(BundleFlash, ChunksBeforeTheIndexAreHeldAndAResumeKeepsThem) {

@@ -23,13 +23,35 @@ if(Python3_Interpreter_FOUND)
   set_tests_properties(proto_schemas PROPERTIES LABELS unit SKIP_RETURN_CODE 77)
 endif()
 
-# The libFuzzer harness. With clang it can be built as a real fuzzer by hand
-# (clang++ -fsanitize=fuzzer ...); everywhere else it is built with a small driver that replays
-# every fixture through it, so the harness is compiled and exercised in CI.
+# The libFuzzer harnesses (tests/fuzz). With clang they can be built as real fuzzers by hand
+# (clang++ -fsanitize=fuzzer ..., see the head of each harness); everywhere else each is built
+# with a small driver (tests/fuzz/replay_driver.hpp) that replays the seed corpus through it
+# and then a fixed number of deterministic mutations of it, so the harnesses are compiled and
+# exercised in CI. --seconds bounds a slow (sanitizer) build; a failure leaves the input in
+# fuzz-crash.bin in the build's tests directory.
 if(NOT CMAKE_CXX_COMPILER_ID MATCHES "Clang")
+  set(OTA_FUZZ_CORPUS ${OTA_SOURCE_DIR}/tests/fuzz/corpus)
   add_executable(proto_fuzz_replay ${OTA_SOURCE_DIR}/tests/fuzz/proto_fuzz.cpp)
   target_compile_definitions(proto_fuzz_replay PRIVATE OTA_FUZZ_REPLAY_MAIN)
   target_link_libraries(proto_fuzz_replay PRIVATE ota::proto ota_warnings)
   add_test(NAME proto_fuzz_replay COMMAND proto_fuzz_replay ${OTA_PROTO_FIXTURES})
   set_tests_properties(proto_fuzz_replay PROPERTIES LABELS unit)
+
+  # The bundle decoder (controller uploads, the Linux port's downloads).
+  add_executable(bundle_fuzz_replay ${OTA_SOURCE_DIR}/tests/fuzz/bundle_fuzz.cpp)
+  target_compile_definitions(bundle_fuzz_replay PRIVATE OTA_FUZZ_REPLAY_MAIN)
+  target_link_libraries(bundle_fuzz_replay PRIVATE ota::proto_bundle ota_warnings)
+  add_test(NAME bundle_fuzz_replay COMMAND bundle_fuzz_replay --mutations=100000 --seconds=20
+           ${OTA_FUZZ_CORPUS}/bundle)
+  set_tests_properties(bundle_fuzz_replay PROPERTIES LABELS unit TIMEOUT 120)
+
+  # The controller's inbound device messages (Controller::on_message).
+  add_executable(controller_fuzz_replay ${OTA_SOURCE_DIR}/tests/fuzz/controller_fuzz.cpp)
+  target_compile_definitions(controller_fuzz_replay PRIVATE OTA_FUZZ_REPLAY_MAIN)
+  target_include_directories(controller_fuzz_replay PRIVATE ${CMAKE_CURRENT_LIST_DIR})
+  target_link_libraries(controller_fuzz_replay PRIVATE ota_service ota::proto OpenSSL::Crypto
+                        ota_warnings)
+  add_test(NAME controller_fuzz_replay COMMAND controller_fuzz_replay --mutations=100000
+           --seconds=20 ${OTA_PROTO_FIXTURES}/valid ${OTA_FUZZ_CORPUS}/controller)
+  set_tests_properties(controller_fuzz_replay PROPERTIES LABELS unit TIMEOUT 120)
 endif()

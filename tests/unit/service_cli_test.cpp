@@ -260,7 +260,7 @@ TEST(OtactlLive, WatchUnknownRolloutExits1AtOnce) {
   EXPECT_NE(r.out.find("unknown rollout ro-9"), std::string::npos) << r.out;
 }
 
-TEST(OtactlLive, RolloutCreateSendsTheContractBodyAndTheActor) {
+TEST(OtactlLive, RolloutCreateSendsTheContractBodyAndNoActorHeader) {
   FakeController fc;
   fc.reply(201, rollout("draft", 0));
   auto r = otactl(fc.api() +
@@ -275,7 +275,8 @@ TEST(OtactlLive, RolloutCreateSendsTheContractBodyAndTheActor) {
   ASSERT_EQ(log.size(), 1u);
   EXPECT_EQ(log[0].method, "POST");
   EXPECT_EQ(log[0].path, "/api/v1/rollouts");
-  EXPECT_EQ(log[0].actor, "alice");
+  // The controller names the actor after the token; a header would only be a claim.
+  EXPECT_EQ(log[0].actor, "");
   EXPECT_EQ(log[0].content_type, "application/json");
   EXPECT_EQ(nlohmann::json::parse(log[0].body), nlohmann::json::parse(R"({
     "image":"1.1.0","name":"canary","target":{"group":"lab"},
@@ -289,7 +290,7 @@ TEST(OtactlLive, RolloutCreateSendsTheContractBodyAndTheActor) {
   EXPECT_EQ(r.code, 0) << r.out;
   log = fc.log();
   ASSERT_EQ(log.size(), 2u);
-  EXPECT_EQ(log[1].actor, "operator");
+  EXPECT_EQ(log[1].actor, "");
   EXPECT_EQ(nlohmann::json::parse(log[1].body), nlohmann::json::parse(R"({
     "image":"1.1.0","target":{"devices":["d1","d2","d3"]},"waves":[{"size":"100%"}],
     "start":true})"));
@@ -498,6 +499,7 @@ TEST(OtactlArgs, WindowsAndTimes) {
 }  // namespace
 
 #include <fstream>
+#include <sstream>
 #include <sys/stat.h>
 
 #include "service_test_util.hpp"
@@ -505,12 +507,30 @@ TEST(OtactlArgs, WindowsAndTimes) {
 
 namespace {
 
+// A release key file only its owner may read (what `umask 077` or `chmod 600` gives).
+std::string private_key_file(const std::string& path) {
+  std::ofstream(path) << ota::service::testing::make_ec_key_pem();
+  ::chmod(path.c_str(), 0600);
+  return path;
+}
+
+std::string file_text(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+unsigned mode_of(const std::string& path) {
+  struct stat st {};
+  return ::stat(path.c_str(), &st) == 0 ? static_cast<unsigned>(st.st_mode & 07777) : 010000u;
+}
+
 // First start on a fresh machine: the database and image directories do not exist yet.
 // The controller makes them and its API token file before it ever reaches a broker.
 TEST(ControllerStartup, CreatesMissingStateDirectories) {
   ota::service::testing::TempDir dir;
-  const std::string key = dir.path() + "/release.key";
-  std::ofstream(key) << ota::service::testing::make_ec_key_pem();
+  const std::string key = private_key_file(dir.path() + "/release.key");
   const std::string db = dir.path() + "/state/nested/controller.db";
   ota::test::ChildProcess controller(
       {OTA_CONTROLLER_PATH, "--broker-port", "1", "--db", db, "--store",
@@ -524,6 +544,71 @@ TEST(ControllerStartup, CreatesMissingStateDirectories) {
   EXPECT_EQ(::stat((dir.path() + "/state/images").c_str(), &st), 0);
   EXPECT_TRUE(S_ISDIR(st.st_mode));
   EXPECT_TRUE(controller.alive());  // keeps retrying the broker instead of exiting
+}
+
+// The attack: a release key other local users can read lets them sign firmware every device
+// installs. The controller refuses to start with it, and says how to fix it.
+TEST(ControllerStartup, RefusesASigningKeyOthersCanRead) {
+  ota::service::testing::TempDir dir;
+  const std::string key = private_key_file(dir.path() + "/release.key");
+  ASSERT_EQ(::chmod(key.c_str(), 0644), 0);
+  const std::string log = dir.path() + "/controller.log";
+  ota::test::ChildProcess controller(
+      {OTA_CONTROLLER_PATH, "--broker-port", "1", "--db", dir.path() + "/c.db", "--store",
+       dir.path() + "/images", "--signing-key", key, "--http", "127.0.0.1:0"},
+      log);
+  ASSERT_GT(controller.pid(), 0);
+  int code = -1;
+  ASSERT_TRUE(ota::test::wait_until([&] { return controller.exited(&code); }, std::chrono::seconds(10)))
+      << "the controller started with a world-readable key:\n" << file_text(log);
+  EXPECT_EQ(code, 1);
+  const std::string out = file_text(log);
+  EXPECT_NE(out.find("--signing-key " + key + " has mode 0644"), std::string::npos) << out;
+  EXPECT_NE(out.find("chmod 600 " + key), std::string::npos) << out;
+  EXPECT_EQ(out.find("http API listening"), std::string::npos) << out;
+  struct stat st {};
+  EXPECT_NE(::stat((dir.path() + "/c.db").c_str(), &st), 0) << "refused before touching the database";
+  EXPECT_NE(::stat((dir.path() + "/images").c_str(), &st), 0) << "refused before making directories";
+}
+
+// With the key made private it starts; what it creates is for its own user only, and a
+// database an older version left world-readable is made private.
+TEST(ControllerStartup, PrivateKeyStartsAndStateFilesArePrivate) {
+  ota::service::testing::TempDir dir;
+  const std::string key = private_key_file(dir.path() + "/release.key");
+  const std::string db = dir.path() + "/state/controller.db";
+  const std::string log = dir.path() + "/controller.log";
+  std::vector<std::string> argv{OTA_CONTROLLER_PATH, "--broker-port", "1", "--db", db,
+                                "--store", dir.path() + "/state/images", "--signing-key", key,
+                                "--http", "127.0.0.1:0"};
+  {
+    ota::test::ChildProcess controller(argv, log);
+    ASSERT_GT(controller.pid(), 0);
+    ASSERT_TRUE(ota::test::wait_until(
+        [&] { return file_text(log).find("http API listening") != std::string::npos; },
+        std::chrono::seconds(10)))
+        << file_text(log);
+    EXPECT_EQ(mode_of(db), 0600u);
+    EXPECT_EQ(mode_of(db + ".token"), 0600u);
+    EXPECT_EQ(mode_of(dir.path() + "/state"), 0700u);
+    EXPECT_EQ(mode_of(dir.path() + "/state/images"), 0700u);
+    for (const char* f : {"-wal", "-shm"}) {
+      if (mode_of(db + f) != 010000u) {  // present
+        EXPECT_EQ(mode_of(db + f), 0600u) << f;
+      }
+    }
+    controller.stop();
+  }
+  // As an earlier version (umask 022) left it.
+  ASSERT_EQ(::chmod(db.c_str(), 0644), 0);
+  const std::string log2 = dir.path() + "/controller2.log";
+  ota::test::ChildProcess again(argv, log2);
+  ASSERT_TRUE(ota::test::wait_until(
+      [&] { return file_text(log2).find("http API listening") != std::string::npos; },
+      std::chrono::seconds(10)))
+      << file_text(log2);
+  EXPECT_EQ(mode_of(db), 0600u);
+  EXPECT_NE(file_text(log2).find(db + " had mode 0644; made it 0600"), std::string::npos) << file_text(log2);
 }
 
 }  // namespace

@@ -345,7 +345,7 @@ TEST(StoreMigration, Version2DatabaseMigratesToVersion3) {
     EXPECT_FALSE(v2.probe_write(5).ok()) << "no health_probe table before v3";
   }
   Store v3;
-  Status s = v3.open(path);
+  Status s = v3.open(path, 3);
   ASSERT_TRUE(s.ok()) << s.error();
   EXPECT_EQ(v3.schema_version(), 3);
   EXPECT_TRUE(v3.device("dev-1")->has_value());

@@ -308,7 +308,7 @@ bool Controller::explained_version(const std::string& dev, const std::string& ve
   return false;
 }
 
-Status Controller::reset_seq(const std::string& dev) {
+Status Controller::reset_seq(const std::string& dev, const std::string& actor) {
   std::lock_guard<std::mutex> lock(mu_);
   auto d = store_.device(dev);
   if (!d) return d.context("reset seq");
@@ -316,7 +316,7 @@ Status Controller::reset_seq(const std::string& dev) {
   Tx tx(store_);
   Status s = tx.status();
   if (s) s = store_.set_device_last_seq(dev, -1);
-  if (s) event("", dev, "seq_reset", "by operator (was " + std::to_string((*d)->last_seq) + ")");
+  if (s) event("", dev, "seq_reset", "by operator (was " + std::to_string((*d)->last_seq) + ")", actor);
   if (s) s = tx.commit();
   if (!s) return s.context("reset seq");
   dev_seq_[dev] = -1;
@@ -395,8 +395,9 @@ void Controller::send_cancel(const std::string& dev, const std::string& dep_id,
 
 // ------------------------------------------------------------------------------ images
 
-Result<AddImageResult> Controller::add_image(const std::string& bytes, const ImageParams& p) {
-  Status v = validate_image_params(p);
+Result<AddImageResult> Controller::add_image(const std::string& bytes, const ImageParams& p,
+                                             const std::string& actor) {
+  Status v = validate_image(bytes, p);
   if (!v) return v.context("image add");
   if (bytes.empty()) return invalid_err("image add: image is empty");
   if (bytes.size() > 0xFFFFFFFFull) return invalid_err("image add: image larger than 4 GiB");
@@ -448,7 +449,8 @@ Result<AddImageResult> Controller::add_image(const std::string& bytes, const Ima
   if (!s) return s.context("image add: db");
   event("", "", "image_added",
         rec.id + " version " + rec.version + " hw " + join(rec.hw, ",") + " size " +
-            std::to_string(rec.size));
+            std::to_string(rec.size),
+        actor);
   s = tx.commit();
   if (!s) return s.context("image add: db");
   log_info("image added " + rec.id + " version " + rec.version + " (" +
@@ -470,7 +472,7 @@ Result<ImageRec> Controller::resolve_image(const std::string& ref) {
 // ------------------------------------------------------------------------- deployments
 
 Result<DeploymentRec> Controller::deploy(const std::string& image_ref, const std::string& kind,
-                                         const std::string& target) {
+                                         const std::string& target, const std::string& actor) {
   std::lock_guard<std::mutex> lock(mu_);
   auto img = resolve_image(image_ref);
   if (!img) return img.context("deploy");
@@ -547,7 +549,8 @@ Result<DeploymentRec> Controller::deploy(const std::string& image_ref, const std
   }
   event(dm.rec.id, kind == "device" ? target : "", "deployment_created",
         "image " + img->id + " version " + img->version + " to " + kind + " " + target + " (" +
-            std::to_string(members.size()) + " known devices)");
+            std::to_string(members.size()) + " known devices)",
+        actor);
   s = tx.commit();
   if (!s) return s.context("deploy: db");
 
@@ -668,7 +671,7 @@ void Controller::publish_group_offer(const DepMem& d, bool clear) {
              "group offer to " + t + " failed");
 }
 
-Result<DeploymentRec> Controller::cancel(const std::string& deployment_id) {
+Result<DeploymentRec> Controller::cancel(const std::string& deployment_id, const std::string& actor) {
   std::lock_guard<std::mutex> lock(mu_);
   auto it = active_.find(deployment_id);
   if (it == active_.end()) {
@@ -701,7 +704,7 @@ Result<DeploymentRec> Controller::cancel(const std::string& deployment_id) {
   Status s = store_.set_deployment_state(d.rec.id, "cancelled", now_s());
   if (!s) return s.context("cancel: db");
   event(d.rec.id, "", "deployment_cancelled",
-        "by operator; " + std::to_string(notify.size()) + " devices notified");
+        "by operator; " + std::to_string(notify.size()) + " devices notified", actor);
   s = tx.commit();
   if (!s) return s.context("cancel: db");
   d.rec.state = "cancelled";

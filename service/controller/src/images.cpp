@@ -10,6 +10,7 @@
 #include <random>
 #include <set>
 
+#include "ota/proto/bundle.hpp"
 #include "ota/proto/topics.hpp"
 
 namespace ota::service {
@@ -41,6 +42,26 @@ Status validate_image_params(const ImageParams& p) {
     return invalid_err("chunk size " + std::to_string(p.chunk_size) + " out of range " +
                        std::to_string(proto::kMinChunkSize) + ".." +
                        std::to_string(proto::kMaxChunkSize));
+  if (p.counter > kMaxImageCounter)
+    return invalid_err("anti-rollback counter " + std::to_string(p.counter) +
+                       " is above the maximum " + std::to_string(kMaxImageCounter) +
+                       ": devices that confirm it refuse every image with a lower counter, for "
+                       "good; raise the counter one step per security release");
+  return {};
+}
+
+Status validate_bundle(const std::string& bytes) {
+  proto::bundle::Index index;
+  // check_hashes: the device compares every file with its sha256 only after the download;
+  // a lying index is refused here, before a fleet fetches it.
+  if (std::string err = proto::bundle::parse(bytes, index, true); !err.empty())
+    return invalid_err("invalid bundle: " + err);
+  return {};
+}
+
+Status validate_image(const std::string& bytes, const ImageParams& p) {
+  if (Status s = validate_image_params(p); !s) return s;
+  if (p.kind == "bundle") return validate_bundle(bytes);
   return {};
 }
 
@@ -56,12 +77,18 @@ Status ensure_dir(const std::string& dir) {
     pos = dir.find('/', pos + 1);
     cur = dir.substr(0, pos);
     if (cur.empty()) continue;
-    if (::mkdir(cur.c_str(), 0755) != 0 && errno != EEXIST)
+    // Parents as usual (they may be shared); the store itself private from the start.
+    const mode_t mode = pos == std::string::npos ? 0700 : 0755;
+    if (::mkdir(cur.c_str(), mode) != 0 && errno != EEXIST)
       return internal_err("mkdir " + cur + ": " + errno_str());
   }
   struct stat st {};
   if (::stat(dir.c_str(), &st) != 0) return internal_err("stat " + dir + ": " + errno_str());
   if (!S_ISDIR(st.st_mode)) return invalid_err(dir + " is not a directory");
+  // Images are the fleet's firmware (keys, credentials, code): no other local user reads
+  // them. A store created before this rule (0755, files 0644) is closed here at start.
+  if ((st.st_mode & 0777) != 0700 && ::chmod(dir.c_str(), 0700) != 0)
+    return internal_err("chmod 0700 " + dir + ": " + errno_str());
   return {};
 }
 
@@ -69,11 +96,15 @@ Result<std::string> write_image_file(const std::string& dir, const std::string& 
                                      const void* data, std::size_t len) {
   std::string final_path = image_path(dir, sha256);
   struct stat st {};
-  if (::stat(final_path.c_str(), &st) == 0 && static_cast<std::size_t>(st.st_size) == len)
-    return final_path;  // content-addressed: same name, same size, same bytes
+  if (::stat(final_path.c_str(), &st) == 0 && static_cast<std::size_t>(st.st_size) == len) {
+    // Content-addressed: same name, same size, same bytes. Written 0644 by older versions.
+    if ((st.st_mode & 0777) != 0600 && ::chmod(final_path.c_str(), 0600) != 0)
+      return internal_err("chmod 0600 " + final_path + ": " + errno_str());
+    return final_path;
+  }
   std::random_device rd;
   std::string tmp = dir + "/." + sha256 + ".tmp." + std::to_string(rd());
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
   if (fd < 0) return internal_err("create " + tmp + ": " + errno_str());
   const char* p = static_cast<const char*>(data);
   std::size_t left = len;

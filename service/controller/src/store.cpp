@@ -336,6 +336,18 @@ CREATE TABLE health_probe (
 CREATE INDEX events_ts ON events(ts);
 )SQL";
 
+// v4: named API tokens with a role. Only the SHA-256 of a secret is kept: a copy of the
+// database (a backup) does not give API access.
+const char* const kSchemaV4 = R"SQL(
+CREATE TABLE api_tokens (
+  name       TEXT PRIMARY KEY,
+  role       TEXT NOT NULL CHECK (role IN ('read-only', 'operator', 'admin')),
+  sha256     TEXT NOT NULL UNIQUE CHECK (length(sha256) = 64),
+  created_at INTEGER NOT NULL,
+  created_by TEXT NOT NULL DEFAULT ''
+);
+)SQL";
+
 // What PRAGMA quick_check found: the lines it reported ({"ok"} for an intact file) and the
 // SQLite error that stopped it, if one did (SQLITE_OK if it ran to the end). On some damage it
 // reports lines and then stops with SQLITE_CORRUPT: both are worth showing.
@@ -523,7 +535,7 @@ Result<sqlite3_stmt*> Store::prepare(const std::string& sql) {
   return st;
 }
 
-Status Store::open(const std::string& path, int target_version) {
+Status Store::open(const std::string& path, int target_version, bool check_integrity) {
   damaged_ = false;
   if (sqlite3_open_v2(path.c_str(), &db_,
                       SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
@@ -534,7 +546,9 @@ Status Store::open(const std::string& path, int target_version) {
   sqlite3_busy_timeout(db_, 5000);
   // Before anything writes to it (journal mode, migrations): a damaged file is refused with
   // what to do, rather than run on until some query trips over the damage.
-  IntegrityReport check = quick_check(db_);
+  IntegrityReport check;
+  check.lines = {"ok"};  // what a skipped check reports
+  if (check_integrity) check = quick_check(db_);
   if (!check.intact()) {
     if (!check.damaged())
       return internal_err("open " + path + ": integrity check: " + check.describe());
@@ -610,6 +624,15 @@ Status Store::migrate(int target) {
     if (c) c = tx.commit();
     if (!c) return c.context("migrate to schema 3");
     have = 3;
+  }
+  if (have < 4 && target >= 4) {
+    Tx tx(*this);
+    if (!tx.status()) return tx.status();
+    Status c = exec(kSchemaV4);
+    if (c) c = exec("INSERT INTO schema_version(version) VALUES (4)");
+    if (c) c = tx.commit();
+    if (!c) return c.context("migrate to schema 4");
+    have = 4;
   }
   schema_version_ = have;
   return {};
@@ -963,6 +986,52 @@ Status Store::set_device_last_seen(const std::string& id, long long ts) {
   q.bind(1, ts).bind(2, id).bind(3, ts);
   OTA_DONE(q, "set device last_seen");
   return {};
+}
+
+// ------------------------------------------------------------------------------ API tokens
+Status Store::insert_api_token(const ApiTokenRec& t) {
+  OTA_PREP(q, "INSERT INTO api_tokens(name, role, sha256, created_at, created_by) "
+              "VALUES (?,?,?,?,?)");
+  q.bind(1, t.name).bind(2, t.role).bind(3, t.sha256).bind(4, t.created_at).bind(5, t.created_by);
+  const int rc = q.step();
+  // A taken name is the caller's conflict, not a database failure.
+  if ((rc & 0xff) == SQLITE_CONSTRAINT) {
+    const std::string why = errmsg();
+    auto same = prepare("SELECT 1 FROM api_tokens WHERE name = ?");
+    if (same) {
+      Q n(*same);
+      n.bind(1, t.name);
+      if (n.step() == SQLITE_ROW) return conflict_err("a token named '" + t.name + "' exists");
+    }
+    return record_write_failure(rc, "insert API token: " + why);
+  }
+  if (rc != SQLITE_DONE) return record_write_failure(rc, "insert API token: " + errmsg());
+  record_statement_done();
+  return {};
+}
+
+Result<bool> Store::delete_api_token(const std::string& name) {
+  OTA_PREP(q, "DELETE FROM api_tokens WHERE name = ?");
+  q.bind(1, name);
+  OTA_DONE(q, "delete API token");
+  return sqlite3_changes(db_) > 0;
+}
+
+Result<std::vector<ApiTokenRec>> Store::list_api_tokens() {
+  OTA_PREP(q, "SELECT name, role, sha256, created_at, created_by FROM api_tokens ORDER BY name");
+  std::vector<ApiTokenRec> out;
+  int rc;
+  while ((rc = q.step()) == SQLITE_ROW) {
+    ApiTokenRec t;
+    t.name = q.text(0);
+    t.role = q.text(1);
+    t.sha256 = q.text(2);
+    t.created_at = q.i64(3);
+    t.created_by = q.text(4);
+    out.push_back(std::move(t));
+  }
+  if (rc != SQLITE_DONE) return internal_err("list API tokens: " + errmsg());
+  return out;
 }
 
 }  // namespace ota::service

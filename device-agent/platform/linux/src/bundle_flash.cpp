@@ -187,7 +187,10 @@ bool BundleFlash::fs_remove_tree(const std::string& path) {
 
 int BundleFlash::fs_create(const std::string& path) {
   if (!op()) return -1;
-  return ::open(path.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+  // O_EXCL, not O_TRUNC: a bundle file is always new in the freshly emptied tree. Whatever
+  // is already there is a hard link into the running tree (or a symlink), and truncating it
+  // would change the running application, protected files included, past any rollback.
+  return ::open(path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
 }
 
 PortStatus BundleFlash::fail(const std::string& what) {
@@ -544,6 +547,10 @@ PortStatus BundleFlash::prepare_tree() {
     }
     const std::string file = tree + "/" + path;
     const int fd = fs_create(file);
+    if (fd < 0 && errno == EEXIST) {
+      return refuse("bundle file '" + path + "' is already in the new tree (shared with the "
+                    "running tree): not overwritten");
+    }
     if (fd < 0) return fail("create " + file);
     const bool ok = op() && ::ftruncate(fd, static_cast<off_t>(index_.files[i].size)) == 0;
     const int err = errno;

@@ -47,16 +47,18 @@ struct Index {
 };
 
 // "" when `path` is a valid bundle path, else what is wrong with it: relative, components
-// separated by single '/', none empty, "." or "..", characters [A-Za-z0-9._+@=,~-] only,
-// at most kMaxPathLen bytes.
+// separated by single '/', none empty, "." or "..", characters [A-Za-z0-9._+@=,~-] only (no
+// NUL: the device opens the path as a C string), at most kMaxPathLen bytes. Errors show
+// bytes outside printable ASCII as \xNN.
 std::string check_path(const std::string& path);
 
 // Parses the 12-byte header (`len` >= kHeaderSize). Returns "" and sets index_len, or the error.
 std::string parse_header(const std::uint8_t* data, std::size_t len, std::uint32_t& index_len);
 
-// Parses and validates the index JSON (after the header): every path valid, no duplicate
-// files or deletes, no file that is also a directory of another file, sizes and hashes well
-// formed. Fills offsets, data_offset and total_size.
+// Parses and validates the index JSON (after the header): no raw NUL byte, no member name
+// twice in one object, nothing nested deeper than index > files > file, every path valid, no
+// duplicate files or deletes, no file that is also a directory of another file, sizes and
+// hashes well formed. Fills offsets, data_offset and total_size.
 std::string parse_index(const char* json, std::size_t len, Index& out);
 
 // Parses the header and index at the start of `bytes` and checks that `bytes` is exactly the

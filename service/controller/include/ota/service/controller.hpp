@@ -163,13 +163,15 @@ class Controller {
   Controller& operator=(const Controller&) = delete;
 
   // --- operator actions
-  Result<AddImageResult> add_image(const std::string& bytes, const ImageParams& p);
+  // actor: who asked, for the event log ("token:alice"); empty = the controller.
+  Result<AddImageResult> add_image(const std::string& bytes, const ImageParams& p,
+                                   const std::string& actor = "");
   // image_ref: image id or version; kind "device" | "group".
   Result<DeploymentRec> deploy(const std::string& image_ref, const std::string& kind,
-                               const std::string& target);
-  Result<DeploymentRec> cancel(const std::string& deployment_id);
+                               const std::string& target, const std::string& actor = "");
+  Result<DeploymentRec> cancel(const std::string& deployment_id, const std::string& actor = "");
   // Forgets the device's last event seq (after a factory reset of its counter).
-  Status reset_seq(const std::string& device_id);
+  Status reset_seq(const std::string& device_id, const std::string& actor = "");
 
   // --- rollouts (see rollout.hpp; actor names who asked, for the event log)
   Result<nlohmann::json> create_rollout(const nlohmann::json& body, const std::string& actor);

@@ -12,6 +12,11 @@
 namespace ota::service {
 
 constexpr std::uint32_t kDefaultChunkSize = 4096;
+// Highest anti-rollback counter an image may carry. A device refuses every image with a
+// counter below the highest one it confirmed, so a counter near 2^32 would leave no room
+// above it, for good. Counters count security-relevant releases, one step at a time: a
+// million is a release an hour for a century.
+constexpr std::uint32_t kMaxImageCounter = 1000000;
 
 struct ImageParams {
   std::string version;
@@ -21,16 +26,28 @@ struct ImageParams {
   std::string kind = "firmware";  // "firmware" (a whole image) or "bundle" (application files)
 };
 
-// Checks version (semver, <= 32 chars), hw (1..4 valid ids, no duplicates) and chunk size
-// (256..65536). Error messages name the offending value.
+// Checks version (semver, <= 32 chars), hw (1..4 valid ids, no duplicates), kind, chunk
+// size (256..65536) and counter (<= kMaxImageCounter). Error messages name the offending value.
 Status validate_image_params(const ImageParams& p);
 
+// A bundle (PROTOCOL.md section 16) as the device will decode it, with the device's decoder
+// (ota::proto::bundle::parse): header, index (paths, duplicates, file count and sizes), total
+// size and every file's sha256. invalid_err("invalid bundle: <what is wrong>") otherwise: the
+// controller must not sign what every device would refuse (or, worse, what one would not).
+Status validate_bundle(const std::string& bytes);
+
+// Everything add_image must check before it stores and signs an image: the parameters, and
+// for kind "bundle" the bytes (validate_bundle).
+Status validate_image(const std::string& bytes, const ImageParams& p);
+
 // Writes bytes to <dir>/<sha256>.bin via a temp file, fsync and rename (and fsyncs the dir).
-// Returns the final path. Succeeds without rewriting if an identical file is present.
+// The file is 0600 (firmware may hold secrets; only the controller reads it). Returns the
+// final path. Succeeds without rewriting if an identical file is present (made 0600 too).
 Result<std::string> write_image_file(const std::string& dir, const std::string& sha256,
                                      const void* data, std::size_t len);
 std::string image_path(const std::string& dir, const std::string& sha256);
-// Creates the directory (and parents) if missing.
+// Creates the image store directory (and parents) if missing. The directory itself is made
+// 0700, also when it already existed with wider permissions (stores from before this rule).
 Status ensure_dir(const std::string& dir);
 
 // One chunk to send: index, byte offset in the image, payload length.

@@ -21,7 +21,7 @@ struct sqlite3_stmt;
 
 namespace ota::service {
 
-constexpr int kSchemaVersion = 3;
+constexpr int kSchemaVersion = 4;
 
 // Start of the message of the error open() returns for a damaged database file (also
 // Store::damaged()). verify_file() uses it too.
@@ -140,6 +140,15 @@ struct EventRetention {
   long long max_count = 0;   // only the newest max_count events stay
 };
 
+// A named API token (schema v4). The secret itself is never stored, only its SHA-256.
+struct ApiTokenRec {
+  std::string name;
+  std::string role;    // "read-only" | "operator" | "admin"
+  std::string sha256;  // lower-case hex of SHA-256(secret)
+  long long created_at = 0;  // unix seconds
+  std::string created_by;    // the actor that created it ("token:NAME")
+};
+
 // Row states.
 bool is_row_state(const std::string& s);
 bool is_final_row_state(const std::string& s);
@@ -154,8 +163,10 @@ class Store {
   // Opens, checks the file's integrity (PRAGMA quick_check) and migrates to target_version
   // (tests create older schemas with it). A damaged file is refused: the error starts with
   // kDatabaseDamagedPrefix, names the file, says what is wrong and how to restore a backup,
-  // and damaged() is true (the connection is closed then).
-  Status open(const std::string& path, int target_version = kSchemaVersion);
+  // and damaged() is true (the connection is closed then). check_integrity=false skips the
+  // check, for a second connection to a file another Store of this process has just checked.
+  Status open(const std::string& path, int target_version = kSchemaVersion,
+              bool check_integrity = true);
   int schema_version() const { return schema_version_; }
   bool damaged() const { return damaged_; }
 
@@ -240,6 +251,11 @@ class Store {
                         const std::optional<std::string>& value);  // nullopt removes
   Result<std::map<std::string, std::map<std::string, std::string>>> all_tags();
   Status set_device_last_seen(const std::string& id, long long ts);
+
+  // API tokens. insert: conflict if the name is taken. delete: false if there was none.
+  Status insert_api_token(const ApiTokenRec& t);
+  Result<bool> delete_api_token(const std::string& name);
+  Result<std::vector<ApiTokenRec>> list_api_tokens();
 
   // Summary helpers.
   Result<std::map<std::string, long long>> count_by(const std::string& sql);
