@@ -616,23 +616,17 @@ Status Store::migrate(int target) {
     if (!on) return on;
     have = 2;
   }
-  if (have < 3 && target >= 3) {
+  // Additive steps (new tables and indexes): one transaction each.
+  const std::pair<int, const char*> additive[] = {{3, kSchemaV3}, {4, kSchemaV4}};
+  for (const auto& [version, sql] : additive) {
+    if (have >= version || target < version) continue;
     Tx tx(*this);
     if (!tx.status()) return tx.status();
-    Status c = exec(kSchemaV3);
-    if (c) c = exec("INSERT INTO schema_version(version) VALUES (3)");
+    Status c = exec(sql);
+    if (c) c = exec("INSERT INTO schema_version(version) VALUES (" + std::to_string(version) + ")");
     if (c) c = tx.commit();
-    if (!c) return c.context("migrate to schema 3");
-    have = 3;
-  }
-  if (have < 4 && target >= 4) {
-    Tx tx(*this);
-    if (!tx.status()) return tx.status();
-    Status c = exec(kSchemaV4);
-    if (c) c = exec("INSERT INTO schema_version(version) VALUES (4)");
-    if (c) c = tx.commit();
-    if (!c) return c.context("migrate to schema 4");
-    have = 4;
+    if (!c) return c.context("migrate to schema " + std::to_string(version));
+    have = version;
   }
   schema_version_ = have;
   return {};
