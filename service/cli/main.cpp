@@ -465,6 +465,9 @@ bool read_bundle_dir(const std::string& root, const std::string& rel,
   return true;
 }
 
+// cmd_image_add's counter: -1 = the controller's default, this = a security release.
+constexpr long long kCounterSecurityRelease = -2;
+
 int cmd_image_add(Ctx& c, const std::string& file, const std::string& version,
                   const std::vector<std::string>& hw, long long chunk_size, long long counter,
                   std::string kind, const std::vector<std::string>& deletes) {
@@ -521,6 +524,7 @@ int cmd_image_add(Ctx& c, const std::string& file, const std::string& version,
   for (const auto& h : hw) q += "&hw=" + url_encode(h);
   if (chunk_size >= 0) q += "&chunk_size=" + std::to_string(chunk_size);
   if (counter >= 0) q += "&counter=" + std::to_string(counter);
+  if (counter == kCounterSecurityRelease) q += "&counter=next";
   if (kind == "bundle") {
     q += "&kind=bundle";
     if (!c.json_out) {
@@ -1371,8 +1375,13 @@ int main(int argc, char** argv) {
   image_add->add_option("--hw", hw, "compatible hardware model (repeatable)")->required();
   image_add->add_option("--chunk-size", chunk_size, "chunk size in bytes (256..65536, default 4096)")
       ->check(CLI::Range(256LL, 65536LL));
-  image_add->add_option("--counter", counter, "security counter (default 0)")
-      ->check(CLI::Range(0LL, 4294967295LL));
+  auto* counter_opt = image_add->add_option("--counter", counter, "security counter (default 0)")
+      ->check(CLI::Range(0LL, 1000000LL));
+  bool security_release = false;
+  image_add->add_flag("--security-release", security_release,
+                      "a security fix: the counter becomes the highest registered one + 1, so "
+                      "devices that confirm this image refuse every earlier one")
+      ->excludes(counter_opt);
   auto* image_list = image->add_subcommand("list", "list images");
 
   auto* deploy = app.add_subcommand("deploy", "deploy an image to a device or a group");
@@ -1658,7 +1667,8 @@ int main(int argc, char** argv) {
   c.json_out = json_out;
 
   if (image_add->parsed()) {
-    return cmd_image_add(c, file, version, hw, chunk_size, counter, image_kind, image_deletes);
+    return cmd_image_add(c, file, version, hw, chunk_size, security_release ? kCounterSecurityRelease : counter, image_kind,
+                         image_deletes);
   }
   if (image_list->parsed()) return cmd_image_list(c);
   if (deploy->parsed()) return cmd_deploy(c, dep_image, dep_device, dep_group, wait, timeout_s);

@@ -190,6 +190,28 @@ TEST_F(ControllerRecovery, TickPrunesOldEventsButNeverThoseOfAnActiveDeployment)
   EXPECT_EQ(m.find("\nota_events_pruned_total 0\n"), std::string::npos) << m;
 }
 
+// A security release raises the counter above every registered image, so devices that
+// confirm it refuse all of them afterwards (the counter is the anti-rollback floor).
+TEST_F(ControllerRecovery, ASecurityReleaseGetsTheNextCounter) {
+  ImageParams p;
+  p.hw = {"m1"};
+  p.version = "1.0.0";
+  p.counter = 3;
+  ASSERT_TRUE(ctl->add_image(bytes_of(3000, 1), p).ok());
+  p.version = "1.0.1";
+  p.counter = 0;
+  ASSERT_TRUE(ctl->add_image(bytes_of(3000, 2), p).ok());
+  p.version = "1.1.0";
+  p.security_release = true;
+  auto r = ctl->add_image(bytes_of(3000, 3), p);
+  ASSERT_TRUE(r.ok()) << r.error();
+  EXPECT_EQ(r->image.counter, 4u);
+  p.version = "1.2.0";
+  r = ctl->add_image(bytes_of(3000, 4), p);
+  ASSERT_TRUE(r.ok()) << r.error();
+  EXPECT_EQ(r->image.counter, 5u);
+}
+
 // --------------------------------------------------------------------- hostile devices
 
 TEST(RateLimiterTest, BurstThenTheRateAndKeysAreIndependent) {

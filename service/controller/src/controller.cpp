@@ -441,6 +441,16 @@ Result<AddImageResult> Controller::add_image(const std::string& bytes, const Ima
   rec.size = bytes.size();
   rec.chunk_size = p.chunk_size;
   rec.counter = p.counter;
+  if (p.security_release) {
+    auto images = store_.list_images();
+    if (!images) return images.context("image add: store");
+    std::uint32_t highest = 0;
+    for (const auto& i : *images) highest = std::max(highest, i.counter);
+    if (highest >= kMaxImageCounter)
+      return invalid_err("image add: security release: the highest counter is already " +
+                         std::to_string(highest) + " (the limit)");
+    rec.counter = highest + 1;
+  }
   rec.kind = p.kind;
   rec.created_at = now_s();
   Tx tx(store_);

@@ -1186,9 +1186,13 @@ void HttpApi::routes() {
       p.chunk_size = *c;
     }
     if (req.has_param("counter")) {
-      auto c = parse_u32("counter", req.get_param_value("counter"), 0, 0xFFFFFFFFu);
-      if (!c) return send_error(res, 400, c.error());
-      p.counter = *c;
+      if (req.get_param_value("counter") == "next") {
+        p.security_release = true;
+      } else {
+        auto c = parse_u32("counter", req.get_param_value("counter"), 0, 0xFFFFFFFFu);
+        if (!c) return send_error(res, 400, c.error() + " (or 'next': a security release)");
+        p.counter = *c;
+      }
     }
     if (req.has_param("kind")) p.kind = req.get_param_value("kind");
     if (req.body.empty()) return send_error(res, 400, "request body (the image bytes) is empty");

@@ -24,6 +24,9 @@ struct ImageParams {
   std::uint32_t chunk_size = kDefaultChunkSize;
   std::uint32_t counter = 0;
   std::string kind = "firmware";  // "firmware" (a whole image) or "bundle" (application files)
+  // A security release: the counter becomes the highest counter of the registered images
+  // + 1 (instead of `counter`), so that devices that confirm it refuse every earlier image.
+  bool security_release = false;
 };
 
 // Checks version (semver, <= 32 chars), hw (1..4 valid ids, no duplicates), kind, chunk
