@@ -93,6 +93,32 @@ TEST_F(FileFlashTest, FactoryFreshDeviceRunsInitialVersion) {
   EXPECT_EQ(read_file(f.slot_path('a')), "factory image 1.0.0\n");
 }
 
+// The port reports the SHA-256 of the image it runs (from the verified manifest kept with
+// the slot), so a same-version image with other bytes is not taken for the running one.
+TEST_F(FileFlashTest, ReportsTheRunningImagesSha256) {
+  const proto::Manifest m = manifest_for(image_, "1.1.0", 3);
+  {
+    FileFlash f(config());
+    ASSERT_EQ(f.power_on(), PortStatus::ok);
+    EXPECT_TRUE(state_of(f).running_sha256.empty()) << "the factory image's hash is unknown";
+    install(f, image_, m);
+    ASSERT_EQ(f.activate(m), PortStatus::ok);
+  }
+  {
+    FileFlash f(config());  // trial boot of the new image, then confirmed
+    ASSERT_EQ(f.power_on(), PortStatus::ok);
+    EXPECT_EQ(state_of(f).running_sha256, m.sha256.c_str());
+    ASSERT_EQ(f.confirm(), PortStatus::ok);
+  }
+  FileFlash f(config());
+  ASSERT_EQ(f.power_on(), PortStatus::ok);
+  EXPECT_EQ(state_of(f).running_sha256, m.sha256.c_str());
+  // Starting to overwrite the other slot forgets that slot's hash, never the running one's.
+  const auto other = random_image(3000, 9);
+  ASSERT_EQ(f.begin(manifest_for(other, "1.2.0", 3), false), PortStatus::ok);
+  EXPECT_EQ(state_of(f).running_sha256, m.sha256.c_str());
+}
+
 TEST_F(FileFlashTest, TrialBootThenRevertWithoutConfirm) {
   const proto::Manifest m = manifest_for(image_, "1.1.0", 3);
   {

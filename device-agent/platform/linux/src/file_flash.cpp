@@ -58,6 +58,8 @@ bool FileFlash::load_state() {
     else if (key == "writing") s.writing = slot_char(value);
     else if (key == "version_a") s.version_a = value;
     else if (key == "version_b") s.version_b = value;
+    else if (key == "sha256_a") s.sha256_a = value;
+    else if (key == "sha256_b") s.sha256_b = value;
     else if (key == "counter") s.counter = static_cast<std::uint32_t>(std::stoul(value));
     else if (key == "pending_counter") s.pending_counter = static_cast<std::uint32_t>(std::stoul(value));
   }
@@ -74,6 +76,7 @@ bool FileFlash::save_state() {
       << "\nrejected=" << (state_.rejected ? 1 : 0)
       << "\nrolled_back=" << (state_.rolled_back ? 1 : 0) << "\nwriting=" << slot(state_.writing)
       << "\nversion_a=" << state_.version_a << "\nversion_b=" << state_.version_b
+      << "\nsha256_a=" << state_.sha256_a << "\nsha256_b=" << state_.sha256_b
       << "\ncounter=" << state_.counter << "\npending_counter=" << state_.pending_counter << "\n";
   const std::string text = out.str();
   return write_file_atomically(cfg_.dir + "/boot.state", text.data(), text.size(), cfg_.durable);
@@ -114,6 +117,7 @@ PortStatus FileFlash::power_on() {
 PortStatus FileFlash::read_state(ImageState& out) {
   out = ImageState{};
   out.running_version.assign(version_of(running_).c_str());
+  out.running_sha256.assign(sha256_of(running_).c_str());
   out.running_slot = running_;
   out.slot_state = running_ == state_.pending ? proto::SlotState::pending
                    : state_.rolled_back      ? proto::SlotState::rolled_back
@@ -149,6 +153,7 @@ PortStatus FileFlash::begin(const proto::Manifest& manifest, bool resume) {
     // The other slot stops being a fallback image the moment we start overwriting it.
     state_.writing = target_;
     version_of(target_).clear();
+    sha256_of(target_).clear();
     state_.rolled_back = false;
     if (!save_state()) return from_errno();
   }
@@ -205,6 +210,7 @@ PortStatus FileFlash::finish(const proto::Manifest& manifest) {
   close_target();
   state_.writing = 0;
   version_of(target_) = target_version_;
+  sha256_of(target_) = manifest.sha256.c_str();
   return save_state() ? PortStatus::ok : from_errno();
 }
 

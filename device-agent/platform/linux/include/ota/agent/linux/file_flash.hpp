@@ -59,11 +59,16 @@ class FileFlash final : public FlashPort {
     bool rolled_back = false;
     char writing = 0;    // slot holding a partial image, 0 if none
     std::string version_a, version_b;
+    // SHA-256 of each slot's image from its verified manifest, empty when unknown (the factory
+    // image, state files from before): lets the agent tell a same-version image with other
+    // bytes from the one running (PROTOCOL.md section 7, check 8).
+    std::string sha256_a, sha256_b;
     std::uint32_t counter = 0, pending_counter = 0;
   };
   bool load_state();
   bool save_state();
   std::string& version_of(char slot) { return slot == 'b' ? state_.version_b : state_.version_a; }
+  std::string& sha256_of(char slot) { return slot == 'b' ? state_.sha256_b : state_.sha256_a; }
   static char other(char slot) { return slot == 'a' ? 'b' : 'a'; }
   PortStatus open_target(bool truncate);
   void close_target();
