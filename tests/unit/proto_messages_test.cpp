@@ -229,6 +229,57 @@ TEST(ProtoMessages, OfferDefaultsKindAndCompression) {
   EXPECT_EQ(d.manifest.chunk_count(), 1u);
 }
 
+// The binding members: round trip, written only when set, and refused when hostile.
+TEST(ProtoMessages, ManifestBindingMembers) {
+  Offer o = sample_offer();
+  char plain[1024], bound[1024];
+  const std::size_t plain_len = canonical_manifest(o.manifest, plain, sizeof plain);
+  o.manifest.deployment.assign("dep-2025-001");
+  o.manifest.device.assign("dev-7");
+  o.manifest.rollback = true;
+  const std::size_t bound_len = canonical_manifest(o.manifest, bound, sizeof bound);
+  EXPECT_EQ(std::string(plain, plain_len).find("device"), std::string::npos);
+  const std::string b(bound, bound_len);
+  EXPECT_NE(b.find(R"("counter":3,"deployment":"dep-2025-001","device":"dev-7","expires")"),
+            std::string::npos) << b;
+  EXPECT_NE(b.find(R"("kind":"firmware","rollback":true,"sha256")"), std::string::npos) << b;
+  char buf[2048];
+  std::size_t len = 0;
+  ASSERT_TRUE(encode_offer(o, buf, sizeof buf, len).ok());
+  Offer d;
+  ASSERT_TRUE(decode_offer(buf, len, d).ok());
+  EXPECT_EQ(d.manifest.device, o.manifest.device);
+  EXPECT_EQ(d.manifest.deployment, o.manifest.deployment);
+  EXPECT_TRUE(d.manifest.rollback);
+  EXPECT_TRUE(d.manifest.group.empty());
+
+  const std::string good(buf, len);
+  struct Case {
+    std::string from, to;
+    Errc code;
+    const char* field;
+  };
+  const Case cases[] = {
+      {R"("rollback":true)", R"("rollback":false)", Errc::bad_value, "manifest.rollback"},
+      {R"("rollback":true)", R"("rollback":"yes")", Errc::bad_field_type, "manifest.rollback"},
+      {R"("device":"dev-7")", R"("device":"dev/7")", Errc::bad_value, "manifest.device"},
+      {R"("device":"dev-7")", R"("device":"dev\u00007")", Errc::bad_value, "manifest.device"},
+      {R"("device":"dev-7")", R"("device":"dev-7","group":"fleet")", Errc::bad_value, "manifest.group"},
+      {R"("deployment":"dep-2025-001","device")", R"("deployment":7,"device")", Errc::bad_field_type,
+       "manifest.deployment"},
+  };
+  for (const auto& c : cases) {
+    std::string m = good;
+    const auto at = m.find(c.from);
+    ASSERT_NE(at, std::string::npos) << c.from;
+    m.replace(at, c.from.size(), c.to);
+    Offer out;
+    Error e = decode_offer(m.data(), m.size(), out);
+    EXPECT_EQ(e.code, c.code) << c.to << ": " << err_str(e);
+    EXPECT_STREQ(e.field, c.field) << c.to;
+  }
+}
+
 TEST(ProtoMessages, UnknownTopLevelFieldsIgnored) {
   std::string s = R"({"future":{"x":[1,2,{"y":null}]},"v":1,"deployment":"d-1","type":"cancel","z":1.5})";
   Cancel c;

@@ -36,11 +36,6 @@ namespace {
 
 std::string str(const char* p, std::size_t n) { return std::string(p, n); }
 
-long long steady_now_ms() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(
-             std::chrono::steady_clock::now().time_since_epoch())
-      .count();
-}
 
 bool is_late_state(const std::string& s) {
   return s == "installing" || s == "rebooting" || s == "confirming";

@@ -51,11 +51,10 @@ std::vector<DiskSpace> watched_disks(const ControllerConfig& cfg) {
 }  // namespace
 
 void Controller::probe_database(long long now_ms) {
-  if (now_ms - last_db_probe_ms_ < cfg_.db_probe_interval_ms && store_.writable()) return;
-  // While failing, probe every tick so recovery shows as soon as space returns.
-  if (!store_.writable() && now_ms - last_db_probe_ms_ < 1000) return;
-  last_db_probe_ms_ = now_ms;
+  // While failing, probe every second so recovery shows as soon as space returns.
   const bool was = store_.writable();
+  if (now_ms - last_db_probe_ms_ < (was ? cfg_.db_probe_interval_ms : 1000)) return;
+  last_db_probe_ms_ = now_ms;
   Status s = store_.probe_write(now_ms);
   if (!s && was) log_error("database " + cfg_.db_path + " is not writable: " + s.error());
   if (s && !was) log_info("database " + cfg_.db_path + " is writable again");
@@ -76,10 +75,9 @@ void Controller::prune_history(long long now_ms) {
 }
 
 Result<std::uint64_t> Controller::backup_database(const std::string& dest) {
-  std::error_code ec;
-  if (std::filesystem::exists(dest, ec)) return conflict_err("backup: " + dest + " already exists");
   std::lock_guard<std::mutex> lock(mu_);
-  Status s = store_.backup_to(dest);
+  Status s = store_.backup_to(dest);  // refuses (conflict) an existing dest
+  std::error_code ec;
   if (!s) return s.context("backup");
   const auto size = std::filesystem::file_size(dest, ec);
   if (ec) return internal_err("backup: size of " + dest + ": " + ec.message());

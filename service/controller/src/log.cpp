@@ -26,6 +26,11 @@ long long now_ms() {
       .count();
 }
 long long now_s() { return now_ms() / 1000; }
+long long steady_now_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
 
 void set_log_level(LogLevel min_level) { g_min = min_level; }
 

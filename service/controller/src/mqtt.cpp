@@ -16,17 +16,6 @@ namespace {
 
 std::once_flag g_lib_once;
 
-long long steady_ms() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(
-             std::chrono::steady_clock::now().time_since_epoch())
-      .count();
-}
-long long unix_ms() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(
-             std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
-
 // libmosquitto reports socket errors as MOSQ_ERR_ERRNO with the reason in errno.
 std::string rc_text(int rc, int saved_errno) {
   if (rc == MOSQ_ERR_ERRNO) return std::strerror(saved_errno);
@@ -106,7 +95,7 @@ Status MqttClient::start() {
     rc = mosquitto_tls_opts_set(mosq_, 1 /*SSL_VERIFY_PEER*/, "tlsv1.2", nullptr);
     if (rc != MOSQ_ERR_SUCCESS) return invalid_err(std::string("mqtt tls opts: ") + mosquitto_strerror(rc));
   }
-  down_since_ms_ = unix_ms();
+  down_since_ms_ = now_ms();
   stop_requested_ = false;
   thread_ = std::thread([this] { run(); });
   return {};
@@ -150,7 +139,7 @@ bool MqttClient::open_socket(std::string& why) {
     why = "no socket after connect";
     return false;
   }
-  const long long deadline = steady_ms() + cfg_.connect_timeout_ms;
+  const long long deadline = steady_now_ms() + cfg_.connect_timeout_ms;
   for (;;) {
     if (stop_requested_) {
       why = "stopping";
@@ -172,7 +161,7 @@ bool MqttClient::open_socket(std::string& why) {
       why = std::string("poll: ") + std::strerror(errno);
       return false;
     }
-    if (steady_ms() > deadline) {
+    if (steady_now_ms() > deadline) {
       why = "TCP connect timed out after " + std::to_string(cfg_.connect_timeout_ms) + " ms";
       return false;
     }
@@ -190,7 +179,7 @@ bool MqttClient::open_socket(std::string& why) {
 void MqttClient::link_lost(const std::string& why) {
   const bool was_usable = subscribed_.exchange(false);
   connected_ = false;
-  const long long now = unix_ms();
+  const long long now = now_ms();
   if (was_usable) down_since_ms_ = now;
   set_last_error(why);
   {
@@ -220,7 +209,7 @@ void MqttClient::run() {
   while (!stop_requested_) {
     std::string why;
     if (open_socket(why)) {
-      const long long opened = steady_ms();
+      const long long opened = steady_now_ms();
       bool timed_out = false;
       while (!stop_requested_) {
         errno = 0;
@@ -229,7 +218,7 @@ void MqttClient::run() {
           if (!timed_out) why = rc_text(rc, errno);
           break;
         }
-        if (!subscribed_ && !timed_out && steady_ms() - opened > cfg_.connect_timeout_ms) {
+        if (!subscribed_ && !timed_out && steady_now_ms() - opened > cfg_.connect_timeout_ms) {
           // A broker that accepts TCP but never answers (overloaded, half-open, a TLS peer
           // that stalls): cut the socket; the next loop call reports the loss.
           timed_out = true;
@@ -250,8 +239,8 @@ void MqttClient::run() {
   // Stop: a clean DISCONNECT (no last will), flushed within a second.
   if (connected_) {
     mosquitto_disconnect(mosq_);
-    const long long until = steady_ms() + 1000;
-    while (steady_ms() < until && mosquitto_loop(mosq_, 100, 1) == MOSQ_ERR_SUCCESS) {
+    const long long until = steady_now_ms() + 1000;
+    while (steady_now_ms() < until && mosquitto_loop(mosq_, 100, 1) == MOSQ_ERR_SUCCESS) {
     }
   }
 }
@@ -332,7 +321,7 @@ void MqttClient::on_subscribe(mosquitto*, void* self, int mid, int qos_count, co
     log_error("mqtt: " + why);
     return;  // not usable: the connect timeout drops it and retries
   }
-  const long long now = unix_ms();
+  const long long now = now_ms();
   const bool reconnect = c->ever_subscribed_.exchange(true);
   const long long down_since = c->down_since_ms_.load();
   if (reconnect) {

@@ -16,5 +16,7 @@ void set_log_level(LogLevel min_level);
 // Wall clock helpers.
 long long now_ms();
 long long now_s();
+// Monotonic milliseconds (timeouts, rate limits): never jumps with the wall clock.
+long long steady_now_ms();
 
 }  // namespace ota::service
