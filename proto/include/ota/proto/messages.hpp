@@ -134,6 +134,11 @@ struct Manifest {
   Id device;                     // "device": the one device it is for, or
   Id group;                      // "group": the group it is for (exactly one of the two)
   bool rollback = false;         // "rollback": true = a downgrade the operator ordered
+  // Release signature (optional on the wire, written only when set; both or neither):
+  // made offline by a release key over canonical_release(), so that the controller can sign
+  // offers with an online key that cannot release software by itself (PROTOCOL.md 6.5).
+  KeyId release_key;             // "release_key": id of the release key
+  SignatureHex release_sig;      // "release_sig": hex r||s over canonical_release()
 
   std::uint32_t chunk_count() const {
     return chunk_size == 0 ? 0 : static_cast<std::uint32_t>((size + chunk_size - 1) / chunk_size);
@@ -144,6 +149,54 @@ struct Manifest {
 // no white space (see PROTOCOL.md "Canonical encoding"). Returns the length written, or 0
 // if `cap` is too small.
 std::size_t canonical_manifest(const Manifest& m, char* out, std::size_t cap);
+
+// Canonical bytes a release signature covers (PROTOCOL.md 6.5): compression, counter, hw,
+// key (= m.release_key), kind, sha256, size, "type":"release", version. Returns the length
+// written, or 0 if `cap` is too small.
+std::size_t canonical_release(const Manifest& m, char* out, std::size_t cap);
+
+// The release signature file written by `otactl image sign` (PROTOCOL.md 6.5):
+// {"v":1,"type":"release", the release members, "key":release key id, "sig":...}. Uses and
+// fills only the release members of `m` plus m.release_key / m.release_sig.
+Error encode_release(const Manifest& m, char* out, std::size_t cap, std::size_t& len);
+Error decode_release(const char* in, std::size_t len, Manifest& out);
+
+// ---------------------------------------------------------------------------------------
+// Key sets (PROTOCOL.md 6.6): the keys a device trusts, replaced as a whole by a `keys`
+// message signed by the root key.
+enum class KeyRole : std::uint8_t { root = 0, release, online };
+const char* key_role_name(KeyRole r);
+constexpr std::size_t kP256PointLen = 65;     // uncompressed point 04 || X || Y
+constexpr std::size_t kP256SpkiDerLen = 91;   // DER SubjectPublicKeyInfo of a P-256 key
+constexpr std::size_t kMaxKeySetKeys = 5;     // on the wire: 4 trusted keys + the next root
+
+struct KeySetEntry {
+  KeyId id;  // "id": key id (6.4) of `pub`
+  KeyRole role = KeyRole::release;
+  std::uint8_t pub[kP256PointLen] = {};  // "pub": 130 hex
+};
+
+struct KeySet {  // topic .../down/keys, "type":"keys"
+  std::uint32_t version = 0;  // "version", >= 1
+  KeySetEntry keys[kMaxKeySetKeys];
+  std::size_t key_count = 0;
+  KeyId key;         // "key": id of the root key that signed the set
+  SignatureHex sig;  // "sig": hex r||s over canonical_keyset()
+};
+
+// Canonical bytes the key-set signature covers: the message without "sig" (members key,
+// keys, type, v, version; each key as id, pub, role). Returns the length, or 0 if `cap` is
+// too small.
+std::size_t canonical_keyset(const KeySet& k, char* out, std::size_t cap);
+// decode_keyset checks the field rules (1..5 keys, unique ids, at most one root, at least one
+// release key, hex lengths, pub starts with 04) but not that ids match the keys (that needs
+// SHA-256: hash p256_spki_der() and compare) nor the signature.
+Error encode_keyset(const KeySet& k, char* out, std::size_t cap, std::size_t& len);
+Error decode_keyset(const char* in, std::size_t len, KeySet& out);
+
+// The 91-byte DER SubjectPublicKeyInfo of a P-256 point (a fixed 26-byte prefix + the
+// point): SHA-256 of it gives the key id (6.4) without an ASN.1 library.
+void p256_spki_der(const std::uint8_t point[kP256PointLen], std::uint8_t out[kP256SpkiDerLen]);
 
 // ---------------------------------------------------------------------------------------
 // Controller -> device messages (topics .../down/offer, .../down/cancel, grp/<g>/offer).
@@ -179,6 +232,7 @@ struct Hello {  // topic .../up/presence, "type":"hello"
   std::uint32_t counter = 0;  // device security counter
   Id groups[kMaxGroups];      // groups the device belongs to (the broker ACL is the authority)
   std::size_t group_count = 0;
+  std::uint32_t keys = 0;     // "keys": key-set version the device trusts (0 = provisioned)
   Resume resume;
 };
 
