@@ -49,6 +49,17 @@ int main(int argc, char** argv) {
   app.add_option("--id-prefix", id_prefix, "device ids are PREFIX-001...")->capture_default_str();
   app.add_option("--pki", pki, "PKI directory (ca.crt, devices/ID.crt|key, release.pub)")
       ->required()->check(CLI::ExistingDirectory);
+  app.add_option("--trusted-key", base.trusted_keys,
+                 "release public key PEM (repeatable; default PKI/release.pub)")
+      ->check(CLI::ExistingFile);
+  app.add_option("--online-key", base.online_keys,
+                 "online public key PEM (repeatable): signs offers, accepted only with a release "
+                 "signature")
+      ->check(CLI::ExistingFile);
+  app.add_option("--root-key", base.root_key,
+                 "root public key PEM: signs key sets (rotation, revocation); each device keeps "
+                 "the key set in force in DATA/ID/agent.keys")
+      ->check(CLI::ExistingFile);
   app.add_option("--data", data, "state directory; each device gets DATA/ID/")->required();
   app.add_option("--host", base.mqtt.host, "broker host")->capture_default_str();
   app.add_option("--port", base.mqtt.port, "broker TLS port")->required()->check(CLI::Range(1, 65535));
@@ -121,7 +132,7 @@ int main(int argc, char** argv) {
   ota::proto::ReasonCode decline_rc = ota::proto::ReasonCode::low_battery;
   ota::proto::reason_from_name(decline_reason.c_str(), decline_reason.size(), decline_rc);
   base.mqtt.ca_file = pki + "/ca.crt";
-  base.trusted_keys.push_back(pki + "/release.pub");
+  if (base.trusted_keys.empty()) base.trusted_keys.push_back(pki + "/release.pub");
   std::vector<std::unique_ptr<DeviceRunner>> devices;
   for (int i = 1; i <= count; ++i) {
     char id[80];

@@ -1,6 +1,7 @@
 #include "ota/agent/agent.hpp"
 
 #include <cstring>
+#include <new>
 #include <type_traits>
 
 namespace ota::agent {
@@ -10,7 +11,9 @@ using proto::DeviceState;
 using proto::ReasonCode;
 
 constexpr std::uint32_t kStateMagic = 0x4f544153;  // "OTAS"
-constexpr std::uint32_t kStateLayout = 4;
+constexpr std::uint32_t kStateLayout = 5;
+constexpr std::uint32_t kKeysMagic = 0x4f54414b;  // "OTAK"
+constexpr std::uint32_t kKeysLayout = 1;
 // Sequence numbers skipped at every boot: events whose record could not be saved before a
 // crash must not have their numbers reused (the controller drops seq <= last seen).
 constexpr std::uint32_t kSeqBootMargin = 8;
@@ -99,12 +102,13 @@ const Agent::Transition Agent::kTransitions[] = {
 };
 
 Agent::Agent(const AgentConfig& config, FlashPort& flash, Transport& transport, Clock& clock,
-             Storage& storage, Crypto& crypto)
+             Storage& storage, Storage& key_storage, Crypto& crypto)
     : cfg_(config),
       flash_(flash),
       transport_(transport),
       clock_(clock),
       storage_(storage),
+      key_storage_(key_storage),
       crypto_(crypto) {}
 
 void Agent::dispatch(Trigger trigger) {
@@ -164,6 +168,7 @@ void Agent::boot() {
   }
   persisted_seq_ = st_.seq;  // what the stored record says (or the wall-clock start)
   st_.seq += kSeqBootMargin;
+  load_keys();
   if (flash_.read_state(image_) != PortStatus::ok) image_ = ImageState{};
   reset_requested_ = false;
   boot_ms_ = clock_.now_ms();
@@ -175,10 +180,15 @@ void Agent::boot() {
       if (image_.slot_state == proto::SlotState::pending) dispatch(Trigger::booted_trial);
       break;
     case DeviceState::downloading:
-      dispatch(Trigger::resume_download);
-      break;
     case DeviceState::verifying:
-      dispatch(Trigger::resume_verify);
+      // A key set that revoked the manifest's keys was stored just before the power went.
+      if (check_keys(st_.manifest, false) != ReasonCode::ok) {
+        reason_ = ReasonCode::unknown_key;
+        dispatch(Trigger::failed);
+      } else {
+        dispatch(st_.state == DeviceState::downloading ? Trigger::resume_download
+                                                       : Trigger::resume_verify);
+      }
       break;
     case DeviceState::installing:
       if (runs_image(st_.manifest) && image_.slot_state == proto::SlotState::pending) {
@@ -261,6 +271,9 @@ void Agent::on_message(const char* topic, const std::uint8_t* payload, std::size
     case proto::TopicKind::cancel:
       handle_cancel(payload, len);
       break;
+    case proto::TopicKind::keys:
+      handle_keys(payload, len);
+      break;
     default:
       break;
   }
@@ -294,21 +307,9 @@ void Agent::tick() {
 
 ReasonCode Agent::check_offer(const proto::Offer& offer) {
   const proto::Manifest& m = offer.manifest;
-  // The signature comes first: nothing else in an unsigned manifest can be trusted.
-  const std::size_t canon_len = proto::canonical_manifest(m, msg_, sizeof msg_);
-  std::uint8_t sig[64];
-  if (canon_len == 0 || !proto::hex_decode(m.sig.c_str(), m.sig.size, sig, sizeof sig)) {
-    return ReasonCode::bad_manifest;
-  }
-  switch (crypto_.verify_p256(m.key.c_str(), reinterpret_cast<const std::uint8_t*>(msg_),
-                              canon_len, sig)) {
-    case Crypto::Verify::ok:
-      break;
-    case Crypto::Verify::unknown_key:
-      return ReasonCode::unknown_key;
-    case Crypto::Verify::bad_signature:
-      return ReasonCode::bad_signature;
-  }
+  // Keys and signatures come first: nothing else in an unsigned manifest can be trusted.
+  const ReasonCode keys = check_keys(m, true);
+  if (keys != ReasonCode::ok) return keys;
   // Check 3a: signed for this offer id and for this device or one of its groups, so a
   // captured offer replayed under another deployment id, or to another device, is useless.
   if (m.deployment != offer.deployment.c_str()) return ReasonCode::wrong_target;
@@ -340,6 +341,48 @@ ReasonCode Agent::check_offer(const proto::Offer& offer) {
   return ReasonCode::ok;
 }
 
+const TrustedKey* Agent::find_key(const proto::KeyId& id) const {
+  for (std::uint32_t i = 0; i < keys_.key_count && i < kMaxTrustedKeys; ++i) {
+    if (keys_.keys[i].id == id) return &keys_.keys[i];
+  }
+  return nullptr;
+}
+
+// Verifies `sig` over the first `canon_len` bytes of msg_.
+bool Agent::verify(const std::uint8_t* pub, std::size_t canon_len, const proto::SignatureHex& sig) {
+  std::uint8_t raw[64];
+  if (canon_len == 0 || !proto::hex_decode(sig.c_str(), sig.size, raw, sizeof raw)) return false;
+  return crypto_.verify_p256(pub, reinterpret_cast<const std::uint8_t*>(msg_), canon_len, raw) ==
+         Crypto::Verify::ok;
+}
+
+ReasonCode Agent::check_keys(const proto::Manifest& m, bool verify_sigs) {
+  // Check 2: `key` is a release or online key of the set (revoked keys are not in it).
+  const TrustedKey* key = find_key(m.key);
+  if (key == nullptr) return ReasonCode::unknown_key;
+  // Check 3: the manifest signature.
+  if (verify_sigs) {
+    const std::size_t n = proto::canonical_manifest(m, msg_, sizeof msg_);
+    if (n == 0) return ReasonCode::bad_manifest;
+    if (!verify(key->pub, n, m.sig)) return ReasonCode::bad_signature;
+  }
+  // Check 3b: an online key cannot release software by itself; a release signature that is
+  // present must hold whoever signed the manifest.
+  if (m.release_key.empty()) {
+    return key->role == proto::KeyRole::online ? ReasonCode::bad_signature : ReasonCode::ok;
+  }
+  const TrustedKey* release = find_key(m.release_key);
+  if (release == nullptr || release->role != proto::KeyRole::release) {
+    return ReasonCode::unknown_key;
+  }
+  if (verify_sigs) {
+    const std::size_t n = proto::canonical_release(m, msg_, sizeof msg_);
+    if (n == 0) return ReasonCode::bad_manifest;
+    if (!verify(release->pub, n, m.release_sig)) return ReasonCode::bad_signature;
+  }
+  return ReasonCode::ok;
+}
+
 bool Agent::runs_image(const proto::Manifest& m) const {
   if (image_.running_version != m.version) return false;
   // PROTOCOL.md section 7, check 8: the same image is the same version and SHA-256. A port
@@ -348,7 +391,7 @@ bool Agent::runs_image(const proto::Manifest& m) const {
 }
 
 void Agent::handle_offer(const std::uint8_t* payload, std::size_t len) {
-  proto::Offer& offer = offer_scratch_;
+  proto::Offer& offer = *new (&scratch_.offer) proto::Offer();
   if (proto::decode_offer(reinterpret_cast<const char*>(payload), len, offer)) {
     ++stats_.bad_messages;
     return;  // no trustworthy deployment id to answer to
@@ -399,6 +442,152 @@ void Agent::handle_cancel(const std::uint8_t* payload, std::size_t len) {
   }
   // Once the new image is activated the cancel is too late; the result will tell.
   if (cancel.deployment == st_.deployment) dispatch(Trigger::cancelled);
+}
+
+// ---------------------------------------------------------------------------------------
+// Key sets (PROTOCOL.md 6.6)
+
+void Agent::key_id_of(const std::uint8_t pub[proto::kP256PointLen], proto::KeyId& out) {
+  std::uint8_t der[proto::kP256SpkiDerLen];
+  proto::p256_spki_der(pub, der);
+  Sha256State s;
+  std::uint8_t digest[32];
+  crypto_.sha256_init(s);
+  crypto_.sha256_update(s, der, sizeof der);
+  crypto_.sha256_final(s, digest);
+  proto::hex_encode(digest, proto::kKeyIdLen / 2, out.data);
+  out.data[proto::kKeyIdLen] = '\0';
+  out.size = proto::kKeyIdLen;
+}
+
+std::uint32_t Agent::key_record_crc() {
+  const std::uint32_t stored = keys_.crc;
+  keys_.crc = 0;
+  const std::uint32_t crc =
+      proto::crc32(reinterpret_cast<const std::uint8_t*>(&keys_), sizeof keys_);
+  keys_.crc = stored;
+  return crc;
+}
+
+// The keys the device was built with: version 0, nothing stored (a firmware update may bring
+// other provisioned keys as long as no key set was ever applied).
+void Agent::provision_keys() {
+  std::memset(static_cast<void*>(&keys_), 0, sizeof keys_);
+  for (std::size_t i = 0; i < cfg_.key_count && cfg_.keys != nullptr; ++i) {
+    const ProvisionedKey& p = cfg_.keys[i];
+    TrustedKey* slot = nullptr;
+    if (p.role == proto::KeyRole::root) {
+      if (keys_.has_root == 0) slot = &keys_.root;
+      keys_.has_root = 1;
+    } else if (keys_.key_count < kMaxTrustedKeys) {
+      slot = &keys_.keys[keys_.key_count++];
+    }
+    if (slot == nullptr) continue;  // a second root, or more keys than the agent holds
+    slot->role = p.role;
+    std::memcpy(slot->pub, p.pub, sizeof slot->pub);
+    key_id_of(slot->pub, slot->id);
+  }
+}
+
+// Which key set is trusted after a power-on. The key record is written only by
+// apply_keyset(), always before the state record notes the version (st_.keys_version), so:
+//  - no record and nothing noted: the device never applied a set; the provisioned keys hold.
+//  - a valid record at least as new as the note: that set holds.
+//  - a torn, foreign or older record while the note says a set was applied: the Storage port
+//    broke its promise of atomic old-or-new writes. Falling back to the provisioned keys
+//    would silently trust again every key a set revoked (a power cut would undo a
+//    revocation), so the agent fails closed instead: it trusts no release or online key and
+//    declines every offer (unknown_key), reports `keys` 0 so the controller re-sends its
+//    newest set, and accepts a set signed by the provisioned root with a version at least
+//    the noted one (the lost set itself) — unless a set had rotated the root away, in
+//    which case only reprovisioning helps. Losing both records (the state record too) looks
+//    like a device that never applied a set: that trade-off is the price of a port that
+//    cannot keep either record.
+void Agent::load_keys() {
+  static_assert(std::is_trivially_copyable<KeyRecord>::value, "stored as bytes");
+  std::memset(static_cast<void*>(&keys_), 0, sizeof keys_);
+  std::size_t len = 0;
+  const PortStatus loaded = key_storage_.load(&keys_, sizeof keys_, len);
+  keys_lost_ = false;
+  if (loaded == PortStatus::ok && len == sizeof keys_ && keys_.magic == kKeysMagic &&
+      keys_.layout == kKeysLayout && keys_.crc == key_record_crc() &&
+      keys_.key_count <= kMaxTrustedKeys && keys_.has_root <= 1 &&
+      keys_.version >= st_.keys_version && keys_.version > 0) {
+    return;
+  }
+  if (loaded != PortStatus::not_found) ++stats_.discarded_key_records;
+  provision_keys();
+  if (st_.keys_version == 0) return;
+  keys_lost_ = true;
+  keys_.key_count = 0;
+  if (st_.keys_root_rotated != 0) keys_.has_root = 0;
+}
+
+// Field rules, key ids, the root signature, the version (PROTOCOL.md 6.6, in that order).
+bool Agent::keyset_acceptable(const proto::KeySet& set) {
+  std::size_t trusted = 0;
+  for (std::size_t i = 0; i < set.key_count; ++i) {
+    proto::KeyId id;
+    key_id_of(set.keys[i].pub, id);
+    if (id != set.keys[i].id) return false;  // the id must be the key's own
+    if (set.keys[i].role != proto::KeyRole::root) ++trusted;
+  }
+  if (trusted > kMaxTrustedKeys) return false;  // more keys than this device can hold
+  if (keys_.has_root == 0 || set.key != keys_.root.id) return false;
+  const std::size_t n = proto::canonical_keyset(set, msg_, sizeof msg_);
+  if (!verify(keys_.root.pub, n, set.sig)) return false;
+  // Only forward; after a lost record the lost version itself is welcome again.
+  return keys_lost_ ? set.version >= st_.keys_version : set.version > keys_.version;
+}
+
+// Stores the set (and the next root), then uses it. False when it could not be stored: the
+// old set stays in force.
+bool Agent::apply_keyset(const proto::KeySet& set) {
+  const TrustedKey old_root = keys_.root;
+  std::memset(static_cast<void*>(&keys_), 0, sizeof keys_);
+  keys_.magic = kKeysMagic;
+  keys_.layout = kKeysLayout;
+  keys_.version = set.version;
+  keys_.has_root = 1;
+  keys_.root = old_root;  // signs the next set too, unless this one names a new root
+  for (std::size_t i = 0; i < set.key_count; ++i) {
+    if (set.keys[i].role == proto::KeyRole::root) {
+      keys_.root = set.keys[i];
+    } else if (keys_.key_count < kMaxTrustedKeys) {
+      keys_.keys[keys_.key_count++] = set.keys[i];
+    }
+  }
+  keys_.crc = key_record_crc();
+  if (key_storage_.save(&keys_, sizeof keys_) != PortStatus::ok) {
+    ++stats_.storage_failures;
+    load_keys();  // back to what is stored
+    return false;
+  }
+  keys_lost_ = false;
+  // Noted in the state record after the key record is durable (see load_keys()). The root
+  // before the first set is the provisioned one; once it changed, it stays "rotated".
+  st_.keys_version = keys_.version;
+  if (keys_.root.id != old_root.id) st_.keys_root_rotated = 1;
+  persist();
+  ++stats_.keysets_applied;
+  return true;
+}
+
+void Agent::handle_keys(const std::uint8_t* payload, std::size_t len) {
+  if (keys_.has_root == 0) return;  // provisioned without a root: the set never changes
+  proto::KeySet& set = *new (&scratch_.keyset) proto::KeySet();
+  const bool ok = !proto::decode_keyset(reinterpret_cast<const char*>(payload), len, set) &&
+                  keyset_acceptable(set) && apply_keyset(set);
+  if (!ok) {
+    ++stats_.keysets_refused;
+  } else if ((st_.state == DeviceState::downloading || st_.state == DeviceState::verifying) &&
+             check_keys(st_.manifest, false) != ReasonCode::ok) {
+    // The image being downloaded was signed by a key the new set revokes: it will not be
+    // installed. (Once activated, the trial boot finishes as usual.)
+    reason_ = ReasonCode::unknown_key;
+    dispatch(Trigger::failed);
+  }
+  send_hello();  // the version now held, also after a refusal
 }
 
 void Agent::decline(const proto::Id& deployment, ReasonCode reason) {
@@ -775,6 +964,7 @@ void Agent::send_hello() {
   h.slot_state = image_.slot_state;
   h.free = image_.free_bytes;
   h.counter = image_.security_counter;
+  h.keys = keys_.version;
   for (std::size_t i = 0; i < cfg_.group_count && i < proto::kMaxGroups; ++i) {
     h.groups[h.group_count++].assign(cfg_.groups[i]);
   }

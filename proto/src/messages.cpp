@@ -38,6 +38,7 @@ constexpr const char* kDeviceStateNames[] = {"idle",       "downloading", "verif
                                              "installing", "rebooting",   "confirming"};
 constexpr const char* kKindNames[] = {"firmware", "bundle"};
 constexpr const char* kCompressionNames[] = {"none"};
+constexpr const char* kKeyRoleNames[] = {"root", "release", "online"};
 
 template <std::size_t N>
 constexpr std::size_t count_of(const char* const (&)[N]) {
@@ -103,6 +104,58 @@ Error validate_manifest(const Manifest& m) {
   if (!m.device.empty() && !fs_id(m.device)) return err(Errc::bad_value, "manifest.device");
   if (!m.group.empty() && !fs_id(m.group)) return err(Errc::bad_value, "manifest.group");
   if (!m.device.empty() && !m.group.empty()) return err(Errc::bad_value, "manifest.group");
+  // Release signature: both members or neither (PROTOCOL.md 6.5).
+  if (!m.release_key.empty() && !fs_hex(m.release_key, kKeyIdLen))
+    return err(Errc::bad_value, "manifest.release_key");
+  if (!m.release_sig.empty() && !fs_hex(m.release_sig, kSignatureHexLen))
+    return err(Errc::bad_value, "manifest.release_sig");
+  if (m.release_key.empty() != m.release_sig.empty())
+    return err(Errc::bad_value, m.release_key.empty() ? "manifest.release_key" : "manifest.release_sig");
+  return kOk;
+}
+
+// The members a release signature covers, plus the release key id and signature.
+Error validate_release(const Manifest& m) {
+  if (static_cast<std::size_t>(m.compression) >= count_of(kCompressionNames))
+    return err(Errc::bad_value, "compression");
+  if (m.hw_count == 0) return err(Errc::bad_value, "hw");
+  if (m.hw_count > kMaxHwModels) return err(Errc::field_too_long, "hw");
+  for (std::size_t i = 0; i < m.hw_count; ++i) {
+    if (!fs_id(m.hw[i])) return err(Errc::bad_value, "hw");
+  }
+  if (!fs_hex(m.release_key, kKeyIdLen)) return err(Errc::bad_value, "key");
+  if (static_cast<std::size_t>(m.kind) >= count_of(kKindNames)) return err(Errc::bad_value, "kind");
+  if (!fs_hex(m.sha256, kSha256HexLen)) return err(Errc::bad_value, "sha256");
+  if (m.size == 0 || m.size > kMaxU53) return err(Errc::bad_value, "size");
+  if (!fs_semver(m.version)) return err(Errc::bad_value, "version");
+  if (!fs_hex(m.release_sig, kSignatureHexLen)) return err(Errc::bad_value, "sig");
+  return kOk;
+}
+
+bool is_p256_point(const std::uint8_t* p) { return p[0] == 0x04; }
+
+Error validate_keyset(const KeySet& k) {
+  if (k.version == 0) return err(Errc::bad_value, "version");
+  if (k.key_count == 0) return err(Errc::bad_value, "keys");
+  if (k.key_count > kMaxKeySetKeys) return err(Errc::field_too_long, "keys");
+  std::size_t roots = 0;
+  std::size_t releases = 0;
+  for (std::size_t i = 0; i < k.key_count; ++i) {
+    const KeySetEntry& e = k.keys[i];
+    if (!fs_hex(e.id, kKeyIdLen)) return err(Errc::bad_value, "keys.id");
+    for (std::size_t j = 0; j < i; ++j) {
+      if (k.keys[j].id == e.id) return err(Errc::bad_value, "keys.id");  // ids are unique
+    }
+    if (static_cast<std::size_t>(e.role) >= count_of(kKeyRoleNames))
+      return err(Errc::bad_value, "keys.role");
+    roots += e.role == KeyRole::root ? 1u : 0u;
+    releases += e.role == KeyRole::release ? 1u : 0u;
+    if (!is_p256_point(e.pub)) return err(Errc::bad_value, "keys.pub");
+  }
+  // At most one next root; a set that could release nothing is a mistake, not a policy.
+  if (roots > 1 || releases == 0) return err(Errc::bad_value, "keys.role");
+  if (!fs_hex(k.key, kKeyIdLen)) return err(Errc::bad_value, "key");
+  if (!fs_hex(k.sig, kSignatureHexLen)) return err(Errc::bad_value, "sig");
   return kOk;
 }
 
@@ -367,6 +420,13 @@ void write_manifest(Writer& w, const Manifest& m, bool with_sig) {
   put(w, m.key);
   w.key("kind");
   w.string(name_at(kKindNames, static_cast<std::size_t>(m.kind)));
+  // The release signature only when set: single-key manifests keep their bytes.
+  if (!m.release_key.empty() || !m.release_sig.empty()) {
+    w.key("release_key");
+    put(w, m.release_key);
+    w.key("release_sig");
+    put(w, m.release_sig);
+  }
   if (m.rollback) {
     w.key("rollback");
     w.boolean(true);
@@ -385,8 +445,67 @@ void write_manifest(Writer& w, const Manifest& m, bool with_sig) {
 }
 
 constexpr const char* kManifestKeys[] = {
-    "chunk_size", "compression", "counter", "deployment", "device", "expires", "group", "hw",
-    "image",      "key",         "kind",    "rollback",   "sha256", "sig",     "size",  "version"};
+    "chunk_size", "compression", "counter",     "deployment",  "device",   "expires",
+    "group",      "hw",          "image",       "key",         "kind",     "release_key",
+    "release_sig", "rollback",   "sha256",      "sig",         "size",     "version"};
+
+// Release members in canonical (sorted) order, "type":"release" in its place (PROTOCOL.md 6.5).
+void write_release_members(Writer& w, const Manifest& m) {
+  w.key("compression");
+  w.string(name_at(kCompressionNames, static_cast<std::size_t>(m.compression)));
+  w.key("counter");
+  w.uint(m.counter);
+  w.key("hw");
+  w.begin_array();
+  std::size_t n = m.hw_count <= kMaxHwModels ? m.hw_count : kMaxHwModels;
+  for (std::size_t i = 0; i < n; ++i) put(w, m.hw[i]);
+  w.end_array();
+  w.key("key");
+  put(w, m.release_key);
+  w.key("kind");
+  w.string(name_at(kKindNames, static_cast<std::size_t>(m.kind)));
+  w.key("sha256");
+  put(w, m.sha256);
+  w.key("size");
+  w.uint(m.size);
+}
+
+void write_hex(Writer& w, const std::uint8_t* data, std::size_t n) {
+  char hex[kP256PointLen * 2];
+  if (n > kP256PointLen) n = kP256PointLen;
+  hex_encode(data, n, hex);
+  w.string(hex, n * 2);
+}
+
+// One key-set entry; `canonical` = the members in sorted order (id, pub, role).
+void write_keyset_entry(Writer& w, const KeySetEntry& e, bool canonical) {
+  w.begin_object();
+  w.key("id");
+  put(w, e.id);
+  if (!canonical) {
+    w.key("role");
+    w.string(name_at(kKeyRoleNames, static_cast<std::size_t>(e.role)));
+  }
+  w.key("pub");
+  write_hex(w, e.pub, kP256PointLen);
+  if (canonical) {
+    w.key("role");
+    w.string(name_at(kKeyRoleNames, static_cast<std::size_t>(e.role)));
+  }
+  w.end_object();
+}
+
+// Reads an optional hex member that, when present, must not be empty (an empty string
+// would give the same canonical bytes as an absent member).
+template <std::size_t N>
+Error opt_hex(const Doc& d, int obj, const char* key, const char* path, FixedString<N>& out) {
+  int idx = json::find(d, obj, key);
+  out.assign("", 0);
+  if (idx < 0) return kOk;
+  if (Error e = read_string(d, idx, path, out)) return e;
+  if (!is_lower_hex(out.data, out.size, N)) return err(Errc::bad_value, path);
+  return kOk;
+}
 
 Error decode_manifest(const Doc& d, int obj, Manifest& m) {
   if (d.tok[obj].type != Type::object) return err(Errc::bad_field_type, "manifest");
@@ -447,6 +566,8 @@ Error decode_manifest(const Doc& d, int obj, Manifest& m) {
     // Only `true` is ever written: a `false` would give one manifest two encodings.
     if (!m.rollback) return err(Errc::bad_value, "manifest.rollback");
   }
+  if (Error e = opt_hex(d, obj, "release_key", "manifest.release_key", m.release_key)) return e;
+  if (Error e = opt_hex(d, obj, "release_sig", "manifest.release_sig", m.release_sig)) return e;
   return validate_manifest(m);
 }
 
@@ -497,6 +618,9 @@ const char* event_type_name(EventType t) {
 const char* device_state_name(DeviceState s) {
   return name_at(kDeviceStateNames, static_cast<std::size_t>(s));
 }
+const char* key_role_name(KeyRole r) {
+  return name_at(kKeyRoleNames, static_cast<std::size_t>(r));
+}
 
 // ========================================================================= manifest
 std::size_t canonical_manifest(const Manifest& m, char* out, std::size_t cap) {
@@ -506,6 +630,158 @@ std::size_t canonical_manifest(const Manifest& m, char* out, std::size_t cap) {
   if (w.overflow()) return 0;
   w.terminate();
   return w.size();
+}
+
+// ========================================================================= release
+std::size_t canonical_release(const Manifest& m, char* out, std::size_t cap) {
+  if (out == nullptr) return 0;
+  Writer w(out, cap);
+  w.begin_object();
+  write_release_members(w, m);
+  w.key("type");
+  w.string("release");
+  w.key("version");
+  put(w, m.version);
+  w.end_object();
+  if (w.overflow()) return 0;
+  w.terminate();
+  return w.size();
+}
+
+Error encode_release(const Manifest& m, char* out, std::size_t cap, std::size_t& len) {
+  len = 0;
+  if (Error e = validate_release(m)) return e;
+  Writer w(out, cap);
+  write_header(w, "release");
+  write_release_members(w, m);
+  w.key("version");
+  put(w, m.version);
+  w.key("sig");
+  put(w, m.release_sig);
+  w.end_object();
+  return finish(w, len);
+}
+
+constexpr const char* kReleaseKeys[] = {"v",    "type",   "compression", "counter", "hw", "key",
+                                        "kind", "sha256", "size",        "version", "sig"};
+
+Error decode_release(const char* in, std::size_t len, Manifest& out) {
+  Doc d;
+  if (Error e = open_message(in, len, d)) return e;
+  if (Error e = expect_type(d, "release")) return e;
+  // Signed content: a member the signature does not cover is refused, as in the manifest.
+  for (int k = 1; k < d.tok[0].next; k = json::next_member(d, k)) {
+    bool known = false;
+    for (const char* name : kReleaseKeys) known = known || json::string_equals(d, k, name);
+    if (!known) return err(Errc::bad_value, "release");
+  }
+  std::size_t v = 0;
+  if (Error e = req_name(d, 0, "compression", "compression", kCompressionNames, v)) return e;
+  out.compression = static_cast<Compression>(v);
+  if (Error e = req_u32(d, 0, "counter", "counter", out.counter)) return e;
+  int hw;
+  if (Error e = require(d, 0, "hw", "hw", hw)) return e;
+  if (d.tok[hw].type != Type::array) return err(Errc::bad_field_type, "hw");
+  const std::size_t nhw = json::child_count(d, hw);
+  if (nhw == 0) return err(Errc::bad_value, "hw");
+  if (nhw > kMaxHwModels) return err(Errc::field_too_long, "hw");
+  out.hw_count = 0;
+  for (int i = json::first_child(hw); i < d.tok[hw].next; i = json::next_sibling(d, i)) {
+    if (Error e = read_string(d, i, "hw", out.hw[out.hw_count])) return e;
+    ++out.hw_count;
+  }
+  if (Error e = req_string(d, 0, "key", "key", out.release_key)) return e;
+  if (Error e = req_name(d, 0, "kind", "kind", kKindNames, v)) return e;
+  out.kind = static_cast<ImageKind>(v);
+  if (Error e = req_string(d, 0, "sha256", "sha256", out.sha256)) return e;
+  if (Error e = req_u64(d, 0, "size", "size", out.size)) return e;
+  if (Error e = req_string(d, 0, "version", "version", out.version)) return e;
+  if (Error e = req_string(d, 0, "sig", "sig", out.release_sig)) return e;
+  return validate_release(out);
+}
+
+// ========================================================================= key sets
+std::size_t canonical_keyset(const KeySet& k, char* out, std::size_t cap) {
+  if (out == nullptr) return 0;
+  Writer w(out, cap);
+  w.begin_object();
+  w.key("key");
+  put(w, k.key);
+  w.key("keys");
+  w.begin_array();
+  const std::size_t n = k.key_count <= kMaxKeySetKeys ? k.key_count : kMaxKeySetKeys;
+  for (std::size_t i = 0; i < n; ++i) write_keyset_entry(w, k.keys[i], true);
+  w.end_array();
+  w.key("type");
+  w.string("keys");
+  w.key("v");
+  w.uint(static_cast<std::uint64_t>(kProtocolVersion));
+  w.key("version");
+  w.uint(k.version);
+  w.end_object();
+  if (w.overflow()) return 0;
+  w.terminate();
+  return w.size();
+}
+
+Error encode_keyset(const KeySet& k, char* out, std::size_t cap, std::size_t& len) {
+  len = 0;
+  if (Error e = validate_keyset(k)) return e;
+  Writer w(out, cap);
+  write_header(w, "keys");
+  w.key("version");
+  w.uint(k.version);
+  w.key("keys");
+  w.begin_array();
+  for (std::size_t i = 0; i < k.key_count; ++i) write_keyset_entry(w, k.keys[i], false);
+  w.end_array();
+  w.key("key");
+  put(w, k.key);
+  w.key("sig");
+  put(w, k.sig);
+  w.end_object();
+  return finish(w, len);
+}
+
+Error decode_keyset(const char* in, std::size_t len, KeySet& out) {
+  Doc d;
+  if (Error e = open_message(in, len, d)) return e;
+  if (Error e = expect_type(d, "keys")) return e;
+  if (Error e = req_u32(d, 0, "version", "version", out.version)) return e;
+  int ks;
+  if (Error e = require(d, 0, "keys", "keys", ks)) return e;
+  if (d.tok[ks].type != Type::array) return err(Errc::bad_field_type, "keys");
+  const std::size_t n = json::child_count(d, ks);
+  if (n == 0) return err(Errc::bad_value, "keys");
+  if (n > kMaxKeySetKeys) return err(Errc::field_too_long, "keys");
+  out.key_count = 0;
+  for (int i = json::first_child(ks); i < d.tok[ks].next; i = json::next_sibling(d, i)) {
+    if (d.tok[i].type != Type::object) return err(Errc::bad_field_type, "keys");
+    KeySetEntry& e = out.keys[out.key_count];
+    if (Error x = req_string(d, i, "id", "keys.id", e.id)) return x;
+    std::size_t role = 0;
+    if (Error x = req_name(d, i, "role", "keys.role", kKeyRoleNames, role)) return x;
+    e.role = static_cast<KeyRole>(role);
+    FixedString<kP256PointLen * 2> pub;
+    if (Error x = req_string(d, i, "pub", "keys.pub", pub)) return x;
+    if (!is_lower_hex(pub.data, pub.size, kP256PointLen * 2) ||
+        !hex_decode(pub.data, pub.size, e.pub, kP256PointLen))
+      return err(Errc::bad_value, "keys.pub");
+    ++out.key_count;
+  }
+  if (Error e = req_string(d, 0, "key", "key", out.key)) return e;
+  if (Error e = req_string(d, 0, "sig", "sig", out.sig)) return e;
+  return validate_keyset(out);
+}
+
+void p256_spki_der(const std::uint8_t point[kP256PointLen], std::uint8_t out[kP256SpkiDerLen]) {
+  // SEQUENCE { SEQUENCE { OID id-ecPublicKey, OID prime256v1 }, BIT STRING (0 unused bits) }
+  static constexpr std::uint8_t kPrefix[] = {
+      0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01,
+      0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00};
+  static_assert(sizeof kPrefix + kP256PointLen == kP256SpkiDerLen, "SPKI layout");
+  std::memcpy(out, kPrefix, sizeof kPrefix);
+  std::memcpy(out + sizeof kPrefix, point, kP256PointLen);
 }
 
 // ========================================================================= offer
@@ -582,6 +858,10 @@ Error encode_hello(const Hello& m, char* out, std::size_t cap, std::size_t& len)
   w.begin_array();
   for (std::size_t i = 0; i < m.group_count; ++i) put(w, m.groups[i]);
   w.end_array();
+  if (m.keys != 0) {  // only when set: hellos of devices on their provisioned keys keep their bytes
+    w.key("keys");
+    w.uint(m.keys);
+  }
   if (m.resume.present) {
     w.key("resume");
     w.begin_object();
@@ -619,6 +899,10 @@ Error decode_hello(const char* in, std::size_t len, Hello& out) {
       if (Error e = read_string(d, i, "groups", out.groups[out.group_count])) return e;
       ++out.group_count;
     }
+  }
+  out.keys = 0;
+  if (json::find(d, 0, "keys") >= 0) {
+    if (Error e = req_u32(d, 0, "keys", "keys", out.keys)) return e;
   }
   out.resume.present = false;
   int r = json::find(d, 0, "resume");

@@ -17,6 +17,7 @@ constexpr Suffix kDeviceSuffixes[] = {
     {TopicKind::presence, "up/presence"}, {TopicKind::event, "up/event"},
     {TopicKind::chunk_request, "up/req"}, {TopicKind::offer, "down/offer"},
     {TopicKind::cancel, "down/cancel"},   {TopicKind::chunk, "down/chunk"},
+    {TopicKind::keys, "down/keys"},
 };
 
 const char* suffix_of(TopicKind kind) {

@@ -1,5 +1,6 @@
-// libFuzzer harness for ota::proto: feeds the input to every decoder and checks that whatever
-// decodes re-encodes to something that decodes to the same bytes again.
+// libFuzzer harness for ota::proto: feeds the input to every decoder (key sets and release
+// files included) and checks that whatever decodes re-encodes to something that decodes to
+// the same bytes again.
 //
 //   clang++ -std=c++17 -g -O1 -fsanitize=fuzzer,address,undefined -Iproto/include
 //     tests/fuzz/proto_fuzz.cpp proto/src/*.cpp -o proto_fuzz
@@ -54,6 +55,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   round_trip<Heartbeat>(in, size, decode_heartbeat, encode_heartbeat);
   round_trip<Event>(in, size, decode_event, encode_event);
   round_trip<ChunkRequest>(in, size, decode_chunk_request, encode_chunk_request);
+  round_trip<KeySet>(in, size, decode_keyset, encode_keyset);
+  round_trip<Manifest>(in, size, decode_release, encode_release);
 
   PresenceType pt;
   if (decode_presence_type(in, size, pt).ok() && pt == PresenceType::offline) {
@@ -61,10 +64,29 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     check(encode_offline(g_out, sizeof(g_out), n).ok());
   }
 
-  Offer offer;
+  static Offer offer;
+  offer = Offer{};
   if (decode_offer(in, size, offer).ok()) {
     std::size_t n = canonical_manifest(offer.manifest, g_out, sizeof(g_out));
     check(n > 0);
+    // A manifest with a release signature has the bytes that signature covers.
+    if (!offer.manifest.release_key.empty()) {
+      check(canonical_release(offer.manifest, g_out, sizeof(g_out)) > 0);
+    }
+  }
+  static KeySet keys;
+  keys = KeySet{};
+  if (decode_keyset(in, size, keys).ok()) {
+    check(keys.key_count >= 1 && keys.key_count <= kMaxKeySetKeys && keys.version >= 1);
+    check(canonical_keyset(keys, g_out, sizeof(g_out)) > 0);
+    std::uint8_t der[kP256SpkiDerLen];
+    p256_spki_der(keys.keys[0].pub, der);
+    check(der[0] == 0x30 && der[26] == 0x04);
+  }
+  static Manifest release;
+  release = Manifest{};
+  if (decode_release(in, size, release).ok()) {
+    check(canonical_release(release, g_out, sizeof(g_out)) > 0);
   }
 
   ChunkFrame f;

@@ -4,11 +4,17 @@
 //    DISCONNECT, so the controller shows it offline at once (not after the heartbeat timeout);
 //  - the reconnect back-off starts over only when the broker accepted (CONNACK), not when a
 //    socket opened, and a socket that never gets a CONNACK counts as a failed attempt;
-//  - a fleet that lost its broker comes back spread out (full jitter), not in one burst.
+//  - a fleet that lost its broker comes back spread out (full jitter), not in one burst;
+//  - ota-agent --root-key applies a root-signed key set from .../down/keys, keeps it in
+//    DATA/agent.keys across a restart and says so in its hello (`keys`).
 #include <arpa/inet.h>
 #include <gtest/gtest.h>
 #include <httplib.h>
 #include <netinet/in.h>
+#include <openssl/bn.h>
+#include <openssl/ecdsa.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -23,6 +29,8 @@
 #include <thread>
 
 #include "ota/agent/linux/mosquitto_transport.hpp"
+#include "ota/agent/linux/openssl_crypto.hpp"
+#include "ota/proto/frame.hpp"
 #include "ota/proto/messages.hpp"
 #include "test_env.hpp"
 
@@ -73,6 +81,85 @@ bool is_offline_payload(const std::string& payload) {
 
 long long ms_between(SteadyClock::time_point from, SteadyClock::time_point to) {
   return std::chrono::duration_cast<std::chrono::milliseconds>(to - from).count();
+}
+
+// A fresh P-256 key pair for the test (a root or online key), its PEM public key in a file.
+struct TestKey {
+  EVP_PKEY* key = EVP_EC_gen("P-256");
+  ~TestKey() { EVP_PKEY_free(key); }
+  TestKey() = default;
+  TestKey(const TestKey&) = delete;
+  TestKey& operator=(const TestKey&) = delete;
+
+  std::string write_pub(const std::string& path) const {
+    FILE* f = std::fopen(path.c_str(), "w");
+    if (f == nullptr || PEM_write_PUBKEY(f, key) != 1) ADD_FAILURE() << "cannot write " << path;
+    if (f != nullptr) std::fclose(f);
+    return path;
+  }
+  // Raw r||s as 128 hex digits over `msg` (PROTOCOL.md 6.3).
+  std::string sign_hex(const char* msg, std::size_t len) const {
+    std::uint8_t raw[64] = {};
+    EVP_MD_CTX* ctx = EVP_MD_CTX_new();
+    std::size_t der_len = 0;
+    std::vector<unsigned char> der;
+    if (EVP_DigestSignInit(ctx, nullptr, EVP_sha256(), nullptr, key) == 1 &&
+        EVP_DigestSign(ctx, nullptr, &der_len, reinterpret_cast<const unsigned char*>(msg),
+                       len) == 1) {
+      der.resize(der_len);
+      EVP_DigestSign(ctx, der.data(), &der_len, reinterpret_cast<const unsigned char*>(msg), len);
+    }
+    EVP_MD_CTX_free(ctx);
+    const unsigned char* p = der.data();
+    ECDSA_SIG* sig = d2i_ECDSA_SIG(nullptr, &p, static_cast<long>(der_len));
+    if (sig != nullptr) {
+      const BIGNUM* r = nullptr;
+      const BIGNUM* s = nullptr;
+      ECDSA_SIG_get0(sig, &r, &s);
+      BN_bn2binpad(r, raw, 32);
+      BN_bn2binpad(s, raw + 32, 32);
+      ECDSA_SIG_free(sig);
+    } else {
+      ADD_FAILURE() << "signing failed";
+    }
+    char hex[129];
+    ota::proto::hex_encode(raw, sizeof raw, hex);
+    return std::string(hex, 128);
+  }
+};
+
+// A `keys` message (PROTOCOL.md 6.6) of the PEM public keys `entries`, signed by `root`.
+std::string keys_message(std::uint32_t version,
+                         const std::vector<std::pair<std::string, ota::proto::KeyRole>>& entries,
+                         const TestKey& root, const std::string& root_pub) {
+  ota::proto::KeySet set;
+  set.version = version;
+  for (const auto& [pem, role] : entries) {
+    ota::agent::linux_port::PublicKey k;
+    std::string error;
+    EXPECT_TRUE(ota::agent::linux_port::load_public_key_pem(pem, k, error)) << error;
+    auto& e = set.keys[set.key_count++];
+    e.id.assign(k.id.c_str());
+    e.role = role;
+    std::memcpy(e.pub, k.point.data(), k.point.size());
+  }
+  ota::agent::linux_port::PublicKey r;
+  std::string error;
+  EXPECT_TRUE(ota::agent::linux_port::load_public_key_pem(root_pub, r, error)) << error;
+  set.key.assign(r.id.c_str());
+  char buf[2048];
+  const std::size_t n = ota::proto::canonical_keyset(set, buf, sizeof buf);
+  set.sig.assign(root.sign_hex(buf, n).c_str());
+  std::size_t len = 0;
+  EXPECT_FALSE(ota::proto::encode_keyset(set, buf, sizeof buf, len));
+  return std::string(buf, len);
+}
+
+// The `keys` of a hello payload, or -1 when it is no hello.
+long long hello_keys(const std::string& payload) {
+  ota::proto::Hello h;
+  if (ota::proto::decode_hello(payload.data(), payload.size(), h)) return -1;
+  return static_cast<long long>(h.keys);
 }
 
 // A TCP listener that completes the TCP handshake (the kernel does, from the backlog) and then
@@ -127,6 +214,7 @@ class DeviceLink : public ::testing::Test {
     for (const auto& id : numbered_ids("fleet", kFleetSize)) specs.push_back({id, {}});
     specs.push_back({"agent-001", {}});
     specs.push_back({"link-001", {}});
+    specs.push_back({"keys-001", {}});
     pki_ = new Pki(ota::test::make_pki(dir_->path() + "/pki", specs));
   }
 
@@ -226,13 +314,13 @@ class DeviceLink : public ::testing::Test {
     return *devices_.back();
   }
 
-  Child& start_agent(const std::string& id) {
-    devices_.push_back(std::make_unique<Child>(
-        std::vector<std::string>{OTA_AGENT_BIN, "--device-id", id, "--hw", "board-x", "--data",
-                                 work_dir() + "/" + id, "--port", std::to_string(broker_->port()),
-                                 "--ca", pki_->ca_cert(), "--cert", pki_->device_cert(id), "--key",
-                                 pki_->device_key(id), "--trusted-key", pki_->release_pub()},
-        device_log()));
+  Child& start_agent(const std::string& id, const std::vector<std::string>& extra = {}) {
+    std::vector<std::string> argv{OTA_AGENT_BIN, "--device-id", id, "--hw", "board-x", "--data",
+                                  work_dir() + "/" + id, "--port", std::to_string(broker_->port()),
+                                  "--ca", pki_->ca_cert(), "--cert", pki_->device_cert(id), "--key",
+                                  pki_->device_key(id), "--trusted-key", pki_->release_pub()};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    devices_.push_back(std::make_unique<Child>(argv, device_log()));
     return *devices_.back();
   }
 
@@ -487,3 +575,56 @@ TEST_F(DeviceLink, FleetComesBackSpreadOutAfterBrokerRestart) {
 }
 
 }  // namespace
+
+// ------------------------------------------------------------------ key sets (6.6)
+
+// ota-agent --root-key/--online-key: a root-signed key set on .../down/keys is applied, kept
+// in DATA/agent.keys across a restart, and the retained hello reports its version; a set
+// signed by another key is refused (the hello is republished with the version held).
+TEST_F(DeviceLink, AgentAppliesRootSignedKeySetAndKeepsItAcrossRestart) {
+  ASSERT_NO_FATAL_FAILURE(start_broker());
+  const std::string id = "keys-001";
+  TestKey root, online, stranger;
+  const std::string root_pub = root.write_pub(work_dir() + "/root.pub");
+  const std::string online_pub = online.write_pub(work_dir() + "/online.pub");
+  const std::string stranger_pub = stranger.write_pub(work_dir() + "/stranger.pub");
+  MqttTestClient observer(ota::test::ClientOptions::monitor(*pki_, broker_->port()));
+  ASSERT_TRUE(observer.connect().ok());
+  ASSERT_EQ(observer.subscribe(presence_topic(id), 1), 1);
+  auto hello_with = [&](long long keys) {
+    return observer.wait_for_message(
+        [&](const ota::test::Message& m) {
+          return m.topic == presence_topic(id) && hello_keys(m.payload) == keys;
+        },
+        20s);
+  };
+  const std::vector<std::string> keys_flags{"--root-key", root_pub, "--online-key", online_pub};
+  Child* agent = &start_agent(id, keys_flags);
+  ASSERT_TRUE(hello_with(0).has_value()) << "no hello from " << id;
+
+  MqttTestClient controller(ota::test::ClientOptions::controller(*pki_, broker_->port()));
+  ASSERT_TRUE(controller.connect().ok());
+  const std::string topic = kDevTopics + id + "/down/keys";
+  observer.clear_messages();
+  ASSERT_EQ(controller.publish(topic, keys_message(1, {{pki_->release_pub(), ota::proto::KeyRole::release},
+                                                       {online_pub, ota::proto::KeyRole::online}},
+                                                   root, root_pub)),
+            0);
+  ASSERT_TRUE(hello_with(1).has_value()) << "the key set was not applied";
+  struct stat st {};
+  EXPECT_EQ(::stat((work_dir() + "/" + id + "/agent.keys").c_str(), &st), 0)
+      << "no key record next to the agent's state";
+
+  // Not signed by the root: refused, the hello says 1 again.
+  observer.clear_messages();
+  ASSERT_EQ(controller.publish(topic, keys_message(2, {{pki_->release_pub(), ota::proto::KeyRole::release}},
+                                                   stranger, stranger_pub)),
+            0);
+  ASSERT_TRUE(hello_with(1).has_value()) << "no hello after a refused set";
+
+  // Restart: the set comes back from DATA/agent.keys.
+  agent->stop();
+  observer.clear_messages();
+  start_agent(id, keys_flags);
+  EXPECT_TRUE(hello_with(1).has_value()) << "the key set did not survive the restart";
+}

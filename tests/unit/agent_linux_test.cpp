@@ -1,7 +1,10 @@
 // Linux ports without network: file-backed A/B flash, file storage, OpenSSL crypto.
 #include <gtest/gtest.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <cstring>
 #include <iterator>
 #include <filesystem>
@@ -319,8 +322,7 @@ TEST(LinuxAgentTest, UnwritableStateFileAbortsCleanlyAndReports) {
   TempDir dir;
   TestSigner signer;
   OpensslCrypto crypto;
-  std::string error;
-  ASSERT_FALSE(crypto.add_trusted_key_pem(signer.pem_path(), error).empty()) << error;
+  const ProvisionedKey keys[] = {signer.provisioned(proto::KeyRole::release)};
   FileFlashConfig fc;
   fc.dir = dir.path() + "/flash";
   fc.durable = false;
@@ -328,13 +330,16 @@ TEST(LinuxAgentTest, UnwritableStateFileAbortsCleanlyAndReports) {
   ASSERT_EQ(flash.power_on(), PortStatus::ok);
   const std::string state_path = dir.path() + "/agent.state";
   FileStorage storage(state_path, false);
+  FileStorage key_storage(dir.path() + "/agent.keys", false);
   std::filesystem::create_directory(state_path + ".tmp");
   ScriptedTransport transport;
   FakeClock clock;
   AgentConfig cfg;
   cfg.device_id = "dev-ro";
   cfg.hw_model = "sim-board";
-  Agent agent(cfg, flash, transport, clock, storage, crypto);
+  cfg.keys = keys;
+  cfg.key_count = 1;
+  Agent agent(cfg, flash, transport, clock, storage, key_storage, crypto);
   agent.boot();
   agent.on_connected();
   const auto image = random_image(8 * 1024, 5);
@@ -433,42 +438,72 @@ TEST(OpensslCryptoTest, RepeatedInitWithoutFinalIsSafe) {
   c.sha256_init(dropped);
 }
 
-TEST(OpensslCryptoTest, VerifyOkBadAndUnknownKey) {
+TEST(OpensslCryptoTest, VerifyWithThePointOkAndBad) {
   TestSigner signer;
+  TestSigner other_key;
   OpensslCrypto c;
-  std::string error;
-  const std::string id = c.add_trusted_key_pem(signer.pem_path(), error);
-  ASSERT_EQ(id, signer.key_id()) << error;
-  EXPECT_EQ(id.size(), 16u);
   const std::string msg = "canonical manifest bytes";
   const auto* m = reinterpret_cast<const std::uint8_t*>(msg.data());
   auto sig = signer.sign_raw(m, msg.size());
-  EXPECT_EQ(c.verify_p256(id.c_str(), m, msg.size(), sig.data()), Crypto::Verify::ok);
+  const std::uint8_t* pub = signer.point().data();
+  EXPECT_EQ(c.verify_p256(pub, m, msg.size(), sig.data()), Crypto::Verify::ok);
   std::string other = msg;
   other[0] = 'C';
-  EXPECT_EQ(c.verify_p256(id.c_str(), reinterpret_cast<const std::uint8_t*>(other.data()),
+  EXPECT_EQ(c.verify_p256(pub, reinterpret_cast<const std::uint8_t*>(other.data()),
                           other.size(), sig.data()),
             Crypto::Verify::bad_signature);
   auto bad = sig;
   bad[40] ^= 0x01;
-  EXPECT_EQ(c.verify_p256(id.c_str(), m, msg.size(), bad.data()), Crypto::Verify::bad_signature);
+  EXPECT_EQ(c.verify_p256(pub, m, msg.size(), bad.data()), Crypto::Verify::bad_signature);
   std::vector<std::uint8_t> zero(64, 0);
-  EXPECT_EQ(c.verify_p256(id.c_str(), m, msg.size(), zero.data()), Crypto::Verify::bad_signature);
-  EXPECT_EQ(c.verify_p256("0123456789abcdef", m, msg.size(), sig.data()),
-            Crypto::Verify::unknown_key);
+  EXPECT_EQ(c.verify_p256(pub, m, msg.size(), zero.data()), Crypto::Verify::bad_signature);
+  // Another key, and a point that is not on the curve.
+  EXPECT_EQ(c.verify_p256(other_key.point().data(), m, msg.size(), sig.data()),
+            Crypto::Verify::bad_signature);
+  auto off_curve = signer.point();
+  off_curve[64] ^= 0x01;
+  EXPECT_EQ(c.verify_p256(off_curve.data(), m, msg.size(), sig.data()),
+            Crypto::Verify::bad_signature);
 }
 
-TEST(OpensslCryptoTest, AddTrustedKeyErrors) {
-  TempDir dir;
-  OpensslCrypto c;
+TEST(OpensslCryptoTest, LoadPublicKeyPem) {
+  TestSigner signer;
+  linux_port::PublicKey k;
   std::string error;
-  EXPECT_TRUE(c.add_trusted_key_pem(dir.path() + "/missing.pem", error).empty());
+  ASSERT_TRUE(linux_port::load_public_key_pem(signer.pem_path(), k, error)) << error;
+  EXPECT_EQ(k.id, signer.key_id());
+  EXPECT_EQ(k.point, signer.point());
+  // The fixture key of PROTOCOL.md 6.4.
+  ASSERT_TRUE(linux_port::load_public_key_pem(
+      std::string(OTA_FIXTURE_DIR) + "/proto/example_release_key.pub.pem", k, error))
+      << error;
+  EXPECT_EQ(k.id, "40ae8f1292283e00");
+  EXPECT_EQ(k.point[0], 0x04);
+}
+
+TEST(OpensslCryptoTest, LoadPublicKeyErrors) {
+  TempDir dir;
+  linux_port::PublicKey k;
+  std::string error;
+  EXPECT_FALSE(linux_port::load_public_key_pem(dir.path() + "/missing.pem", k, error));
   EXPECT_FALSE(error.empty());
   const std::string junk = dir.path() + "/junk.pem";
   ASSERT_TRUE(linux_port::write_file_atomically(junk, "not a key\n", 10, false));
   error.clear();
-  EXPECT_TRUE(c.add_trusted_key_pem(junk, error).empty());
+  EXPECT_FALSE(linux_port::load_public_key_pem(junk, k, error));
   EXPECT_FALSE(error.empty());
+  // An EC key on another curve is refused.
+  EVP_PKEY* p384 = EVP_EC_gen("P-384");
+  ASSERT_NE(p384, nullptr);
+  const std::string other = dir.path() + "/p384.pem";
+  FILE* f = std::fopen(other.c_str(), "w");
+  ASSERT_NE(f, nullptr);
+  ASSERT_EQ(PEM_write_PUBKEY(f, p384), 1);
+  std::fclose(f);
+  EVP_PKEY_free(p384);
+  error.clear();
+  EXPECT_FALSE(linux_port::load_public_key_pem(other, k, error));
+  EXPECT_NE(error.find("P-256"), std::string::npos) << error;
 }
 
 // ------------------------------------------------------------ reconnect back-off

@@ -35,6 +35,7 @@ const std::string kNew = "1.1.0";
 struct Release {
   TestSigner signer;
   linux_port::OpensslCrypto crypto;
+  std::vector<ProvisionedKey> keys;  // AgentConfig::keys
   std::vector<std::uint8_t> image = random_image(kChunk * kChunks - 100, 77);  // short last chunk
   std::vector<std::uint8_t> factory;
   proto::Offer offer;
@@ -42,8 +43,7 @@ struct Release {
   std::unique_ptr<ChunkServer> server;
 
   Release() {
-    std::string error;
-    EXPECT_EQ(crypto.add_trusted_key_pem(signer.pem_path(), error), signer.key_id()) << error;
+    keys.push_back(signer.provisioned(proto::KeyRole::release));
     OfferOptions opt;
     opt.deployment = "dep-pc";
     opt.device = kDevice;
@@ -70,6 +70,8 @@ class Device {
     cfg.checkpoint_chunks = 4;
     cfg.window_chunks = 8;  // several requests per update
     cfg.heartbeat_interval_ms = 0;
+    cfg.keys = rel_.keys.data();
+    cfg.key_count = rel_.keys.size();
   }
 
   // Power-on: boot loader, then the agent; a reset requested during boot() (revert) powers
@@ -83,7 +85,8 @@ class Device {
         return;
       }
       check_bootable("after power-on");
-      agent = std::make_unique<Agent>(cfg, flash, transport, clock, storage, rel_.crypto);
+      agent = std::make_unique<Agent>(cfg, flash, transport, clock, storage, key_storage,
+                                      rel_.crypto);
       agent->boot();
       ++boots;
       if (rail.dead() || !agent->reset_requested()) break;
@@ -158,6 +161,7 @@ class Device {
   PowerRail rail;
   FakeFlash flash{64 * 1024};
   MemStorage storage;
+  MemStorage key_storage;
   ScriptedTransport transport;
   FakeClock clock;
   AgentConfig cfg;

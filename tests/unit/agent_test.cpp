@@ -48,9 +48,9 @@ class AgentTest : public ::testing::Test {
   using Shape = std::function<void(Frames&)>;
 
   AgentTest() : image_(random_image(kImageSize, 1234)) {
-    std::string error;
-    key_id_ = crypto_.add_trusted_key_pem(signer_.pem_path(), error);
-    EXPECT_EQ(key_id_, signer_.key_id()) << error;
+    keys_.push_back(signer_.provisioned(proto::KeyRole::release));
+    cfg_.keys = keys_.data();
+    cfg_.key_count = keys_.size();
     cfg_.device_id = kDevice;
     cfg_.hw_model = "sim-board";
     cfg_.groups = kGroups;
@@ -71,7 +71,8 @@ class AgentTest : public ::testing::Test {
       agent_.reset();
       transport_.connected_ = false;
       agent_ = std::make_unique<Agent>(cfg_, port_ != nullptr ? *port_ : flash_, transport_,
-                                       clock_, storage_, crypto_);
+                                       clock_, storage_, key_storage_,
+                                       crypto_);
       agent_->boot();
       if (!agent_->reset_requested()) break;
       ASSERT_EQ(flash_.power_on(), PortStatus::ok);
@@ -244,12 +245,13 @@ class AgentTest : public ::testing::Test {
 
   TestSigner signer_;
   linux_port::OpensslCrypto crypto_;
-  std::string key_id_;
+  std::vector<ProvisionedKey> keys_;  // AgentConfig::keys
   FakeFlash flash_;
   FlashPort* port_ = nullptr;  // set before start(): the agent's flash instead of flash_
   ScriptedTransport transport_;
   FakeClock clock_;
   MemStorage storage_;
+  MemStorage key_storage_;
   AgentConfig cfg_;
   std::unique_ptr<Agent> agent_;
   std::vector<std::uint8_t> image_;
@@ -989,7 +991,8 @@ TEST_F(AgentTest, PowerCutWhileInstallingRedoesActivation) {
   const std::size_t before = transport_.published.size();
   ASSERT_EQ(flash_.power_on(), PortStatus::ok);
   EXPECT_EQ(running_version(), "1.0.0");
-  agent_ = std::make_unique<Agent>(cfg_, flash_, transport_, clock_, storage_, crypto_);
+  agent_ = std::make_unique<Agent>(cfg_, flash_, transport_, clock_, storage_, key_storage_,
+                                       crypto_);
   agent_->boot();
   EXPECT_EQ(flash_.counts().activate, 1);
   EXPECT_TRUE(agent_->reset_requested());

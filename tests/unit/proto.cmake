@@ -6,11 +6,13 @@ add_executable(proto_tests
   ${CMAKE_CURRENT_LIST_DIR}/proto_messages_test.cpp
   ${CMAKE_CURRENT_LIST_DIR}/proto_frame_test.cpp
   ${CMAKE_CURRENT_LIST_DIR}/proto_topics_test.cpp
-  ${CMAKE_CURRENT_LIST_DIR}/proto_fixtures_test.cpp)
+  ${CMAKE_CURRENT_LIST_DIR}/proto_fixtures_test.cpp
+  ${CMAKE_CURRENT_LIST_DIR}/proto_keys_test.cpp)
 # proto/src gives the tests the internal JSON reader (json.hpp).
 target_include_directories(proto_tests PRIVATE ${OTA_SOURCE_DIR}/proto/src)
 target_compile_definitions(proto_tests PRIVATE OTA_PROTO_FIXTURE_DIR="${OTA_PROTO_FIXTURES}")
-target_link_libraries(proto_tests PRIVATE ota::proto GTest::gtest_main ota_warnings)
+# OpenSSL only to check p256_spki_der against its DER (the codec itself needs none).
+target_link_libraries(proto_tests PRIVATE ota::proto GTest::gtest_main OpenSSL::Crypto ota_warnings)
 # Prefix so that `ctest -R proto` selects them.
 gtest_discover_tests(proto_tests TEST_PREFIX "proto." PROPERTIES LABELS unit)
 

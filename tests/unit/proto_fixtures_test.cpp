@@ -82,6 +82,15 @@ Error decode_by_name(const std::string& name, const std::string& data, std::stri
     ChunkRequest m;
     if ((e = decode_chunk_request(data.data(), data.size(), m))) return e;
     e = encode_chunk_request(m, buf, sizeof(buf), len);
+  } else if (starts_with(name, "keys")) {
+    static KeySet m;  // ~600 bytes
+    m = KeySet{};
+    if ((e = decode_keyset(data.data(), data.size(), m))) return e;
+    e = encode_keyset(m, buf, sizeof(buf), len);
+  } else if (starts_with(name, "release")) {
+    Manifest m;
+    if ((e = decode_release(data.data(), data.size(), m))) return e;
+    e = encode_release(m, buf, sizeof(buf), len);
   } else if (starts_with(name, "frame")) {
     ChunkFrame f;
     const auto* p = reinterpret_cast<const std::uint8_t*>(data.data());
@@ -122,7 +131,8 @@ TEST(ProtoFixtures, ValidDecodeAndReencode) {
     kinds[name.substr(0, name.find_first_of("_."))]++;
   }
   for (const char* k :
-       {"offer", "cancel", "hello", "heartbeat", "offline", "event", "chunk", "frame"}) {
+       {"offer", "cancel", "hello", "heartbeat", "offline", "event", "chunk", "frame", "keys",
+        "release"}) {
     EXPECT_GT(kinds[k], 0) << "no valid fixture for " << k;
   }
 }

@@ -30,13 +30,14 @@ SEMANTIC_ONLY = {
     "chunk_req_bitmap_wrong_len.json",       # bitmap length depends on count
     "chunk_req_bitmap_padding_bits.json",    # unused bits must be zero
     "offer_deep_nesting.json",               # nesting limit (8) applies to unknown members too
+    "keys_duplicate_id.json",                # ids unique across entries that differ otherwise
 }
 MIN_REJECTED = 40
 
 PREFIXES = [("offer", ["offer"]), ("cancel", ["cancel"]), ("hello", ["hello"]),
             ("heartbeat", ["heartbeat"]), ("offline", ["offline"]),
             ("presence", ["hello", "offline", "heartbeat"]), ("event", ["event"]),
-            ("chunk_req", ["chunk_req"])]
+            ("chunk_req", ["chunk_req"]), ("keys", ["keys"]), ("release", ["release"])]
 
 
 def schemas_for(name):
@@ -71,7 +72,8 @@ def main():
             schema = json.load(f)
         jsonschema.Draft202012Validator.check_schema(schema)
         validators[fn[: -len(".schema.json")]] = jsonschema.Draft202012Validator(schema)
-    for needed in ("offer", "cancel", "hello", "heartbeat", "offline", "event", "chunk_req"):
+    for needed in ("offer", "cancel", "hello", "heartbeat", "offline", "event", "chunk_req",
+                   "keys", "release"):
         if needed not in validators:
             print("missing schema", needed)
             return 1

@@ -17,6 +17,7 @@ using ota::agent::PortStatus;
 // is writable SSRAM; on a part with real flash every memcpy below is an erase/program call.
 extern "C" std::uint8_t __ota_slot_start[], __ota_slot_end[];
 extern "C" std::uint8_t __ota_state_start[], __ota_state_end[];
+extern "C" std::uint8_t __ota_keys_start[], __ota_keys_end[];
 
 volatile std::uint32_t g_ms = 0;
 
@@ -108,40 +109,44 @@ class TickClock final : public ota::agent::Clock {
 
 // ------------------------------------------------------------------------------ Storage
 // Stands for an NVS blob or a pair of flash pages written alternately (atomic by a sequence
-// number and a checksum in a real port).
+// number and a checksum in a real port). One region for the state record, one for the key set.
 class PageStorage final : public ota::agent::Storage {
  public:
+  PageStorage(std::uint8_t* start, std::uint8_t* end) : start_(start), end_(end) {}
   PortStatus load(void* out, std::size_t cap, std::size_t& len) override {
     std::uint32_t stored = 0;
-    std::memcpy(&stored, __ota_state_start, sizeof stored);
+    std::memcpy(&stored, start_, sizeof stored);
     if (stored == 0 || stored == 0xffffffffu) return PortStatus::not_found;
     if (stored > cap || stored > capacity()) return PortStatus::error;
-    std::memcpy(out, __ota_state_start + sizeof stored, stored);
+    std::memcpy(out, start_ + sizeof stored, stored);
     len = stored;
     return PortStatus::ok;
   }
   PortStatus save(const void* data, std::size_t len) override {
     if (len > capacity()) return PortStatus::no_space;
     const std::uint32_t stored = static_cast<std::uint32_t>(len);
-    std::memcpy(__ota_state_start + sizeof stored, data, len);
-    std::memcpy(__ota_state_start, &stored, sizeof stored);
+    std::memcpy(start_ + sizeof stored, data, len);
+    std::memcpy(start_, &stored, sizeof stored);
     return PortStatus::ok;
   }
   PortStatus erase() override {
-    std::memset(__ota_state_start, 0xff, sizeof(std::uint32_t));
+    std::memset(start_, 0xff, sizeof(std::uint32_t));
     return PortStatus::ok;
   }
 
  private:
-  static std::size_t capacity() {
-    return static_cast<std::size_t>(__ota_state_end - __ota_state_start) - sizeof(std::uint32_t);
+  std::size_t capacity() const {
+    return static_cast<std::size_t>(end_ - start_) - sizeof(std::uint32_t);
   }
+  std::uint8_t* start_;
+  std::uint8_t* end_;
 };
 
 // ------------------------------------------------------------------------------ Crypto
-// SHA-256 in software; ECDSA P-256 verification is a STUB that accepts any signature made
-// with the trusted key id. A product links mbedTLS, micro-ecc or a hardware engine here, and
-// its size is not part of the figures build.sh prints.
+// SHA-256 in software; ECDSA P-256 verification is a STUB that accepts any signature (the
+// core has already picked the trusted key by id and role). A product links mbedTLS
+// (mbedtls_ecdsa_verify), micro-ecc (uECC_verify) or a hardware engine here, and its size is
+// not part of the figures build.sh prints.
 class StubCrypto final : public ota::agent::Crypto {
  public:
   void sha256_init(ota::agent::Sha256State& s) override { fw::sha256_init(ctx(s)); }
@@ -151,9 +156,9 @@ class StubCrypto final : public ota::agent::Crypto {
   void sha256_final(ota::agent::Sha256State& s, std::uint8_t digest[32]) override {
     fw::sha256_final(ctx(s), digest);
   }
-  Verify verify_p256(const char* key_id, const std::uint8_t*, std::size_t,
-                     const std::uint8_t[64]) override {
-    return std::strcmp(key_id, kTrustedKey) == 0 ? Verify::ok : Verify::unknown_key;
+  Verify verify_p256(const std::uint8_t pub[ota::proto::kP256PointLen], const std::uint8_t*,
+                     std::size_t, const std::uint8_t[64]) override {
+    return pub[0] == 0x04 ? Verify::ok : Verify::bad_signature;
   }
 
  private:
@@ -161,7 +166,21 @@ class StubCrypto final : public ota::agent::Crypto {
   static fw::Sha256& ctx(ota::agent::Sha256State& s) {
     return *reinterpret_cast<fw::Sha256*>(s.opaque);
   }
-  static constexpr const char* kTrustedKey = "0123456789abcdef";
+};
+
+// The keys the device is built with (PROTOCOL.md 6.6): the root key that signs key sets and
+// the release key (here the example key of tests/fixtures/proto, id 40ae8f1292283e00). A
+// root-signed key set received later replaces the release/online keys and is kept in the
+// key record; these stay the fallback of a device that never received one.
+constexpr ota::agent::ProvisionedKey g_keys[] = {
+    // A real device's root key goes here too (KeyRole::root); the example has none, so its
+    // key set never changes.
+    {ota::proto::KeyRole::release,
+     {0x04, 0x00, 0xea, 0x28, 0x7a, 0x06, 0x71, 0xac, 0x6e, 0x99, 0x5c, 0x5e, 0xdd, 0x11,
+      0xe2, 0x3c, 0x0e, 0xd4, 0x67, 0x74, 0x3a, 0x0c, 0xe2, 0xc8, 0x34, 0x27, 0x63, 0x00,
+      0x92, 0x6a, 0xd6, 0x6c, 0x77, 0x6f, 0x3e, 0xca, 0x02, 0x3f, 0x2e, 0x6e, 0x4f, 0xb9,
+      0x37, 0x98, 0xb2, 0xe2, 0x25, 0x99, 0x01, 0x00, 0xfb, 0xe4, 0x9c, 0x1d, 0x7b, 0x5c,
+      0xd9, 0x59, 0xd8, 0x43, 0x0d, 0x3a, 0xe6, 0xf4, 0xa0}},
 };
 
 bool self_test(void*) { return true; }  // the application's health check goes here
@@ -176,15 +195,19 @@ ota::agent::AgentConfig make_config() {
   c.group_count = 1;
   c.window_chunks = 8;  // enough to stream; few enough for a small MCU's TCP receive window
   c.self_test = self_test;
+  c.keys = g_keys;
+  c.key_count = sizeof g_keys / sizeof g_keys[0];
   return c;
 }
 
 SlotFlash g_flash;
 StubTransport g_transport;
 TickClock g_clock;
-PageStorage g_storage;
+PageStorage g_storage(__ota_state_start, __ota_state_end);
+PageStorage g_key_storage(__ota_keys_start, __ota_keys_end);
 StubCrypto g_crypto;
-ota::agent::Agent g_agent(make_config(), g_flash, g_transport, g_clock, g_storage, g_crypto);
+ota::agent::Agent g_agent(make_config(), g_flash, g_transport, g_clock, g_storage, g_key_storage,
+                          g_crypto);
 
 }  // namespace
 

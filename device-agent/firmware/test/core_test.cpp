@@ -3,9 +3,10 @@
 // exit status). GoogleTest and the host fakes (std containers, OpenSSL) do not fit a bare
 // newlib-nano target, so the ports here are fixed-size, and this file plays the controller.
 //
-// Crypto: SHA-256 is real (sha256.cpp), so the hash check of the flash contents is exercised;
-// ECDSA is replaced by a test signature r||s = SHA-256(canonical manifest) twice, which still
-// makes a tampered manifest fail the signature check.
+// Crypto: SHA-256 is real (sha256.cpp), so the hash check of the flash contents and the key
+// ids (SHA-256 of the key's DER) are exercised; ECDSA is replaced by a test signature
+// r||s = SHA-256(public point || signed bytes) twice, which still makes a tampered manifest,
+// release signature or key set, or one "signed" with another key, fail the check.
 #include <cstdint>
 #include <cstring>
 #include <new>
@@ -60,7 +61,6 @@ void check(bool ok, const char* what, int line) {
 constexpr const char* kPrefix = proto::kDefaultPrefix;
 constexpr const char* kDevice = "dev-1";
 constexpr const char* kHw = "m4-board";
-constexpr const char* kTrustedKey = "00112233aabbccdd";
 constexpr std::uint32_t kChunk = 1024;
 constexpr std::uint64_t kNow = 1'800'000'000;
 
@@ -195,6 +195,7 @@ class TestFlash final : public agent::FlashPort {
   std::uint32_t pending_counter_ = 0;
 };
 
+template <std::size_t Capacity>
 class TestStorage final : public agent::Storage {
  public:
   PortStatus load(void* out, std::size_t cap, std::size_t& len) override {
@@ -217,7 +218,7 @@ class TestStorage final : public agent::Storage {
   }
 
  private:
-  alignas(8) std::uint8_t record_[sizeof(agent::PersistedState)];
+  alignas(8) std::uint8_t record_[Capacity];
   std::size_t len_ = 0;
   bool has_ = false;
 };
@@ -269,17 +270,18 @@ class TestCrypto final : public agent::Crypto {
   void sha256_final(agent::Sha256State& s, std::uint8_t digest[32]) override {
     fw::sha256_final(ctx(s), digest);
   }
-  Verify verify_p256(const char* key_id, const std::uint8_t* msg, std::size_t len,
-                     const std::uint8_t sig[64]) override {
-    if (std::strcmp(key_id, kTrustedKey) != 0) return Verify::unknown_key;
+  Verify verify_p256(const std::uint8_t pub[proto::kP256PointLen], const std::uint8_t* msg,
+                     std::size_t len, const std::uint8_t sig[64]) override {
     std::uint8_t expected[64];
-    test_signature(msg, len, expected);
+    test_signature(pub, msg, len, expected);
     return std::memcmp(expected, sig, sizeof expected) == 0 ? Verify::ok : Verify::bad_signature;
   }
 
-  static void test_signature(const std::uint8_t* msg, std::size_t len, std::uint8_t out[64]) {
+  static void test_signature(const std::uint8_t* pub, const std::uint8_t* msg, std::size_t len,
+                             std::uint8_t out[64]) {
     fw::Sha256 s;
     fw::sha256_init(s);
+    fw::sha256_update(s, pub, proto::kP256PointLen);
     fw::sha256_update(s, msg, len);
     fw::sha256_final(s, out);
     std::memcpy(out + 32, out, 32);
@@ -291,8 +293,33 @@ class TestCrypto final : public agent::Crypto {
 
 // ------------------------------------------------------------------------- the device
 
+// Test keys: points 04 || 64 bytes (the test signature does not need them on the curve).
+struct TestKey {
+  std::uint8_t pub[proto::kP256PointLen];
+  proto::KeyId id;
+};
+TestKey g_root, g_release, g_online, g_release2, g_stranger, g_new_root;
+
+void make_key(TestKey& k, std::uint8_t seed) {
+  k.pub[0] = 0x04;
+  for (std::size_t i = 1; i < sizeof k.pub; ++i) k.pub[i] = static_cast<std::uint8_t>(seed * 31 + i);
+  std::uint8_t der[proto::kP256SpkiDerLen];
+  proto::p256_spki_der(k.pub, der);
+  fw::Sha256 s;
+  std::uint8_t digest[32];
+  fw::sha256_init(s);
+  fw::sha256_update(s, der, sizeof der);
+  fw::sha256_final(s, digest);
+  proto::hex_encode(digest, 8, k.id.data);
+  k.id.data[proto::kKeyIdLen] = '\0';
+  k.id.size = proto::kKeyIdLen;
+}
+
+agent::ProvisionedKey g_provisioned[3];
+
 TestFlash g_flash;
-TestStorage g_storage;
+TestStorage<sizeof(agent::PersistedState)> g_storage;
+TestStorage<sizeof(agent::KeyRecord)> g_key_storage;
 TestClock g_clock;
 TestTransport g_transport;
 TestCrypto g_crypto;
@@ -309,6 +336,8 @@ agent::AgentConfig config() {
   c.hw_model = kHw;
   c.window_chunks = 8;
   c.self_test = self_test;
+  c.keys = g_provisioned;
+  c.key_count = 3;
   return c;
 }
 
@@ -329,7 +358,7 @@ agent::Agent& dev() { return *g_agent; }
 void power_cycle() {
   g_flash.power_on();
   g_agent = new (g_agent_mem) agent::Agent(config(), g_flash, g_transport, g_clock, g_storage,
-                                           g_crypto);
+                                           g_key_storage, g_crypto);
   measured([] { dev().boot(); });
   measured([] { dev().on_connected(); });
 }
@@ -337,6 +366,7 @@ void power_cycle() {
 void factory_reset() {
   g_flash.factory("1.0.0");
   g_storage.erase();
+  g_key_storage.erase();
   g_transport.count = 0;
   g_clock.ms = 1000;
   g_self_test_ok = true;
@@ -371,24 +401,34 @@ void sha256(const std::uint8_t* p, std::size_t n, std::uint8_t out[32]) {
   fw::sha256_final(s, out);
 }
 
-void sign(proto::Manifest& m) {
-  const std::size_t n = proto::canonical_manifest(m, g_json, sizeof g_json);
+void sign_bytes(const TestKey& key, std::size_t n, proto::SignatureHex& out) {
   std::uint8_t sig[64];
-  TestCrypto::test_signature(reinterpret_cast<const std::uint8_t*>(g_json), n, sig);
-  proto::hex_encode(sig, sizeof sig, m.sig.data);
-  m.sig.data[proto::kSignatureHexLen] = '\0';
-  m.sig.size = proto::kSignatureHexLen;
+  TestCrypto::test_signature(key.pub, reinterpret_cast<const std::uint8_t*>(g_json), n, sig);
+  proto::hex_encode(sig, sizeof sig, out.data);
+  out.data[proto::kSignatureHexLen] = '\0';
+  out.size = proto::kSignatureHexLen;
+}
+
+void sign(proto::Manifest& m, const TestKey& key) {
+  m.key = key.id;
+  sign_bytes(key, proto::canonical_manifest(m, g_json, sizeof g_json), m.sig);
+}
+
+void sign_release(proto::Manifest& m, const TestKey& key) {
+  m.release_key = key.id;
+  sign_bytes(key, proto::canonical_release(m, g_json, sizeof g_json), m.release_sig);
 }
 
 struct OfferSpec {
   const char* deployment = "dep-1";
   const char* version = "1.1.0";
   const char* hw = kHw;
-  const char* key = kTrustedKey;
+  const TestKey* key = &g_release;
   std::uint32_t counter = 1;
   const std::uint8_t* described = g_image;  // the bytes the manifest's hash is made of
   const char* device = kDevice;              // binding: the device it is signed for
   const char* signed_for = nullptr;          // binding: deployment signed for (default: the same)
+  const TestKey* release = nullptr;          // release signature by this key (6.5)
 };
 
 // Builds g_offer for g_image as the controller does.
@@ -409,10 +449,10 @@ void make_offer(const OfferSpec& spec) {
   m.chunk_size = kChunk;
   m.counter = spec.counter;
   m.expires = kNow + 3600;
-  m.key.assign(spec.key);
   m.deployment.assign(spec.signed_for ? spec.signed_for : spec.deployment);
   m.device.assign(spec.device);
-  sign(m);
+  if (spec.release != nullptr) sign_release(m, *spec.release);
+  sign(m, *spec.key);
 }
 
 void send_offer() {
@@ -539,7 +579,7 @@ void test_declines() {
   cases[0].tamper = true;
   cases[0].expected = ReasonCode::bad_signature;
   cases[1].spec.deployment = "dep-key";
-  cases[1].spec.key = "ffffffffffffffff";
+  cases[1].spec.key = &g_stranger;
   cases[1].tamper = false;
   cases[1].expected = ReasonCode::unknown_key;
   cases[2].spec.deployment = "dep-hw";
@@ -589,7 +629,7 @@ void test_declines() {
     }
   }
   // Busy: another deployment while one is downloading.
-  make_offer(OfferSpec{"dep-busy", "1.2.0", kHw, kTrustedKey, 5, g_image});
+  make_offer(OfferSpec{"dep-busy", "1.2.0", kHw, &g_release, 5, g_image});
   const std::size_t mark = g_transport.count;
   send_offer();
   proto::Event ev;
@@ -599,7 +639,7 @@ void test_declines() {
 
 void test_corrupt_chunk_and_power_cut() {
   factory_reset();
-  make_offer(OfferSpec{"dep-3", "1.1.0", kHw, kTrustedKey, 1, g_image});
+  make_offer(OfferSpec{"dep-3", "1.1.0", kHw, &g_release, 1, g_image});
   send_offer();
   Transfer t = serve(9, true);
   CHECK(t.frames == 9);
@@ -620,7 +660,7 @@ void test_corrupt_chunk_and_power_cut() {
 
 void test_lost_chunk_rerequested() {
   factory_reset();
-  make_offer(OfferSpec{"dep-4", "1.1.0", kHw, kTrustedKey, 1, g_image});
+  make_offer(OfferSpec{"dep-4", "1.1.0", kHw, &g_release, 1, g_image});
   send_offer();
   const Transfer t = serve(static_cast<std::size_t>(-1), true);
   CHECK(t.timeouts >= 1);  // the damaged chunk came back only after a re-request
@@ -630,7 +670,7 @@ void test_lost_chunk_rerequested() {
 void test_hash_mismatch() {
   factory_reset();
   fill(g_other_image, sizeof g_other_image, 99);
-  make_offer(OfferSpec{"dep-5", "1.1.0", kHw, kTrustedKey, 1, g_other_image});
+  make_offer(OfferSpec{"dep-5", "1.1.0", kHw, &g_release, 1, g_other_image});
   send_offer();
   serve();
   CHECK(dev().state() == DeviceState::idle);
@@ -642,7 +682,7 @@ void test_hash_mismatch() {
 
 void test_self_test_failure_rolls_back() {
   factory_reset();
-  make_offer(OfferSpec{"dep-6", "1.1.0", kHw, kTrustedKey, 1, g_image});
+  make_offer(OfferSpec{"dep-6", "1.1.0", kHw, &g_release, 1, g_image});
   send_offer();
   serve();
   CHECK(dev().state() == DeviceState::rebooting);
@@ -659,6 +699,132 @@ void test_self_test_failure_rolls_back() {
         ev.deployment == "dep-6");
 }
 
+// Checks 2, 3, 3b: an online key needs a release signature by a release key.
+void test_release_signature() {
+  factory_reset();
+  struct Case {
+    const char* deployment;
+    const TestKey* key;
+    const TestKey* release;
+    bool tamper_release;
+    ReasonCode expected;
+  };
+  const Case cases[] = {
+      {"dep-online-alone", &g_online, nullptr, false, ReasonCode::bad_signature},
+      {"dep-online-stranger", &g_online, &g_stranger, false, ReasonCode::unknown_key},
+      {"dep-online-by-online", &g_online, &g_online, false, ReasonCode::unknown_key},
+      {"dep-online-tampered", &g_online, &g_release, true, ReasonCode::bad_signature},
+      {"dep-root", &g_root, nullptr, false, ReasonCode::unknown_key},
+      {"dep-online-ok", &g_online, &g_release, false, ReasonCode::ok},
+  };
+  for (const Case& c : cases) {
+    OfferSpec spec;
+    spec.deployment = c.deployment;
+    spec.key = c.key;
+    spec.release = c.release;
+    make_offer(spec);
+    if (c.tamper_release) {
+      g_offer.manifest.release_sig.data[5] = g_offer.manifest.release_sig.data[5] == '0' ? '1' : '0';
+      sign(g_offer.manifest, *c.key);
+    }
+    const std::size_t mark = g_transport.count;
+    send_offer();
+    proto::Event ev;
+    if (c.expected == ReasonCode::ok) {
+      CHECK(last_event(EventType::accept, ev, mark) && ev.deployment == c.deployment);
+    } else {
+      CHECK(last_event(EventType::decline, ev, mark) && ev.reason == c.expected &&
+            ev.deployment == c.deployment);
+    }
+  }
+  serve();
+  CHECK(dev().state() == DeviceState::rebooting);
+  power_cycle();
+  CHECK(g_flash.running_version() == "1.1.0");
+}
+
+proto::KeySet g_set;
+
+// A key set signed by `signer`: release2 (release) and online (online), version `version`.
+void send_keyset(std::uint32_t version, const TestKey& signer, const TestKey* next_root) {
+  g_set = proto::KeySet{};
+  g_set.version = version;
+  const TestKey* keys[] = {&g_release2, &g_online, next_root};
+  const proto::KeyRole roles[] = {proto::KeyRole::release, proto::KeyRole::online,
+                                  proto::KeyRole::root};
+  for (std::size_t i = 0; i < 3; ++i) {
+    if (keys[i] == nullptr) continue;
+    proto::KeySetEntry& e = g_set.keys[g_set.key_count++];
+    e.id = keys[i]->id;
+    e.role = roles[i];
+    std::memcpy(e.pub, keys[i]->pub, sizeof e.pub);
+  }
+  g_set.key = signer.id;
+  sign_bytes(signer, proto::canonical_keyset(g_set, g_json, sizeof g_json), g_set.sig);
+  std::size_t len = 0;
+  if (proto::encode_keyset(g_set, g_json, sizeof g_json, len)) fw::fatal("encode_keyset");
+  deliver(proto::TopicKind::keys, reinterpret_cast<const std::uint8_t*>(g_json), len);
+}
+
+// `keys` of the last hello published since `from`, or -1.
+long last_hello_keys(std::size_t from) {
+  long keys = -1;
+  static proto::Hello h;
+  for (std::size_t i = from; i < g_transport.count; ++i) {
+    const Message& m = g_transport.log[i];
+    if (m.kind == proto::TopicKind::presence && !proto::decode_hello(m.payload, m.len, h)) {
+      keys = static_cast<long>(h.keys);
+    }
+  }
+  return keys;
+}
+
+// 6.6: a root-signed key set revokes the release key (stopping the download it signed), is
+// kept across a power cycle, and can only go forward; the root rotates.
+void test_key_set_rotation() {
+  factory_reset();
+  make_offer(OfferSpec{"dep-k1", "1.1.0", kHw, &g_release, 1, g_image});
+  send_offer();
+  serve(5);
+  CHECK(dev().state() == DeviceState::downloading);
+  std::size_t mark = g_transport.count;
+  send_keyset(1, g_release, nullptr);  // not the root: refused
+  CHECK(last_hello_keys(mark) == 0);
+  CHECK(dev().state() == DeviceState::downloading);
+  mark = g_transport.count;
+  send_keyset(1, g_root, &g_new_root);  // revokes g_release, rotates the root
+  CHECK(last_hello_keys(mark) == 1);
+  proto::Event ev;
+  CHECK(last_event(EventType::result, ev, mark) && !ev.success &&
+        ev.reason == ReasonCode::unknown_key && ev.deployment == "dep-k1");
+  CHECK(dev().state() == DeviceState::idle);
+
+  power_cycle();
+  CHECK(dev().trusted_keys().version == 1);
+  make_offer(OfferSpec{"dep-k2", "1.1.0", kHw, &g_release, 1, g_image});
+  mark = g_transport.count;
+  send_offer();
+  CHECK(last_event(EventType::decline, ev, mark) && ev.reason == ReasonCode::unknown_key);
+  mark = g_transport.count;
+  send_keyset(2, g_root, nullptr);  // the old root was rotated away
+  CHECK(last_hello_keys(mark) == 1);
+  send_keyset(1, g_new_root, nullptr);  // the new root, but not a newer version
+  CHECK(dev().trusted_keys().version == 1);
+  mark = g_transport.count;
+  send_keyset(2, g_new_root, nullptr);
+  CHECK(last_hello_keys(mark) == 2);
+  OfferSpec spec;
+  spec.deployment = "dep-k3";
+  spec.key = &g_online;
+  spec.release = &g_release2;
+  make_offer(spec);
+  mark = g_transport.count;
+  send_offer();
+  CHECK(last_event(EventType::accept, ev, mark) && ev.deployment == "dep-k3");
+  serve();
+  CHECK(dev().state() == DeviceState::rebooting);
+}
+
 void run(const char* name, void (*test)()) {
   g_test = name;
   const int before = g_failures;
@@ -672,12 +838,27 @@ void run(const char* name, void (*test)()) {
 
 int main() {
   fill(g_image, sizeof g_image, 7);
+  make_key(g_root, 1);
+  make_key(g_release, 2);
+  make_key(g_online, 3);
+  make_key(g_release2, 4);
+  make_key(g_stranger, 5);
+  make_key(g_new_root, 6);
+  const TestKey* provisioned[] = {&g_root, &g_release, &g_online};
+  const proto::KeyRole roles[] = {proto::KeyRole::root, proto::KeyRole::release,
+                                  proto::KeyRole::online};
+  for (std::size_t i = 0; i < 3; ++i) {
+    g_provisioned[i].role = roles[i];
+    std::memcpy(g_provisioned[i].pub, provisioned[i]->pub, proto::kP256PointLen);
+  }
   run("update_confirmed", test_update_confirmed);
   run("declines", test_declines);
   run("corrupt_chunk_and_power_cut", test_corrupt_chunk_and_power_cut);
   run("lost_chunk_rerequested", test_lost_chunk_rerequested);
   run("hash_mismatch", test_hash_mismatch);
   run("self_test_failure_rolls_back", test_self_test_failure_rolls_back);
+  run("release_signature", test_release_signature);
+  run("key_set_rotation", test_key_set_rotation);
 
   fw::print("sizeof(Agent) ");
   print_uint(sizeof(agent::Agent));
@@ -685,6 +866,8 @@ int main() {
   print_uint(sizeof(agent::PersistedState));
   fw::print(" B, Offer ");
   print_uint(sizeof(proto::Offer));
+  fw::print(" B, KeyRecord ");
+  print_uint(sizeof(agent::KeyRecord));
   fw::print(" B)\nagent stack peak ");
   print_uint(g_agent_stack_peak);
   fw::print(" B\n");

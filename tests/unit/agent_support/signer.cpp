@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 #include <openssl/bn.h>
+#include <openssl/core_names.h>
 #include <openssl/ec.h>
 #include <openssl/ecdsa.h>
 #include <openssl/evp.h>
@@ -9,6 +10,7 @@
 #include <stdlib.h>
 
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <random>
 
@@ -44,6 +46,27 @@ TestSigner::TestSigner() {
   FILE* f = std::fopen(pem_path_.c_str(), "w");
   if (f == nullptr || PEM_write_PUBKEY(f, key_) != 1) ADD_FAILURE() << "cannot write PEM";
   if (f != nullptr) std::fclose(f);
+  std::size_t n = 0;
+  if (EVP_PKEY_get_octet_string_param(key_, OSSL_PKEY_PARAM_ENCODED_PUBLIC_KEY, point_.data(),
+                                      point_.size(), &n) != 1 ||
+      n != point_.size()) {
+    ADD_FAILURE() << "cannot read the public point";
+  }
+}
+
+ProvisionedKey TestSigner::provisioned(proto::KeyRole role) const {
+  ProvisionedKey k;
+  k.role = role;
+  std::memcpy(k.pub, point_.data(), point_.size());
+  return k;
+}
+
+proto::KeySetEntry TestSigner::entry(proto::KeyRole role) const {
+  proto::KeySetEntry e;
+  e.id.assign(key_id_.c_str());
+  e.role = role;
+  std::memcpy(e.pub, point_.data(), point_.size());
+  return e;
 }
 
 TestSigner::~TestSigner() { EVP_PKEY_free(key_); }
@@ -94,6 +117,51 @@ void TestSigner::sign(proto::Manifest& m) const {
   m.sig.assign(hex);
 }
 
+namespace {
+std::string hex128(const std::vector<std::uint8_t>& raw) {
+  char hex[129];
+  proto::hex_encode(raw.data(), raw.size(), hex);
+  hex[128] = '\0';
+  return hex;
+}
+}  // namespace
+
+void TestSigner::sign_release(proto::Manifest& m) const {
+  m.release_key.assign(key_id_.c_str());
+  char canon[2048];
+  const std::size_t n = proto::canonical_release(m, canon, sizeof canon);
+  ASSERT_GT(n, 0u);
+  m.release_sig.assign(hex128(sign_raw(reinterpret_cast<const std::uint8_t*>(canon), n)).c_str());
+}
+
+void TestSigner::sign_keyset(proto::KeySet& k) const {
+  k.key.assign(key_id_.c_str());
+  char canon[2048];
+  const std::size_t n = proto::canonical_keyset(k, canon, sizeof canon);
+  ASSERT_GT(n, 0u);
+  k.sig.assign(hex128(sign_raw(reinterpret_cast<const std::uint8_t*>(canon), n)).c_str());
+}
+
+proto::KeySet make_keyset(std::uint32_t version,
+                          const std::vector<std::pair<const TestSigner*, proto::KeyRole>>& entries,
+                          const TestSigner& root) {
+  proto::KeySet k;
+  k.version = version;
+  for (const auto& [signer, role] : entries) {
+    if (k.key_count < proto::kMaxKeySetKeys) k.keys[k.key_count++] = signer->entry(role);
+  }
+  root.sign_keyset(k);
+  return k;
+}
+
+std::vector<std::uint8_t> encode(const proto::KeySet& set) {
+  std::vector<char> buf(4096);
+  std::size_t len = 0;
+  const proto::Error e = proto::encode_keyset(set, buf.data(), buf.size(), len);
+  EXPECT_FALSE(e) << proto::errc_name(e.code) << " " << e.field;
+  return std::vector<std::uint8_t>(buf.begin(), buf.begin() + static_cast<std::ptrdiff_t>(len));
+}
+
 std::vector<std::uint8_t> random_image(std::size_t size, std::uint32_t seed) {
   std::mt19937 rng(seed);
   std::vector<std::uint8_t> out(size);
@@ -137,6 +205,7 @@ proto::Offer make_offer(const TestSigner& signer, const std::vector<std::uint8_t
       m.group.assign(opt.group.c_str());
   }
   m.rollback = opt.rollback;
+  if (opt.release != nullptr) opt.release->sign_release(m);
   signer.sign(m);
   return offer;
 }

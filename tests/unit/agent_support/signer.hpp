@@ -2,10 +2,12 @@
 // signed offers built the way the controller builds them.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <string>
 #include <vector>
 
+#include "ota/agent/agent.hpp"
 #include "ota/proto/messages.hpp"
 
 typedef struct evp_pkey_st EVP_PKEY;
@@ -34,16 +36,28 @@ class TestSigner {
 
   const std::string& key_id() const { return key_id_; }
   const std::string& pem_path() const { return pem_path_; }
+  // The public key as an uncompressed P-256 point (04 || X || Y).
+  const std::array<std::uint8_t, proto::kP256PointLen>& point() const { return point_; }
+  // This key provisioned into an agent (AgentConfig::keys) in `role`.
+  ProvisionedKey provisioned(proto::KeyRole role = proto::KeyRole::release) const;
+  // This key as an entry of a key set (PROTOCOL.md 6.6).
+  proto::KeySetEntry entry(proto::KeyRole role) const;
   // Raw r||s (64 bytes) of ECDSA P-256 / SHA-256 over `msg`.
   std::vector<std::uint8_t> sign_raw(const std::uint8_t* msg, std::size_t len) const;
   // Sets m.key to this key and m.sig over canonical_manifest(m).
   void sign(proto::Manifest& m) const;
+  // Sets m.release_key to this key and m.release_sig over canonical_release(m) (6.5). Sign
+  // the manifest itself afterwards: its signature covers the release members.
+  void sign_release(proto::Manifest& m) const;
+  // Sets k.key to this key and k.sig over canonical_keyset(k).
+  void sign_keyset(proto::KeySet& k) const;
 
  private:
   TempDir dir_;
   EVP_PKEY* key_ = nullptr;
   std::string key_id_;
   std::string pem_path_;
+  std::array<std::uint8_t, proto::kP256PointLen> point_{};
 };
 
 struct OfferOptions {
@@ -62,6 +76,8 @@ struct OfferOptions {
   bool unbound = false;  // sign without any binding (as before the binding existed)
   // When set, the manifest describes these bytes instead of the served image.
   const std::vector<std::uint8_t>* manifest_image = nullptr;
+  // When set, a release signature by this key (6.5) before the manifest is signed.
+  const TestSigner* release = nullptr;
 };
 
 std::vector<std::uint8_t> random_image(std::size_t size, std::uint32_t seed);
@@ -70,5 +86,10 @@ std::string sha256_hex(const std::uint8_t* data, std::size_t len);
 proto::Offer make_offer(const TestSigner& signer, const std::vector<std::uint8_t>& image,
                         const OfferOptions& opt = {});
 std::vector<std::uint8_t> encode(const proto::Offer& offer);
+// A key set of `entries` (each a signer and its role), version `version`, signed by `root`.
+proto::KeySet make_keyset(std::uint32_t version,
+                          const std::vector<std::pair<const TestSigner*, proto::KeyRole>>& entries,
+                          const TestSigner& root);
+std::vector<std::uint8_t> encode(const proto::KeySet& set);
 
 }  // namespace ota::agent::test

@@ -27,6 +27,10 @@
 #ifndef OTA_AGENT_HASH_READ_BUFFER
 #define OTA_AGENT_HASH_READ_BUFFER 1024
 #endif
+// Release and online keys the agent trusts besides the root key (PROTOCOL.md 6.6).
+#ifndef OTA_AGENT_MAX_TRUSTED_KEYS
+#define OTA_AGENT_MAX_TRUSTED_KEYS 4
+#endif
 
 namespace ota::agent {
 
@@ -34,6 +38,19 @@ constexpr std::uint32_t kMaxChunkSize = OTA_AGENT_MAX_CHUNK_SIZE;
 constexpr std::uint32_t kMaxImageChunks = OTA_AGENT_MAX_IMAGE_CHUNKS;
 constexpr std::size_t kMessageBuffer = OTA_AGENT_MESSAGE_BUFFER;
 constexpr std::size_t kHashReadBuffer = OTA_AGENT_HASH_READ_BUFFER;
+constexpr std::size_t kMaxTrustedKeys = OTA_AGENT_MAX_TRUSTED_KEYS;
+static_assert(kMaxTrustedKeys >= 1, "a device needs at least one release key");
+
+// A key the device is built or provisioned with (AgentConfig::keys): its role and its public
+// key as an uncompressed P-256 point (04 || X || Y). The agent computes its id (PROTOCOL.md
+// 6.4) with proto::p256_spki_der and the Crypto port's SHA-256.
+struct ProvisionedKey {
+  proto::KeyRole role = proto::KeyRole::release;
+  std::uint8_t pub[proto::kP256PointLen] = {};
+};
+
+// One trusted key: id, role and point (the root key, or a release or online key).
+using TrustedKey = proto::KeySetEntry;
 
 // Integrator hook run after booting a new image on trial; return true when the image works.
 using SelfTest = bool (*)(void* ctx);
@@ -85,6 +102,13 @@ struct AgentConfig {
   std::uint32_t heartbeat_interval_ms = 60000;
   OfferPolicy offer_policy = nullptr;  // nullptr: accept every offer that passed the checks
   void* offer_policy_ctx = nullptr;
+  // Trust anchors (PROTOCOL.md 6.6): the keys the device is provisioned with, key-set version
+  // 0. At most one `root` entry (the key that signs key sets; without one the set never
+  // changes and `keys` messages are ignored) and up to kMaxTrustedKeys `release` / `online`
+  // keys (further ones are ignored). Used until a root-signed key set has been applied; the
+  // agent copies them in boot(), the array need not outlive that call.
+  const ProvisionedKey* keys = nullptr;
+  std::size_t key_count = 0;
 };
 
 // Why a trigger fired is kept in the agent (reason_) so the table stays small.
@@ -148,8 +172,27 @@ struct PersistedState {
   // The last few final outcomes, oldest overwritten first.
   Outcome outcomes[kRememberedOutcomes];
   std::uint32_t outcome_next = 0;
+  // Key-set version last applied (0: never; the key record holds the set itself) and whether
+  // that set made another key than the provisioned one the root. Kept here too so that a
+  // lost key record is noticed instead of silently trusting the provisioned keys again.
+  std::uint32_t keys_version = 0;
+  std::uint8_t keys_root_rotated = 0;
   // Chunks written and synced; last, so that a record is saved only as far as it is used.
   std::uint8_t received[(kMaxImageChunks + 7) / 8] = {};
+};
+
+// The key set the agent trusts, persisted through the key Storage port as one CRC-checked
+// record of its own (written only when a root-signed key set is applied, not with every
+// progress save of the state record).
+struct KeyRecord {
+  std::uint32_t magic = 0;
+  std::uint32_t layout = 0;
+  std::uint32_t crc = 0;      // CRC-32 of the whole record with this field 0
+  std::uint32_t version = 0;  // key-set version; 0 = the provisioned keys
+  std::uint32_t has_root = 0;  // 1: `root` may sign the next key set
+  TrustedKey root;
+  std::uint32_t key_count = 0;
+  TrustedKey keys[kMaxTrustedKeys];  // release and online keys
 };
 
 struct AgentStats {
@@ -163,12 +206,17 @@ struct AgentStats {
   std::uint64_t heartbeats = 0;       // heartbeats handed to the transport
   std::uint64_t storage_failures = 0; // record saves the Storage port refused
   std::uint64_t discarded_records = 0;  // records found torn/foreign at boot (CRC, magic)
+  std::uint64_t keysets_applied = 0;    // root-signed key sets stored and in use
+  std::uint64_t keysets_refused = 0;    // keys messages refused (format, id, root, signature, version)
+  std::uint64_t discarded_key_records = 0;  // key records found torn/foreign at boot
 };
 
 class Agent {
  public:
+  // `storage` keeps the state record, `key_storage` the key-set record (two records, so that
+  // the frequent progress saves never rewrite the keys).
   Agent(const AgentConfig& config, FlashPort& flash, Transport& transport, Clock& clock,
-        Storage& storage, Crypto& crypto);
+        Storage& storage, Storage& key_storage, Crypto& crypto);
 
   // Power-on: reads flash and persisted state, handles a trial boot (self-test, confirm or
   // revert) and an interrupted download, verification or installation.
@@ -185,6 +233,12 @@ class Agent {
   const PersistedState& persisted() const { return st_; }
   bool has_unsent_outcome() const;
   proto::ReasonCode last_reason() const { return reason_; }
+  // The key set in use (after boot()); its version is the hello's `keys`.
+  const KeyRecord& trusted_keys() const { return keys_; }
+  // A key set was applied once but its record is gone or older than that (a Storage port
+  // that broke its old-or-new promise): no offer is accepted until a root-signed set of at
+  // least the applied version arrives again.
+  bool keys_lost() const { return keys_lost_; }
 
  private:
   using Action = Trigger (Agent::*)();
@@ -214,7 +268,19 @@ class Agent {
   void handle_offer(const std::uint8_t* payload, std::size_t len);
   void handle_cancel(const std::uint8_t* payload, std::size_t len);
   void handle_chunk(const std::uint8_t* payload, std::size_t len);
+  void handle_keys(const std::uint8_t* payload, std::size_t len);
   proto::ReasonCode check_offer(const proto::Offer& offer);
+  // Checks 2, 3 and 3b of PROTOCOL.md section 7 (key roles, the signature, the release
+  // signature); with `verify` false only whether the keys are (still) trusted in their roles.
+  proto::ReasonCode check_keys(const proto::Manifest& m, bool verify_sigs);
+  const TrustedKey* find_key(const proto::KeyId& id) const;  // release or online keys
+  bool verify(const std::uint8_t* pub, std::size_t canon_len, const proto::SignatureHex& sig);
+  void key_id_of(const std::uint8_t pub[proto::kP256PointLen], proto::KeyId& out);
+  bool keyset_acceptable(const proto::KeySet& set);
+  bool apply_keyset(const proto::KeySet& set);
+  void load_keys();
+  void provision_keys();
+  std::uint32_t key_record_crc();
   // The running image (image_) is the one `m` describes: same version, and same SHA-256 when
   // the port can tell it (ImageState::running_sha256).
   bool runs_image(const proto::Manifest& m) const;
@@ -250,6 +316,7 @@ class Agent {
   Transport& transport_;
   Clock& clock_;
   Storage& storage_;
+  Storage& key_storage_;
   Crypto& crypto_;
 
   PersistedState st_;
@@ -260,7 +327,14 @@ class Agent {
   Detail persist_detail_ = Detail::none;
   std::uint64_t trial_started_ms_ = 0;       // when the self-test of a trial image began
   std::uint32_t persisted_seq_ = 0;          // seq in the last record saved (or loaded)
-  proto::Offer offer_scratch_;  // decoded offer (too big for a firmware stack)
+  // Decoded messages, one at a time (too big for a firmware stack).
+  union Scratch {
+    Scratch() : offer() {}
+    proto::Offer offer;
+    proto::KeySet keyset;
+  } scratch_;
+  KeyRecord keys_;         // the trusted key set (as stored)
+  bool keys_lost_ = false;
   bool reset_requested_ = false;
   std::uint64_t boot_ms_ = 0;            // clock at boot(): uptime in heartbeats
   std::uint64_t last_heartbeat_ms_ = 0;  // last heartbeat sent (or boot)

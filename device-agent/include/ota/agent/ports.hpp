@@ -99,7 +99,9 @@ class Clock {
 
 // Small persistent record store (a file, NVS, a flash page). Writes should be atomic
 // (after a power cut the record is the old one or the new one); the agent checks a CRC and
-// treats a torn record as lost, which never bricks but may restart an update.
+// treats a torn record as lost, which never bricks but may restart an update. The agent uses
+// two: the state record (saved often) and the key-set record (saved when a root-signed key
+// set is applied, PROTOCOL.md 6.6), each on a Storage of its own.
 class Storage {
  public:
   virtual ~Storage() = default;
@@ -120,11 +122,13 @@ class Crypto {
   virtual void sha256_init(Sha256State& s) = 0;
   virtual void sha256_update(Sha256State& s, const std::uint8_t* data, std::size_t len) = 0;
   virtual void sha256_final(Sha256State& s, std::uint8_t digest[32]) = 0;
-  // Verify raw r||s (64 bytes) over SHA-256(msg) with the trusted key `key_id`.
-  // Returns unknown_key when the key id is not trusted.
-  enum class Verify : std::uint8_t { ok, bad_signature, unknown_key };
-  virtual Verify verify_p256(const char* key_id, const std::uint8_t* msg, std::size_t len,
-                             const std::uint8_t sig[64]) = 0;
+  // Verify raw r||s (64 bytes) over SHA-256(msg) with the public key `pub`, an uncompressed
+  // P-256 point (04 || X || Y). The core keeps the trusted keys and picks the one to use (key
+  // ids, roles, rotation: PROTOCOL.md 6.6); a point that is not on the curve is a bad
+  // signature.
+  enum class Verify : std::uint8_t { ok, bad_signature };
+  virtual Verify verify_p256(const std::uint8_t pub[proto::kP256PointLen], const std::uint8_t* msg,
+                             std::size_t len, const std::uint8_t sig[64]) = 0;
 };
 
 }  // namespace ota::agent

@@ -26,6 +26,14 @@ int main(int argc, char** argv) {
   app.add_option("--key", opt.mqtt.key_file, "device key")->required()->check(CLI::ExistingFile);
   app.add_option("--trusted-key", opt.trusted_keys, "release public key PEM (repeatable)")
       ->required()->check(CLI::ExistingFile);
+  app.add_option("--online-key", opt.online_keys,
+                 "online public key PEM (repeatable): signs offers, accepted only with a release "
+                 "signature")
+      ->check(CLI::ExistingFile);
+  app.add_option("--root-key", opt.root_key,
+                 "root public key PEM: signs key sets (rotation, revocation); without it the "
+                 "key set never changes. The key set in force is kept in DATA/agent.keys")
+      ->check(CLI::ExistingFile);
   app.add_option("--prefix", opt.prefix, "topic prefix")->capture_default_str();
   app.add_option("--initial-version", opt.initial_version, "version of a factory-fresh slot a")
       ->capture_default_str();

@@ -6,6 +6,8 @@
 
 #include <csignal>
 #include <cstdio>
+#include <cstring>
+#include <string>
 
 #include <memory>
 
@@ -93,8 +95,26 @@ bool DeviceRunner::run(const std::atomic<bool>& stop, std::string& error) {
   }
   ::mkdir(opt_.data_dir.c_str(), 0700);
   OpensslCrypto crypto;
+  std::vector<ProvisionedKey> keys;
+  auto add_key = [&](const std::string& pem, proto::KeyRole role) {
+    PublicKey k;
+    if (!load_public_key_pem(pem, k, error)) return false;
+    ProvisionedKey p;
+    p.role = role;
+    std::memcpy(p.pub, k.point.data(), sizeof p.pub);
+    keys.push_back(p);
+    return true;
+  };
+  if (!opt_.root_key.empty() && !add_key(opt_.root_key, proto::KeyRole::root)) return false;
   for (const auto& pem : opt_.trusted_keys) {
-    if (crypto.add_trusted_key_pem(pem, error).empty()) return false;
+    if (!add_key(pem, proto::KeyRole::release)) return false;
+  }
+  for (const auto& pem : opt_.online_keys) {
+    if (!add_key(pem, proto::KeyRole::online)) return false;
+  }
+  if (keys.size() - (opt_.root_key.empty() ? 0 : 1) > kMaxTrustedKeys) {
+    error = "at most " + std::to_string(kMaxTrustedKeys) + " release and online keys";
+    return false;
   }
   std::vector<const char*> groups;
   for (const auto& g : opt_.groups) groups.push_back(g.c_str());
@@ -112,6 +132,8 @@ bool DeviceRunner::run(const std::atomic<bool>& stop, std::string& error) {
   cfg.heartbeat_interval_ms = opt_.heartbeat_interval_ms;
   cfg.max_trial_boots = opt_.max_trial_boots;
   cfg.confirm_timeout_ms = opt_.confirm_timeout_ms;
+  cfg.keys = keys.data();
+  cfg.key_count = keys.size();
   cfg.on_state = &DeviceRunner::on_state;
   cfg.on_state_ctx = this;
   if (opt_.decline_offers || opt_.defer_offers > 0) {
@@ -173,8 +195,10 @@ bool DeviceRunner::run(const std::atomic<bool>& stop, std::string& error) {
       return file_flash ? file_flash->reset_requested() : bundle_flash->reset_requested();
     };
     FileStorage storage(opt_.data_dir + "/agent.state", opt_.durable);
+    FileStorage key_storage(opt_.data_dir + "/agent.keys", opt_.durable);
     auto transport = std::make_unique<MosquittoTransport>(mqtt);
-    auto agent = std::make_unique<Agent>(cfg, flash, *transport, clock, storage, crypto);
+    auto agent =
+        std::make_unique<Agent>(cfg, flash, *transport, clock, storage, key_storage, crypto);
     ++boots;
     ImageState img;
     flash.read_state(img);

@@ -1,6 +1,7 @@
 #include "ota/agent/linux/openssl_crypto.hpp"
 
 #include <openssl/bn.h>
+#include <openssl/core_names.h>
 #include <openssl/ec.h>
 #include <openssl/ecdsa.h>
 #include <openssl/evp.h>
@@ -24,7 +25,6 @@ EVP_MD_CTX*& ctx_of(Sha256State& s) {
 }  // namespace
 
 OpensslCrypto::~OpensslCrypto() {
-  for (auto& [id, key] : keys_) EVP_PKEY_free(key);
   for (auto& [state, ctx] : digests_) EVP_MD_CTX_free(ctx);
 }
 
@@ -42,27 +42,43 @@ std::string OpensslCrypto::key_id_of(EVP_PKEY* key) {
   return hex;
 }
 
-std::string OpensslCrypto::add_trusted_key_pem(const std::string& pem_path, std::string& error) {
+bool load_public_key_pem(const std::string& pem_path, PublicKey& out, std::string& error) {
   std::unique_ptr<FILE, int (*)(FILE*)> f(std::fopen(pem_path.c_str(), "r"), &std::fclose);
   if (!f) {
-    error = "cannot open release public key " + pem_path;
-    return {};
+    error = "cannot open public key " + pem_path;
+    return false;
   }
-  EVP_PKEY* key = PEM_read_PUBKEY(f.get(), nullptr, nullptr, nullptr);
-  if (key == nullptr) {
+  std::unique_ptr<EVP_PKEY, void (*)(EVP_PKEY*)> key(
+      PEM_read_PUBKEY(f.get(), nullptr, nullptr, nullptr), &EVP_PKEY_free);
+  if (!key) {
     error = "not a PEM public key: " + pem_path;
-    return {};
+    return false;
   }
-  if (EVP_PKEY_get_base_id(key) != EVP_PKEY_EC) {
-    EVP_PKEY_free(key);
-    error = "release key is not an EC (P-256) key: " + pem_path;
-    return {};
+  char group[32] = {};
+  std::size_t group_len = 0;
+  std::size_t point_len = 0;
+  if (EVP_PKEY_get_base_id(key.get()) != EVP_PKEY_EC ||
+      EVP_PKEY_get_utf8_string_param(key.get(), OSSL_PKEY_PARAM_GROUP_NAME, group, sizeof group,
+                                     &group_len) != 1 ||
+      std::strcmp(group, "prime256v1") != 0) {
+    error = "not an EC P-256 public key: " + pem_path;
+    return false;
   }
-  std::string id = key_id_of(key);
-  auto it = keys_.find(id);
-  if (it != keys_.end()) EVP_PKEY_free(it->second);
-  keys_[id] = key;
-  return id;
+  // The uncompressed point, whatever form the PEM used.
+  if (EVP_PKEY_set_utf8_string_param(key.get(), OSSL_PKEY_PARAM_EC_POINT_CONVERSION_FORMAT,
+                                     "uncompressed") != 1 ||
+      EVP_PKEY_get_octet_string_param(key.get(), OSSL_PKEY_PARAM_ENCODED_PUBLIC_KEY,
+                                      out.point.data(), out.point.size(), &point_len) != 1 ||
+      point_len != out.point.size() || out.point[0] != 0x04) {
+    error = "cannot read the P-256 point of " + pem_path;
+    return false;
+  }
+  out.id = OpensslCrypto::key_id_of(key.get());
+  if (out.id.empty()) {
+    error = "cannot compute the key id of " + pem_path;
+    return false;
+  }
+  return true;
 }
 
 void OpensslCrypto::sha256_init(Sha256State& s) {
@@ -87,10 +103,15 @@ void OpensslCrypto::sha256_final(Sha256State& s, std::uint8_t digest[32]) {
   ctx = nullptr;
 }
 
-Crypto::Verify OpensslCrypto::verify_p256(const char* key_id, const std::uint8_t* msg,
-                                          std::size_t len, const std::uint8_t sig[64]) {
-  auto it = keys_.find(key_id);
-  if (it == keys_.end()) return Verify::unknown_key;
+Crypto::Verify OpensslCrypto::verify_p256(const std::uint8_t pub[proto::kP256PointLen],
+                                          const std::uint8_t* msg, std::size_t len,
+                                          const std::uint8_t sig[64]) {
+  // The point as DER SubjectPublicKeyInfo, which OpenSSL parses and checks (on the curve).
+  std::uint8_t spki[proto::kP256SpkiDerLen];
+  proto::p256_spki_der(pub, spki);
+  const unsigned char* p = spki;
+  EVP_PKEY* key = d2i_PUBKEY(nullptr, &p, static_cast<long>(sizeof spki));
+  if (key == nullptr) return Verify::bad_signature;
   // Wire signatures are raw r||s (what MCU crypto libraries produce); OpenSSL wants DER.
   ECDSA_SIG* es = ECDSA_SIG_new();
   BIGNUM* r = BN_bin2bn(sig, 32, nullptr);
@@ -99,12 +120,16 @@ Crypto::Verify OpensslCrypto::verify_p256(const char* key_id, const std::uint8_t
   unsigned char* der = nullptr;
   const int der_len = i2d_ECDSA_SIG(es, &der);
   ECDSA_SIG_free(es);
-  if (der_len <= 0) return Verify::bad_signature;
+  if (der_len <= 0) {
+    EVP_PKEY_free(key);
+    return Verify::bad_signature;
+  }
   EVP_MD_CTX* ctx = EVP_MD_CTX_new();
-  const bool ok = EVP_DigestVerifyInit(ctx, nullptr, EVP_sha256(), nullptr, it->second) == 1 &&
+  const bool ok = EVP_DigestVerifyInit(ctx, nullptr, EVP_sha256(), nullptr, key) == 1 &&
                   EVP_DigestVerify(ctx, der, static_cast<std::size_t>(der_len), msg, len) == 1;
   EVP_MD_CTX_free(ctx);
   OPENSSL_free(der);
+  EVP_PKEY_free(key);
   return ok ? Verify::ok : Verify::bad_signature;
 }
 

@@ -7,6 +7,7 @@
 //   <prefix>/dev/<device>/down/offer     controller -> device  offer (signed manifest)
 //   <prefix>/dev/<device>/down/cancel    controller -> device  cancel
 //   <prefix>/dev/<device>/down/chunk     controller -> device  binary chunk frames
+//   <prefix>/dev/<device>/down/keys      controller -> device  keys (a root-signed key set)
 //   <prefix>/grp/<group>/offer           controller -> group   offer to every member
 //   <prefix>/img/<image>/chunk           reserved: broadcast chunks for a whole wave
 #pragma once
@@ -27,6 +28,7 @@ enum class TopicKind : unsigned char {
   cancel,
   chunk,
   group_offer,
+  keys,  // .../down/keys: a key set signed by the root key (PROTOCOL.md 6.6)
 };
 
 // Builds "<prefix>/dev/<device>/<suffix>" for a device topic kind, or

@@ -20,7 +20,12 @@ struct DeviceOptions {
   std::string data_dir;  // flash slots, boot state, agent state
   std::string prefix = "ota/v1";
   MqttSettings mqtt;     // host, port and TLS files; client id and will are filled in
-  std::vector<std::string> trusted_keys;  // PEM public release keys
+  // Provisioned keys (PROTOCOL.md 6.6), PEM public keys: release keys, online keys (accepted
+  // as manifest `key` only with a release signature) and the optional root key that signs
+  // key sets. The key set in force is kept in data_dir/agent.keys.
+  std::vector<std::string> trusted_keys;  // role release
+  std::vector<std::string> online_keys;   // role online
+  std::string root_key;                   // empty: no root, the key set never changes
   std::string initial_version = "1.0.0";
   std::uint64_t slot_capacity = 64u << 20;
   bool durable = true;

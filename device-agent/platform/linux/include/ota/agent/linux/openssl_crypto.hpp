@@ -1,5 +1,7 @@
 #pragma once
 
+#include <array>
+#include <cstdint>
 #include <map>
 #include <string>
 
@@ -10,8 +12,18 @@ typedef struct evp_md_ctx_st EVP_MD_CTX;
 
 namespace ota::agent::linux_port {
 
-// Crypto port on OpenSSL 3 (EVP). Trusted release keys are loaded from PEM public keys;
-// each is known by its key id (hex of the first 8 bytes of SHA-256 of its DER SPKI).
+// A P-256 public key read from a PEM file: its key id (hex of the first 8 bytes of SHA-256 of
+// its DER SubjectPublicKeyInfo, PROTOCOL.md 6.4) and its uncompressed point (04 || X || Y),
+// the form the agent core keeps (AgentConfig::keys).
+struct PublicKey {
+  std::string id;
+  std::array<std::uint8_t, proto::kP256PointLen> point{};
+};
+// False with `error` set when the file cannot be read or holds no P-256 public key.
+bool load_public_key_pem(const std::string& pem_path, PublicKey& out, std::string& error);
+
+// Crypto port on OpenSSL 3 (EVP): SHA-256, and ECDSA P-256 verification with the point the
+// core hands over.
 class OpensslCrypto final : public Crypto {
  public:
   OpensslCrypto() = default;
@@ -19,19 +31,15 @@ class OpensslCrypto final : public Crypto {
   OpensslCrypto(const OpensslCrypto&) = delete;
   OpensslCrypto& operator=(const OpensslCrypto&) = delete;
 
-  // Adds a trusted key; returns its key id, or an empty string with `error` set.
-  std::string add_trusted_key_pem(const std::string& pem_path, std::string& error);
-
   void sha256_init(Sha256State& s) override;
   void sha256_update(Sha256State& s, const std::uint8_t* data, std::size_t len) override;
   void sha256_final(Sha256State& s, std::uint8_t digest[32]) override;
-  Verify verify_p256(const char* key_id, const std::uint8_t* msg, std::size_t len,
-                     const std::uint8_t sig[64]) override;
+  Verify verify_p256(const std::uint8_t pub[proto::kP256PointLen], const std::uint8_t* msg,
+                     std::size_t len, const std::uint8_t sig[64]) override;
 
   static std::string key_id_of(EVP_PKEY* key);
 
  private:
-  std::map<std::string, EVP_PKEY*> keys_;
   // Digest contexts by the state that uses them. The core may init a state again without
   // final (a transfer restarts) or drop it (power cut), so the port owns and frees them.
   std::map<const Sha256State*, EVP_MD_CTX*> digests_;
