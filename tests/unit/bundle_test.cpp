@@ -426,6 +426,7 @@ TEST(BundleFlash, InstallsTheNewTreeWithHardLinksAndSwitchesOnActivate) {
     EXPECT_STREQ(st.running_version.c_str(), "1.0.0");
     EXPECT_GT(st.free_bytes, f.bytes.size());
     EXPECT_EQ(snapshot(root + "/current/"), f.old_tree);  // adopted as tree a
+    EXPECT_TRUE(st.running_sha256.empty()) << "the factory tree's bundle hash is unknown";
     std::string back;
     ASSERT_TRUE(install(flash, f, 1, false, &back)) << flash.last_error();
     EXPECT_EQ(back, f.bytes);
@@ -453,8 +454,14 @@ TEST(BundleFlash, InstallsTheNewTreeWithHardLinksAndSwitchesOnActivate) {
   EXPECT_EQ(st.slot_state, ota::proto::SlotState::confirmed);
   EXPECT_EQ(st.security_counter, 3u);
   EXPECT_EQ(snapshot(root + "/current/"), f.new_tree);
-  // The same version again: already installed (the agent checks running_version).
+  // The same version again: already installed. The agent compares the version and the
+  // bundle's SHA-256, which boot.state keeps per tree across reboots.
   EXPECT_STREQ(st.running_version.c_str(), f.manifest.version.c_str());
+  EXPECT_EQ(st.running_sha256, f.manifest.sha256.c_str());
+  BundleFlash again(config(root));
+  ASSERT_EQ(again.power_on(), PortStatus::ok);
+  again.read_state(st);
+  EXPECT_EQ(st.running_sha256, f.manifest.sha256.c_str());
 }
 
 TEST(BundleFlash, UnconfirmedTrialRevertsToTheOldTree) {

@@ -229,6 +229,8 @@ bool BundleFlash::load_state() {
       else if (key == "writing_image") s.writing_image = value;
       else if (key == "version_a") s.version_a = value;
       else if (key == "version_b") s.version_b = value;
+      else if (key == "sha256_a") s.sha256_a = value;
+      else if (key == "sha256_b") s.sha256_b = value;
       else if (key == "counter") s.counter = static_cast<std::uint32_t>(std::stoul(value));
       else if (key == "pending_counter") s.pending_counter = static_cast<std::uint32_t>(std::stoul(value));
     }
@@ -248,7 +250,8 @@ bool BundleFlash::save_state() {
       << "\nrejected=" << (state_.rejected ? 1 : 0)
       << "\nrolled_back=" << (state_.rolled_back ? 1 : 0) << "\nwriting=" << slot(state_.writing)
       << "\nwriting_image=" << state_.writing_image << "\nversion_a=" << state_.version_a
-      << "\nversion_b=" << state_.version_b << "\ncounter=" << state_.counter
+      << "\nversion_b=" << state_.version_b << "\nsha256_a=" << state_.sha256_a
+      << "\nsha256_b=" << state_.sha256_b << "\ncounter=" << state_.counter
       << "\npending_counter=" << state_.pending_counter << "\n";
   return fs_write_file_atomically(cfg_.root + "/boot.state", out.str());
 }
@@ -303,6 +306,7 @@ PortStatus BundleFlash::read_state(ImageState& out) {
   out = ImageState{};
   out.kind = proto::ImageKind::bundle;
   out.running_version.assign(version_of(running_).c_str());
+  out.running_sha256.assign(sha256_of(running_).c_str());
   out.running_slot = running_;
   out.slot_state = running_ == state_.pending ? proto::SlotState::pending
                    : state_.rolled_back      ? proto::SlotState::rolled_back
@@ -415,6 +419,7 @@ PortStatus BundleFlash::begin(const proto::Manifest& manifest, bool resume) {
   state_.writing = target_;
   state_.writing_image = manifest.sha256.c_str();
   version_of(target_).clear();
+  sha256_of(target_).clear();
   state_.rolled_back = false;
   if (!save_state()) return fail("save boot.state");
   if (!fs_unlink(head_path) || !fs_unlink(spill_path)) return fail("remove staging files");
@@ -753,6 +758,7 @@ PortStatus BundleFlash::finish(const proto::Manifest& manifest) {
   state_.writing = 0;
   state_.writing_image.clear();
   version_of(target_) = manifest.version.c_str();
+  sha256_of(target_) = manifest.sha256.c_str();
   return save_state() ? PortStatus::ok : fail("save boot.state");
 }
 
@@ -764,6 +770,7 @@ PortStatus BundleFlash::abort() {
   state_.writing = 0;
   state_.writing_image.clear();
   version_of(slot).clear();
+  sha256_of(slot).clear();
   if (!save_state()) return fail("save boot.state");
   if (!fs_unlink(cfg_.root + "/bundle.head") || !fs_unlink(cfg_.root + "/bundle.spill") ||
       !fs_remove_tree(tree_path(slot)) || !fs_mkdir(tree_path(slot))) {

@@ -85,11 +85,15 @@ class BundleFlash final : public FlashPort {
     char writing = 0;
     std::string writing_image;  // sha256 of the bundle being written
     std::string version_a, version_b;
+    // SHA-256 of the bundle each tree was built from (the verified manifest's), empty when
+    // unknown (the factory tree, a boot.state written before it was kept).
+    std::string sha256_a, sha256_b;
     std::uint32_t counter = 0, pending_counter = 0;
   };
   bool load_state();
   bool save_state();
   std::string& version_of(char slot) { return slot == 'b' ? state_.version_b : state_.version_a; }
+  std::string& sha256_of(char slot) { return slot == 'b' ? state_.sha256_b : state_.sha256_a; }
   static char other(char slot) { return slot == 'a' ? 'b' : 'a'; }
 
   // Filesystem operations, counted for the power-cut hook.
