@@ -24,6 +24,7 @@
 #include <ctime>
 #include <fstream>
 #include <httplib.h>
+#include <optional>
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <sys/ioctl.h>
@@ -33,6 +34,9 @@
 
 #include "args.hpp"
 #include "ota/proto/bundle.hpp"
+#include "ota/proto/messages.hpp"
+#include "ota/proto/topics.hpp"
+#include "ota/service/signing.hpp"
 
 using nlohmann::json;
 using otactl::fmt_age;
@@ -46,6 +50,12 @@ constexpr int kExitUsage = 2;
 constexpr int kExitTimeout = 3;
 
 void errorf(const std::string& msg) { std::fprintf(stderr, "otactl: %s\n", msg.c_str()); }
+
+std::string join(const std::vector<std::string>& v, const std::string& sep) {
+  std::string out;
+  for (const auto& s : v) out += (out.empty() ? "" : sep) + s;
+  return out;
+}
 
 std::string lower_first(std::string s) {
   if (!s.empty()) s[0] = static_cast<char>(std::tolower(static_cast<unsigned char>(s[0])));
@@ -236,6 +246,9 @@ class Api {
   }
   Reply put_json(const std::string& path, const json& body) {
     return finish(cli_->Put(path.c_str(), body.dump(), "application/json"));
+  }
+  Reply put_raw(const std::string& path, const std::string& body) {
+    return finish(cli_->Put(path.c_str(), body, "application/json"));
   }
   Reply del(const std::string& path) { return finish(cli_->Delete(path.c_str())); }
   const std::string& base() const { return base_; }
@@ -468,20 +481,21 @@ bool read_bundle_dir(const std::string& root, const std::string& rel,
 // cmd_image_add's counter: -1 = the controller's default, this = a security release.
 constexpr long long kCounterSecurityRelease = -2;
 
-int cmd_image_add(Ctx& c, const std::string& file, const std::string& version,
-                  const std::vector<std::string>& hw, long long chunk_size, long long counter,
-                  std::string kind, const std::vector<std::string>& deletes) {
+// The bytes `image add` / `image sign` upload or sign: a file as it is (a bundle file is
+// checked), or the bundle built from a directory. kExitOk, or the exit code after the error
+// was printed. `kind` is filled in when empty (bundle for a directory).
+int load_image_bytes(const std::string& file, std::string& kind, const std::vector<std::string>& deletes,
+                     std::string& bytes, std::size_t& bundle_files, bool& is_dir) {
   namespace bundle = ota::proto::bundle;
   struct stat st {};
-  const bool is_dir = ::stat(file.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+  is_dir = ::stat(file.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
   if (kind.empty()) kind = is_dir ? "bundle" : "firmware";
   if (kind != "bundle" && (is_dir || !deletes.empty())) {
     errorf(is_dir ? file + " is a directory: only a bundle (--kind bundle) is built from one"
                   : std::string("--delete is for bundles (--kind bundle)"));
     return kExitUsage;
   }
-  std::string bytes;
-  std::size_t bundle_files = 0;
+  bundle_files = 0;
   if (is_dir) {
     std::vector<bundle::InputFile> files;
     std::string error;
@@ -520,13 +534,124 @@ int cmd_image_add(Ctx& c, const std::string& file, const std::string& version,
       bundle_files = idx.files.size();
     }
   }
-  std::string q = "/api/v1/images?version=" + url_encode(version);
+  return kExitOk;
+}
+
+// A file written whole or not at all (temp file, fsync, rename), with `mode`.
+bool write_file_atomic(const std::string& path, const std::string& data, mode_t mode, std::string& why) {
+  const std::string tmp = path + ".tmp";
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
+  if (fd < 0) {
+    why = "cannot write " + tmp + ": " + std::strerror(errno);
+    return false;
+  }
+  std::size_t off = 0;
+  while (off < data.size()) {
+    const ssize_t n = ::write(fd, data.data() + off, data.size() - off);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      why = "cannot write " + tmp + ": " + std::strerror(errno);
+      ::close(fd);
+      ::unlink(tmp.c_str());
+      return false;
+    }
+    off += static_cast<std::size_t>(n);
+  }
+  if (::fsync(fd) != 0 || ::close(fd) != 0) {
+    why = "cannot write " + tmp + ": " + std::strerror(errno);
+    ::unlink(tmp.c_str());
+    return false;
+  }
+  if (::rename(tmp.c_str(), path.c_str()) != 0) {
+    why = "cannot rename " + tmp + " to " + path + ": " + std::strerror(errno);
+    ::unlink(tmp.c_str());
+    return false;
+  }
+  return true;
+}
+
+// A release file (`otactl image sign`, PROTOCOL.md 6.5), decoded; false with `why`.
+bool read_release_file(const std::string& path, ota::proto::Manifest& m, std::string& text, std::string& why) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    why = "cannot read release file " + path + ": " + std::strerror(errno);
+    return false;
+  }
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  text = ss.str();
+  while (!text.empty() && (text.back() == '\n' || text.back() == '\r')) text.pop_back();
+  ota::proto::Error e = ota::proto::decode_release(text.data(), text.size(), m);
+  if (e) {
+    why = "release file " + path + " is not a release signature made by `otactl image sign` (" +
+          ota::proto::errc_name(e.code) + (*e.field ? std::string(" ") + e.field : "") + ")";
+    return false;
+  }
+  return true;
+}
+
+std::vector<std::string> hw_of(const ota::proto::Manifest& m) {
+  std::vector<std::string> out;
+  for (std::size_t i = 0; i < m.hw_count; ++i) out.emplace_back(m.hw[i].c_str());
+  return out;
+}
+
+int cmd_image_add(Ctx& c, const std::string& file, const std::string& version,
+                  const std::vector<std::string>& hw, long long chunk_size, long long counter,
+                  std::string kind, const std::vector<std::string>& deletes,
+                  const std::string& release_path) {
+  // With a release file, what it signed is the image's identity; flags may only repeat it.
+  std::string release_text;
+  auto rel = std::make_unique<ota::proto::Manifest>();
+  if (!release_path.empty()) {
+    std::string why;
+    if (!read_release_file(release_path, *rel, release_text, why)) {
+      errorf(why);
+      return kExitUsage;
+    }
+    const std::string rkind = rel->kind == ota::proto::ImageKind::bundle ? "bundle" : "firmware";
+    auto conflict = [&](const std::string& flag, const std::string& given, const std::string& signed_value) {
+      errorf("image add: " + flag + " " + given + " conflicts with the release file " + release_path +
+             ", which signed " + signed_value +
+             " (the release signature covers it: sign the image again with `otactl image sign` to change it)");
+      return kExitUsage;
+    };
+    if (!version.empty() && version != rel->version.c_str())
+      return conflict("--version", version, std::string("version ") + rel->version.c_str());
+    if (!hw.empty() && hw != hw_of(*rel))
+      return conflict("--hw", join(hw, ","), "hw " + join(hw_of(*rel), ","));
+    if (counter >= 0 && static_cast<std::uint64_t>(counter) != rel->counter)
+      return conflict("--counter", std::to_string(counter), "counter " + std::to_string(rel->counter));
+    if (counter == kCounterSecurityRelease)
+      return conflict("--security-release", "", "counter " + std::to_string(rel->counter));
+    if (!kind.empty() && kind != rkind) return conflict("--kind", kind, "kind " + rkind);
+    kind = rkind;
+  }
+  std::string bytes;
+  std::size_t bundle_files = 0;
+  bool is_dir = false;
+  if (int rc = load_image_bytes(file, kind, deletes, bytes, bundle_files, is_dir); rc != kExitOk) return rc;
+  std::string q;
+  if (!release_path.empty()) {
+    const std::string sha = ota::service::sha256_hex(bytes.data(), bytes.size());
+    if (sha != rel->sha256.c_str() || bytes.size() != rel->size) {
+      errorf("image add: " + file + " (sha256 " + sha + ", " + std::to_string(bytes.size()) +
+             " bytes) is not the image the release file " + release_path + " signed (sha256 " +
+             rel->sha256.c_str() + ", " + std::to_string(rel->size) + " bytes)" +
+             (is_dir ? ": upload the .bundle `otactl image sign` wrote next to the release file" : ""));
+      return kExitUsage;
+    }
+    q = "/api/v1/images?release=" + url_encode(release_text);
+  } else {
+    q = "/api/v1/images?version=" + url_encode(version);
+    for (const auto& h : hw) q += "&hw=" + url_encode(h);
+  }
   for (const auto& h : hw) q += "&hw=" + url_encode(h);
   if (chunk_size >= 0) q += "&chunk_size=" + std::to_string(chunk_size);
-  if (counter >= 0) q += "&counter=" + std::to_string(counter);
-  if (counter == kCounterSecurityRelease) q += "&counter=next";
+  if (release_path.empty() && counter >= 0) q += "&counter=" + std::to_string(counter);
+  if (release_path.empty() && counter == kCounterSecurityRelease) q += "&counter=next";
   if (kind == "bundle") {
-    q += "&kind=bundle";
+    if (release_path.empty()) q += "&kind=bundle";
     if (!c.json_out) {
       std::printf("bundle of %zu files, %zu deletes, %s\n", bundle_files, deletes.size(),
                   fmt_bytes(static_cast<long long>(bytes.size())).c_str());
@@ -537,11 +662,272 @@ int cmd_image_add(Ctx& c, const std::string& file, const std::string& version,
   if (c.json_out) {
     print_json(r.body);
   } else {
-    std::printf("image %s version %s (%s, chunk %lld, hw %s) %s\n", jstr(r.body, "id").c_str(),
+    std::printf("image %s version %s (%s, chunk %lld, hw %s) %s%s\n", jstr(r.body, "id").c_str(),
                 jstr(r.body, "version").c_str(), fmt_bytes(jint(r.body, "size")).c_str(),
                 jint(r.body, "chunk_size"), jstr(r.body, "hw").c_str(),
-                r.status == 201 ? "added" : "already present");
+                r.status == 201 ? "added" : "already present",
+                jstr(r.body, "release_key").empty()
+                    ? ""
+                    : (", release signature by " + jstr(r.body, "release_key")).c_str());
   }
+  return kExitOk;
+}
+
+// ------------------------------------------------------------- offline signing (no controller)
+
+// Loads a private signing key: refused if group or others may read it (as the controller
+// refuses its own), or if it is not a P-256 key.
+bool load_private_key(const std::string& path, const std::string& what,
+                      std::optional<ota::service::Signer>& signer) {
+  ota::service::Status st = ota::service::check_private_key_file(path, what);
+  if (!st) {
+    errorf(st.error());
+    return false;
+  }
+  auto s = ota::service::Signer::load(path);
+  if (!s) {
+    errorf(what + ": " + s.error());
+    return false;
+  }
+  signer.emplace(std::move(*s));
+  return true;
+}
+
+// otactl image sign: the release signature of an image (PROTOCOL.md 6.5), on a machine with
+// the release key and without the controller. For a directory the bundle is built as
+// `image add DIR` builds it and written next to the release file: that file is what to upload.
+int cmd_image_sign(const std::string& file, const std::string& key_path, const std::string& version,
+                   const std::vector<std::string>& hw, long long counter, std::string kind,
+                   const std::vector<std::string>& deletes, std::string out_path, bool json_out) {
+  auto usage = [](const std::string& m) {
+    errorf("image sign: " + m);
+    return kExitUsage;
+  };
+  if (version.size() > ota::proto::kMaxVersionLen || !ota::proto::is_semver(version.data(), version.size()))
+    return usage("--version '" + version + "' is not a semantic version (MAJOR.MINOR.PATCH[-pre][+build], at most " +
+                 std::to_string(ota::proto::kMaxVersionLen) + " characters)");
+  if (hw.size() > ota::proto::kMaxHwModels)
+    return usage("at most " + std::to_string(ota::proto::kMaxHwModels) + " --hw models");
+  for (std::size_t i = 0; i < hw.size(); ++i) {
+    if (!ota::proto::valid_id(hw[i].data(), hw[i].size()))
+      return usage("--hw '" + hw[i] + "' is not a valid model name (1-64 of A-Z a-z 0-9 . _ -)");
+    for (std::size_t j = 0; j < i; ++j)
+      if (hw[j] == hw[i]) return usage("--hw '" + hw[i] + "' given twice");
+  }
+  std::optional<ota::service::Signer> signer;
+  if (!load_private_key(key_path, "--key", signer)) return kExitUsage;
+  std::string bytes;
+  std::size_t bundle_files = 0;
+  bool is_dir = false;
+  if (int rc = load_image_bytes(file, kind, deletes, bytes, bundle_files, is_dir); rc != kExitOk) return rc;
+  std::string image_file = file;
+  if (is_dir) {
+    std::string base = file;
+    while (base.size() > 1 && base.back() == '/') base.pop_back();
+    if (out_path.empty()) {
+      image_file = base + ".bundle";
+    } else {
+      const auto slash = out_path.rfind('/');
+      const std::string dir = slash == std::string::npos ? "." : out_path.substr(0, slash);
+      const auto bslash = base.rfind('/');
+      image_file = dir + "/" + (bslash == std::string::npos ? base : base.substr(bslash + 1)) + ".bundle";
+    }
+  }
+  if (out_path.empty()) out_path = image_file + ".release.json";
+
+  auto m = std::make_unique<ota::proto::Manifest>();
+  m->version.assign(version.c_str());
+  for (const auto& h : hw) m->hw[m->hw_count++].assign(h.c_str());
+  m->size = bytes.size();
+  const std::string sha = ota::service::sha256_hex(bytes.data(), bytes.size());
+  m->sha256.assign(sha.c_str());
+  m->counter = static_cast<std::uint32_t>(counter < 0 ? 0 : counter);
+  m->kind = kind == "bundle" ? ota::proto::ImageKind::bundle : ota::proto::ImageKind::firmware;
+  ota::service::Status st = signer->sign_release(*m);
+  if (!st) {
+    errorf("image sign: " + st.error());
+    return kExitFail;
+  }
+  char buf[4096];
+  std::size_t len = 0;
+  ota::proto::Error e = ota::proto::encode_release(*m, buf, sizeof buf, len);
+  if (e) {
+    errorf(std::string("image sign: encode the release file: ") + ota::proto::errc_name(e.code) + " " + e.field);
+    return kExitFail;
+  }
+  std::string why;
+  if (is_dir && !write_file_atomic(image_file, bytes, 0644, why)) {
+    errorf("image sign: " + why);
+    return kExitFail;
+  }
+  if (!write_file_atomic(out_path, std::string(buf, len) + "\n", 0644, why)) {
+    errorf("image sign: " + why);
+    return kExitFail;
+  }
+  if (json_out) {
+    print_json(json{{"release", out_path}, {"image", image_file}, {"sha256", sha}, {"size", bytes.size()},
+                    {"version", version}, {"hw", hw}, {"counter", m->counter}, {"kind", kind},
+                    {"release_key", signer->key_id()}});
+  } else {
+    if (is_dir)
+      std::printf("bundle of %zu files, %zu deletes written to %s\n", bundle_files, deletes.size(),
+                  image_file.c_str());
+    std::printf("signed %s (sha256 %s, %s) version %s hw %s counter %u kind %s with release key %s\n",
+                image_file.c_str(), sha.c_str(), fmt_bytes(static_cast<long long>(bytes.size())).c_str(),
+                version.c_str(), join(hw, ",").c_str(), m->counter, kind.c_str(), signer->key_id().c_str());
+    std::printf("release file %s; upload with: otactl image add %s --release %s\n", out_path.c_str(),
+                image_file.c_str(), out_path.c_str());
+  }
+  return kExitOk;
+}
+
+// otactl keys sign: a key set (PROTOCOL.md 6.6) signed by the root key, offline.
+int cmd_keys_sign(const std::string& root_path, long long version, const std::vector<std::string>& release,
+                  const std::vector<std::string>& online, const std::string& next_root,
+                  const std::string& out_path, bool json_out) {
+  auto usage = [](const std::string& m) {
+    errorf("keys sign: " + m);
+    return kExitUsage;
+  };
+  if (release.empty())
+    return usage("give at least one --release PUB.pem: a key set without a release key would "
+                 "leave devices unable to accept any software");
+  const std::size_t total = release.size() + online.size() + (next_root.empty() ? 0 : 1);
+  if (release.size() + online.size() > ota::proto::kMaxKeySetKeys - 1 || total > ota::proto::kMaxKeySetKeys)
+    return usage("too many keys: at most " + std::to_string(ota::proto::kMaxKeySetKeys - 1) +
+                 " release and online keys, plus one --next-root");
+  std::optional<ota::service::Signer> root;
+  if (!load_private_key(root_path, "--root", root)) return kExitUsage;
+  auto ks = std::make_unique<ota::proto::KeySet>();
+  ks->version = static_cast<std::uint32_t>(version);
+  std::vector<std::pair<std::string, std::string>> listed;  // id, what
+  auto add = [&](const std::string& path, ota::proto::KeyRole role, const char* opt) -> bool {
+    auto k = ota::service::load_public_key_file(path, opt);
+    if (!k) {
+      errorf("keys sign: " + k.error());
+      return false;
+    }
+    auto pt = ota::service::p256_point_of(k->get());
+    if (!pt) {
+      errorf(std::string("keys sign: ") + opt + " " + path + ": " + pt.error());
+      return false;
+    }
+    const std::string id = ota::service::key_id_of_point(*pt);
+    const std::string what = std::string(opt) + " " + path;
+    if (id == root->key_id() && role != ota::proto::KeyRole::root) {
+      errorf("keys sign: " + what + " is the root key (" + id +
+             "): the root signs key sets only; give release and online keys of their own");
+      return false;
+    }
+    for (const auto& [have, where] : listed)
+      if (have == id) {
+        errorf("keys sign: " + what + " is the same key (" + id + ") as " + where +
+               ": a key has one role in a set");
+        return false;
+      }
+    listed.emplace_back(id, what);
+    ota::proto::KeySetEntry& e = ks->keys[ks->key_count++];
+    e.id.assign(id.c_str());
+    e.role = role;
+    std::memcpy(e.pub, pt->data(), pt->size());
+    return true;
+  };
+  for (const auto& p : release)
+    if (!add(p, ota::proto::KeyRole::release, "--release")) return kExitUsage;
+  for (const auto& p : online)
+    if (!add(p, ota::proto::KeyRole::online, "--online")) return kExitUsage;
+  if (!next_root.empty() && !add(next_root, ota::proto::KeyRole::root, "--next-root")) return kExitUsage;
+  ota::service::Status st = root->sign_keyset(*ks);
+  if (!st) {
+    errorf("keys sign: " + st.error());
+    return kExitFail;
+  }
+  std::vector<char> buf(16384);
+  std::size_t len = 0;
+  ota::proto::Error e = ota::proto::encode_keyset(*ks, buf.data(), buf.size(), len);
+  if (e) {
+    errorf(std::string("keys sign: encode: ") + ota::proto::errc_name(e.code) + " " + e.field);
+    return kExitFail;
+  }
+  std::string why;
+  if (!write_file_atomic(out_path, std::string(buf.data(), len) + "\n", 0644, why)) {
+    errorf("keys sign: " + why);
+    return kExitFail;
+  }
+  if (json_out) {
+    json keys = json::array();
+    for (std::size_t i = 0; i < ks->key_count; ++i)
+      keys.push_back(json{{"id", ks->keys[i].id.c_str()}, {"role", ota::proto::key_role_name(ks->keys[i].role)}});
+    print_json(json{{"file", out_path}, {"version", ks->version}, {"signed_by", root->key_id()}, {"keys", keys}});
+    return kExitOk;
+  }
+  std::printf("key set version %u signed by root key %s -> %s\n", ks->version, root->key_id().c_str(),
+              out_path.c_str());
+  std::vector<std::vector<std::string>> rows;
+  for (std::size_t i = 0; i < ks->key_count; ++i)
+    rows.push_back({ks->keys[i].id.c_str(), ota::proto::key_role_name(ks->keys[i].role)});
+  print_table({"KEY", "ROLE"}, rows);
+  std::printf("upload with: otactl keys push %s\n", out_path.c_str());
+  return kExitOk;
+}
+
+int cmd_keys_push(Ctx& c, const std::string& file) {
+  std::ifstream in(file, std::ios::binary);
+  if (!in) {
+    errorf("keys push: cannot read " + file + ": " + std::strerror(errno));
+    return kExitUsage;
+  }
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  std::string body = ss.str();
+  while (!body.empty() && (body.back() == '\n' || body.back() == '\r')) body.pop_back();
+  Reply r = c.api->put_raw("/api/v1/keys", body);
+  if (!r.ok) return fail(r);
+  if (c.json_out) return print_json(r.body), kExitOk;
+  std::printf("key set version %lld accepted; sent to the online devices that hold an older one "
+              "(the others get it at their next hello)\n",
+              jint(r.body, "version"));
+  return kExitOk;
+}
+
+int cmd_keys_show(Ctx& c) {
+  Reply r = c.api->get("/api/v1/keys");
+  if (!r.ok) return fail(r);
+  if (c.json_out) return print_json(r.body), kExitOk;
+  const json& k = r.body;
+  std::printf("key set    version %lld%s\n", jint(k, "version"),
+              jint(k, "version") == 0 ? " (none pushed: devices trust the keys they were provisioned with)" : "");
+  if (jint(k, "version") > 0)
+    std::printf("uploaded   %s by %s, signed by root key %s\n", fmt_time(jint(k, "uploaded_at")).c_str(),
+                jstr(k, "uploaded_by").c_str(), jstr(k, "signed_by").c_str());
+  const json& root = k.contains("root") ? k["root"] : json();
+  std::printf("root       %s\n", root.is_object() ? (jstr(root, "id") + " (" + jstr(root, "source") + ")").c_str()
+                                                      : "none (start the controller with --root-key to push key sets)");
+  const json& sk = k.contains("signing_key") ? k["signing_key"] : json();
+  std::printf("signing    %s role %s (%s)\n\n", jstr(sk, "id").c_str(), jstr(sk, "role").c_str(),
+              jstr(sk, "source").c_str());
+  std::vector<std::vector<std::string>> rows;
+  if (k.contains("keys"))
+    for (const auto& e : k["keys"]) rows.push_back({jstr(e, "id"), jstr(e, "role")});
+  print_table({"KEY", "ROLE"}, rows);
+  std::printf("\n");
+  rows.clear();
+  if (k.contains("devices_by_version") && k["devices_by_version"].is_object())
+    for (auto it = k["devices_by_version"].begin(); it != k["devices_by_version"].end(); ++it)
+      rows.push_back({it.key(), it.value().dump()});
+  print_table({"KEYS VERSION", "DEVICES"}, rows);
+  return kExitOk;
+}
+
+int cmd_device_revoke(Ctx& c, const std::string& id) {
+  Reply r = c.api->post("/api/v1/devices/" + url_encode(id) + "/revoke", "", "application/json");
+  if (!r.ok) return fail(r);
+  if (c.json_out) return print_json(r.body), kExitOk;
+  std::printf("device %s revoked: the controller drops its messages and never targets it again\n", id.c_str());
+  std::printf("now revoke its certificate on the broker (it can still connect until then):\n"
+              "  broker-config/pki.sh revoke %s %s\n"
+              "  kill -HUP <mosquitto pid>   # reload the CRL and the ACL; restart the broker to drop an open connection\n",
+              "PKI_DIR", id.c_str());
   return kExitOk;
 }
 
@@ -553,8 +939,9 @@ int cmd_image_list(Ctx& c) {
   for (const auto& i : r.body)
     rows.push_back({jstr(i, "id"), jstr(i, "version"), i.contains("kind") ? jstr(i, "kind") : "firmware",
                     jstr(i, "hw"), std::to_string(jint(i, "size")), jstr(i, "chunk_size"),
-                    jstr(i, "counter"), fmt_time(jint(i, "created_at"))});
-  print_table({"ID", "VERSION", "KIND", "HW", "SIZE", "CHUNK", "COUNTER", "CREATED"}, rows);
+                    jstr(i, "counter"), jstr(i, "release_key").empty() ? "-" : jstr(i, "release_key"),
+                    fmt_time(jint(i, "created_at"))});
+  print_table({"ID", "VERSION", "KIND", "HW", "SIZE", "CHUNK", "COUNTER", "RELEASE KEY", "CREATED"}, rows);
   return kExitOk;
 }
 
@@ -1160,12 +1547,14 @@ int cmd_devices(Ctx& c, const std::string& query) {
     const std::string err = jstr(d, "last_error");
     // With --acl-file the broker grants membership (member_of); groups is what the device claims.
     const std::string groups = jstr(d, jhas(d, "member_of") ? "member_of" : "groups");
-    rows.push_back({jstr(d, "id"), online_text(d), jstr(d, "version"),
+    rows.push_back({jstr(d, "id"), jhas(d, "revoked") && d["revoked"] == true ? "revoked" : online_text(d),
+                    jstr(d, "version"),
                     jstr(d, "previous_version").empty() ? "-" : jstr(d, "previous_version"),
-                    jstr(d, "slot") + "/" + jstr(d, "slot_state"), groups.empty() ? "-" : groups,
+                    jstr(d, "slot") + "/" + jstr(d, "slot_state"), jhas(d, "keys") ? jstr(d, "keys") : "-",
+                    groups.empty() ? "-" : groups,
                     tags_text(d).empty() ? "-" : tags_text(d), transfer_text(d), err.empty() ? "-" : err});
   }
-  print_table({"ID", "ONLINE", "VERSION", "PREVIOUS", "SLOT", "GROUPS", "TAGS", "TRANSFER", "LAST ERROR"}, rows);
+  print_table({"ID", "ONLINE", "VERSION", "PREVIOUS", "SLOT", "KEYS", "GROUPS", "TAGS", "TRANSFER", "LAST ERROR"}, rows);
   return kExitOk;
 }
 
@@ -1188,6 +1577,9 @@ int cmd_device_show(Ctx& c, const std::string& id) {
   if (jhas(d, "tags")) std::printf("tags       %s\n", tags_text(d).empty() ? "-" : tags_text(d).c_str());
   std::printf("free       %s\n", fmt_bytes(jint(d, "free")).c_str());
   std::printf("counter    %lld\n", jint(d, "counter"));
+  std::printf("keys       key set version %lld\n", jint(d, "keys"));
+  if (jhas(d, "revoked") && d["revoked"] == true)
+    std::printf("revoked    %s\n", fmt_time(jint(d, "revoked_at")).c_str());
   std::printf("last error %s\n\n", jstr(d, "last_error").empty() ? "-" : jstr(d, "last_error").c_str());
   std::vector<std::vector<std::string>> rows;
   if (d.contains("deployments"))
@@ -1356,7 +1748,7 @@ int main(int argc, char** argv) {
   auto* image = app.add_subcommand("image", "manage firmware images");
   image->require_subcommand(1);
   auto* image_add = image->add_subcommand("add", "upload an image");
-  std::string file, version;
+  std::string file, version, release_file;
   std::vector<std::string> hw;
   long long chunk_size = -1, counter = -1;
   std::string image_kind;
@@ -1371,8 +1763,12 @@ int main(int argc, char** argv) {
   image_add->add_option("--delete", image_deletes,
                         "bundle: a path (file or directory) the update removes from the device "
                         "(repeatable)");
-  image_add->add_option("--version", version, "semantic version, e.g. 1.2.0")->required();
-  image_add->add_option("--hw", hw, "compatible hardware model (repeatable)")->required();
+  image_add->add_option("--version", version, "semantic version, e.g. 1.2.0 (required without --release)");
+  image_add->add_option("--hw", hw, "compatible hardware model (repeatable; required without --release)");
+  image_add->add_option("--release", release_file,
+                        "the release file of `otactl image sign` (FILE.release.json): uploads the "
+                        "image with its release signature; version, hw, counter and kind come "
+                        "from it");
   image_add->add_option("--chunk-size", chunk_size, "chunk size in bytes (256..65536, default 4096)")
       ->check(CLI::Range(256LL, 65536LL));
   auto* counter_opt = image_add->add_option("--counter", counter, "security counter (default 0)")
@@ -1383,6 +1779,45 @@ int main(int argc, char** argv) {
                       "devices that confirm this image refuse every earlier one")
       ->excludes(counter_opt);
   auto* image_list = image->add_subcommand("list", "list images");
+  auto* image_sign = image->add_subcommand(
+      "sign", "sign an image offline with a release key (no controller needed): writes FILE.release.json");
+  std::string sign_key, sign_out, sign_kind;
+  std::vector<std::string> sign_deletes;
+  long long sign_counter = 0;
+  image_sign->add_option("FILE", file, "image file, or a directory to build an application bundle from")
+      ->required();
+  image_sign->add_option("--key", sign_key, "release private key (PEM, P-256; mode 0600)")->required();
+  image_sign->add_option("--version", version, "semantic version, e.g. 1.2.0")->required();
+  image_sign->add_option("--hw", hw, "compatible hardware model (repeatable)")->required();
+  image_sign->add_option("--counter", sign_counter, "security counter (default 0)")
+      ->check(CLI::Range(0LL, 1000000LL));
+  image_sign->add_option("--kind", sign_kind, "firmware or bundle (the default for a directory)")
+      ->check(CLI::IsMember({"firmware", "bundle"}));
+  image_sign->add_option("--delete", sign_deletes,
+                         "bundle: a path the update removes from the device (repeatable)");
+  image_sign->add_option("-o,--output", sign_out,
+                         "release file to write (default FILE.release.json; for a directory DIR.bundle "
+                         "is written next to it)");
+
+  auto* keys_cmd = app.add_subcommand("keys", "key sets: the keys devices trust, signed by the root key");
+  keys_cmd->require_subcommand(1);
+  auto* keys_sign = keys_cmd->add_subcommand("sign", "sign a key set offline with the root key (no controller needed)");
+  std::string ks_root, ks_next_root, ks_out, ks_file;
+  std::vector<std::string> ks_release, ks_online;
+  long long ks_version = 0;
+  keys_sign->add_option("--root", ks_root, "the root private key (PEM, P-256; mode 0600) devices trust")->required();
+  keys_sign->add_option("--version", ks_version, "key-set version: higher than the one devices hold (>= 1)")
+      ->required()
+      ->check(CLI::Range(1LL, 4294967295LL));
+  keys_sign->add_option("--release", ks_release, "a release public key (PEM) of the set (repeatable, at least one)")
+      ->allow_extra_args(false);
+  keys_sign->add_option("--online", ks_online, "an online public key (PEM) of the set: the controller's --signing-key (repeatable)")
+      ->allow_extra_args(false);
+  keys_sign->add_option("--next-root", ks_next_root, "public key (PEM) that becomes the root for the next set (root rotation)");
+  keys_sign->add_option("-o,--output", ks_out, "file to write the key set to")->required();
+  auto* keys_push = keys_cmd->add_subcommand("push", "upload a key set to the controller (admin), which sends it to the devices");
+  keys_push->add_option("FILE", ks_file, "key set file of `otactl keys sign`")->required();
+  auto* keys_show = keys_cmd->add_subcommand("show", "the key set the controller holds and how many devices trust each version");
 
   auto* deploy = app.add_subcommand("deploy", "deploy an image to a device or a group");
   std::string dep_image, dep_device, dep_group;
@@ -1415,6 +1850,9 @@ int main(int argc, char** argv) {
   auto* device_show = device->add_subcommand("show", "show a device");
   std::string dev_id;
   device_show->add_option("ID", dev_id, "device id")->required();
+  auto* device_revoke = device->add_subcommand(
+      "revoke", "revoke a device (admin): the controller drops its messages and never targets it; prints the broker-side step");
+  device_revoke->add_option("ID", dev_id, "device id")->required();
   auto* device_tag = device->add_subcommand("tag", "set or remove a device's tags");
   std::vector<std::string> tag_set, tag_remove;
   device_tag->add_option("ID", dev_id, "device id")->required();
@@ -1556,6 +1994,21 @@ int main(int argc, char** argv) {
     errorf("deploy: give a target: --device ID or --group G");
     return kExitUsage;
   }
+  if (image_add->parsed() && release_file.empty()) {
+    if (version.empty()) {
+      errorf("image add: --version is required (or --release FILE.release.json from `otactl image sign`)");
+      return kExitUsage;
+    }
+    if (hw.empty()) {
+      errorf("image add: --hw is required (or --release FILE.release.json from `otactl image sign`)");
+      return kExitUsage;
+    }
+  }
+  // Offline commands: they need neither the controller nor an API token.
+  if (image_sign->parsed())
+    return cmd_image_sign(file, sign_key, version, hw, sign_counter, sign_kind, sign_deletes, sign_out, json_out);
+  if (keys_sign->parsed())
+    return cmd_keys_sign(ks_root, ks_version, ks_release, ks_online, ks_next_root, ks_out, json_out);
 
   // Everything that can be checked without the controller is checked before it is asked.
   json ro_body;
@@ -1668,7 +2121,7 @@ int main(int argc, char** argv) {
 
   if (image_add->parsed()) {
     return cmd_image_add(c, file, version, hw, chunk_size, security_release ? kCounterSecurityRelease : counter, image_kind,
-                         image_deletes);
+                         image_deletes, release_file);
   }
   if (image_list->parsed()) return cmd_image_list(c);
   if (deploy->parsed()) return cmd_deploy(c, dep_image, dep_device, dep_group, wait, timeout_s);
@@ -1685,6 +2138,9 @@ int main(int argc, char** argv) {
     return cmd_devices(c, q);
   }
   if (device_show->parsed()) return cmd_device_show(c, dev_id);
+  if (device_revoke->parsed()) return cmd_device_revoke(c, dev_id);
+  if (keys_push->parsed()) return cmd_keys_push(c, ks_file);
+  if (keys_show->parsed()) return cmd_keys_show(c);
   if (device_tag->parsed()) return cmd_device_tag(c, dev_id, tag_body);
   if (ro_create->parsed()) return cmd_rollout_create(c, ro_body);
   for (const auto& a : actions)

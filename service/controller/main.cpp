@@ -75,7 +75,27 @@ int main(int argc, char** argv) {
   app.add_option("--key", mc.key, "controller client key (PEM)");
   app.add_option("--db", cc.db_path, "SQLite database path")->required();
   app.add_option("--store", cc.store_dir, "directory for image files")->required();
-  app.add_option("--signing-key", signing_key, "release signing key (EC P-256 private key, PEM)")->required();
+  app.add_option("--signing-key", signing_key,
+                 "key that signs offers (EC P-256 private key, PEM): a release key (single-key "
+                 "mode), or an online key (see --signing-key-role) that cannot release software "
+                 "by itself")
+      ->required();
+  std::string signing_role = "release", root_key;
+  std::vector<std::string> release_pubs;
+  app.add_option("--signing-key-role", signing_role,
+                 "release: the signing key is a release key (images need no release signature); "
+                 "online: devices trust it only with a release signature made offline "
+                 "(`otactl image sign`), so images without one are not deployed. A key set the "
+                 "controller holds decides instead")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"release", "online"}));
+  app.add_option("--root-key", root_key,
+                 "root public key (PEM) devices were provisioned with: key sets (`otactl keys "
+                 "push`) must be signed by it (or by the next root a held set names); without it "
+                 "key-set uploads are refused");
+  app.add_option("--release-pub", release_pubs,
+                 "release public key (PEM) whose release signatures image uploads may carry, "
+                 "while the controller holds no key set (repeatable)");
   app.add_option("--http", http, "HTTP API listen address HOST:PORT (PORT 0 = any free port)")->capture_default_str();
   app.add_flag("--http-allow-remote", allow_remote, "allow a non-loopback --http address");
   app.add_option("--acl-file", cc.acl_file,
@@ -163,7 +183,9 @@ int main(int argc, char** argv) {
   pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
   signal(SIGPIPE, SIG_IGN);
 
-  if (!key_is_private("--signing-key", signing_key, "can sign firmware that every device installs") ||
+  if (!key_is_private("--signing-key", signing_key,
+                      signing_role == "online" ? "can sign offers as the controller"
+                                               : "can sign firmware that every device installs") ||
       (!mc.key.empty() &&
        !key_is_private("--key", mc.key, "can connect to the broker as the controller")))
     return 1;
@@ -182,6 +204,24 @@ int main(int argc, char** argv) {
   if (!signer) {
     log_error("startup: " + signer.error());
     return 1;
+  }
+  cc.keys.signing_key_online = signing_role == "online";
+  if (!root_key.empty()) {
+    auto pem = read_file_text(root_key, "--root-key");
+    auto k = pem ? load_public_key_file(root_key, "--root-key") : Result<PkeyPtr>(pem.err());
+    if (!k) {
+      log_error("startup: " + k.error());
+      return 1;
+    }
+    cc.keys.root_pub_pem = *pem;
+  }
+  for (const auto& path : release_pubs) {
+    auto k = load_public_key_file(path, "--release-pub");
+    if (!k) {
+      log_error("startup: " + k.error());
+      return 1;
+    }
+    cc.keys.release_pub_pems.push_back(*read_file_text(path, "--release-pub"));
   }
   if (token_file.empty()) token_file = cc.db_path + ".token";
   auto token = load_or_create_api_token(token_file);
@@ -211,7 +251,7 @@ int main(int argc, char** argv) {
   std::string http_addr = (hp->host.find(':') != std::string::npos ? "[" + hp->host + "]" : hp->host) +
                           ":" + std::to_string(*port);
   log_info("http API listening on " + http_addr + " (bootstrap admin token in " + token_file +
-           "); release key id " + c.key_id());
+           "); signing key id " + c.key_id());
   Status ms = mqtt.start();
   if (!ms) {
     log_error("startup: " + ms.error());

@@ -129,13 +129,14 @@ class FleetTest : public ::testing::Test {
 
   static std::string tail(const std::string& s) { return s.size() > 6000 ? s.substr(s.size() - 6000) : s; }
 
-  // The controller's command line: the fixture's broker, PKI, database and store, plus
-  // controller_args_.
+  // The controller's command line: the fixture's broker, PKI, database and store, the signing
+  // key (signing_key_, else the PKI's release key), plus controller_args_.
   std::vector<std::string> controller_argv() const {
     std::vector<std::string> argv{OTA_CONTROLLER_BIN, "--broker-port", std::to_string(broker_port()), "--ca",
                                   pki_->ca_cert(), "--cert", pki_->controller_cert(), "--key",
                                   pki_->controller_key(), "--db", db_path_, "--store",
-                                  dir_.path() + "/images", "--signing-key", pki_->release_key(), "--http",
+                                  dir_.path() + "/images", "--signing-key",
+                                  signing_key_.empty() ? pki_->release_key() : signing_key_, "--http",
                                   "127.0.0.1:" + std::to_string(http_port_), "--acl-file", pki_->acl_path()};
     argv.insert(argv.end(), controller_args_.begin(), controller_args_.end());
     return argv;
@@ -316,6 +317,7 @@ class FleetTest : public ::testing::Test {
   TempDir dir_{"rollout"};
   std::string db_path_ = dir_.path() + "/ctl.db";
   std::vector<std::string> controller_args_;
+  std::string signing_key_;  // the controller's --signing-key; empty: the PKI's release key
   int broker_port_ = 0;
   std::string name_, group_;
   int count_ = 0;

@@ -9,7 +9,8 @@ add_executable(service_tests
   ${CMAKE_CURRENT_LIST_DIR}/service_controller_test.cpp
   ${CMAKE_CURRENT_LIST_DIR}/service_rollout_test.cpp
   ${CMAKE_CURRENT_LIST_DIR}/service_cli_test.cpp
-  ${CMAKE_CURRENT_LIST_DIR}/service_http_test.cpp)
+  ${CMAKE_CURRENT_LIST_DIR}/service_http_test.cpp
+  ${CMAKE_CURRENT_LIST_DIR}/service_keys_test.cpp)
 target_link_libraries(service_tests PRIVATE ota_service ota_test_support ota::proto OpenSSL::Crypto
                       PkgConfig::HTTPLIB OpenSSL::SSL Threads::Threads GTest::gtest_main
                       ota_warnings)

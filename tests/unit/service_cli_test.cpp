@@ -502,6 +502,8 @@ TEST(OtactlArgs, WindowsAndTimes) {
 #include <sstream>
 #include <sys/stat.h>
 
+#include "ota/proto/messages.hpp"
+#include "ota/service/signing.hpp"
 #include "service_test_util.hpp"
 #include "test_env.hpp"
 
@@ -609,6 +611,242 @@ TEST(ControllerStartup, PrivateKeyStartsAndStateFilesArePrivate) {
       << file_text(log2);
   EXPECT_EQ(mode_of(db), 0600u);
   EXPECT_NE(file_text(log2).find(db + " had mode 0644; made it 0600"), std::string::npos) << file_text(log2);
+}
+
+// ------------------------------------------------- offline signing: image sign, keys sign
+
+std::string public_key_file(const std::string& private_path, const std::string& path) {
+  auto s = ota::service::Signer::from_pem(file_text(private_path));
+  EXPECT_TRUE(s.ok());
+  std::ofstream(path) << s->public_pem();
+  return path;
+}
+
+ota::service::PkeyPtr public_key_of(const std::string& private_path) {
+  auto s = ota::service::Signer::from_pem(file_text(private_path));
+  EXPECT_TRUE(s.ok());
+  auto k = ota::service::public_key_from_pem(s->public_pem());
+  EXPECT_TRUE(k.ok());
+  return std::move(*k);
+}
+
+// No API token and no controller: signing is offline.
+Run offline(const std::string& args) { return otactl(args, ""); }
+
+TEST(OtactlImageSign, ArgumentErrors) {
+  ota::service::testing::TempDir dir;
+  const std::string key = private_key_file(dir.path() + "/release.pem");
+  const std::string fw = dir.path() + "/fw.bin";
+  std::ofstream(fw) << "firmware bytes";
+  auto r = offline("image sign " + fw + " --version 1.0.0 --hw m1");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("--key"), std::string::npos) << r.out;
+  r = offline("image sign " + fw + " --key " + key + " --hw m1");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("--version"), std::string::npos) << r.out;
+  r = offline("image sign " + fw + " --key " + key + " --version 1.0");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("--hw"), std::string::npos) << r.out;
+  r = offline("image sign " + fw + " --key " + key + " --version 1.0 --hw m1");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("'1.0' is not a semantic version"), std::string::npos) << r.out;
+  r = offline("image sign " + fw + " --key " + key + " --version 1.0.0 --hw 'a b'");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("--hw 'a b' is not a valid model name"), std::string::npos) << r.out;
+  r = offline("image sign " + fw + " --key " + key + " --version 1.0.0 --hw m1 --counter 1000001");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("--counter"), std::string::npos) << r.out;
+  r = offline("image sign " + dir.path() + "/missing.bin --key " + key + " --version 1.0.0 --hw m1");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("missing.bin"), std::string::npos) << r.out;
+  r = offline("image sign " + fw + " --key " + dir.path() + "/nokey.pem --version 1.0.0 --hw m1");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("nokey.pem"), std::string::npos) << r.out;
+  struct stat st {};
+  EXPECT_NE(::stat((fw + ".release.json").c_str(), &st), 0) << "nothing written on an error";
+}
+
+// Whoever reads the release key can release software: refused like the controller's key.
+TEST(OtactlImageSign, RefusesAKeyOthersCanRead) {
+  ota::service::testing::TempDir dir;
+  const std::string key = private_key_file(dir.path() + "/release.pem");
+  ASSERT_EQ(::chmod(key.c_str(), 0640), 0);
+  const std::string fw = dir.path() + "/fw.bin";
+  std::ofstream(fw) << "firmware bytes";
+  auto r = offline("image sign " + fw + " --key " + key + " --version 1.0.0 --hw m1");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("--key " + key + " has mode 0640"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("chmod 600 " + key), std::string::npos) << r.out;
+  struct stat st {};
+  EXPECT_NE(::stat((fw + ".release.json").c_str(), &st), 0);
+}
+
+TEST(OtactlImageSign, WritesAReleaseFileThatVerifiesWithTheReleaseKey) {
+  ota::service::testing::TempDir dir;
+  const std::string key = private_key_file(dir.path() + "/release.pem");
+  const std::string fw = dir.path() + "/fw.bin";
+  const std::string bytes = "firmware bytes \x01\x02";
+  std::ofstream(fw, std::ios::binary) << bytes;
+  auto r = offline("image sign " + fw + " --key " + key + " --version 1.2.0 --hw m1 --hw m2 --counter 4");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("otactl image add " + fw + " --release " + fw + ".release.json"), std::string::npos) << r.out;
+  std::string text = file_text(fw + ".release.json");
+  while (!text.empty() && text.back() == '\n') text.pop_back();
+  ota::proto::Manifest m;
+  ASSERT_FALSE(ota::proto::decode_release(text.data(), text.size(), m)) << text;
+  EXPECT_EQ(std::string(m.version.c_str()), "1.2.0");
+  ASSERT_EQ(m.hw_count, 2u);
+  EXPECT_EQ(std::string(m.hw[1].c_str()), "m2");
+  EXPECT_EQ(m.counter, 4u);
+  EXPECT_EQ(m.size, bytes.size());
+  EXPECT_EQ(std::string(m.sha256.c_str()), ota::service::sha256_hex(bytes.data(), bytes.size()));
+  EXPECT_EQ(m.kind, ota::proto::ImageKind::firmware);
+  auto pub = public_key_of(key);
+  EXPECT_TRUE(ota::service::verify_release(pub.get(), m));
+  m.counter = 5;  // what the signature covers
+  EXPECT_FALSE(ota::service::verify_release(pub.get(), m));
+  // -o names the file.
+  r = offline("image sign " + fw + " --key " + key + " --version 1.2.0 --hw m1 -o " + dir.path() + "/x.json");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_FALSE(file_text(dir.path() + "/x.json").empty());
+}
+
+TEST(OtactlImageSign, ADirectoryIsSignedAsTheBundleWrittenNextToTheReleaseFile) {
+  ota::service::testing::TempDir dir;
+  const std::string key = private_key_file(dir.path() + "/release.pem");
+  const std::string app = dir.path() + "/app";
+  ASSERT_EQ(::mkdir(app.c_str(), 0755), 0);
+  std::ofstream(app + "/main.py") << "print('hi')\n";
+  auto r = offline("image sign " + app + "/ --key " + key + " --version 1.0.0 --hw m1");
+  ASSERT_EQ(r.code, 0) << r.out;
+  const std::string bundle = file_text(app + ".bundle");
+  ASSERT_FALSE(bundle.empty()) << r.out;
+  std::string text = file_text(app + ".bundle.release.json");
+  while (!text.empty() && text.back() == '\n') text.pop_back();
+  ota::proto::Manifest m;
+  ASSERT_FALSE(ota::proto::decode_release(text.data(), text.size(), m)) << text;
+  EXPECT_EQ(m.kind, ota::proto::ImageKind::bundle);
+  EXPECT_EQ(std::string(m.sha256.c_str()), ota::service::sha256_hex(bundle.data(), bundle.size()));
+  // With -o elsewhere, the bundle goes next to it.
+  ASSERT_EQ(::mkdir((dir.path() + "/out").c_str(), 0755), 0);
+  r = offline("image sign " + app + " --key " + key + " --version 1.0.0 --hw m1 -o " + dir.path() + "/out/r.json");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_EQ(file_text(dir.path() + "/out/app.bundle"), bundle);
+}
+
+// `image add --release`: the release file decides; contradicting flags and other bytes are
+// refused before anything is sent (the API address below has no controller).
+TEST(OtactlImageSign, ImageAddWithAReleaseFileRefusesConflictsAndOtherBytes) {
+  ota::service::testing::TempDir dir;
+  const std::string key = private_key_file(dir.path() + "/release.pem");
+  const std::string fw = dir.path() + "/fw.bin";
+  std::ofstream(fw) << "firmware bytes";
+  ASSERT_EQ(offline("image sign " + fw + " --key " + key + " --version 1.2.0 --hw m1 --counter 2").code, 0);
+  const std::string rel = fw + ".release.json";
+  const std::string api = "--api http://127.0.0.1:1 ";
+  auto r = otactl(api + "image add " + fw + " --release " + rel + " --version 1.2.1");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("--version 1.2.1 conflicts with the release file " + rel + ", which signed version 1.2.0"),
+            std::string::npos)
+      << r.out;
+  r = otactl(api + "image add " + fw + " --release " + rel + " --hw m2");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("--hw m2 conflicts"), std::string::npos) << r.out;
+  r = otactl(api + "image add " + fw + " --release " + rel + " --counter 3");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("--counter 3 conflicts"), std::string::npos) << r.out;
+  r = otactl(api + "image add " + fw + " --release " + rel + " --security-release");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("--security-release"), std::string::npos) << r.out;
+  r = otactl(api + "image add " + fw + " --release " + rel + " --kind bundle");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("--kind bundle conflicts"), std::string::npos) << r.out;
+  const std::string other = dir.path() + "/other.bin";
+  std::ofstream(other) << "other bytes";
+  r = otactl(api + "image add " + other + " --release " + rel);
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("is not the image the release file " + rel + " signed"), std::string::npos) << r.out;
+  r = otactl(api + "image add " + fw + " --release " + dir.path() + "/none.json");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("cannot read release file"), std::string::npos) << r.out;
+  std::ofstream(dir.path() + "/bad.json") << "{\"v\":1,\"type\":\"release\"}";
+  r = otactl(api + "image add " + fw + " --release " + dir.path() + "/bad.json");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("is not a release signature made by `otactl image sign`"), std::string::npos) << r.out;
+  // Consistent flags pass the local checks and reach for the controller.
+  r = otactl(api + "image add " + fw + " --release " + rel + " --version 1.2.0 --hw m1");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.out.find("cannot reach controller"), std::string::npos) << r.out;
+}
+
+TEST(OtactlKeysSign, ArgumentErrors) {
+  ota::service::testing::TempDir dir;
+  const std::string root = private_key_file(dir.path() + "/root.pem");
+  const std::string root_pub = public_key_file(root, dir.path() + "/root.pub.pem");
+  std::vector<std::string> pubs;
+  for (int i = 0; i < 5; ++i)
+    pubs.push_back(public_key_file(private_key_file(dir.path() + "/k" + std::to_string(i) + ".pem"),
+                                   dir.path() + "/k" + std::to_string(i) + ".pub.pem"));
+  const std::string out = " -o " + dir.path() + "/ks.json";
+  auto r = offline("keys sign --version 1 --release " + pubs[0] + out);
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("--root"), std::string::npos) << r.out;
+  r = offline("keys sign --root " + root + " --release " + pubs[0] + out);
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("--version"), std::string::npos) << r.out;
+  r = offline("keys sign --root " + root + " --version 0 --release " + pubs[0] + out);
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("--version"), std::string::npos) << r.out;
+  r = offline("keys sign --root " + root + " --version 1 --release " + pubs[0]);
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("--output"), std::string::npos) << r.out;
+  r = offline("keys sign --root " + root + " --version 1 --online " + pubs[0] + out);
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("at least one --release"), std::string::npos) << r.out;
+  r = offline("keys sign --root " + root + " --version 1 --release " + root_pub + out);
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("is the root key"), std::string::npos) << r.out;
+  r = offline("keys sign --root " + root + " --version 1 --release " + pubs[0] + " --online " + pubs[0] + out);
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("is the same key"), std::string::npos) << r.out;
+  r = offline("keys sign --root " + root + " --version 1 --release " + pubs[0] + " --release " + pubs[1] +
+              " --release " + pubs[2] + " --release " + pubs[3] + " --online " + pubs[4] + out);
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("too many keys"), std::string::npos) << r.out;
+  r = offline("keys sign --root " + root + " --version 1 --release " + dir.path() + "/k0.pem" + out);
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("not a PEM public key"), std::string::npos) << r.out;
+  ASSERT_EQ(::chmod(root.c_str(), 0644), 0);
+  r = offline("keys sign --root " + root + " --version 1 --release " + pubs[0] + out);
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("--root " + root + " has mode 0644"), std::string::npos) << r.out;
+  struct stat st {};
+  EXPECT_NE(::stat((dir.path() + "/ks.json").c_str(), &st), 0) << "nothing written on an error";
+}
+
+TEST(OtactlKeysSign, WritesAKeySetSignedByTheRoot) {
+  ota::service::testing::TempDir dir;
+  const std::string root = private_key_file(dir.path() + "/root.pem");
+  const std::string rel = public_key_file(private_key_file(dir.path() + "/r.pem"), dir.path() + "/r.pub.pem");
+  const std::string onl = public_key_file(private_key_file(dir.path() + "/o.pem"), dir.path() + "/o.pub.pem");
+  const std::string nxt = public_key_file(private_key_file(dir.path() + "/n.pem"), dir.path() + "/n.pub.pem");
+  auto r = offline("keys sign --root " + root + " --version 7 --release " + rel + " --online " + onl +
+                   " --next-root " + nxt + " -o " + dir.path() + "/ks.json");
+  ASSERT_EQ(r.code, 0) << r.out;
+  std::string text = file_text(dir.path() + "/ks.json");
+  while (!text.empty() && text.back() == '\n') text.pop_back();
+  ota::proto::KeySet ks;
+  ASSERT_FALSE(ota::proto::decode_keyset(text.data(), text.size(), ks)) << text;
+  EXPECT_EQ(ks.version, 7u);
+  ASSERT_EQ(ks.key_count, 3u);
+  EXPECT_EQ(ks.keys[0].role, ota::proto::KeyRole::release);
+  EXPECT_EQ(ks.keys[1].role, ota::proto::KeyRole::online);
+  EXPECT_EQ(ks.keys[2].role, ota::proto::KeyRole::root);
+  EXPECT_TRUE(ota::service::check_keyset_ids(ks).ok());
+  auto pub = public_key_of(root);
+  EXPECT_TRUE(ota::service::verify_keyset(pub.get(), ks));
+  ks.version = 8;
+  EXPECT_FALSE(ota::service::verify_keyset(pub.get(), ks));
 }
 
 }  // namespace

@@ -312,7 +312,7 @@ TEST(StoreMigration, Version3DatabaseGetsTheTokenTable) {
   Store v4;
   Status s = v4.open(dir.file("v3.db"));
   ASSERT_TRUE(s.ok()) << s.error();
-  EXPECT_EQ(v4.schema_version(), 4);
+  EXPECT_EQ(v4.schema_version(), kSchemaVersion);
   EXPECT_TRUE(v4.image_by_id("aaaaaaaaaaaaaaaa")->has_value());
   ASSERT_TRUE(v4.list_api_tokens().ok());
   EXPECT_TRUE(v4.insert_api_token(api_token("alice", "admin", 'a')).ok());

@@ -161,9 +161,10 @@ std::vector<std::string> AclGroups::groups_of(const std::string& dev) const {
   return std::vector<std::string>(it->second.begin(), it->second.end());
 }
 
-Controller::Controller(ControllerConfig cfg, Signer signer, Publisher* pub)
+Controller::Controller(ControllerConfig cfg, Signer signer, KeyRing keys, Publisher* pub)
     : cfg_(std::move(cfg)),
       signer_(std::move(signer)),
+      keys_(std::move(keys)),
       pub_(pub),
       message_budget_(cfg_.device_messages_per_s, cfg_.device_messages_burst),
       request_budget_(cfg_.device_requests_per_s, cfg_.device_requests_burst) {}
@@ -177,6 +178,7 @@ const char* drop_reason_name(DropReason r) {
     case DropReason::progress_backwards: return "progress_backwards";
     case DropReason::not_applicable: return "not_applicable";
     case DropReason::duplicate: return "duplicate";
+    case DropReason::revoked: return "revoked";
   }
   return "unknown";
 }
@@ -190,10 +192,28 @@ Result<std::unique_ptr<Controller>> Controller::create(const ControllerConfig& c
                                                        Publisher* pub) {
   Status d = ensure_dir(cfg.store_dir);
   if (!d) return d.context("image store " + cfg.store_dir);
-  std::unique_ptr<Controller> c(new Controller(cfg, std::move(signer), pub));
+  auto point = p256_point_of(signer.key());
+  if (!point) return point.context("signing key");
+  auto ring = KeyRing::create(cfg.keys, signer.key_id(), *point);
+  if (!ring) return ring.err();
+  std::unique_ptr<Controller> c(new Controller(cfg, std::move(signer), std::move(*ring), pub));
   Status s = c->store_.open(cfg.db_path);
   if (!s) return s.context("database");
   std::lock_guard<std::mutex> lock(c->mu_);
+  auto sets = c->store_.key_sets();
+  if (!sets) return sets.context("key sets");
+  Status k = c->keys_.load(*sets);
+  if (!k) return k.err();
+  if (c->keys_.version() > 0 && c->keys_.signing_role() == "none")
+    log_error("key set version " + std::to_string(c->keys_.version()) +
+              " does not list the signing key " + c->keys_.signing_key_id() +
+              ": devices that hold it decline every offer (unknown_key); start the controller "
+              "with a signing key of that set");
+  log_info("signing key " + c->keys_.signing_key_id() + " role " + c->keys_.signing_role() + " (" +
+           c->keys_.signing_role_source() + "); key set version " +
+           std::to_string(c->keys_.version()) +
+           (c->keys_.has_root() ? "; root key " + c->keys_.root_id() + " (" + c->keys_.root_source() + ")"
+                                : "; no root key (--root-key): key-set uploads are refused"));
   if (!cfg.acl_file.empty()) {
     c->acl_enabled_ = true;
     Status a = c->reload_acl_if_changed(true);
@@ -215,6 +235,8 @@ Status Controller::load() {
     dev_groups_[d.id] = d.groups;
     dev_seq_[d.id] = d.last_seq;
     dev_version_[d.id] = d.version;
+    dev_keys_[d.id] = d.keys;
+    if (d.revoked_at > 0) revoked_.insert(d.id);
   }
   auto deps = store_.list_deployments("active");
   if (!deps) return deps.context("deployments");
@@ -318,6 +340,166 @@ Status Controller::reset_seq(const std::string& dev, const std::string& actor) {
   return {};
 }
 
+// -------------------------------------------------------------------------------- key sets
+
+void Controller::send_keys(const std::string& dev, bool force) {
+  const KeySetRec* cur = keys_.current_rec();
+  if (!cur || !pub_) return;
+  const long long t = now_ms();
+  KeysSent& ks = keys_sent_[dev];
+  if (!force && ks.version == cur->version && ks.count >= kKeysQuickResends &&
+      t - ks.ms < kKeysResendMs)
+    return;
+  const std::string topic = topic_for(static_cast<int>(proto::TopicKind::keys), dev);
+  if (!pub_->publish(topic, cur->body.data(), cur->body.size(), 1, false)) {
+    log_warn("device " + dev + ": publish key set version " + std::to_string(cur->version) +
+             " failed");
+    return;
+  }
+  if (ks.version != cur->version) ks.count = 0;
+  ks.version = cur->version;
+  ks.ms = t;
+  ks.count++;
+  if (ks.count == kKeysQuickResends + 1)
+    log_warn("device " + dev + " still reports key set version " +
+             std::to_string(dev_keys_[dev]) + " after " + std::to_string(kKeysQuickResends) +
+             " deliveries of version " + std::to_string(cur->version) +
+             ": it refuses the set (another root key?); sending it again at most every " +
+             std::to_string(kKeysResendMs / 60000) + " minutes");
+  log(LogLevel::debug, "device " + dev + ": sent key set version " + std::to_string(cur->version));
+}
+
+Result<json> Controller::push_keys(const std::string& body, const std::string& actor) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto ks = keys_.verify(body);
+    if (!ks) return ks.err();
+    // Devices get the set re-encoded by the reference codec: the same members, canonical order.
+    std::vector<char> buf(16384);
+    std::size_t len = 0;
+    proto::Error e = proto::encode_keyset(*ks, buf.data(), buf.size(), len);
+    if (e)
+      return internal_err(std::string("key set: encode: ") + proto::errc_name(e.code) + " " + e.field);
+    KeySetRec rec;
+    rec.version = ks->version;
+    rec.body.assign(buf.data(), len);
+    rec.signed_by = ks->key.c_str();
+    rec.uploaded_by = actor.empty() ? "controller" : actor;
+    rec.uploaded_at = now_s();
+    std::string listing;
+    for (std::size_t i = 0; i < ks->key_count; ++i)
+      listing += std::string(listing.empty() ? "" : " ") + ks->keys[i].id.c_str() + ":" +
+                 proto::key_role_name(ks->keys[i].role);
+    Tx tx(store_);
+    Status s = tx.status();
+    if (s) s = store_.insert_key_set(rec);
+    if (s)
+      event("", "", "keys_pushed",
+            "key set version " + std::to_string(rec.version) + " signed by " + rec.signed_by +
+                ": " + listing,
+            actor);
+    if (s) s = tx.commit();
+    if (!s) return s.context("key set: db");
+    const std::vector<std::string> before = keys_.release_ids();
+    keys_.adopt(rec, *ks);
+    std::string revoked;
+    for (const auto& id : before)
+      if (!keys_.release_key(id)) revoked += (revoked.empty() ? "" : ", ") + id;
+    log_info("key set version " + std::to_string(rec.version) + " (" + listing + ") pushed by " +
+             rec.uploaded_by + (revoked.empty() ? "" : "; release keys revoked: " + revoked));
+    // Online devices that trust an older set get it now, the others at their next hello.
+    auto devs = store_.list_devices({});
+    if (!devs) return devs.context("key set: devices");
+    std::size_t sent = 0;
+    const long long t = now();
+    for (const auto& d : *devs) {
+      if (d.keys >= rec.version || revoked_.count(d.id) || !is_online(d, t, nullptr)) continue;
+      send_keys(d.id, /*force=*/true);
+      sent++;
+    }
+    log_info("key set version " + std::to_string(rec.version) + " sent to " +
+             std::to_string(sent) + " online devices");
+  }
+  return keys_json();
+}
+
+Result<json> Controller::keys_json() {
+  std::lock_guard<std::mutex> lock(mu_);
+  json out;
+  const KeySetRec* rec = keys_.current_rec();
+  const proto::KeySet* cur = keys_.current();
+  out["version"] = keys_.version();
+  json jkeys = json::array();
+  if (cur) {
+    for (std::size_t i = 0; i < cur->key_count; ++i)
+      jkeys.push_back(json{{"id", cur->keys[i].id.c_str()},
+                           {"role", proto::key_role_name(cur->keys[i].role)},
+                           {"pub", hex_of(cur->keys[i].pub, proto::kP256PointLen)}});
+    out["signed_by"] = rec->signed_by;
+    out["uploaded_by"] = rec->uploaded_by;
+    out["uploaded_at"] = rec->uploaded_at;
+  } else {
+    // No set yet: what devices were provisioned with, as far as the controller knows.
+    for (const auto& id : keys_.release_ids()) jkeys.push_back(json{{"id", id}, {"role", "release"}});
+    if (keys_.signing_online())
+      jkeys.push_back(json{{"id", keys_.signing_key_id()}, {"role", "online"}});
+    out["signed_by"] = nullptr;
+    out["uploaded_by"] = nullptr;
+    out["uploaded_at"] = nullptr;
+  }
+  out["keys"] = jkeys;
+  out["root"] = keys_.has_root() ? json{{"id", keys_.root_id()}, {"source", keys_.root_source()}} : json();
+  out["signing_key"] = json{{"id", keys_.signing_key_id()},
+                            {"role", keys_.signing_role()},
+                            {"source", keys_.signing_role_source()}};
+  json hist = json::array();
+  for (const auto& h : keys_.history())
+    hist.push_back(json{{"version", h.version},
+                        {"signed_by", h.signed_by},
+                        {"uploaded_by", h.uploaded_by},
+                        {"uploaded_at", h.uploaded_at}});
+  out["history"] = hist;
+  auto by = store_.count_by("SELECT CAST(keyset AS TEXT), COUNT(*) FROM devices GROUP BY keyset");
+  if (!by) return by.context("keys");
+  out["devices_by_version"] = *by;
+  return out;
+}
+
+Result<json> Controller::revoke_device(const std::string& dev, const std::string& actor) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto d = store_.device(dev);
+    if (!d) return d.context("revoke");
+    if (!*d) return not_found_err("revoke: unknown device " + dev);
+    if ((*d)->revoked_at > 0) return conflict_err("revoke: device " + dev + " is already revoked");
+    flush_dirty(true);
+    const long long ts = now_ms();
+    std::vector<std::string> touched;
+    Tx tx(store_);
+    Status s = tx.status();
+    if (s) s = store_.set_device_revoked(dev, now_s());
+    for (auto& kv : active_) {
+      if (!s) break;
+      auto r = kv.second.rows.find(dev);
+      if (r == kv.second.rows.end() || is_final_row_state(r->second.rec.state)) continue;
+      r->second.rec.state = "cancelled";
+      r->second.rec.reason = "device revoked";
+      r->second.rec.updated_at = ts;
+      s = store_.upsert_row(r->second.rec);
+      if (s) event(kv.first, dev, "state", "-> cancelled (device revoked)", actor);
+      touched.push_back(kv.first);
+    }
+    if (s) event("", dev, "device_revoked", "its messages are dropped from now on", actor);
+    if (s) s = tx.commit();
+    if (!s) return s.context("revoke: db");
+    revoked_.insert(dev);
+    log_warn("device " + dev + " revoked by " + (actor.empty() ? "controller" : actor) +
+             "; revoke its certificate on the broker too (broker-config/pki.sh revoke)");
+    for (const auto& id : touched) maybe_complete(id);
+  }
+  return device_json(dev);
+}
+
 bool Controller::in_group(const std::string& dev, const std::string& group) const {
   if (acl_enabled_) return acl_.is_member(dev, group);
   auto it = dev_groups_.find(dev);
@@ -327,7 +509,7 @@ bool Controller::in_group(const std::string& dev, const std::string& group) cons
 std::vector<std::string> Controller::known_members(const std::string& group) const {
   std::vector<std::string> out;
   for (const auto& kv : dev_groups_)
-    if (in_group(kv.first, group)) out.push_back(kv.first);
+    if (!revoked_.count(kv.first) && in_group(kv.first, group)) out.push_back(kv.first);
   return out;
 }
 
@@ -390,20 +572,58 @@ void Controller::send_cancel(const std::string& dev, const std::string& dep_id,
 
 // ------------------------------------------------------------------------------ images
 
-Result<AddImageResult> Controller::add_image(const std::string& bytes, const ImageParams& p,
+Result<AddImageResult> Controller::add_image(const std::string& bytes, const ImageParams& params,
                                              const std::string& actor) {
-  Status v = validate_image(bytes, p);
-  if (!v) return v.context("image add");
   if (bytes.empty()) return invalid_err("image add: image is empty");
   if (bytes.size() > 0xFFFFFFFFull) return invalid_err("image add: image larger than 4 GiB");
   const std::string sha = sha256_hex(bytes.data(), bytes.size());
   const std::string id = sha.substr(0, proto::kImageIdLen);
+  ImageParams p = params;
+  std::string release_key, release_sig;
+  if (!p.release.empty()) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto rel = check_release(sha, bytes.size(), p);
+    if (!rel) return rel.context("image add");
+    release_key = rel->first;
+    release_sig = rel->second;
+  }
+  Status v = validate_image(bytes, p);
+  if (!v) return v.context("image add");
 
+  // An image that is already stored: the same one again, or the same one with a (new) release
+  // signature, which is attached to it (signed after the upload, or again after a rotation).
+  auto same_image = [&](const ImageRec& have) -> Result<std::optional<ImageRec>> {
+    if (release_sig.empty() || (have.release_key == release_key && have.release_sig == release_sig))
+      return std::optional<ImageRec>(have);
+    if (have.counter != p.counter || have.hw != p.hw || have.kind != p.kind)
+      return conflict_err("image add: image " + have.id + " version " + have.version +
+                          " is stored with counter " + std::to_string(have.counter) + ", hw " +
+                          join(have.hw, ",") + ", kind " + have.kind +
+                          "; the release file says counter " + std::to_string(p.counter) +
+                          ", hw " + join(p.hw, ",") + ", kind " + p.kind +
+                          ": sign it again with the stored values");
+    Tx tx(store_);
+    Status s = tx.status();
+    if (s) s = store_.set_image_release(have.id, release_key, release_sig);
+    if (s)
+      event("", "", "image_release_signed",
+            have.id + " version " + have.version + " release key " + release_key +
+                (have.release_key.empty() ? "" : " (was " + have.release_key + ")"),
+            actor);
+    if (s) s = tx.commit();
+    if (!s) return s.context("image add: db");
+    log_info("image " + have.id + " version " + have.version + ": release signature by " +
+             release_key + " stored");
+    ImageRec out = have;
+    out.release_key = release_key;
+    out.release_sig = release_sig;
+    return std::optional<ImageRec>(out);
+  };
   auto check = [&]() -> Result<std::optional<ImageRec>> {
     auto by_sha = store_.image_by_sha(sha);
     if (!by_sha) return by_sha.context("image add: store");
     if (*by_sha) {
-      if ((*by_sha)->version == p.version) return *by_sha;
+      if ((*by_sha)->version == p.version) return same_image(**by_sha);
       return conflict_err("image add: these bytes are already image " + (*by_sha)->id +
                           " with version " + (*by_sha)->version);
     }
@@ -448,19 +668,94 @@ Result<AddImageResult> Controller::add_image(const std::string& bytes, const Ima
   }
   rec.kind = p.kind;
   rec.created_at = now_s();
+  rec.release_key = release_key;
+  rec.release_sig = release_sig;
   Tx tx(store_);
   if (!tx.status()) return tx.status().context("image add: db");
   Status s = store_.insert_image(rec);
   if (!s) return s.context("image add: db");
   event("", "", "image_added",
         rec.id + " version " + rec.version + " hw " + join(rec.hw, ",") + " size " +
-            std::to_string(rec.size),
+            std::to_string(rec.size) +
+            (rec.release_key.empty() ? "" : " release key " + rec.release_key),
         actor);
   s = tx.commit();
   if (!s) return s.context("image add: db");
   log_info("image added " + rec.id + " version " + rec.version + " (" +
            std::to_string(rec.size) + " bytes)");
   return AddImageResult{rec, true};
+}
+
+Result<std::pair<std::string, std::string>> Controller::check_release(const std::string& sha,
+                                                                      std::size_t size,
+                                                                      ImageParams& p) const {
+  auto m = std::make_unique<proto::Manifest>();
+  proto::Error e = proto::decode_release(p.release.data(), p.release.size(), *m);
+  if (e)
+    return invalid_err(std::string("release file: not a valid release signature (") +
+                       proto::errc_name(e.code) + (*e.field ? std::string(" ") + e.field : "") +
+                       "; made by `otactl image sign`, PROTOCOL.md 6.5)");
+  // What the release signature covers is the image's identity: the file decides, and values
+  // also given must agree (a mistake, or an attempt to register it as something else).
+  std::vector<std::string> hw;
+  for (std::size_t i = 0; i < m->hw_count; ++i) hw.emplace_back(m->hw[i].c_str());
+  const std::string kind = m->kind == proto::ImageKind::bundle ? "bundle" : "firmware";
+  auto conflict = [](const std::string& what, const std::string& given, const std::string& file) {
+    return invalid_err(what + " " + given + " conflicts with the release file's " + what + " " +
+                       file + " (the release signature covers it; sign the image again to change it)");
+  };
+  if (!p.version.empty() && p.version != m->version.c_str())
+    return conflict("version", p.version, m->version.c_str());
+  if (!p.hw.empty() && p.hw != hw) return conflict("hw", join(p.hw, ","), join(hw, ","));
+  if (p.counter_given && p.counter != m->counter)
+    return conflict("counter", std::to_string(p.counter), std::to_string(m->counter));
+  if (p.security_release)
+    return invalid_err("counter 'next' (a security release) cannot be used with a release file: "
+                       "its counter is signed (sign it with --counter N)");
+  if (p.kind_given && p.kind != kind) return conflict("kind", p.kind, kind);
+  p.version = m->version.c_str();
+  p.hw = hw;
+  p.counter = m->counter;
+  p.kind = kind;
+  if (sha != m->sha256.c_str() || size != m->size)
+    return invalid_err(std::string("release file is for sha256 ") + m->sha256.c_str() + " (" +
+                       std::to_string(m->size) + " bytes), but the uploaded image is sha256 " +
+                       sha + " (" + std::to_string(size) +
+                       " bytes): upload the file that was signed (for a directory, the .bundle "
+                       "`otactl image sign` wrote next to the release file)");
+  const std::string rkey = m->release_key.c_str();
+  EVP_PKEY* key = keys_.release_key(rkey);
+  if (!key)
+    return invalid_err("release signature refused: " + keys_.why_not_release_key(rkey) +
+                       "; devices would decline it unknown_key");
+  if (!verify_release(key, *m))
+    return invalid_err("release signature does not verify with release key " + rkey +
+                       ": the release file was altered after signing, or the image's version, "
+                       "hw, counter or kind differ from what was signed");
+  return std::make_pair(rkey, std::string(m->release_sig.c_str()));
+}
+
+Status Controller::check_deployable(const ImageRec& img) const {
+  if (img.release_sig.empty()) {
+    if (!keys_.signing_online()) return {};
+    return invalid_err(
+        "image " + img.id + " (version " + img.version +
+        ") has no release signature, and the controller signs offers with online key " +
+        keys_.signing_key_id() + " (" + keys_.signing_role_source() +
+        "), which devices accept only together with a release signature. On the signing "
+        "machine run `otactl image sign FILE --key RELEASE.pem --version " + img.version +
+        " --hw " + join(img.hw, " --hw ") +
+        (img.counter ? " --counter " + std::to_string(img.counter) : std::string()) +
+        (img.kind == "bundle" ? std::string(" --kind bundle") : std::string()) +
+        "`, then upload it with `otactl image add FILE --release FILE.release.json`");
+  }
+  if (!keys_.release_key(img.release_key))
+    return invalid_err("image " + img.id + " (version " + img.version + ") is signed by " +
+                       keys_.why_not_release_key(img.release_key) +
+                       ": devices would decline it unknown_key. Sign it again with a current "
+                       "release key (`otactl image sign`) and upload the new release file "
+                       "(`otactl image add FILE --release FILE.release.json`)");
+  return {};
 }
 
 Result<ImageRec> Controller::resolve_image(const std::string& ref) {
@@ -481,6 +776,8 @@ Result<DeploymentRec> Controller::deploy(const std::string& image_ref, const std
   std::lock_guard<std::mutex> lock(mu_);
   auto img = resolve_image(image_ref);
   if (!img) return img.context("deploy");
+  Status deployable = check_deployable(*img);
+  if (!deployable) return deployable.context("deploy");
   if (kind != "device" && kind != "group")
     return invalid_err("deploy: target must be a device or a group");
   if (!proto::valid_id(target.data(), target.size()))
@@ -491,6 +788,7 @@ Result<DeploymentRec> Controller::deploy(const std::string& image_ref, const std
     auto dev = store_.device(target);
     if (!dev) return dev.context("deploy");
     if (!*dev) return not_found_err("deploy: unknown device " + target);
+    if (revoked_.count(target)) return invalid_err("deploy: device " + target + " is revoked");
     if (!contains(img->hw, (*dev)->hw))
       return invalid_err("deploy: image " + img->id + " (" + img->version + ") is for hw " +
                          join(img->hw, ",") + " but device " + target + " is hw '" +
@@ -591,6 +889,13 @@ Result<std::string> Controller::build_offer(const ImageRec& img, const std::stri
   m.counter = img.counter;
   m.expires = static_cast<std::uint64_t>(now() / 1000 + cfg_.offer_ttl);
   m.kind = img.kind == "bundle" ? proto::ImageKind::bundle : proto::ImageKind::firmware;
+  if (!img.release_sig.empty()) {
+    if (!m.release_key.assign(img.release_key.c_str()) || !m.release_sig.assign(img.release_sig.c_str()))
+      return internal_err("image " + img.id + ": malformed release signature in the database");
+  } else if (keys_.signing_online()) {
+    return invalid_err("image " + img.id + " has no release signature; an online key cannot "
+                       "offer it (otactl image sign)");
+  }
   Status sg = signer_.sign_manifest(m);
   if (!sg) return sg.err();
   std::vector<char> buf(16384);
@@ -965,6 +1270,18 @@ void Controller::on_message(const char* topic, const void* payload, std::size_t 
                "in ota_device_messages_dropped_total{reason=\"rate_limited\"})");
     return;
   }
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (revoked_.count(dev)) {
+      count_drop(DropReason::revoked);
+      ignored_messages_++;
+      if (logged_once_.insert("revoked|" + dev))
+        log_warn("device " + dev + " is revoked; dropping its messages (logged once, counted in "
+                 "ota_device_messages_dropped_total{reason=\"revoked\"}); revoke its "
+                 "certificate on the broker (broker-config/pki.sh revoke)");
+      return;
+    }
+  }
   switch (k) {
     case proto::TopicKind::presence: handle_presence(dev, p, len, topic, retained); break;
     case proto::TopicKind::event: handle_event(dev, p, len, topic); break;
@@ -1033,6 +1350,7 @@ void Controller::handle_presence(const std::string& dev, const char* p, std::siz
   d.slot_state = proto::slot_state_name(h->slot_state);
   d.free = h->free;
   d.counter = h->counter;
+  d.keys = h->keys;
   for (std::size_t i = 0; i < h->group_count; ++i) d.groups.emplace_back(h->groups[i].c_str());
   d.online = true;
   d.last_seen = now_s();
@@ -1060,10 +1378,12 @@ void Controller::handle_presence(const std::string& dev, const char* p, std::siz
                "); event sequence reset");
     }
   }
-  if (s && (!*existing || (*existing)->version != d.version || !(*existing)->online))
+  if (s && (!*existing || (*existing)->version != d.version || !(*existing)->online ||
+            (*existing)->keys != d.keys))
     event("", dev, "hello",
           "version " + d.version + " hw " + d.hw + " slot " + d.slot + " " + d.slot_state +
-              (d.groups.empty() ? "" : " groups " + join(d.groups, ",")));
+              (d.groups.empty() ? "" : " groups " + join(d.groups, ",")) +
+              (d.keys || keys_.version() ? " keys " + std::to_string(d.keys) : std::string()));
   std::vector<std::string> touched;
   if (s) {
     dev_groups_[dev] = d.groups;
@@ -1110,7 +1430,11 @@ void Controller::handle_presence(const std::string& dev, const char* p, std::siz
   unapplied_hellos_.erase(dev);
   note_alive(dev);
   offline_devs_.erase(dev);
-  log_info("device " + dev + " hello version " + d.version + " " + d.slot_state);
+  dev_keys_[dev] = d.keys;
+  log_info("device " + dev + " hello version " + d.version + " " + d.slot_state +
+           (d.keys || keys_.version() ? " keys " + std::to_string(d.keys) : std::string()));
+  // A device that trusts an older key set gets the newest one (PROTOCOL.md 6.6).
+  if (d.keys < keys_.version()) send_keys(dev, /*force=*/false);
   if (h->resume.present) {
     // An interrupted download of a deployment that ended while the device was away: tell it
     // to drop the partial image now instead of letting it time out.
@@ -1500,7 +1824,9 @@ void Controller::handle_chunk_request(const std::string& dev, const char* p, std
 json Controller::to_json(const ImageRec& r) {
   return json{{"id", r.id},         {"sha256", r.sha256},         {"version", r.version},
               {"hw", r.hw},         {"size", r.size},             {"chunk_size", r.chunk_size},
-              {"counter", r.counter}, {"kind", r.kind},           {"created_at", r.created_at}};
+              {"counter", r.counter}, {"kind", r.kind},           {"created_at", r.created_at},
+              {"release_key", r.release_key.empty() ? json() : json(r.release_key)},
+              {"release_sig", r.release_sig.empty() ? json() : json(r.release_sig)}};
 }
 
 json Controller::to_json(const DeviceRec& r) {
@@ -1516,7 +1842,10 @@ json Controller::to_json(const DeviceRec& r) {
               {"online", r.online},
               {"last_seen", r.last_seen},
               {"last_error", r.last_error},
-              {"last_seq", r.last_seq}};
+              {"last_seq", r.last_seq},
+              {"keys", r.keys},
+              {"revoked", r.revoked_at > 0},
+              {"revoked_at", r.revoked_at > 0 ? json(r.revoked_at) : json()}};
 }
 
 Result<json> Controller::images_json() {

@@ -1175,11 +1175,18 @@ void HttpApi::routes() {
 
   post("/api/v1/images", Role::operator_, [this](const httplib::Request& req, httplib::Response& res) {
     ImageParams p;
+    // With a release file (`otactl image sign`) version, hw, counter and kind come from it.
+    p.release = req.get_param_value("release");
+    const bool with_release = req.has_param("release");
+    if (with_release && p.release.empty())
+      return send_error(res, 400, "query parameter 'release' is empty (it is the release file's JSON)");
     p.version = req.get_param_value("version");
-    if (p.version.empty()) return send_error(res, 400, "query parameter 'version' is required");
+    if (p.version.empty() && !with_release)
+      return send_error(res, 400, "query parameter 'version' is required (or 'release': a release file)");
     const std::size_t n = req.get_param_value_count("hw");
     for (std::size_t i = 0; i < n; ++i) p.hw.push_back(req.get_param_value("hw", i));
-    if (p.hw.empty()) return send_error(res, 400, "query parameter 'hw' is required (repeat for several models)");
+    if (p.hw.empty() && !with_release)
+      return send_error(res, 400, "query parameter 'hw' is required (repeat for several models)");
     if (req.has_param("chunk_size")) {
       auto c = parse_u32("chunk_size", req.get_param_value("chunk_size"), 0, 0xFFFFFFFFu);
       if (!c) return send_error(res, 400, c.error());
@@ -1192,9 +1199,13 @@ void HttpApi::routes() {
         auto c = parse_u32("counter", req.get_param_value("counter"), 0, 0xFFFFFFFFu);
         if (!c) return send_error(res, 400, c.error() + " (or 'next': a security release)");
         p.counter = *c;
+        p.counter_given = true;
       }
     }
-    if (req.has_param("kind")) p.kind = req.get_param_value("kind");
+    if (req.has_param("kind")) {
+      p.kind = req.get_param_value("kind");
+      p.kind_given = true;
+    }
     if (req.body.empty()) return send_error(res, 400, "request body (the image bytes) is empty");
     auto r = ctl_.add_image(req.body, p, actor());
     if (!r) return send_error(res, http_status(r.kind()), r.error());
@@ -1276,6 +1287,17 @@ void HttpApi::routes() {
   });
   get(R"(/api/v1/devices/([^/]+))", Role::read_only, [this](const httplib::Request& req, httplib::Response& res) {
     reply(res, ctl_.device_json(req.matches[1]));
+  });
+  post(R"(/api/v1/devices/([^/]+)/revoke)", Role::admin,
+         [this](const httplib::Request& req, httplib::Response& res) {
+           reply(res, ctl_.revoke_device(req.matches[1], actor()));
+         });
+  // Key sets (PROTOCOL.md 6.6): the body is the `keys` message `otactl keys sign` wrote.
+  get("/api/v1/keys", Role::read_only, [this](const httplib::Request&, httplib::Response& res) {
+    reply(res, ctl_.keys_json());
+  });
+  put("/api/v1/keys", Role::admin, [this](const httplib::Request& req, httplib::Response& res) {
+    reply(res, ctl_.push_keys(req.body, actor()));
   });
   post(R"(/api/v1/devices/([^/]+)/reset-seq)", Role::admin,
          [this](const httplib::Request& req, httplib::Response& res) {

@@ -382,6 +382,8 @@ Result<json> Controller::create_rollout(const json& body, const std::string& act
   std::lock_guard<std::mutex> lock(mu_);
   auto img = resolve_image(body["image"].get<std::string>());
   if (!img) return img.context("rollout");
+  Status deployable = check_deployable(*img);
+  if (!deployable) return deployable.context("rollout");
   rec.id = random_id("ro-");
   if (rec.id.size() < 4) return internal_err("rollout: no randomness for the id");
   rec.image_id = img->id;
@@ -417,6 +419,8 @@ Status Controller::start_rollout(RolloutMem& ro, const std::string& actor, long 
   auto img = store_.image_by_id(ro.rec.image_id);
   if (!img) return img.err();
   if (!*img) return internal_err("image " + ro.rec.image_id + " missing");
+  Status deployable = check_deployable(**img);
+  if (!deployable) return deployable;
   auto targets = resolve_targets(ro.rec);
   if (!targets) return targets.err();
   // Devices of another hardware model cannot take the image: leave them out, say so.
@@ -425,7 +429,7 @@ Status Controller::start_rollout(RolloutMem& ro, const std::string& actor, long 
   for (const auto& id : *targets) {
     auto d = store_.device(id);
     if (!d) return d.err();
-    if (!*d) continue;
+    if (!*d || revoked_.count(id)) continue;
     if (std::find(img->value().hw.begin(), img->value().hw.end(), (*d)->hw) == img->value().hw.end()) {
       wrong_hw.push_back(id);
       continue;
@@ -639,6 +643,8 @@ Result<json> Controller::rollback_rollout(RolloutMem* ro, const RolloutRec& rec,
                        " does not know the previous version; give \"image\"");
   auto img = resolve_image(ref);
   if (!img) return img.context("rollback");
+  Status deployable = check_deployable(*img);
+  if (!deployable) return deployable.context("rollback");
   if (img->id == rec.image_id)
     return invalid_err("rollback: image " + ref + " is the rollout's own image");
   flush_dirty(true);

@@ -9,6 +9,8 @@
 #include <openssl/pem.h>
 #include <openssl/sha.h>
 
+#include <sys/stat.h>
+
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -183,6 +185,143 @@ bool verify_hex(EVP_PKEY* key, const void* data, std::size_t len, const std::str
   OPENSSL_free(der);
   ERR_clear_error();
   return ok;
+}
+
+Status Signer::sign_release(proto::Manifest& m) const {
+  if (!m.release_key.assign(key_id_.c_str())) return internal_err("key id too long");
+  m.release_sig.assign("");
+  char buf[2048];
+  std::size_t n = proto::canonical_release(m, buf, sizeof buf);
+  if (n == 0) return internal_err("canonical_release: buffer too small or bad release");
+  auto sig = sign_hex(buf, n);
+  if (!sig) return sig.context("sign release");
+  if (!m.release_sig.assign(sig->c_str())) return internal_err("signature too long");
+  return {};
+}
+
+Status Signer::sign_keyset(proto::KeySet& k) const {
+  if (!k.key.assign(key_id_.c_str())) return internal_err("key id too long");
+  k.sig.assign("");
+  char buf[4096];
+  std::size_t n = proto::canonical_keyset(k, buf, sizeof buf);
+  if (n == 0) return internal_err("canonical_keyset: buffer too small or bad key set");
+  auto sig = sign_hex(buf, n);
+  if (!sig) return sig.context("sign key set");
+  if (!k.sig.assign(sig->c_str())) return internal_err("signature too long");
+  return {};
+}
+
+bool verify_release(EVP_PKEY* key, const proto::Manifest& m) {
+  char buf[2048];
+  std::size_t n = proto::canonical_release(m, buf, sizeof buf);
+  if (n == 0) return false;
+  return verify_hex(key, buf, n, m.release_sig.c_str());
+}
+
+bool verify_keyset(EVP_PKEY* key, const proto::KeySet& k) {
+  char buf[4096];
+  std::size_t n = proto::canonical_keyset(k, buf, sizeof buf);
+  if (n == 0) return false;
+  return verify_hex(key, buf, n, k.sig.c_str());
+}
+
+Result<P256Point> p256_point_of(EVP_PKEY* key) {
+  Status p = check_p256(key);
+  if (!p) return p.err();
+  unsigned char* der = nullptr;
+  int n = i2d_PUBKEY(key, &der);
+  if (n <= 0) return internal_err("i2d_PUBKEY: " + ssl_err());
+  // The 91-byte SubjectPublicKeyInfo ends with the uncompressed point (a compressed one makes
+  // it 59 bytes long).
+  P256Point pt{};
+  const bool ok = n == static_cast<int>(proto::kP256SpkiDerLen) &&
+                  der[proto::kP256SpkiDerLen - proto::kP256PointLen] == 0x04;
+  if (ok) std::memcpy(pt.data(), der + (proto::kP256SpkiDerLen - proto::kP256PointLen), pt.size());
+  OPENSSL_free(der);
+  if (!ok) return invalid_err("the public key is not an uncompressed P-256 point");
+  return pt;
+}
+
+Result<PkeyPtr> public_key_from_point(const P256Point& point) {
+  std::uint8_t der[proto::kP256SpkiDerLen];
+  proto::p256_spki_der(point.data(), der);
+  const unsigned char* p = der;
+  EVP_PKEY* k = d2i_PUBKEY(nullptr, &p, static_cast<long>(sizeof der));
+  if (!k) {
+    ERR_clear_error();
+    return invalid_err("not a point on P-256");
+  }
+  return PkeyPtr(k);
+}
+
+std::string key_id_of_point(const P256Point& point) {
+  std::uint8_t der[proto::kP256SpkiDerLen];
+  proto::p256_spki_der(point.data(), der);
+  unsigned char md[SHA256_DIGEST_LENGTH];
+  SHA256(der, sizeof der, md);
+  return to_hex(md, proto::kKeyIdLen / 2);
+}
+
+Status check_keyset_ids(const proto::KeySet& k) {
+  for (std::size_t i = 0; i < k.key_count; ++i) {
+    P256Point pt{};
+    std::memcpy(pt.data(), k.keys[i].pub, pt.size());
+    const std::string id = key_id_of_point(pt);
+    if (k.keys[i].id != id.c_str())
+      return invalid_err("keys[" + std::to_string(i) + "]: id " + k.keys[i].id.c_str() +
+                         " is not the id of its public key (" + id + ")");
+    auto key = public_key_from_point(pt);
+    if (!key) return invalid_err("keys[" + std::to_string(i) + "] (" + id + "): " + key.error());
+  }
+  return {};
+}
+
+std::string hex_of(const void* data, std::size_t len) {
+  return to_hex(static_cast<const unsigned char*>(data), len);
+}
+
+namespace {
+std::string mode_text(unsigned mode) {
+  char buf[8];
+  std::snprintf(buf, sizeof buf, "%04o", mode & 07777);
+  return buf;
+}
+}  // namespace
+
+Status check_private_key_file(const std::string& path, const std::string& what) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0)
+    return invalid_err(what + " " + path + ": " + std::strerror(errno));
+  if ((st.st_mode & 077) == 0) return {};
+  return invalid_err(what + " " + path + " has mode " + mode_text(st.st_mode) +
+                     ": group or others may read this private key; run `chmod 600 " + path +
+                     "` (it must be readable by its owner only)");
+}
+
+Result<std::string> read_file_text(const std::string& path, const std::string& what) {
+  std::FILE* f = std::fopen(path.c_str(), "rb");
+  if (!f) return invalid_err(what + " " + path + ": " + std::strerror(errno));
+  std::string out;
+  char buf[4096];
+  std::size_t n;
+  while ((n = std::fread(buf, 1, sizeof buf, f)) > 0) out.append(buf, n);
+  const bool bad = std::ferror(f) != 0;
+  std::fclose(f);
+  if (bad) return invalid_err(what + " " + path + ": read error");
+  return out;
+}
+
+Result<PkeyPtr> load_public_key_file(const std::string& path, const std::string& what) {
+  auto pem = read_file_text(path, what);
+  if (!pem) return pem.err();
+  auto k = public_key_from_pem(*pem);
+  if (!k)
+    return invalid_err(what + " " + path + ": " + k.error() +
+                       " (make one from a private key with `openssl ec -in KEY.pem -pubout -out "
+                       "KEY.pub.pem`)");
+  Status p = check_p256(k->get());
+  if (!p) return p.context(what + " " + path);
+  return k;
 }
 
 bool verify_manifest(EVP_PKEY* key, const proto::Manifest& m) {

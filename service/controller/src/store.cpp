@@ -72,7 +72,7 @@ std::vector<std::string> from_json_array(const std::string& s) {
   return out;
 }
 
-ImageRec read_image(const Q& q) {
+ImageRec read_image(const Q& q, int schema) {
   ImageRec r;
   r.id = q.text(0);
   r.sha256 = q.text(1);
@@ -83,12 +83,19 @@ ImageRec read_image(const Q& q) {
   r.counter = q.u32(6);
   r.kind = q.text(7);
   r.created_at = q.i64(8);
+  if (schema >= 5) {
+    r.release_key = q.text(9);
+    r.release_sig = q.text(10);
+  }
   return r;
 }
-const char* const kImageCols =
-    "SELECT id, sha256, version, hw, size, chunk_size, counter, kind, created_at FROM images ";
+// The columns of the schema the file has (tests write older schemas through the Store).
+std::string image_cols(int schema) {
+  return std::string("SELECT id, sha256, version, hw, size, chunk_size, counter, kind, created_at") +
+         (schema >= 5 ? ", release_key, release_sig" : "") + " FROM images ";
+}
 
-DeviceRec read_device(const Q& q) {
+DeviceRec read_device(const Q& q, int schema) {
   DeviceRec d;
   d.id = q.text(0);
   d.hw = q.text(1);
@@ -103,11 +110,17 @@ DeviceRec read_device(const Q& q) {
   d.last_seen = q.i64(10);
   d.last_error = q.text(11);
   d.last_seq = q.i64(12);
+  if (schema >= 5) {
+    d.keys = q.u32(13);
+    d.revoked_at = q.i64(14);
+  }
   return d;
 }
-const char* const kDeviceCols =
-    "SELECT id, hw, version, previous_version, slot, slot_state, free, counter, groups, online, "
-    "last_seen, last_error, last_seq FROM devices ";
+std::string device_cols(int schema) {
+  return std::string("SELECT id, hw, version, previous_version, slot, slot_state, free, counter, "
+                     "groups, online, last_seen, last_error, last_seq") +
+         (schema >= 5 ? ", keyset, revoked_at" : "") + " FROM devices ";
+}
 
 DeploymentRec read_deployment(const Q& q) {
   DeploymentRec d;
@@ -345,6 +358,22 @@ CREATE TABLE api_tokens (
   sha256     TEXT NOT NULL UNIQUE CHECK (length(sha256) = 64),
   created_at INTEGER NOT NULL,
   created_by TEXT NOT NULL DEFAULT ''
+);
+)SQL";
+
+// v5: offline signing and key rotation (PROTOCOL.md 6.5, 6.6): an image's release signature,
+// the key-set version each device reports, revoked devices, and the key sets pushed (history).
+const char* const kSchemaV5 = R"SQL(
+ALTER TABLE images ADD COLUMN release_key TEXT NOT NULL DEFAULT '';
+ALTER TABLE images ADD COLUMN release_sig TEXT NOT NULL DEFAULT '';
+ALTER TABLE devices ADD COLUMN keyset INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE devices ADD COLUMN revoked_at INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE key_sets (
+  version     INTEGER PRIMARY KEY CHECK (version >= 1),
+  body        TEXT NOT NULL,
+  signed_by   TEXT NOT NULL,
+  uploaded_by TEXT NOT NULL DEFAULT '',
+  uploaded_at INTEGER NOT NULL
 );
 )SQL";
 
@@ -617,7 +646,7 @@ Status Store::migrate(int target) {
     have = 2;
   }
   // Additive steps (new tables and indexes): one transaction each.
-  const std::pair<int, const char*> additive[] = {{3, kSchemaV3}, {4, kSchemaV4}};
+  const std::pair<int, const char*> additive[] = {{3, kSchemaV3}, {4, kSchemaV4}, {5, kSchemaV5}};
   for (const auto& [version, sql] : additive) {
     if (have >= version || target < version) continue;
     Tx tx(*this);
@@ -666,50 +695,100 @@ void Store::rollback() {
 
 // ---------------------------------------------------------------------------------- images
 Status Store::insert_image(const ImageRec& img) {
-  OTA_PREP(q,
-           "INSERT INTO images(id, sha256, version, hw, size, chunk_size, counter, kind, "
-           "created_at) VALUES (?,?,?,?,?,?,?,?,?)");
+  const bool v5 = schema_version_ >= 5;
+  if (!v5 && !img.release_sig.empty())
+    return internal_err("insert image: a release signature needs schema 5");
+  OTA_PREP(q, v5 ? "INSERT INTO images(id, sha256, version, hw, size, chunk_size, counter, kind, "
+                   "created_at, release_key, release_sig) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
+                 : "INSERT INTO images(id, sha256, version, hw, size, chunk_size, counter, kind, "
+                   "created_at) VALUES (?,?,?,?,?,?,?,?,?)");
   q.bind(1, img.id).bind(2, img.sha256).bind(3, img.version).bind(4, to_json_array(img.hw));
   q.bind_u64(5, img.size).bind(6, static_cast<long long>(img.chunk_size));
   q.bind(7, static_cast<long long>(img.counter)).bind(8, img.kind).bind(9, img.created_at);
+  if (v5) q.bind(10, img.release_key).bind(11, img.release_sig);
   OTA_DONE(q, "insert image");
   return {};
 }
 
+Status Store::set_image_release(const std::string& id, const std::string& release_key,
+                                const std::string& release_sig) {
+  OTA_PREP(q, "UPDATE images SET release_key = ?, release_sig = ? WHERE id = ?");
+  q.bind(1, release_key).bind(2, release_sig).bind(3, id);
+  OTA_DONE(q, "set image release signature");
+  if (sqlite3_changes(db_) != 1) return not_found_err("unknown image " + id);
+  return {};
+}
+
+Status Store::insert_key_set(const KeySetRec& k) {
+  OTA_PREP(q, "INSERT INTO key_sets(version, body, signed_by, uploaded_by, uploaded_at) "
+              "VALUES (?,?,?,?,?)");
+  q.bind(1, static_cast<long long>(k.version)).bind(2, k.body).bind(3, k.signed_by);
+  q.bind(4, k.uploaded_by).bind(5, k.uploaded_at);
+  const int rc = q.step();
+  if ((rc & 0xff) == SQLITE_CONSTRAINT)
+    return conflict_err("key set version " + std::to_string(k.version) + " exists");
+  if (rc != SQLITE_DONE) return record_write_failure(rc, "insert key set: " + errmsg());
+  record_statement_done();
+  return {};
+}
+
+Result<std::vector<KeySetRec>> Store::key_sets() {
+  OTA_PREP(q, "SELECT version, body, signed_by, uploaded_by, uploaded_at FROM key_sets "
+              "ORDER BY version");
+  std::vector<KeySetRec> out;
+  int rc;
+  while ((rc = q.step()) == SQLITE_ROW) {
+    KeySetRec k;
+    k.version = q.u32(0);
+    k.body = q.text(1);
+    k.signed_by = q.text(2);
+    k.uploaded_by = q.text(3);
+    k.uploaded_at = q.i64(4);
+    out.push_back(std::move(k));
+  }
+  if (rc != SQLITE_DONE) return internal_err("key sets: " + errmsg());
+  return out;
+}
+
 Result<std::optional<ImageRec>> Store::image_by_id(const std::string& id) {
-  OTA_PREP(q, std::string(kImageCols) + "WHERE id = ?");
+  OTA_PREP(q, image_cols(schema_version_) + "WHERE id = ?");
   q.bind(1, id);
-  if (q.step() == SQLITE_ROW) return std::optional<ImageRec>(read_image(q));
+  if (q.step() == SQLITE_ROW) return std::optional<ImageRec>(read_image(q, schema_version_));
   return std::optional<ImageRec>();
 }
 Result<std::optional<ImageRec>> Store::image_by_sha(const std::string& sha) {
-  OTA_PREP(q, std::string(kImageCols) + "WHERE sha256 = ?");
+  OTA_PREP(q, image_cols(schema_version_) + "WHERE sha256 = ?");
   q.bind(1, sha);
-  if (q.step() == SQLITE_ROW) return std::optional<ImageRec>(read_image(q));
+  if (q.step() == SQLITE_ROW) return std::optional<ImageRec>(read_image(q, schema_version_));
   return std::optional<ImageRec>();
 }
 Result<std::optional<ImageRec>> Store::image_by_version(const std::string& version) {
-  OTA_PREP(q, std::string(kImageCols) + "WHERE version = ?");
+  OTA_PREP(q, image_cols(schema_version_) + "WHERE version = ?");
   q.bind(1, version);
-  if (q.step() == SQLITE_ROW) return std::optional<ImageRec>(read_image(q));
+  if (q.step() == SQLITE_ROW) return std::optional<ImageRec>(read_image(q, schema_version_));
   return std::optional<ImageRec>();
 }
 Result<std::vector<ImageRec>> Store::list_images() {
-  OTA_PREP(q, std::string(kImageCols) + "ORDER BY created_at, id");
+  OTA_PREP(q, image_cols(schema_version_) + "ORDER BY created_at, id");
   std::vector<ImageRec> out;
-  while (q.step() == SQLITE_ROW) out.push_back(read_image(q));
+  while (q.step() == SQLITE_ROW) out.push_back(read_image(q, schema_version_));
   return out;
 }
 
 // --------------------------------------------------------------------------------- devices
 Status Store::upsert_device(const DeviceRec& d) {
+  const bool v5 = schema_version_ >= 5;
   OTA_PREP(q,
-           "INSERT INTO devices(id, hw, version, previous_version, slot, slot_state, free, "
-           "counter, groups, online, last_seen) VALUES (?,?,?,?,?,?,?,?,?,?,?) "
-           "ON CONFLICT(id) DO UPDATE SET hw=excluded.hw, version=excluded.version, "
-           "previous_version=excluded.previous_version, slot=excluded.slot, "
-           "slot_state=excluded.slot_state, free=excluded.free, counter=excluded.counter, "
-           "groups=excluded.groups, online=excluded.online, last_seen=excluded.last_seen");
+           std::string("INSERT INTO devices(id, hw, version, previous_version, slot, slot_state, "
+                       "free, counter, groups, online, last_seen") +
+               (v5 ? ", keyset) VALUES (?,?,?,?,?,?,?,?,?,?,?,?) "
+                   : ") VALUES (?,?,?,?,?,?,?,?,?,?,?) ") +
+               "ON CONFLICT(id) DO UPDATE SET hw=excluded.hw, version=excluded.version, "
+               "previous_version=excluded.previous_version, slot=excluded.slot, "
+               "slot_state=excluded.slot_state, free=excluded.free, counter=excluded.counter, "
+               "groups=excluded.groups, online=excluded.online, last_seen=excluded.last_seen" +
+               (v5 ? ", keyset=excluded.keyset" : ""));
+  if (v5) q.bind(12, static_cast<long long>(d.keys));
   q.bind(1, d.id).bind(2, d.hw).bind(3, d.version);
   if (d.previous_version)
     q.bind(4, *d.previous_version);
@@ -736,6 +815,14 @@ Status Store::set_device_online(const std::string& id, bool online, long long ts
   OTA_DONE(q, "set device online");
   return {};
 }
+Status Store::set_device_revoked(const std::string& id, long long ts) {
+  OTA_PREP(q, "UPDATE devices SET revoked_at = ? WHERE id = ?");
+  q.bind(1, ts).bind(2, id);
+  OTA_DONE(q, "set device revoked");
+  if (sqlite3_changes(db_) != 1) return not_found_err("unknown device " + id);
+  return {};
+}
+
 Status Store::set_device_last_seq(const std::string& id, long long seq) {
   OTA_PREP(q, "UPDATE devices SET last_seq = ? WHERE id = ?");
   q.bind(1, seq).bind(2, id);
@@ -758,21 +845,21 @@ Status Store::set_device_last_error(const std::string& id, const std::string& er
 }
 
 Result<std::optional<DeviceRec>> Store::device(const std::string& id) {
-  OTA_PREP(q, std::string(kDeviceCols) + "WHERE id = ?");
+  OTA_PREP(q, device_cols(schema_version_) + "WHERE id = ?");
   q.bind(1, id);
-  if (q.step() == SQLITE_ROW) return std::optional<DeviceRec>(read_device(q));
+  if (q.step() == SQLITE_ROW) return std::optional<DeviceRec>(read_device(q, schema_version_));
   return std::optional<DeviceRec>();
 }
 
 Result<std::vector<DeviceRec>> Store::list_devices(const DeviceFilter& f) {
-  OTA_PREP(q, std::string(kDeviceCols) +
+  OTA_PREP(q, device_cols(schema_version_) +
                   "WHERE (?1 = '' OR EXISTS (SELECT 1 FROM json_each(devices.groups) "
                   "WHERE json_each.value = ?1)) AND (?2 = '' OR version = ?2) "
                   "AND (?3 < 0 OR online = ?3) ORDER BY id");
   q.bind(1, f.group).bind(2, f.version);
   q.bind(3, static_cast<long long>(f.online ? (*f.online ? 1 : 0) : -1));
   std::vector<DeviceRec> out;
-  while (q.step() == SQLITE_ROW) out.push_back(read_device(q));
+  while (q.step() == SQLITE_ROW) out.push_back(read_device(q, schema_version_));
   return out;
 }
 

@@ -20,6 +20,7 @@
 #include <nlohmann/json.hpp>
 
 #include "ota/service/images.hpp"
+#include "ota/service/keys.hpp"
 #include "ota/service/rate_limit.hpp"
 #include "ota/service/result.hpp"
 #include "ota/service/rollout.hpp"
@@ -127,6 +128,9 @@ struct ControllerConfig {
   // them are dropped and counted (ota_device_messages_dropped_total{reason="rate_limited"}).
   double device_messages_per_s = 20, device_messages_burst = 200;
   double device_requests_per_s = 2000, device_requests_burst = 2000;
+  // Offline signing and key sets (PROTOCOL.md 6.5, 6.6): the root key, release keys and the
+  // signing key's role (keys.hpp).
+  KeyRingConfig keys;
 };
 
 // Why a device message was dropped without effect (a label of
@@ -139,8 +143,9 @@ enum class DropReason {
   progress_backwards,  // progress below what the device already reported in this attempt
   not_applicable,      // not a member, finished or superseded deployment, stale id
   duplicate,           // an outcome we already have, sent again
+  revoked,             // from a device the operator revoked (otactl device revoke)
 };
-constexpr std::size_t kDropReasonCount = 7;
+constexpr std::size_t kDropReasonCount = 8;
 const char* drop_reason_name(DropReason r);
 
 // A Prometheus label value with backslash, double quote and newline escaped.
@@ -172,6 +177,18 @@ class Controller {
   Result<DeploymentRec> cancel(const std::string& deployment_id, const std::string& actor = "");
   // Forgets the device's last event seq (after a factory reset of its counter).
   Status reset_seq(const std::string& device_id, const std::string& actor = "");
+  // Marks a device revoked: its messages are dropped (counted as DropReason::revoked), it is
+  // never targeted again, its in-flight rows are cancelled. The broker side (its certificate
+  // on the CRL) is the operator's step (broker-config/pki.sh revoke). Returns the device JSON.
+  Result<nlohmann::json> revoke_device(const std::string& device_id, const std::string& actor);
+
+  // --- key sets (PROTOCOL.md 6.6)
+  // PUT /api/v1/keys: verifies the `keys` message (KeyRing::verify), stores it, logs it and
+  // sends it to every online device whose hello reported an older version (the others get it
+  // at their next hello). Returns keys_json().
+  Result<nlohmann::json> push_keys(const std::string& body, const std::string& actor);
+  // GET /api/v1/keys: the held set, the root, the signing key's role, devices by version.
+  Result<nlohmann::json> keys_json();
 
   // --- rollouts (see rollout.hpp; actor names who asked, for the event log)
   Result<nlohmann::json> create_rollout(const nlohmann::json& body, const std::string& actor);
@@ -262,7 +279,7 @@ class Controller {
     RolloutState st;
   };
 
-  Controller(ControllerConfig cfg, Signer signer, Publisher* pub);
+  Controller(ControllerConfig cfg, Signer signer, KeyRing keys, Publisher* pub);
   long long now() const;  // unix ms from cfg_.clock
   // Whom a signed offer is for (the manifest's binding members).
   struct OfferTarget {
@@ -274,6 +291,18 @@ class Controller {
   // and to `target`.
   Result<std::string> build_offer(const ImageRec& img, const std::string& offer_id,
                                   const OfferTarget& target);
+  // Whether devices would take an offer of `img` signed now: with an online signing key it
+  // needs a release signature, and a release signature's key must be trusted (not revoked).
+  // Must hold mu_.
+  Status check_deployable(const ImageRec& img) const;
+  // Release file checks of add_image (must hold mu_): fills p from it, checks it against the
+  // bytes' sha256/size, the known release keys and its signature; returns the key and sig.
+  Result<std::pair<std::string, std::string>> check_release(const std::string& sha, std::size_t size,
+                                                            ImageParams& p) const;
+  // Sends the held key set to `dev` (topic .../down/keys). Unless `force`, a version already
+  // sent kKeysQuickResends times goes again only after kKeysResendMs: a device that refuses
+  // the set says hello after each one (it may have another root). Must hold mu_.
+  void send_keys(const std::string& dev, bool force);
   bool is_rollback(const DepMem& d) const;
   // Active deployment for an id as sent by a device ("dep-x" or "dep-x.<attempt>").
   DepMem* find_dep(const std::string& offer_id, int* attempt);
@@ -345,6 +374,17 @@ class Controller {
 
   ControllerConfig cfg_;
   Signer signer_;
+  KeyRing keys_;
+  struct KeysSent {
+    std::uint32_t version = 0;
+    long long ms = 0;
+    int count = 0;
+  };
+  std::map<std::string, KeysSent> keys_sent_;   // device -> last key set sent
+  std::map<std::string, std::uint32_t> dev_keys_;  // device -> key-set version of its hello
+  std::set<std::string> revoked_;                   // revoked devices
+  static constexpr long long kKeysResendMs = 600000;
+  static constexpr int kKeysQuickResends = 3;
   Publisher* pub_;
   std::mutex mu_;
   Store store_;

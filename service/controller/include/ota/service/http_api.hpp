@@ -51,7 +51,8 @@ std::string sha256_hex(const std::string& data);
 // What a token may do; each role may do everything the roles before it may.
 //   read_only: every GET (devices, rollouts, events, /metrics, ...) except the two below;
 //   operator_: + upload images, deploy, cancel, rollouts and their actions, device tags;
-//   admin:     + API tokens, the database backup (it holds everything), reset-seq.
+//   admin:     + API tokens, the database backup (it holds everything), reset-seq, key sets
+//              (PUT /api/v1/keys), device revocation.
 enum class Role { read_only = 0, operator_ = 1, admin = 2 };
 const char* role_name(Role r);  // "read-only", "operator", "admin"
 std::optional<Role> parse_role(const std::string& name);

@@ -27,6 +27,12 @@ struct ImageParams {
   // A security release: the counter becomes the highest counter of the registered images
   // + 1 (instead of `counter`), so that devices that confirm it refuse every earlier image.
   bool security_release = false;
+  // The release file of `otactl image sign` (PROTOCOL.md 6.5), or empty. With it, version, hw,
+  // counter and kind come from the file (values given as well must equal the file's), and
+  // the controller stores its release signature with the image once it verified it.
+  std::string release;
+  bool counter_given = false;  // `counter` was given explicitly (not the default)
+  bool kind_given = false;     // `kind` was given explicitly
 };
 
 // Checks version (semver, <= 32 chars), hw (1..4 valid ids, no duplicates), kind, chunk

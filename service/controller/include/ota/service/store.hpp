@@ -21,7 +21,7 @@ struct sqlite3_stmt;
 
 namespace ota::service {
 
-constexpr int kSchemaVersion = 4;
+constexpr int kSchemaVersion = 5;
 
 // Start of the message of the error open() returns for a damaged database file (also
 // Store::damaged()). verify_file() uses it too.
@@ -37,6 +37,10 @@ struct ImageRec {
   std::uint32_t counter = 0;
   std::string kind = "firmware";
   long long created_at = 0;
+  // Release signature (schema v5, PROTOCOL.md 6.5): made offline by release key
+  // `release_key` over the image's canonical release encoding. Both empty: none.
+  std::string release_key;
+  std::string release_sig;
 };
 
 struct DeviceRec {
@@ -53,6 +57,8 @@ struct DeviceRec {
   long long last_seen = 0;
   std::string last_error;
   long long last_seq = -1;  // -1: no event seen yet
+  std::uint32_t keys = 0;   // key-set version of its last hello (schema v5; 0 = provisioned)
+  long long revoked_at = 0;  // unix seconds the operator revoked it (schema v5); 0 = not
 };
 
 struct DeploymentRec {
@@ -149,6 +155,15 @@ struct ApiTokenRec {
   std::string created_by;    // the actor that created it ("token:NAME")
 };
 
+// A key set the operator pushed (schema v5, PROTOCOL.md 6.6), as the `keys` message devices get.
+struct KeySetRec {
+  std::uint32_t version = 0;
+  std::string body;       // the encoded `keys` message (proto::encode_keyset)
+  std::string signed_by;  // key id of the root key that signed it
+  std::string uploaded_by;  // the actor ("token:NAME")
+  long long uploaded_at = 0;  // unix seconds
+};
+
 // Row states.
 bool is_row_state(const std::string& s);
 bool is_final_row_state(const std::string& s);
@@ -203,15 +218,24 @@ class Store {
   Result<std::optional<ImageRec>> image_by_sha(const std::string& sha);
   Result<std::optional<ImageRec>> image_by_version(const std::string& version);
   Result<std::vector<ImageRec>> list_images();
+  // A release signature for a stored image (schema v5); not_found if there is no such image.
+  Status set_image_release(const std::string& id, const std::string& release_key,
+                           const std::string& release_sig);
+
+  // Key sets (schema v5): the history, oldest first. insert: conflict if the version exists.
+  Status insert_key_set(const KeySetRec& k);
+  Result<std::vector<KeySetRec>> key_sets();
 
   // Devices.
-  Status upsert_device(const DeviceRec& d);  // everything but last_seq / last_error
+  Status upsert_device(const DeviceRec& d);  // everything but last_seq / last_error / revoked_at
   Status set_device_online(const std::string& id, bool online, long long ts);
   Status set_device_last_seq(const std::string& id, long long seq);
   Status set_device_version(const std::string& id, const std::string& version);
   Status set_device_last_error(const std::string& id, const std::string& err);
   Status ensure_device(const std::string& id, long long ts);  // stub row if unknown
   Result<std::optional<DeviceRec>> device(const std::string& id);
+  // ts 0: not revoked (schema v5).
+  Status set_device_revoked(const std::string& id, long long ts);
   Result<std::vector<DeviceRec>> list_devices(const DeviceFilter& f);
 
   // Deployments.
