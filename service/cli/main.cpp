@@ -32,6 +32,7 @@
 #include <vector>
 
 #include "args.hpp"
+#include "ota/cli_config.hpp"
 #include "ota/proto/bundle.hpp"
 
 using nlohmann::json;
@@ -1343,6 +1344,7 @@ int main(int argc, char** argv) {
   CLI::App app{"otactl: control the OTA fleet controller over its HTTP API"};
   app.require_subcommand(1);
   app.fallthrough();  // global options (--json, --api) may also follow the subcommand
+  app.set_version_flag("--version", std::string(ota::cli::version()));
   const char* env_api = std::getenv("OTA_API");
   std::string api = env_api && *env_api ? env_api : "http://127.0.0.1:8080";
   bool json_out = false;
