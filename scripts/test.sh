@@ -8,6 +8,15 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 "$root/scripts/install-deps.sh"
+# The programs read OTA_<OPTION> variables (ota-controller --help shows them; otactl reads
+# OTA_API, OTA_API_TOKEN, OTA_API_TOKEN_FILE): a shell that exported some, e.g. after the
+# demo, must not change the processes the tests start. The test harness's own stay.
+for v in $(compgen -e); do
+  case "$v" in
+    OTA_KEEP_TMP | OTA_BROKER_CONFIG_DIR | OTA_SKIP_SANITIZE) ;;
+    OTA_*) unset "$v" ;;
+  esac
+done
 
 echo "== build (-Werror) =="
 "$root/scripts/build.sh" "$root/build-ci" -DOTA_WERROR=ON

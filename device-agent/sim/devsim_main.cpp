@@ -13,6 +13,8 @@
 
 #include <CLI/CLI.hpp>
 
+#include "ota/cli_config.hpp"
+
 #include "ota/agent/linux/device_runner.hpp"
 #include "ota/proto/messages.hpp"
 
@@ -34,6 +36,7 @@ std::set<std::string> split_ids(const std::string& list) {
 int main(int argc, char** argv) {
   using namespace ota::agent::linux_port;
   CLI::App app{"ota-devsim: N simulated OTA devices, each with its own TLS identity"};
+  app.set_version_flag("--version", std::string(ota::cli::version()));
   int count = 20;
   std::string id_prefix = "sim";
   std::string pki, data;

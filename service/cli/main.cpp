@@ -33,6 +33,7 @@
 #include <vector>
 
 #include "args.hpp"
+#include "ota/cli_config.hpp"
 #include "ota/proto/bundle.hpp"
 #include "ota/proto/messages.hpp"
 #include "ota/proto/topics.hpp"
@@ -1735,6 +1736,7 @@ int main(int argc, char** argv) {
   CLI::App app{"otactl: control the OTA fleet controller over its HTTP API"};
   app.require_subcommand(1);
   app.fallthrough();  // global options (--json, --api) may also follow the subcommand
+  app.set_version_flag("--version", std::string(ota::cli::version()));
   const char* env_api = std::getenv("OTA_API");
   std::string api = env_api && *env_api ? env_api : "http://127.0.0.1:8080";
   bool json_out = false;

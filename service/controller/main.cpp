@@ -12,6 +12,7 @@
 #include <memory>
 #include <string>
 
+#include "ota/cli_config.hpp"
 #include "ota/service/controller.hpp"
 #include "ota/service/http_api.hpp"
 #include "ota/service/log.hpp"
@@ -135,13 +136,30 @@ int main(int argc, char** argv) {
                  "keep at most this many events, deleting the oldest (0: no limit)")
       ->capture_default_str()->check(CLI::Range(0LL, 1LL << 40));
   app.add_flag("-v,--verbose", verbose, "debug logging");
+  std::string log_format = "text";
+  app.add_option("--log-format", log_format,
+                 "stderr log lines: text, or json (one object per line: ts, level, msg, fields)")
+      ->capture_default_str()->check(CLI::IsMember({"text", "json"}));
+  // Declared last: every option above also reads OTA_<NAME> and the --config file.
+  bool print_config = false;
+  ota::cli::add_config_sources(app, print_config);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     int rc = app.exit(e);
     return rc == 0 ? 0 : 2;
   }
+  if (print_config) {
+    ota::cli::print_config(app);
+    return 0;
+  }
   if (verbose) set_log_level(LogLevel::debug);
+  LogFormat lf = LogFormat::text;
+  parse_log_format(log_format, &lf);
+  set_log_format(lf);
+  log_info("ota-controller starting", {{"version", ota::cli::version()},
+                                       {"config", app["--config"]->as<std::string>()},
+                                       {"db", cc.db_path}});
   cc.min_free_bytes = min_free_mb * 1024 * 1024;
   cc.event_retention.max_age_ms = retention_days * 86400LL * 1000;
   if (mc.reconnect_base_ms > mc.reconnect_max_ms) {

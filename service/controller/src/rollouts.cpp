@@ -988,6 +988,7 @@ std::string Controller::metrics_text() {
   }
   o << "# HELP ota_rollout_failure_rate Final failures / devices of the started waves (0..1).\n"
        "# TYPE ota_rollout_failure_rate gauge\n" << rates.str();
+  rollout_metrics(o);
   health_metrics(o);
   return o.str();
 }

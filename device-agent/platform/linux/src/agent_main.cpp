@@ -4,6 +4,8 @@
 
 #include <CLI/CLI.hpp>
 
+#include "ota/cli_config.hpp"
+
 #include "ota/agent/linux/device_runner.hpp"
 
 namespace {
@@ -59,7 +61,15 @@ int main(int argc, char** argv) {
   std::string crash_in_state;
   app.add_option("--crash-in-state", crash_in_state,
                  "debug: SIGKILL when entering this state, once per --data directory");
+  // Every option above also reads OTA_<NAME> (OTA_DEVICE_ID, OTA_PORT...) and --config FILE;
+  // the systemd unit uses /etc/ota/agent.toml.
+  bool print_config = false;
+  ota::cli::add_config_sources(app, print_config);
   CLI11_PARSE(app, argc, argv);
+  if (print_config) {
+    ota::cli::print_config(app);
+    return 0;
+  }
   for (int st = 0; !crash_in_state.empty() && st <= 5; ++st) {
     if (crash_in_state == ota::proto::device_state_name(static_cast<ota::proto::DeviceState>(st))) {
       opt.crash_in_state = st;

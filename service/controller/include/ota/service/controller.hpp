@@ -437,6 +437,7 @@ class Controller {
   void probe_database(long long now_ms);
   void prune_history(long long now_ms);
   void health_metrics(std::ostream& o);
+  void rollout_metrics(std::ostream& o);  // rollout_metrics.cpp
   // Hellos whose commit failed (full disk, I/O error): applied again by tick() once the
   // database takes writes, so a device that said hello during the outage is not missed
   // (it will not say hello again until it reconnects). Device -> payload, retained flag.

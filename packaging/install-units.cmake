@@ -1,0 +1,32 @@
+# Included by the install script (packaging.cmake): renders the systemd units with this
+# install's paths and writes the example configuration into SYSCONF/ota unless present.
+# In: CMAKE_INSTALL_PREFIX, $ENV{DESTDIR}, _ota_pkg, _ota_datadir, _ota_docdir, _ota_bindir.
+set(_prefix "${CMAKE_INSTALL_PREFIX}")
+if(_prefix STREQUAL "/usr")
+  set(_sysconf "/etc")
+else()
+  set(_sysconf "${_prefix}/etc")
+endif()
+set(_root "$ENV{DESTDIR}")
+set(BINDIR "${_prefix}/${_ota_bindir}")
+set(SYSCONFDIR "${_sysconf}")
+set(DOCDIR "${_prefix}/${_ota_docdir}")
+set(_unitdir "${_root}${_prefix}/lib/systemd/system")
+foreach(_unit ota-controller.service ota-agent.service)
+  message(STATUS "Installing: ${_unitdir}/${_unit}")
+  configure_file("${_ota_pkg}/systemd/${_unit}.in" "${_unitdir}/${_unit}" @ONLY)
+  list(APPEND CMAKE_INSTALL_MANIFEST_FILES "${_unitdir}/${_unit}")
+endforeach()
+set(_etc "${_root}${_sysconf}/ota")
+file(MAKE_DIRECTORY "${_etc}")
+foreach(_conf controller.toml controller.env agent.toml agent.env)
+  if(EXISTS "${_etc}/${_conf}")
+    message(STATUS "Keeping: ${_etc}/${_conf}")
+  else()
+    message(STATUS "Installing: ${_etc}/${_conf}")
+    # file(COPY), not file(INSTALL): the latter would prepend DESTDIR a second time.
+    file(COPY "${_ota_pkg}/etc/${_conf}" DESTINATION "${_etc}"
+         FILE_PERMISSIONS OWNER_READ OWNER_WRITE GROUP_READ WORLD_READ)
+    list(APPEND CMAKE_INSTALL_MANIFEST_FILES "${_etc}/${_conf}")
+  endif()
+endforeach()
