@@ -12,6 +12,7 @@
 #include <new>
 
 #include "ota/agent/agent.hpp"
+#include "ota/agent/sim_boot.hpp"
 #include "ota/proto/frame.hpp"
 #include "ota/proto/messages.hpp"
 #include "ota/proto/topics.hpp"
@@ -68,95 +69,64 @@ constexpr std::uint64_t kNow = 1'800'000'000;
 
 constexpr std::size_t kSlotCapacity = 64 * 1024;
 
-// A/B flash with the boot semantics of the host tests' FakeFlash: an activated slot boots
-// once on trial; booted again without confirm() it reverts.
+// A/B flash on the simulated boot loader the host tests' FakeFlash uses (sim_boot.hpp). It
+// keeps the one-trial-boot default of FlashPort::activate_trial() and reject() (MCUboot's test
+// swap): an activated slot boots once on trial; booted again without confirm() it reverts.
 class TestFlash final : public agent::FlashPort {
  public:
-  struct Slot {
-    std::uint8_t data[kSlotCapacity];
-    proto::Version version;
-  };
-
   void factory(const char* version) {
-    for (Slot& s : slots_) {
-      std::memset(s.data, 0xff, sizeof s.data);
-      s.version = proto::Version{};
-    }
-    slots_[0].version.assign(version);
-    active_ = 0;
-    running_ = 0;
-    pending_ = -1;
-    trial_booted_ = false;
-    rolled_back_ = false;
-    counter = 0;
-    pending_counter_ = 0;
+    for (auto& d : slots_) std::memset(d, 0xff, sizeof d);
+    boot_.factory(version);
     begins = writes = finishes = aborts = activates = confirms = resets = 0;
     reset_requested = false;
   }
-  // The bootloader's decision at power-on.
+  // The boot loader's decision at power-on.
   void power_on() {
     reset_requested = false;
-    if (pending_ >= 0 && !trial_booted_) {
-      trial_booted_ = true;
-      rolled_back_ = false;
-      running_ = pending_;
-    } else if (pending_ >= 0) {
-      pending_ = -1;
-      trial_booted_ = false;
-      rolled_back_ = true;
-      running_ = active_;
-    } else {
-      running_ = active_;
-    }
+    boot_.power_on();
   }
 
   PortStatus begin(const proto::Manifest& m, bool resume) override {
     ++begins;
-    if (pending_ >= 0) return PortStatus::error;
+    if (boot_.record().pending != 0) return PortStatus::error;
     if (m.size > kSlotCapacity) return PortStatus::no_space;
     if (!resume) {
-      std::memset(slots_[other()].data, 0xff, sizeof slots_[other()].data);
-      slots_[other()].version = proto::Version{};
+      std::memset(slot(boot_.inactive()), 0xff, kSlotCapacity);
+      boot_.start_writing(boot_.inactive());
     }
-    rolled_back_ = false;
     return PortStatus::ok;
   }
   PortStatus write(std::uint32_t offset, const std::uint8_t* data, std::size_t len) override {
     ++writes;
     if (offset + len > kSlotCapacity) return PortStatus::error;
-    std::memcpy(slots_[other()].data + offset, data, len);
+    std::memcpy(slot(boot_.inactive()) + offset, data, len);
     return PortStatus::ok;
   }
   PortStatus read(std::uint32_t offset, std::uint8_t* out, std::size_t len) override {
     if (offset + len > kSlotCapacity) return PortStatus::error;
-    std::memcpy(out, slots_[other()].data + offset, len);
+    std::memcpy(out, slot(boot_.inactive()) + offset, len);
     return PortStatus::ok;
   }
   PortStatus sync() override { return PortStatus::ok; }
   PortStatus finish(const proto::Manifest& m) override {
     ++finishes;
-    slots_[other()].version = m.version;
+    boot_.finish_writing(boot_.inactive(), m);
     return PortStatus::ok;
   }
   PortStatus abort() override {
     ++aborts;
+    if (boot_.record().writing == boot_.inactive()) boot_.abandon_writing(boot_.inactive());
     return PortStatus::ok;
   }
   PortStatus activate(const proto::Manifest& m) override {
     ++activates;
-    pending_ = other();
-    trial_booted_ = false;
-    pending_counter_ = m.counter;
+    if (!boot_.holds_finished(boot_.inactive(), m.version)) return PortStatus::error;
+    boot_.activate_trial(1, m.counter);
     return PortStatus::ok;
   }
   PortStatus confirm() override {
     ++confirms;
-    if (running_ == pending_) {
-      active_ = running_;
-      pending_ = -1;
-      trial_booted_ = false;
-      counter = pending_counter_;
-    }
+    boot_.confirm();
     return PortStatus::ok;
   }
   void reset() override {
@@ -165,34 +135,23 @@ class TestFlash final : public agent::FlashPort {
   }
   PortStatus read_state(agent::ImageState& out) override {
     out = agent::ImageState{};
-    out.running_version = slots_[running_].version;
-    out.running_slot = running_ == 0 ? 'a' : 'b';
-    out.slot_state = running_ == pending_ ? proto::SlotState::pending
-                     : rolled_back_       ? proto::SlotState::rolled_back
-                                          : proto::SlotState::confirmed;
-    out.previous_version = slots_[other()].version;
-    out.security_counter = counter;
+    boot_.report(out);
     out.free_bytes = kSlotCapacity;
     return PortStatus::ok;
   }
 
-  const std::uint8_t* inactive_data() const { return slots_[other()].data; }
-  const proto::Version& running_version() const { return slots_[running_].version; }
+  const std::uint8_t* inactive_data() const { return slots_[boot_.inactive() == 'b' ? 1 : 0]; }
+  const proto::Version& running_version() const { return boot_.version_of(boot_.running()); }
+  std::uint32_t& counter() { return boot_.record().counter; }
 
-  std::uint32_t counter = 0;
   int begins = 0, writes = 0, finishes = 0, aborts = 0, activates = 0, confirms = 0, resets = 0;
   bool reset_requested = false;
 
  private:
-  int other() const { return 1 - running_; }
+  std::uint8_t* slot(char s) { return slots_[s == 'b' ? 1 : 0]; }
 
-  Slot slots_[2];
-  int active_ = 0;
-  int running_ = 0;
-  int pending_ = -1;
-  bool trial_booted_ = false;
-  bool rolled_back_ = false;
-  std::uint32_t pending_counter_ = 0;
+  std::uint8_t slots_[2][kSlotCapacity];
+  agent::sim_boot::BootLoader boot_;
 };
 
 template <std::size_t Capacity>
@@ -553,7 +512,7 @@ void test_update_confirmed() {
   power_cycle();  // trial boot of 1.1.0, self-test passes
   CHECK(g_flash.confirms == 1);
   CHECK(g_flash.running_version() == "1.1.0");
-  CHECK(g_flash.counter == 1);
+  CHECK(g_flash.counter() == 1);
   CHECK(dev().state() == DeviceState::idle);
   CHECK(last_event(EventType::result, ev) && ev.success && ev.version == "1.1.0" &&
         ev.deployment == "dep-1");
@@ -568,7 +527,7 @@ void test_update_confirmed() {
 
 void test_declines() {
   factory_reset();
-  g_flash.counter = 5;
+  g_flash.counter() = 5;
   struct Case {
     OfferSpec spec;
     bool tamper;

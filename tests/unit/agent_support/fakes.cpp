@@ -25,27 +25,17 @@ PortStatus FakeFlash::power_on() {
   if (fresh_) {
     // Factory-fresh device: slot a holds the initial image, confirmed.
     fresh_ = false;
-    boot_ = BootState{};
-    boot_.version_a = initial_version_;
+    boot_.factory(initial_version_.c_str());
     const std::string image = "factory image " + initial_version_ + "\n";
     a_.assign(image.begin(), image.end());
     durable_a_ = a_;
   }
-  if (boot_.pending != 0 && !boot_.rejected && boot_.trial_boots < boot_.max_trial_boots) {
-    if (!powered("boot-state")) return PortStatus::error;  // the boot counter update is the operation
-    ++boot_.trial_boots;  // one more trial boot for the new image
-    boot_.rolled_back = false;
-    running_ = boot_.pending;
-  } else if (boot_.pending != 0) {
-    if (!powered("boot-state")) return PortStatus::error;
-    boot_.pending = 0;  // out of trial boots (or rejected) and never confirmed: revert
-    boot_.trial_boots = 0;
-    boot_.rejected = false;
-    boot_.rolled_back = true;
-    running_ = boot_.active;
-  } else {
-    running_ = boot_.active;
+  // A boot that changes the record (the trial boot counter, a revert) is the operation.
+  if (sim_boot::BootLoader::changes_record(boot_.next(sim_boot::Event::power_on)) &&
+      !powered("boot-state")) {
+    return PortStatus::error;
   }
+  boot_.power_on();
   return PortStatus::ok;
 }
 
@@ -58,34 +48,25 @@ void FakeFlash::power_cut() {
 PortStatus FakeFlash::read_state(ImageState& out) {
   ++counts_.read_state;
   out = ImageState{};
-  out.running_version.assign(version_ref(running_).c_str());
-  out.running_slot = running_;
-  out.slot_state = running_ == boot_.pending ? proto::SlotState::pending
-                   : boot_.rolled_back      ? proto::SlotState::rolled_back
-                                            : proto::SlotState::confirmed;
-  out.previous_version.assign(version_ref(other(running_)).c_str());
-  out.security_counter = boot_.counter;
+  boot_.report(out);
   out.free_bytes = capacity_;
-  out.trial_boots = running_ == boot_.pending ? boot_.trial_boots : 0;
   return PortStatus::ok;
 }
 
 PortStatus FakeFlash::begin(const proto::Manifest& manifest, bool resume) {
   ++counts_.begin;
   if (failing(FailOp::begin)) return fail_op_status_;
-  if (boot_.pending != 0) return PortStatus::error;  // a trial image must be settled first
+  if (boot_.record().pending != 0) return PortStatus::error;  // a trial image must be settled first
   if (manifest.size > capacity_) return PortStatus::no_space;
-  const bool keep = resume && boot_.writing == other(running_);
+  const char slot = boot_.inactive();
+  const bool keep = resume && boot_.record().writing == slot;
   if (!keep) {
     if (!powered("erase")) return PortStatus::error;  // erase + "writing" marker: atomic
-    target_ = other(running_);
-    boot_.writing = target_;
-    version_ref(target_).clear();
-    boot_.rolled_back = false;
-    data_of(target_).clear();
-    durable_of(target_).clear();
+    boot_.start_writing(slot);
+    data_of(slot).clear();
+    durable_of(slot).clear();
   }
-  target_ = other(running_);
+  target_ = slot;
   target_size_ = manifest.size;
   return keep || !resume ? PortStatus::ok : PortStatus::not_found;
 }
@@ -115,7 +96,7 @@ PortStatus FakeFlash::write(std::uint32_t offset, const std::uint8_t* data, std:
 PortStatus FakeFlash::read(std::uint32_t offset, std::uint8_t* out, std::size_t len) {
   ++counts_.read;
   if (rail_ != nullptr && rail_->dead()) return PortStatus::error;
-  const char slot = target_ != 0 ? target_ : other(running_);
+  const char slot = target_ != 0 ? target_ : boot_.inactive();
   const auto& d = data_of(slot);
   if (offset + len > d.size()) return PortStatus::error;
   std::memcpy(out, d.data() + offset, len);
@@ -126,7 +107,7 @@ PortStatus FakeFlash::sync() {
   ++counts_.sync;
   if (failing(FailOp::sync)) return fail_op_status_;
   if (!powered("sync")) return PortStatus::error;
-  const char slot = target_ != 0 ? target_ : other(running_);
+  const char slot = target_ != 0 ? target_ : boot_.inactive();
   durable_of(slot) = data_of(slot);
   return PortStatus::ok;
 }
@@ -135,19 +116,18 @@ PortStatus FakeFlash::finish(const proto::Manifest& manifest) {
   ++counts_.finish;
   if (failing(FailOp::finish)) return fail_op_status_;
   if (!powered("finish")) return PortStatus::error;
-  const char slot = target_ != 0 ? target_ : other(running_);
+  const char slot = target_ != 0 ? target_ : boot_.inactive();
   target_ = slot;
   durable_of(slot) = data_of(slot);
-  boot_.writing = 0;
-  version_ref(slot) = manifest.version.c_str();
+  boot_.finish_writing(slot, manifest);
   return PortStatus::ok;
 }
 
 PortStatus FakeFlash::abort() {
   ++counts_.abort;
-  if (target_ == 0 || boot_.writing != target_) return PortStatus::ok;
+  if (target_ == 0 || boot_.record().writing != target_) return PortStatus::ok;
   if (!powered("abort")) return PortStatus::error;
-  boot_.writing = 0;
+  boot_.abandon_writing(target_);
   data_of(target_).clear();
   durable_of(target_).clear();
   return PortStatus::ok;
@@ -160,38 +140,28 @@ PortStatus FakeFlash::activate(const proto::Manifest& manifest) {
 PortStatus FakeFlash::activate_trial(const proto::Manifest& manifest, std::uint32_t max_boots) {
   ++counts_.activate;
   if (failing(FailOp::activate)) return fail_op_status_;
-  const char slot = other(running_);
-  if (boot_.writing == slot || version_ref(slot) != manifest.version.c_str()) {
+  if (!boot_.holds_finished(boot_.inactive(), manifest.version)) {
     return PortStatus::error;  // only a finished image may become bootable
   }
   if (!powered("activate")) return PortStatus::error;
-  boot_.pending = slot;
-  boot_.trial_boots = 0;
-  boot_.max_trial_boots = max_boots == 0 ? 1 : max_boots;
-  boot_.rejected = false;
-  boot_.pending_counter = manifest.counter;
+  boot_.activate_trial(max_boots, manifest.counter);
   return PortStatus::ok;
 }
 
 PortStatus FakeFlash::reject() {
   ++counts_.reject;
-  if (boot_.pending == 0 || running_ != boot_.pending) return PortStatus::ok;
+  if (boot_.next(sim_boot::Event::reject) == sim_boot::Action::none) return PortStatus::ok;
   if (!powered("reject")) return PortStatus::error;
-  boot_.rejected = true;
+  boot_.reject();
   return PortStatus::ok;
 }
 
 PortStatus FakeFlash::confirm() {
   ++counts_.confirm;
   if (failing(FailOp::confirm)) return fail_op_status_;
-  if (boot_.pending == 0 || running_ != boot_.pending) return PortStatus::ok;
+  if (boot_.next(sim_boot::Event::confirm) == sim_boot::Action::none) return PortStatus::ok;
   if (!powered("confirm")) return PortStatus::error;
-  boot_.active = boot_.pending;
-  boot_.pending = 0;
-  boot_.trial_boots = 0;
-  boot_.rejected = false;
-  boot_.rolled_back = false;
-  if (boot_.pending_counter > boot_.counter) boot_.counter = boot_.pending_counter;
+  boot_.confirm();
   return PortStatus::ok;
 }
 

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "ota/agent/ports.hpp"
+#include "ota/agent/sim_boot.hpp"
 #include "ota/proto/frame.hpp"
 #include "ota/proto/messages.hpp"
 #include "ota/proto/topics.hpp"
@@ -67,10 +68,10 @@ class PowerRail {
 };
 
 // ---------------------------------------------------------------------------------------
-// In-memory A/B flash with the boot semantics of linux_port::FileFlash:
+// In-memory A/B flash on the simulated boot loader linux_port::FileFlash uses (sim_boot.hpp):
 //  - power_on() picks the confirmed slot, or an activated one on trial, counting its trial
 //    boots; a trial slot that used up its boots (activate_trial) without being confirmed, or
-//    was rejected, reverts (slot_state rolled_back).
+//    was rejected, reverts (slot_state rolled_back). The boot record lives in RAM.
 //  - writes are volatile until sync()/finish(); power_cut() drops what was not made durable.
 // Copyable, so a test can snapshot the whole device.
 class FakeFlash final : public FlashPort {
@@ -78,17 +79,6 @@ class FakeFlash final : public FlashPort {
   struct Counts {
     int power_on = 0, begin = 0, write = 0, read = 0, sync = 0, finish = 0, abort = 0,
         activate = 0, confirm = 0, reset = 0, read_state = 0, reject = 0;
-  };
-  struct BootState {
-    char active = 'a';
-    char pending = 0;
-    std::uint32_t trial_boots = 0;      // boots of the pending slot so far
-    std::uint32_t max_trial_boots = 1;  // from activate_trial()
-    bool rejected = false;
-    bool rolled_back = false;
-    char writing = 0;
-    std::string version_a, version_b;
-    std::uint32_t counter = 0, pending_counter = 0;
   };
 
   explicit FakeFlash(std::uint64_t capacity = 1u << 20, std::string initial_version = "1.0.0");
@@ -125,16 +115,16 @@ class FakeFlash final : public FlashPort {
   // The power supply this flash hangs on (nullptr: never cut).
   void attach(PowerRail* rail) { rail_ = rail; }
   void set_capacity(std::uint64_t c) { capacity_ = c; }
-  void set_security_counter(std::uint32_t c) { boot_.counter = c; }
+  void set_security_counter(std::uint32_t c) { boot_.record().counter = c; }
   void record_writes(bool on) { record_writes_ = on; }
 
   const Counts& counts() const { return counts_; }
   const std::vector<std::uint32_t>& write_offsets() const { return write_offsets_; }
-  const BootState& boot_state() const { return boot_; }
-  char running_slot() const { return running_; }
+  const sim_boot::Record& boot_state() const { return boot_.record(); }
+  char running_slot() const { return boot_.running(); }
   bool reset_requested() const { return reset_requested_; }
   const std::vector<std::uint8_t>& slot_data(char slot) const { return slot == 'b' ? b_ : a_; }
-  std::string version_of(char slot) const { return slot == 'b' ? boot_.version_b : boot_.version_a; }
+  std::string version_of(char slot) const { return boot_.version_of(slot).c_str(); }
 
  private:
   bool failing(FailOp op) const { return fail_op_ == op; }
@@ -142,14 +132,11 @@ class FakeFlash final : public FlashPort {
   bool powered(const char* what, bool* torn = nullptr);
   std::vector<std::uint8_t>& data_of(char slot) { return slot == 'b' ? b_ : a_; }
   std::vector<std::uint8_t>& durable_of(char slot) { return slot == 'b' ? durable_b_ : durable_a_; }
-  std::string& version_ref(char slot) { return slot == 'b' ? boot_.version_b : boot_.version_a; }
-  static char other(char slot) { return slot == 'a' ? 'b' : 'a'; }
 
   std::uint64_t capacity_;
   std::string initial_version_;
   bool fresh_ = true;
-  BootState boot_;
-  char running_ = 'a';
+  sim_boot::BootLoader boot_;
   char target_ = 0;
   std::uint64_t target_size_ = 0;
   std::vector<std::uint8_t> a_, b_, durable_a_, durable_b_;

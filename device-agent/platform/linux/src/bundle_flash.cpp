@@ -13,9 +13,9 @@
 #include <cstring>
 #include <memory>
 #include <set>
-#include <sstream>
 
 #include "ota/agent/linux/atomic_file.hpp"
+#include "ota/agent/linux/boot_state_file.hpp"
 #include "ota/proto/frame.hpp"
 
 namespace ota::agent::linux_port {
@@ -37,8 +37,6 @@ PortStatus status_of(int err) {
       return PortStatus::error;
   }
 }
-
-char slot_char(const std::string& v) { return v.empty() ? 0 : v[0]; }
 
 bool is_dir(const std::string& path) {
   struct stat st {};
@@ -210,50 +208,21 @@ PortStatus BundleFlash::refuse(const std::string& what) {
 
 bool BundleFlash::load_state() {
   std::string text;
-  if (!read_whole_file(cfg_.root + "/boot.state", text)) return false;
-  std::istringstream in(text);
-  std::string line;
-  BootState s;
-  try {
-    while (std::getline(in, line)) {
-      const auto eq = line.find('=');
-      if (eq == std::string::npos) continue;
-      const std::string key = line.substr(0, eq), value = line.substr(eq + 1);
-      if (key == "active") s.active = slot_char(value);
-      else if (key == "pending") s.pending = slot_char(value);
-      else if (key == "trial_boots") s.trial_boots = static_cast<std::uint32_t>(std::stoul(value));
-      else if (key == "max_trial_boots") s.max_trial_boots = static_cast<std::uint32_t>(std::stoul(value));
-      else if (key == "rejected") s.rejected = value == "1";
-      else if (key == "rolled_back") s.rolled_back = value == "1";
-      else if (key == "writing") s.writing = slot_char(value);
-      else if (key == "writing_image") s.writing_image = value;
-      else if (key == "version_a") s.version_a = value;
-      else if (key == "version_b") s.version_b = value;
-      else if (key == "sha256_a") s.sha256_a = value;
-      else if (key == "sha256_b") s.sha256_b = value;
-      else if (key == "counter") s.counter = static_cast<std::uint32_t>(std::stoul(value));
-      else if (key == "pending_counter") s.pending_counter = static_cast<std::uint32_t>(std::stoul(value));
-    }
-  } catch (const std::exception&) {
+  BootStateFile file;
+  if (!read_whole_file(cfg_.root + "/boot.state", text) || !parse_boot_state(text, file)) {
     return false;
   }
-  if (s.active != 'a' && s.active != 'b') return false;
-  state_ = s;
+  boot_.record() = file.record;
+  writing_image_ = file.writing_image;
   return true;
 }
 
 bool BundleFlash::save_state() {
-  std::ostringstream out;
-  auto slot = [](char c) { return c == 0 ? std::string() : std::string(1, c); };
-  out << "kind=bundle\nactive=" << slot(state_.active) << "\npending=" << slot(state_.pending)
-      << "\ntrial_boots=" << state_.trial_boots << "\nmax_trial_boots=" << state_.max_trial_boots
-      << "\nrejected=" << (state_.rejected ? 1 : 0)
-      << "\nrolled_back=" << (state_.rolled_back ? 1 : 0) << "\nwriting=" << slot(state_.writing)
-      << "\nwriting_image=" << state_.writing_image << "\nversion_a=" << state_.version_a
-      << "\nversion_b=" << state_.version_b << "\nsha256_a=" << state_.sha256_a
-      << "\nsha256_b=" << state_.sha256_b << "\ncounter=" << state_.counter
-      << "\npending_counter=" << state_.pending_counter << "\n";
-  return fs_write_file_atomically(cfg_.root + "/boot.state", out.str());
+  BootStateFile file;
+  file.record = boot_.record();
+  file.bundle = true;
+  file.writing_image = writing_image_;
+  return fs_write_file_atomically(cfg_.root + "/boot.state", format_boot_state(file));
 }
 
 PortStatus BundleFlash::switch_current(char slot) {
@@ -276,49 +245,29 @@ PortStatus BundleFlash::power_on() {
   if (!load_state()) {
     // Factory-fresh: the application as installed in ROOT/current (a plain directory) becomes
     // tree a, confirmed; without one tree a starts empty.
-    state_ = BootState{};
-    state_.version_a = cfg_.initial_version;
+    boot_.factory(cfg_.initial_version.c_str());
+    writing_image_.clear();
     if (is_dir(current_path()) && !exists(tree_path('a'))) {
       if (!fs_rename(current_path(), tree_path('a'))) return fail("adopt " + current_path());
     }
     if (!fs_mkdir(tree_path('a'))) return fail("mkdir " + tree_path('a'));
     if (!save_state()) return fail("save " + cfg_.root + "/boot.state");
   }
-  if (state_.pending != 0 && !state_.rejected && state_.trial_boots < state_.max_trial_boots) {
-    ++state_.trial_boots;
-    state_.rolled_back = false;
-    running_ = state_.pending;
-    if (!save_state()) return fail("save boot.state");
-  } else if (state_.pending != 0) {
-    state_.pending = 0;  // out of trial boots (or rejected) and never confirmed: revert
-    state_.trial_boots = 0;
-    state_.rejected = false;
-    state_.rolled_back = true;
-    running_ = state_.active;
-    if (!save_state()) return fail("save boot.state");
-  } else {
-    running_ = state_.active;
+  if (sim_boot::BootLoader::changes_record(boot_.power_on()) && !save_state()) {
+    return fail("save boot.state");
   }
-  return switch_current(running_);
+  return switch_current(boot_.running());
 }
 
 PortStatus BundleFlash::read_state(ImageState& out) {
   out = ImageState{};
   out.kind = proto::ImageKind::bundle;
-  out.running_version.assign(version_of(running_).c_str());
-  out.running_sha256.assign(sha256_of(running_).c_str());
-  out.running_slot = running_;
-  out.slot_state = running_ == state_.pending ? proto::SlotState::pending
-                   : state_.rolled_back      ? proto::SlotState::rolled_back
-                                             : proto::SlotState::confirmed;
-  out.previous_version.assign(version_of(other(running_)).c_str());
-  out.security_counter = state_.counter;
+  boot_.report(out);
   struct statvfs vfs {};
   if (::statvfs(cfg_.root.c_str(), &vfs) == 0) {
     const std::uint64_t avail = static_cast<std::uint64_t>(vfs.f_bavail) * vfs.f_frsize;
     out.free_bytes = avail > cfg_.reserve_bytes ? avail - cfg_.reserve_bytes : 0;
   }
-  out.trial_boots = running_ == state_.pending ? state_.trial_boots : 0;
   return PortStatus::ok;
 }
 
@@ -363,15 +312,17 @@ int BundleFlash::file_fd(std::size_t i) {
 PortStatus BundleFlash::begin(const proto::Manifest& manifest, bool resume) {
   if (dead_) return PortStatus::error;
   last_error_.clear();
-  if (state_.pending != 0) return refuse("a trial tree must be confirmed or reverted first");
+  if (boot_.record().pending != 0) {
+    return refuse("a trial tree must be confirmed or reverted first");
+  }
   if (manifest.kind != proto::ImageKind::bundle) return refuse("not a bundle manifest");
   forget_target();
-  target_ = other(running_);
+  target_ = boot_.inactive();
   target_size_ = manifest.size;
   const std::string spill_path = cfg_.root + "/bundle.spill";
   const std::string head_path = cfg_.root + "/bundle.head";
-  const bool keep = resume && state_.writing == target_ &&
-                    state_.writing_image == manifest.sha256.c_str();
+  const bool keep =
+      resume && boot_.record().writing == target_ && writing_image_ == manifest.sha256.c_str();
   if (keep) {
     std::string head;
     if (read_whole_file(head_path, head)) {
@@ -416,11 +367,8 @@ PortStatus BundleFlash::begin(const proto::Manifest& manifest, bool resume) {
     }
   }
   // Afresh. The inactive tree stops being a fallback the moment it is emptied.
-  state_.writing = target_;
-  state_.writing_image = manifest.sha256.c_str();
-  version_of(target_).clear();
-  sha256_of(target_).clear();
-  state_.rolled_back = false;
+  boot_.start_writing(target_);
+  writing_image_ = manifest.sha256.c_str();
   if (!save_state()) return fail("save boot.state");
   if (!fs_unlink(head_path) || !fs_unlink(spill_path)) return fail("remove staging files");
   if (!fs_remove_tree(tree_path(target_)) || !fs_mkdir(tree_path(target_))) {
@@ -540,7 +488,8 @@ PortStatus BundleFlash::prepare_tree() {
       dirs_of_files_.insert(f.path.substr(0, s));
     }
   }
-  if (PortStatus s = link_old_tree(tree_path(running_), tree, ""); s != PortStatus::ok) return s;
+  const std::string running_tree = tree_path(boot_.running());
+  if (PortStatus s = link_old_tree(running_tree, tree, ""); s != PortStatus::ok) return s;
   std::set<std::string> made_dirs;
   for (std::size_t i = 0; i < index_.files.size(); ++i) {
     const std::string& path = index_.files[i].path;
@@ -657,7 +606,7 @@ PortStatus BundleFlash::ensure_loaded() {
       !err.empty()) {
     return refuse("bundle.head: " + err);
   }
-  target_ = other(running_);
+  target_ = boot_.inactive();
   target_size_ = index_.total_size;
   head_ = std::move(head);
   head_complete_ = true;
@@ -706,8 +655,7 @@ PortStatus BundleFlash::sync() {
 
 PortStatus BundleFlash::finish(const proto::Manifest& manifest) {
   if (dead_) return PortStatus::error;
-  const char slot = other(running_);
-  if (state_.writing == 0 && version_of(slot) == manifest.version.c_str()) {
+  if (boot_.record().writing == 0 && boot_.version_of(boot_.inactive()) == manifest.version) {
     return PortStatus::ok;  // finished before a restart
   }
   if (PortStatus s = ensure_loaded(); s != PortStatus::ok) return s;
@@ -755,22 +703,18 @@ PortStatus BundleFlash::finish(const proto::Manifest& manifest) {
     errno = err;
     if (!ok) return fail("seal " + path);
   }
-  state_.writing = 0;
-  state_.writing_image.clear();
-  version_of(target_) = manifest.version.c_str();
-  sha256_of(target_) = manifest.sha256.c_str();
+  boot_.finish_writing(target_, manifest);
+  writing_image_.clear();
   return save_state() ? PortStatus::ok : fail("save boot.state");
 }
 
 PortStatus BundleFlash::abort() {
   if (dead_) return PortStatus::error;
-  const char slot = target_ != 0 ? target_ : other(running_);
+  const char slot = target_ != 0 ? target_ : boot_.inactive();
   forget_target();
-  if (state_.writing != slot) return PortStatus::ok;
-  state_.writing = 0;
-  state_.writing_image.clear();
-  version_of(slot).clear();
-  sha256_of(slot).clear();
+  if (boot_.record().writing != slot) return PortStatus::ok;
+  boot_.abandon_writing(slot);
+  writing_image_.clear();
   if (!save_state()) return fail("save boot.state");
   if (!fs_unlink(cfg_.root + "/bundle.head") || !fs_unlink(cfg_.root + "/bundle.spill") ||
       !fs_remove_tree(tree_path(slot)) || !fs_mkdir(tree_path(slot))) {
@@ -785,16 +729,12 @@ PortStatus BundleFlash::activate(const proto::Manifest& manifest) {
 
 PortStatus BundleFlash::activate_trial(const proto::Manifest& manifest, std::uint32_t max_boots) {
   if (dead_) return PortStatus::error;
-  const char slot = other(running_);
-  if (state_.writing == slot || version_of(slot) != manifest.version.c_str()) {
+  const char slot = boot_.inactive();
+  if (!boot_.holds_finished(slot, manifest.version)) {
     return refuse("only a finished tree may be activated");
   }
   forget_target();
-  state_.pending = slot;
-  state_.trial_boots = 0;
-  state_.max_trial_boots = max_boots == 0 ? 1 : max_boots;
-  state_.rejected = false;
-  state_.pending_counter = manifest.counter;
+  boot_.activate_trial(max_boots, manifest.counter);
   // boot.state first: a ROOT/current that points at a tree boot.state does not run is put
   // back by power_on().
   if (!save_state()) return fail("save boot.state");
@@ -803,20 +743,13 @@ PortStatus BundleFlash::activate_trial(const proto::Manifest& manifest, std::uin
 
 PortStatus BundleFlash::reject() {
   if (dead_) return PortStatus::error;
-  if (state_.pending == 0 || running_ != state_.pending) return PortStatus::ok;
-  state_.rejected = true;
+  if (!sim_boot::BootLoader::changes_record(boot_.reject())) return PortStatus::ok;
   return save_state() ? PortStatus::ok : fail("save boot.state");
 }
 
 PortStatus BundleFlash::confirm() {
   if (dead_) return PortStatus::error;
-  if (state_.pending == 0 || running_ != state_.pending) return PortStatus::ok;
-  state_.active = state_.pending;
-  state_.pending = 0;
-  state_.trial_boots = 0;
-  state_.rejected = false;
-  state_.rolled_back = false;
-  if (state_.pending_counter > state_.counter) state_.counter = state_.pending_counter;
+  if (!sim_boot::BootLoader::changes_record(boot_.confirm())) return PortStatus::ok;
   return save_state() ? PortStatus::ok : fail("save boot.state");
 }
 

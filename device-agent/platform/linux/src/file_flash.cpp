@@ -5,9 +5,9 @@
 #include <unistd.h>
 
 #include <cerrno>
-#include <sstream>
 
 #include "ota/agent/linux/atomic_file.hpp"
+#include "ota/agent/linux/boot_state_file.hpp"
 
 namespace ota::agent::linux_port {
 namespace {
@@ -26,8 +26,6 @@ PortStatus from_errno() {
   }
 }
 
-char slot_char(const std::string& v) { return v.empty() ? 0 : v[0]; }
-
 }  // namespace
 
 FileFlash::FileFlash(FileFlashConfig config) : cfg_(std::move(config)) {}
@@ -40,45 +38,18 @@ std::string FileFlash::slot_path(char slot) const {
 
 bool FileFlash::load_state() {
   std::string text;
-  if (!read_whole_file(cfg_.dir + "/boot.state", text)) return false;
-  std::istringstream in(text);
-  std::string line;
-  BootState s;
-  while (std::getline(in, line)) {
-    const auto eq = line.find('=');
-    if (eq == std::string::npos) continue;
-    const std::string key = line.substr(0, eq), value = line.substr(eq + 1);
-    if (key == "active") s.active = slot_char(value);
-    else if (key == "pending") s.pending = slot_char(value);
-    else if (key == "trial_booted") s.trial_boots = value == "1" ? 1 : 0;  // layout before bootcount
-    else if (key == "trial_boots") s.trial_boots = static_cast<std::uint32_t>(std::stoul(value));
-    else if (key == "max_trial_boots") s.max_trial_boots = static_cast<std::uint32_t>(std::stoul(value));
-    else if (key == "rejected") s.rejected = value == "1";
-    else if (key == "rolled_back") s.rolled_back = value == "1";
-    else if (key == "writing") s.writing = slot_char(value);
-    else if (key == "version_a") s.version_a = value;
-    else if (key == "version_b") s.version_b = value;
-    else if (key == "sha256_a") s.sha256_a = value;
-    else if (key == "sha256_b") s.sha256_b = value;
-    else if (key == "counter") s.counter = static_cast<std::uint32_t>(std::stoul(value));
-    else if (key == "pending_counter") s.pending_counter = static_cast<std::uint32_t>(std::stoul(value));
+  BootStateFile file;
+  if (!read_whole_file(cfg_.dir + "/boot.state", text) || !parse_boot_state(text, file)) {
+    return false;
   }
-  if (s.active != 'a' && s.active != 'b') return false;
-  state_ = s;
+  boot_.record() = file.record;
   return true;
 }
 
 bool FileFlash::save_state() {
-  std::ostringstream out;
-  auto slot = [](char c) { return c == 0 ? std::string() : std::string(1, c); };
-  out << "active=" << slot(state_.active) << "\npending=" << slot(state_.pending)
-      << "\ntrial_boots=" << state_.trial_boots << "\nmax_trial_boots=" << state_.max_trial_boots
-      << "\nrejected=" << (state_.rejected ? 1 : 0)
-      << "\nrolled_back=" << (state_.rolled_back ? 1 : 0) << "\nwriting=" << slot(state_.writing)
-      << "\nversion_a=" << state_.version_a << "\nversion_b=" << state_.version_b
-      << "\nsha256_a=" << state_.sha256_a << "\nsha256_b=" << state_.sha256_b
-      << "\ncounter=" << state_.counter << "\npending_counter=" << state_.pending_counter << "\n";
-  const std::string text = out.str();
+  BootStateFile file;
+  file.record = boot_.record();
+  const std::string text = format_boot_state(file);
   return write_file_atomically(cfg_.dir + "/boot.state", text.data(), text.size(), cfg_.durable);
 }
 
@@ -88,44 +59,21 @@ PortStatus FileFlash::power_on() {
   ::mkdir(cfg_.dir.c_str(), 0700);
   if (!load_state()) {
     // Factory-fresh device: slot a holds the initial image, confirmed.
-    state_ = BootState{};
-    state_.version_a = cfg_.initial_version;
+    boot_.factory(cfg_.initial_version.c_str());
     const std::string image = "factory image " + cfg_.initial_version + "\n";
     if (!write_file_atomically(slot_path('a'), image.data(), image.size(), cfg_.durable) ||
         !save_state()) {
       return from_errno();
     }
   }
-  if (state_.pending != 0 && !state_.rejected && state_.trial_boots < state_.max_trial_boots) {
-    ++state_.trial_boots;  // one more trial boot for the new image
-    state_.rolled_back = false;
-    running_ = state_.pending;
-    if (!save_state()) return from_errno();
-  } else if (state_.pending != 0) {
-    state_.pending = 0;  // out of trial boots (or rejected) and never confirmed: revert
-    state_.trial_boots = 0;
-    state_.rejected = false;
-    state_.rolled_back = true;
-    running_ = state_.active;
-    if (!save_state()) return from_errno();
-  } else {
-    running_ = state_.active;
-  }
+  if (sim_boot::BootLoader::changes_record(boot_.power_on()) && !save_state()) return from_errno();
   return PortStatus::ok;
 }
 
 PortStatus FileFlash::read_state(ImageState& out) {
   out = ImageState{};
-  out.running_version.assign(version_of(running_).c_str());
-  out.running_sha256.assign(sha256_of(running_).c_str());
-  out.running_slot = running_;
-  out.slot_state = running_ == state_.pending ? proto::SlotState::pending
-                   : state_.rolled_back      ? proto::SlotState::rolled_back
-                                             : proto::SlotState::confirmed;
-  out.previous_version.assign(version_of(other(running_)).c_str());
-  out.security_counter = state_.counter;
+  boot_.report(out);
   out.free_bytes = cfg_.slot_capacity;
-  out.trial_boots = running_ == state_.pending ? state_.trial_boots : 0;
   return PortStatus::ok;
 }
 
@@ -143,18 +91,13 @@ void FileFlash::close_target() {
 }
 
 PortStatus FileFlash::begin(const proto::Manifest& manifest, bool resume) {
-  if (state_.pending != 0) return PortStatus::error;  // a trial image must be settled first
+  if (boot_.record().pending != 0) return PortStatus::error;  // a trial image must be settled first
   if (manifest.size > cfg_.slot_capacity) return PortStatus::no_space;
-  target_ = other(running_);
-  target_version_ = manifest.version.c_str();
+  target_ = boot_.inactive();
   target_size_ = manifest.size;
-  const bool keep = resume && state_.writing == target_;
+  const bool keep = resume && boot_.record().writing == target_;
   if (!keep) {
-    // The other slot stops being a fallback image the moment we start overwriting it.
-    state_.writing = target_;
-    version_of(target_).clear();
-    sha256_of(target_).clear();
-    state_.rolled_back = false;
+    boot_.start_writing(target_);
     if (!save_state()) return from_errno();
   }
   const PortStatus s = open_target(!keep);
@@ -187,7 +130,7 @@ PortStatus FileFlash::write(std::uint32_t offset, const std::uint8_t* data, std:
 
 PortStatus FileFlash::ensure_open() {
   if (fd_ >= 0) return PortStatus::ok;
-  target_ = other(running_);  // after a restart: the slot an interrupted update was using
+  target_ = boot_.inactive();  // after a restart: the slot an interrupted update was using
   return open_target(false);
 }
 
@@ -205,19 +148,16 @@ PortStatus FileFlash::sync() {
 
 PortStatus FileFlash::finish(const proto::Manifest& manifest) {
   if (ensure_open() != PortStatus::ok) return PortStatus::error;
-  target_version_ = manifest.version.c_str();
   if (cfg_.durable && ::fsync(fd_) != 0) return from_errno();
   close_target();
-  state_.writing = 0;
-  version_of(target_) = target_version_;
-  sha256_of(target_) = manifest.sha256.c_str();
+  boot_.finish_writing(target_, manifest);
   return save_state() ? PortStatus::ok : from_errno();
 }
 
 PortStatus FileFlash::abort() {
   close_target();
-  if (target_ == 0 || state_.writing != target_) return PortStatus::ok;
-  state_.writing = 0;
+  if (target_ == 0 || boot_.record().writing != target_) return PortStatus::ok;
+  boot_.abandon_writing(target_);
   ::truncate(slot_path(target_).c_str(), 0);
   return save_state() ? PortStatus::ok : from_errno();
 }
@@ -226,33 +166,19 @@ PortStatus FileFlash::activate(const proto::Manifest& manifest) {
   return activate_trial(manifest, 1);
 }
 
-PortStatus FileFlash::reject() {
-  if (state_.pending == 0 || running_ != state_.pending) return PortStatus::ok;
-  state_.rejected = true;
+PortStatus FileFlash::activate_trial(const proto::Manifest& manifest, std::uint32_t max_boots) {
+  if (!boot_.holds_finished(boot_.inactive(), manifest.version)) return PortStatus::error;
+  boot_.activate_trial(max_boots, manifest.counter);
   return save_state() ? PortStatus::ok : from_errno();
 }
 
-PortStatus FileFlash::activate_trial(const proto::Manifest& manifest, std::uint32_t max_boots) {
-  const char slot = other(running_);
-  if (state_.writing == slot || version_of(slot) != manifest.version.c_str()) {
-    return PortStatus::error;  // only a finished image may become bootable
-  }
-  state_.pending = slot;
-  state_.trial_boots = 0;
-  state_.max_trial_boots = max_boots == 0 ? 1 : max_boots;
-  state_.rejected = false;
-  state_.pending_counter = manifest.counter;
+PortStatus FileFlash::reject() {
+  if (!sim_boot::BootLoader::changes_record(boot_.reject())) return PortStatus::ok;
   return save_state() ? PortStatus::ok : from_errno();
 }
 
 PortStatus FileFlash::confirm() {
-  if (state_.pending == 0 || running_ != state_.pending) return PortStatus::ok;
-  state_.active = state_.pending;
-  state_.pending = 0;
-  state_.trial_boots = 0;
-  state_.rejected = false;
-  state_.rolled_back = false;
-  if (state_.pending_counter > state_.counter) state_.counter = state_.pending_counter;
+  if (!sim_boot::BootLoader::changes_record(boot_.confirm())) return PortStatus::ok;
   return save_state() ? PortStatus::ok : from_errno();
 }
 

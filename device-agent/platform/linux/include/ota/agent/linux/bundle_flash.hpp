@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "ota/agent/ports.hpp"
+#include "ota/agent/sim_boot.hpp"
 #include "ota/proto/bundle.hpp"
 
 namespace ota::agent::linux_port {
@@ -40,8 +41,8 @@ class BundleFlash final : public FlashPort {
   explicit BundleFlash(BundleFlashConfig config);
   ~BundleFlash() override;
 
-  // Simulated power-on / boot loader: picks the tree to run (trial counting and revert as in
-  // FileFlash) and points ROOT/current at it. A factory-fresh ROOT adopts ROOT/current when it
+  // Simulated power-on: the boot loader (sim_boot.hpp, as for FileFlash) picks the tree to run
+  // and ROOT/current is pointed at it. A factory-fresh ROOT adopts ROOT/current when it
   // is a plain directory (the application as installed), else starts with an empty tree.
   PortStatus power_on();
 
@@ -75,26 +76,8 @@ class BundleFlash final : public FlashPort {
   bool powered_off() const { return dead_; }
 
  private:
-  struct BootState {
-    char active = 'a';
-    char pending = 0;
-    std::uint32_t trial_boots = 0;
-    std::uint32_t max_trial_boots = 1;
-    bool rejected = false;
-    bool rolled_back = false;
-    char writing = 0;
-    std::string writing_image;  // sha256 of the bundle being written
-    std::string version_a, version_b;
-    // SHA-256 of the bundle each tree was built from (the verified manifest's), empty when
-    // unknown (the factory tree, a boot.state written before it was kept).
-    std::string sha256_a, sha256_b;
-    std::uint32_t counter = 0, pending_counter = 0;
-  };
   bool load_state();
   bool save_state();
-  std::string& version_of(char slot) { return slot == 'b' ? state_.version_b : state_.version_a; }
-  std::string& sha256_of(char slot) { return slot == 'b' ? state_.sha256_b : state_.sha256_a; }
-  static char other(char slot) { return slot == 'a' ? 'b' : 'a'; }
 
   // Filesystem operations, counted for the power-cut hook.
   bool op();  // false: the power is off
@@ -122,8 +105,8 @@ class BundleFlash final : public FlashPort {
   bool spill_covers(std::uint64_t offset, std::size_t len, std::uint8_t* out) const;
 
   BundleFlashConfig cfg_;
-  BootState state_;
-  char running_ = 'a';
+  sim_boot::BootLoader boot_;  // the record is boot.state
+  std::string writing_image_;  // boot.state too: SHA-256 of the bundle being written
   bool reset_requested_ = false;
   std::string last_error_;
 

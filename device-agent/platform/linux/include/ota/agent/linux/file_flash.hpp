@@ -4,6 +4,7 @@
 #include <string>
 
 #include "ota/agent/ports.hpp"
+#include "ota/agent/sim_boot.hpp"
 
 namespace ota::agent::linux_port {
 
@@ -15,11 +16,11 @@ struct FileFlashConfig {
   unsigned write_delay_us = 0;              // simulate slow flash: pause per write() call
 };
 
-// A dual-slot (A/B) flash in files that boots like real hardware does:
-//  - power_on() picks the slot to run: the confirmed one, or an activated one on trial,
-//    counting its trial boots (bootcount); a trial slot that used up its boots
-//    (activate_trial) or was rejected without being confirmed reverts to the old one.
-//  - the boot state is one small file replaced atomically.
+// A dual-slot (A/B) flash in files that boots like real hardware does: power_on() runs the
+// simulated boot loader (sim_boot.hpp: the confirmed slot, or an activated one on trial,
+// counting its boots, reverting when they are used up or it was rejected). Owns DIR: the two
+// slot files and boot.state (the boot loader's record, boot_state_file.hpp), replaced
+// atomically after every change.
 class FileFlash final : public FlashPort {
  public:
   explicit FileFlash(FileFlashConfig config);
@@ -50,36 +51,16 @@ class FileFlash final : public FlashPort {
   }
 
  private:
-  struct BootState {
-    char active = 'a';   // last confirmed slot
-    char pending = 0;    // slot activated on trial, 0 if none
-    std::uint32_t trial_boots = 0;      // boots of the pending slot so far
-    std::uint32_t max_trial_boots = 1;  // trial boots it gets
-    bool rejected = false;              // failed its self-test: revert at the next boot
-    bool rolled_back = false;
-    char writing = 0;    // slot holding a partial image, 0 if none
-    std::string version_a, version_b;
-    // SHA-256 of each slot's image from its verified manifest, empty when unknown (the factory
-    // image, state files from before): lets the agent tell a same-version image with other
-    // bytes from the one running (PROTOCOL.md section 7, check 8).
-    std::string sha256_a, sha256_b;
-    std::uint32_t counter = 0, pending_counter = 0;
-  };
   bool load_state();
   bool save_state();
-  std::string& version_of(char slot) { return slot == 'b' ? state_.version_b : state_.version_a; }
-  std::string& sha256_of(char slot) { return slot == 'b' ? state_.sha256_b : state_.sha256_a; }
-  static char other(char slot) { return slot == 'a' ? 'b' : 'a'; }
   PortStatus open_target(bool truncate);
   void close_target();
   PortStatus ensure_open();
 
   FileFlashConfig cfg_;
-  BootState state_;
-  char running_ = 'a';
+  sim_boot::BootLoader boot_;  // the record is boot.state
   char target_ = 0;
   int fd_ = -1;
-  std::string target_version_;
   std::uint64_t target_size_ = 0;
   bool reset_requested_ = false;
   bool corrupt_armed_ = false;
