@@ -10,8 +10,8 @@
 // built again from the decoded files decodes to the same files.
 //
 // A real fuzzer (clang with libFuzzer; on Debian 12: apt-get install clang-14 libclang-rt-14-dev):
-//   clang++-14 -std=c++17 -g -O1 -fsanitize=fuzzer,address,undefined -Iproto/include
-//     tests/fuzz/bundle_fuzz.cpp proto/src/bundle.cpp -lcrypto -o bundle_fuzz
+//   clang++-14 -std=c++17 -g -O1 -fsanitize=fuzzer,address,undefined -Iproto/bundle/include
+//     tests/fuzz/bundle_fuzz.cpp proto/bundle/src/bundle.cpp -lcrypto -o bundle_fuzz
 //   mkdir -p /tmp/bundle-corpus && ./bundle_fuzz -max_total_time=300 -max_len=8192
 //     -timeout=10 /tmp/bundle-corpus tests/fuzz/corpus/bundle
 // (about 7000 inputs a second with ASan on one core).

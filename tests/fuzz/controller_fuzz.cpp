@@ -19,10 +19,11 @@
 // A real fuzzer (clang with libFuzzer; on Debian 12: apt-get install clang-14 libclang-rt-14-dev),
 // from the repository root (every object instrumented, so ASan sees the controller's memory):
 //   F="-std=c++17 -g -O1 -fsanitize=fuzzer-no-link,address,undefined"
-//   I="-Iproto/include -Iproto/src -Iservice/controller/include -Itests/unit"
-//   mkdir -p /tmp/cf && for f in proto/src/{error,json,messages,frame,topics,bundle}.cpp
-//     service/controller/src/{log,store,signing,images,controller,rollout,rollouts,tag_expr,
-//     health,rate_limit}.cpp; do clang++-14 $F $I -c $f -o /tmp/cf/$(basename $f).o; done
+//   I="-Iproto/include -Iproto/src -Iproto/bundle/include -Iservice/controller/include"
+//   I="$I -Itests/unit"
+//   mkdir -p /tmp/cf && for f in proto/src/{error,json,messages,frame,topics}.cpp
+//     proto/bundle/src/bundle.cpp service/controller/src/{log,store,signing,images,controller,
+//     rollout,rollouts,tag_expr,health,rate_limit}.cpp; do clang++-14 $F $I -c $f -o /tmp/cf/$(basename $f).o; done
 //   clang++-14 -std=c++17 -g -O1 -fsanitize=fuzzer,address,undefined $I
 //     tests/fuzz/controller_fuzz.cpp /tmp/cf/*.o -lsqlite3 -lssl -lcrypto -lpthread
 //     -o controller_fuzz

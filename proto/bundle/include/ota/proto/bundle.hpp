@@ -11,8 +11,9 @@
 // The signed manifest's sha256 covers the whole bundle, so the index (per-file hashes, the
 // delete list) is signed with it.
 //
-// Host-side code (otactl, the Linux port): uses std:: containers and OpenSSL. It is not part
-// of the firmware codec (OTA_PROTO_SOURCES); a firmware port parses the same layout itself.
+// Host-side code (otactl, the controller, the Linux port): std:: containers, nlohmann_json and
+// OpenSSL, in a library of its own (ota::proto_bundle, proto/bundle/) that the firmware-safe
+// codec (ota::proto) never links; a firmware port parses the same layout itself.
 #pragma once
 
 #include <cstddef>
