@@ -32,7 +32,9 @@
 #include <thread>
 #include <vector>
 
+#include "api_client.hpp"
 #include "args.hpp"
+#include "format.hpp"
 #include "ota/cli_config.hpp"
 #include "ota/proto/bundle.hpp"
 #include "ota/proto/messages.hpp"
@@ -42,364 +44,11 @@
 using nlohmann::json;
 using otactl::fmt_age;
 using otactl::fmt_duration;
+using namespace otactl;
 
 namespace {
 
-constexpr int kExitOk = 0;
-constexpr int kExitFail = 1;
-constexpr int kExitUsage = 2;
-constexpr int kExitTimeout = 3;
-
-void errorf(const std::string& msg) { std::fprintf(stderr, "otactl: %s\n", msg.c_str()); }
-
-std::string join(const std::vector<std::string>& v, const std::string& sep) {
-  std::string out;
-  for (const auto& s : v) out += (out.empty() ? "" : sep) + s;
-  return out;
-}
-
-std::string lower_first(std::string s) {
-  if (!s.empty()) s[0] = static_cast<char>(std::tolower(static_cast<unsigned char>(s[0])));
-  return s;
-}
-
-std::string url_encode(const std::string& s) {
-  static const char* hex = "0123456789ABCDEF";
-  std::string out;
-  for (unsigned char c : s) {
-    if (std::isalnum(c) || c == '-' || c == '_' || c == '.' || c == '~') {
-      out += static_cast<char>(c);
-    } else {
-      out += '%';
-      out += hex[c >> 4];
-      out += hex[c & 15];
-    }
-  }
-  return out;
-}
-
-struct Url {
-  std::string scheme, host;
-  int port = 0;
-};
-
-bool parse_url(const std::string& s, Url& u, std::string& why) {
-  auto p = s.find("://");
-  if (p == std::string::npos) {
-    why = "missing scheme (expected http://HOST:PORT)";
-    return false;
-  }
-  u.scheme = s.substr(0, p);
-  if (u.scheme != "http" && u.scheme != "https") {
-    why = "scheme must be http or https";
-    return false;
-  }
-  std::string rest = s.substr(p + 3);
-  auto slash = rest.find('/');
-  if (slash != std::string::npos) {
-    if (rest.substr(slash) != "/") {
-      why = "must not contain a path";
-      return false;
-    }
-    rest = rest.substr(0, slash);
-  }
-  std::string port;
-  if (!rest.empty() && rest[0] == '[') {
-    auto close = rest.find(']');
-    if (close == std::string::npos) {
-      why = "unterminated [IPv6] host";
-      return false;
-    }
-    u.host = rest.substr(1, close - 1);
-    if (close + 1 < rest.size()) {
-      if (rest[close + 1] != ':') {
-        why = "bad port";
-        return false;
-      }
-      port = rest.substr(close + 2);
-    }
-  } else {
-    auto colon = rest.rfind(':');
-    u.host = rest.substr(0, colon);
-    if (colon != std::string::npos) port = rest.substr(colon + 1);
-  }
-  if (u.host.empty()) {
-    why = "empty host";
-    return false;
-  }
-  if (port.empty()) {
-    u.port = u.scheme == "https" ? 443 : 80;
-  } else {
-    if (port.size() > 5 || port.find_first_not_of("0123456789") != std::string::npos ||
-        std::atoi(port.c_str()) < 1 || std::atoi(port.c_str()) > 65535) {
-      why = "bad port '" + port + "'";
-      return false;
-    }
-    u.port = std::atoi(port.c_str());
-  }
-  return true;
-}
-
-// Finds out why a TCP connection fails (httplib only says "connection failed").
-std::string probe_connect_error(const Url& u) {
-  addrinfo hints{};
-  hints.ai_socktype = SOCK_STREAM;
-  addrinfo* res = nullptr;
-  int g = getaddrinfo(u.host.c_str(), std::to_string(u.port).c_str(), &hints, &res);
-  if (g != 0) return std::string("cannot resolve host: ") + gai_strerror(g);
-  std::string why = "connection failed";
-  for (addrinfo* ai = res; ai; ai = ai->ai_next) {
-    int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, ai->ai_protocol);
-    if (fd < 0) continue;
-    int rc = connect(fd, ai->ai_addr, ai->ai_addrlen);
-    int err = 0;
-    if (rc != 0 && errno == EINPROGRESS) {
-      pollfd pfd{fd, POLLOUT, 0};
-      if (poll(&pfd, 1, 3000) <= 0) {
-        err = ETIMEDOUT;
-      } else {
-        socklen_t l = sizeof err;
-        getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &l);
-      }
-    } else if (rc != 0) {
-      err = errno;
-    }
-    close(fd);
-    if (err == 0) {
-      why = "connection failed";
-      break;
-    }
-    why = lower_first(std::strerror(err));
-  }
-  freeaddrinfo(res);
-  return why;
-}
-
-struct Reply {
-  bool ok = false;  // HTTP 2xx with JSON
-  int status = 0;
-  json body;
-  int exit_code = kExitFail;
-  std::string error;
-};
-
-// The API token: --token-file PATH, else $OTA_API_TOKEN (the token itself), else
-// $OTA_API_TOKEN_FILE. Returns false with `why` set if none is configured or readable.
-bool find_token(const std::string& token_file_opt, std::string& token, std::string& why) {
-  std::string file = token_file_opt, source = "--token-file";
-  if (file.empty()) {
-    const char* v = std::getenv("OTA_API_TOKEN");
-    if (v && *v) {
-      token = v;
-      source = "OTA_API_TOKEN";
-    } else {
-      const char* f = std::getenv("OTA_API_TOKEN_FILE");
-      if (f && *f) {
-        file = f;
-        source = "OTA_API_TOKEN_FILE";
-      }
-    }
-  }
-  if (token.empty() && file.empty()) {
-    why = "no API token: pass --token-file PATH or set OTA_API_TOKEN_FILE=PATH (the controller "
-          "writes its token to --api-token-file, default <db>.token) or OTA_API_TOKEN=TOKEN";
-    return false;
-  }
-  if (token.empty()) {
-    std::ifstream in(file);
-    if (!in) {
-      why = "cannot read API token file " + file + " (from " + source + "): " + std::strerror(errno);
-      return false;
-    }
-    std::getline(in, token);
-  }
-  const char* ws = " \t\r\n";
-  const auto b = token.find_first_not_of(ws);
-  token = b == std::string::npos ? "" : token.substr(b, token.find_last_not_of(ws) - b + 1);
-  if (token.empty() || token.find_first_of(ws) != std::string::npos) {
-    why = "API token from " + (file.empty() ? source : file) + " is empty or malformed";
-    return false;
-  }
-  return true;
-}
-
-class Api {
- public:
-  Api(std::string base, Url u, const std::string& token)
-      : base_(std::move(base)), url_(std::move(u)) {
-    std::string hostport = url_.scheme + "://" +
-                           (url_.host.find(':') != std::string::npos ? "[" + url_.host + "]" : url_.host) +
-                           ":" + std::to_string(url_.port);
-    cli_ = std::make_unique<httplib::Client>(hostport);
-    cli_->set_connection_timeout(5, 0);
-    cli_->set_read_timeout(120, 0);
-    cli_->set_write_timeout(120, 0);
-    // The controller names the actor in its event log after this token.
-    cli_->set_bearer_token_auth(token);
-  }
-
-  Reply get(const std::string& path) { return finish(cli_->Get(path.c_str())); }
-  Reply post(const std::string& path, const std::string& body, const char* type) {
-    return finish(cli_->Post(path.c_str(), body, type));
-  }
-  Reply post_json(const std::string& path, const json& body) {
-    return post(path, body.dump(), "application/json");
-  }
-  Reply put_json(const std::string& path, const json& body) {
-    return finish(cli_->Put(path.c_str(), body.dump(), "application/json"));
-  }
-  Reply put_raw(const std::string& path, const std::string& body) {
-    return finish(cli_->Put(path.c_str(), body, "application/json"));
-  }
-  Reply del(const std::string& path) { return finish(cli_->Delete(path.c_str())); }
-  const std::string& base() const { return base_; }
-  // GET of a binary body: on HTTP 200 `bytes` holds it; otherwise the reply explains.
-  Reply download(const std::string& path, std::string& bytes) {
-    auto res = cli_->Get(path.c_str());
-    if (res && res->status == 200) {
-      bytes = std::move(res->body);
-      Reply r;
-      r.ok = true;
-      r.status = 200;
-      r.exit_code = kExitOk;
-      return r;
-    }
-    return finish(std::move(res));
-  }
-
- private:
-  Reply finish(httplib::Result res) {
-    Reply r;
-    if (!res) {
-      httplib::Error e = res.error();
-      std::string why = e == httplib::Error::Connection ? probe_connect_error(url_)
-                                                        : lower_first(httplib::to_string(e));
-      r.error = "cannot reach controller at " + base_ + ": " + why;
-      return r;
-    }
-    r.status = res->status;
-    r.body = json::parse(res->body, nullptr, false);
-    if (r.body.is_discarded()) {
-      r.error = "controller at " + base_ + " sent a non-JSON reply (HTTP " +
-                std::to_string(res->status) + ")";
-      return r;
-    }
-    if (res->status >= 200 && res->status < 300) {
-      r.ok = true;
-      r.exit_code = kExitOk;
-      return r;
-    }
-    if (r.body.is_object() && r.body.contains("error") && r.body["error"].is_string())
-      r.error = r.body["error"].get<std::string>();
-    else
-      r.error = "HTTP " + std::to_string(res->status);
-    if (res->status == 401)
-      r.error = "controller at " + base_ + " rejected the API token (HTTP 401: " + r.error +
-                "); use the controller's bootstrap token file (its --api-token-file) or a "
-                "token from `otactl token create` (--token-file, OTA_API_TOKEN_FILE or "
-                "OTA_API_TOKEN); a revoked token stays rejected";
-    return r;
-  }
-
-  std::string base_;
-  Url url_;
-  std::unique_ptr<httplib::Client> cli_;
-};
-
 // ------------------------------------------------------------------------------ output
-
-std::string jstr(const json& j, const char* key) {
-  if (!j.is_object() || !j.contains(key)) return "";
-  const json& v = j[key];
-  if (v.is_string()) return v.get<std::string>();
-  if (v.is_null()) return "";
-  if (v.is_boolean()) return v.get<bool>() ? "yes" : "no";
-  if (v.is_array()) {
-    std::string out;
-    for (const auto& e : v) {
-      if (!out.empty()) out += ",";
-      out += e.is_string() ? e.get<std::string>() : e.dump();
-    }
-    return out;
-  }
-  return v.dump();
-}
-long long jint(const json& j, const char* key) {
-  if (!j.is_object() || !j.contains(key) || !j[key].is_number()) return 0;
-  return j[key].get<long long>();
-}
-
-std::string fmt_time(long long secs) {
-  if (secs <= 0) return "-";
-  std::time_t t = static_cast<std::time_t>(secs);
-  std::tm tm{};
-  gmtime_r(&t, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y-%m-%d %H:%M:%S", &tm);
-  return buf;
-}
-
-std::string fmt_bytes(long long b) {
-  char buf[32];
-  if (b >= 1024 * 1024)
-    std::snprintf(buf, sizeof buf, "%.1f MiB", static_cast<double>(b) / (1024.0 * 1024.0));
-  else if (b >= 1024)
-    std::snprintf(buf, sizeof buf, "%.1f KiB", static_cast<double>(b) / 1024.0);
-  else
-    std::snprintf(buf, sizeof buf, "%lld B", b);
-  return buf;
-}
-
-void print_table(const std::vector<std::string>& head, const std::vector<std::vector<std::string>>& rows) {
-  std::vector<std::size_t> w(head.size());
-  for (std::size_t i = 0; i < head.size(); ++i) w[i] = head[i].size();
-  for (const auto& r : rows)
-    for (std::size_t i = 0; i < r.size() && i < w.size(); ++i) w[i] = std::max(w[i], r[i].size());
-  auto line = [&](const std::vector<std::string>& r) {
-    std::string s;
-    for (std::size_t i = 0; i < head.size(); ++i) {
-      std::string cell = i < r.size() ? r[i] : "";
-      s += cell;
-      if (i + 1 < head.size()) s += std::string(w[i] - cell.size() + 2, ' ');
-    }
-    while (!s.empty() && s.back() == ' ') s.pop_back();
-    std::printf("%s\n", s.c_str());
-  };
-  line(head);
-  for (const auto& r : rows) line(r);
-  if (rows.empty()) std::printf("(none)\n");
-}
-
-void print_json(const json& j) { std::printf("%s\n", j.dump(2).c_str()); }
-
-const char* const kStates[] = {"offered",   "accepted",  "downloading", "verifying",
-                               "installing", "rebooting", "confirming", "succeeded",
-                               "failed",    "declined",  "cancelled"};
-
-std::string counts_text(const json& d, bool always_sf) {
-  std::string s;
-  const json& c = d.contains("counts") ? d["counts"] : json::object();
-  for (const char* st : kStates) {
-    long long n = c.contains(st) && c[st].is_number() ? c[st].get<long long>() : 0;
-    bool always = always_sf && (std::strcmp(st, "succeeded") == 0 || std::strcmp(st, "failed") == 0);
-    if (n == 0 && !always) continue;
-    if (!s.empty()) s += "  ";
-    s += std::string(st) + " " + std::to_string(n);
-  }
-  long long pending = jint(d, "pending_members");
-  if (pending > 0) s += "  not-yet-seen " + std::to_string(pending);
-  return s;
-}
-
-std::string progress_line(const json& d) {
-  long long pct = std::clamp(jint(d, "percent"), 0LL, 100LL);
-  std::string bar = "[";
-  for (int i = 0; i < 10; ++i) bar += (i < pct / 10) ? '#' : '.';
-  bar += "]";
-  char p[16];
-  std::snprintf(p, sizeof p, "%3lld%%", pct);
-  return bar + " " + p + "  " + counts_text(d, true);
-}
 
 void print_deployment(const json& d) {
   std::printf("deployment %s  state %s\n", jstr(d, "id").c_str(), jstr(d, "state").c_str());
@@ -418,16 +67,6 @@ void print_deployment(const json& d) {
 }
 
 // --------------------------------------------------------------------------- commands
-
-struct Ctx {
-  std::unique_ptr<Api> api;
-  bool json_out = false;
-};
-
-int fail(const Reply& r) {
-  errorf(r.error);
-  return r.exit_code == kExitOk ? kExitFail : r.exit_code;
-}
 
 // Reads DIR recursively into bundle files: regular files only (symlinks and special files
 // are skipped with a warning), sorted by path by bundle::build.
@@ -1089,10 +728,6 @@ int cmd_status(Ctx& c, const std::string& dep) {
 
 // ---------------------------------------------------------------------------- rollouts
 
-bool jhas(const json& j, const char* key) {
-  return j.is_object() && j.contains(key) && !j[key].is_null();
-}
-
 // "site=berlin,model=esp32".
 std::string tags_text(const json& d) {
   std::string s;
@@ -1120,31 +755,6 @@ std::string transfer_text(const json& d) {
   if (!d.is_object() || !d.contains("transfer") || !d["transfer"].is_object()) return "-";
   const json& t = d["transfer"];
   return jstr(t, "deployment") + " " + jstr(t, "state") + " " + std::to_string(jint(t, "percent")) + "%";
-}
-
-const json& jobj(const json& j, const char* key) {
-  static const json empty = json::object();
-  return j.is_object() && j.contains(key) && j[key].is_object() ? j[key] : empty;
-}
-double jnum(const json& j, const char* key) {
-  if (!j.is_object() || !j.contains(key) || !j[key].is_number()) return 0;
-  return j[key].get<double>();
-}
-// "2.5%", "5%".
-std::string fmt_pct(double v) {
-  char buf[32];
-  if (v == static_cast<double>(static_cast<long long>(v)))
-    std::snprintf(buf, sizeof buf, "%lld%%", static_cast<long long>(v));
-  else
-    std::snprintf(buf, sizeof buf, "%.1f%%", v);
-  return buf;
-}
-std::string bar(long long pct, int width) {
-  pct = std::clamp(pct, 0LL, 100LL);
-  const long long fill = pct * width / 100;
-  std::string s = "[";
-  for (long long i = 0; i < width; ++i) s += i < fill ? '#' : '-';
-  return s + "]";
 }
 
 // "group g1", "tags site=berlin", "devices d1,d2,d3 +33 more" (at most `max_ids` ids).
@@ -1355,13 +965,6 @@ int cmd_rollout_show(Ctx& c, const std::string& id, bool devices) {
 bool paused_by_policy(const json& ro) {
   const std::string by = jstr(ro, "paused_by");
   return jstr(ro, "state") == "paused" && (by == "policy" || by == "threshold");
-}
-
-std::string event_time(long long ts_ms, bool with_date) {
-  const std::string t = fmt_time(ts_ms / 1000);
-  char ms[8];
-  std::snprintf(ms, sizeof ms, ".%03lld", ts_ms % 1000);
-  return (with_date || t.size() < 11 ? t : t.substr(11)) + ms;
 }
 
 // The last `n` events worth an operator's eye: rollout decisions and actions, and device

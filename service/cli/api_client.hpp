@@ -1,0 +1,81 @@
+// otactl's client of the ota-controller HTTP API: the --api URL, the API token, one request
+// and its reply (JSON, or the reason it failed), and the exit codes every command shares.
+#pragma once
+
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+
+namespace httplib {
+class Client;
+}
+
+namespace otactl {
+
+using nlohmann::json;
+
+// Exit codes: 0 ok; 1 API error, no token, unreachable controller or a failed outcome; 2 usage
+// error; 3 a wait that timed out or a controller that stayed unreachable.
+constexpr int kExitOk = 0;
+constexpr int kExitFail = 1;
+constexpr int kExitUsage = 2;
+constexpr int kExitTimeout = 3;
+
+// "otactl: MSG" on stderr.
+void errorf(const std::string& msg);
+
+// Percent-encodes all but A-Z a-z 0-9 - _ . ~ (a path segment or a query value).
+std::string url_encode(const std::string& s);
+
+struct Url {
+  std::string scheme, host;
+  int port = 0;
+};
+
+// http[s]://HOST[:PORT][/] (HOST may be [IPv6]); false with `why` set.
+bool parse_url(const std::string& s, Url& u, std::string& why);
+
+// The API token: --token-file PATH, else $OTA_API_TOKEN (the token itself), else
+// $OTA_API_TOKEN_FILE. Returns false with `why` set if none is configured or readable.
+bool find_token(const std::string& token_file_opt, std::string& token, std::string& why);
+
+struct Reply {
+  bool ok = false;  // HTTP 2xx with JSON
+  int status = 0;   // 0: no HTTP reply at all
+  json body;
+  int exit_code = kExitFail;
+  std::string error;
+};
+
+class Api {
+ public:
+  Api(std::string base, Url u, const std::string& token);
+  ~Api();
+  Api(const Api&) = delete;
+  Api& operator=(const Api&) = delete;
+
+  Reply get(const std::string& path);
+  Reply post(const std::string& path, const std::string& body, const char* type);
+  Reply post_json(const std::string& path, const json& body);
+  Reply put_json(const std::string& path, const json& body);
+  Reply put_raw(const std::string& path, const std::string& body);
+  Reply del(const std::string& path);
+  const std::string& base() const { return base_; }
+  // GET of a binary body: on HTTP 200 `bytes` holds it; otherwise the reply explains.
+  Reply download(const std::string& path, std::string& bytes);
+
+ private:
+  std::string base_;
+  Url url_;
+  std::unique_ptr<httplib::Client> cli_;
+};
+
+// Prints the reply's error; its exit code (never kExitOk).
+int fail(const Reply& r);
+
+struct Ctx {
+  std::unique_ptr<Api> api;
+  bool json_out = false;
+};
+
+}  // namespace otactl
