@@ -259,6 +259,22 @@ Reply Api::download(const std::string& path, std::string& bytes) {
   return finish(base_, url_, std::move(res));
 }
 
+int open_api(const std::string& url, const std::string& token_file, std::unique_ptr<Api>& api) {
+  Url u;
+  std::string why;
+  if (!parse_url(url, u, why)) {
+    errorf("invalid --api URL '" + url + "': " + why);
+    return kExitUsage;
+  }
+  std::string token;
+  if (!find_token(token_file, token, why)) {
+    errorf(why);
+    return kExitFail;
+  }
+  api = std::make_unique<Api>(url, u, token);
+  return kExitOk;
+}
+
 int fail(const Reply& r) {
   errorf(r.error);
   return r.exit_code == kExitOk ? kExitFail : r.exit_code;

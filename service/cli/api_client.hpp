@@ -73,9 +73,8 @@ class Api {
 // Prints the reply's error; its exit code (never kExitOk).
 int fail(const Reply& r);
 
-struct Ctx {
-  std::unique_ptr<Api> api;
-  bool json_out = false;
-};
+// The API at `url` with the token find_token finds: kExitOk, or the exit code after the error
+// was printed (kExitUsage: a bad URL; kExitFail: no usable token).
+int open_api(const std::string& url, const std::string& token_file, std::unique_ptr<Api>& api);
 
 }  // namespace otactl
