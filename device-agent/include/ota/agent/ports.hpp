@@ -1,5 +1,6 @@
 // The agent core's only contact with the outside world. A port implementation for a
-// platform lives in device-agent/platform/<name>/. The core calls these from one thread.
+// platform lives in device-agent/platform/<name>/ (linux/, cortex-m/; sim_boot/ is the
+// simulated boot loader their simulated flashes share). The core calls these from one thread.
 #pragma once
 
 #include <cstddef>

@@ -5,13 +5,13 @@
 # and of the whole firmware, and checks the targets (core < 32 KiB flash, < 8 KiB RAM
 # besides the chunk buffer).
 #
-#   device-agent/firmware/build.sh [BUILD_DIR]      default BUILD_DIR: <repo>/build-fw
+#   device-agent/platform/cortex-m/build.sh [BUILD_DIR]    default BUILD_DIR: <repo>/build-fw
 #
 # Exit status: 0 within targets and tests passed; 1 over a target, a test failed or the
 # build broke; 77 the cross compiler is not installed (ctest reports the test as skipped).
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-root=$(cd "$here/../.." && pwd)
+root=$(cd "$here/../../.." && pwd)
 build=${1:-$root/build-fw}
 
 if ! command -v arm-none-eabi-g++ >/dev/null 2>&1; then
@@ -24,8 +24,13 @@ generator=()
 command -v ninja >/dev/null 2>&1 && generator=(-G Ninja)
 if [[ -f $build/CMakeCache.txt ]]; then
   if ! grep -qx "CMAKE_HOME_DIRECTORY:INTERNAL=$here" "$build/CMakeCache.txt"; then
-    echo "firmware: $build holds another CMake project; give an empty or firmware build dir" >&2
-    exit 1
+    # A firmware build dir of this project from another source dir (before the move from
+    # device-agent/firmware/, another checkout) starts over; anything else is not ours.
+    if ! grep -qx "CMAKE_PROJECT_NAME:STATIC=ota_firmware" "$build/CMakeCache.txt"; then
+      echo "firmware: $build holds another CMake project; give an empty or firmware build dir" >&2
+      exit 1
+    fi
+    rm -rf "$build"
   fi
   # A build dir configured with another generator cannot be switched; start it over.
   if ! grep -qx "CMAKE_GENERATOR:INTERNAL=${generator[1]:-Unix Makefiles}" "$build/CMakeCache.txt"; then

@@ -1,5 +1,5 @@
 # CMake toolchain for a generic Cortex-M4F with Debian's gcc-arm-none-eabi and newlib-nano.
-# Used by device-agent/firmware/build.sh; usable by a firmware project as is.
+# Used by device-agent/platform/cortex-m/build.sh; usable by a firmware project as is.
 set(CMAKE_SYSTEM_NAME Generic)
 set(CMAKE_SYSTEM_PROCESSOR arm)
 
