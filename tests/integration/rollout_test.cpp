@@ -370,7 +370,12 @@ TEST_F(Rollouts, FailurePolicyPausesInWaveOneAndLaterWavesStayUntouched) {
   EXPECT_FALSE(wait_until(wave3_offered, 3500ms, 100ms)) << "an aborted rollout sent offers";
   offers = offers_seen();
   EXPECT_EQ(offers.size(), 18u);
-  for (const auto& [dev, ids] : offers) EXPECT_EQ(ids.size(), 1u) << dev << ": " << join(ids);
+  // One offer id per device: no retry attempt and no second offer. The same id may arrive
+  // twice (a device that reconnects is sent its in-flight offer again, which it answers with
+  // its current status; seen under ASan on a loaded machine), so ids are counted once.
+  for (const auto& [dev, ids] : offers) {
+    EXPECT_EQ(std::set<std::string>(ids.begin(), ids.end()).size(), 1u) << dev << ": " << join(ids);
+  }
   // Every device still boots its old image (the failed ones reverted after their trial boot).
   for (const auto& dev : fleet_ids()) {
     ASSERT_TRUE(wait_until([&] { return boot_record(dev).settled(); }, 20s)) << dev << " stays on trial";
