@@ -10,7 +10,9 @@
 #include <cstring>
 #include <ctime>
 #include <memory>
+#include <optional>
 #include <string>
+#include <vector>
 
 #include "ota/cli_config.hpp"
 #include "ota/service/controller.hpp"
@@ -60,229 +62,149 @@ void make_database_private(const std::string& db_path) {
   }
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
-  CLI::App app{"ota-controller: OTA fleet controller (MQTT + HTTP API)"};
-  MqttConfig mc;
-  ControllerConfig cc;
-  std::string signing_key, http = "127.0.0.1:8080", token_file;
-  bool allow_remote = false, verbose = false;
-  mc.port = 8883;
-  app.add_option("--broker-host", mc.host, "MQTT broker host")->capture_default_str();
-  app.add_option("--broker-port", mc.port, "MQTT broker port")->capture_default_str()->check(CLI::Range(1, 65535));
-  app.add_option("--ca", mc.ca, "CA certificate (PEM) of the broker; enables TLS");
-  app.add_option("--cert", mc.cert, "controller client certificate (PEM, CN=ota-controller)");
-  app.add_option("--key", mc.key, "controller client key (PEM)");
-  app.add_option("--db", cc.db_path, "SQLite database path")->required();
-  app.add_option("--store", cc.store_dir, "directory for image files")->required();
-  app.add_option("--signing-key", signing_key,
-                 "key that signs offers (EC P-256 private key, PEM): a release key (single-key "
-                 "mode), or an online key (see --signing-key-role) that cannot release software "
-                 "by itself")
-      ->required();
-  std::string signing_role = "release", root_key;
-  std::vector<std::string> release_pubs;
-  app.add_option("--signing-key-role", signing_role,
-                 "release: the signing key is a release key (images need no release signature); "
-                 "online: devices trust it only with a release signature made offline "
-                 "(`otactl image sign`), so images without one are not deployed. A key set the "
-                 "controller holds decides instead")
-      ->capture_default_str()
-      ->check(CLI::IsMember({"release", "online"}));
-  app.add_option("--root-key", root_key,
-                 "root public key (PEM) devices were provisioned with: key sets (`otactl keys "
-                 "push`) must be signed by it (or by the next root a held set names); without it "
-                 "key-set uploads are refused");
-  app.add_option("--release-pub", release_pubs,
-                 "release public key (PEM) whose release signatures image uploads may carry, "
-                 "while the controller holds no key set (repeatable)");
-  app.add_option("--http", http, "HTTP API listen address HOST:PORT (PORT 0 = any free port)")->capture_default_str();
-  app.add_flag("--http-allow-remote", allow_remote, "allow a non-loopback --http address");
-  app.add_option("--acl-file", cc.acl_file,
-                 "the broker's mosquitto acl_file: group membership comes from its `user` "
-                 "sections (re-read when it changes); without it, from device hellos");
-  app.add_option("--api-token-file", token_file,
-                 "the bootstrap admin token of the HTTP API (default: the --db path + "
-                 "\".token\"; created with a random token, mode 0600, if missing; refused if "
-                 "group or others may read it); more tokens: otactl token create");
-  app.add_option("--prefix", cc.prefix, "MQTT topic prefix")->capture_default_str();
-  app.add_option("--offer-ttl", cc.offer_ttl, "offer validity in seconds")->capture_default_str()->check(CLI::Range(60LL, 10LL * 365 * 86400));
-  app.add_option("--heartbeat-timeout", cc.heartbeat_timeout_s,
-                 "seconds without any message before a device is shown offline (0: only "
-                 "the broker's last will)")->capture_default_str()->check(CLI::Range(0LL, 30LL * 86400));
-  app.add_option("--client-id", mc.client_id, "MQTT client id (fixed: persistent session)")->capture_default_str();
-  app.add_option("--reconnect-max-ms", mc.reconnect_max_ms,
-                 "longest wait between broker connection attempts (exponential back-off with "
-                 "full jitter from --reconnect-base-ms)")
-      ->capture_default_str()->check(CLI::Range(100LL, 3600LL * 1000));
-  app.add_option("--reconnect-base-ms", mc.reconnect_base_ms, "first back-off step")
-      ->capture_default_str()->check(CLI::Range(10LL, 60LL * 1000));
-  app.add_option("--connect-timeout-ms", mc.connect_timeout_ms,
-                 "a broker connection without CONNACK and SUBACK after this long is dropped "
-                 "and retried")
-      ->capture_default_str()->check(CLI::Range(1000LL, 600LL * 1000));
-  std::uint64_t min_free_mb = cc.min_free_bytes / (1024 * 1024);
-  app.add_option("--min-free-mb", min_free_mb,
-                 "/health fails when the disk of the database or the image store has less "
-                 "free space (MiB)")
-      ->capture_default_str()->check(CLI::Range(0ULL, 1ULL << 30));
-  long long retention_days = cc.event_retention.max_age_ms / (86400LL * 1000);
-  app.add_option("--event-retention-days", retention_days,
-                 "delete events older than this (0: keep); events of active deployments "
-                 "and live rollouts are always kept")
-      ->capture_default_str()->check(CLI::Range(0LL, 100LL * 365));
-  app.add_option("--event-retention-count", cc.event_retention.max_count,
-                 "keep at most this many events, deleting the oldest (0: no limit)")
-      ->capture_default_str()->check(CLI::Range(0LL, 1LL << 40));
-  app.add_flag("-v,--verbose", verbose, "debug logging");
+// The command line (with the OTA_* environment and the --config file), before it becomes the
+// MQTT and controller configuration.
+struct Options {
+  MqttConfig mqtt;
+  ControllerConfig controller;
+  std::string signing_key_path;
+  std::string signing_role = "release";  // "release" or "online"
+  std::string root_key_path;
+  std::vector<std::string> release_pub_paths;
+  std::string http_listen = "127.0.0.1:8080";  // HOST:PORT
+  bool http_allow_remote = false;
+  std::string api_token_file;  // empty: the --db path + ".token"
+  std::uint64_t min_free_mb = controller.min_free_bytes / (1024 * 1024);
+  long long retention_days = controller.event_retention.max_age_ms / (86400LL * 1000);
+  bool verbose = false;
   std::string log_format = "text";
-  app.add_option("--log-format", log_format,
-                 "stderr log lines: text, or json (one object per line: ts, level, msg, fields)")
-      ->capture_default_str()->check(CLI::IsMember({"text", "json"}));
-  // Declared last: every option above also reads OTA_<NAME> and the --config file.
   bool print_config = false;
-  ota::cli::add_config_sources(app, print_config);
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    int rc = app.exit(e);
-    return rc == 0 ? 0 : 2;
-  }
-  if (print_config) {
-    ota::cli::print_config(app);
-    return 0;
-  }
-  if (verbose) set_log_level(LogLevel::debug);
+};
+
+int startup_failed(const std::string& error) {
+  log_error("startup: " + error);
+  return 1;
+}
+
+void start_logging(const Options& o, const std::string& config_file) {
+  if (o.verbose) set_log_level(LogLevel::debug);
   LogFormat lf = LogFormat::text;
-  parse_log_format(log_format, &lf);
+  parse_log_format(o.log_format, &lf);
   set_log_format(lf);
   log_info("ota-controller starting", {{"version", ota::cli::version()},
-                                       {"config", app["--config"]->as<std::string>()},
-                                       {"db", cc.db_path}});
-  cc.min_free_bytes = min_free_mb * 1024 * 1024;
-  cc.event_retention.max_age_ms = retention_days * 86400LL * 1000;
+                                       {"config", config_file},
+                                       {"db", o.controller.db_path}});
+}
+
+// Derives the configuration values given in other units and checks what CLI11 cannot check
+// alone. Returns the HTTP listen address, or nullopt after printing why the options are wrong.
+std::optional<HostPort> check_options(Options& o) {
+  MqttConfig& mc = o.mqtt;
+  ControllerConfig& cc = o.controller;
+  cc.min_free_bytes = o.min_free_mb * 1024 * 1024;
+  cc.event_retention.max_age_ms = o.retention_days * 86400LL * 1000;
   if (mc.reconnect_base_ms > mc.reconnect_max_ms) {
     std::fprintf(stderr, "ota-controller: --reconnect-base-ms %lld is above --reconnect-max-ms %lld\n",
                  mc.reconnect_base_ms, mc.reconnect_max_ms);
-    return 2;
+    return std::nullopt;
   }
   mc.prefix = cc.prefix;
   if (cc.prefix.empty() || cc.prefix.find_first_of("+#") != std::string::npos || cc.prefix.back() == '/') {
     std::fprintf(stderr, "ota-controller: --prefix '%s' is not a valid topic prefix\n", cc.prefix.c_str());
-    return 2;
+    return std::nullopt;
   }
   if ((mc.cert.empty()) != (mc.key.empty())) {
     std::fprintf(stderr, "ota-controller: --cert and --key must be given together\n");
-    return 2;
+    return std::nullopt;
   }
-  auto hp = parse_host_port(http);
+  auto hp = parse_host_port(o.http_listen);
   if (!hp) {
     std::fprintf(stderr, "ota-controller: --http: %s\n", hp.error().c_str());
-    return 2;
+    return std::nullopt;
   }
-  if (!allow_remote && !is_loopback_host(hp->host)) {
+  if (!o.http_allow_remote && !is_loopback_host(hp->host)) {
     std::fprintf(stderr,
                  "ota-controller: --http %s is not a loopback address; the API is plain "
                  "HTTP (token in clear), pass --http-allow-remote to expose it anyway\n",
-                 http.c_str());
-    return 2;
+                 o.http_listen.c_str());
+    return std::nullopt;
   }
+  return *hp;
+}
 
-  // Everything the controller creates (database and its WAL files, token file, images,
-  // backups, directories) is for its own user only.
-  ::umask(077);
+// Everything the controller creates (database and its WAL files, token file, images,
+// backups, directories) is for its own user only.
+void make_new_files_private() { ::umask(077); }
 
-  // Block the stop signals in every thread; the main thread waits for them.
+// Blocks the stop signals in every thread (threads started later inherit the mask); the main
+// thread waits for them. Returns them.
+sigset_t block_stop_signals() {
   sigset_t sigs;
   sigemptyset(&sigs);
   sigaddset(&sigs, SIGTERM);
   sigaddset(&sigs, SIGINT);
   pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
   signal(SIGPIPE, SIG_IGN);
+  return sigs;
+}
 
-  if (!key_is_private("--signing-key", signing_key,
-                      signing_role == "online" ? "can sign offers as the controller"
-                                               : "can sign firmware that every device installs") ||
-      (!mc.key.empty() &&
-       !key_is_private("--key", mc.key, "can connect to the broker as the controller")))
-    return 1;
-  // A first start on a fresh machine: make the state directories (not their parents' owners).
-  for (const std::filesystem::path& dir :
-       {std::filesystem::path(cc.db_path).parent_path(), std::filesystem::path(cc.store_dir)}) {
+// The private keys must be private, the state directories exist (a first start on a fresh
+// machine: make them, not their parents' owners) and the database be private. False after
+// logging why not.
+bool prepare_state_files(const Options& o) {
+  if (!key_is_private("--signing-key", o.signing_key_path,
+                      o.signing_role == "online" ? "can sign offers as the controller"
+                                                 : "can sign firmware that every device installs") ||
+      (!o.mqtt.key.empty() &&
+       !key_is_private("--key", o.mqtt.key, "can connect to the broker as the controller")))
+    return false;
+  for (const std::filesystem::path& dir : {std::filesystem::path(o.controller.db_path).parent_path(),
+                                           std::filesystem::path(o.controller.store_dir)}) {
     std::error_code ec;
     if (!dir.empty()) std::filesystem::create_directories(dir, ec);
     if (ec) {
       log_error("startup: create directory " + dir.string() + ": " + ec.message());
-      return 1;
+      return false;
     }
   }
-  make_database_private(cc.db_path);
-  auto signer = Signer::load(signing_key);
-  if (!signer) {
-    log_error("startup: " + signer.error());
-    return 1;
-  }
-  cc.keys.signing_key_online = signing_role == "online";
-  if (!root_key.empty()) {
-    auto pem = read_file_text(root_key, "--root-key");
-    auto k = pem ? load_public_key_file(root_key, "--root-key") : Result<PkeyPtr>(pem.err());
-    if (!k) {
-      log_error("startup: " + k.error());
-      return 1;
-    }
-    cc.keys.root_pub_pem = *pem;
-  }
-  for (const auto& path : release_pubs) {
-    auto k = load_public_key_file(path, "--release-pub");
-    if (!k) {
-      log_error("startup: " + k.error());
-      return 1;
-    }
-    cc.keys.release_pub_pems.push_back(*read_file_text(path, "--release-pub"));
-  }
-  if (token_file.empty()) token_file = cc.db_path + ".token";
-  auto token = load_or_create_api_token(token_file);
-  if (!token) {
-    log_error("startup: " + token.error());
-    return 1;
-  }
-  MqttClient mqtt(mc);
-  auto ctl = Controller::create(cc, std::move(*signer), &mqtt);
-  if (!ctl) {
-    log_error("startup: " + ctl.error());
-    return 1;
-  }
-  Controller& c = **ctl;
-  mqtt.set_controller(&c);
-  auto tokens = ApiTokens::open(cc.db_path, *token);
-  if (!tokens) {
-    log_error("startup: " + tokens.error());
-    return 1;
-  }
-  HttpApi api(c, [&mqtt] { return mqtt.subscribed(); }, **tokens);
-  auto port = api.start(hp->host, hp->port);
-  if (!port) {
-    log_error("startup: " + port.error());
-    return 1;
-  }
-  std::string http_addr = (hp->host.find(':') != std::string::npos ? "[" + hp->host + "]" : hp->host) +
-                          ":" + std::to_string(*port);
-  log_info("http API listening on " + http_addr + " (bootstrap admin token in " + token_file +
-           "); signing key id " + c.key_id());
-  Status ms = mqtt.start();
-  if (!ms) {
-    log_error("startup: " + ms.error());
-    api.stop();
-    return 1;
-  }
+  make_database_private(o.controller.db_path);
+  return true;
+}
 
+// The offer signing key; the root and release public keys go into o.controller.keys.
+Result<Signer> load_signing_keys(Options& o) {
+  auto signer = Signer::load(o.signing_key_path);
+  if (!signer) return signer.err();
+  auto& keys = o.controller.keys;
+  keys.signing_key_online = o.signing_role == "online";
+  if (!o.root_key_path.empty()) {
+    auto pem = read_file_text(o.root_key_path, "--root-key");
+    auto k = pem ? load_public_key_file(o.root_key_path, "--root-key") : Result<PkeyPtr>(pem.err());
+    if (!k) return k.err();
+    keys.root_pub_pem = *pem;
+  }
+  for (const auto& path : o.release_pub_paths) {
+    auto k = load_public_key_file(path, "--release-pub");
+    if (!k) return k.err();
+    keys.release_pub_pems.push_back(*read_file_text(path, "--release-pub"));
+  }
+  return signer;
+}
+
+std::string listen_address_text(const std::string& host, int port) {
+  return (host.find(':') != std::string::npos ? "[" + host + "]" : host) + ":" + std::to_string(port);
+}
+
+// Until SIGTERM or SIGINT: prints the ready line once the MQTT side is subscribed and ticks the
+// controller every second. Returns the signal.
+int serve_until_stopped(Controller& c, MqttClient& mqtt, const std::string& http_addr,
+                        const sigset_t& stop_signals) {
   bool ready_printed = false;
   long long last_tick = now_ms();
   int sig = 0;
   for (;;) {
     timespec ts{0, 100 * 1000 * 1000};
-    sig = sigtimedwait(&sigs, nullptr, &ts);
+    sig = sigtimedwait(&stop_signals, nullptr, &ts);
     if (sig == SIGTERM || sig == SIGINT) break;
     if (!ready_printed && mqtt.subscribed()) {
       std::printf("ota-controller ready http=%s broker=%s\n", http_addr.c_str(), mqtt.describe().c_str());
@@ -294,6 +216,36 @@ int main(int argc, char** argv) {
       last_tick = now_ms();
     }
   }
+  return sig;
+}
+
+// Opens the controller, its API tokens, the HTTP API and the MQTT connection, serves until a
+// stop signal and shuts down in order. The exit code.
+int run_controller(Options& o, const HostPort& http_listen, const sigset_t& stop_signals,
+                   Signer signer) {
+  if (o.api_token_file.empty()) o.api_token_file = o.controller.db_path + ".token";
+  auto token = load_or_create_api_token(o.api_token_file);
+  if (!token) return startup_failed(token.error());
+  MqttClient mqtt(o.mqtt);
+  auto ctl = Controller::create(o.controller, std::move(signer), &mqtt);
+  if (!ctl) return startup_failed(ctl.error());
+  Controller& c = **ctl;
+  mqtt.set_controller(&c);
+  auto tokens = ApiTokens::open(o.controller.db_path, *token);
+  if (!tokens) return startup_failed(tokens.error());
+  HttpApi api(c, [&mqtt] { return mqtt.subscribed(); }, **tokens);
+  auto port = api.start(http_listen.host, http_listen.port);
+  if (!port) return startup_failed(port.error());
+  const std::string http_addr = listen_address_text(http_listen.host, *port);
+  log_info("http API listening on " + http_addr + " (bootstrap admin token in " +
+           o.api_token_file + "); signing key id " + c.key_id());
+  Status ms = mqtt.start();
+  if (!ms) {
+    api.stop();
+    return startup_failed(ms.error());
+  }
+
+  const int sig = serve_until_stopped(c, mqtt, http_addr, stop_signals);
   log_info(std::string("received ") + (sig == SIGTERM ? "SIGTERM" : "SIGINT") + ", shutting down");
   api.stop();
   mqtt.stop();
@@ -301,4 +253,99 @@ int main(int argc, char** argv) {
   ctl->reset();  // flushes counters, closes the database
   log_info("stopped");
   return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"ota-controller: OTA fleet controller (MQTT + HTTP API)"};
+  Options o;
+  o.mqtt.port = 8883;
+  app.add_option("--broker-host", o.mqtt.host, "MQTT broker host")->capture_default_str();
+  app.add_option("--broker-port", o.mqtt.port, "MQTT broker port")->capture_default_str()->check(CLI::Range(1, 65535));
+  app.add_option("--ca", o.mqtt.ca, "CA certificate (PEM) of the broker; enables TLS");
+  app.add_option("--cert", o.mqtt.cert, "controller client certificate (PEM, CN=ota-controller)");
+  app.add_option("--key", o.mqtt.key, "controller client key (PEM)");
+  app.add_option("--db", o.controller.db_path, "SQLite database path")->required();
+  app.add_option("--store", o.controller.store_dir, "directory for image files")->required();
+  app.add_option("--signing-key", o.signing_key_path,
+                 "key that signs offers (EC P-256 private key, PEM): a release key (single-key "
+                 "mode), or an online key (see --signing-key-role) that cannot release software "
+                 "by itself")
+      ->required();
+  app.add_option("--signing-key-role", o.signing_role,
+                 "release: the signing key is a release key (images need no release signature); "
+                 "online: devices trust it only with a release signature made offline "
+                 "(`otactl image sign`), so images without one are not deployed. A key set the "
+                 "controller holds decides instead")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"release", "online"}));
+  app.add_option("--root-key", o.root_key_path,
+                 "root public key (PEM) devices were provisioned with: key sets (`otactl keys "
+                 "push`) must be signed by it (or by the next root a held set names); without it "
+                 "key-set uploads are refused");
+  app.add_option("--release-pub", o.release_pub_paths,
+                 "release public key (PEM) whose release signatures image uploads may carry, "
+                 "while the controller holds no key set (repeatable)");
+  app.add_option("--http", o.http_listen, "HTTP API listen address HOST:PORT (PORT 0 = any free port)")->capture_default_str();
+  app.add_flag("--http-allow-remote", o.http_allow_remote, "allow a non-loopback --http address");
+  app.add_option("--acl-file", o.controller.acl_file,
+                 "the broker's mosquitto acl_file: group membership comes from its `user` "
+                 "sections (re-read when it changes); without it, from device hellos");
+  app.add_option("--api-token-file", o.api_token_file,
+                 "the bootstrap admin token of the HTTP API (default: the --db path + "
+                 "\".token\"; created with a random token, mode 0600, if missing; refused if "
+                 "group or others may read it); more tokens: otactl token create");
+  app.add_option("--prefix", o.controller.prefix, "MQTT topic prefix")->capture_default_str();
+  app.add_option("--offer-ttl", o.controller.offer_ttl, "offer validity in seconds")->capture_default_str()->check(CLI::Range(60LL, 10LL * 365 * 86400));
+  app.add_option("--heartbeat-timeout", o.controller.heartbeat_timeout_s,
+                 "seconds without any message before a device is shown offline (0: only "
+                 "the broker's last will)")->capture_default_str()->check(CLI::Range(0LL, 30LL * 86400));
+  app.add_option("--client-id", o.mqtt.client_id, "MQTT client id (fixed: persistent session)")->capture_default_str();
+  app.add_option("--reconnect-max-ms", o.mqtt.reconnect_max_ms,
+                 "longest wait between broker connection attempts (exponential back-off with "
+                 "full jitter from --reconnect-base-ms)")
+      ->capture_default_str()->check(CLI::Range(100LL, 3600LL * 1000));
+  app.add_option("--reconnect-base-ms", o.mqtt.reconnect_base_ms, "first back-off step")
+      ->capture_default_str()->check(CLI::Range(10LL, 60LL * 1000));
+  app.add_option("--connect-timeout-ms", o.mqtt.connect_timeout_ms,
+                 "a broker connection without CONNACK and SUBACK after this long is dropped "
+                 "and retried")
+      ->capture_default_str()->check(CLI::Range(1000LL, 600LL * 1000));
+  app.add_option("--min-free-mb", o.min_free_mb,
+                 "/health fails when the disk of the database or the image store has less "
+                 "free space (MiB)")
+      ->capture_default_str()->check(CLI::Range(0ULL, 1ULL << 30));
+  app.add_option("--event-retention-days", o.retention_days,
+                 "delete events older than this (0: keep); events of active deployments "
+                 "and live rollouts are always kept")
+      ->capture_default_str()->check(CLI::Range(0LL, 100LL * 365));
+  app.add_option("--event-retention-count", o.controller.event_retention.max_count,
+                 "keep at most this many events, deleting the oldest (0: no limit)")
+      ->capture_default_str()->check(CLI::Range(0LL, 1LL << 40));
+  app.add_flag("-v,--verbose", o.verbose, "debug logging");
+  app.add_option("--log-format", o.log_format,
+                 "stderr log lines: text, or json (one object per line: ts, level, msg, fields)")
+      ->capture_default_str()->check(CLI::IsMember({"text", "json"}));
+  // Declared last: every option above also reads OTA_<NAME> and the --config file.
+  ota::cli::add_config_sources(app, o.print_config);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    int rc = app.exit(e);
+    return rc == 0 ? 0 : 2;
+  }
+  if (o.print_config) {
+    ota::cli::print_config(app);
+    return 0;
+  }
+  start_logging(o, app["--config"]->as<std::string>());
+  const std::optional<HostPort> http_listen = check_options(o);
+  if (!http_listen) return 2;
+  make_new_files_private();
+  const sigset_t stop_signals = block_stop_signals();
+  if (!prepare_state_files(o)) return 1;
+  auto signer = load_signing_keys(o);
+  if (!signer) return startup_failed(signer.error());
+  return run_controller(o, *http_listen, stop_signals, std::move(*signer));
 }
