@@ -9,9 +9,10 @@ add_executable(service_tests
   ${CMAKE_CURRENT_LIST_DIR}/service_controller_test.cpp
   ${CMAKE_CURRENT_LIST_DIR}/service_rollout_test.cpp
   ${CMAKE_CURRENT_LIST_DIR}/service_cli_test.cpp
+  ${CMAKE_CURRENT_LIST_DIR}/service_policy_grammar_test.cpp
   ${CMAKE_CURRENT_LIST_DIR}/service_http_test.cpp
   ${CMAKE_CURRENT_LIST_DIR}/service_keys_test.cpp)
-target_link_libraries(service_tests PRIVATE ota_service ota_test_support ota::proto OpenSSL::Crypto
+target_link_libraries(service_tests PRIVATE ota_service ota_policy ota_test_support ota::proto OpenSSL::Crypto
                       PkgConfig::HTTPLIB OpenSSL::SSL Threads::Threads GTest::gtest_main
                       ota_warnings)
 target_compile_definitions(service_tests PRIVATE OTACTL_PATH="$<TARGET_FILE:otactl>"

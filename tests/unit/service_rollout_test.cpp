@@ -5,7 +5,8 @@
 #include <map>
 #include <set>
 
-#include "ota/service/rollout.hpp"
+#include "ota/policy/policy_grammar.hpp"
+#include "ota/service/rollout_engine.hpp"
 #include "ota/service/tag_expr.hpp"
 #include "service_controller_fixture.hpp"
 
@@ -45,7 +46,7 @@ struct Sim {
   }
   std::vector<EngineAction> step(long long advance_ms = 1000) {
     now += advance_ms;
-    last = tick(st, rows, p, now);
+    last = advance(st, rows, p, now);
     return last;
   }
   RolloutRow& row(const std::string& dev) {
@@ -79,7 +80,7 @@ struct Sim {
   }
   // What the controller does when a device reports.
   void finish(RolloutRow& r, bool ok) {
-    r.state = ok ? "succeeded" : "failed";
+    r.state = ok ? RowState::succeeded : RowState::failed;
     r.reason = ok ? "" : "self_test_failed";
   }
 };
@@ -129,9 +130,9 @@ TEST(RolloutEngine, FirstTickOffersOnlyWaveOne) {
   auto offered = s.offers(acts);
   EXPECT_EQ(offered.size(), 10u);
   for (const auto& d : offered) EXPECT_EQ(s.row(d).wave, 0);
-  for (auto* r : s.wave(1)) EXPECT_EQ(r->state, "pending");
+  for (auto* r : s.wave(1)) EXPECT_EQ(r->state, RowState::pending);
   for (auto* r : s.wave(0)) {
-    EXPECT_EQ(r->state, "offered");
+    EXPECT_EQ(r->state, RowState::offered);
     EXPECT_EQ(r->attempt, 1);
     EXPECT_EQ(r->offered_at_ms, s.now);
   }
@@ -148,11 +149,11 @@ TEST(RolloutEngine, ErrorThresholdInWaveOnePausesWithinOneTickAndLaterWavesStayU
   s.finish(*w0[0], false);  // 10%: not above the limit yet
   s.finish(*w0[1], true);
   s.step();
-  EXPECT_EQ(s.st.state, "running");
+  EXPECT_EQ(s.st.state, RolloutStatus::running);
   s.finish(*w0[2], false);  // 20% > 10%
   auto acts = s.step();
-  EXPECT_EQ(s.st.state, "paused");
-  EXPECT_EQ(s.st.paused_by, "policy");
+  EXPECT_EQ(s.st.state, RolloutStatus::paused);
+  EXPECT_EQ(s.st.paused_by, PausedBy::policy);
   EXPECT_NE(s.st.pause_reason.find("wave 1 failure rate 20.0%"), std::string::npos) << s.st.pause_reason;
   EXPECT_TRUE(s.logged("rollout_paused"));
   EXPECT_TRUE(s.offers(acts).empty());
@@ -161,7 +162,7 @@ TEST(RolloutEngine, ErrorThresholdInWaveOnePausesWithinOneTickAndLaterWavesStayU
   for (int i = 0; i < 5; ++i) EXPECT_TRUE(s.offers(s.step(60000)).empty());
   EXPECT_EQ(s.st.current_wave, 0);
   for (int w : {1, 2})
-    for (auto* r : s.wave(w)) EXPECT_EQ(r->state, "pending") << r->device;
+    for (auto* r : s.wave(w)) EXPECT_EQ(r->state, RowState::pending) << r->device;
 }
 
 TEST(RolloutEngine, ResumeAfterPolicyPauseStartsTheNextWave) {
@@ -171,9 +172,9 @@ TEST(RolloutEngine, ResumeAfterPolicyPauseStartsTheNextWave) {
   auto w0 = s.wave(0);
   for (std::size_t i = 0; i < w0.size(); ++i) s.finish(*w0[i], i >= 3);  // 30% failed
   s.step();
-  ASSERT_EQ(s.st.state, "paused");
+  ASSERT_EQ(s.st.state, RolloutStatus::paused);
   ASSERT_TRUE(op_resume(s.st).ok());
-  EXPECT_EQ(s.st.state, "running");
+  EXPECT_EQ(s.st.state, RolloutStatus::running);
   auto acts = s.step();
   EXPECT_EQ(s.st.current_wave, 1);
   EXPECT_TRUE(s.logged("wave_started"));
@@ -181,7 +182,7 @@ TEST(RolloutEngine, ResumeAfterPolicyPauseStartsTheNextWave) {
   EXPECT_EQ(offered.size(), s.wave(1).size());
   for (const auto& d : offered) EXPECT_EQ(s.row(d).wave, 1);
   // The accepted wave's failures do not trip the policy again.
-  EXPECT_EQ(s.st.state, "running");
+  EXPECT_EQ(s.st.state, RolloutStatus::running);
   // Resuming a running rollout is refused with a reason.
   auto again = op_resume(s.st);
   ASSERT_FALSE(again.ok());
@@ -193,9 +194,9 @@ TEST(RolloutEngine, OperatorPauseHoldsOffersAndResumeDoesNotSkipTheThreshold) {
                             "max_concurrent":2})"));
   EXPECT_EQ(s.offers(s.step()).size(), 2u);
   ASSERT_TRUE(op_pause(s.st, "lunch").ok());
-  EXPECT_EQ(s.st.paused_by, "operator");
+  EXPECT_EQ(s.st.paused_by, PausedBy::operator_action);
   for (auto* r : s.wave(0))
-    if (r->state == "offered") s.finish(*r, true);
+    if (r->state == RowState::offered) s.finish(*r, true);
   EXPECT_TRUE(s.offers(s.step()).empty());
   ASSERT_TRUE(op_resume(s.st).ok());
   auto offered = s.offers(s.step());
@@ -208,20 +209,20 @@ TEST(RolloutEngine, AbortCancelsInFlightKeepsInstallingAndNeverOffersAgain) {
   Sim s(30, json::parse(R"({"waves":[{"size":"50%"},{"size":"100%"}]})"));
   s.step();
   auto w0 = s.wave(0);
-  w0[0]->state = "downloading";
-  w0[1]->state = "installing";
+  w0[0]->state = RowState::downloading;
+  w0[1]->state = RowState::installing;
   s.finish(*w0[2], true);
   auto acts = op_abort(s.st, s.rows, "bad build");
   ASSERT_TRUE(acts.ok());
-  EXPECT_EQ(s.st.state, "aborted");
+  EXPECT_EQ(s.st.state, RolloutStatus::aborted);
   auto cancelled = s.cancels(*acts);
   EXPECT_EQ(cancelled.size(), w0.size() - 2);  // all in flight but installing and finished
   EXPECT_EQ(std::count(cancelled.begin(), cancelled.end(), w0[0]->device), 1);
   EXPECT_EQ(std::count(cancelled.begin(), cancelled.end(), w0[1]->device), 0);
-  EXPECT_EQ(w0[0]->state, "cancelled");
-  EXPECT_EQ(w0[1]->state, "installing");
-  EXPECT_EQ(w0[2]->state, "succeeded");
-  for (auto* r : s.wave(1)) EXPECT_EQ(r->state, "cancelled");
+  EXPECT_EQ(w0[0]->state, RowState::cancelled);
+  EXPECT_EQ(w0[1]->state, RowState::installing);
+  EXPECT_EQ(w0[2]->state, RowState::succeeded);
+  for (auto* r : s.wave(1)) EXPECT_EQ(r->state, RowState::cancelled);
   EXPECT_TRUE(s.offers(s.step(3600000)).empty());
   EXPECT_FALSE(op_abort(s.st, s.rows, "").ok());
 }
@@ -230,11 +231,11 @@ TEST(RolloutEngine, FailurePolicyAbortCancels) {
   Sim s(10, json::parse(R"({"waves":[{"size":"50%"},{"size":"100%"}],
                             "failure":{"max_total_rate":5,"action":"abort"}})"));
   s.step();
-  s.wave(0)[0]->state = "failed";
+  s.wave(0)[0]->state = RowState::failed;
   auto acts = s.step();
-  EXPECT_EQ(s.st.state, "aborted");
+  EXPECT_EQ(s.st.state, RolloutStatus::aborted);
   EXPECT_EQ(s.cancels(acts).size(), 4u);  // the other wave-1 devices, offered
-  for (auto* r : s.wave(1)) EXPECT_EQ(r->state, "cancelled");
+  for (auto* r : s.wave(1)) EXPECT_EQ(r->state, RowState::cancelled);
 }
 
 TEST(RolloutEngine, RetriesAfterDelayThenCountAsFailure) {
@@ -243,34 +244,34 @@ TEST(RolloutEngine, RetriesAfterDelayThenCountAsFailure) {
   RolloutRow& r = s.rows[0];
   s.finish(r, false);
   s.step();
-  EXPECT_EQ(r.state, "pending");
+  EXPECT_EQ(r.state, RowState::pending);
   EXPECT_EQ(r.next_at_ms, s.now + 30000);
-  EXPECT_EQ(s.st.state, "running");  // a failure with attempts left is not a failure yet
+  EXPECT_EQ(s.st.state, RolloutStatus::running);  // a failure with attempts left is not a failure yet
   EXPECT_TRUE(s.offers(s.step(29000)).empty());
   auto offered = s.offers(s.step(1000));
   ASSERT_EQ(offered.size(), 1u);
   EXPECT_EQ(r.attempt, 2);
   s.finish(r, false);
   s.step();
-  EXPECT_EQ(r.state, "failed");
+  EXPECT_EQ(r.state, RowState::failed);
   EXPECT_TRUE(row_is_final(r, s.p));
-  EXPECT_EQ(s.st.state, "paused");  // 100% > 50%
+  EXPECT_EQ(s.st.state, RolloutStatus::paused);  // 100% > 50%
 }
 
 TEST(RolloutEngine, InProgressTimeoutCancelsAndCounts) {
   Sim s(4, json::parse(R"({"timeout":"10m","failure":{"max_wave_rate":30}})"));
   s.step();
-  s.rows[0].state = "downloading";
+  s.rows[0].state = RowState::downloading;
   s.finish(s.rows[1], true);
   s.finish(s.rows[2], true);
   s.finish(s.rows[3], true);
   EXPECT_TRUE(s.cancels(s.step(9 * 60000)).empty());
   auto acts = s.step(60000);
   EXPECT_EQ(s.cancels(acts), std::vector<std::string>{s.rows[0].device});
-  EXPECT_EQ(s.rows[0].state, "timed_out");
+  EXPECT_EQ(s.rows[0].state, RowState::timed_out);
   EXPECT_NE(s.rows[0].reason.find("no result within 10m (last state downloading)"), std::string::npos);
   // 1 of 4 = 25% <= 30%: the rollout completes with the timeout counted as a failure.
-  EXPECT_EQ(s.st.state, "completed");
+  EXPECT_EQ(s.st.state, RolloutStatus::completed);
   EXPECT_EQ(wave_counts(s.rows, s.p)[0].failed, 1);
 }
 
@@ -280,7 +281,7 @@ TEST(RolloutEngine, ConcurrencyCap) {
   EXPECT_TRUE(s.offers(s.step()).empty());
   int done = 0;
   for (auto& r : s.rows)
-    if (r.state == "offered" && done < 2) s.finish(r, true), ++done;
+    if (r.state == RowState::offered && done < 2) s.finish(r, true), ++done;
   EXPECT_EQ(s.offers(s.step()).size(), 2u);
 }
 
@@ -297,8 +298,9 @@ TEST(RolloutEngine, MaintenanceWindowHoldsOffers) {
 }
 
 TEST(RolloutEngine, WindowAcrossMidnight) {
-  auto w = parse_window("22:00-04:00");
-  ASSERT_TRUE(w.ok());
+  auto parsed = parse_window("22:00-04:00");
+  ASSERT_TRUE(parsed.ok() && parsed->has_value());
+  const auto& w = *parsed;
   const long long day = 86400000LL;
   EXPECT_TRUE(w->contains(23 * 3600000LL));
   EXPECT_TRUE(w->contains(day + 3 * 3600000LL));
@@ -308,16 +310,35 @@ TEST(RolloutEngine, WindowAcrossMidnight) {
   EXPECT_FALSE(parse_window("22:00").ok());
 }
 
+// A policy an earlier controller stored under its looser grammar still loads (a rollout must not
+// stop the controller from starting), while the same text in a request is refused.
+TEST(RolloutPolicy, StoredPoliciesFromTheOlderGrammarStillLoad) {
+  const json stored = json::parse(
+      R"({"waves":[{"size":"1e-05%"},{"size":"100%","soak":999999999999}],
+          "window":"22:00-22:00","timeout":400000000})");
+  EXPECT_FALSE(parse_policy(stored).ok());
+  auto p = parse_policy(stored, PolicySource::stored);
+  ASSERT_TRUE(p.ok()) << p.error();
+  EXPECT_FALSE(p->window.has_value());  // equal ends were always the whole day
+  EXPECT_DOUBLE_EQ(p->waves[0].size, 1e-05);
+  EXPECT_EQ(p->waves[1].soak_s, ota::policy::kMaxDurationS);
+  EXPECT_EQ(p->timeout_s, ota::policy::kMaxDurationS);
+  // What is still wrong in any grammar stays refused.
+  EXPECT_FALSE(parse_policy(json::parse(R"({"window":"25:00-25:00"})"), PolicySource::stored).ok());
+  EXPECT_FALSE(parse_policy(json::parse(R"({"timeout":-1})"), PolicySource::stored).ok());
+  EXPECT_FALSE(parse_policy(json::parse(R"({"waves":[{"size":"0%"}]})"), PolicySource::stored).ok());
+}
+
 TEST(RolloutEngine, StartTimeSchedules) {
   auto p = policy(json{{"start_at", (kT0 + 3600000) / 1000}});
   RolloutState st;
   st.id = "ro-s";
   auto rows = assign_waves(st.id, devices(3), p);
   ASSERT_TRUE(op_start(st, p, kT0).ok());
-  EXPECT_EQ(st.state, "scheduled");
-  EXPECT_TRUE(tick(st, rows, p, kT0 + 3599000).empty());
-  auto acts = tick(st, rows, p, kT0 + 3600000);
-  EXPECT_EQ(st.state, "running");
+  EXPECT_EQ(st.state, RolloutStatus::scheduled);
+  EXPECT_TRUE(advance(st, rows, p, kT0 + 3599000).empty());
+  auto acts = advance(st, rows, p, kT0 + 3600000);
+  EXPECT_EQ(st.state, RolloutStatus::running);
   int offers = 0;
   for (const auto& a : acts) offers += a.kind == EngineAction::Kind::offer;
   EXPECT_EQ(offers, 3);
@@ -354,21 +375,21 @@ TEST(RolloutEngine, WaveFinishingBelowThresholdPauses) {
   s.step();
   auto w0 = s.wave(0);
   for (std::size_t i = 0; i < w0.size(); ++i) {
-    w0[i]->state = i == 0 ? "declined" : (i == 1 ? "failed" : "succeeded");
+    w0[i]->state = i == 0 ? RowState::declined : (i == 1 ? RowState::failed : RowState::succeeded);
   }
   s.step();
-  EXPECT_EQ(s.st.state, "paused");
-  EXPECT_EQ(s.st.paused_by, "threshold");
+  EXPECT_EQ(s.st.state, RolloutStatus::paused);
+  EXPECT_EQ(s.st.paused_by, PausedBy::threshold);
   EXPECT_NE(s.st.pause_reason.find("below its threshold"), std::string::npos);
 }
 
 TEST(RolloutEngine, DeclinesAreNotFailures) {
   Sim s(10, json::parse(R"({"failure":{"max_wave_rate":0}})"));
   s.step();
-  for (auto& r : s.rows) r.state = "declined";
-  s.rows[0].state = "succeeded";
+  for (auto& r : s.rows) r.state = RowState::declined;
+  s.rows[0].state = RowState::succeeded;
   s.step();
-  EXPECT_EQ(s.st.state, "completed");
+  EXPECT_EQ(s.st.state, RolloutStatus::completed);
   EXPECT_EQ(wave_counts(s.rows, s.p)[0].declined, 9);
 }
 
@@ -376,13 +397,13 @@ TEST(RolloutEngine, DeferredDeviceOfferedAgainWithTheSameAttempt) {
   Sim s(1, json::parse(R"({})"));
   s.step();
   RolloutRow& r = s.rows[0];
-  r.state = "deferred";
+  r.state = RowState::deferred;
   r.next_at_ms = s.now + 60000;
   EXPECT_TRUE(s.offers(s.step(59000)).empty());
-  EXPECT_EQ(s.st.state, "running");
+  EXPECT_EQ(s.st.state, RolloutStatus::running);
   EXPECT_EQ(s.offers(s.step(1000)).size(), 1u);
   EXPECT_EQ(r.attempt, 1);
-  EXPECT_EQ(r.state, "offered");
+  EXPECT_EQ(r.state, RowState::offered);
 }
 
 TEST(RolloutEngine, OperatorRetryGivesFinalFailuresOneMoreAttempt) {
@@ -391,16 +412,16 @@ TEST(RolloutEngine, OperatorRetryGivesFinalFailuresOneMoreAttempt) {
   s.finish(s.rows[0], false);
   s.finish(s.rows[1], true);
   s.step();
-  ASSERT_EQ(s.st.state, "completed");
+  ASSERT_EQ(s.st.state, RolloutStatus::completed);
   auto r = op_retry(s.st, s.rows, s.p, s.now);
   ASSERT_TRUE(r.ok()) << r.error();
-  EXPECT_EQ(s.st.state, "running");
+  EXPECT_EQ(s.st.state, RolloutStatus::running);
   auto offered = s.offers(s.step());
   ASSERT_EQ(offered, std::vector<std::string>{s.rows[0].device});
   EXPECT_EQ(s.rows[0].attempt, 2);
   s.finish(s.rows[0], true);
   s.step();
-  EXPECT_EQ(s.st.state, "completed");
+  EXPECT_EQ(s.st.state, RolloutStatus::completed);
   EXPECT_FALSE(op_retry(s.st, s.rows, s.p, s.now).ok());  // nothing failed any more
 }
 

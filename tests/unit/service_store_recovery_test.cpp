@@ -17,7 +17,7 @@
 #include <vector>
 
 #include "ota/service/log.hpp"
-#include "ota/service/rollout.hpp"
+#include "ota/service/rollout_engine.hpp"
 #include "ota/service/store.hpp"
 #include "service_test_util.hpp"
 
@@ -55,7 +55,7 @@ DeviceRec device(int i) {
 }
 
 DeploymentRec deployment(const std::string& id, const std::string& image_id,
-                         const std::string& state) {
+                         DeploymentState state) {
   DeploymentRec d;
   d.id = id;
   d.image_id = image_id;
@@ -67,7 +67,7 @@ DeploymentRec deployment(const std::string& id, const std::string& image_id,
   return d;
 }
 
-RolloutRec rollout(const std::string& id, const std::string& image_id, const std::string& state) {
+RolloutRec rollout(const std::string& id, const std::string& image_id, RolloutStatus state) {
   RolloutRec r;
   r.id = id;
   r.image_id = image_id;
@@ -340,7 +340,7 @@ TEST(StoreMigration, Version2DatabaseMigratesToVersion3) {
     EXPECT_EQ(v2.schema_version(), 2);
     ASSERT_TRUE(v2.insert_image(image(0)).ok());
     ASSERT_TRUE(v2.upsert_device(device(1)).ok());
-    ASSERT_TRUE(v2.insert_deployment(deployment("dep-1", image(0).id, "active")).ok());
+    ASSERT_TRUE(v2.insert_deployment(deployment("dep-1", image(0).id, DeploymentState::active)).ok());
     ASSERT_TRUE(v2.add_event("dep-1", "dev-1", "offered", "").ok());
     EXPECT_FALSE(v2.probe_write(5).ok()) << "no health_probe table before v3";
   }
@@ -349,7 +349,7 @@ TEST(StoreMigration, Version2DatabaseMigratesToVersion3) {
   ASSERT_TRUE(s.ok()) << s.error();
   EXPECT_EQ(v3.schema_version(), 3);
   EXPECT_TRUE(v3.device("dev-1")->has_value());
-  EXPECT_EQ((*v3.deployment("dep-1"))->state, "active");
+  EXPECT_EQ((*v3.deployment("dep-1"))->state, DeploymentState::active);
   EXPECT_EQ(v3.events({})->size(), 1u);
   EXPECT_EQ(sql_number(v3, "SELECT COUNT(*) FROM sqlite_master WHERE name = 'events_ts'"), 1);
   ASSERT_TRUE(v3.probe_write(1234).ok());
@@ -505,8 +505,8 @@ class StoreRetentionTest : public ::testing::Test {
   void SetUp() override {
     ASSERT_TRUE(store.open(dir.file("ota.db")).ok());
     ASSERT_TRUE(store.insert_image(image(0)).ok());
-    ASSERT_TRUE(store.insert_deployment(deployment("dep-done", image(0).id, "completed")).ok());
-    ASSERT_TRUE(store.insert_deployment(deployment("dep-active", image(0).id, "active")).ok());
+    ASSERT_TRUE(store.insert_deployment(deployment("dep-done", image(0).id, DeploymentState::completed)).ok());
+    ASSERT_TRUE(store.insert_deployment(deployment("dep-active", image(0).id, DeploymentState::active)).ok());
   }
   // n events with the given owner, then dated ts.
   void add_events(int n, const std::string& dep, const std::string& ro, const std::string& tag,
@@ -527,8 +527,8 @@ class StoreRetentionTest : public ::testing::Test {
 };
 
 TEST_F(StoreRetentionTest, AgeLimitKeepsActiveDeploymentsAndRunningRollouts) {
-  ASSERT_TRUE(store.insert_rollout(rollout("ro-running", image(0).id, "running")).ok());
-  ASSERT_TRUE(store.insert_rollout(rollout("ro-done", image(0).id, "completed")).ok());
+  ASSERT_TRUE(store.insert_rollout(rollout("ro-running", image(0).id, RolloutStatus::running)).ok());
+  ASSERT_TRUE(store.insert_rollout(rollout("ro-done", image(0).id, RolloutStatus::completed)).ok());
   add_events(10, "dep-done", "", "old_done", now - 5 * hour);
   add_events(5, "dep-active", "", "old_active", now - 5 * hour);
   add_events(5, "", "ro-running", "old_running", now - 5 * hour);
@@ -546,9 +546,9 @@ TEST_F(StoreRetentionTest, AgeLimitKeepsActiveDeploymentsAndRunningRollouts) {
   EXPECT_EQ(*store.prune_events(EventRetention{2 * hour, 0}, now), 0);
 
   // Once finished they go like any other.
-  ASSERT_TRUE(store.set_deployment_state("dep-active", "completed", now).ok());
+  ASSERT_TRUE(store.set_deployment_state("dep-active", DeploymentState::completed, now).ok());
   auto ro = *store.rollout("ro-running");
-  ro->state = "aborted";
+  ro->state = RolloutStatus::aborted;
   ASSERT_TRUE(store.update_rollout(*ro).ok());
   EXPECT_EQ(*store.prune_events(EventRetention{2 * hour, 0}, now), 10);
   EXPECT_EQ(count("1"), 7);
@@ -591,13 +591,15 @@ TEST_F(StoreRetentionTest, DeletesInBatchesOldestFirst) {
 TEST_F(StoreRetentionTest, ProtectedRolloutStatesAreTheNonTerminalOnes) {
   const std::vector<std::string> states = {"draft",   "scheduled", "running",
                                            "paused",  "completed", "aborted"};
+  ASSERT_EQ(states.size(), all_rollout_statuses().size());
   for (const auto& st : states) {
-    ASSERT_TRUE(store.insert_rollout(rollout("ro-" + st, image(0).id, st)).ok()) << st;
+    ASSERT_TRUE(rollout_status_from(st)) << st;
+    ASSERT_TRUE(store.insert_rollout(rollout("ro-" + st, image(0).id, *rollout_status_from(st))).ok()) << st;
     add_events(1, "", "ro-" + st, "ev-" + st, 1);
   }
   ASSERT_TRUE(store.prune_events(EventRetention{hour, 0}, now).ok());
   for (const auto& st : states)
-    EXPECT_EQ(count("what = 'ev-" + st + "'"), is_terminal_rollout_state(st) ? 0 : 1) << st;
+    EXPECT_EQ(count("what = 'ev-" + st + "'"), is_terminal(*rollout_status_from(st)) ? 0 : 1) << st;
 }
 
 // 100 rollouts of 200 devices through the Store API, with and without retention: with it the
@@ -630,10 +632,10 @@ SizeRun simulate_rollouts(const std::string& path, const EventRetention* retenti
     Tx tx(s);
     EXPECT_TRUE(tx.status().ok());
     EXPECT_TRUE(s.insert_image(img).ok());
-    RolloutRec r = rollout(ro, img.id, "running");
+    RolloutRec r = rollout(ro, img.id, RolloutStatus::running);
     r.deployment_id = dep;
     EXPECT_TRUE(s.insert_rollout(r).ok());
-    DeploymentRec d = deployment(dep, img.id, "active");
+    DeploymentRec d = deployment(dep, img.id, DeploymentState::active);
     d.target_kind = "rollout";
     d.offer = std::string(600, 'o');  // about a signed offer
     EXPECT_TRUE(s.insert_deployment(d).ok());
@@ -644,7 +646,7 @@ SizeRun simulate_rollouts(const std::string& path, const EventRetention* retenti
       RowRec row;
       row.deployment_id = dep;
       row.device_id = device_id(i);
-      row.state = "pending";
+      row.state = RowState::pending;
       row.total = img.size;
       EXPECT_TRUE(s.upsert_row(row).ok());
       std::string prev = "pending";
@@ -652,13 +654,13 @@ SizeRun simulate_rollouts(const std::string& path, const EventRetention* retenti
         EXPECT_TRUE(s.add_event(dep, row.device_id, "state", prev + " -> " + step, "", ro).ok());
         prev = step;
       }
-      row.state = "succeeded";
+      row.state = RowState::succeeded;
       row.received = img.size;
       row.bytes_sent = img.size;
       EXPECT_TRUE(s.upsert_row(row).ok());
     }
-    EXPECT_TRUE(s.set_deployment_state(dep, "completed", k).ok());
-    r.state = "completed";
+    EXPECT_TRUE(s.set_deployment_state(dep, DeploymentState::completed, k).ok());
+    r.state = RolloutStatus::completed;
     EXPECT_TRUE(s.update_rollout(r).ok());
     EXPECT_TRUE(tx.commit().ok());
     if (retention) {

@@ -47,7 +47,7 @@ TEST(StoreMigration, Version1DatabaseKeepsItsDeploymentsAfterUpgrade) {
     d.image_id = "aaaaaaaaaaaaaaaa";
     d.target_kind = "group";
     d.target = "lab";
-    d.state = "active";
+    d.state = DeploymentState::active;
     d.offer = "{}";
     d.created_at = 5;
     ASSERT_TRUE(v1.insert_deployment(d).ok());
@@ -72,12 +72,12 @@ TEST(StoreMigration, Version1DatabaseKeepsItsDeploymentsAfterUpgrade) {
   auto rows = v2.rows("dep-1");
   ASSERT_TRUE(rows.ok());
   ASSERT_EQ(rows->size(), 1u);
-  EXPECT_EQ((*rows)[0].state, "downloading");
+  EXPECT_EQ((*rows)[0].state, RowState::downloading);
   EXPECT_EQ((*rows)[0].bytes_sent, 20u);
   EXPECT_EQ((*rows)[0].attempt, 1);
   // The new states and tables work.
   RowRec r = (*rows)[0];
-  r.state = "timed_out";
+  r.state = RowState::timed_out;
   EXPECT_TRUE(v2.upsert_row(r).ok());
   RolloutRec ro;
   ro.id = "ro-1";
@@ -183,7 +183,7 @@ TEST_F(StoreTest, DeploymentsRowsAndIds) {
   d.image_id = "00112233aabbccdd";
   d.target_kind = "device";
   d.target = "dev-1";
-  d.state = "active";
+  d.state = DeploymentState::active;
   d.offer = "{}";
   d.created_at = 5;
   ASSERT_TRUE(store.insert_deployment(d).ok());
@@ -200,25 +200,25 @@ TEST_F(StoreTest, DeploymentsRowsAndIds) {
   RowRec r;
   r.deployment_id = "dep-1";
   r.device_id = "dev-1";
-  r.state = "offered";
+  r.state = RowState::offered;
   ASSERT_TRUE(store.upsert_row(r).ok());
-  r.state = "downloading";
+  r.state = RowState::downloading;
   r.received = 10;
   r.total = 1000;
   ASSERT_TRUE(store.upsert_row(r).ok());
-  r.state = "bogus";
+  r.state = static_cast<RowState>(200);  // not a row state
   EXPECT_FALSE(store.upsert_row(r).ok());
   auto rows = store.rows("dep-1");
   ASSERT_EQ(rows->size(), 1u);
-  EXPECT_EQ(rows->at(0).state, "downloading");
+  EXPECT_EQ(rows->at(0).state, RowState::downloading);
   EXPECT_EQ(rows->at(0).received, 10u);
 
-  ASSERT_TRUE(store.set_deployment_state("dep-1", "completed", 99).ok());
+  ASSERT_TRUE(store.set_deployment_state("dep-1", DeploymentState::completed, 99).ok());
   auto dd = store.deployment("dep-1");
-  EXPECT_EQ((*dd)->state, "completed");
+  EXPECT_EQ((*dd)->state, DeploymentState::completed);
   EXPECT_EQ((*dd)->finished_at, 99);
-  EXPECT_EQ(store.list_deployments("active")->size(), 0u);
-  EXPECT_EQ(store.list_deployments("completed")->size(), 1u);
+  EXPECT_EQ(store.list_deployments(DeploymentState::active)->size(), 0u);
+  EXPECT_EQ(store.list_deployments(DeploymentState::completed)->size(), 1u);
 }
 
 TEST_F(StoreTest, TransactionRollsBack) {
@@ -252,13 +252,17 @@ TEST_F(StoreTest, EventsFilterAndLimit) {
 }
 
 TEST(RowStates, FinalStates) {
-  for (const char* s : {"succeeded", "failed", "declined", "cancelled"}) EXPECT_TRUE(is_final_row_state(s));
+  for (const char* s : {"succeeded", "failed", "declined", "cancelled"}) {
+    ASSERT_TRUE(row_state_from(s)) << s;
+    EXPECT_TRUE(is_final(*row_state_from(s)));
+  }
   for (const char* s : {"offered", "accepted", "downloading", "verifying", "installing", "rebooting",
                         "confirming"}) {
-    EXPECT_TRUE(is_row_state(s));
-    EXPECT_FALSE(is_final_row_state(s));
+    ASSERT_TRUE(row_state_from(s)) << s;
+    EXPECT_FALSE(is_final(*row_state_from(s)));
   }
-  EXPECT_FALSE(is_row_state("done"));
+  EXPECT_FALSE(row_state_from("done"));
+  for (RowState s : all_row_states()) EXPECT_EQ(row_state_from(to_string(s)), s);
 }
 
 // ------------------------------------------------------------------ schema v4: API tokens

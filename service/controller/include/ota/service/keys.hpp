@@ -1,7 +1,8 @@
 // What the controller trusts and how it signs (PROTOCOL.md 6.5, 6.6): the root public key
 // (--root-key), the key sets the operator pushed (signed by the root, kept in the database),
 // the release keys it accepts release signatures from, and the role of its own signing key.
-// Pure logic, no locking and no I/O: the Controller owns one and serialises access.
+// Pure logic, no locking and no I/O: the KeyService (key_service.hpp) owns one and serialises
+// access.
 #pragma once
 
 #include <cstdint>

@@ -1,6 +1,7 @@
 // SQLite persistence of the controller: images, devices, deployments, per-device deployment
 // rows and an append-only event log. WAL, busy_timeout, foreign keys, a schema version table,
-// prepared statements (cached), writes in transactions. Not thread-safe: the owner serialises.
+// prepared statements (cached), writes in transactions. Not thread-safe: Database
+// (database.hpp) serialises its use.
 //
 // Recovery without a person: open() refuses a damaged file (integrity check) and says how to
 // restore it, backup_to() makes a consistent copy while the controller runs, the write-health
@@ -15,6 +16,7 @@
 #include <vector>
 
 #include "ota/service/result.hpp"
+#include "ota/service/states.hpp"
 
 struct sqlite3;
 struct sqlite3_stmt;
@@ -66,7 +68,7 @@ struct DeploymentRec {
   std::string image_id;
   std::string target_kind;  // "device" | "group"
   std::string target;
-  std::string state;  // "active" | "completed" | "cancelled"
+  DeploymentState state = DeploymentState::active;
   std::string offer;  // exact signed offer JSON
   long long created_at = 0;
   long long finished_at = 0;
@@ -75,7 +77,7 @@ struct DeploymentRec {
 struct RowRec {
   std::string deployment_id;
   std::string device_id;
-  std::string state;
+  RowState state = RowState::offered;
   std::string reason;
   std::uint64_t received = 0;
   std::uint64_t total = 0;
@@ -99,13 +101,13 @@ struct RolloutRec {
   std::string target_kind;  // group | devices | tags
   std::string target;       // group id, JSON array of ids, or a tag expression
   std::string policy;       // JSON (RolloutPolicy::to_json)
-  std::string state = "draft";
+  RolloutStatus state = RolloutStatus::draft;
   int current_wave = -1;
   long long wave_started_ms = 0;
   long long threshold_met_ms = 0;
   int accepted_through = -1;
   std::string pause_reason;
-  std::string paused_by;
+  PausedBy paused_by = PausedBy::none;
   std::string deployment_id;
   std::string rollback_of;
   std::string from_version;
@@ -163,10 +165,6 @@ struct KeySetRec {
   std::string uploaded_by;  // the actor ("token:NAME")
   long long uploaded_at = 0;  // unix seconds
 };
-
-// Row states.
-bool is_row_state(const std::string& s);
-bool is_final_row_state(const std::string& s);
 
 class Store {
  public:
@@ -241,9 +239,11 @@ class Store {
   // Deployments.
   Result<std::string> next_deployment_id();
   Status insert_deployment(const DeploymentRec& d);
-  Status set_deployment_state(const std::string& id, const std::string& state, long long ts);
+  // ts: finished_at (0 while active).
+  Status set_deployment_state(const std::string& id, DeploymentState state, long long ts);
   Result<std::optional<DeploymentRec>> deployment(const std::string& id);
-  Result<std::vector<DeploymentRec>> list_deployments(const std::string& state_filter = "");
+  // All deployments, or those in `state`.
+  Result<std::vector<DeploymentRec>> list_deployments(std::optional<DeploymentState> state = {});
 
   // Per-device rows.
   Status upsert_row(const RowRec& r);
@@ -259,7 +259,7 @@ class Store {
   Result<std::vector<EventRec>> events(const EventFilter& f);
   // Deletes, oldest first and at most `batch` per call, the events older than r.max_age_ms
   // (ts < now_ms - max_age_ms) or beyond the newest r.max_count, except those of an active
-  // deployment or of a rollout not in a terminal state (is_terminal_rollout_state). Returns
+  // deployment or of a rollout not in a terminal state (is_terminal(RolloutStatus)). Returns
   // how many it deleted: call again while it returns `batch`. Not inside a transaction: each
   // delete commits on its own so the write lock is held briefly.
   Result<long long> prune_events(const EventRetention& r, long long now_ms, int batch = 5000);

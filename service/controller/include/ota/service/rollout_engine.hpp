@@ -1,6 +1,6 @@
-// The staged-rollout engine: policy parsing and a deterministic tick.
+// The staged-rollout engine: a deterministic step function over a rollout and its rows.
 //
-// The engine holds no clock and no I/O. tick(now) looks at a rollout and its device rows
+// The engine holds no clock and no I/O. advance(now) looks at a rollout and its device rows
 // (as persisted), changes them in place and returns what to do next (offers, cancels, log
 // lines). The controller persists the changed rows and the rollout in one transaction and
 // only then publishes, so a controller killed at any point resumes from the database in the
@@ -15,68 +15,20 @@
 #include <nlohmann/json.hpp>
 
 #include "ota/service/result.hpp"
+#include "ota/service/rollout_policy.hpp"
+#include "ota/service/states.hpp"
 
 namespace ota::service {
 
-struct WaveSpec {
-  bool percent = true;
-  double size = 100;               // percent of the remaining targets, or a count
-  // Percent of the wave (declines excluded) that must succeed before the next wave starts,
-  // stragglers still running; a wave that ends below it pauses the rollout. Negative (the
-  // default): no threshold, the next wave starts when every device of this one is final and
-  // only the failure policy judges the failures.
-  double success_threshold = -1;
-  long long soak_s = 0;            // wait after reaching the threshold before the next wave
-};
-
-// Daily maintenance window in UTC minutes of day; end < start crosses midnight.
-struct MaintenanceWindow {
-  int start_min = 0;
-  int end_min = 0;
-  bool contains(long long unix_ms) const;
-  std::string text() const;
-};
-
-struct RolloutPolicy {
-  std::vector<WaveSpec> waves{WaveSpec{}};
-  double max_wave_failure_pct = 100;   // a wave whose final failures exceed this trips
-  double max_total_failure_pct = 100;  // all started waves together
-  bool abort_on_failure = false;       // else pause
-  int retries = 0;                     // extra attempts per device after a failure/timeout
-  long long retry_delay_s = 60;
-  long long timeout_s = 3600;  // offered -> final; 0 = no timeout
-  int max_concurrent = 0;      // devices in flight at once; 0 = no cap
-  long long start_at_s = 0;    // unix seconds; 0 = when started
-  std::optional<MaintenanceWindow> window;
-  long long defer_delay_s = 300;  // when the device does not say when to retry
-  int max_defers = 10;            // more deferrals than this: counted as declined
-
-  nlohmann::json to_json() const;
-};
-
-// Parses a duration: a number of seconds, or a string "90", "30s", "5m", "2h", "1d".
-Result<long long> parse_duration(const nlohmann::json& v, const std::string& field);
-// "22:00-04:00".
-Result<MaintenanceWindow> parse_window(const std::string& s);
-// Parses the policy fields of a rollout create request (unknown keys are the caller's job).
-Result<RolloutPolicy> parse_policy(const nlohmann::json& body);
-
-// Row states a rollout adds to the deployment row states.
-//   pending   not offered yet, or waiting for a retry (next_at)
-//   deferred  the device asked to be offered again later (next_at)
-//   timed_out no final result within the policy's timeout
-// In flight: offered accepted downloading verifying installing rebooting confirming.
-bool is_in_flight_state(const std::string& s);
-// The wave-table bucket a row state is counted in (pending, deferred, offered, downloading,
-// installing, succeeded, failed, declined, timed_out, cancelled).
-std::string count_bucket(const std::string& row_state);
-const std::vector<std::string>& count_buckets();
+// Row states (states.hpp): a rollout adds pending (not offered yet, or waiting for a retry,
+// next_at), deferred (the device asked to be offered again later, next_at) and timed_out (no
+// final result within the policy's timeout) to those of a plain deployment.
 
 struct RolloutRow {
   std::string device;
   int wave = 0;
   int order = 0;  // position in the deterministic shuffle; offers go in this order
-  std::string state = "pending";
+  RowState state = RowState::pending;
   std::string reason;
   int attempt = 0;  // attempts offered so far
   int extra_attempts = 0;  // granted by operator retries
@@ -88,13 +40,13 @@ struct RolloutRow {
 
 struct RolloutState {
   std::string id;
-  std::string state = "draft";  // draft scheduled running paused completed aborted
+  RolloutStatus state = RolloutStatus::draft;
   int current_wave = -1;
   long long wave_started_ms = 0;
   long long threshold_met_ms = 0;  // current wave reached its threshold at (0: not yet)
   int accepted_through = -1;       // waves the operator resumed past a policy pause
   std::string pause_reason;
-  std::string paused_by;  // operator policy threshold
+  PausedBy paused_by = PausedBy::none;
   bool held_by_window = false;  // not persisted: only to log hold/release once
 };
 
@@ -117,7 +69,6 @@ struct WaveCounts {
   double failure_rate() const;  // percent of devices
 };
 
-bool is_terminal_rollout_state(const std::string& s);
 // A row that will not change any more: succeeded, declined, cancelled, or failed/timed out
 // with no attempt left.
 bool row_is_final(const RolloutRow& r, const RolloutPolicy& p);
@@ -133,8 +84,8 @@ std::vector<RolloutRow> assign_waves(const std::string& rollout_id,
 
 // One step of the engine at time now (unix ms). Changes st and rows in place (rows get
 // changed=true), returns the actions in the order to carry them out.
-std::vector<EngineAction> tick(RolloutState& st, std::vector<RolloutRow>& rows,
-                               const RolloutPolicy& p, long long now_ms);
+std::vector<EngineAction> advance(RolloutState& st, std::vector<RolloutRow>& rows,
+                                  const RolloutPolicy& p, long long now_ms);
 
 // Operator actions on the state (the controller adds persistence and messages). Each returns
 // an error naming why the action does not apply, or the log actions to record.

@@ -1,0 +1,294 @@
+// The Controller's queries: snapshots of the components (under their locks) handed to the
+// view, metrics and health functions, which build the JSON and the Prometheus text.
+#include <set>
+
+#include "ota/service/controller.hpp"
+#include "ota/service/log.hpp"
+
+namespace ota::service {
+
+using nlohmann::json;
+
+namespace {
+
+// What a device is doing, for views and the devices filter: no in-flight row.
+constexpr const char* kIdle = "idle";
+
+// The `state` filter of devices_json: an in-flight row state, or idle (none), updating (any),
+// online, offline; empty: no filter.
+struct DeviceStateFilter {
+  enum class Kind { any, idle, updating, online, offline, row } kind = Kind::any;
+  RowState row = RowState::offered;
+  bool matches(const std::optional<Transfer>& transfer, bool online) const {
+    switch (kind) {
+      case Kind::any: return true;
+      case Kind::idle: return !transfer;
+      case Kind::updating: return transfer.has_value();
+      case Kind::online: return online;
+      case Kind::offline: return !online;
+      case Kind::row: return transfer && transfer->state == row;
+    }
+    return false;
+  }
+};
+
+std::optional<DeviceStateFilter> parse_device_state_filter(const std::string& s) {
+  using K = DeviceStateFilter::Kind;
+  static const std::pair<const char*, K> kWords[] = {
+      {"", K::any}, {kIdle, K::idle}, {"updating", K::updating}, {"online", K::online},
+      {"offline", K::offline}};
+  DeviceStateFilter f;
+  for (const auto& [word, kind] : kWords)
+    if (s == word) {
+      f.kind = kind;
+      return f;
+    }
+  auto row = row_state_from(s);
+  if (!row || !is_in_flight(*row)) return std::nullopt;
+  f.kind = K::row;
+  f.row = *row;
+  return f;
+}
+
+const DeviceTags* tags_of(const std::map<std::string, DeviceTags>* all, const std::string& id) {
+  if (!all) return nullptr;
+  auto it = all->find(id);
+  return it == all->end() ? nullptr : &it->second;
+}
+
+}  // namespace
+
+DeviceLive Controller::device_live(const DeviceRec& d, long long t) const {
+  DeviceLive live;
+  live.online = registry_.is_online(d, t, &live.last_ms);
+  live.member_of = registry_.member_of(d);
+  live.transfer = deployments_.transfer_of(d.id);
+  return live;
+}
+
+// ------------------------------------------------------------------------------- images
+
+Result<json> Controller::images_json() {
+  DbLock db(db_);
+  auto imgs = db.store().list_images();
+  if (!imgs) return imgs.context("images");
+  json out = json::array();
+  for (const auto& i : *imgs) out.push_back(image_view(i));
+  return out;
+}
+
+Result<json> Controller::image_json(const std::string& id_or_version) {
+  DbLock db(db_);
+  auto img = resolve_image(db.store(), id_or_version);
+  if (!img) return img.err();
+  return image_view(*img);
+}
+
+// -------------------------------------------------------------------------- deployments
+
+json Controller::deployment_json_of(DbLock& db, const DeploymentRec& d, bool with_rows) {
+  std::optional<ImageRec> img;
+  if (auto i = db.store().image_by_id(d.image_id); i && *i) img = **i;
+  std::vector<RowRec> rows;
+  if (auto r = db.store().rows(d.id)) rows = std::move(*r);
+  const int pending = d.state == DeploymentState::active && d.target_kind == "group"
+                          ? deployments_.pending_members(d.id, d.target)
+                          : 0;
+  return deployment_view(d, img, rows, pending, with_rows);
+}
+
+Result<json> Controller::deployments_json() {
+  DbLock db(db_);
+  flush(db, true);
+  auto deps = db.store().list_deployments();
+  if (!deps) return deps.context("deployments");
+  json out = json::array();
+  for (const auto& d : *deps) out.push_back(deployment_json_of(db, d, false));
+  return out;
+}
+
+Result<json> Controller::deployment_json(const std::string& id) {
+  DbLock db(db_);
+  flush(db, true);
+  auto d = db.store().deployment(id);
+  if (!d) return d.context("deployment");
+  if (!*d) return not_found_err("unknown deployment " + id);
+  return deployment_json_of(db, **d, true);
+}
+
+// ------------------------------------------------------------------------------ devices
+
+Result<json> Controller::devices_json(const DeviceFilter& f, const std::string& tag_expr,
+                                      const std::string& state) {
+  std::optional<TagExpr> expr;
+  if (!tag_expr.empty()) {
+    auto e = TagExpr::parse(tag_expr);
+    if (!e) return e.err();
+    expr = *e;
+  }
+  const std::optional<DeviceStateFilter> filter = parse_device_state_filter(state);
+  if (!filter)
+    return invalid_err("state '" + state +
+                       "' is not one of idle, updating, online, offline, offered, accepted, "
+                       "downloading, verifying, installing, rebooting, confirming");
+  DbLock db(db_);
+  auto devs = db.store().list_devices(DeviceFilter{f.group, f.version, std::nullopt});
+  if (!devs) return devs.context("devices");
+  std::map<std::string, TagSubject> subjects;
+  if (expr) subjects = tag_subjects(db.store(), registry_);
+  auto tags = db.store().all_tags();
+  const long long t = now();
+  json out = json::array();
+  for (const auto& d : *devs) {
+    if (expr) {
+      auto it = subjects.find(d.id);
+      if (it == subjects.end() || !expr->matches(it->second)) continue;
+    }
+    const DeviceLive live = device_live(d, t);
+    if (f.online && live.online != *f.online) continue;
+    if (!filter->matches(live.transfer, live.online)) continue;
+    out.push_back(device_view(d, live, tags_of(tags ? &*tags : nullptr, d.id), t));
+  }
+  return out;
+}
+
+Result<json> Controller::device_json(const std::string& id) {
+  DbLock db(db_);
+  flush(db, true);
+  auto d = db.store().device(id);
+  if (!d) return d.context("device");
+  if (!*d) return not_found_err("unknown device " + id);
+  auto tags = db.store().all_tags();
+  const long long t = now();
+  json j = device_view(**d, device_live(**d, t), tags_of(tags ? &*tags : nullptr, id), t);
+  auto rows = db.store().rows_for_device(id, 20);
+  json jr = json::array();
+  if (rows)
+    for (const auto& r : *rows)
+      jr.push_back(json{{"deployment", r.deployment_id},
+                        {"state", to_string(r.state)},
+                        {"reason", r.reason},
+                        {"received", r.received},
+                        {"total", r.total},
+                        {"updated_at", r.updated_at}});
+  j["deployments"] = jr;
+  return j;
+}
+
+// ------------------------------------------------------------------------------ rollouts
+
+Result<json> Controller::rollouts_json() {
+  DbLock db(db_);
+  return runner_.list_json(db);
+}
+
+Result<json> Controller::rollout_json(const std::string& id, bool with_devices) {
+  DbLock db(db_);
+  return runner_.one_json(db, id, with_devices);
+}
+
+// --------------------------------------------------------------------- status, events
+
+Result<json> Controller::status_json() {
+  DbLock db(db_);
+  Store& store = db.store();
+  auto by_version = store.count_by("SELECT version, COUNT(*) FROM devices GROUP BY version");
+  if (!by_version) return by_version.context("status");
+  auto online = store.count_by("SELECT CAST(online AS TEXT), COUNT(*) FROM devices GROUP BY online");
+  if (!online) return online.context("status");
+  auto deps = store.count_by("SELECT state, COUNT(*) FROM deployments GROUP BY state");
+  if (!deps) return deps.context("status");
+  auto imgs = store.count_by("SELECT 'n', COUNT(*) FROM images");
+  if (!imgs) return imgs.context("status");
+  long long total = 0;
+  for (const auto& kv : *by_version) total += kv.second;
+  json dep_states = json::object();
+  for (DeploymentState st : {DeploymentState::active, DeploymentState::completed, DeploymentState::cancelled})
+    dep_states[to_string(st)] = 0;
+  for (const auto& kv : *deps) dep_states[kv.first] = kv.second;
+  return json{{"devices",
+               {{"total", total},
+                {"online", online->count("1") ? online->at("1") : 0},
+                {"by_version", *by_version}}},
+              {"deployments", dep_states},
+              {"images", imgs->count("n") ? imgs->at("n") : 0},
+              {"decode_errors", decode_errors()},
+              {"chunks_sent", chunks_sent()},
+              {"ignored_messages", ignored_messages()},
+              {"duplicate_chunk_requests", duplicate_requests()},
+              {"cancels_sent", cancels_sent()}};
+}
+
+Result<json> Controller::events_json(const EventFilter& f) {
+  DbLock db(db_);
+  auto evs = db.store().events(f);
+  if (!evs) return evs.context("events");
+  return events_view(*evs);
+}
+
+// -------------------------------------------------------------------- metrics, health
+
+HealthSnapshot Controller::health_snapshot(DbLock* db) {
+  HealthSnapshot h;
+  h.link = pub_ ? pub_->link_status() : LinkStatus{};
+  h.now = now();
+  if (db) {
+    h.db = db_.health(*db);
+  } else {
+    DbLock lock(db_);
+    h.db = db_.health(lock);
+  }
+  h.db_path = cfg_.db_path;
+  h.disks = watched_disks(cfg_);
+  h.min_free_bytes = cfg_.min_free_bytes;
+  h.key_id = key_id();
+  h.prefix = prefix();
+  h.decode_errors = decode_errors();
+  return h;
+}
+
+json Controller::health_json(bool* ok) { return health_view(health_snapshot(nullptr), ok); }
+
+MetricsSnapshot Controller::metrics_snapshot(DbLock& db) {
+  MetricsSnapshot s;
+  std::map<std::string, std::string> dev_state;
+  for (const auto& [dev, st] : deployments_.in_flight()) {
+    dev_state[dev] = to_string(count_bucket(st));
+    s.in_flight++;
+  }
+  const long long t = now();
+  if (auto devs = db.store().list_devices({})) {
+    for (const auto& d : *devs) {
+      (registry_.is_online(d, t, nullptr) ? s.online : s.offline)++;
+      s.by_version[d.version.empty() ? "unknown" : d.version]++;
+      auto st = dev_state.find(d.id);
+      s.by_state[st == dev_state.end() ? std::string(kIdle) : st->second]++;
+    }
+  }
+  s.bytes_served = bytes_served();
+  s.chunks_sent = chunks_sent();
+  s.decode_errors = decode_errors();
+  s.ignored_messages = ignored_messages();
+  for (std::size_t r = 0; r < kDropReasonCount; ++r) s.dropped[r] = dropped(static_cast<DropReason>(r));
+  for (auto& ro : runner_.snapshot(db)) {
+    MetricsSnapshot::Rollout m{ro.rec, ro.policy, ro.version, summarize_rollout(ro.rec, ro.policy, ro.rows)};
+    s.rollouts.push_back(std::move(m));
+  }
+  for (RolloutStatus st : all_rollout_statuses()) s.rollouts_by_state[to_string(st)] = 0;
+  if (auto all = db.store().list_rollouts())
+    for (const auto& r : *all) s.rollouts_by_state[to_string(r.state)]++;
+  s.deployments_active = deployments_.active_count();
+  s.health = health_snapshot(&db);
+  return s;
+}
+
+std::string Controller::metrics_text() {
+  MetricsSnapshot s;
+  {
+    DbLock db(db_);
+    s = metrics_snapshot(db);
+  }
+  return ota::service::metrics_text(s);
+}
+
+}  // namespace ota::service

@@ -1,0 +1,37 @@
+// Inbound: chunk requests (.../up/req). Which deployment and row may get chunks is the
+// deployments' call; reading and publishing is the chunk server's. No database lock unless
+// the row moves on (its first chunks).
+#include "ota/proto/messages.hpp"
+#include "ota/service/inbound.hpp"
+#include "ota/service/log.hpp"
+
+namespace ota::service {
+
+void Inbound::handle_chunk_request(const std::string& dev, const char* p, std::size_t len,
+                                   const char* topic) {
+  proto::ChunkRequest req;
+  proto::Error e = proto::decode_chunk_request(p, len, req);
+  if (e) return decode_error(dev, topic, "chunk request", static_cast<int>(e.code), e.field);
+  const std::string dep_id = req.deployment.c_str();
+  registry_.note_alive(dev, now());
+  const ChunkGrant grant = deployments_.chunk_grant(dev, dep_id, req.image.c_str());
+  if (!grant.file) {
+    ignored_unlocked("req|" + dev + "|" + dep_id, dep_id, dev, "", "",
+                     "refusing chunk requests for deployment '" + dep_id + "': " + grant.refusal);
+    // Cancelled, finished or superseded while the device was away: make it drop the
+    // partial image.
+    if (!grant.cancel.empty()) deployments_.send_cancel(dev, dep_id, grant.cancel);
+    return;
+  }
+  // After an outage a device may re-request the same window several times in a row;
+  // serving each copy would multiply the traffic.
+  if (chunks_.repeated(dev, req, now_ms())) return;
+  const std::uint64_t sent = chunks_.serve(dev, *grant.file, req);
+  if (sent == 0) return;
+  if (deployments_.chunks_served(dev, dep_id, sent)) {
+    DbLock db(db_);
+    deployments_.transfer_started(db, dev, dep_id);
+  }
+}
+
+}  // namespace ota::service

@@ -1,0 +1,149 @@
+// Inbound: routing of device messages to their handlers, the drop counters.
+#include "ota/service/inbound.hpp"
+
+#include "ota/proto/topics.hpp"
+#include "ota/service/log.hpp"
+#include "ota/service/rollout_runner.hpp"
+
+namespace ota::service {
+
+const char* drop_reason_name(DropReason r) {
+  switch (r) {
+    case DropReason::decode_error: return "decode_error";
+    case DropReason::rate_limited: return "rate_limited";
+    case DropReason::device_id_mismatch: return "device_id_mismatch";
+    case DropReason::result_mismatch: return "result_mismatch";
+    case DropReason::progress_backwards: return "progress_backwards";
+    case DropReason::not_applicable: return "not_applicable";
+    case DropReason::duplicate: return "duplicate";
+    case DropReason::revoked: return "revoked";
+  }
+  return "unknown";
+}
+
+bool BoundedKeySet::insert(const std::string& key) {
+  if (set_.count(key)) return false;
+  while (set_.size() >= cap_ && !order_.empty()) {
+    set_.erase(order_.front());
+    order_.pop_front();
+  }
+  set_.insert(key);
+  order_.push_back(key);
+  return true;
+}
+
+Inbound::Inbound(const ControllerConfig& cfg, Database& db, DeviceRegistry& registry,
+                 KeyService& keys, Deployments& deployments, RolloutRunner& runner,
+                 ChunkServer& chunks)
+    : cfg_(cfg),
+      db_(db),
+      registry_(registry),
+      keys_(keys),
+      deployments_(deployments),
+      runner_(runner),
+      chunks_(chunks) {}
+
+void Inbound::on_message(const char* topic, const void* payload, std::size_t len, bool retained) {
+  const char* idp = nullptr;
+  std::size_t idlen = 0;
+  proto::TopicKind k = proto::parse_topic(cfg_.prefix.c_str(), topic, &idp, &idlen);
+  if (k != proto::TopicKind::presence && k != proto::TopicKind::event &&
+      k != proto::TopicKind::chunk_request)
+    return;
+  if (!idp || !proto::valid_id(idp, idlen)) {
+    decode_errors_++;
+    count_drop(DropReason::decode_error);
+    log_warn(std::string("ignoring message on topic with invalid device id: ") + topic);
+    return;
+  }
+  const std::string dev(idp, idlen);
+  const char* p = static_cast<const char*>(payload);
+  // Retained copies come from the broker's store (we subscribed), not from the device now.
+  if (!retained && !registry_.admit(dev, k == proto::TopicKind::chunk_request, steady_now_ms())) {
+    count_drop(DropReason::rate_limited);
+    ignored_messages_++;
+    if (first_time("rate|" + dev))
+      log_warn("device " + dev + ": over its message budget; dropping messages (logged once, counted "
+               "in ota_device_messages_dropped_total{reason=\"rate_limited\"})");
+    return;
+  }
+  if (registry_.revoked(dev)) {
+    count_drop(DropReason::revoked);
+    ignored_messages_++;
+    if (first_time("revoked|" + dev))
+      log_warn("device " + dev + " is revoked; dropping its messages (logged once, counted in "
+               "ota_device_messages_dropped_total{reason=\"revoked\"}); revoke its "
+               "certificate on the broker (broker-config/pki.sh revoke)");
+    return;
+  }
+  switch (k) {
+    case proto::TopicKind::presence: handle_presence(dev, p, len, topic, retained); break;
+    case proto::TopicKind::event: handle_event(dev, p, len, topic); break;
+    case proto::TopicKind::chunk_request: handle_chunk_request(dev, p, len, topic); break;
+    default: break;
+  }
+}
+
+void Inbound::retry_unapplied_hellos() {
+  {
+    DbLock db(db_);
+    if (!db.store().writable()) return;
+  }
+  auto retry = registry_.take_unapplied_hellos();
+  if (retry.empty()) return;
+  log_info("applying " + std::to_string(retry.size()) +
+           " device hellos the database could not take before");
+  for (const auto& [dev, hello] : retry) {
+    const std::string topic = cfg_.prefix + "/dev/" + dev + "/up/presence";
+    handle_presence(dev, hello.payload.data(), hello.payload.size(), topic.c_str(), hello.retained);
+  }
+}
+
+void Inbound::decode_error(const std::string& dev, const char* topic, const char* what, int code,
+                           const char* field) {
+  decode_errors_++;
+  count_drop(DropReason::decode_error);
+  log_warn("device " + dev + ": bad " + what + " on " + topic + ": " +
+           proto::errc_name(static_cast<proto::Errc>(code)) +
+           (field && *field ? std::string(" (field ") + field + ")" : std::string()));
+}
+
+bool Inbound::first_time(const std::string& key) {
+  std::lock_guard<std::mutex> lock(log_mu_);
+  return logged_once_.insert(key);
+}
+
+bool Inbound::logged(const std::string& key) {
+  std::lock_guard<std::mutex> lock(log_mu_);
+  return logged_once_.contains(key);
+}
+
+void Inbound::ignored(DbLock& db, const std::string& key, const std::string& dep,
+                      const std::string& dev, const std::string& what, const std::string& detail,
+                      const std::string& msg, DropReason reason) {
+  ignored_messages_++;
+  count_drop(reason);
+  if (!first_time(key)) return;
+  log_warn("device " + dev + ": " + msg + " (logged once; further ones are only counted)");
+  if (!what.empty()) deployments_.event(db, dep, dev, what, detail);
+}
+
+void Inbound::ignored_unlocked(const std::string& key, const std::string& dep,
+                               const std::string& dev, const std::string& what,
+                               const std::string& detail, const std::string& msg,
+                               DropReason reason) {
+  ignored_messages_++;
+  count_drop(reason);
+  if (!first_time(key)) return;
+  log_warn("device " + dev + ": " + msg + " (logged once; further ones are only counted)");
+  if (what.empty()) return;
+  DbLock db(db_);
+  deployments_.event(db, dep, dev, what, detail);
+}
+
+void Inbound::complete(DbLock& db, const std::string& dep_id) {
+  auto done = deployments_.complete_if_done(db, dep_id);
+  if (done && !done->empty()) runner_.forget(*done);
+}
+
+}  // namespace ota::service
