@@ -31,12 +31,12 @@ std::set<std::string> split_ids(const std::string& list) {
   }
   return out;
 }
-}  // namespace
 
-int main(int argc, char** argv) {
-  using namespace ota::agent::linux_port;
-  CLI::App app{"ota-devsim: N simulated OTA devices, each with its own TLS identity"};
-  app.set_version_flag("--version", std::string(ota::cli::version()));
+using ota::agent::linux_port::DeviceOptions;
+using ota::agent::linux_port::DeviceRunner;
+
+// What the command line says about the fleet; `base` is what every device shares.
+struct FleetOptions {
   int count = 20;
   std::string id_prefix = "sim";
   std::string pki, data;
@@ -48,116 +48,41 @@ int main(int argc, char** argv) {
   int drop_at = 50, crash_at = 50;
   std::int64_t corrupt_offset = 0;
   int status_ms = 0;
-  app.add_option("--count", count, "number of devices")->capture_default_str()->check(CLI::Range(1, 10000));
-  app.add_option("--id-prefix", id_prefix, "device ids are PREFIX-001...")->capture_default_str();
-  app.add_option("--pki", pki, "PKI directory (ca.crt, devices/ID.crt|key, release.pub)")
-      ->required()->check(CLI::ExistingDirectory);
-  app.add_option("--trusted-key", base.trusted_keys,
-                 "release public key PEM (repeatable; default PKI/release.pub)")
-      ->check(CLI::ExistingFile);
-  app.add_option("--online-key", base.online_keys,
-                 "online public key PEM (repeatable): signs offers, accepted only with a release "
-                 "signature")
-      ->check(CLI::ExistingFile);
-  app.add_option("--root-key", base.root_key,
-                 "root public key PEM: signs key sets (rotation, revocation); each device keeps "
-                 "the key set in force in DATA/ID/agent.keys")
-      ->check(CLI::ExistingFile);
-  app.add_option("--data", data, "state directory; each device gets DATA/ID/")->required();
-  app.add_option("--host", base.mqtt.host, "broker host")->capture_default_str();
-  app.add_option("--port", base.mqtt.port, "broker TLS port")->required()->check(CLI::Range(1, 65535));
-  app.add_option("--hw", base.hw_model, "hardware model")->capture_default_str();
-  app.add_option("--group", base.groups, "group of every device (repeatable)");
-  app.add_option("--prefix", base.prefix, "topic prefix")->capture_default_str();
-  app.add_option("--initial-version", base.initial_version, "factory version")->capture_default_str();
-  app.add_option("--window", base.window_chunks, "chunks requested ahead")->capture_default_str()
-      ->check(CLI::Range(1, 256));
-  app.add_option("--request-timeout-ms", base.request_timeout_ms, "re-request after this long")
-      ->capture_default_str();
-  app.add_flag("!--no-fsync", base.durable, "skip fsync (faster; a crash of the machine may lose data)");
-  app.add_option("--fail-self-test", fail_self_test, "comma-separated ids whose new image fails its self-test");
-  app.add_option("--drop-ids", drop_ids, "ids whose network link is cut once during download");
-  app.add_option("--drop-at", drop_at, "download %% at which --drop-ids lose the link")->capture_default_str();
-  app.add_option("--crash-ids", crash_ids, "ids that lose power once during download");
-  app.add_option("--crash-at", crash_at, "download %% at which --crash-ids lose power")->capture_default_str();
-  app.add_option("--corrupt-ids", corrupt_ids, "ids that corrupt one flash write");
-  app.add_option("--corrupt-offset", corrupt_offset, "image offset of the corrupted byte")->capture_default_str();
-  app.add_option("--flash-write-delay-us", base.flash_write_delay_us,
-                 "simulate slow flash: pause per chunk write")->capture_default_str();
-  app.add_option("--max-trial-boots", base.max_trial_boots,
-                 "boots a new image gets to confirm itself before the old one comes back")
-      ->capture_default_str()->check(CLI::Range(1, 255));
-  app.add_option("--confirm-timeout-ms", base.confirm_timeout_ms,
-                 "a trial image must pass its self-test within this time (0: no limit)")
-      ->capture_default_str();
-  app.add_option("--heartbeat-ms", base.heartbeat_interval_ms,
-                 "heartbeat on the presence topic every N ms while connected (0: never)")
-      ->capture_default_str();
-  app.add_option("--defer-ids", defer_ids,
-                 "ids whose offer policy defers the first --defer-count offers of every deployment "
-                 "(reason busy, retry_after 1)");
-  app.add_option("--defer-count", defer_count, "offers per deployment --defer-ids defer")
-      ->capture_default_str();
-  app.add_option("--decline-ids", decline_ids, "ids whose offer policy declines every offer");
-  app.add_option("--decline-reason", decline_reason, "reason code --decline-ids decline with")
-      ->capture_default_str()
-      ->check([](const std::string& name) {
-        ota::proto::ReasonCode rc;
-        return ota::proto::reason_from_name(name.c_str(), name.size(), rc)
-                   ? std::string()
-                   : "unknown reason code '" + name + "' (see proto/PROTOCOL.md section 11)";
-      });
-  app.add_option("--crash-in-state", crash_in_state,
-                 "SIGKILL the process when a device enters this state (idle, downloading, "
-                 "verifying, installing, rebooting, confirming), once per device data directory")
-      ->check([](const std::string& name) {
-        for (int i = 0; i <= static_cast<int>(ota::proto::DeviceState::confirming); ++i) {
-          if (name == ota::proto::device_state_name(static_cast<ota::proto::DeviceState>(i))) {
-            return std::string();
-          }
-        }
-        return "unknown state '" + name + "'";
-      });
   bool app_bundles = false;
-  app.add_flag("--app-dir", app_bundles,
-               "devices install application bundles (kind bundle) into DATA/ID/app (BundleFlash) "
-               "instead of firmware images; a plain directory DATA/ID/app/current is adopted as "
-               "the factory tree");
-  app.add_option("--protect", base.protect,
-                 "with --app-dir: paths no bundle may write or delete, e.g. wifi.json,certs/")
-      ->delimiter(',');
-  app.add_option("--status-ms", status_ms, "print a status line every N ms (0: never)");
-  CLI11_PARSE(app, argc, argv);
+};
 
-  const auto fail_set = split_ids(fail_self_test), drop_set = split_ids(drop_ids),
-             crash_set = split_ids(crash_ids), corrupt_set = split_ids(corrupt_ids),
-             defer_set = split_ids(defer_ids), decline_set = split_ids(decline_ids);
+// One runner per device, each with its own certificate, data directory and injected faults.
+// Empty when a device has no certificate (the error is printed).
+std::vector<std::unique_ptr<DeviceRunner>> make_devices(FleetOptions& f) {
+  const auto fail_set = split_ids(f.fail_self_test), drop_set = split_ids(f.drop_ids),
+             crash_set = split_ids(f.crash_ids), corrupt_set = split_ids(f.corrupt_ids),
+             defer_set = split_ids(f.defer_ids), decline_set = split_ids(f.decline_ids);
   ota::proto::ReasonCode decline_rc = ota::proto::ReasonCode::low_battery;
-  ota::proto::reason_from_name(decline_reason.c_str(), decline_reason.size(), decline_rc);
-  base.mqtt.ca_file = pki + "/ca.crt";
-  if (base.trusted_keys.empty()) base.trusted_keys.push_back(pki + "/release.pub");
+  ota::proto::reason_from_name(f.decline_reason.c_str(), f.decline_reason.size(), decline_rc);
+  f.base.mqtt.ca_file = f.pki + "/ca.crt";
+  if (f.base.trusted_keys.empty()) f.base.trusted_keys.push_back(f.pki + "/release.pub");
   std::vector<std::unique_ptr<DeviceRunner>> devices;
-  for (int i = 1; i <= count; ++i) {
+  for (int i = 1; i <= f.count; ++i) {
     char id[80];
-    std::snprintf(id, sizeof id, "%s-%03d", id_prefix.c_str(), i);
-    DeviceOptions o = base;
+    std::snprintf(id, sizeof id, "%s-%03d", f.id_prefix.c_str(), i);
+    DeviceOptions o = f.base;
     o.device_id = id;
-    o.data_dir = data + "/" + id;
-    if (app_bundles) o.app_dir = o.data_dir + "/app";
-    o.mqtt.cert_file = pki + "/devices/" + id + ".crt";
-    o.mqtt.key_file = pki + "/devices/" + id + ".key";
+    o.data_dir = f.data + "/" + id;
+    if (f.app_bundles) o.app_dir = o.data_dir + "/app";
+    o.mqtt.cert_file = f.pki + "/devices/" + id + ".crt";
+    o.mqtt.key_file = f.pki + "/devices/" + id + ".key";
     if (::access(o.mqtt.cert_file.c_str(), R_OK) != 0) {
       std::fprintf(stderr, "ota-devsim: no certificate for %s at %s (create it with broker-config/pki.sh device)\n",
                    id, o.mqtt.cert_file.c_str());
-      return 2;
+      return {};
     }
     o.fail_self_test = fail_set.count(id) > 0;
-    if (drop_set.count(id)) o.drop_at_percent = drop_at;
-    if (crash_set.count(id)) o.crash_at_percent = crash_at;
-    if (corrupt_set.count(id)) o.corrupt_write_offset = corrupt_offset;
-    if (defer_set.count(id)) o.defer_offers = defer_count;
-    for (int st = 0; !crash_in_state.empty() && st <= 5; ++st) {
-      if (crash_in_state == ota::proto::device_state_name(static_cast<ota::proto::DeviceState>(st))) {
+    if (drop_set.count(id)) o.drop_at_percent = f.drop_at;
+    if (crash_set.count(id)) o.crash_at_percent = f.crash_at;
+    if (corrupt_set.count(id)) o.corrupt_write_offset = f.corrupt_offset;
+    if (defer_set.count(id)) o.defer_offers = f.defer_count;
+    for (int st = 0; !f.crash_in_state.empty() && st <= 5; ++st) {
+      if (f.crash_in_state == ota::proto::device_state_name(static_cast<ota::proto::DeviceState>(st))) {
         o.crash_in_state = st;
       }
     }
@@ -167,8 +92,12 @@ int main(int argc, char** argv) {
     }
     devices.push_back(std::make_unique<DeviceRunner>(o));
   }
-  ::mkdir(data.c_str(), 0700);
+  return devices;
+}
 
+// Runs every device on its own thread until a signal or a device fails; prints a status line
+// every `status_ms` (0: never). The exit code.
+int run_fleet(const std::vector<std::unique_ptr<DeviceRunner>>& devices, int status_ms) {
   std::signal(SIGINT, on_signal);
   std::signal(SIGTERM, on_signal);
   std::atomic<int> failed{0};
@@ -182,7 +111,7 @@ int main(int argc, char** argv) {
       }
     });
   }
-  std::printf("ota-devsim running %d devices\n", count);
+  std::printf("ota-devsim running %zu devices\n", devices.size());
   std::fflush(stdout);
   auto next_status = std::chrono::steady_clock::now();
   while (!g_stop && failed == 0) {
@@ -200,4 +129,96 @@ int main(int argc, char** argv) {
   g_stop = true;
   for (auto& t : threads) t.join();
   return failed == 0 ? 0 : 1;
+}
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"ota-devsim: N simulated OTA devices, each with its own TLS identity"};
+  app.set_version_flag("--version", std::string(ota::cli::version()));
+  FleetOptions f;
+  DeviceOptions& base = f.base;
+  app.add_option("--count", f.count, "number of devices")->capture_default_str()->check(CLI::Range(1, 10000));
+  app.add_option("--id-prefix", f.id_prefix, "device ids are PREFIX-001...")->capture_default_str();
+  app.add_option("--pki", f.pki, "PKI directory (ca.crt, devices/ID.crt|key, release.pub)")
+      ->required()->check(CLI::ExistingDirectory);
+  app.add_option("--trusted-key", base.trusted_keys,
+                 "release public key PEM (repeatable; default PKI/release.pub)")
+      ->check(CLI::ExistingFile);
+  app.add_option("--online-key", base.online_keys,
+                 "online public key PEM (repeatable): signs offers, accepted only with a release "
+                 "signature")
+      ->check(CLI::ExistingFile);
+  app.add_option("--root-key", base.root_key,
+                 "root public key PEM: signs key sets (rotation, revocation); each device keeps "
+                 "the key set in force in DATA/ID/agent.keys")
+      ->check(CLI::ExistingFile);
+  app.add_option("--data", f.data, "state directory; each device gets DATA/ID/")->required();
+  app.add_option("--host", base.mqtt.host, "broker host")->capture_default_str();
+  app.add_option("--port", base.mqtt.port, "broker TLS port")->required()->check(CLI::Range(1, 65535));
+  app.add_option("--hw", base.hw_model, "hardware model")->capture_default_str();
+  app.add_option("--group", base.groups, "group of every device (repeatable)");
+  app.add_option("--prefix", base.prefix, "topic prefix")->capture_default_str();
+  app.add_option("--initial-version", base.initial_version, "factory version")->capture_default_str();
+  app.add_option("--window", base.window_chunks, "chunks requested ahead")->capture_default_str()
+      ->check(CLI::Range(1, 256));
+  app.add_option("--request-timeout-ms", base.request_timeout_ms, "re-request after this long")
+      ->capture_default_str();
+  app.add_flag("!--no-fsync", base.durable, "skip fsync (faster; a crash of the machine may lose data)");
+  app.add_option("--fail-self-test", f.fail_self_test, "comma-separated ids whose new image fails its self-test");
+  app.add_option("--drop-ids", f.drop_ids, "ids whose network link is cut once during download");
+  app.add_option("--drop-at", f.drop_at, "download %% at which --drop-ids lose the link")->capture_default_str();
+  app.add_option("--crash-ids", f.crash_ids, "ids that lose power once during download");
+  app.add_option("--crash-at", f.crash_at, "download %% at which --crash-ids lose power")->capture_default_str();
+  app.add_option("--corrupt-ids", f.corrupt_ids, "ids that corrupt one flash write");
+  app.add_option("--corrupt-offset", f.corrupt_offset, "image offset of the corrupted byte")->capture_default_str();
+  app.add_option("--flash-write-delay-us", base.flash_write_delay_us,
+                 "simulate slow flash: pause per chunk write")->capture_default_str();
+  app.add_option("--max-trial-boots", base.max_trial_boots,
+                 "boots a new image gets to confirm itself before the old one comes back")
+      ->capture_default_str()->check(CLI::Range(1, 255));
+  app.add_option("--confirm-timeout-ms", base.confirm_timeout_ms,
+                 "a trial image must pass its self-test within this time (0: no limit)")
+      ->capture_default_str();
+  app.add_option("--heartbeat-ms", base.heartbeat_interval_ms,
+                 "heartbeat on the presence topic every N ms while connected (0: never)")
+      ->capture_default_str();
+  app.add_option("--defer-ids", f.defer_ids,
+                 "ids whose offer policy defers the first --defer-count offers of every deployment "
+                 "(reason busy, retry_after 1)");
+  app.add_option("--defer-count", f.defer_count, "offers per deployment --defer-ids defer")
+      ->capture_default_str();
+  app.add_option("--decline-ids", f.decline_ids, "ids whose offer policy declines every offer");
+  app.add_option("--decline-reason", f.decline_reason, "reason code --decline-ids decline with")
+      ->capture_default_str()
+      ->check([](const std::string& name) {
+        ota::proto::ReasonCode rc;
+        return ota::proto::reason_from_name(name.c_str(), name.size(), rc)
+                   ? std::string()
+                   : "unknown reason code '" + name + "' (see proto/PROTOCOL.md section 11)";
+      });
+  app.add_option("--crash-in-state", f.crash_in_state,
+                 "SIGKILL the process when a device enters this state (idle, downloading, "
+                 "verifying, installing, rebooting, confirming), once per device data directory")
+      ->check([](const std::string& name) {
+        for (int i = 0; i <= static_cast<int>(ota::proto::DeviceState::confirming); ++i) {
+          if (name == ota::proto::device_state_name(static_cast<ota::proto::DeviceState>(i))) {
+            return std::string();
+          }
+        }
+        return "unknown state '" + name + "'";
+      });
+  app.add_flag("--app-dir", f.app_bundles,
+               "devices install application bundles (kind bundle) into DATA/ID/app (BundleFlash) "
+               "instead of firmware images; a plain directory DATA/ID/app/current is adopted as "
+               "the factory tree");
+  app.add_option("--protect", base.protect,
+                 "with --app-dir: paths no bundle may write or delete, e.g. wifi.json,certs/")
+      ->delimiter(',');
+  app.add_option("--status-ms", f.status_ms, "print a status line every N ms (0: never)");
+  CLI11_PARSE(app, argc, argv);
+
+  auto devices = make_devices(f);
+  if (devices.empty()) return 2;
+  ::mkdir(f.data.c_str(), 0700);
+  return run_fleet(devices, f.status_ms);
 }

@@ -13,6 +13,19 @@ std::string join(const std::vector<std::string>& v, const std::string& sep) {
   return out;
 }
 
+std::optional<ota::service::RolloutStatus> rollout_status(const json& rollout) {
+  return ota::service::rollout_status_from(jstr(rollout, "state"));
+}
+std::optional<ota::service::DeploymentState> deployment_state(const json& deployment) {
+  return ota::service::deployment_state_from(jstr(deployment, "state"));
+}
+std::optional<ota::service::RowState> row_state(const json& row) {
+  return ota::service::row_state_from(jstr(row, "state"));
+}
+ota::service::PausedBy paused_by(const json& rollout) {
+  return ota::service::paused_by_from(jstr(rollout, "paused_by")).value_or(ota::service::PausedBy::none);
+}
+
 std::string jstr(const json& j, const char* key) {
   if (!j.is_object() || !j.contains(key)) return "";
   const json& v = j[key];
@@ -115,17 +128,21 @@ void print_table(const std::vector<std::string>& head, const std::vector<std::ve
 void print_json(const json& j) { std::printf("%s\n", j.dump(2).c_str()); }
 
 namespace {
-const char* const kStates[] = {"offered",   "accepted",  "downloading", "verifying",
-                               "installing", "rebooting", "confirming", "succeeded",
-                               "failed",    "declined",  "cancelled"};
+// The row states a plain deployment's counts show, in the order of a device's progress.
+using ota::service::RowState;
+constexpr RowState kShownStates[] = {
+    RowState::offered,   RowState::accepted,  RowState::downloading, RowState::verifying,
+    RowState::installing, RowState::rebooting, RowState::confirming, RowState::succeeded,
+    RowState::failed,    RowState::declined,  RowState::cancelled};
 }  // namespace
 
 std::string counts_text(const json& d, bool always_sf) {
   std::string s;
   const json& c = d.contains("counts") ? d["counts"] : json::object();
-  for (const char* st : kStates) {
+  for (const RowState state : kShownStates) {
+    const char* st = ota::service::to_string(state);
     long long n = c.contains(st) && c[st].is_number() ? c[st].get<long long>() : 0;
-    bool always = always_sf && (std::strcmp(st, "succeeded") == 0 || std::strcmp(st, "failed") == 0);
+    bool always = always_sf && (state == RowState::succeeded || state == RowState::failed);
     if (n == 0 && !always) continue;
     if (!s.empty()) s += "  ";
     s += std::string(st) + " " + std::to_string(n);

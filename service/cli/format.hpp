@@ -3,8 +3,11 @@
 #pragma once
 
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <vector>
+
+#include "ota/service/states.hpp"
 
 namespace otactl {
 
@@ -20,6 +23,13 @@ double jnum(const json& j, const char* key);
 bool jhas(const json& j, const char* key);  // present and not null
 // An object field, or an empty object.
 const json& jobj(const json& j, const char* key);
+
+// The "state" (and "paused_by") the API returns, read at this edge with the controller's own
+// parsers: nullopt (PausedBy::none) when missing or not a state this otactl knows.
+std::optional<ota::service::RolloutStatus> rollout_status(const json& rollout);
+std::optional<ota::service::DeploymentState> deployment_state(const json& deployment);
+std::optional<ota::service::RowState> row_state(const json& row);
+ota::service::PausedBy paused_by(const json& rollout);
 
 std::string fmt_time(long long secs);        // "2026-11-26 02:00:00" (UTC), "-" for <= 0
 std::string event_time(long long ts_ms, bool with_date);  // fmt_time + ".mmm", date optional

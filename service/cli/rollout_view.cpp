@@ -7,6 +7,9 @@
 
 namespace otactl {
 
+using ota::service::PausedBy;
+using ota::service::RolloutStatus;
+
 namespace {
 
 std::string wave_line(const json& w, std::size_t i, std::size_t total) {
@@ -85,8 +88,8 @@ std::string rollout_counts(const json& counts) {
 std::string current_wave(const json& ro) {
   const long long total = jint(ro, "waves_total");
   const long long cur = jint(ro, "current_wave");
-  const std::string st = jstr(ro, "state");
-  const bool started = st != "draft" && st != "scheduled";
+  const auto st = rollout_status(ro);
+  const bool started = st != RolloutStatus::draft && st != RolloutStatus::scheduled;
   return "wave " + (started ? std::to_string(std::min(cur + 1, total)) : std::string("-")) + "/" +
          std::to_string(total);
 }
@@ -100,8 +103,9 @@ std::string pause_text(const json& ro) {
 }
 
 bool paused_by_policy(const json& ro) {
-  const std::string by = jstr(ro, "paused_by");
-  return jstr(ro, "state") == "paused" && (by == "policy" || by == "threshold");
+  const PausedBy by = paused_by(ro);
+  return rollout_status(ro) == RolloutStatus::paused &&
+         (by == PausedBy::policy || by == PausedBy::threshold);
 }
 
 std::vector<std::string> rollout_lines(const json& ro) {
@@ -118,7 +122,7 @@ std::vector<std::string> rollout_lines(const json& ro) {
   line2 += "  " + rollout_counts(jobj(ro, "counts"));
   out.push_back(line2);
   out.push_back(failure_text(ro));
-  if (jstr(ro, "state") == "paused") out.push_back(pause_text(ro));
+  if (rollout_status(ro) == RolloutStatus::paused) out.push_back(pause_text(ro));
   const json& waves = ro.is_object() && ro.contains("waves") && ro["waves"].is_array() ? ro["waves"] : json::array();
   for (std::size_t i = 0; i < waves.size(); ++i) out.push_back(wave_line(waves[i], i, waves.size()));
   return out;
@@ -131,7 +135,7 @@ void print_rollout(const json& ro, bool with_devices) {
   std::printf("target     %s: %lld devices%s\n", rollout_target(ro, 8).c_str(), jint(ro, "devices_total"),
               jint(ro, "excluded") > 0 ? (", " + std::to_string(jint(ro, "excluded")) + " excluded").c_str() : "");
   std::printf("state      %s  %s\n", jstr(ro, "state").c_str(), current_wave(ro).c_str());
-  if (jstr(ro, "state") == "paused") std::printf("           %s\n", pause_text(ro).c_str());
+  if (rollout_status(ro) == RolloutStatus::paused) std::printf("           %s\n", pause_text(ro).c_str());
   if (!jstr(ro, "rollback_of").empty()) std::printf("rollback   of %s\n", jstr(ro, "rollback_of").c_str());
   if (!jstr(ro, "deployment").empty()) std::printf("deployment %s\n", jstr(ro, "deployment").c_str());
   std::printf("policy     %s\n", policy_text(jobj(ro, "policy")).c_str());

@@ -38,8 +38,7 @@ int wait_deployment(Context& c, const std::string& id, double timeout_s) {
         std::fflush(out);
       }
       last_line = line;
-      const std::string st = jstr(d, "state");
-      if (st != "active") break;
+      if (deployment_state(d) != ota::service::DeploymentState::active) break;
     } else if (r.status == 404) {
       if (tty) std::fprintf(out, "\n");
       return fail(r);
@@ -65,20 +64,18 @@ int wait_deployment(Context& c, const std::string& id, double timeout_s) {
   if (d.contains("devices"))
     for (const auto& row : d["devices"]) {
       ++n;
-      std::string st = jstr(row, "state");
-      if (st == "succeeded") {
+      if (row_state(row) == ota::service::RowState::succeeded) {
         ++ok;
       } else {
         std::string why = jstr(row, "reason");
-        bad.push_back(jstr(row, "device") + ": " + st + (why.empty() ? "" : " (" + why + ")"));
+        bad.push_back(jstr(row, "device") + ": " + jstr(row, "state") + (why.empty() ? "" : " (" + why + ")"));
       }
     }
-  const std::string st = jstr(d, "state");
-  if (st == "completed" && bad.empty()) {
+  if (deployment_state(d) == ota::service::DeploymentState::completed && bad.empty()) {
     if (!c.json_out) std::printf("deployment %s completed: %lld/%lld devices succeeded\n", id.c_str(), ok, n);
     return kExitOk;
   }
-  std::fprintf(stderr, "deployment %s %s: %lld/%lld devices succeeded\n", id.c_str(), st.c_str(), ok, n);
+  std::fprintf(stderr, "deployment %s %s: %lld/%lld devices succeeded\n", id.c_str(), jstr(d, "state").c_str(), ok, n);
   for (const auto& b : bad) std::fprintf(stderr, "  %s\n", b.c_str());
   return kExitFail;
 }

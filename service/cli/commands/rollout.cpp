@@ -55,7 +55,7 @@ int cmd_rollout_list(Context& c) {
   for (const auto& ro : r.body) {
     const json& counts = jobj(ro, "counts");
     rows.push_back({jstr(ro, "id"), jstr(ro, "name"), jstr(ro, "version"), rollout_target(ro),
-                    jstr(ro, "state") + (jstr(ro, "state") == "paused" && !jstr(ro, "paused_by").empty()
+                    jstr(ro, "state") + (rollout_status(ro) == ota::service::RolloutStatus::paused && !jstr(ro, "paused_by").empty()
                                              ? " (" + jstr(ro, "paused_by") + ")"
                                              : ""),
                     current_wave(ro).substr(5), std::to_string(jint(ro, "percent")) + "%",

@@ -98,12 +98,13 @@ void Watch::render(const std::string& note) {
       lines.push_back(l);
     }
   }
-  const std::string st = jstr(ro_, "state");
-  if (st == "draft")
+  using ota::service::RolloutStatus;
+  const auto st = rollout_status(ro_);
+  if (st == RolloutStatus::draft)
     lines.push_back("(a draft: start it with otactl rollout start " + jstr(ro_, "id") + ")");
-  else if (st == "scheduled")
+  else if (st == RolloutStatus::scheduled)
     lines.push_back("(scheduled: starts at " + fmt_time(jint(jobj(ro_, "policy"), "start_at")) + " UTC)");
-  else if (st == "paused" && !paused_by_policy(ro_))
+  else if (st == RolloutStatus::paused && !paused_by_policy(ro_))
     lines.push_back("(waiting for: otactl rollout resume " + jstr(ro_, "id") + ")");
   if (!note.empty()) lines.push_back(note);
   draw(lines);
@@ -123,14 +124,15 @@ void Watch::show() {
 // The exit code once the rollout completed, was aborted or was paused by its policy.
 std::optional<int> Watch::ended() const {
   std::FILE* msg = c_.json_out ? stderr : stdout;
-  const std::string st = jstr(ro_, "state");
+  using ota::service::RolloutStatus;
+  const auto st = rollout_status(ro_);
   const std::string rid = jstr(ro_, "id").empty() ? o_.id : jstr(ro_, "id");
-  if (st == "completed") {
+  if (st == RolloutStatus::completed) {
     std::fprintf(msg, "rollout %s completed: %lld of %lld devices succeeded\n", rid.c_str(),
                  jint(jobj(ro_, "counts"), "succeeded"), jint(ro_, "devices_total"));
     return kExitOk;
   }
-  if (st == "aborted") {
+  if (st == RolloutStatus::aborted) {
     std::string why = jstr(ro_, "pause_reason");
     for (const char* p : {"rollout aborted: ", "rollout aborted"})
       if (why.rfind(p, 0) == 0) why = why.substr(std::strlen(p));

@@ -88,14 +88,7 @@ void DeviceRunner::note_offer(const char* topic, const std::uint8_t* payload, st
   }
 }
 
-bool DeviceRunner::run(const std::atomic<bool>& stop, std::string& error) {
-  if (!proto::valid_id(opt_.device_id.c_str(), opt_.device_id.size())) {
-    error = "invalid device id '" + opt_.device_id + "' (1-64 of [A-Za-z0-9._-])";
-    return false;
-  }
-  ::mkdir(opt_.data_dir.c_str(), 0700);
-  OpensslCrypto crypto;
-  std::vector<ProvisionedKey> keys;
+bool DeviceRunner::load_keys(std::vector<ProvisionedKey>& keys, std::string& error) const {
   auto add_key = [&](const std::string& pem, proto::KeyRole role) {
     PublicKey k;
     if (!load_public_key_pem(pem, k, error)) return false;
@@ -116,15 +109,17 @@ bool DeviceRunner::run(const std::atomic<bool>& stop, std::string& error) {
     error = "at most " + std::to_string(kMaxTrustedKeys) + " release and online keys";
     return false;
   }
-  std::vector<const char*> groups;
-  for (const auto& g : opt_.groups) groups.push_back(g.c_str());
+  return true;
+}
 
+// The agent's settings point into `setup` (ids, groups, keys), which outlives every boot.
+AgentConfig DeviceRunner::agent_config(const BootSetup& setup) {
   AgentConfig cfg;
   cfg.prefix = opt_.prefix.c_str();
   cfg.device_id = opt_.device_id.c_str();
   cfg.hw_model = opt_.hw_model.c_str();
-  cfg.groups = groups.data();
-  cfg.group_count = groups.size();
+  cfg.groups = setup.groups.data();
+  cfg.group_count = setup.groups.size();
   cfg.window_chunks = opt_.window_chunks;
   cfg.request_timeout_ms = opt_.request_timeout_ms;
   cfg.checkpoint_chunks = opt_.checkpoint_chunks;
@@ -132,114 +127,143 @@ bool DeviceRunner::run(const std::atomic<bool>& stop, std::string& error) {
   cfg.heartbeat_interval_ms = opt_.heartbeat_interval_ms;
   cfg.max_trial_boots = opt_.max_trial_boots;
   cfg.confirm_timeout_ms = opt_.confirm_timeout_ms;
-  cfg.keys = keys.data();
-  cfg.key_count = keys.size();
+  cfg.keys = setup.keys.data();
+  cfg.key_count = setup.keys.size();
   cfg.on_state = &DeviceRunner::on_state;
   cfg.on_state_ctx = this;
   if (opt_.decline_offers || opt_.defer_offers > 0) {
     cfg.offer_policy = &DeviceRunner::offer_policy;
     cfg.offer_policy_ctx = this;
   }
+  return cfg;
+}
 
-  MqttSettings mqtt = opt_.mqtt;
+// Our client id is the device id; the broker announces us offline if we vanish.
+bool DeviceRunner::mqtt_settings(MqttSettings& mqtt, std::string& error) const {
+  mqtt = opt_.mqtt;
   mqtt.client_id = opt_.device_id;
   char topic[proto::kMaxTopicLen];
   char will[64];
   std::size_t will_len = 0;
-  if (proto::make_topic(cfg.prefix, proto::TopicKind::presence, cfg.device_id, topic,
-                        sizeof topic) == 0 ||
+  if (proto::make_topic(opt_.prefix.c_str(), proto::TopicKind::presence, opt_.device_id.c_str(),
+                        topic, sizeof topic) == 0 ||
       proto::encode_offline(will, sizeof will, will_len)) {
     error = "cannot build presence topic for " + opt_.device_id;
     return false;
   }
   mqtt.will_topic = topic;
   mqtt.will_payload.assign(will, will_len);
+  return true;
+}
 
-  FileFlashConfig flash_cfg;
-  flash_cfg.dir = opt_.data_dir + "/flash";
-  flash_cfg.slot_capacity = opt_.slot_capacity;
-  flash_cfg.initial_version = opt_.initial_version;
-  flash_cfg.durable = opt_.durable;
-  flash_cfg.write_delay_us = opt_.flash_write_delay_us;
-  BundleFlashConfig bundle_cfg;
-  bundle_cfg.root = opt_.app_dir;
-  bundle_cfg.initial_version = opt_.initial_version;
-  bundle_cfg.protect = opt_.protect;
-  bundle_cfg.durable = opt_.durable;
-  bundle_cfg.write_delay_us = opt_.flash_write_delay_us;
-  SystemClock clock;
+// Power-on of whichever store the device installs into: firmware slots or an application tree.
+bool DeviceRunner::power_on_flash(PoweredFlash& out, std::string& error) {
+  if (opt_.app_dir.empty()) {
+    FileFlashConfig cfg;
+    cfg.dir = opt_.data_dir + "/flash";
+    cfg.slot_capacity = opt_.slot_capacity;
+    cfg.initial_version = opt_.initial_version;
+    cfg.durable = opt_.durable;
+    cfg.write_delay_us = opt_.flash_write_delay_us;
+    out.file = std::make_unique<FileFlash>(cfg);
+    if (out.file->power_on() != PortStatus::ok) {
+      error = "flash at " + cfg.dir + " cannot be initialised";
+      return false;
+    }
+    if (opt_.corrupt_write_offset >= 0 && !corrupted_) {
+      out.file->corrupt_write_at(static_cast<std::uint32_t>(opt_.corrupt_write_offset));
+    }
+    return true;
+  }
+  BundleFlashConfig cfg;
+  cfg.root = opt_.app_dir;
+  cfg.initial_version = opt_.initial_version;
+  cfg.protect = opt_.protect;
+  cfg.durable = opt_.durable;
+  cfg.write_delay_us = opt_.flash_write_delay_us;
+  out.bundle = std::make_unique<BundleFlash>(cfg);
+  if (out.bundle->power_on() != PortStatus::ok) {
+    error = "application tree at " + cfg.root + " cannot be initialised: " +
+            out.bundle->last_error();
+    return false;
+  }
+  return true;
+}
 
+// The fault the options ask for at this download percentage. Returns true when power is lost.
+bool DeviceRunner::inject_download_faults(const Agent& agent, MosquittoTransport& transport) {
+  const std::uint32_t pct = percent_of(agent);
+  if (opt_.drop_at_percent >= 0 && !dropped_ &&
+      pct >= static_cast<std::uint32_t>(opt_.drop_at_percent)) {
+    dropped_ = true;
+    transport.drop();
+  }
+  if (opt_.crash_at_percent >= 0 && !crashed_ &&
+      pct >= static_cast<std::uint32_t>(opt_.crash_at_percent)) {
+    crashed_ = true;
+    transport.drop();
+    return true;
+  }
+  return false;
+}
+
+// One power cycle: flash, storage, transport and agent are built from the files alone (nothing
+// in RAM survives), then run until the agent asks for a reset, power is lost, or `stop`.
+DeviceRunner::BootEnd DeviceRunner::boot_once(BootSetup& setup, const std::atomic<bool>& stop,
+                                              std::string& error) {
+  PoweredFlash powered;
+  if (!power_on_flash(powered, error)) return BootEnd::failed;
+  FlashPort& flash = powered.port();
+  FileStorage storage(opt_.data_dir + "/agent.state", opt_.durable);
+  FileStorage key_storage(opt_.data_dir + "/agent.keys", opt_.durable);
+  auto transport = std::make_unique<MosquittoTransport>(setup.mqtt);
+  auto agent = std::make_unique<Agent>(setup.cfg, flash, *transport, setup.clock, storage,
+                                       key_storage, setup.crypto);
+  ++boots;
+  ImageState img;
+  flash.read_state(img);
+  set_running_version(img.running_version.c_str());
+  agent->boot();
+  if (agent->reset_requested()) return BootEnd::reset;
+  transport->set_handlers([&] { agent->on_connected(); },
+                          [&](const char* t, const std::uint8_t* p, std::size_t n) {
+                            if (setup.cfg.offer_policy != nullptr) note_offer(t, p, n);
+                            agent->on_message(t, p, n);
+                          });
+  if (!transport->start(error)) return BootEnd::failed;
+  std::uint64_t counted_bytes = 0;
+  while (!stop && !agent->reset_requested()) {
+    transport->poll(20);
+    agent->tick();
+    const auto& st = agent->persisted();
+    state = static_cast<int>(st.state);
+    received_chunks = st.received_chunks;
+    total_chunks = st.manifest.chunk_count();
+    connected = transport->connected();
+    if (flash.read_state(img) == PortStatus::ok) set_running_version(img.running_version.c_str());
+    bytes_received += agent->stats().bytes_received - counted_bytes;
+    counted_bytes = agent->stats().bytes_received;
+    if (st.state == proto::DeviceState::downloading && inject_download_faults(*agent, *transport))
+      break;  // power lost: RAM state gone, the caller powers on again
+  }
+  if (powered.reset_requested() || stop) transport->stop();
+  corrupted_ = corrupted_ || opt_.corrupt_write_offset >= 0;
+  return BootEnd::reset;
+}
+
+bool DeviceRunner::run(const std::atomic<bool>& stop, std::string& error) {
+  if (!proto::valid_id(opt_.device_id.c_str(), opt_.device_id.size())) {
+    error = "invalid device id '" + opt_.device_id + "' (1-64 of [A-Za-z0-9._-])";
+    return false;
+  }
+  ::mkdir(opt_.data_dir.c_str(), 0700);
+  BootSetup setup;
+  if (!load_keys(setup.keys, error)) return false;
+  for (const auto& g : opt_.groups) setup.groups.push_back(g.c_str());
+  setup.cfg = agent_config(setup);
+  if (!mqtt_settings(setup.mqtt, error)) return false;
   while (!stop) {
-    // Power-on: nothing from the previous run survives but the files.
-    std::unique_ptr<FileFlash> file_flash;
-    std::unique_ptr<BundleFlash> bundle_flash;
-    if (opt_.app_dir.empty()) {
-      file_flash = std::make_unique<FileFlash>(flash_cfg);
-      if (file_flash->power_on() != PortStatus::ok) {
-        error = "flash at " + flash_cfg.dir + " cannot be initialised";
-        return false;
-      }
-      if (opt_.corrupt_write_offset >= 0 && !corrupted_) {
-        file_flash->corrupt_write_at(static_cast<std::uint32_t>(opt_.corrupt_write_offset));
-      }
-    } else {
-      bundle_flash = std::make_unique<BundleFlash>(bundle_cfg);
-      if (bundle_flash->power_on() != PortStatus::ok) {
-        error = "application tree at " + bundle_cfg.root + " cannot be initialised: " +
-                bundle_flash->last_error();
-        return false;
-      }
-    }
-    FlashPort& flash = file_flash ? static_cast<FlashPort&>(*file_flash) : *bundle_flash;
-    auto flash_reset_requested = [&] {
-      return file_flash ? file_flash->reset_requested() : bundle_flash->reset_requested();
-    };
-    FileStorage storage(opt_.data_dir + "/agent.state", opt_.durable);
-    FileStorage key_storage(opt_.data_dir + "/agent.keys", opt_.durable);
-    auto transport = std::make_unique<MosquittoTransport>(mqtt);
-    auto agent =
-        std::make_unique<Agent>(cfg, flash, *transport, clock, storage, key_storage, crypto);
-    ++boots;
-    ImageState img;
-    flash.read_state(img);
-    set_running_version(img.running_version.c_str());
-    agent->boot();
-    if (agent->reset_requested()) continue;
-    transport->set_handlers([&] { agent->on_connected(); },
-                            [&](const char* t, const std::uint8_t* p, std::size_t n) {
-                              if (cfg.offer_policy != nullptr) note_offer(t, p, n);
-                              agent->on_message(t, p, n);
-                            });
-    if (!transport->start(error)) return false;
-    std::uint64_t counted_bytes = 0;
-    while (!stop && !agent->reset_requested()) {
-      transport->poll(20);
-      agent->tick();
-      const auto& st = agent->persisted();
-      state = static_cast<int>(st.state);
-      received_chunks = st.received_chunks;
-      total_chunks = st.manifest.chunk_count();
-      connected = transport->connected();
-      if (flash.read_state(img) == PortStatus::ok) set_running_version(img.running_version.c_str());
-      bytes_received += agent->stats().bytes_received - counted_bytes;
-      counted_bytes = agent->stats().bytes_received;
-      if (st.state == proto::DeviceState::downloading) {
-        const std::uint32_t pct = percent_of(*agent);
-        if (opt_.drop_at_percent >= 0 && !dropped_ &&
-            pct >= static_cast<std::uint32_t>(opt_.drop_at_percent)) {
-          dropped_ = true;
-          transport->drop();
-        }
-        if (opt_.crash_at_percent >= 0 && !crashed_ &&
-            pct >= static_cast<std::uint32_t>(opt_.crash_at_percent)) {
-          crashed_ = true;
-          transport->drop();
-          break;  // power lost: RAM state gone, the loop powers on again
-        }
-      }
-    }
-    if (flash_reset_requested() || stop) transport->stop();
-    corrupted_ = corrupted_ || opt_.corrupt_write_offset >= 0;
+    if (boot_once(setup, stop, error) == BootEnd::failed) return false;
   }
   return true;
 }

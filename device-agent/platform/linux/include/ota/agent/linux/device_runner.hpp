@@ -3,13 +3,17 @@
 #include <atomic>
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <vector>
 
 #include "ota/agent/agent.hpp"
 
+#include "ota/agent/linux/bundle_flash.hpp"
+#include "ota/agent/linux/file_flash.hpp"
 #include "ota/agent/linux/mosquitto_transport.hpp"
+#include "ota/agent/linux/openssl_crypto.hpp"
 
 namespace ota::agent::linux_port {
 
@@ -77,6 +81,30 @@ class DeviceRunner {
   const DeviceOptions& options() const { return opt_; }
 
  private:
+  // What every boot of this device shares; the agent's settings point into it.
+  struct BootSetup {
+    std::vector<ProvisionedKey> keys;
+    std::vector<const char*> groups;
+    AgentConfig cfg;
+    MqttSettings mqtt;
+    OpensslCrypto crypto;
+    SystemClock clock;
+  };
+  // The flash port of one power cycle: firmware slots or an application tree.
+  struct PoweredFlash {
+    std::unique_ptr<FileFlash> file;
+    std::unique_ptr<BundleFlash> bundle;
+    FlashPort& port() { return file ? static_cast<FlashPort&>(*file) : *bundle; }
+    bool reset_requested() const { return file ? file->reset_requested() : bundle->reset_requested(); }
+  };
+  enum class BootEnd { reset, failed };
+
+  bool load_keys(std::vector<ProvisionedKey>& keys, std::string& error) const;
+  AgentConfig agent_config(const BootSetup& setup);
+  bool mqtt_settings(MqttSettings& mqtt, std::string& error) const;
+  bool power_on_flash(PoweredFlash& out, std::string& error);
+  bool inject_download_faults(const Agent& agent, MosquittoTransport& transport);
+  BootEnd boot_once(BootSetup& setup, const std::atomic<bool>& stop, std::string& error);
   void set_running_version(const char* v);
   static OfferDecision offer_policy(void* self, const proto::Manifest& manifest);
   void note_offer(const char* topic, const std::uint8_t* payload, std::size_t len);
