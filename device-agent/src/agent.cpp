@@ -1057,9 +1057,21 @@ bool Agent::flush_outcomes() {
 }
 
 std::uint32_t Agent::effective_timeout_ms() const {
+  return request_timeout_for(cfg_, stalled_requests_);
+}
+
+std::uint32_t request_timeout_for(const AgentConfig& cfg, std::uint32_t stalled_requests) {
   const std::uint32_t shift =
-      stalled_requests_ < kMaxBackoffShift ? stalled_requests_ : kMaxBackoffShift;
-  return cfg_.request_timeout_ms << shift;
+      stalled_requests < kMaxBackoffShift ? stalled_requests : kMaxBackoffShift;
+  const std::uint32_t base = cfg.request_timeout_ms << shift;
+  if (stalled_requests == 0) return base;  // a lost chunk is asked for again promptly
+  // FNV-1a of the device id and the attempt: a fraction in [0, 1) in 16 bits.
+  std::uint32_t h = 2166136261u;
+  for (const char* p = cfg.device_id; p != nullptr && *p != '\0'; ++p)
+    h = (h ^ static_cast<std::uint8_t>(*p)) * 16777619u;
+  h = (h ^ stalled_requests) * 16777619u;
+  const std::uint32_t fraction = (h ^ (h >> 16)) & 0xFFFFu;
+  return base + static_cast<std::uint32_t>((std::uint64_t{base / 2} * fraction) >> 16);
 }
 
 std::size_t Agent::record_len() const {

@@ -126,7 +126,7 @@ class Device {
           !agent->has_unsent_outcome()) {
         return End::done;
       }
-      clock.advance_ms(std::uint64_t{cfg.request_timeout_ms} << 4);  // time passes
+      clock.advance_ms(std::uint64_t{cfg.request_timeout_ms} << 5);  // time passes (past the longest back-off and its jitter)
       agent->tick();
     }
     return End::stuck;

@@ -886,15 +886,40 @@ TEST_F(AgentTest, FinishedDeploymentOfferedAgainRepeatsItsResult) {
   EXPECT_EQ(agent_->stats().bad_messages, 0u);
 }
 
+// Devices whose answers were late together spread their next requests: the jitter depends
+// on the device id, and differs between attempts.
+TEST(AgentBackoff, ReRequestJitterSpreadsAFleet) {
+  std::set<std::uint32_t> waits;
+  for (int d = 0; d < 50; ++d) {
+    AgentConfig cfg;
+    const std::string id = "dev-" + std::to_string(d);
+    cfg.device_id = id.c_str();
+    cfg.request_timeout_ms = 2000;
+    waits.insert(ota::agent::request_timeout_for(cfg, 1));
+  }
+  EXPECT_GT(waits.size(), 40u) << "the same wait for most devices: no jitter";
+  for (std::uint32_t w : waits) {
+    EXPECT_GE(w, 4000u);
+    EXPECT_LT(w, 6000u);
+  }
+}
+
 TEST_F(AgentTest, NoChunksEverArriveTimesOut) {
   cfg_.max_stalled_requests = 3;
   start();
   send_offer(offer_for(image_));
   ASSERT_EQ(take_requests().size(), 1u);
-  // The re-request timeout doubles per stalled request (up to 16x): an outage of the
-  // controller is not turned into a flood of requests, nor into failures within a minute.
+  // The re-request timeout doubles per stalled request (up to 16x), plus a jitter of up to
+  // half: an outage of the controller is not turned into a flood of requests, nor into
+  // failures within a minute.
   for (std::uint32_t i = 0; i < cfg_.max_stalled_requests; ++i) {
-    const std::uint64_t wait = std::uint64_t{cfg_.request_timeout_ms} << std::min(i, 4u);
+    const std::uint64_t base = std::uint64_t{cfg_.request_timeout_ms} << std::min(i, 4u);
+    const std::uint64_t wait = agent_->request_timeout_ms();
+    if (i == 0) {
+      EXPECT_EQ(wait, base);
+    }
+    EXPECT_GE(wait, base) << "re-request " << i;
+    EXPECT_LT(wait, base + base / 2) << "re-request " << i;
     clock_.advance_ms(wait - 1);
     agent_->tick();
     ASSERT_TRUE(take_requests().empty()) << "re-request " << i << " came before its back-off";
@@ -911,7 +936,7 @@ TEST_F(AgentTest, NoChunksEverArriveTimesOut) {
   agent_->tick();
   EXPECT_EQ(agent_->state(), DeviceState::downloading);
   transport_.connected_ = true;
-  clock_.advance_ms(std::uint64_t{cfg_.request_timeout_ms} << 3);
+  clock_.advance_ms(agent_->request_timeout_ms());
   agent_->tick();
   expect_single_result(false, ReasonCode::timeout, "1.0.0");
   EXPECT_EQ(agent_->stats().timeouts, 4u);

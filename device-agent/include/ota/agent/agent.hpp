@@ -211,6 +211,10 @@ struct AgentStats {
   std::uint64_t discarded_key_records = 0;  // key records found torn/foreign at boot
 };
 
+// The wait before the download asks again after `stalled_requests` unanswered requests
+// (Agent::request_timeout_ms()).
+std::uint32_t request_timeout_for(const AgentConfig& cfg, std::uint32_t stalled_requests);
+
 class Agent {
  public:
   // `storage` keeps the state record, `key_storage` the key-set record (two records, so that
@@ -230,6 +234,11 @@ class Agent {
   proto::DeviceState state() const { return st_.state; }
   bool reset_requested() const { return reset_requested_; }
   const AgentStats& stats() const { return stats_; }
+  // How long the download waits for a chunk before asking again: request_timeout_ms at
+  // first, then doubling per request that went unanswered (up to 16x), plus a jitter of up
+  // to half of that which depends on the device id and the attempt, so that devices of a
+  // fleet whose answers were late together do not ask again together.
+  std::uint32_t request_timeout_ms() const { return effective_timeout_ms(); }
   const PersistedState& persisted() const { return st_; }
   bool has_unsent_outcome() const;
   proto::ReasonCode last_reason() const { return reason_; }
