@@ -323,6 +323,13 @@ int main(int argc, char** argv) {
   app.add_option("--event-retention-count", o.controller.event_retention.max_count,
                  "keep at most this many events, deleting the oldest (0: no limit)")
       ->capture_default_str()->check(CLI::Range(0LL, 1LL << 40));
+  app.add_option("--chunk-queue-bytes", o.controller.chunk_flow.max_unacked_bytes,
+                 "chunk frames sent and not yet acknowledged by the broker, all devices "
+                 "together; more requests wait their turn (bounds send memory)")
+      ->capture_default_str()->check(CLI::Range(65536ULL, 1ULL << 32));
+  app.add_option("--chunk-threads", o.controller.chunk_flow.sender_threads,
+                 "threads that read, frame and publish chunks")
+      ->capture_default_str()->check(CLI::Range(1U, 64U));
   app.add_flag("-v,--verbose", o.verbose, "debug logging");
   app.add_option("--log-format", o.log_format,
                  "stderr log lines: text, or json (one object per line: ts, level, msg, fields)")

@@ -142,6 +142,7 @@ struct World {
     auto signer = svc::Signer::from_pem(key_pem);
     check(signer.ok());
     svc::ControllerConfig cfg;
+    cfg.chunk_flow.sender_threads = 0;  // deterministic: chunks sent inside on_message
     cfg.db_path = dir + "/ota.db";
     cfg.store_dir = dir + "/images";
     cfg.clock = [] { return g_now_ms; };

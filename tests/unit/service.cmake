@@ -7,6 +7,7 @@ add_executable(service_tests
   ${CMAKE_CURRENT_LIST_DIR}/service_signing_test.cpp
   ${CMAKE_CURRENT_LIST_DIR}/service_images_test.cpp
   ${CMAKE_CURRENT_LIST_DIR}/service_controller_test.cpp
+  ${CMAKE_CURRENT_LIST_DIR}/service_chunk_flow_test.cpp
   ${CMAKE_CURRENT_LIST_DIR}/service_rollout_test.cpp
   ${CMAKE_CURRENT_LIST_DIR}/service_cli_test.cpp
   ${CMAKE_CURRENT_LIST_DIR}/service_policy_grammar_test.cpp

@@ -61,6 +61,10 @@ class ControllerTest : public ::testing::Test {
     cfg.store_dir = dir.file("images");
     cfg.acl_file = acl_file;
     cfg.clock = clock;
+    // Chunks are sent by the thread that asks for them (the test's), so a test can look at
+    // what was published as soon as on_message returns. The sender threads are exercised
+    // by the integration tests and ChunkFlow tests.
+    cfg.chunk_flow.sender_threads = 0;
     if (configure) configure(cfg);
     auto c = Controller::create(cfg, std::move(*signer), publisher ? publisher : &pub);
     ASSERT_TRUE(c.ok()) << c.error();

@@ -20,13 +20,23 @@ Controller::Controller(ControllerConfig cfg, Signer signer, KeyRing keys, Publis
       registry_(cfg_),
       keys_(std::move(signer), std::move(keys), pub, cfg_.prefix, cfg_.offer_ttl,
             [this] { return now(); }),
-      chunks_(cfg_.store_dir, cfg_.prefix, pub),
+      chunks_(cfg_.store_dir, cfg_.prefix, pub, cfg_.chunk_flow),
       deployments_(cfg_, pub, registry_, keys_, chunks_),
       runner_(cfg_, deployments_, registry_, keys_, chunks_),
       images_(cfg_, db_, keys_),
-      inbound_(cfg_, db_, registry_, keys_, deployments_, runner_, chunks_) {}
+      inbound_(cfg_, db_, registry_, keys_, deployments_, runner_, chunks_) {
+  // Bytes sent per row, and the row's first chunks move it to downloading.
+  chunks_.set_served_hook([this](const std::string& dev, const std::string& offer_id,
+                                 std::uint64_t bytes) {
+    if (deployments_.chunks_served(dev, offer_id, bytes)) {
+      DbLock db(db_);
+      deployments_.transfer_started(db, dev, offer_id);
+    }
+  });
+}
 
 Controller::~Controller() {
+  chunks_.stop();  // the senders call into deployments_
   DbLock db(db_);
   flush(db, true);
 }

@@ -267,6 +267,10 @@ MetricsSnapshot Controller::metrics_snapshot(DbLock& db) {
   }
   s.bytes_served = bytes_served();
   s.chunks_sent = chunks_sent();
+  s.chunk_unacked_bytes = chunks_.unacked_bytes();
+  s.chunk_unacked_limit = cfg_.chunk_flow.max_unacked_bytes;
+  s.chunk_queued = chunks_.queued_chunks();
+  s.chunk_frames_lost = chunks_.frames_lost();
   s.decode_errors = decode_errors();
   s.ignored_messages = ignored_messages();
   for (std::size_t r = 0; r < kDropReasonCount; ++r) s.dropped[r] = dropped(static_cast<DropReason>(r));

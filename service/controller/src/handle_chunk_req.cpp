@@ -26,12 +26,9 @@ void Inbound::handle_chunk_request(const std::string& dev, const char* p, std::s
   // After an outage a device may re-request the same window several times in a row;
   // serving each copy would multiply the traffic.
   if (chunks_.repeated(dev, req, now_ms())) return;
-  const std::uint64_t sent = chunks_.serve(dev, *grant.file, req);
-  if (sent == 0) return;
-  if (deployments_.chunks_served(dev, dep_id, sent)) {
-    DbLock db(db_);
-    deployments_.transfer_started(db, dev, dep_id);
-  }
+  // Queued within the send budget; the chunk server's senders publish them and account the
+  // bytes to the row (Controller's served hook).
+  chunks_.request(dev, dep_id, grant.file, req);
 }
 
 }  // namespace ota::service

@@ -28,6 +28,16 @@ void traffic_metrics(std::ostream& o, const MetricsSnapshot& s) {
        "# TYPE ota_bytes_served_total counter\nota_bytes_served_total " << s.bytes_served << "\n";
   o << "# HELP ota_chunks_served_total Chunks published to devices.\n"
        "# TYPE ota_chunks_served_total counter\nota_chunks_served_total " << s.chunks_sent << "\n";
+  o << "# HELP ota_chunk_unacked_bytes Chunk frames published and not yet acknowledged by the broker.\n"
+       "# TYPE ota_chunk_unacked_bytes gauge\nota_chunk_unacked_bytes " << s.chunk_unacked_bytes << "\n";
+  o << "# HELP ota_chunk_unacked_limit_bytes The send budget (--chunk-queue-bytes).\n"
+       "# TYPE ota_chunk_unacked_limit_bytes gauge\nota_chunk_unacked_limit_bytes "
+    << s.chunk_unacked_limit << "\n";
+  o << "# HELP ota_chunk_queued_chunks Chunks devices asked for, waiting for the send budget.\n"
+       "# TYPE ota_chunk_queued_chunks gauge\nota_chunk_queued_chunks " << s.chunk_queued << "\n";
+  o << "# HELP ota_chunk_frames_lost_total Chunk frames whose PUBACK never came (link lost or timeout).\n"
+       "# TYPE ota_chunk_frames_lost_total counter\nota_chunk_frames_lost_total "
+    << s.chunk_frames_lost << "\n";
   o << "# HELP ota_decode_errors_total Device messages that failed to decode.\n"
        "# TYPE ota_decode_errors_total counter\nota_decode_errors_total " << s.decode_errors << "\n";
   o << "# HELP ota_ignored_messages_total Device messages dropped without effect.\n"

@@ -187,6 +187,7 @@ void MqttClient::link_lost(const std::string& why) {
     // in-flight offer after reconnecting, so these callbacks would only pile up.
     std::lock_guard<std::mutex> lock(ack_mu_);
     pending_acks_.clear();
+    link_generation_++;  // under ack_mu_: no publish_acked in between records a stale id
   }
   if (was_usable) {
     logged_failures_ = 0;

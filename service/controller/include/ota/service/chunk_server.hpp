@@ -1,19 +1,40 @@
-// Chunk server: reads image chunks and publishes them to the devices that ask.
+// Chunk server: reads image chunks and publishes them to the devices that ask, within a
+// bounded send budget.
 //
-// Owns: the open image files (by image id); each device's last served chunk request (an
-//   identical repeat within kDuplicateRequestMs is answered once); the serving counters.
-//   This is where flow control and broadcast of chunks will go.
-// Lock: mu_, a leaf. Reading the file and publishing happen outside it.
-// Threads: MQTT network thread (serve), HTTP workers and the tick thread (open an image for
-//   a new deployment).
+// Flow control: a device's chunk request only marks chunks as wanted in the device's queue
+// (a fixed-size bitmap window, so a request costs no memory beyond the device's record and
+// a repeated request merges into what is already wanted). Senders take one chunk at a time
+// from the devices that want chunks, round robin, as long as the frames published and not
+// yet acknowledged by the broker (QoS 1 PUBACK) stay within `max_unacked_bytes` in total
+// and within each device's fair share of it. A request that does not fit waits its turn; it
+// never grows memory. Frames lost with the broker link (the client forgets their PUBACKs)
+// or not acknowledged within `ack_timeout_ms` are given back to the budget; the devices
+// re-request what they still lack.
+//
+// Owns: the open image files (by image id); each device's queue (wanted chunks, frames
+//   unacknowledged) and last request (an identical repeat within kDuplicateRequestMs is
+//   counted once); the frames in flight; the serving counters.
+// Lock: mu_, a leaf. Reading the file and publishing happen outside it; the served hook is
+//   called outside it.
+// Threads: the MQTT network thread (request; acknowledgements), HTTP workers and the tick
+//   thread (open an image for a new deployment), the sender threads (read, frame, CRC,
+//   publish). With sender_threads = 0 the thread that requests or acknowledges sends
+//   (unit tests: deterministic, synchronous).
 #pragma once
 
 #include <atomic>
+#include <bitset>
+#include <condition_variable>
 #include <cstdint>
+#include <deque>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <string>
+#include <thread>
+#include <unordered_map>
+#include <vector>
 
 #include "ota/proto/messages.hpp"
 #include "ota/service/publisher.hpp"
@@ -35,13 +56,35 @@ struct ImageFile {
   ~ImageFile();
 };
 
+struct ChunkFlowConfig {
+  // Chunk frames published and not yet acknowledged by the broker, all devices together.
+  // This bounds the controller's send memory whatever the number of devices transferring.
+  std::uint64_t max_unacked_bytes = 8ull * 1024 * 1024;
+  // Threads that read, frame and publish chunks; 0: whoever requests or acknowledges.
+  unsigned sender_threads = 2;
+  // A frame whose PUBACK has not come after this long is counted as lost (budget back).
+  long long ack_timeout_ms = 10000;
+};
+
 class ChunkServer {
  public:
   static constexpr long long kDuplicateRequestMs = 200;
+  // Chunks a device's queue can hold at once, from its lowest wanted chunk: well above an
+  // agent's window (at most 256 chunks ahead); requests beyond it are dropped and counted,
+  // and the device asks again.
+  static constexpr std::uint32_t kQueueSpan = 1024;
+  // (device, deployment/offer id, payload bytes) after each chunk published.
+  using ServedHook = std::function<void(const std::string&, const std::string&, std::uint64_t)>;
 
-  ChunkServer(std::string store_dir, std::string prefix, Publisher* pub);
+  ChunkServer(std::string store_dir, std::string prefix, Publisher* pub, ChunkFlowConfig flow);
+  ~ChunkServer();
   ChunkServer(const ChunkServer&) = delete;
   ChunkServer& operator=(const ChunkServer&) = delete;
+
+  // Set once, before the first request (the controller's wiring).
+  void set_served_hook(ServedHook hook) { served_ = std::move(hook); }
+  // Stops the sender threads (before what the served hook calls goes away).
+  void stop();
 
   // The stored file of `img`, opened once and shared by every deployment of it.
   Result<std::shared_ptr<ImageFile>> open(const ImageRec& img);
@@ -49,30 +92,87 @@ class ChunkServer {
   // duplicate; after an outage a device may re-request the same window several times);
   // otherwise remembers it as the device's last request.
   bool repeated(const std::string& dev, const proto::ChunkRequest& req, long long now_ms);
-  // Reads the chunks `req` asks for and publishes them to `dev`. Returns the payload bytes
-  // sent (it stops at the first read or publish failure).
-  std::uint64_t serve(const std::string& dev, const ImageFile& file, const proto::ChunkRequest& req);
+  // Queues the chunks `req` asks for, for `dev` in deployment (offer) `offer_id`. A request
+  // for another image or offer replaces the device's queue. Returns the chunks queued.
+  std::uint32_t request(const std::string& dev, const std::string& offer_id,
+                        std::shared_ptr<ImageFile> file, const proto::ChunkRequest& req);
 
   std::uint64_t chunks_sent() const { return chunks_sent_.load(); }
   std::uint64_t bytes_served() const { return bytes_served_.load(); }
   std::uint64_t duplicate_requests() const { return duplicate_requests_.load(); }
+  // Frame bytes published and not acknowledged yet (<= max_unacked_bytes + one frame).
+  std::uint64_t unacked_bytes() const;
+  // Most unacked_bytes() ever reached (the bench and tests check the bound).
+  std::uint64_t peak_unacked_bytes() const { return peak_unacked_.load(); }
+  // Chunks wanted and not sent yet, all devices.
+  std::uint64_t queued_chunks() const;
+  // Chunk requests cut at kQueueSpan; frames counted lost (link loss or no PUBACK in time).
+  std::uint64_t chunks_beyond_span() const { return beyond_span_.load(); }
+  std::uint64_t frames_lost() const { return frames_lost_.load(); }
 
  private:
+  struct DeviceQueue {
+    std::shared_ptr<ImageFile> file;
+    std::string offer_id;
+    std::string topic;
+    std::uint32_t base = 0;               // chunk index of bit 0
+    std::bitset<kQueueSpan> wanted;       // chunks asked for and not sent yet
+    std::uint32_t wanted_count = 0;
+    std::uint32_t unacked = 0;            // frames published, PUBACK not seen
+    bool in_ready = false;                // listed in ready_
+  };
+  struct InFlight {
+    std::string dev;
+    std::uint32_t bytes = 0;
+    long long sent_ms = 0;
+    std::uint64_t link = 0;  // the publisher's link generation when published
+  };
+  // One chunk a sender is about to publish.
+  struct Pick {
+    std::string dev, offer_id, topic;
+    std::shared_ptr<ImageFile> file;
+    std::uint32_t index = 0;
+    std::uint64_t seq = 0;
+  };
+
+  bool pick_locked(Pick& out, long long now);
+  void send(const Pick& p);
+  void acked(std::uint64_t seq);
+  void release_locked(std::map<std::uint64_t, InFlight>::iterator it);
+  void expire_locked(long long now);
+  void pump();          // sends while the budget allows (sender_threads == 0)
+  void sender_loop();
+
   const std::string store_dir_;
   const std::string prefix_;
   Publisher* const pub_;
+  const ChunkFlowConfig flow_;
+  ServedHook served_;
 
-  std::mutex mu_;
+  mutable std::mutex mu_;
+  std::condition_variable work_;  // a chunk was queued or budget came back
+  bool stopping_ = false;
   std::map<std::string, std::shared_ptr<ImageFile>> files_;  // image id -> open file
   struct LastRequest {
     std::string key;
     long long ms = 0;
   };
   std::map<std::string, LastRequest> last_request_;  // device -> last served request
+  std::unordered_map<std::string, DeviceQueue> queues_;
+  std::deque<std::string> ready_;                  // devices with wanted chunks, round robin
+  std::map<std::uint64_t, InFlight> in_flight_;    // by sequence number, oldest first
+  std::uint64_t next_seq_ = 1;
+  std::uint64_t unacked_bytes_ = 0;
+  std::uint64_t link_seen_ = 0;
+  std::uint64_t queued_ = 0;
+  std::vector<std::thread> senders_;
 
   std::atomic<std::uint64_t> chunks_sent_{0};
   std::atomic<std::uint64_t> bytes_served_{0};
   std::atomic<std::uint64_t> duplicate_requests_{0};
+  std::atomic<std::uint64_t> peak_unacked_{0};
+  std::atomic<std::uint64_t> beyond_span_{0};
+  std::atomic<std::uint64_t> frames_lost_{0};
 };
 
 }  // namespace ota::service

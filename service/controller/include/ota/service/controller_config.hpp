@@ -5,6 +5,7 @@
 #include <functional>
 #include <string>
 
+#include "ota/service/chunk_server.hpp"
 #include "ota/service/keys.hpp"
 #include "ota/service/store.hpp"
 
@@ -41,6 +42,8 @@ struct ControllerConfig {
   // Offline signing and key sets (PROTOCOL.md 6.5, 6.6): the root key, release keys and the
   // signing key's role (keys.hpp).
   KeyRingConfig keys;
+  // Chunk serving: the send budget and the sender threads (chunk_server.hpp).
+  ChunkFlowConfig chunk_flow;
 };
 
 // The controller's clock: cfg.clock if set, else the system's (unix ms). Events, liveness,

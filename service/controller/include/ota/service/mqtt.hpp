@@ -77,6 +77,7 @@ class MqttClient : public Publisher {
   bool subscribed() const { return subscribed_.load(); }
   bool ready() const override { return subscribed(); }
   LinkStatus link_status() const override;
+  std::uint64_t link_generation() const override { return link_generation_.load(); }
   std::string describe() const;
 
  private:
@@ -107,6 +108,7 @@ class MqttClient : public Publisher {
   std::atomic<bool> subscribed_{false};  // SUBACK granted: the link is usable
   std::atomic<bool> ever_subscribed_{false};
   std::atomic<std::uint64_t> reconnects_{0};        // usable again after a loss
+  std::atomic<std::uint64_t> link_generation_{0};   // links lost so far (Publisher)
   std::atomic<std::uint64_t> failed_attempts_{0};   // attempts that never became usable
   std::atomic<long long> down_since_ms_{0};         // unix ms the link went down; 0: up
   std::atomic<long long> last_up_ms_{0};            // unix ms it last became usable

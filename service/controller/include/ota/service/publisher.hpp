@@ -33,6 +33,9 @@ class Publisher {
     s.usable = s.connected = ready();
     return s;
   }
+  // Changes whenever the link to the broker was lost: messages published before are no
+  // longer awaited (their `acked` callbacks will not run). 0 for a publisher without a link.
+  virtual std::uint64_t link_generation() const { return 0; }
   // As publish(); `acked` runs once the broker acknowledged the message (QoS 1 PUBACK), on
   // any thread and possibly inside this call: it must not take the caller's locks.
   virtual bool publish_acked(const std::string& topic, const void* data, std::size_t len, int qos,

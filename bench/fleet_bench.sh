@@ -1,0 +1,156 @@
+#!/usr/bin/env bash
+# Fleet benchmark: N simulated devices (ota-devsim, real agent core, TLS, own certificates)
+# fetch one image in one group deployment through the real broker (broker-config/) and
+# controller. For each N it prints the time until every device confirmed, the aggregate
+# rate, the bytes the controller published as a multiple of N images, the controller's CPU
+# seconds and peak RSS, the broker's CPU seconds, and the controller's send budget figures.
+#
+#   bench/fleet_bench.sh [--devices 100,300] [--image-kib 1024] [--chunk 4096] [--runs 1]
+#                        [--per-process 250] [--build DIR] [--keep]
+#
+# Needs a build (scripts/build.sh build). Device certificates are made once per size and
+# kept under $OTA_BENCH_DIR (default /tmp/ota-fleet-bench) between runs.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+devices_list="100,300"
+image_kib=1024
+chunk=4096
+runs=1
+per_process=250
+build="$root/build"
+keep=0
+while (($#)); do
+  case "$1" in
+    --devices) devices_list="$2"; shift 2 ;;
+    --image-kib) image_kib="$2"; shift 2 ;;
+    --chunk) chunk="$2"; shift 2 ;;
+    --runs) runs="$2"; shift 2 ;;
+    --per-process) per_process="$2"; shift 2 ;;
+    --build) build="$2"; shift 2 ;;
+    --keep) keep=1; shift ;;
+    *) echo "fleet_bench: unknown argument '$1' (see the header of $0)" >&2; exit 2 ;;
+  esac
+done
+otactl="$build/service/otactl"
+controller_bin="$build/service/ota-controller"
+devsim_bin="$build/device-agent/sim/ota-devsim"
+for b in "$otactl" "$controller_bin" "$devsim_bin"; do
+  [[ -x "$b" ]] || { echo "fleet_bench: $b missing: build first (scripts/build.sh $build)" >&2; exit 2; }
+done
+work="${OTA_BENCH_DIR:-/tmp/ota-fleet-bench}"
+mkdir -p "$work"
+tck="$(getconf CLK_TCK)"
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+cpu_s() { awk -v t="$tck" '{printf "%.2f", ($14 + $15) / t}' "/proc/$1/stat"; }
+hwm_mib() { awk '/VmHWM/ {printf "%.0f", $2 / 1024}' "/proc/$1/status"; }
+metric() { curl -s -H "Authorization: Bearer $(cat "$run/controller.db.token")" "$OTA_API/metrics" | awk -v m="$1" '$1 == m {print $2}'; }
+wait_for() {
+  local what="$1" secs="$2"; shift 2
+  local deadline=$((SECONDS + secs))
+  until "$@" >/dev/null 2>&1; do
+    if ((SECONDS >= deadline)); then echo "fleet_bench: timed out waiting for $what" >&2; return 1; fi
+    sleep 0.2
+  done
+}
+
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  pids=()
+}
+trap cleanup EXIT
+
+# process_sizes N: the device count of each simulator process (at most per_process each).
+process_sizes() {
+  local left="$1"
+  while ((left > 0)); do
+    echo $((left < per_process ? left : per_process))
+    left=$((left - per_process))
+  done
+}
+# pki_for N: a PKI with N device certificates in group "bench", named p<K>-001.. for
+# simulator process K (made once, then reused).
+pki_for() {
+  local n="$1" dir="$work/pki-$1-$per_process" k=0
+  if [[ ! -f "$dir/.complete" ]]; then
+    rm -rf "$dir"
+    echo "fleet_bench: making $n device certificates (once) in $dir" >&2
+    "$root/broker-config/pki.sh" init "$dir" >/dev/null
+    for c in $(process_sizes "$n"); do
+      "$root/broker-config/pki.sh" devices "$dir" "$c" "p$k" --group bench >/dev/null
+      k=$((k + 1))
+    done
+    touch "$dir/.complete"
+  fi
+  echo "$dir"
+}
+
+printf '%-8s %-9s %8s %8s %14s %10s %12s %13s %10s\n' devices image_KiB wall_s MiB/s \
+  published/img ctl_cpu_s ctl_rss_MiB broker_cpu_s lost
+IFS=, read -ra sizes <<<"$devices_list"
+for n in "${sizes[@]}"; do
+  pki="$(pki_for "$n")"
+  for ((r = 1; r <= runs; r++)); do
+    run="$work/run-$n-$r"
+    rm -rf "$run"
+    mkdir -p "$run"
+    broker_port="$(free_port)"
+    "$root/broker-config/run-broker.sh" "$pki" "$run/broker" "$broker_port" >"$run/broker.out" 2>&1 &
+    broker_pid=$!
+    pids+=("$broker_pid")
+    wait_for "broker" 15 bash -c "exec 3<>/dev/tcp/127.0.0.1/$broker_port"
+    http_port="$(free_port)"
+    export OTA_API="http://127.0.0.1:$http_port" OTA_API_TOKEN_FILE="$run/controller.db.token"
+    "$controller_bin" --broker-port "$broker_port" --ca "$pki/ca.crt" --cert "$pki/controller.crt" \
+      --key "$pki/controller.key" --db "$run/controller.db" --store "$run/images" \
+      --signing-key "$pki/release.key" --http "127.0.0.1:$http_port" --acl-file "$pki/acl" \
+      >"$run/controller.out" 2>"$run/controller.log" &
+    ctl_pid=$!
+    pids+=("$ctl_pid")
+    wait_for "controller" 20 "$otactl" status
+    # Simulator processes of at most per_process devices each (ids p<K>-001..).
+    k=0
+    for count in $(process_sizes "$n"); do
+      "$devsim_bin" --count "$count" --id-prefix "p$k" --pki "$pki" \
+        --data "$run/fleet" --port "$broker_port" --hw bench-hw --group bench --no-fsync \
+        >"$run/devsim-$k.out" 2>"$run/devsim-$k.log" &
+      pids+=($!)
+      k=$((k + 1))
+    done
+    online() { [[ "$("$otactl" --json devices --online | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))')" -ge "$n" ]]; }
+    wait_for "$n devices online" 300 online
+    head -c "$((image_kib * 1024))" /dev/urandom >"$run/image.bin"
+    "$otactl" image add "$run/image.bin" --version 2.0.0 --hw bench-hw --chunk-size "$chunk" >/dev/null
+    cpu0="$(cpu_s "$ctl_pid")"
+    bcpu0="$(cpu_s "$broker_pid")"
+    start_ns="$(date +%s%N)"
+    dep="$("$otactl" --json deploy 2.0.0 --group bench | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')"
+    done_() {
+      "$otactl" --json deployment show "$dep" | python3 -c '
+import json, sys
+d = json.load(sys.stdin)
+c = d.get("counts", {})
+sys.exit(0 if c.get("succeeded", 0) >= '"$n"' else 1)'
+    }
+    if ! wait_for "deployment $dep to finish on $n devices" 900 done_; then
+      "$otactl" deployment show "$dep" | head -5 >&2
+      cleanup
+      continue
+    fi
+    end_ns="$(date +%s%N)"
+    wall="$(awk -v a="$start_ns" -v b="$end_ns" 'BEGIN {printf "%.2f", (b - a) / 1e9}')"
+    cpu1="$(cpu_s "$ctl_pid")"
+    bcpu1="$(cpu_s "$broker_pid")"
+    served="$(metric ota_bytes_served_total)"
+    lost="$(metric ota_chunk_frames_lost_total)"
+    printf '%-8s %-9s %8s %8s %14s %10s %12s %13s %10s\n' "$n" "$image_kib" "$wall" \
+      "$(awk -v n="$n" -v k="$image_kib" -v w="$wall" 'BEGIN {printf "%.1f", n * k / 1024 / w}')" \
+      "$(awk -v s="$served" -v n="$n" -v k="$image_kib" 'BEGIN {printf "%.2f", s / (n * k * 1024)}')" \
+      "$(awk -v a="$cpu0" -v b="$cpu1" 'BEGIN {printf "%.1f", b - a}')" "$(hwm_mib "$ctl_pid")" \
+      "$(awk -v a="$bcpu0" -v b="$bcpu1" 'BEGIN {printf "%.1f", b - a}')" "${lost:-0}"
+    cleanup
+    ((keep)) || rm -rf "$run"
+  done
+done

@@ -1,0 +1,260 @@
+// ChunkServer flow control: the send budget bounds what is published and not acknowledged,
+// whatever the number of devices asking; devices share it round robin; a lost link or a
+// missing PUBACK gives the budget back; repeated requests merge instead of multiplying.
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdio>
+#include <deque>
+#include <functional>
+#include <map>
+#include <mutex>
+#include <set>
+#include <thread>
+
+#include "ota/proto/frame.hpp"
+#include "ota/service/chunk_server.hpp"
+#include "ota/service/images.hpp"
+#include "service_test_util.hpp"
+
+namespace {
+
+using namespace ota::service;
+
+// A broker link whose PUBACKs the test hands out (or, `auto_ack`, at once, from a thread of
+// its own as the real client's network thread does).
+class HeldAckPublisher : public Publisher {
+ public:
+  struct Sent {
+    std::string topic;
+    std::uint32_t offset = 0;
+  };
+  bool publish(const std::string&, const void*, std::size_t, int, bool) override { return true; }
+  bool publish_acked(const std::string& topic, const void* data, std::size_t len, int, bool,
+                     std::function<void()> acked) override {
+    ota::proto::ChunkFrame f;
+    if (ota::proto::decode_chunk_frame(static_cast<const std::uint8_t*>(data), len, 65536, f))
+      return false;  // the server framed it wrong: shows up as missing chunks
+    std::lock_guard<std::mutex> lock(mu_);
+    sent_.push_back({topic, f.offset});
+    pending_.push_back(std::move(acked));
+    unacked_peak_ = std::max(unacked_peak_, pending_.size());
+    cv_.notify_all();
+    return true;
+  }
+  std::uint64_t link_generation() const override { return generation_; }
+
+  // Runs the oldest `n` PUBACK callbacks (outside the lock, as the network thread does).
+  void ack(std::size_t n) {
+    std::vector<std::function<void()>> run;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      while (n-- > 0 && !pending_.empty()) {
+        run.push_back(std::move(pending_.front()));
+        pending_.pop_front();
+      }
+    }
+    for (auto& cb : run) cb();
+  }
+  // The link drops: the client forgets every PUBACK it waited for.
+  void lose_link() {
+    std::lock_guard<std::mutex> lock(mu_);
+    pending_.clear();
+    ++generation_;
+  }
+  std::size_t sent_count() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return sent_.size();
+  }
+  std::vector<Sent> sent() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return sent_;
+  }
+  // Waits until `n` frames were published or the deadline passed.
+  bool wait_sent(std::size_t n, std::chrono::milliseconds deadline = std::chrono::seconds(10)) {
+    std::unique_lock<std::mutex> lock(mu_);
+    return cv_.wait_for(lock, deadline, [&] { return sent_.size() >= n; });
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::vector<Sent> sent_;
+  std::deque<std::function<void()>> pending_;
+  std::size_t unacked_peak_ = 0;
+  std::atomic<std::uint64_t> generation_{0};
+};
+
+constexpr std::uint32_t kChunk = 1024;
+constexpr std::uint64_t kFrame = ota::proto::kFrameHeaderLen + kChunk;
+
+struct Fixture {
+  ota::service::testing::TempDir dir;
+  ImageRec img;
+  Fixture(std::uint32_t chunks = 64) {
+    img.sha256 = std::string(64, 'a');
+    img.id = img.sha256.substr(0, 16);
+    img.size = std::uint64_t{chunks} * kChunk;
+    img.chunk_size = kChunk;
+    EXPECT_TRUE(ensure_dir(dir.file("images")).ok());
+    std::FILE* f = std::fopen(image_path(dir.file("images"), img.sha256).c_str(), "wb");
+    std::string bytes(img.size, 'x');
+    std::fwrite(bytes.data(), 1, bytes.size(), f);
+    std::fclose(f);
+  }
+};
+
+ota::proto::ChunkRequest req_for(const ImageRec& img, std::uint32_t first, std::uint32_t count) {
+  ota::proto::ChunkRequest r;
+  r.deployment.assign("dep-1");
+  r.image.assign(img.id.c_str());
+  r.first = first;
+  r.count = count;
+  return r;
+}
+
+TEST(ChunkFlow, UnackedBytesStayWithinTheBudgetWhateverTheNumberOfDevices) {
+  Fixture fx;
+  HeldAckPublisher pub;
+  ChunkFlowConfig flow;
+  flow.max_unacked_bytes = 4 * kFrame;
+  flow.sender_threads = 0;
+  ChunkServer cs(fx.dir.file("images"), "ota/v1", &pub, flow);
+  auto file = cs.open(fx.img);
+  ASSERT_TRUE(file.ok()) << file.error();
+  for (int d = 0; d < 50; ++d)
+    EXPECT_EQ(cs.request("dev-" + std::to_string(d), "dep-1", *file, req_for(fx.img, 0, 8)), 8u);
+  EXPECT_EQ(pub.sent_count(), 4u) << "published beyond the budget before any PUBACK";
+  EXPECT_EQ(cs.unacked_bytes(), 4 * kFrame);
+  EXPECT_EQ(cs.queued_chunks(), 50u * 8 - 4);
+  // Every PUBACK lets exactly one more frame out, until all 400 are sent.
+  for (std::size_t n = 4; n < 400; ++n) {
+    pub.ack(1);
+    ASSERT_EQ(pub.sent_count(), n + 1);
+  }
+  pub.ack(4);
+  EXPECT_EQ(cs.chunks_sent(), 400u);
+  EXPECT_EQ(cs.unacked_bytes(), 0u);
+  EXPECT_EQ(cs.queued_chunks(), 0u);
+  EXPECT_LE(cs.peak_unacked_bytes(), 4 * kFrame);
+}
+
+TEST(ChunkFlow, DevicesShareTheBudgetRoundRobin) {
+  Fixture fx;
+  HeldAckPublisher pub;
+  ChunkFlowConfig flow;
+  flow.max_unacked_bytes = 2 * kFrame;
+  flow.sender_threads = 0;
+  ChunkServer cs(fx.dir.file("images"), "ota/v1", &pub, flow);
+  auto file = cs.open(fx.img);
+  ASSERT_TRUE(file.ok());
+  cs.request("greedy", "dep-1", *file, req_for(fx.img, 0, 64));
+  cs.request("small", "dep-1", *file, req_for(fx.img, 0, 2));
+  for (int i = 0; i < 10; ++i) pub.ack(1);
+  // The first frames alternate: the device asking for 64 chunks did not starve the other.
+  std::map<std::string, int> first_six;
+  const auto sent = pub.sent();
+  for (std::size_t i = 0; i < 6 && i < sent.size(); ++i) first_six[sent[i].topic]++;
+  EXPECT_EQ(first_six["ota/v1/dev/small/down/chunk"], 2);
+  EXPECT_EQ(first_six["ota/v1/dev/greedy/down/chunk"], 4);
+}
+
+TEST(ChunkFlow, RepeatedRequestsMergeIntoWhatIsQueued) {
+  Fixture fx;
+  HeldAckPublisher pub;
+  ChunkFlowConfig flow;
+  flow.max_unacked_bytes = kFrame;
+  flow.sender_threads = 0;
+  ChunkServer cs(fx.dir.file("images"), "ota/v1", &pub, flow);
+  auto file = cs.open(fx.img);
+  ASSERT_TRUE(file.ok());
+  EXPECT_EQ(cs.request("d1", "dep-1", *file, req_for(fx.img, 0, 16)), 16u);
+  EXPECT_EQ(pub.sent_count(), 1u);  // chunk 0; 1..15 wait for budget
+  // A device that timed out asks again for the same window while it waits: only chunk 0,
+  // already sent, is queued again; the rest merges into what is queued.
+  EXPECT_EQ(cs.request("d1", "dep-1", *file, req_for(fx.img, 0, 16)), 1u);
+  EXPECT_EQ(cs.request("d1", "dep-1", *file, req_for(fx.img, 8, 16)), 8u);
+  for (int i = 0; i < 40; ++i) pub.ack(1);
+  std::map<std::uint32_t, int> times;
+  for (const auto& s : pub.sent()) times[s.offset]++;
+  EXPECT_EQ(times.size(), 24u);
+  EXPECT_EQ(times[0], 2);
+  for (std::uint32_t c = 1; c < 24; ++c) EXPECT_EQ(times[c * kChunk], 1) << "chunk " << c;
+  EXPECT_EQ(cs.chunks_sent(), 25u);
+}
+
+TEST(ChunkFlow, ALostLinkGivesTheBudgetBack) {
+  Fixture fx;
+  HeldAckPublisher pub;
+  ChunkFlowConfig flow;
+  flow.max_unacked_bytes = 3 * kFrame;
+  flow.sender_threads = 0;
+  ChunkServer cs(fx.dir.file("images"), "ota/v1", &pub, flow);
+  auto file = cs.open(fx.img);
+  ASSERT_TRUE(file.ok());
+  cs.request("d1", "dep-1", *file, req_for(fx.img, 0, 10));
+  EXPECT_EQ(pub.sent_count(), 3u);
+  pub.lose_link();  // those three PUBACKs will never come
+  // The next request (after the device reconnected) finds the budget free again.
+  cs.request("d2", "dep-1", *file, req_for(fx.img, 0, 1));
+  EXPECT_EQ(cs.frames_lost(), 3u);
+  EXPECT_EQ(pub.sent_count(), 6u);  // two more of d1's (its share of 3 frames) and d2's one
+  EXPECT_EQ(cs.unacked_bytes(), 3 * kFrame);
+}
+
+TEST(ChunkFlow, FramesWithoutPubackWithinTheTimeoutAreCountedLost) {
+  Fixture fx;
+  HeldAckPublisher pub;
+  ChunkFlowConfig flow;
+  flow.max_unacked_bytes = 2 * kFrame;
+  flow.ack_timeout_ms = 50;
+  flow.sender_threads = 1;
+  ChunkServer cs(fx.dir.file("images"), "ota/v1", &pub, flow);
+  auto file = cs.open(fx.img);
+  ASSERT_TRUE(file.ok());
+  cs.request("d1", "dep-1", *file, req_for(fx.img, 0, 6));
+  // No PUBACK ever arrives: the sender counts each pair lost after 50 ms and goes on.
+  ASSERT_TRUE(pub.wait_sent(6)) << "stuck at " << pub.sent_count() << " frames";
+  EXPECT_GE(cs.frames_lost(), 4u);
+}
+
+TEST(ChunkFlow, SenderThreadsServeManyDevicesWithinTheBudget) {
+  Fixture fx(32);
+  HeldAckPublisher pub;
+  ChunkFlowConfig flow;
+  flow.max_unacked_bytes = 16 * kFrame;
+  flow.sender_threads = 2;
+  std::atomic<std::uint64_t> served{0};
+  ChunkServer cs(fx.dir.file("images"), "ota/v1", &pub, flow);
+  cs.set_served_hook([&](const std::string&, const std::string& offer, std::uint64_t bytes) {
+    EXPECT_EQ(offer, "dep-1");
+    served += bytes;
+  });
+  auto file = cs.open(fx.img);
+  ASSERT_TRUE(file.ok());
+  for (int d = 0; d < 200; ++d) cs.request("dev-" + std::to_string(d), "dep-1", *file, req_for(fx.img, 0, 32));
+  // An acknowledging "network thread": PUBACKs as frames go out.
+  std::atomic<bool> done{false};
+  std::thread broker([&] {
+    while (!done) {
+      pub.ack(4);
+      std::this_thread::yield();
+    }
+  });
+  const bool all = pub.wait_sent(200u * 32, std::chrono::seconds(30));
+  done = true;
+  broker.join();
+  ASSERT_TRUE(all) << pub.sent_count();
+  pub.ack(1000);
+  EXPECT_LE(cs.peak_unacked_bytes(), 16 * kFrame);
+  // A served hook call for every frame (the last may still be running: stop() joins).
+  cs.stop();
+  EXPECT_EQ(served.load(), 200u * 32 * kChunk);
+  std::map<std::string, int> per_device;
+  for (const auto& s : pub.sent()) per_device[s.topic]++;
+  EXPECT_EQ(per_device.size(), 200u);
+  for (const auto& [topic, n] : per_device) EXPECT_EQ(n, 32) << topic;
+}
+
+}  // namespace
