@@ -268,6 +268,7 @@ MetricsSnapshot Controller::metrics_snapshot(DbLock& db) {
   s.bytes_served = bytes_served();
   s.chunks_sent = chunks_sent();
   s.chunk_unacked_bytes = chunks_.unacked_bytes();
+  s.chunk_unacked_peak = chunks_.peak_unacked_bytes();
   s.chunk_unacked_limit = cfg_.chunk_flow.max_unacked_bytes;
   s.chunk_queued = chunks_.queued_chunks();
   s.chunk_frames_lost = chunks_.frames_lost();

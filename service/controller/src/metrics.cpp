@@ -30,6 +30,9 @@ void traffic_metrics(std::ostream& o, const MetricsSnapshot& s) {
        "# TYPE ota_chunks_served_total counter\nota_chunks_served_total " << s.chunks_sent << "\n";
   o << "# HELP ota_chunk_unacked_bytes Chunk frames published and not yet acknowledged by the broker.\n"
        "# TYPE ota_chunk_unacked_bytes gauge\nota_chunk_unacked_bytes " << s.chunk_unacked_bytes << "\n";
+  o << "# HELP ota_chunk_unacked_peak_bytes The most ota_chunk_unacked_bytes has been since the start.\n"
+       "# TYPE ota_chunk_unacked_peak_bytes gauge\nota_chunk_unacked_peak_bytes "
+    << s.chunk_unacked_peak << "\n";
   o << "# HELP ota_chunk_unacked_limit_bytes The send budget (--chunk-queue-bytes).\n"
        "# TYPE ota_chunk_unacked_limit_bytes gauge\nota_chunk_unacked_limit_bytes "
     << s.chunk_unacked_limit << "\n";

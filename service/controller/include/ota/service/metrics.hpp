@@ -28,8 +28,8 @@ struct MetricsSnapshot {
   std::uint64_t bytes_served = 0, chunks_sent = 0, decode_errors = 0, ignored_messages = 0;
   // Chunk flow control (chunk_server.hpp): the send budget in use and its limit, chunks
   // waiting for it, frames counted lost.
-  std::uint64_t chunk_unacked_bytes = 0, chunk_unacked_limit = 0, chunk_queued = 0,
-                chunk_frames_lost = 0;
+  std::uint64_t chunk_unacked_bytes = 0, chunk_unacked_peak = 0, chunk_unacked_limit = 0,
+                chunk_queued = 0, chunk_frames_lost = 0;
   std::array<std::uint64_t, kDropReasonCount> dropped{};
   // Live rollouts (running, scheduled, paused, or ended with devices still reporting).
   struct Rollout {
