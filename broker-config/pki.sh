@@ -4,7 +4,9 @@
 #   pki.sh init    DIR [--prefix P]                CA, server, controller, monitor, probe,
 #                                                  release key, ACL, (empty) CRL
 #   pki.sh device  DIR ID [--group G]...           one device certificate (+ group ACL)
-#   pki.sh devices DIR COUNT NAME [--group G]...   NAME-001 .. NAME-COUNT
+#   pki.sh devices DIR COUNT NAME [--group G]...   NAME-001 .. NAME-COUNT (printf %03d:
+#                                                  NAME-999, NAME-1000, ...); uses the
+#                                                  ota-pki-devices tool when built
 #   pki.sh monitor DIR NAME                        another read-only identity, NAME ota-monitor-*
 #   pki.sh revoke  DIR ID                          revoke a device: CRL, ACL section removed,
 #                                                  its files moved to revoked/
@@ -309,6 +311,55 @@ cmd_device() {
   acl_add_groups "$dir" "$id" "${GROUPS_[@]+"${GROUPS_[@]}"}"
 }
 
+# The certificate tool built from device-agent/sim (ota-pki-devices: every certificate in one
+# process, 10,000 in seconds): $OTA_PKI_DEVICES, else one on PATH, else the one in this
+# checkout's build/. Empty when there is none: then one openssl process per certificate.
+pki_devices_tool() {
+  local t
+  for t in "${OTA_PKI_DEVICES:-}" "$(command -v ota-pki-devices 2>/dev/null || true)" \
+      "$SCRIPT_DIR/../build/device-agent/sim/ota-pki-devices"; do
+    if [[ -n "$t" && -x "$t" ]]; then echo "$t"; return 0; fi
+  done
+}
+
+# acl_add_groups_many DIR G... < ids — acl_add_groups for many devices: the sections of
+# devices that have none are appended in one write (in the order given, as acl_add_groups
+# would), devices whose section lacks a group line go through acl_add_groups.
+acl_add_groups_many() {
+  local dir="$1"; shift
+  (($#)) || { cat >/dev/null; return 0; }
+  local acl="$dir/acl" prefix id
+  prefix="$(cat "$dir/prefix")"
+  local -a partial=()
+  awk -v prefix="$prefix" -v groups="$*" -v blocks="$acl.new" -v partial="$acl.partial" '
+    BEGIN { n = split(groups, g, " "); printf "" > blocks; printf "" > partial }
+    FNR == NR {  # the ACL: which users have which lines
+      if ($0 ~ /^user /) { user = substr($0, 6); has_user[user] = 1; next }
+      if (user != "") has_line[user, $0] = 1
+      next
+    }
+    $0 != "" && !($0 in has_user) {
+      printf "\n# device %s: group offers\nuser %s\n", $0, $0 > blocks
+      for (i = 1; i <= n; i++) printf "topic read %s/grp/%s/offer\n", prefix, g[i] > blocks
+      has_user[$0] = 1
+      next
+    }
+    $0 != "" {
+      for (i = 1; i <= n; i++)
+        if (!(($0, "topic read " prefix "/grp/" g[i] "/offer") in has_line)) { print $0 > partial; break }
+    }' "$acl" - || { rm -f "$acl.new" "$acl.partial"; return 1; }
+  if [[ -s "$acl.new" ]]; then
+    cat "$acl" "$acl.new" >"$acl.tmp"
+    chmod 644 "$acl.tmp"
+    mv -f "$acl.tmp" "$acl"
+  fi
+  mapfile -t partial <"$acl.partial"
+  rm -f "$acl.new" "$acl.partial"
+  for id in "${partial[@]+"${partial[@]}"}"; do acl_add_groups "$dir" "$id" "$@"; done
+}
+
+# Device ids are NAME-%03d at any count (NAME-001..NAME-999, NAME-1000..), the rule
+# ota-devsim --id-prefix NAME uses to find them.
 cmd_devices() {
   (($# >= 3)) || usage
   local dir="$1" count="$2" name="$3"; shift 3
@@ -316,7 +367,7 @@ cmd_devices() {
     bad "invalid COUNT '$count': 1..99999"
   count=$((10#$count))
   local width=3
-  ((count > 999)) && width=${#count}
+  ((${#count} > width)) && width=${#count}
   check_id "name" "$name"
   ((${#name} + 1 + width <= 64)) || bad "name '$name' too long for $count devices"
   parse_groups "$@"
@@ -324,32 +375,38 @@ cmd_devices() {
   dir="$(cd "$dir" && pwd)"
   mkdir -p "$dir/devices"
 
-  # Certificates in parallel (one openssl process per device, one job per CPU), then the
-  # ACL serially (it is a single file).
-  local jobs i id
-  jobs="$(nproc 2>/dev/null || echo 2)"
-  local -a ids=()
+  local i id
+  local -a ids=() missing=()
   for ((i = 1; i <= count; i++)); do
-    printf -v id '%s-%0*d' "$name" "$width" "$i"
+    printf -v id '%s-%03d' "$name" "$i"
     ids+=("$id")
+    [[ -f "$dir/devices/$id.crt" && -f "$dir/devices/$id.key" ]] || missing+=("$id")
   done
-  local running=0 failed=0
-  for id in "${ids[@]}"; do
-    if [[ -f "$dir/devices/$id.crt" && -f "$dir/devices/$id.key" ]]; then continue; fi
-    issue "$dir" "$dir/devices/$id" "$id" v3_client &
-    running=$((running + 1))
-    if ((running >= jobs)); then
+  local tool
+  tool="$(pki_devices_tool)"
+  if ((${#missing[@]})) && [[ -n "$tool" ]]; then
+    printf '%s\n' "${missing[@]}" | "$tool" --dir "$dir" --days "$LEAF_DAYS" --profile v3_client ||
+      die "some device certificates failed"
+  elif ((${#missing[@]})); then
+    # One openssl process per device, one job per CPU.
+    local jobs running=0 failed=0
+    jobs="$(nproc 2>/dev/null || echo 2)"
+    for id in "${missing[@]}"; do
+      issue "$dir" "$dir/devices/$id" "$id" v3_client &
+      running=$((running + 1))
+      if ((running >= jobs)); then
+        wait -n || failed=1
+        running=$((running - 1))
+      fi
+    done
+    while ((running > 0)); do
       wait -n || failed=1
       running=$((running - 1))
-    fi
-  done
-  while ((running > 0)); do
-    wait -n || failed=1
-    running=$((running - 1))
-  done
-  ((failed == 0)) || die "some device certificates failed"
+    done
+    ((failed == 0)) || die "some device certificates failed"
+  fi
   if ((${#GROUPS_[@]})); then
-    for id in "${ids[@]}"; do acl_add_groups "$dir" "$id" "${GROUPS_[@]}"; done
+    printf '%s\n' "${ids[@]}" | acl_add_groups_many "$dir" "${GROUPS_[@]}" || die "ACL update failed"
   fi
 }
 

@@ -1,11 +1,18 @@
 // ota-devsim: a simulated fleet. Every device runs the real agent core with the Linux
-// ports (own TLS identity, own MQTT connection, own flash files) on its own thread.
+// ports (own TLS identity, own MQTT connection, own flash files). A few worker threads
+// (--threads) each own many devices and drive them from an epoll loop (fleet_worker.hpp), so
+// one process holds thousands of connections; every call for one device happens on its
+// owning worker's thread.
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <csignal>
 #include <cstdio>
+#include <cstring>
 #include <memory>
 #include <set>
 #include <sstream>
@@ -17,6 +24,8 @@
 
 #include "ota/agent/linux/device_runner.hpp"
 #include "ota/proto/messages.hpp"
+
+#include "fleet_worker.hpp"
 
 namespace {
 std::atomic<bool> g_stop{false};
@@ -49,7 +58,49 @@ struct FleetOptions {
   std::int64_t corrupt_offset = 0;
   int status_ms = 0;
   bool app_bundles = false;
+  unsigned threads = 0;        // 0: hardware concurrency (one per device with slow flash)
+  unsigned connect_rate = 500;  // devices powered on per second at start (0: all at once)
 };
+
+// Descriptors one device holds: its MQTT socket and libmosquitto's wake-up socket pair, plus
+// the slot file while it writes an image. The rest is for the process itself.
+constexpr rlim_t kDescriptorsPerDevice = 4;
+constexpr rlim_t kDescriptorsReserved = 64;
+
+// Raises the soft RLIMIT_NOFILE to the hard limit. False (with the message printed) when
+// even the hard limit is too low for `count` devices.
+bool raise_descriptor_limit(int count) {
+  rlimit lim{};
+  if (::getrlimit(RLIMIT_NOFILE, &lim) != 0) {
+    std::fprintf(stderr, "ota-devsim: getrlimit(RLIMIT_NOFILE): %s\n", std::strerror(errno));
+    return false;
+  }
+  const rlim_t needed = static_cast<rlim_t>(count) * kDescriptorsPerDevice + kDescriptorsReserved;
+  if (lim.rlim_max != RLIM_INFINITY && lim.rlim_max < needed) {
+    std::fprintf(stderr,
+                 "ota-devsim: --count %d needs %llu file descriptors (%llu per device + %llu), "
+                 "but the hard RLIMIT_NOFILE is %llu: raise it (ulimit -Hn, LimitNOFILE=, "
+                 "limits.conf) or run fewer devices per process (at most %llu)\n",
+                 count, static_cast<unsigned long long>(needed),
+                 static_cast<unsigned long long>(kDescriptorsPerDevice),
+                 static_cast<unsigned long long>(kDescriptorsReserved),
+                 static_cast<unsigned long long>(lim.rlim_max),
+                 static_cast<unsigned long long>(
+                     lim.rlim_max > kDescriptorsReserved
+                         ? (lim.rlim_max - kDescriptorsReserved) / kDescriptorsPerDevice
+                         : 0));
+    return false;
+  }
+  if (lim.rlim_cur != RLIM_INFINITY && lim.rlim_cur < lim.rlim_max) {
+    lim.rlim_cur = lim.rlim_max;
+    if (::setrlimit(RLIMIT_NOFILE, &lim) != 0) {
+      std::fprintf(stderr, "ota-devsim: setrlimit(RLIMIT_NOFILE, %llu): %s\n",
+                   static_cast<unsigned long long>(lim.rlim_max), std::strerror(errno));
+      return false;
+    }
+  }
+  return true;
+}
 
 // One runner per device, each with its own certificate, data directory and injected faults.
 // Empty when a device has no certificate (the error is printed).
@@ -95,29 +146,49 @@ std::vector<std::unique_ptr<DeviceRunner>> make_devices(FleetOptions& f) {
   return devices;
 }
 
-// Runs every device on its own thread until a signal or a device fails; prints a status line
+// Worker threads: --threads, else one per core; slow flash (--flash-write-delay-us) sleeps
+// inside the device's flash write, which would hold up every device sharing its thread, so
+// then each device gets its own thread unless --threads says otherwise.
+unsigned worker_count(const FleetOptions& f, std::size_t devices) {
+  unsigned n = f.threads;
+  if (n == 0) {
+    n = f.base.flash_write_delay_us > 0 ? static_cast<unsigned>(devices)
+                                        : std::max(1u, std::thread::hardware_concurrency());
+  }
+  return static_cast<unsigned>(std::min<std::size_t>(n, devices));
+}
+
+// Runs the devices on the workers until a signal or a device fails; prints a status line
 // every `status_ms` (0: never). The exit code.
-int run_fleet(const std::vector<std::unique_ptr<DeviceRunner>>& devices, int status_ms) {
+int run_fleet(const std::vector<std::unique_ptr<DeviceRunner>>& devices, const FleetOptions& f) {
   std::signal(SIGINT, on_signal);
   std::signal(SIGTERM, on_signal);
+  const unsigned n_workers = worker_count(f, devices.size());
+  // Devices are dealt round-robin and powered on at --connect-rate (a fleet at full speed
+  // would make the broker's TLS handshakes time out and start in a reconnect storm).
+  const auto t0 = std::chrono::steady_clock::now();
+  std::vector<std::unique_ptr<ota::devsim::FleetWorker>> workers;
+  for (unsigned w = 0; w < n_workers; ++w) workers.push_back(std::make_unique<ota::devsim::FleetWorker>());
+  for (std::size_t i = 0; i < devices.size(); ++i) {
+    const auto offset = f.connect_rate == 0
+                            ? std::chrono::microseconds(0)
+                            : std::chrono::microseconds(i * 1000000u / f.connect_rate);
+    workers[i % n_workers]->add(devices[i].get(), t0 + offset);
+  }
   std::atomic<int> failed{0};
   std::vector<std::thread> threads;
-  for (auto& d : devices) {
-    threads.emplace_back([&failed, dev = d.get()] {
-      std::string error;
-      if (!dev->run(g_stop, error)) {
-        std::fprintf(stderr, "ota-devsim: %s: %s\n", dev->options().device_id.c_str(), error.c_str());
-        ++failed;
-      }
+  for (auto& w : workers) {
+    threads.emplace_back([&failed, worker = w.get()] {
+      if (!worker->run(g_stop)) ++failed;
     });
   }
-  std::printf("ota-devsim running %zu devices\n", devices.size());
+  std::printf("ota-devsim running %zu devices on %u threads\n", devices.size(), n_workers);
   std::fflush(stdout);
   auto next_status = std::chrono::steady_clock::now();
   while (!g_stop && failed == 0) {
     std::this_thread::sleep_for(std::chrono::milliseconds(50));  // display pacing, not sync
-    if (status_ms > 0 && std::chrono::steady_clock::now() >= next_status) {
-      next_status += std::chrono::milliseconds(status_ms);
+    if (f.status_ms > 0 && std::chrono::steady_clock::now() >= next_status) {
+      next_status += std::chrono::milliseconds(f.status_ms);
       int online = 0, busy = 0;
       for (auto& d : devices) {
         online += d->connected ? 1 : 0;
@@ -215,10 +286,18 @@ int main(int argc, char** argv) {
                  "with --app-dir: paths no bundle may write or delete, e.g. wifi.json,certs/")
       ->delimiter(',');
   app.add_option("--status-ms", f.status_ms, "print a status line every N ms (0: never)");
+  app.add_option("--threads", f.threads,
+                 "worker threads, each driving its share of the devices from one epoll loop "
+                 "(default: one per core; one per device with --flash-write-delay-us)")
+      ->check(CLI::Range(1u, 10000u));
+  app.add_option("--connect-rate", f.connect_rate,
+                 "devices powered on per second at start (0: all at once)")
+      ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
 
+  if (!raise_descriptor_limit(f.count)) return 2;
   auto devices = make_devices(f);
   if (devices.empty()) return 2;
   ::mkdir(f.data.c_str(), 0700);
-  return run_fleet(devices, f.status_ms);
+  return run_fleet(devices, f);
 }

@@ -1,15 +1,17 @@
 #include "ota/agent/linux/device_runner.hpp"
 
 #include <fcntl.h>
+#include <poll.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <chrono>
 #include <csignal>
 #include <cstdio>
 #include <cstring>
-#include <string>
-
 #include <memory>
+#include <string>
 
 #include "ota/agent/agent.hpp"
 #include "ota/agent/linux/bundle_flash.hpp"
@@ -29,7 +31,37 @@ std::uint32_t percent_of(const Agent& agent) {
   return total == 0 ? 0 : st.received_chunks * 100u / total;
 }
 
+// Tick cadence: while an update is under way the agent hashes and re-requests from tick()
+// (as often as the old one-thread-per-device loop did); an idle agent only checks its
+// heartbeat ("at least every few hundred milliseconds", agent.hpp).
+constexpr std::chrono::milliseconds kBusyTick{20};
+constexpr std::chrono::milliseconds kIdleTick{250};
+
 }  // namespace
+
+struct DeviceRunner::BootSetup {
+  std::vector<ProvisionedKey> keys;
+  std::vector<const char*> groups;
+  AgentConfig cfg;
+  MqttSettings mqtt;
+  OpensslCrypto crypto;
+  SystemClock clock;
+};
+
+// Members are destroyed in reverse order: the agent first, the flash last.
+struct DeviceRunner::Powered {
+  std::unique_ptr<FileFlash> file;      // firmware slots, or
+  std::unique_ptr<BundleFlash> bundle;  // an application tree
+  std::unique_ptr<FileStorage> storage, key_storage;
+  std::unique_ptr<MosquittoTransport> transport;
+  std::unique_ptr<Agent> agent;
+  std::uint64_t counted_bytes = 0;  // agent bytes already added to bytes_received
+  FlashPort& flash() { return file ? static_cast<FlashPort&>(*file) : *bundle; }
+  bool reset_requested() const { return file ? file->reset_requested() : bundle->reset_requested(); }
+};
+
+DeviceRunner::DeviceRunner(DeviceOptions options) : opt_(std::move(options)) {}
+DeviceRunner::~DeviceRunner() = default;
 
 std::string DeviceRunner::running_version() const {
   std::lock_guard<std::mutex> lock(mu_);
@@ -157,7 +189,7 @@ bool DeviceRunner::mqtt_settings(MqttSettings& mqtt, std::string& error) const {
 }
 
 // Power-on of whichever store the device installs into: firmware slots or an application tree.
-bool DeviceRunner::power_on_flash(PoweredFlash& out, std::string& error) {
+bool DeviceRunner::power_on_flash(Powered& out, std::string& error) {
   if (opt_.app_dir.empty()) {
     FileFlashConfig cfg;
     cfg.dir = opt_.data_dir + "/flash";
@@ -207,63 +239,172 @@ bool DeviceRunner::inject_download_faults(const Agent& agent, MosquittoTransport
   return false;
 }
 
-// One power cycle: flash, storage, transport and agent are built from the files alone (nothing
-// in RAM survives), then run until the agent asks for a reset, power is lost, or `stop`.
-DeviceRunner::BootEnd DeviceRunner::boot_once(BootSetup& setup, const std::atomic<bool>& stop,
-                                              std::string& error) {
-  PoweredFlash powered;
-  if (!power_on_flash(powered, error)) return BootEnd::failed;
-  FlashPort& flash = powered.port();
-  FileStorage storage(opt_.data_dir + "/agent.state", opt_.durable);
-  FileStorage key_storage(opt_.data_dir + "/agent.keys", opt_.durable);
-  auto transport = std::make_unique<MosquittoTransport>(setup.mqtt);
-  auto agent = std::make_unique<Agent>(setup.cfg, flash, *transport, setup.clock, storage,
-                                       key_storage, setup.crypto);
+// Power-on: flash, storage, transport and agent are built from the files alone (nothing in
+// RAM survives a power cycle), the agent boots and the transport starts connecting.
+bool DeviceRunner::power_on(std::string& error) {
+  auto p = std::make_unique<Powered>();
+  if (!power_on_flash(*p, error)) return false;
+  BootSetup& setup = *setup_;
+  p->storage = std::make_unique<FileStorage>(opt_.data_dir + "/agent.state", opt_.durable);
+  p->key_storage = std::make_unique<FileStorage>(opt_.data_dir + "/agent.keys", opt_.durable);
+  p->transport = std::make_unique<MosquittoTransport>(setup.mqtt);
+  p->agent = std::make_unique<Agent>(setup.cfg, p->flash(), *p->transport, setup.clock,
+                                     *p->storage, *p->key_storage, setup.crypto);
   ++boots;
   ImageState img;
-  flash.read_state(img);
+  p->flash().read_state(img);
   set_running_version(img.running_version.c_str());
-  agent->boot();
-  if (agent->reset_requested()) return BootEnd::reset;
-  transport->set_handlers([&] { agent->on_connected(); },
-                          [&](const char* t, const std::uint8_t* p, std::size_t n) {
-                            if (setup.cfg.offer_policy != nullptr) note_offer(t, p, n);
-                            agent->on_message(t, p, n);
-                          });
-  if (!transport->start(error)) return BootEnd::failed;
-  std::uint64_t counted_bytes = 0;
-  while (!stop && !agent->reset_requested()) {
-    transport->poll(20);
-    agent->tick();
-    const auto& st = agent->persisted();
-    state = static_cast<int>(st.state);
-    received_chunks = st.received_chunks;
-    total_chunks = st.manifest.chunk_count();
-    connected = transport->connected();
-    if (flash.read_state(img) == PortStatus::ok) set_running_version(img.running_version.c_str());
-    bytes_received += agent->stats().bytes_received - counted_bytes;
-    counted_bytes = agent->stats().bytes_received;
-    if (st.state == proto::DeviceState::downloading && inject_download_faults(*agent, *transport))
-      break;  // power lost: RAM state gone, the caller powers on again
+  Agent& agent = *p->agent;
+  agent.boot();
+  powered_ = std::move(p);
+  phase_ = Phase::serving;
+  if (agent.reset_requested()) {  // e.g. a trial image reverted: reboot before going online
+    power_off();
+    return true;
   }
-  if (powered.reset_requested() || stop) transport->stop();
-  corrupted_ = corrupted_ || opt_.corrupt_write_offset >= 0;
-  return BootEnd::reset;
+  powered_->transport->set_handlers([&agent] { agent.on_connected(); },
+                                    [this, &agent](const char* topic, const std::uint8_t* payload,
+                                                   std::size_t len) {
+                                      if (setup_->cfg.offer_policy != nullptr) {
+                                        note_offer(topic, payload, len);
+                                      }
+                                      agent.on_message(topic, payload, len);
+                                    });
+  return powered_->transport->start(error);
 }
 
-bool DeviceRunner::run(const std::atomic<bool>& stop, std::string& error) {
+// Everything in RAM is gone; the files stay.
+void DeviceRunner::power_off() {
+  powered_.reset();
+  corrupted_ = corrupted_ || opt_.corrupt_write_offset >= 0;
+  connected = false;
+  phase_ = stop_requested_ ? Phase::finished : Phase::off;
+}
+
+void DeviceRunner::publish_figures() {
+  Powered& p = *powered_;
+  const auto& st = p.agent->persisted();
+  state = static_cast<int>(st.state);
+  received_chunks = st.received_chunks;
+  total_chunks = st.manifest.chunk_count();
+  connected = p.transport->connected();
+  ImageState img;
+  if (p.flash().read_state(img) == PortStatus::ok) set_running_version(img.running_version.c_str());
+  bytes_received += p.agent->stats().bytes_received - p.counted_bytes;
+  p.counted_bytes = p.agent->stats().bytes_received;
+}
+
+// One serving step of a powered device: network, tick, faults; a reset asked for by the
+// flash (a new image activated) powers off cleanly, a lost power at once.
+DeviceRunner::Clock::time_point DeviceRunner::serve(bool readable, bool writable) {
+  Powered& p = *powered_;
+  const Clock::time_point network_due = p.transport->step(readable, writable);
+  p.agent->tick();
+  publish_figures();
+  const auto& st = p.agent->persisted();
+  if (st.state == proto::DeviceState::downloading && inject_download_faults(*p.agent, *p.transport)) {
+    power_off();  // power lost: RAM state gone, the next step powers on again
+    return Clock::now();
+  }
+  if (p.agent->reset_requested()) {
+    if (!p.reset_requested()) {
+      power_off();
+      return Clock::now();
+    }
+    phase_ = Phase::powering_off;
+    p.transport->begin_stop();
+    return Clock::now();
+  }
+  const bool busy = st.state != proto::DeviceState::idle;
+  return std::min(network_due, Clock::now() + (busy ? kBusyTick : kIdleTick));
+}
+
+bool DeviceRunner::start(std::string& error) {
   if (!proto::valid_id(opt_.device_id.c_str(), opt_.device_id.size())) {
     error = "invalid device id '" + opt_.device_id + "' (1-64 of [A-Za-z0-9._-])";
     return false;
   }
   ::mkdir(opt_.data_dir.c_str(), 0700);
-  BootSetup setup;
-  if (!load_keys(setup.keys, error)) return false;
-  for (const auto& g : opt_.groups) setup.groups.push_back(g.c_str());
-  setup.cfg = agent_config(setup);
-  if (!mqtt_settings(setup.mqtt, error)) return false;
-  while (!stop) {
-    if (boot_once(setup, stop, error) == BootEnd::failed) return false;
+  setup_ = std::make_unique<BootSetup>();
+  if (!load_keys(setup_->keys, error)) return false;
+  for (const auto& g : opt_.groups) setup_->groups.push_back(g.c_str());
+  setup_->cfg = agent_config(*setup_);
+  if (!mqtt_settings(setup_->mqtt, error)) return false;
+  phase_ = Phase::off;
+  return true;
+}
+
+bool DeviceRunner::step(bool readable, bool writable, Clock::time_point& next,
+                        std::string& error) {
+  switch (phase_) {
+    case Phase::off:
+      if (!power_on(error)) {
+        powered_.reset();
+        phase_ = Phase::finished;
+        return false;
+      }
+      next = Clock::now();  // serve at once: the first connection attempt is under way
+      return true;
+    case Phase::serving:
+      next = serve(readable, writable);
+      return true;
+    case Phase::powering_off: {
+      MosquittoTransport& t = *powered_->transport;
+      next = t.step(readable, writable);
+      if (t.stopped()) {
+        power_off();
+        next = Clock::now();
+      }
+      return true;
+    }
+    case Phase::finished:
+      next = Clock::now() + std::chrono::hours(1);
+      return true;
+  }
+  return true;
+}
+
+int DeviceRunner::socket() const {
+  return powered_ != nullptr ? powered_->transport->socket() : -1;
+}
+
+bool DeviceRunner::wants_write() const {
+  return powered_ != nullptr && powered_->transport->wants_write();
+}
+
+void DeviceRunner::request_stop() {
+  if (stop_requested_) return;
+  stop_requested_ = true;
+  if (phase_ == Phase::off) {
+    phase_ = Phase::finished;
+  } else if (phase_ == Phase::serving) {
+    phase_ = Phase::powering_off;
+    powered_->transport->begin_stop();
+  }
+}
+
+// The steppable form with this thread waiting on the one socket. The wait is capped so that
+// `stop` is seen within 100 ms even without a signal.
+bool DeviceRunner::run(const std::atomic<bool>& stop, std::string& error) {
+  if (!start(error)) return false;
+  bool readable = false, writable = false;
+  while (!finished()) {
+    if (stop) request_stop();
+    Clock::time_point next;
+    if (!step(readable, writable, next, error)) return false;
+    readable = writable = false;
+    const auto wait = std::chrono::duration_cast<std::chrono::milliseconds>(next - Clock::now());
+    const int timeout_ms =
+        static_cast<int>(std::clamp<std::chrono::milliseconds::rep>(wait.count(), 0, 100));
+    pollfd pfd{socket(), static_cast<short>(POLLIN | (wants_write() ? POLLOUT : 0)), 0};
+    if (pfd.fd < 0) {
+      if (timeout_ms > 0) ::poll(nullptr, 0, timeout_ms);
+      continue;
+    }
+    if (::poll(&pfd, 1, timeout_ms) > 0) {
+      readable = (pfd.revents & (POLLIN | POLLHUP | POLLERR)) != 0;
+      writable = (pfd.revents & POLLOUT) != 0;
+    }
   }
   return true;
 }

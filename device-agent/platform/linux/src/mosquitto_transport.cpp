@@ -142,21 +142,101 @@ void MosquittoTransport::poll(int timeout_ms) {
   if (mosquitto_loop(mosq_, timeout_ms, 1) != MOSQ_ERR_SUCCESS) link_lost();
 }
 
+namespace {
+// mosquitto_loop_misc() sends PINGREQ and notices a silent broker; keepalive is counted in
+// seconds, so once a second is often enough.
+constexpr std::chrono::milliseconds kMiscInterval{1000};
+}  // namespace
+
+int MosquittoTransport::socket() const { return mosq_ != nullptr ? mosquitto_socket(mosq_) : -1; }
+
+bool MosquittoTransport::wants_write() const {
+  return mosq_ != nullptr && mosquitto_socket(mosq_) >= 0 && mosquitto_want_write(mosq_);
+}
+
+// What mosquitto_loop() does after its select(), for a socket the caller waited on. Reading
+// may queue output (answers sent from the message handler), so writing comes second.
+bool MosquittoTransport::service_socket(bool readable, bool writable) {
+  int rc = MOSQ_ERR_SUCCESS;
+  if (readable) rc = mosquitto_loop_read(mosq_, 1);
+  if (rc == MOSQ_ERR_SUCCESS && mosquitto_socket(mosq_) >= 0 &&
+      (writable || mosquitto_want_write(mosq_))) {
+    rc = mosquitto_loop_write(mosq_, 1);
+  }
+  if (rc == MOSQ_ERR_SUCCESS) rc = mosquitto_loop_misc(mosq_);
+  return rc == MOSQ_ERR_SUCCESS;
+}
+
+std::chrono::steady_clock::time_point MosquittoTransport::step(bool readable, bool writable) {
+  using Clock = std::chrono::steady_clock;
+  const auto now = Clock::now();
+  if (mosq_ == nullptr || stop_ == StopPhase::done) return now + kMiscInterval;
+  if (stop_ == StopPhase::awaiting_offline_ack) {
+    if (!service_socket(readable, writable) || offline_acked_ || now >= offline_ack_deadline_) {
+      finish_stop();
+      return now;
+    }
+    return std::min(now + kMiscInterval, offline_ack_deadline_);
+  }
+  if (link_ == Link::down) {
+    if (now >= next_attempt_) try_connect();
+    if (link_ == Link::down) return next_attempt_;
+  }
+  if (link_ == Link::awaiting_connack && now >= connack_deadline_) {
+    link_lost();  // as in poll(): the next attempt closes the socket
+    return next_attempt_;
+  }
+  if (!service_socket(readable, writable)) {
+    link_lost();
+    return next_attempt_;
+  }
+  if (link_ == Link::awaiting_connack) return std::min(now + kMiscInterval, connack_deadline_);
+  return now + kMiscInterval;
+}
+
+void MosquittoTransport::begin_stop() {
+  if (stop_ != StopPhase::running) return;
+  if (mosq_ != nullptr && connected_ && !settings_.will_topic.empty() && publish_offline()) {
+    stop_ = StopPhase::awaiting_offline_ack;
+    offline_ack_deadline_ = std::chrono::steady_clock::now() + settings_.offline_ack_timeout;
+    return;
+  }
+  finish_stop();
+}
+
+void MosquittoTransport::finish_stop() {
+  if (mosq_ != nullptr && connected_) {
+    // The DISCONNECT is small and goes out at once on a writable socket; whatever is left
+    // when the transport is destroyed is lost, and the last will says the same then.
+    mosquitto_disconnect(mosq_);
+    if (mosquitto_socket(mosq_) >= 0 && mosquitto_want_write(mosq_)) mosquitto_loop_write(mosq_, 1);
+  }
+  offline_mid_ = -1;
+  link_ = Link::down;
+  connected_ = false;
+  stop_ = StopPhase::done;
+}
+
 void MosquittoTransport::drop() {
   const int fd = mosq_ != nullptr ? mosquitto_socket(mosq_) : -1;
   if (fd >= 0) ::shutdown(fd, SHUT_RDWR);
   connected_ = false;
 }
 
-void MosquittoTransport::publish_offline_and_wait() {
+bool MosquittoTransport::publish_offline() {
   offline_acked_ = false;
   int mid = -1;
   if (mosquitto_publish(mosq_, &mid, settings_.will_topic.c_str(),
                         static_cast<int>(settings_.will_payload.size()),
                         settings_.will_payload.data(), 1, true) != MOSQ_ERR_SUCCESS) {
-    return;
+    return false;
   }
   offline_mid_ = mid;
+  return true;
+}
+
+void MosquittoTransport::publish_offline_and_wait() {
+  if (!publish_offline()) return;
   // The PUBACK proves the broker stored the retained offline message; the DISCONNECT that
   // follows must not overtake it. If the link dies meanwhile the last will says the same.
   // Messages arriving meanwhile still reach the agent, as in any poll().

@@ -1,6 +1,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -64,11 +65,38 @@ struct DeviceOptions {
 // One device: the agent core wired to the Linux ports, in a loop of power-on, serve,
 // reboot. Reboots (after activation, or a simulated crash) happen in-process: everything
 // in RAM is dropped and rebuilt from the files, as on real hardware.
+//
+// Two forms, both single-threaded per device (every call for one device from one thread):
+//  - run(): blocking, the device on the caller's thread (ota-agent).
+//  - start() / step() / request_stop(): non-blocking, for an event loop that drives many
+//    devices on one thread (ota-devsim). The loop waits on socket() (readable; writable too
+//    while wants_write()) and calls step() when it is ready, or when the time step() gave
+//    has come. run() is this loop for one device.
 class DeviceRunner {
  public:
-  explicit DeviceRunner(DeviceOptions options) : opt_(std::move(options)) {}
-  // Runs until `stop` is set. Returns false with `error` on a configuration error.
+  using Clock = std::chrono::steady_clock;
+
+  explicit DeviceRunner(DeviceOptions options);
+  ~DeviceRunner();
+  DeviceRunner(const DeviceRunner&) = delete;
+  DeviceRunner& operator=(const DeviceRunner&) = delete;
+
+  // Runs until `stop` is set (then powers off cleanly). Returns false with `error` on a
+  // configuration error.
   bool run(const std::atomic<bool>& stop, std::string& error);
+
+  // Checks the options and loads the keys; the first step() powers the device on. False
+  // with `error` on a configuration error.
+  bool start(std::string& error);
+  // Network I/O (what the caller saw on socket()), the agent's tick, injected faults,
+  // power cycles. Sets `next` to when it must run again at the latest. False with `error`
+  // when the device cannot go on (its flash cannot be initialised...).
+  bool step(bool readable, bool writable, Clock::time_point& next, std::string& error);
+  int socket() const;  // -1 while there is none; may change at any step()
+  bool wants_write() const;
+  // Clean power-off: the offline message and DISCONNECT, then finished(). Keep stepping.
+  void request_stop();
+  bool finished() const { return phase_ == Phase::finished; }
 
   // Live figures for progress displays (updated by the runner thread).
   std::atomic<int> state{0};  // proto::DeviceState
@@ -82,35 +110,30 @@ class DeviceRunner {
 
  private:
   // What every boot of this device shares; the agent's settings point into it.
-  struct BootSetup {
-    std::vector<ProvisionedKey> keys;
-    std::vector<const char*> groups;
-    AgentConfig cfg;
-    MqttSettings mqtt;
-    OpensslCrypto crypto;
-    SystemClock clock;
-  };
-  // The flash port of one power cycle: firmware slots or an application tree.
-  struct PoweredFlash {
-    std::unique_ptr<FileFlash> file;
-    std::unique_ptr<BundleFlash> bundle;
-    FlashPort& port() { return file ? static_cast<FlashPort&>(*file) : *bundle; }
-    bool reset_requested() const { return file ? file->reset_requested() : bundle->reset_requested(); }
-  };
-  enum class BootEnd { reset, failed };
+  struct BootSetup;
+  // One power cycle: flash, storage, transport and agent, built from the files alone.
+  struct Powered;
+  enum class Phase { off, serving, powering_off, finished };
 
   bool load_keys(std::vector<ProvisionedKey>& keys, std::string& error) const;
   AgentConfig agent_config(const BootSetup& setup);
   bool mqtt_settings(MqttSettings& mqtt, std::string& error) const;
-  bool power_on_flash(PoweredFlash& out, std::string& error);
+  bool power_on_flash(Powered& out, std::string& error);
+  bool power_on(std::string& error);
+  void power_off();
+  Clock::time_point serve(bool readable, bool writable);
+  void publish_figures();
   bool inject_download_faults(const Agent& agent, MosquittoTransport& transport);
-  BootEnd boot_once(BootSetup& setup, const std::atomic<bool>& stop, std::string& error);
   void set_running_version(const char* v);
   static OfferDecision offer_policy(void* self, const proto::Manifest& manifest);
   void note_offer(const char* topic, const std::uint8_t* payload, std::size_t len);
   static void on_state(void* self, proto::DeviceState entered);
 
   DeviceOptions opt_;
+  std::unique_ptr<BootSetup> setup_;
+  std::unique_ptr<Powered> powered_;  // null while off
+  Phase phase_ = Phase::off;
+  bool stop_requested_ = false;
   mutable std::mutex mu_;
   std::string version_;
   bool dropped_ = false, crashed_ = false, corrupted_ = false;

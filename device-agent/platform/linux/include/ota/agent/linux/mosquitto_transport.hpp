@@ -44,8 +44,15 @@ std::chrono::milliseconds reconnect_delay(std::uint32_t failed_attempts,
                                           std::chrono::milliseconds base,
                                           std::chrono::milliseconds cap, std::uint64_t random);
 
-// Transport port on libmosquitto with TLS. Single-threaded: poll() runs the network loop
-// and calls the handlers on the caller's thread, so the agent needs no locks.
+// Transport port on libmosquitto with TLS. Single-threaded: poll() (or step()) runs the
+// network loop and calls the handlers on the caller's thread, so the agent needs no locks.
+// Two ways to drive it, never mixed on one transport:
+//  - poll(): blocking, one transport per thread (ota-agent, tests); stop() is blocking too.
+//  - step(): non-blocking, for an event loop that drives many transports on one thread
+//    (ota-devsim): the loop waits on socket() itself (epoll/poll, so descriptors above
+//    FD_SETSIZE work, which mosquitto_loop()'s select() refuses), then calls step() with
+//    what it saw, and again by the time step() returned at the latest. begin_stop() is the
+//    non-blocking stop(). The reconnect back-off and the CONNACK timeout are the same.
 class MosquittoTransport final : public Transport {
  public:
   using MessageHandler = std::function<void(const char*, const std::uint8_t*, std::size_t)>;
@@ -62,6 +69,20 @@ class MosquittoTransport final : public Transport {
   bool start(std::string& error);
   // Network I/O for up to `timeout_ms`; reconnects with back-off when the link is down.
   void poll(int timeout_ms);
+  // Non-blocking I/O: reads when `readable`, writes when `writable` or when output is queued,
+  // then keepalive; (re)connects when the back-off has passed and drops an attempt whose
+  // CONNACK is late. Returns when it must be called again at the latest (socket() and
+  // wants_write() may differ afterwards).
+  std::chrono::steady_clock::time_point step(bool readable, bool writable);
+  // The socket to wait on, -1 while there is none. A new connection attempt may reuse the
+  // number of a closed socket, so re-arm the wait after every step().
+  int socket() const;
+  // Output is queued: wait for the socket to be writable too.
+  bool wants_write() const;
+  // Non-blocking stop(): when connected, publishes the offline message; step() sends the
+  // DISCONNECT once its PUBACK arrived or offline_ack_timeout passed. stopped() then.
+  void begin_stop();
+  bool stopped() const { return stop_ == StopPhase::done; }
   // Cuts the TCP connection without a DISCONNECT (the broker publishes the last will).
   void drop();
   // Clean shutdown: when connected, publishes the offline message (will_payload, retained,
@@ -82,6 +103,7 @@ class MosquittoTransport final : public Transport {
 
  private:
   enum class Link { down, awaiting_connack, up };
+  enum class StopPhase { running, awaiting_offline_ack, done };
 
   static void on_connect_cb(mosquitto*, void* self, int rc);
   static void on_disconnect_cb(mosquitto*, void* self, int rc);
@@ -91,6 +113,9 @@ class MosquittoTransport final : public Transport {
   void link_lost();
   void schedule_next_attempt();
   void publish_offline_and_wait();
+  bool publish_offline();
+  bool service_socket(bool readable, bool writable);
+  void finish_stop();
 
   MqttSettings settings_;
   mosquitto* mosq_ = nullptr;
@@ -104,6 +129,8 @@ class MosquittoTransport final : public Transport {
   std::mt19937_64 jitter_rng_;
   int offline_mid_ = -1;  // message id of the offline message stop() waits for
   bool offline_acked_ = false;
+  StopPhase stop_ = StopPhase::running;  // begin_stop() / step() only
+  std::chrono::steady_clock::time_point offline_ack_deadline_{};
   ConnectHandler on_connect_;
   MessageHandler on_message_;
 };
