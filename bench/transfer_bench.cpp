@@ -119,29 +119,93 @@ double raw_run(const ota::test::Pki& pki, int port, const Settings& s, const std
   return mib_per_s(static_cast<std::size_t>(n) * s.chunk, t1 - t0);
 }
 
+// Reads the command line into `s`; false (usage printed) on an unknown or incomplete one.
+bool parse_args(int argc, char** argv, Settings& s) {
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    const bool has_value = i + 1 < argc;
+    auto next = [&]() -> long { return std::strtol(argv[++i], nullptr, 10); };
+    if (a == "--fsync") {
+      s.fsync = true;
+    } else if (has_value && a == "--size-mib") {
+      s.size = static_cast<std::size_t>(next()) << 20;
+    } else if (has_value && a == "--chunk") {
+      s.chunk = static_cast<std::uint32_t>(next());
+    } else if (has_value && a == "--runs") {
+      s.runs = static_cast<int>(next());
+    } else if (has_value && a == "--window") {
+      s.window = static_cast<std::uint32_t>(next());
+    } else {
+      std::fprintf(stderr, "usage: transfer_bench [--size-mib N] [--chunk B] [--runs N] [--window N] [--fsync]\n");
+      return false;
+    }
+  }
+  return true;
+}
+
+// Figures of one run: MiB/s of the transfer (offer to last chunk) and of offer to confirmed.
+struct RunResult {
+  bool ok = false;
+  double transfer = 0, end_to_end = 0;
+};
+
+// Uploads a random image as `version`, deploys it to the device and times it.
+RunResult ota_run(httplib::Client& api, ota::agent::linux_port::DeviceRunner& runner,
+                  const Settings& s, const std::string& device, const std::string& version,
+                  std::mt19937& rng) {
+  RunResult out;
+  std::string image(s.size, '\0');
+  for (auto& c : image) c = static_cast<char>(rng());
+  auto added = api.Post(("/api/v1/images?version=" + version + "&hw=bench-board&chunk_size=" +
+                         std::to_string(s.chunk)).c_str(),
+                        image, "application/octet-stream");
+  if (!added || added->status >= 300) {
+    std::fprintf(stderr, "bench: image add failed: %s\n", added ? added->body.c_str() : "no answer");
+    return out;
+  }
+  const auto t0 = Clock::now();
+  auto dep = api.Post("/api/v1/deployments",
+                      nlohmann::json{{"image", version}, {"device", device}}.dump(), "application/json");
+  if (!dep || dep->status != 201) {
+    std::fprintf(stderr, "bench: deploy failed\n");
+    return out;
+  }
+  const std::uint32_t chunks = static_cast<std::uint32_t>((s.size + s.chunk - 1) / s.chunk);
+  const bool got_all = ota::test::wait_until(
+      [&] { return runner.total_chunks == chunks && runner.received_chunks == chunks; }, 300s, 1ms);
+  const auto t1 = Clock::now();
+  const bool booted =
+      ota::test::wait_until([&] { return runner.running_version() == version; }, 60s, 1ms);
+  const auto t2 = Clock::now();
+  out.ok = got_all && booted;
+  out.transfer = mib_per_s(s.size, t1 - t0);
+  out.end_to_end = mib_per_s(s.size, t2 - t0);
+  return out;
+}
+
+// The controller, as users run it; its API client with the token once it is healthy.
+bool start_controller(ota::test::ChildProcess& controller, httplib::Client& api,
+                      const std::string& dir, const std::string& log) {
+  if (controller.pid() <= 0) {
+    std::fprintf(stderr, "bench: cannot start %s\n", OTA_CONTROLLER_BIN);
+    return false;
+  }
+  api.set_read_timeout(60);
+  if (!ota::test::wait_until([&] { auto r = api.Get("/api/v1/health"); return r && r->status == 200; }, 15s)) {
+    std::fprintf(stderr, "bench: controller did not start (log %s)\n", log.c_str());
+    return false;
+  }
+  std::ifstream tf(dir + "/ctl.db.token");  // created by the controller, mode 0600
+  std::string token;
+  std::getline(tf, token);
+  api.set_bearer_token_auth(token);
+  return true;
+}
 }  // namespace
 
 int main(int argc, char** argv) {
   Settings s;
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    auto next = [&]() -> long {
-      if (i + 1 >= argc) {
-        std::fprintf(stderr, "bench: %s needs a value\n", a.c_str());
-        std::exit(2);
-      }
-      return std::strtol(argv[++i], nullptr, 10);
-    };
-    if (a == "--size-mib") s.size = static_cast<std::size_t>(next()) << 20;
-    else if (a == "--chunk") s.chunk = static_cast<std::uint32_t>(next());
-    else if (a == "--runs") s.runs = static_cast<int>(next());
-    else if (a == "--window") s.window = static_cast<std::uint32_t>(next());
-    else if (a == "--fsync") s.fsync = true;
-    else {
-      std::fprintf(stderr, "usage: transfer_bench [--size-mib N] [--chunk B] [--runs N] [--window N] [--fsync]\n");
-      return 2;
-    }
-  }
+  if (!parse_args(argc, argv, s)) return 2;
   mosquitto_lib_init();
   ota::test::TempDir dir("bench");
   const std::string device = "bench-001";
@@ -158,22 +222,8 @@ int main(int argc, char** argv) {
                                  dir.path() + "/images", "--signing-key", pki.release_key(),
                                  "--http", "127.0.0.1:" + std::to_string(http_port),
                                  "--acl-file", pki.acl_path()}, log);
-  if (controller.pid() <= 0) {
-    std::fprintf(stderr, "bench: cannot start %s\n", OTA_CONTROLLER_BIN);
-    return 1;
-  }
   httplib::Client api("127.0.0.1", http_port);
-  api.set_read_timeout(60);
-  if (!ota::test::wait_until([&] { auto r = api.Get("/api/v1/health"); return r && r->status == 200; }, 15s)) {
-    std::fprintf(stderr, "bench: controller did not start (log %s)\n", log.c_str());
-    return 1;
-  }
-  {
-    std::ifstream tf(dir.path() + "/ctl.db.token");  // created by the controller, mode 0600
-    std::string token;
-    std::getline(tf, token);
-    api.set_bearer_token_auth(token);
-  }
+  if (!start_controller(controller, api, dir.path(), log)) return 1;
 
   // The device, in-process, so the bench can watch its progress without polling the API.
   ota::agent::linux_port::DeviceOptions opt;
@@ -206,37 +256,13 @@ int main(int argc, char** argv) {
   for (int run = 0; run < s.runs; ++run) {
     raw.push_back(raw_run(pki, raw_broker.port(), s, device));
 
-    std::string image(s.size, '\0');
-    for (auto& c : image) c = static_cast<char>(rng());
-    const std::string version = "1.1." + std::to_string(run);
-    auto added = api.Post(("/api/v1/images?version=" + version + "&hw=bench-board&chunk_size=" +
-                           std::to_string(s.chunk)).c_str(),
-                          image, "application/octet-stream");
-    if (!added || added->status >= 300) {
-      std::fprintf(stderr, "bench: image add failed: %s\n", added ? added->body.c_str() : "no answer");
-      break;
-    }
-    const auto t0 = Clock::now();
-    auto dep = api.Post("/api/v1/deployments",
-                        nlohmann::json{{"image", version}, {"device", device}}.dump(),
-                        "application/json");
-    if (!dep || dep->status != 201) {
-      std::fprintf(stderr, "bench: deploy failed\n");
-      break;
-    }
-    const std::uint32_t chunks = static_cast<std::uint32_t>((s.size + s.chunk - 1) / s.chunk);
-    const bool got_all = ota::test::wait_until(
-        [&] { return runner.total_chunks == chunks && runner.received_chunks == chunks; }, 300s, 1ms);
-    const auto t1 = Clock::now();
-    const bool booted = ota::test::wait_until([&] { return runner.running_version() == version; },
-                                              60s, 1ms);
-    const auto t2 = Clock::now();
-    if (!got_all || !booted) {
+    const RunResult r = ota_run(api, runner, s, device, "1.1." + std::to_string(run), rng);
+    if (!r.ok) {
       std::fprintf(stderr, "bench: run %d did not complete (log %s)\n", run, log.c_str());
       break;
     }
-    transfer.push_back(mib_per_s(s.size, t1 - t0));
-    end_to_end.push_back(mib_per_s(s.size, t2 - t0));
+    transfer.push_back(r.transfer);
+    end_to_end.push_back(r.end_to_end);
     ratio.push_back(transfer.back() / raw.back());
     std::printf("  run %d: raw %.1f MiB/s, OTA transfer %.1f MiB/s (%.2f of raw), offer-to-confirmed %.1f MiB/s\n",
                 run + 1, raw.back(), transfer.back(), transfer.back() / raw.back(), end_to_end.back());
