@@ -6,7 +6,11 @@
 # seconds and peak RSS, the broker's CPU seconds, and the controller's send budget figures.
 #
 #   bench/fleet_bench.sh [--devices 100,300] [--image-kib 1024] [--chunk 4096] [--runs 1]
-#                        [--per-process 250] [--build DIR] [--keep]
+#                        [--per-process 250] [--build DIR] [--keep] [--idle SECONDS]
+#
+# --idle SECONDS: no deployment; once every device is online, the controller's and the
+# broker's CPU (percent of one core) and the controller's RSS over SECONDS of a connected,
+# heartbeating fleet (--heartbeat-ms 60000 on the devices, as the agent's default).
 #
 # Needs a build (scripts/build.sh build). Device certificates are made once per size and
 # kept under $OTA_BENCH_DIR (default /tmp/ota-fleet-bench) between runs.
@@ -19,6 +23,7 @@ runs=1
 per_process=250
 build="$root/build"
 keep=0
+idle=0
 while (($#)); do
   case "$1" in
     --devices) devices_list="$2"; shift 2 ;;
@@ -28,6 +33,7 @@ while (($#)); do
     --per-process) per_process="$2"; shift 2 ;;
     --build) build="$2"; shift 2 ;;
     --keep) keep=1; shift ;;
+    --idle) idle="$2"; shift 2 ;;
     *) echo "fleet_bench: unknown argument '$1' (see the header of $0)" >&2; exit 2 ;;
   esac
 done
@@ -87,8 +93,12 @@ pki_for() {
   echo "$dir"
 }
 
-printf '%-8s %-9s %8s %8s %14s %10s %12s %13s %10s\n' devices image_KiB wall_s MiB/s \
-  published/img ctl_cpu_s ctl_rss_MiB broker_cpu_s lost
+if ((idle > 0)); then
+  printf '%-8s %8s %14s %12s %15s %14s\n' devices idle_s online_after_s ctl_cpu_pct ctl_rss_MiB broker_cpu_pct
+else
+  printf '%-8s %-9s %8s %8s %14s %10s %12s %13s %10s\n' devices image_KiB wall_s MiB/s \
+    published/img ctl_cpu_s ctl_rss_MiB broker_cpu_s lost
+fi
 IFS=, read -ra sizes <<<"$devices_list"
 for n in "${sizes[@]}"; do
   pki="$(pki_for "$n")"
@@ -115,12 +125,27 @@ for n in "${sizes[@]}"; do
     for count in $(process_sizes "$n"); do
       "$devsim_bin" --count "$count" --id-prefix "p$k" --pki "$pki" \
         --data "$run/fleet" --port "$broker_port" --hw bench-hw --group bench --no-fsync \
+        --heartbeat-ms 60000 \
         >"$run/devsim-$k.out" 2>"$run/devsim-$k.log" &
       pids+=($!)
       k=$((k + 1))
     done
     online() { [[ "$("$otactl" --json devices --online | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))')" -ge "$n" ]]; }
-    wait_for "$n devices online" 300 online
+    online_start=$SECONDS
+    wait_for "$n devices online" 600 online
+    if ((idle > 0)); then
+      online_s=$((SECONDS - online_start))
+      cpu0="$(cpu_s "$ctl_pid")" bcpu0="$(cpu_s "$broker_pid")"
+      sleep "$idle"  # the measurement window, not synchronisation
+      cpu1="$(cpu_s "$ctl_pid")" bcpu1="$(cpu_s "$broker_pid")"
+      printf '%-8s %8s %14s %12s %15s %14s\n' "$n" "$idle" "$online_s" \
+        "$(awk -v a="$cpu0" -v b="$cpu1" -v t="$idle" 'BEGIN {printf "%.2f", 100 * (b - a) / t}')" \
+        "$(awk '/VmRSS/ {printf "%.0f", $2 / 1024}' "/proc/$ctl_pid/status")" \
+        "$(awk -v a="$bcpu0" -v b="$bcpu1" -v t="$idle" 'BEGIN {printf "%.2f", 100 * (b - a) / t}')"
+      cleanup
+      ((keep)) || rm -rf "$run"
+      continue
+    fi
     head -c "$((image_kib * 1024))" /dev/urandom >"$run/image.bin"
     "$otactl" image add "$run/image.bin" --version 2.0.0 --hw bench-hw --chunk-size "$chunk" >/dev/null
     cpu0="$(cpu_s "$ctl_pid")"
