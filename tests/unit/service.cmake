@@ -9,6 +9,8 @@ add_executable(service_tests
   ${CMAKE_CURRENT_LIST_DIR}/service_controller_test.cpp
   ${CMAKE_CURRENT_LIST_DIR}/service_rollout_test.cpp
   ${CMAKE_CURRENT_LIST_DIR}/service_cli_test.cpp
+  ${CMAKE_CURRENT_LIST_DIR}/service_cli_live_test.cpp
+  ${CMAKE_CURRENT_LIST_DIR}/service_rollout_schedule_test.cpp
   ${CMAKE_CURRENT_LIST_DIR}/service_policy_grammar_test.cpp
   ${CMAKE_CURRENT_LIST_DIR}/service_http_test.cpp
   ${CMAKE_CURRENT_LIST_DIR}/service_keys_test.cpp)
