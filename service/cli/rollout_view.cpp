@@ -141,8 +141,17 @@ void print_rollout(const json& ro, bool with_devices) {
   std::printf("rollout    %s%s\n", jstr(ro, "id").c_str(),
               jstr(ro, "name").empty() ? "" : (" \"" + jstr(ro, "name") + "\"").c_str());
   std::printf("image      %s (%s)\n", jstr(ro, "version").c_str(), jstr(ro, "image").c_str());
-  std::printf("target     %s: %lld devices%s\n", rollout_target(ro, 8).c_str(), jint(ro, "devices_total"),
-              jint(ro, "excluded") > 0 ? (", " + std::to_string(jint(ro, "excluded")) + " excluded").c_str() : "");
+  const auto st = rollout_status(ro);
+  if ((st == RolloutStatus::draft || st == RolloutStatus::scheduled) &&
+      jstr(ro, "deployment").empty())
+    std::printf("target     %s: devices are claimed when it starts\n",
+                rollout_target(ro, 8).c_str());
+  else
+    std::printf("target     %s: %lld devices%s\n", rollout_target(ro, 8).c_str(),
+                jint(ro, "devices_total"),
+                jint(ro, "excluded") > 0
+                    ? (", " + std::to_string(jint(ro, "excluded")) + " excluded").c_str()
+                    : "");
   std::printf("state      %s  %s\n", jstr(ro, "state").c_str(), current_wave(ro).c_str());
   if (rollout_status(ro) == RolloutStatus::paused) std::printf("           %s\n", pause_text(ro).c_str());
   if (!jstr(ro, "rollback_of").empty()) std::printf("rollback   of %s\n", jstr(ro, "rollback_of").c_str());

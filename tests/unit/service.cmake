@@ -18,6 +18,7 @@ target_link_libraries(service_tests PRIVATE ota_service ota_policy ota_test_supp
                       PkgConfig::HTTPLIB OpenSSL::SSL Threads::Threads GTest::gtest_main
                       ota_warnings)
 target_compile_definitions(service_tests PRIVATE OTACTL_PATH="$<TARGET_FILE:otactl>"
-                           OTA_CONTROLLER_PATH="$<TARGET_FILE:ota-controller>")
+                           OTA_CONTROLLER_PATH="$<TARGET_FILE:ota-controller>"
+                           OTA_SOURCE_DIR="${OTA_SOURCE_DIR}")
 add_dependencies(service_tests otactl ota-controller)
 gtest_discover_tests(service_tests TEST_PREFIX "service." PROPERTIES LABELS unit)

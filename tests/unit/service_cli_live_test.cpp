@@ -5,7 +5,11 @@
 #include <sys/wait.h>
 
 #include <cstdio>
+#include <filesystem>
+#include <fstream>
 #include <memory>
+#include <regex>
+#include <set>
 #include <sstream>
 #include <string>
 
@@ -247,6 +251,45 @@ TEST_F(OtactlLiveController, RollbackToAVersionNeverUploadedSaysWhatToDo) {
             std::string::npos)
       << r.out;
   EXPECT_NE(r.out.find("otactl rollout rollback " + id + " again"), std::string::npos) << r.out;
+}
+
+}  // namespace
+
+namespace {
+
+// Every event name the controller writes (the first non-empty string literal of its
+// log_action / event / log_event calls, not a comparison operand) is listed in service/API.md,
+// where operators look up what `otactl events` shows.
+TEST(ApiDoc, ListsEveryEventNameTheControllerWrites) {
+  auto read = [](const std::string& path) {
+    std::ifstream in(path);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    return ss.str();
+  };
+  const std::string api = read(std::string(OTA_SOURCE_DIR) + "/service/API.md");
+  ASSERT_FALSE(api.empty());
+  const std::regex call(R"re(\b(?:log_action|event|log_event)\(([^;]*?)\);)re");
+  const std::regex literal(R"re(((?:==|!=)\s*)?"([^"]*)")re");
+  const std::regex name("[a-z]+(_[a-z]+)*");
+  std::set<std::string> names;
+  const std::string src = std::string(OTA_SOURCE_DIR) + "/service/controller/src";
+  for (const auto& entry : std::filesystem::recursive_directory_iterator(src)) {
+    if (entry.path().extension() != ".cpp") continue;
+    const std::string text = read(entry.path().string());
+    for (std::sregex_iterator c(text.begin(), text.end(), call), end; c != end; ++c) {
+      const std::string args = (*c)[1];
+      for (std::sregex_iterator l(args.begin(), args.end(), literal); l != end; ++l) {
+        if ((*l)[1].matched || (*l)[2].length() == 0) continue;  // an operand, or ""
+        if (std::regex_match((*l)[2].str(), name)) names.insert((*l)[2]);
+        break;
+      }
+    }
+  }
+  EXPECT_GT(names.size(), 20u);
+  for (const auto& n : names)
+    EXPECT_TRUE(std::regex_search(api, std::regex("[^a-z_]" + n + "[^a-z_]")))
+        << n << " is not in API.md";
 }
 
 }  // namespace

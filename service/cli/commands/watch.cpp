@@ -90,7 +90,7 @@ void Watch::draw_tty(const std::vector<std::string>& lines) {
 void Watch::render(const std::string& note) {
   std::vector<std::string> lines = rollout_lines(ro_);
   if (o_.events > 0 && events_.is_array() && !events_.empty()) {
-    lines.push_back("recent events:");
+    lines.push_back("recent events (" + zone_name() + "):");
     // Columns as wide as their widest entry (event names run to 22 characters and more).
     const char* const keys[] = {"actor", "what", "device"};
     std::size_t width[3] = {0, 0, 0};
