@@ -239,6 +239,23 @@ TEST_F(OtactlLiveController, HttpsToAPlainHttpControllerSaysTlsInWords) {
   EXPECT_EQ(r.out.find("sSLConnection"), std::string::npos) << r.out;
 }
 
+// The case: a rollout scheduled for 2030 does not lock its devices now.
+TEST_F(OtactlLiveController, AScheduledRolloutLeavesItsDevicesFreeUntilItStarts) {
+  add(bytes_of(3000), "1.1.0");
+  add(bytes_of(3000, 2), "1.2.0");
+  hello("d1", "1.0.0", {"lab"});
+  auto r =
+      otactl("--json rollout create 1.1.0 --group lab --start-at 2030-01-01T00:00:00Z --start");
+  ASSERT_EQ(r.code, 0) << r.out;
+  const std::string id = json::parse(r.out)["id"];
+  EXPECT_EQ(json::parse(r.out)["state"], "scheduled");
+  r = otactl("rollout show " + id);
+  EXPECT_NE(r.out.find("devices are claimed when it starts"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("start at 2030-01-01 00:00:00 UTC"), std::string::npos) << r.out;
+  r = otactl("deploy 1.2.0 --device d1");
+  EXPECT_EQ(r.code, 0) << r.out;
+}
+
 TEST_F(OtactlLiveController, RollbackToAVersionNeverUploadedSaysWhatToDo) {
   add(bytes_of(3000), "1.1.0");
   hello("d1", "1.0.0", {"lab"});  // the factory image: never uploaded
