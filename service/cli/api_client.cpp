@@ -82,14 +82,35 @@ std::string probe_connect_error(const Url& u) {
   return why;
 }
 
+// Why a request got no HTTP reply, in words (httplib names only an enum value).
+std::string transport_error(httplib::Error e, const Url& url) {
+  using httplib::Error;
+  switch (e) {
+    case Error::Connection:
+      return probe_connect_error(url);
+    case Error::ConnectionTimeout:
+      return "no connection within 5 s";
+    case Error::SSLConnection:
+      return "the TLS handshake failed: an https:// URL needs a TLS endpoint in front of the "
+             "controller (it speaks plain http itself; API.md: TLS), or use http:// on loopback";
+    case Error::SSLServerVerification:
+      return "its TLS certificate is not trusted by this system's CAs or is not for " + url.host;
+    case Error::SSLLoadingCerts:
+      return "cannot load this system's trusted CA certificates";
+    case Error::Read:
+    case Error::Write:
+      return "the connection broke before a reply came";
+    default:
+      return lower_first(httplib::to_string(e));
+  }
+}
+
 // The reply to one request: JSON on 2xx, else the controller's error (or why there was none).
-Reply finish(const std::string& base, const Url& url, httplib::Result res) {
+Reply finish(const std::string& base, const Url& url, const std::string& token_source,
+             httplib::Result res) {
   Reply r;
   if (!res) {
-    httplib::Error e = res.error();
-    std::string why = e == httplib::Error::Connection ? probe_connect_error(url)
-                                                      : lower_first(httplib::to_string(e));
-    r.error = "cannot reach controller at " + base + ": " + why;
+    r.error = "cannot reach controller at " + base + ": " + transport_error(res.error(), url);
     return r;
   }
   r.status = res->status;
@@ -109,14 +130,21 @@ Reply finish(const std::string& base, const Url& url, httplib::Result res) {
   else
     r.error = "HTTP " + std::to_string(res->status);
   if (res->status == 401)
-    r.error = "controller at " + base + " rejected the API token (HTTP 401: " + r.error +
-              "); use the controller's bootstrap token file (its --api-token-file) or a "
-              "token from `otactl token create` (--token-file, OTA_API_TOKEN_FILE or "
-              "OTA_API_TOKEN); a revoked token stays rejected";
+    r.error = "controller at " + base + " rejected the API token from " + token_source +
+              ": use its <db>.token file or one from `otactl token create`";
   return r;
 }
 
 }  // namespace
+
+const char* const kExitCodeTable =
+    "Exit codes:\n"
+    "  0  done\n"
+    "  1  refused or failed: the controller's 4xx/5xx (404: no such id) with its message, no or\n"
+    "     a rejected API token, controller unreachable; deploy --wait: a device did not succeed;\n"
+    "     watch: the rollout was aborted, paused by its policy, or is a draft\n"
+    "  2  bad usage: an unknown command, a missing or bad argument (nothing was sent)\n"
+    "  3  gave up waiting: deploy --wait --timeout, or watch on an unreachable controller\n";
 
 void errorf(const std::string& msg) { std::fprintf(stderr, "otactl: %s\n", msg.c_str()); }
 
@@ -174,7 +202,8 @@ bool parse_url(const std::string& s, Url& u, std::string& why) {
   return true;
 }
 
-bool find_token(const std::string& token_file_opt, std::string& token, std::string& why) {
+bool find_token(const std::string& token_file_opt, std::string& token, std::string& why,
+                std::string* source_out) {
   std::string file = token_file_opt, source = "--token-file";
   if (file.empty()) {
     const char* v = std::getenv("OTA_API_TOKEN");
@@ -202,6 +231,7 @@ bool find_token(const std::string& token_file_opt, std::string& token, std::stri
     }
     std::getline(in, token);
   }
+  if (source_out) *source_out = file.empty() ? source : source + " " + file;
   const char* ws = " \t\r\n";
   const auto b = token.find_first_not_of(ws);
   token = b == std::string::npos ? "" : token.substr(b, token.find_last_not_of(ws) - b + 1);
@@ -212,7 +242,8 @@ bool find_token(const std::string& token_file_opt, std::string& token, std::stri
   return true;
 }
 
-Api::Api(std::string base, Url u, const std::string& token) : base_(std::move(base)), url_(std::move(u)) {
+Api::Api(std::string base, Url u, const std::string& token, std::string token_source)
+    : base_(std::move(base)), url_(std::move(u)), token_source_(std::move(token_source)) {
   std::string hostport = url_.scheme + "://" +
                          (url_.host.find(':') != std::string::npos ? "[" + url_.host + "]" : url_.host) +
                          ":" + std::to_string(url_.port);
@@ -226,10 +257,12 @@ Api::Api(std::string base, Url u, const std::string& token) : base_(std::move(ba
 
 Api::~Api() = default;
 
-Reply Api::get(const std::string& path) { return finish(base_, url_, cli_->Get(path.c_str())); }
+Reply Api::get(const std::string& path) {
+  return finish(base_, url_, token_source_, cli_->Get(path.c_str()));
+}
 
 Reply Api::post(const std::string& path, const std::string& body, const char* type) {
-  return finish(base_, url_, cli_->Post(path.c_str(), body, type));
+  return finish(base_, url_, token_source_, cli_->Post(path.c_str(), body, type));
 }
 
 Reply Api::post_json(const std::string& path, const json& body) {
@@ -237,14 +270,17 @@ Reply Api::post_json(const std::string& path, const json& body) {
 }
 
 Reply Api::put_json(const std::string& path, const json& body) {
-  return finish(base_, url_, cli_->Put(path.c_str(), body.dump(), "application/json"));
+  return finish(base_, url_, token_source_,
+                cli_->Put(path.c_str(), body.dump(), "application/json"));
 }
 
 Reply Api::put_raw(const std::string& path, const std::string& body) {
-  return finish(base_, url_, cli_->Put(path.c_str(), body, "application/json"));
+  return finish(base_, url_, token_source_, cli_->Put(path.c_str(), body, "application/json"));
 }
 
-Reply Api::del(const std::string& path) { return finish(base_, url_, cli_->Delete(path.c_str())); }
+Reply Api::del(const std::string& path) {
+  return finish(base_, url_, token_source_, cli_->Delete(path.c_str()));
+}
 
 Reply Api::download(const std::string& path, std::string& bytes) {
   auto res = cli_->Get(path.c_str());
@@ -256,22 +292,23 @@ Reply Api::download(const std::string& path, std::string& bytes) {
     r.exit_code = kExitOk;
     return r;
   }
-  return finish(base_, url_, std::move(res));
+  return finish(base_, url_, token_source_, std::move(res));
 }
 
-int open_api(const std::string& url, const std::string& token_file, std::unique_ptr<Api>& api) {
+int open_api(const std::string& url, const std::string& url_source, const std::string& token_file,
+             std::unique_ptr<Api>& api) {
   Url u;
   std::string why;
   if (!parse_url(url, u, why)) {
-    errorf("invalid --api URL '" + url + "': " + why);
+    errorf("invalid " + url_source + " URL '" + url + "': " + why);
     return kExitUsage;
   }
-  std::string token;
-  if (!find_token(token_file, token, why)) {
+  std::string token, token_source;
+  if (!find_token(token_file, token, why, &token_source)) {
     errorf(why);
     return kExitFail;
   }
-  api = std::make_unique<Api>(url, u, token);
+  api = std::make_unique<Api>(url, u, token, token_source);
   return kExitOk;
 }
 

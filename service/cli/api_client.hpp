@@ -14,12 +14,12 @@ namespace otactl {
 
 using nlohmann::json;
 
-// Exit codes: 0 ok; 1 API error, no token, unreachable controller or a failed outcome; 2 usage
-// error; 3 a wait that timed out or a controller that stayed unreachable.
+// Exit codes (kExitCodeTable says what each means: `otactl --help` shows it).
 constexpr int kExitOk = 0;
 constexpr int kExitFail = 1;
 constexpr int kExitUsage = 2;
 constexpr int kExitTimeout = 3;
+extern const char* const kExitCodeTable;
 
 // "otactl: MSG" on stderr.
 void errorf(const std::string& msg);
@@ -36,8 +36,10 @@ struct Url {
 bool parse_url(const std::string& s, Url& u, std::string& why);
 
 // The API token: --token-file PATH, else $OTA_API_TOKEN (the token itself), else
-// $OTA_API_TOKEN_FILE. Returns false with `why` set if none is configured or readable.
-bool find_token(const std::string& token_file_opt, std::string& token, std::string& why);
+// $OTA_API_TOKEN_FILE. Returns false with `why` set if none is configured or readable;
+// `source` names where it came from ("OTA_API_TOKEN", "--token-file t.txt").
+bool find_token(const std::string& token_file_opt, std::string& token, std::string& why,
+                std::string* source = nullptr);
 
 struct Reply {
   bool ok = false;  // HTTP 2xx with JSON
@@ -49,7 +51,8 @@ struct Reply {
 
 class Api {
  public:
-  Api(std::string base, Url u, const std::string& token);
+  // token_source: where the token came from, for the message of a 401.
+  Api(std::string base, Url u, const std::string& token, std::string token_source);
   ~Api();
   Api(const Api&) = delete;
   Api& operator=(const Api&) = delete;
@@ -67,14 +70,17 @@ class Api {
  private:
   std::string base_;
   Url url_;
+  std::string token_source_;
   std::unique_ptr<httplib::Client> cli_;
 };
 
 // Prints the reply's error; its exit code (never kExitOk).
 int fail(const Reply& r);
 
-// The API at `url` with the token find_token finds: kExitOk, or the exit code after the error
-// was printed (kExitUsage: a bad URL; kExitFail: no usable token).
-int open_api(const std::string& url, const std::string& token_file, std::unique_ptr<Api>& api);
+// The API at `url` (given by `url_source`: "--api" or "OTA_API") with the token find_token
+// finds: kExitOk, or the exit code after the error was printed (kExitUsage: a bad URL;
+// kExitFail: no usable token).
+int open_api(const std::string& url, const std::string& url_source, const std::string& token_file,
+             std::unique_ptr<Api>& api);
 
 }  // namespace otactl

@@ -18,9 +18,11 @@ namespace otactl {
 
 // The global options, the API once connected, and what each registered subcommand runs.
 struct Context {
-  std::string api_url;     // --api
-  std::string token_file;  // --token-file
-  bool json_out = false;   // --json
+  std::string api_url;               // --api, else $OTA_API, else the default
+  std::string api_source = "--api";  // where api_url came from (messages name it)
+  std::string token_file;            // --token-file
+  bool json_out = false;             // --json
+  bool local_time = false;           // --local-time
 
   std::unique_ptr<Api> api;  // set by connect()
 

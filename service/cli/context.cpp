@@ -4,7 +4,9 @@
 
 namespace otactl {
 
-int Context::connect() { return open_api(api_url, token_file, api); }
+int Context::connect() {
+  return open_api(api_url, api_source, token_file, api);
+}
 
 void Context::on(const CLI::App* cmd, std::function<int()> run) { commands_.emplace_back(cmd, std::move(run)); }
 

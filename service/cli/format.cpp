@@ -60,18 +60,46 @@ const json& jobj(const json& j, const char* key) {
   return j.is_object() && j.contains(key) && j[key].is_object() ? j[key] : empty;
 }
 
-std::string fmt_time(long long secs) {
+namespace {
+bool g_local_time = false;  // --local-time; set once before any command runs
+}  // namespace
+
+void use_local_time(bool local) {
+  g_local_time = local;
+}
+
+std::string zone_name() {
+  if (!g_local_time) return "UTC";
+  std::time_t now = std::time(nullptr);
+  std::tm tm{};
+  localtime_r(&now, &tm);
+  char buf[16];
+  return std::strftime(buf, sizeof buf, "%Z", &tm) > 0 ? buf : "local";
+}
+
+std::string cell_time(long long secs) {
   if (secs <= 0) return "-";
   std::time_t t = static_cast<std::time_t>(secs);
   std::tm tm{};
-  gmtime_r(&t, &tm);
+  if (g_local_time)
+    localtime_r(&t, &tm);
+  else
+    gmtime_r(&t, &tm);
   char buf[32];
   std::strftime(buf, sizeof buf, "%Y-%m-%d %H:%M:%S", &tm);
   return buf;
 }
 
+std::string fmt_time(long long secs) {
+  return secs <= 0 ? "-" : cell_time(secs) + " " + zone_name();
+}
+
+std::string time_head(const std::string& head) {
+  return head + " (" + zone_name() + ")";
+}
+
 std::string event_time(long long ts_ms, bool with_date) {
-  const std::string t = fmt_time(ts_ms / 1000);
+  const std::string t = cell_time(ts_ms / 1000);
   char ms[8];
   std::snprintf(ms, sizeof ms, ".%03lld", ts_ms % 1000);
   return (with_date || t.size() < 11 ? t : t.substr(11)) + ms;

@@ -31,8 +31,13 @@ std::optional<ota::service::DeploymentState> deployment_state(const json& deploy
 std::optional<ota::service::RowState> row_state(const json& row);
 ota::service::PausedBy paused_by(const json& rollout);
 
-std::string fmt_time(long long secs);        // "2026-11-26 02:00:00" (UTC), "-" for <= 0
-std::string event_time(long long ts_ms, bool with_date);  // fmt_time + ".mmm", date optional
+// Times are UTC unless --local-time chose the local zone; every time shown says which.
+void use_local_time(bool local);
+std::string zone_name();                // "UTC", or the local zone's abbreviation ("CET")
+std::string fmt_time(long long secs);   // "2026-11-26 02:00:00 UTC", "-" for <= 0
+std::string cell_time(long long secs);  // the same without the zone: a column headed by time_head
+std::string time_head(const std::string& head);           // "CREATED (UTC)"
+std::string event_time(long long ts_ms, bool with_date);  // cell_time + ".mmm", date optional
 std::string fmt_bytes(long long b);          // "512 B", "1.5 KiB", "2.0 MiB"
 std::string fmt_pct(double v);               // "5%", "2.5%"
 std::string bar(long long pct, int width);   // "[#####-----]"

@@ -28,10 +28,14 @@ std::string wave_line(const json& w, std::size_t i, std::size_t total) {
   return s + "  (" + extra + ")";
 }
 
-// "failure 2.5% (max 5% total, 10% per wave, then pause)".
+// "failure 2.5% (max 5% total, 10% per wave, then pause)". The rate of every started wave
+// ("all"), beside the counts; after a resume accepted failures the policy judges only the
+// waves since ("total"), shown when it differs.
 std::string failure_text(const json& ro) {
   const json& f = jobj(ro, "failure_rate");
-  std::string s = "failure " + fmt_pct(jnum(f, "total"));
+  std::string s = "failure " + fmt_pct(failure_all(ro));
+  if (jhas(f, "all") && jnum(f, "all") != jnum(f, "total"))
+    s += ", " + fmt_pct(jnum(f, "total")) + " in the waves since the operator accepted failures";
   std::vector<std::string> lim;
   if (jhas(f, "max_total_rate")) lim.push_back("max " + fmt_pct(jnum(f, "max_total_rate")) + " total");
   if (jhas(f, "max_wave_rate")) lim.push_back(fmt_pct(jnum(f, "max_wave_rate")) + " per wave");
@@ -53,7 +57,7 @@ std::string policy_text(const json& p) {
   if (jint(p, "timeout") > 0) parts.push_back("timeout " + fmt_duration(jint(p, "timeout")));
   if (jint(p, "max_concurrent") > 0) parts.push_back("max concurrent " + std::to_string(jint(p, "max_concurrent")));
   if (!jstr(p, "window").empty()) parts.push_back("window " + jstr(p, "window") + " UTC");
-  if (jint(p, "start_at") > 0) parts.push_back("start at " + fmt_time(jint(p, "start_at")) + " UTC");
+  if (jint(p, "start_at") > 0) parts.push_back("start at " + fmt_time(jint(p, "start_at")));
   if (jint(p, "defer_delay") > 0 || jhas(p, "max_defers"))
     parts.push_back("deferrals retried after " + fmt_duration(jint(p, "defer_delay")) +
                     (jhas(p, "max_defers") ? ", at most " + std::to_string(jint(p, "max_defers")) : ""));
@@ -63,6 +67,11 @@ std::string policy_text(const json& p) {
 }
 
 }  // namespace
+
+double failure_all(const json& ro) {
+  const json& f = jobj(ro, "failure_rate");
+  return jhas(f, "all") ? jnum(f, "all") : jnum(f, "total");
+}
 
 std::string rollout_target(const json& ro, std::size_t max_ids) {
   const json& t = jobj(ro, "target");
@@ -132,8 +141,17 @@ void print_rollout(const json& ro, bool with_devices) {
   std::printf("rollout    %s%s\n", jstr(ro, "id").c_str(),
               jstr(ro, "name").empty() ? "" : (" \"" + jstr(ro, "name") + "\"").c_str());
   std::printf("image      %s (%s)\n", jstr(ro, "version").c_str(), jstr(ro, "image").c_str());
-  std::printf("target     %s: %lld devices%s\n", rollout_target(ro, 8).c_str(), jint(ro, "devices_total"),
-              jint(ro, "excluded") > 0 ? (", " + std::to_string(jint(ro, "excluded")) + " excluded").c_str() : "");
+  const auto st = rollout_status(ro);
+  if ((st == RolloutStatus::draft || st == RolloutStatus::scheduled) &&
+      jstr(ro, "deployment").empty())
+    std::printf("target     %s: devices are claimed when it starts\n",
+                rollout_target(ro, 8).c_str());
+  else
+    std::printf("target     %s: %lld devices%s\n", rollout_target(ro, 8).c_str(),
+                jint(ro, "devices_total"),
+                jint(ro, "excluded") > 0
+                    ? (", " + std::to_string(jint(ro, "excluded")) + " excluded").c_str()
+                    : "");
   std::printf("state      %s  %s\n", jstr(ro, "state").c_str(), current_wave(ro).c_str());
   if (rollout_status(ro) == RolloutStatus::paused) std::printf("           %s\n", pause_text(ro).c_str());
   if (!jstr(ro, "rollback_of").empty()) std::printf("rollback   of %s\n", jstr(ro, "rollback_of").c_str());
@@ -154,9 +172,10 @@ void print_rollout(const json& ro, bool with_devices) {
       const long long ms = jint(d, "updated_at");
       rows.push_back({jstr(d, "device"), std::to_string(jint(d, "wave") + 1), jstr(d, "state"),
                       jstr(d, "attempt"), std::to_string(jint(d, "percent")) + "%",
-                      ms > 0 ? fmt_time(ms / 1000) : "-", jstr(d, "reason")});
+                      cell_time(ms / 1000), jstr(d, "reason")});
     }
-  print_table({"DEVICE", "WAVE", "STATE", "ATTEMPT", "PERCENT", "UPDATED (UTC)", "REASON"}, rows);
+  print_table({"DEVICE", "WAVE", "STATE", "ATTEMPT", "PERCENT", time_head("UPDATED"), "REASON"},
+              rows);
 }
 
 }  // namespace otactl

@@ -16,6 +16,8 @@ std::string rollout_target(const json& ro, std::size_t max_ids = 3);
 std::string rollout_counts(const json& counts);
 // "wave 2/3" (or "wave -/3" before the first wave starts).
 std::string current_wave(const json& ro);
+// The failure percentage of every started wave (failure_rate.all; older controllers: total).
+double failure_all(const json& ro);
 // "paused by operator: REASON".
 std::string pause_text(const json& ro);
 // Paused by its failure policy or a wave's threshold (not by an operator).

@@ -95,8 +95,10 @@ TEST_F(Rollouts, TwoHundredDevicesThreeWavesFivePercentSelfTestFailures) {
 
   // The operator's live view, from before the start to the end.
   CommandResult& watch_result = background_result_;
-  background_ = std::thread(
-      [this, id] { background_result_ = otactl({"watch", id, "--interval-ms", "200", "--retry-for", "2"}); });
+  background_ = std::thread([this, id] {
+    background_result_ =
+        otactl({"watch", id, "--wait-start", "--interval-ms", "200", "--retry-for", "2"});
+  });
 
   json started = otactl_json({"rollout", "start", id});
   EXPECT_EQ(started.value("state", ""), "running") << started.dump();

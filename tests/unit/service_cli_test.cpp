@@ -129,7 +129,7 @@ class FakeController {
         if (rollouts_.size() > 1) rollouts_.pop_front();  // the last one repeats
         return;
       }
-      if (req.path == "/api/v1/events") return res.set_content("[]", "application/json");
+      if (req.path == "/api/v1/events") return res.set_content(events_.dump(), "application/json");
       res.status = status_;
       res.set_content(reply_.dump(), "application/json");
     };
@@ -147,6 +147,11 @@ class FakeController {
   void script(std::vector<nlohmann::json> rollouts) {
     std::lock_guard<std::mutex> lock(mu_);
     rollouts_.assign(rollouts.begin(), rollouts.end());
+  }
+  // GET /api/v1/events answers this.
+  void events(nlohmann::json evs) {
+    std::lock_guard<std::mutex> lock(mu_);
+    events_ = std::move(evs);
   }
   // Every other request gets this.
   void reply(int status, nlohmann::json body) {
@@ -167,6 +172,7 @@ class FakeController {
   std::deque<nlohmann::json> rollouts_;
   int status_ = 200;
   nlohmann::json reply_ = nlohmann::json::object();
+  nlohmann::json events_ = nlohmann::json::array();
   std::vector<Request> log_;
 };
 
@@ -233,6 +239,52 @@ TEST(OtactlLive, WatchEndsWith1OnAPolicyPauseOrAbortButNotOnAnOperatorPause) {
   r = otactl(fc.api() + kWatch);
   EXPECT_EQ(r.code, 0) << r.out;
   EXPECT_NE(r.out.find("paused by operator: lunch"), std::string::npos) << r.out;
+}
+
+// After a policy pause the operator accepted (resume), the policy judges only the waves since
+// ("total" 0%), but the failures counted beside it happened: the rate shown is "all".
+TEST(OtactlLive, WatchShowsTheFailureRateOfEveryWaveBesideTheFailures) {
+  FakeController fc;
+  auto ro = rollout("completed", 100);
+  ro["counts"]["failed"] = 1;
+  ro["failure_rate"]["total"] = 0;
+  ro["failure_rate"]["all"] = 1;
+  fc.script({ro});
+  auto r = otactl(fc.api() + kWatch);
+  EXPECT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("fail 1"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("failure 1%, 0% in the waves since the operator accepted failures"),
+            std::string::npos)
+      << r.out;
+  EXPECT_EQ(r.out.find("failure 0%"), std::string::npos) << r.out;
+}
+
+// Long event names (device_retry_scheduled) do not push the columns after them out of line.
+TEST(OtactlLive, WatchEventColumnsAreAsWideAsTheirEntries) {
+  FakeController fc;
+  fc.script({rollout("running", 10), rollout("completed", 100)});
+  fc.events({{{"ts", 1795547741107},
+              {"actor", "controller"},
+              {"rollout", "ro-1"},
+              {"device", "d1"},
+              {"what", "device_retry_scheduled"},
+              {"detail", "retry 2/2"}},
+             {{"ts", 1795547741200},
+              {"actor", "token:alice"},
+              {"rollout", "ro-1"},
+              {"device", ""},
+              {"what", "rollout_paused"},
+              {"detail", "ticket 4711"}}});
+  auto r = otactl(fc.api() + kWatch);
+  EXPECT_EQ(r.code, 0) << r.out;
+  const auto col = [&](const std::string& what) {
+    const auto pos = r.out.find(what);
+    return pos == std::string::npos ? std::string::npos : pos - r.out.rfind('\n', pos);
+  };
+  ASSERT_NE(col("device_retry_scheduled"), std::string::npos) << r.out;
+  EXPECT_EQ(col("device_retry_scheduled"), col("rollout_paused")) << r.out;
+  ASSERT_NE(col("retry 2/2"), std::string::npos) << r.out;
+  EXPECT_EQ(col("retry 2/2"), col("ticket 4711")) << r.out;
 }
 
 TEST(OtactlLive, WatchJsonIsOneRolloutPerLineWhenItChanges) {

@@ -305,6 +305,7 @@ TEST_F(ControllerTest, RestartResendsStoredOfferOnHelloAndKeepsSeq) {
 
 TEST_F(ControllerTest, RestartRepublishesGroupOffers) {
   add(bytes_of(3000), "1.1.0");
+  hello("m1", "1.0.0", {"lab"});  // a group without a known device is refused
   ASSERT_TRUE(ctl->deploy("1.1.0", "group", "lab").ok());
   start();
   pub.msgs.clear();
@@ -518,6 +519,7 @@ TEST_F(AclControllerTest, AclChangesAreReReadOnTick) {
 TEST_F(ControllerTest, WithoutAclAnAcceptStillJoinsAGroupDeployment) {
   auto img = add(bytes_of(2000), "2.0.0");
   hello("x", "1.0.0");
+  hello("m", "1.0.0", {"lab"});  // a group without a known device is refused
   auto dep = ctl->deploy(img.id, "group", "lab");
   ASSERT_TRUE(dep.ok());
   event("x", ev(proto::EventType::accept, 1, dep->id));

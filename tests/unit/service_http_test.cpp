@@ -21,6 +21,7 @@
 #include <thread>
 #include <vector>
 
+#include "ota/proto/messages.hpp"
 #include "ota/service/controller.hpp"
 #include "ota/service/http_api.hpp"
 #include "service_test_util.hpp"
@@ -61,6 +62,20 @@ class HttpAuth : public ::testing::Test {
   }
   void TearDown() override {
     if (api) api->stop();
+  }
+  // Device `dev` says hello as a member of `group` (a group deployment needs a known device).
+  void hello(const std::string& dev, const std::string& group) {
+    ota::proto::Hello h;
+    h.device.assign(dev.c_str());
+    h.hw.assign("m1");
+    h.version.assign("0.9.0");
+    h.slot.assign("a");
+    h.slot_state = ota::proto::SlotState::confirmed;
+    h.groups[h.group_count++].assign(group.c_str());
+    char buf[2048];
+    std::size_t len = 0;
+    ASSERT_FALSE(ota::proto::encode_hello(h, buf, sizeof buf, len));
+    ctl->on_message(("ota/v1/dev/" + dev + "/up/presence").c_str(), buf, len);
   }
   // A new token made through the API with the bootstrap (admin) token; returns its secret.
   std::string make_token(const std::string& name, const std::string& role) {
@@ -176,6 +191,7 @@ TEST_F(HttpAuth, PostsNeedTheirContentType) {
              "application/octet-stream");
   ASSERT_TRUE(r);
   EXPECT_EQ(r->status, 201) << r->body;
+  hello("d1", "g");
   r = c.Post("/api/v1/deployments", R"({"image":"1.0.0","group":"g"})",
              "application/json; charset=utf-8");
   ASSERT_TRUE(r);
@@ -334,6 +350,7 @@ TEST_F(HttpAuth, OperatorDeploysButCannotManageTokens) {
   auto c = client(make_token("ci-pipeline", "operator"));
   auto r = c.Post("/api/v1/images?version=1.1.0&hw=m1", std::string(2000, 'y'), "application/octet-stream");
   EXPECT_EQ(r->status, 201) << r->body;
+  hello("d1", "g");
   r = c.Post("/api/v1/deployments", R"({"image":"1.0.0","group":"g"})", "application/json");
   EXPECT_EQ(r->status, 201) << r->body;
   // The attack: an operator makes itself an admin token.

@@ -37,8 +37,10 @@ int cmd_deployment_list(Context& c) {
     rows.push_back({jstr(d, "id"), jstr(d, "image"), jstr(d, "version"),
                     jstr(d, "target_kind") + ":" + jstr(d, "target"), jstr(d, "state"),
                     std::to_string(jint(d, "percent")) + "%", counts_text(d, false),
-                    fmt_time(jint(d, "created_at"))});
-  print_table({"ID", "IMAGE", "VERSION", "TARGET", "STATE", "PROGRESS", "DEVICES", "CREATED"}, rows);
+                    cell_time(jint(d, "created_at"))});
+  print_table(
+      {"ID", "IMAGE", "VERSION", "TARGET", "STATE", "PROGRESS", "DEVICES", time_head("CREATED")},
+      rows);
   return kExitOk;
 }
 
@@ -46,7 +48,9 @@ int cmd_deployment_cancel(Context& c, const std::string& id) {
   Reply r = c.api->post("/api/v1/deployments/" + url_encode(id) + "/cancel", "", "application/json");
   if (!r.ok) return fail(r);
   if (c.json_out) return print_json(r.body), kExitOk;
-  std::printf("deployment %s cancelled (%s)\n", id.c_str(), counts_text(r.body, false).c_str());
+  const std::string counts = counts_text(r.body, false);
+  std::printf("deployment %s cancelled: %s\n", id.c_str(),
+              counts.empty() ? "no device had started it" : counts.c_str());
   return kExitOk;
 }
 

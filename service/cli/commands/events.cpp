@@ -21,7 +21,7 @@ void print_events(const json& evs) {
   for (const auto& e : evs)
     for (int k = 0; k < 4; ++k)
       if (!jstr(e, keys[k]).empty()) show[k] = true;
-  std::vector<std::string> head{"TIME (UTC)"};
+  std::vector<std::string> head{time_head("TIME")};
   for (int k = 0; k < 4; ++k)
     if (show[k]) head.push_back(heads[k]);
   head.push_back("WHAT");

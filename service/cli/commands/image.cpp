@@ -4,6 +4,7 @@
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -17,6 +18,26 @@
 namespace otactl {
 
 namespace {
+
+// What is wrong with --version / --hw, checked as the controller checks them, so that a bad
+// value exits 2 before anything is sent; nullopt: nothing.
+std::optional<std::string> bad_version_or_hw(const std::string& version,
+                                             const std::vector<std::string>& hw) {
+  if (version.size() > ota::proto::kMaxVersionLen ||
+      !ota::proto::is_semver(version.data(), version.size()))
+    return "--version '" + version +
+           "' is not a semantic version (MAJOR.MINOR.PATCH[-pre][+build], at most " +
+           std::to_string(ota::proto::kMaxVersionLen) + " characters)";
+  if (hw.size() > ota::proto::kMaxHwModels)
+    return "at most " + std::to_string(ota::proto::kMaxHwModels) + " --hw models";
+  for (std::size_t i = 0; i < hw.size(); ++i) {
+    if (!ota::proto::valid_id(hw[i].data(), hw[i].size()))
+      return "--hw '" + hw[i] + "' is not a valid model name (1-64 of A-Z a-z 0-9 . _ -)";
+    for (std::size_t j = 0; j < i; ++j)
+      if (hw[j] == hw[i]) return "--hw '" + hw[i] + "' given twice";
+  }
+  return std::nullopt;
+}
 
 // cmd_image_add's counter: -1 = the controller's default, this = a security release.
 constexpr long long kCounterSecurityRelease = -2;
@@ -93,9 +114,9 @@ int cmd_image_add(Context& c, const std::string& file, const std::string& versio
   if (c.json_out) {
     print_json(r.body);
   } else {
-    std::printf("image %s version %s (%s, chunk %lld, hw %s) %s%s\n", jstr(r.body, "id").c_str(),
+    std::printf("image %s version %s (%s, chunk %s, hw %s) %s%s\n", jstr(r.body, "id").c_str(),
                 jstr(r.body, "version").c_str(), fmt_bytes(jint(r.body, "size")).c_str(),
-                jint(r.body, "chunk_size"), jstr(r.body, "hw").c_str(),
+                fmt_bytes(jint(r.body, "chunk_size")).c_str(), jstr(r.body, "hw").c_str(),
                 r.status == 201 ? "added" : "already present",
                 jstr(r.body, "release_key").empty()
                     ? ""
@@ -110,20 +131,9 @@ int cmd_image_add(Context& c, const std::string& file, const std::string& versio
 int cmd_image_sign(const std::string& file, const std::string& key_path, const std::string& version,
                    const std::vector<std::string>& hw, long long counter, std::string kind,
                    const std::vector<std::string>& deletes, std::string out_path, bool json_out) {
-  auto usage = [](const std::string& m) {
-    errorf("image sign: " + m);
+  if (auto bad = bad_version_or_hw(version, hw)) {
+    errorf("image sign: " + *bad);
     return kExitUsage;
-  };
-  if (version.size() > ota::proto::kMaxVersionLen || !ota::proto::is_semver(version.data(), version.size()))
-    return usage("--version '" + version + "' is not a semantic version (MAJOR.MINOR.PATCH[-pre][+build], at most " +
-                 std::to_string(ota::proto::kMaxVersionLen) + " characters)");
-  if (hw.size() > ota::proto::kMaxHwModels)
-    return usage("at most " + std::to_string(ota::proto::kMaxHwModels) + " --hw models");
-  for (std::size_t i = 0; i < hw.size(); ++i) {
-    if (!ota::proto::valid_id(hw[i].data(), hw[i].size()))
-      return usage("--hw '" + hw[i] + "' is not a valid model name (1-64 of A-Z a-z 0-9 . _ -)");
-    for (std::size_t j = 0; j < i; ++j)
-      if (hw[j] == hw[i]) return usage("--hw '" + hw[i] + "' given twice");
   }
   std::optional<ota::service::Signer> signer;
   if (!load_private_key(key_path, "--key", signer)) return kExitUsage;
@@ -198,11 +208,14 @@ int cmd_image_list(Context& c) {
   if (c.json_out) return print_json(r.body), kExitOk;
   std::vector<std::vector<std::string>> rows;
   for (const auto& i : r.body)
-    rows.push_back({jstr(i, "id"), jstr(i, "version"), i.contains("kind") ? jstr(i, "kind") : "firmware",
-                    jstr(i, "hw"), std::to_string(jint(i, "size")), jstr(i, "chunk_size"),
-                    jstr(i, "counter"), jstr(i, "release_key").empty() ? "-" : jstr(i, "release_key"),
-                    fmt_time(jint(i, "created_at"))});
-  print_table({"ID", "VERSION", "KIND", "HW", "SIZE", "CHUNK", "COUNTER", "RELEASE KEY", "CREATED"}, rows);
+    rows.push_back(
+        {jstr(i, "id"), jstr(i, "version"), i.contains("kind") ? jstr(i, "kind") : "firmware",
+         jstr(i, "hw"), fmt_bytes(jint(i, "size")), fmt_bytes(jint(i, "chunk_size")),
+         jstr(i, "counter"), jstr(i, "release_key").empty() ? "-" : jstr(i, "release_key"),
+         cell_time(jint(i, "created_at"))});
+  print_table({"ID", "VERSION", "KIND", "HW", "SIZE", "CHUNK", "COUNTER", "RELEASE KEY",
+               time_head("CREATED")},
+              rows);
   return kExitOk;
 }
 
@@ -227,6 +240,10 @@ int run_image_add(Context& c, const AddOptions& o) {
     }
     if (o.hw.empty()) {
       errorf("image add: --hw is required (or --release FILE.release.json from `otactl image sign`)");
+      return kExitUsage;
+    }
+    if (auto bad = bad_version_or_hw(o.version, o.hw)) {
+      errorf("image add: " + *bad);
       return kExitUsage;
     }
   }

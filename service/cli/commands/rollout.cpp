@@ -54,17 +54,19 @@ int cmd_rollout_list(Context& c) {
   std::vector<std::vector<std::string>> rows;
   for (const auto& ro : r.body) {
     const json& counts = jobj(ro, "counts");
-    rows.push_back({jstr(ro, "id"), jstr(ro, "name"), jstr(ro, "version"), rollout_target(ro),
-                    jstr(ro, "state") + (rollout_status(ro) == ota::service::RolloutStatus::paused && !jstr(ro, "paused_by").empty()
-                                             ? " (" + jstr(ro, "paused_by") + ")"
-                                             : ""),
-                    current_wave(ro).substr(5), std::to_string(jint(ro, "percent")) + "%",
-                    std::to_string(jint(ro, "devices_total")), std::to_string(jint(counts, "succeeded")),
-                    std::to_string(jint(counts, "failed")), fmt_pct(jnum(jobj(ro, "failure_rate"), "total")),
-                    fmt_time(jint(ro, "created_at"))});
+    rows.push_back(
+        {jstr(ro, "id"), jstr(ro, "name"), jstr(ro, "version"), rollout_target(ro),
+         jstr(ro, "state") + (rollout_status(ro) == ota::service::RolloutStatus::paused &&
+                                      !jstr(ro, "paused_by").empty()
+                                  ? " (" + jstr(ro, "paused_by") + ")"
+                                  : ""),
+         current_wave(ro).substr(5), std::to_string(jint(ro, "percent")) + "%",
+         std::to_string(jint(ro, "devices_total")), std::to_string(jint(counts, "succeeded")),
+         std::to_string(jint(counts, "failed")), fmt_pct(failure_all(ro)),
+         cell_time(jint(ro, "created_at"))});
   }
-  print_table({"ID", "NAME", "VERSION", "TARGET", "STATE", "WAVE", "PROGRESS", "DEVICES", "OK", "FAILED",
-               "FAILURE", "CREATED (UTC)"},
+  print_table({"ID", "NAME", "VERSION", "TARGET", "STATE", "WAVE", "PROGRESS", "DEVICES", "OK",
+               "FAILED", "FAILURE", time_head("CREATED")},
               rows);
   return kExitOk;
 }

@@ -35,10 +35,10 @@ int cmd_token_list(Context& c) {
   for (const auto& t : r.body) {
     const bool bootstrap = t.is_object() && t.value("bootstrap", false);
     rows.push_back({jstr(t, "name"), jstr(t, "role"),
-                    bootstrap ? "-" : fmt_time(jint(t, "created_at")),
+                    bootstrap ? "-" : cell_time(jint(t, "created_at")),
                     bootstrap ? "(the controller's --api-token-file)" : jstr(t, "created_by")});
   }
-  print_table({"NAME", "ROLE", "CREATED", "CREATED BY"}, rows);
+  print_table({"NAME", "ROLE", time_head("CREATED"), "CREATED BY"}, rows);
   return kExitOk;
 }
 

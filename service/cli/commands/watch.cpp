@@ -1,10 +1,12 @@
 // otactl watch ROLLOUT: the live view. Polls the rollout (and its last events) every interval
 // until it completes (exit 0), is aborted or is paused by its policy (exit 1), or the controller
-// stays unreachable for --retry-for seconds (exit 3).
+// stays unreachable for --retry-for seconds (exit 3). A draft exits 1 at once saying how to
+// start it (--wait-start: watched from before its start); a scheduled one is watched.
 #include <sys/ioctl.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -24,6 +26,7 @@ namespace {
 struct Options {
   std::string id;
   int interval_ms = 500, events = 5, retry_for_s = 10;
+  bool wait_start = false;  // a draft: wait for its start instead of exiting 1
 };
 
 class Watch {
@@ -87,23 +90,30 @@ void Watch::draw_tty(const std::vector<std::string>& lines) {
 void Watch::render(const std::string& note) {
   std::vector<std::string> lines = rollout_lines(ro_);
   if (o_.events > 0 && events_.is_array() && !events_.empty()) {
-    lines.push_back("recent events:");
+    lines.push_back("recent events (" + zone_name() + "):");
+    // Columns as wide as their widest entry (event names run to 22 characters and more).
+    const char* const keys[] = {"actor", "what", "device"};
+    std::size_t width[3] = {0, 0, 0};
+    for (const auto& e : events_)
+      for (std::size_t k = 0; k < 3; ++k) width[k] = std::max(width[k], jstr(e, keys[k]).size());
     for (const auto& e : events_) {
-      char head[96];
-      std::snprintf(head, sizeof head, "  %s  %-16s %-16s", event_time(jint(e, "ts"), false).c_str(),
-                    jstr(e, "actor").c_str(), jstr(e, "what").c_str());
-      std::string l = head;
-      if (!jstr(e, "device").empty()) l += " " + jstr(e, "device");
-      if (!jstr(e, "detail").empty()) l += "  " + jstr(e, "detail");
+      std::string l = "  " + event_time(jint(e, "ts"), false);
+      for (std::size_t k = 0; k < 3; ++k) {
+        const std::string cell = jstr(e, keys[k]);
+        if (width[k] > 0) l += "  " + cell + std::string(width[k] - cell.size(), ' ');
+      }
+      l += "  " + jstr(e, "detail");
+      while (!l.empty() && l.back() == ' ') l.pop_back();
       lines.push_back(l);
     }
   }
   using ota::service::RolloutStatus;
   const auto st = rollout_status(ro_);
   if (st == RolloutStatus::draft)
-    lines.push_back("(a draft: start it with otactl rollout start " + jstr(ro_, "id") + ")");
+    lines.push_back("(a draft: waiting for otactl rollout start " + jstr(ro_, "id") + ")");
   else if (st == RolloutStatus::scheduled)
-    lines.push_back("(scheduled: starts at " + fmt_time(jint(jobj(ro_, "policy"), "start_at")) + " UTC)");
+    lines.push_back("(scheduled: starts at " + fmt_time(jint(jobj(ro_, "policy"), "start_at")) +
+                    ")");
   else if (st == RolloutStatus::paused && !paused_by_policy(ro_))
     lines.push_back("(waiting for: otactl rollout resume " + jstr(ro_, "id") + ")");
   if (!note.empty()) lines.push_back(note);
@@ -121,12 +131,21 @@ void Watch::show() {
   }
 }
 
-// The exit code once the rollout completed, was aborted or was paused by its policy.
+// The exit code once the rollout completed, was aborted or was paused by its policy, or at
+// once for a draft: nothing happens to a draft until someone starts it, so there is nothing
+// to watch (exit 1 with the command that starts it, rather than wait without a word).
 std::optional<int> Watch::ended() const {
   std::FILE* msg = c_.json_out ? stderr : stdout;
   using ota::service::RolloutStatus;
   const auto st = rollout_status(ro_);
   const std::string rid = jstr(ro_, "id").empty() ? o_.id : jstr(ro_, "id");
+  if (st == RolloutStatus::draft && !o_.wait_start) {
+    std::fprintf(
+        stderr,
+        "rollout %s is a draft: nothing happens until it is started: otactl rollout start %s\n",
+        rid.c_str(), rid.c_str());
+    return kExitFail;
+  }
   if (st == RolloutStatus::completed) {
     std::fprintf(msg, "rollout %s completed: %lld of %lld devices succeeded\n", rid.c_str(),
                  jint(jobj(ro_, "counts"), "succeeded"), jint(ro_, "devices_total"));
@@ -201,6 +220,9 @@ void add_watch_command(CLI::App& app, Context& ctx) {
                     "keep retrying an unreachable controller for S seconds before giving up with exit 3 "
                     "(0..3600, default 10)")
       ->check(CLI::Range(0, 3600));
+  watch->add_flag(
+      "--wait-start", o->wait_start,
+      "a draft: wait until it is started (default: exit 1 at once, saying how to start it)");
   watch->add_option("--events", o->events, "show the last N events (0..50, default 5)")->check(CLI::Range(0, 50));
   ctx.on_api(watch, [&ctx, o] { return Watch(ctx, *o).run(); });
 }

@@ -221,8 +221,28 @@ Result<json> Controller::status_json() {
 
 Result<json> Controller::events_json(const EventFilter& f) {
   DbLock db(db_);
-  auto evs = db.store().events(f);
+  Store& store = db.store();
+  auto evs = store.events(f);
   if (!evs) return evs.context("events");
+  // A filter naming nothing that exists is a typo: 404, not an empty log. (Only when nothing
+  // matched: a device that never said hello may still have ignored messages logged.)
+  if (evs->empty()) {
+    if (!f.rollout.empty()) {
+      auto r = store.rollout(f.rollout);
+      if (!r) return r.context("events");
+      if (!*r) return not_found_err("events: unknown rollout " + f.rollout);
+    }
+    if (!f.deployment.empty()) {
+      auto d = store.deployment(f.deployment);
+      if (!d) return d.context("events");
+      if (!*d) return not_found_err("events: unknown deployment " + f.deployment);
+    }
+    if (!f.device.empty()) {
+      auto d = store.device(f.device);
+      if (!d) return d.context("events");
+      if (!*d) return not_found_err("events: unknown device " + f.device);
+    }
+  }
   return events_view(*evs);
 }
 

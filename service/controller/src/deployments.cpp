@@ -135,6 +135,17 @@ Status check_device_target(DbLock& db, const DeviceRegistry& registry, const Ima
   return {};
 }
 
+// Why `dev` cannot take a new deployment: the row it has in `d`, named by what the operator
+// acts on (a rollout's deployment is the rollout's business: abort the rollout).
+std::string busy_device_text(const std::string& dev, const LiveDeployment& d, RowState state) {
+  if (!d.rollout_id.empty())
+    return "deploy: device " + dev + " is claimed by rollout " + d.rollout_id + " (state " +
+           to_string(state) + "); wait for it to end or abort it: otactl rollout abort " +
+           d.rollout_id;
+  return "deploy: device " + dev + " is already in active deployment " + d.rec.id + " (state " +
+         to_string(state) + "); cancel it first";
+}
+
 // Unguessable ids: a device must not be able to address a deployment it was not offered.
 Result<std::string> new_deployment_id(Store& store) {
   for (int attempt = 0; attempt < 8; ++attempt) {
@@ -164,13 +175,16 @@ Result<DeploymentRec> Deployments::deploy(DbLock& db, const ImageRec& img, const
     for (const auto& kv : active_) {
       auto r = kv.second.rows.find(target);
       if (r != kv.second.rows.end() && !is_final(r->second.rec.state))
-        return conflict_err("deploy: device " + target + " is already in active deployment " +
-                            kv.first + " (state " + to_string(r->second.rec.state) +
-                            "); cancel it first");
+        return conflict_err(busy_device_text(target, kv.second, r->second.rec.state));
     }
     members.push_back(target);
   } else {
     members = registry_.known_members(target);
+    // Like a rollout's start: a deployment that reaches nobody is a typo, not a plan.
+    if (members.empty())
+      return not_found_err("deploy: group " + target +
+                           " has no known devices (no member has said hello yet); nothing to "
+                           "deploy to");
   }
   auto depid = new_deployment_id(db.store());
   if (!depid) return depid.err();

@@ -198,6 +198,37 @@ Status RolloutRunner::start(DbLock& db, Live& ro, const std::string& actor, long
   if (ro.rec.state != RolloutStatus::draft)
     return conflict_err("rollout " + ro.rec.id + " is " + to_string(ro.rec.state) +
                         "; only a draft can be started");
+  if (ro.policy.start_at_s * 1000 <= now_ms) return claim_devices(db, ro, actor, now_ms);
+  // Scheduled: its devices stay free for other deployments until the start time
+  // (claim_devices then). What can be checked now is, so that a typo fails at once.
+  auto img = db.store().image_by_id(ro.rec.image_id);
+  if (!img) return img.err();
+  if (!*img) return internal_err("image " + ro.rec.image_id + " missing");
+  Status deployable = keys_.check_deployable(**img);
+  if (!deployable) return deployable;
+  auto targets = resolve_targets(db, ro.rec);
+  if (!targets) return targets.err();
+  const RolloutState before = ro.st;
+  auto actions = op_start(ro.st, ro.policy, now_ms);
+  if (!actions) return actions.err();
+  RolloutRec next = ro.rec;
+  store_engine_state(ro.st, next);
+  Tx tx(db.store());
+  Status s = tx.status();
+  if (s) s = db.store().update_rollout(next);
+  if (s)
+    for (const auto& a : *actions) db.event("", "", a.what, a.detail, actor, ro.rec.id);
+  if (s) s = tx.commit();
+  if (!s) {
+    ro.st = before;
+    return s.context("db");
+  }
+  ro.rec = next;
+  return {};
+}
+
+Status RolloutRunner::claim_devices(DbLock& db, Live& ro, const std::string& actor,
+                                    long long now_ms) {
   auto img = db.store().image_by_id(ro.rec.image_id);
   if (!img) return img.err();
   if (!*img) return internal_err("image " + ro.rec.image_id + " missing");
@@ -215,42 +246,16 @@ Status RolloutRunner::start(DbLock& db, Live& ro, const std::string& actor, long
   auto rows = assign_waves(ro.rec.id, el->devices, ro.policy);
   std::string dep_id = random_id("dep-");
   if (dep_id.size() < 5) return internal_err("no randomness for the deployment id");
-  // The deployment's own offer is bound to nobody: devices get per-device offers; this one
-  // only records what was signed.
-  OfferTarget unbound;
-  unbound.rollback = !ro.rec.rollback_of.empty();
-  auto offer = keys_.build_offer(**img, dep_id, unbound);
-  if (!offer) return offer.err();
-  auto file = chunks_.open(**img);
-  if (!file) return file.err();
-
-  LiveDeployment dm;
-  dm.rec.id = dep_id;
-  dm.rec.image_id = (*img)->id;
-  dm.rec.target_kind = "rollout";
-  dm.rec.target = ro.rec.id;
-  dm.rec.state = DeploymentState::active;
-  dm.rec.offer = *offer;
-  dm.rec.created_at = now_ms / 1000;
-  dm.rollout_id = ro.rec.id;
-  dm.image = **img;
-  dm.file = *file;
-  for (auto& r : rows) {
-    LiveRow rm;
-    rm.rec.deployment_id = dep_id;
-    rm.rec.device_id = r.device;
-    rm.rec.state = RowState::pending;
-    rm.rec.total = (*img)->size;
-    rm.rec.wave = r.wave;
-    rm.rec.ord = r.order;
-    rm.rec.attempt = 0;
-    rm.rec.updated_at = now_ms;
-    dm.rows[r.device] = rm;
-    r.changed = false;
-  }
+  auto dm = rollout_deployment(ro.rec, **img, dep_id, rows, now_ms);
+  if (!dm) return dm.err();
+  // A draft starts now; a scheduled rollout is started by the engine's next step.
   const RolloutState before = ro.st;
-  auto actions = op_start(ro.st, ro.policy, now_ms);
-  if (!actions) return actions.err();
+  std::vector<EngineAction> actions;
+  if (ro.st.state == RolloutStatus::draft) {
+    auto started = op_start(ro.st, ro.policy, now_ms);
+    if (!started) return started.err();
+    actions = std::move(*started);
+  }
   RolloutRec next = ro.rec;
   store_engine_state(ro.st, next);
   next.deployment_id = dep_id;
@@ -259,12 +264,12 @@ Status RolloutRunner::start(DbLock& db, Live& ro, const std::string& actor, long
   next.started_at = now_ms / 1000;
   Tx tx(db.store());
   Status s = tx.status();
-  if (s) s = deployments_.insert(db, dm);
+  if (s) s = deployments_.insert(db, *dm);
   if (s) s = db.store().update_rollout(next);
   if (s) {
-    db.event(dep_id, "", "rollout_targets", targets_summary(*el, rows, ro.policy.waves.size()), actor,
-             ro.rec.id);
-    for (const auto& a : *actions) db.event(dep_id, "", a.what, a.detail, actor, ro.rec.id);
+    db.event(dep_id, "", "rollout_targets", targets_summary(*el, rows, ro.policy.waves.size()),
+             actor, ro.rec.id);
+    for (const auto& a : actions) db.event(dep_id, "", a.what, a.detail, actor, ro.rec.id);
   }
   if (s) s = tx.commit();
   if (!s) {
@@ -272,10 +277,74 @@ Status RolloutRunner::start(DbLock& db, Live& ro, const std::string& actor, long
     return s.context("db");
   }
   ro.rec = next;
-  dm.rollout = link_of(ro);
-  deployments_.adopt(std::move(dm));
+  dm->rollout = link_of(ro);
+  deployments_.adopt(std::move(*dm));
   run_engine(db, ro, now_ms);
   return {};
+}
+
+Result<LiveDeployment> RolloutRunner::rollout_deployment(const RolloutRec& rec, const ImageRec& img,
+                                                         const std::string& dep_id,
+                                                         std::vector<RolloutRow>& rows,
+                                                         long long now_ms) {
+  // The deployment's own offer is bound to nobody: devices get per-device offers; this one
+  // only records what was signed.
+  OfferTarget unbound;
+  unbound.rollback = !rec.rollback_of.empty();
+  auto offer = keys_.build_offer(img, dep_id, unbound);
+  if (!offer) return offer.err();
+  auto file = chunks_.open(img);
+  if (!file) return file.err();
+  LiveDeployment dm;
+  dm.rec.id = dep_id;
+  dm.rec.image_id = img.id;
+  dm.rec.target_kind = "rollout";
+  dm.rec.target = rec.id;
+  dm.rec.state = DeploymentState::active;
+  dm.rec.offer = *offer;
+  dm.rec.created_at = now_ms / 1000;
+  dm.rollout_id = rec.id;
+  dm.image = img;
+  dm.file = *file;
+  for (auto& r : rows) {
+    LiveRow rm;
+    rm.rec.deployment_id = dep_id;
+    rm.rec.device_id = r.device;
+    rm.rec.state = RowState::pending;
+    rm.rec.total = img.size;
+    rm.rec.wave = r.wave;
+    rm.rec.ord = r.order;
+    rm.rec.attempt = 0;
+    rm.rec.updated_at = now_ms;
+    dm.rows[r.device] = rm;
+    r.changed = false;
+  }
+  return dm;
+}
+
+void RolloutRunner::start_when_due(DbLock& db, Live& ro, long long now_ms) {
+  Status s = claim_devices(db, ro, "controller", now_ms);
+  if (s || s.kind() == ErrKind::internal) {
+    if (!s) log_error("rollout " + ro.rec.id + ": start: " + s.error() + " (retrying next tick)");
+    return;
+  }
+  // Nothing to claim at the start time (every target busy, gone or of another hw, or the
+  // image no longer deployable): paused by policy, so that watch ends and says why; a
+  // resume makes it scheduled again and the next tick tries again.
+  const RolloutState before = ro.st;
+  ro.st.state = RolloutStatus::paused;
+  ro.st.paused_by = PausedBy::policy;
+  ro.st.pause_reason =
+      "nothing to start at the start time: " + s.error() + "; resume it to try again";
+  EngineAction paused;
+  paused.what = "rollout_paused";
+  paused.detail = ro.st.pause_reason;
+  std::vector<RolloutRow> no_rows;
+  Status a = apply_engine(db, ro, no_rows, {paused}, "controller", now_ms);
+  if (!a) {
+    ro.st = before;
+    log_error("rollout " + ro.rec.id + ": " + a.error() + " (retrying next tick)");
+  }
 }
 
 // --------------------------------------------------------------------- operator actions
@@ -415,6 +484,19 @@ Result<ImageRec> rollback_image(DbLock& db, const RolloutRec& rec, const json& b
   if (ref.empty())
     return invalid_err("rollback: rollout " + rec.id + " does not know the previous version; give \"image\"");
   auto img = resolve_image(db.store(), ref);
+  if (!img && img.kind() == ErrKind::not_found && proto::is_semver(ref.data(), ref.size())) {
+    // The devices named the version in their hello, but its image never reached the
+    // controller (typically the factory image): say exactly how to fix that.
+    auto own = db.store().image_by_id(rec.image_id);
+    const std::string hw = own && *own ? join((*own)->hw, " --hw ") : "MODEL";
+    return not_found_err("rollback: no image of version " + ref +
+                         (body.contains("image")
+                              ? ""
+                              : " (the version the devices of rollout " + rec.id + " ran before)") +
+                         " was ever uploaded; upload " + ref +
+                         " first: otactl image add FILE --version " + ref + " --hw " + hw +
+                         ", then run otactl rollout rollback " + rec.id + " again");
+  }
   if (!img) return img.context("rollback");
   Status deployable = keys.check_deployable(*img);
   if (!deployable) return deployable.context("rollback");

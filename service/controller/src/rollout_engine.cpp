@@ -403,7 +403,8 @@ Result<std::vector<EngineAction>> op_resume(RolloutState& st) {
     return conflict_err("rollout " + st.id + " is " + to_string(st.state) +
                         "; only a paused rollout can be resumed");
   std::string detail = "resumed";
-  if (st.paused_by == PausedBy::policy || st.paused_by == PausedBy::threshold) {
+  if ((st.paused_by == PausedBy::policy || st.paused_by == PausedBy::threshold) &&
+      st.current_wave >= 0) {
     // The operator looked at the failures and accepts them: the waves so far no longer hold
     // the rollout back, so the next wave starts.
     st.accepted_through = st.current_wave;

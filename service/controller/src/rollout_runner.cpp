@@ -107,7 +107,13 @@ void RolloutRunner::complete_if_done(DbLock& db, const std::string& id, const st
 }
 
 void RolloutRunner::run_engine(DbLock& db, Live& ro, long long now_ms) {
-  if (ro.rec.state == RolloutStatus::draft || ro.rec.deployment_id.empty()) return;
+  if (ro.rec.state == RolloutStatus::draft) return;
+  if (ro.rec.deployment_id.empty()) {
+    // A scheduled rollout claims its devices when its start time comes, not before.
+    if (ro.rec.state == RolloutStatus::scheduled && ro.policy.start_at_s * 1000 <= now_ms)
+      start_when_due(db, ro, now_ms);
+    return;
+  }
   auto engine_rows = deployments_.engine_rows(ro.rec.deployment_id);
   if (!engine_rows) return;
   std::vector<RolloutRow> rows = std::move(*engine_rows);

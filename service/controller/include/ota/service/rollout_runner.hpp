@@ -82,7 +82,16 @@ class RolloutRunner {
   void complete_if_done(DbLock& db, const std::string& id, const std::string& dep_id);
   static RolloutLink link_of(const Live& ro);
   // rollout_actions.cpp
+  // A draft: claims its devices now, or is scheduled (claiming nothing) for its start time.
   Status start(DbLock& db, Live& ro, const std::string& actor, long long now_ms);
+  // The rollout's deployment: its eligible targets now, in waves, pending (a draft is
+  // started too). Persisted before it is adopted.
+  Status claim_devices(DbLock& db, Live& ro, const std::string& actor, long long now_ms);
+  Result<LiveDeployment> rollout_deployment(const RolloutRec& rec, const ImageRec& img,
+                                            const std::string& dep_id,
+                                            std::vector<RolloutRow>& rows, long long now_ms);
+  // A scheduled rollout whose start time came: claim_devices, or a pause saying why not.
+  void start_when_due(DbLock& db, Live& ro, long long now_ms);
   Result<std::vector<std::string>> resolve_targets(DbLock& db, const RolloutRec& r);
   Result<Live*> revive(DbLock& db, const RolloutRec& rec);
   Result<nlohmann::json> rollback(DbLock& db, Live* ro, const RolloutRec& rec,
