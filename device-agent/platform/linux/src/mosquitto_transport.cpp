@@ -148,10 +148,16 @@ namespace {
 constexpr std::chrono::milliseconds kMiscInterval{1000};
 }  // namespace
 
-int MosquittoTransport::socket() const { return mosq_ != nullptr ? mosquitto_socket(mosq_) : -1; }
+// A link given up on (CONNACK timeout) keeps its socket open until the next attempt closes
+// it: nothing to wait for then, and a broker closing it must not wake the loop again and
+// again until then. Likewise after a stop.
+int MosquittoTransport::socket() const {
+  if (mosq_ == nullptr || link_ == Link::down) return -1;
+  return mosquitto_socket(mosq_);
+}
 
 bool MosquittoTransport::wants_write() const {
-  return mosq_ != nullptr && mosquitto_socket(mosq_) >= 0 && mosquitto_want_write(mosq_);
+  return socket() >= 0 && mosquitto_want_write(mosq_);
 }
 
 // What mosquitto_loop() does after its select(), for a socket the caller waited on. Reading
