@@ -15,6 +15,7 @@ namespace {
 // The wait is capped so that the stop flag is seen within this time without a signal.
 constexpr int kMaxWaitMs = 100;
 constexpr int kEventsPerWait = 256;
+constexpr int kPowerOnsPerTurn = 4;
 
 }  // namespace
 
@@ -97,15 +98,26 @@ bool FleetWorker::step(std::size_t slot, bool readable, bool writable) {
   return ok;
 }
 
-// Steps every device whose time has come. False when one failed.
+// Steps every device whose time has come, but powers on at most kPowerOnsPerTurn devices
+// between two looks at the sockets: a power-on costs milliseconds of TLS setup, and a worker
+// that fell behind the --connect-rate must not leave the connections it already has (TLS
+// handshakes, CONNACKs, keepalive) unserved for seconds, or they time out and reconnect: the
+// ramp slows down to what the CPU gives instead. False when a device failed.
 bool FleetWorker::step_due(Clock::time_point now) {
   bool ok = true;
+  int power_ons = 0;
+  std::vector<std::size_t> later;
   while (!timers_.empty() && timers_.top().first <= now) {
     const auto [due, slot] = timers_.top();
     timers_.pop();
     if (due != slots_[slot].due) continue;  // rescheduled since
+    if (!slots_[slot].started && ++power_ons > kPowerOnsPerTurn) {
+      later.push_back(slot);
+      continue;
+    }
     ok = step(slot, false, false) && ok;
   }
+  for (std::size_t slot : later) schedule(slot, now);
   return ok;
 }
 

@@ -292,7 +292,12 @@ TEST_F(Rollouts, FailurePolicyPausesInWaveOneAndLaterWavesStayUntouched) {
         for (const auto& row : r["devices"]) {
           by_wave[row.value("wave", -1)].insert(row.value("device", ""));
           const std::string st = row.value("state", "");
-          if (st == "offered" || st == "downloading" || st == "installing") in_flight = true;
+          // Every state between the offer and the device's final answer (a device that
+          // failed its self-test is still rebooting back into its old image for a moment).
+          static const std::set<std::string> kInFlight{"offered",  "accepted",  "downloading",
+                                                       "verifying", "installing", "rebooting",
+                                                       "confirming"};
+          if (kInFlight.count(st)) in_flight = true;
         }
         return !in_flight;
       },

@@ -56,6 +56,7 @@ struct DeviceRunner::Powered {
   std::unique_ptr<MosquittoTransport> transport;
   std::unique_ptr<Agent> agent;
   std::uint64_t counted_bytes = 0;  // agent bytes already added to bytes_received
+  bool served = false;              // went online (not reset by boot() already)
   FlashPort& flash() { return file ? static_cast<FlashPort&>(*file) : *bundle; }
   bool reset_requested() const { return file ? file->reset_requested() : bundle->reset_requested(); }
 };
@@ -270,13 +271,17 @@ bool DeviceRunner::power_on(std::string& error) {
                                       }
                                       agent.on_message(topic, payload, len);
                                     });
+  powered_->served = true;
   return powered_->transport->start(error);
 }
 
-// Everything in RAM is gone; the files stay.
+// Everything in RAM is gone; the files stay. The one corrupted write is spent once the
+// device has been online (a boot that reset at once never wrote anything).
 void DeviceRunner::power_off() {
+  if (powered_ != nullptr && powered_->served) {
+    corrupted_ = corrupted_ || opt_.corrupt_write_offset >= 0;
+  }
   powered_.reset();
-  corrupted_ = corrupted_ || opt_.corrupt_write_offset >= 0;
   connected = false;
   phase_ = stop_requested_ ? Phase::finished : Phase::off;
 }

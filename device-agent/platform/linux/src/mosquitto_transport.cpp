@@ -1,9 +1,14 @@
 #include "ota/agent/linux/mosquitto_transport.hpp"
 
+#include <arpa/inet.h>
 #include <mosquitto.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
 #include <sys/socket.h>
 
 #include <algorithm>
+#include <map>
 #include <mutex>
 #include <thread>
 
@@ -38,6 +43,67 @@ std::uint64_t jitter_seed(std::uint64_t configured) {
   return (static_cast<std::uint64_t>(entropy()) << 32) ^ entropy();
 }
 
+// The CA store of each CA file, parsed once per process and shared by every transport's
+// TLS context (X509_STORE is reference-counted and read-only once built).
+X509_STORE* shared_ca_store(const std::string& ca_file) {
+  static std::mutex mu;
+  static std::map<std::string, X509_STORE*> stores;  // one reference each, kept for good
+  std::lock_guard<std::mutex> lock(mu);
+  auto it = stores.find(ca_file);
+  if (it != stores.end()) return it->second;
+  X509_STORE* store = X509_STORE_new();
+  if (store == nullptr || X509_STORE_load_file(store, ca_file.c_str()) != 1) {
+    X509_STORE_free(store);
+    return nullptr;
+  }
+  stores.emplace(ca_file, store);
+  return store;
+}
+
+std::string tls_error() {
+  char buf[256] = "unknown TLS error";
+  const unsigned long e = ERR_get_error();
+  if (e != 0) ERR_error_string_n(e, buf, sizeof buf);
+  ERR_clear_error();
+  return buf;
+}
+
+// The client's TLS context, built once per transport. libmosquitto's own (mosquitto_tls_set)
+// re-reads the CA, certificate and key files on every connection attempt, which costs
+// milliseconds of PEM decoding in OpenSSL 3: enough to stall a loop that connects thousands
+// of devices. Same policy as libmosquitto's default context: TLS 1.2 or later, the broker's
+// certificate verified against the CA and checked against the host (DNS name or IP address
+// in its subjectAltName), our certificate and key, no compression.
+SSL_CTX* make_tls_context(const MqttSettings& s, std::string& error) {
+  SSL_CTX* ctx = SSL_CTX_new(TLS_client_method());
+  X509_STORE* ca = ctx != nullptr ? shared_ca_store(s.ca_file) : nullptr;
+  if (ca == nullptr) {
+    error = "CA " + s.ca_file + ": " + tls_error();
+    SSL_CTX_free(ctx);
+    return nullptr;
+  }
+  SSL_CTX_set1_cert_store(ctx, ca);
+  SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+  SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION);
+  SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);  // idle connections hold no buffers
+  SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, nullptr);
+  X509_VERIFY_PARAM* param = SSL_CTX_get0_param(ctx);
+  unsigned char addr[16];
+  const bool is_ip = ::inet_pton(AF_INET, s.host.c_str(), addr) == 1 ||
+                     ::inet_pton(AF_INET6, s.host.c_str(), addr) == 1;
+  X509_VERIFY_PARAM_set_hostflags(param, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
+  const int host_ok = is_ip ? X509_VERIFY_PARAM_set1_ip_asc(param, s.host.c_str())
+                            : X509_VERIFY_PARAM_set1_host(param, s.host.c_str(), 0);
+  if (host_ok != 1 || SSL_CTX_use_certificate_chain_file(ctx, s.cert_file.c_str()) != 1 ||
+      SSL_CTX_use_PrivateKey_file(ctx, s.key_file.c_str(), SSL_FILETYPE_PEM) != 1 ||
+      SSL_CTX_check_private_key(ctx) != 1) {
+    error = "cert " + s.cert_file + ", key " + s.key_file + ": " + tls_error();
+    SSL_CTX_free(ctx);
+    return nullptr;
+  }
+  return ctx;
+}
+
 }  // namespace
 
 MosquittoTransport::MosquittoTransport(MqttSettings settings)
@@ -67,11 +133,14 @@ bool MosquittoTransport::start(std::string& error) {
   mosquitto_int_option(mosq_, MOSQ_OPT_PROTOCOL_VERSION, MQTT_PROTOCOL_V311);
   // Without TCP_NODELAY every request/response round trip can stall ~40 ms (Nagle).
   mosquitto_int_option(mosq_, MOSQ_OPT_TCP_NODELAY, 1);
-  int rc = mosquitto_tls_set(mosq_, settings_.ca_file.c_str(), nullptr,
-                             settings_.cert_file.c_str(), settings_.key_file.c_str(), nullptr);
+  std::string tls_detail;
+  SSL_CTX* tls = make_tls_context(settings_, tls_detail);
+  int rc = tls != nullptr ? mosquitto_void_option(mosq_, MOSQ_OPT_SSL_CTX, tls) : MOSQ_ERR_TLS;
+  SSL_CTX_free(tls);  // libmosquitto holds its own reference
+  if (rc == MOSQ_ERR_SUCCESS) rc = mosquitto_int_option(mosq_, MOSQ_OPT_SSL_CTX_WITH_DEFAULTS, 0);
   if (rc != MOSQ_ERR_SUCCESS) {
     error = std::string("TLS setup (ca ") + settings_.ca_file + ", cert " + settings_.cert_file +
-            "): " + mosquitto_strerror(rc);
+            "): " + (tls_detail.empty() ? mosquitto_strerror(rc) : tls_detail);
     return false;
   }
   if (!settings_.will_topic.empty()) {
@@ -148,10 +217,16 @@ namespace {
 constexpr std::chrono::milliseconds kMiscInterval{1000};
 }  // namespace
 
-int MosquittoTransport::socket() const { return mosq_ != nullptr ? mosquitto_socket(mosq_) : -1; }
+// A link given up on (CONNACK timeout) keeps its socket open until the next attempt closes
+// it: nothing to wait for then, and a broker closing it must not wake the loop again and
+// again until then. Likewise after a stop.
+int MosquittoTransport::socket() const {
+  if (mosq_ == nullptr || link_ == Link::down) return -1;
+  return mosquitto_socket(mosq_);
+}
 
 bool MosquittoTransport::wants_write() const {
-  return mosq_ != nullptr && mosquitto_socket(mosq_) >= 0 && mosquitto_want_write(mosq_);
+  return socket() >= 0 && mosquitto_want_write(mosq_);
 }
 
 // What mosquitto_loop() does after its select(), for a socket the caller waited on. Reading
