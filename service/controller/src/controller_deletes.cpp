@@ -66,7 +66,6 @@ Result<json> Controller::decommission_device(const std::string& dev, const std::
   if ((*d)->revoked_at > 0)
     return conflict_err("decommission: device " + dev +
                         " is revoked, and its record is what keeps it refused; it stays");
-  flush(db, true);
   auto rows = db.store().rows_for_device(dev, 1000000);
   if (!rows) return rows.context("decommission");
   std::vector<std::string> unfinished;
@@ -77,6 +76,8 @@ Result<json> Controller::decommission_device(const std::string& dev, const std::
     return conflict_err("decommission: device " + dev + " is in deployment " +
                         name_some(unfinished, 3) +
                         ": cancel it (or abort its rollout) or let it finish first");
+  // Lazily kept progress and seqs are written first: none of them may land on a deleted row.
+  flush(db, true);
   Tx tx(db.store());
   Status s = tx.status();
   if (s) s = db.store().delete_device(dev);
