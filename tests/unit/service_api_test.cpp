@@ -33,7 +33,8 @@ class ServiceApi : public ControllerTest {
     auto tk = ApiTokens::open(dir.file("ota.db"), token);
     ASSERT_TRUE(tk.ok()) << tk.error();
     tokens = std::move(*tk);
-    api = std::make_unique<HttpApi>(*ctl, [] { return true; }, *tokens);
+    api = std::make_unique<HttpApi>(
+        *ctl, [] { return true; }, *tokens);
     auto p = api->start("127.0.0.1", 0);
     ASSERT_TRUE(p.ok()) << p.error();
     port = *p;
@@ -95,7 +96,8 @@ class ServiceApi : public ControllerTest {
 
 TEST_F(ServiceApi, ErrorsAreOneObjectWithCodeMessageAndField) {
   hello("sim-001", "1.0.0");
-  expect_error(get("/api/v1/devices?limit=0"), 400, "invalid", "limit 0 out of range 1..10000", "limit");
+  expect_error(get("/api/v1/devices?limit=0"), 400, "invalid", "limit 0 out of range 1..10000",
+               "limit");
   expect_error(get("/api/v1/devices?limit=x"), 400, "invalid", "limit 'x'", "limit");
   expect_error(get("/api/v1/devices?offset=-1"), 400, "invalid", "offset", "offset");
   expect_error(get("/api/v1/devices?sort=id"), 400, "invalid", "unknown query parameter 'sort'",
@@ -269,7 +271,8 @@ TEST_F(ServiceApi, OpenApiDescribesEveryRouteAndNothingElse) {
       for (const auto& route : routes)
         if (route.method == m && std::regex_match(concrete(path), std::regex(route.pattern)))
           served = &route;
-      ASSERT_NE(served, nullptr) << m << " " << path << " is described but the server has no such route";
+      ASSERT_NE(served, nullptr) << m << " " << path
+                                 << " is described but the server has no such route";
       EXPECT_EQ(operation.value("x-ota-role", ""), served->role) << m << " " << path;
       EXPECT_TRUE(operation.contains("responses")) << m << " " << path;
     }
@@ -355,8 +358,9 @@ TEST_F(ServiceApi, ImageDeleteIsRefusedWhileUsedAndPersists) {
 TEST_F(ServiceApi, DecommissionedDeviceGoesKeepsItsHistoryAndComesBackAsNew) {
   hello("d1", "1.0.0", {"lab"});
   hello("d2", "1.0.0", {"lab"});
-  ASSERT_EQ(client().Put("/api/v1/devices/d1/tags", R"({"site":"berlin"})", "application/json")->status,
-            200);
+  ASSERT_EQ(
+      client().Put("/api/v1/devices/d1/tags", R"({"site":"berlin"})", "application/json")->status,
+      200);
   add(bytes_of(5000, 6), "1.1.0");
   auto dep = post("/api/v1/deployments", {{"image", "1.1.0"}, {"device", "d1"}});
   ASSERT_EQ(dep->status, 201);

@@ -70,8 +70,7 @@ Result<json> Controller::decommission_device(const std::string& dev, const std::
   if (!rows) return rows.context("decommission");
   std::vector<std::string> unfinished;
   for (const auto& r : *rows)
-    if (!is_final(r.state))
-      unfinished.push_back(r.deployment_id + " (" + to_string(r.state) + ")");
+    if (!is_final(r.state)) unfinished.push_back(r.deployment_id + " (" + to_string(r.state) + ")");
   if (!unfinished.empty())
     return conflict_err("decommission: device " + dev + " is in deployment " +
                         name_some(unfinished, 3) +

@@ -233,7 +233,8 @@ Result<json> RolloutRunner::remove(DbLock& db, const std::string& id, const std:
   Tx tx(db.store());
   Status s = tx.status();
   if (s) s = db.store().delete_unstarted_rollout(id);
-  if (s) db.event("", "", "rollout_deleted", "was " + std::string(to_string(rec->state)), actor, id);
+  if (s)
+    db.event("", "", "rollout_deleted", "was " + std::string(to_string(rec->state)), actor, id);
   if (s) s = tx.commit();
   if (!s) return s.context("rollout delete: db");
   if (live != rollouts_.end()) rollouts_.erase(live);

@@ -16,8 +16,8 @@ Result<ImageParams> image_params(const httplib::Request& req) {
                              "query parameter 'release' is empty (it is the release file's JSON)");
   p.version = req.get_param_value("version");
   if (p.version.empty() && !with_release)
-    return invalid_field_err("version",
-                             "query parameter 'version' is required (or 'release': a release file)");
+    return invalid_field_err(
+        "version", "query parameter 'version' is required (or 'release': a release file)");
   const std::size_t n = req.get_param_value_count("hw");
   for (std::size_t i = 0; i < n; ++i) p.hw.push_back(req.get_param_value("hw", i));
   if (p.hw.empty() && !with_release)
@@ -75,7 +75,9 @@ void add_image_routes(RouteTable& routes, Controller& ctl) {
     add_image(ctl, req, res);
   });
   routes.get("/api/v1/images", Role::read_only,
-             [&ctl](const httplib::Request& req, httplib::Response& res) { send_images(ctl, req, res); });
+             [&ctl](const httplib::Request& req, httplib::Response& res) {
+               send_images(ctl, req, res);
+             });
   routes.get(R"(/api/v1/images/([^/]+))", Role::read_only,
              [&ctl](const httplib::Request& req, httplib::Response& res) {
                reply(res, ctl.image_json(req.matches[1]));

@@ -85,8 +85,8 @@ json filter_by(const json& all, const std::string& key, const std::string& value
   for (const auto& item : all) {
     auto it = item.find(key);
     if (it == item.end()) continue;
-    const bool match = it->is_array() ? std::find(it->begin(), it->end(), value) != it->end()
-                                      : *it == value;
+    const bool match =
+        it->is_array() ? std::find(it->begin(), it->end(), value) != it->end() : *it == value;
     if (match) out.push_back(item);
   }
   return out;

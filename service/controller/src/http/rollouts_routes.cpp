@@ -54,7 +54,9 @@ void add_rollout_routes(RouteTable& routes, Controller& ctl) {
   routes.post("/api/v1/rollouts", Role::operator_,
               [&ctl](const httplib::Request& req, httplib::Response& res) { create_rollout(ctl, req, res); });
   routes.get("/api/v1/rollouts", Role::read_only,
-             [&ctl](const httplib::Request& req, httplib::Response& res) { send_rollouts(ctl, req, res); });
+             [&ctl](const httplib::Request& req, httplib::Response& res) {
+               send_rollouts(ctl, req, res);
+             });
   routes.get(R"(/api/v1/rollouts/([^/]+))", Role::read_only,
              [&ctl](const httplib::Request& req, httplib::Response& res) { send_rollout(ctl, req, res); });
   routes.del(R"(/api/v1/rollouts/([^/]+))", Role::operator_,
