@@ -128,6 +128,10 @@ TEST_F(ServiceApi, KnownPathWithAnotherMethodIs405WithAllow) {
   auto del_tokens = del("/api/v1/tokens");
   expect_error(del_tokens, 405, "method_not_allowed", "DELETE");
   EXPECT_EQ(del_tokens->get_header_value("Allow"), "GET, HEAD, POST");
+  // Also with a body of another type: the method is what is wrong.
+  auto post_device = client().Post("/api/v1/devices/sim-001", "x", "text/plain");
+  expect_error(post_device, 405, "method_not_allowed", "POST is not allowed");
+  EXPECT_EQ(post_device->get_header_value("Allow"), "GET, HEAD, DELETE");
   // An unknown path stays a 404, without Allow.
   auto unknown = del("/api/v1/devices/sim-001/nosuch");
   expect_error(unknown, 404, "not_found", "no such endpoint");

@@ -148,6 +148,13 @@ std::optional<Role> ApiServer::required_role(const std::string& method,
   return std::nullopt;
 }
 
+bool ApiServer::has_route(const std::string& method, const std::string& path) const {
+  const std::string as = method == "HEAD" ? std::string("GET") : method;
+  for (const auto& r : rules_)
+    if (r.method == as && std::regex_match(path, r.pattern)) return true;
+  return false;
+}
+
 std::string ApiServer::allowed_methods(const std::string& path) const {
   std::vector<std::string> methods;
   for (const auto& r : rules_) {

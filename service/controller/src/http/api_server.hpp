@@ -50,6 +50,8 @@ class ApiServer : public httplib::Server {
   // The role a request needs, by the route it goes to (httplib matches the same patterns in
   // the same order); nullopt when no route matches (it gets a 404 or 405).
   std::optional<Role> required_role(const std::string& method, const std::string& path) const;
+  // Whether a route serves `method` on `path` (HEAD: the GET route).
+  bool has_route(const std::string& method, const std::string& path) const;
   // The methods some route serves `path` with ("GET, HEAD, DELETE"), for the Allow header of a
   // 405; empty when no route has this path (a 404).
   std::string allowed_methods(const std::string& path) const;

@@ -85,8 +85,10 @@ bool check_content_type(const httplib::Request& req, httplib::Response& res) {
 // Returns whether the request may go on; if not, `res` holds the refusal.
 bool admit(const ApiServer& server, ApiTokens& tokens, const httplib::Request& req,
            httplib::Response& res) {
-  return authenticate(tokens, req, res) && authorize(server, req, res) &&
-         check_content_type(req, res);
+  if (!authenticate(tokens, req, res)) return false;
+  // No route for this method and path: routing answers 404 or 405, whatever the body's type.
+  if (!server.has_route(req.method, req.path)) return true;
+  return authorize(server, req, res) && check_content_type(req, res);
 }
 
 // A path some route serves with other methods gets 405 and the methods in Allow (RFC 9110
