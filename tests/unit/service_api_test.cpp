@@ -7,6 +7,7 @@
 #include <httplib.h>
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <regex>
 #include <set>
 
@@ -291,6 +292,82 @@ TEST_F(ServiceApi, OpenApiDescribesEveryRouteAndNothingElse) {
                        << " is served but not described in service/openapi.json";
   }
   EXPECT_EQ(described, routes.size()) << "one described operation per route";
+}
+
+// Checks `v` against an OpenAPI 3.0 schema of `doc` ($ref, allOf, type, nullable, enum,
+// required, properties, items; oneOf is not checked): every mismatch as a test failure.
+void expect_matches(const json& doc, const json& schema, const json& v, const std::string& where) {
+  if (schema.contains("$ref")) {
+    const std::string name =
+        schema["$ref"].get<std::string>().substr(sizeof "#/components/schemas/" - 1);
+    return expect_matches(doc, doc["components"]["schemas"][name], v, where);
+  }
+  if (schema.contains("allOf")) {
+    for (const auto& part : schema["allOf"]) expect_matches(doc, part, v, where);
+    return;
+  }
+  if (v.is_null() && schema.value("nullable", false)) return;
+  const std::string type = schema.value("type", "");
+  const bool type_ok = type.empty() || (type == "object" && v.is_object()) ||
+                       (type == "array" && v.is_array()) || (type == "string" && v.is_string()) ||
+                       (type == "integer" && v.is_number_integer()) ||
+                       (type == "number" && v.is_number()) || (type == "boolean" && v.is_boolean());
+  EXPECT_TRUE(type_ok) << where << ": " << v.dump() << " is not " << type;
+  if (!type_ok) return;
+  if (schema.contains("enum")) {
+    EXPECT_NE(std::find(schema["enum"].begin(), schema["enum"].end(), v), schema["enum"].end())
+        << where << ": " << v.dump() << " is not in " << schema["enum"].dump();
+  }
+  for (const auto& key : schema.value("required", json::array()))
+    EXPECT_TRUE(v.contains(key.get<std::string>())) << where << " lacks " << key;
+  if (v.is_object() && schema.contains("properties"))
+    for (const auto& [key, sub] : schema["properties"].items())
+      if (v.contains(key)) expect_matches(doc, sub, v[key], where + "." + key);
+  if (v.is_array() && schema.contains("items"))
+    for (std::size_t i = 0; i < v.size(); ++i)
+      expect_matches(doc, schema["items"], v[i], where + "[" + std::to_string(i) + "]");
+}
+
+// What the server sends matches what the description says it sends.
+TEST_F(ServiceApi, RepliesMatchTheirDescribedSchemas) {
+  hello("d1", "1.0.0", {"lab"});
+  add(bytes_of(5000, 8), "1.1.0");
+  ASSERT_EQ(post("/api/v1/deployments", {{"image", "1.1.0"}, {"device", "d1"}})->status, 201);
+  const std::string ro = rollout_draft("1.1.0", "lab");
+  const json doc = body(get("/api/v1/openapi.json"));
+  const auto check = [&](const std::string& described, const std::string& path, int status) {
+    auto r = get(path);
+    ASSERT_TRUE(r);
+    ASSERT_EQ(r->status, status) << path << ": " << r->body;
+    const json& schema = doc["paths"][described]["get"]["responses"][std::to_string(status)];
+    ASSERT_TRUE(schema.is_object()) << described << " describes no " << status;
+    const json& resolved =
+        schema.contains("$ref")
+            ? doc["components"]["responses"]
+                 [schema["$ref"].get<std::string>().substr(sizeof "#/components/responses/" - 1)]
+            : schema;
+    expect_matches(doc, resolved["content"]["application/json"]["schema"], body(r), path);
+  };
+  check("/api/v1/images", "/api/v1/images", 200);
+  check("/api/v1/images/{ref}", "/api/v1/images/1.1.0", 200);
+  check("/api/v1/devices", "/api/v1/devices", 200);
+  check("/api/v1/devices/{id}", "/api/v1/devices/d1", 200);
+  check("/api/v1/deployments", "/api/v1/deployments", 200);
+  check("/api/v1/rollouts", "/api/v1/rollouts", 200);
+  check("/api/v1/rollouts/{id}", "/api/v1/rollouts/" + ro, 200);
+  check("/api/v1/events", "/api/v1/events", 200);
+  check("/api/v1/tokens", "/api/v1/tokens", 200);
+  check("/api/v1/status", "/api/v1/status", 200);
+  check("/api/v1/keys", "/api/v1/keys", 200);
+  check("/api/v1/devices/{id}", "/api/v1/devices/nosuch", 404);
+  check("/api/v1/devices", "/api/v1/devices?limit=0", 400);
+  const json deployments = body(get("/api/v1/deployments"));
+  ASSERT_EQ(deployments.size(), 1u);
+  auto one = get("/api/v1/deployments/" + deployments[0]["id"].get<std::string>());
+  expect_matches(doc,
+                 doc["paths"]["/api/v1/deployments/{id}"]["get"]["responses"]["200"]["content"]
+                    ["application/json"]["schema"],
+                 body(one), "deployment");
 }
 
 TEST_F(ServiceApi, DraftRolloutDeleteTakesItsMetricsAndSurvivesARestart) {
