@@ -35,3 +35,25 @@ if ((${#missing[@]})); then
   fi
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+
+# The OpenAPI validator the tests run (service.openapi_validate): Node.js from Debian unless a
+# node and npm are installed already, and @apidevtools/swagger-parser at the versions
+# tests/openapi/package-lock.json pins, into .cache/openapi/ of this tree (npm's registry).
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+  if [[ $(id -u) -ne 0 ]]; then
+    echo "install-deps: node and npm are missing (run as root to install nodejs and npm)" >&2
+    exit 1
+  fi
+  echo "install-deps: installing nodejs npm"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq && apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+fi
+cache="$root/.cache/openapi"
+if ! cmp -s "$root/tests/openapi/package-lock.json" "$cache/package-lock.json" ||
+   [[ ! -f $cache/node_modules/@apidevtools/swagger-parser/package.json ]]; then
+  echo "install-deps: installing the OpenAPI validator into $cache"
+  mkdir -p "$cache"
+  cp "$root/tests/openapi/package.json" "$root/tests/openapi/package-lock.json" "$cache/"
+  (cd "$cache" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+fi

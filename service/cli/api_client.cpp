@@ -125,8 +125,15 @@ Reply finish(const std::string& base, const Url& url, const std::string& token_s
     r.exit_code = kExitOk;
     return r;
   }
-  if (r.body.is_object() && r.body.contains("error") && r.body["error"].is_string())
-    r.error = r.body["error"].get<std::string>();
+  // {"error": {"code": ..., "message": ..., "field": ...}} (API.md, Errors); a controller
+  // before it sent {"error": "message"}.
+  const json* error =
+      r.body.is_object() && r.body.contains("error") ? &r.body["error"] : nullptr;
+  if (error && error->is_object() && error->contains("message") &&
+      (*error)["message"].is_string())
+    r.error = (*error)["message"].get<std::string>();
+  else if (error && error->is_string())
+    r.error = error->get<std::string>();
   else
     r.error = "HTTP " + std::to_string(res->status);
   if (res->status == 401)
@@ -257,8 +264,27 @@ Api::Api(std::string base, Url u, const std::string& token, std::string token_so
 
 Api::~Api() = default;
 
+// A list endpoint sends one page (API.md, Lists) with the number of matching items in
+// X-Total-Count: a request that asked for no page (no limit=/offset=) gets every page,
+// concatenated, so commands that list everything see everything.
 Reply Api::get(const std::string& path) {
-  return finish(base_, url_, token_source_, cli_->Get(path.c_str()));
+  auto res = cli_->Get(path.c_str());
+  const bool paged_by_caller =
+      path.find("limit=") != std::string::npos || path.find("offset=") != std::string::npos;
+  if (!res || res->status != 200 || paged_by_caller || !res->has_header("X-Total-Count"))
+    return finish(base_, url_, token_source_, std::move(res));
+  const std::size_t total =
+      std::strtoull(res->get_header_value("X-Total-Count").c_str(), nullptr, 10);
+  Reply all = finish(base_, url_, token_source_, std::move(res));
+  const char* sep = path.find('?') == std::string::npos ? "?" : "&";
+  while (all.ok && all.body.is_array() && all.body.size() < total) {
+    const std::string next = path + sep + "offset=" + std::to_string(all.body.size());
+    Reply page = finish(base_, url_, token_source_, cli_->Get(next.c_str()));
+    if (!page.ok || !page.body.is_array()) return page;
+    if (page.body.empty()) break;  // the list shrank meanwhile
+    for (auto& item : page.body) all.body.push_back(std::move(item));
+  }
+  return all;
 }
 
 Reply Api::post(const std::string& path, const std::string& body, const char* type) {

@@ -154,6 +154,19 @@ bool DeviceRegistry::revoked(const std::string& dev) const {
   return revoked_.count(dev) != 0;
 }
 
+void DeviceRegistry::forget(const std::string& dev) {
+  std::lock_guard<std::mutex> lock(mu_);
+  groups_.erase(dev);
+  seq_.erase(dev);
+  dirty_seq_.erase(dev);
+  version_.erase(dev);
+  revoked_.erase(dev);
+  seen_ms_.erase(dev);
+  saved_seen_.erase(dev);
+  offline_.erase(dev);
+  unapplied_hellos_.erase(dev);
+}
+
 void DeviceRegistry::set_revoked(const std::string& dev) {
   std::lock_guard<std::mutex> lock(mu_);
   revoked_.insert(dev);

@@ -217,4 +217,35 @@ std::vector<RolloutRunner::Snapshot> RolloutRunner::snapshot(DbLock& db) const {
   return out;
 }
 
+// ------------------------------------------------------------------------------ delete
+
+Result<json> RolloutRunner::remove(DbLock& db, const std::string& id, const std::string& actor) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto live = rollouts_.find(id);
+  std::optional<RolloutRec> rec;
+  if (live != rollouts_.end()) {
+    rec = live->second.rec;
+  } else {
+    auto stored = db.store().rollout(id);
+    if (!stored) return stored.context("rollout delete");
+    rec = *stored;
+  }
+  if (!rec) return not_found_err("unknown rollout " + id);
+  if (!rec->deployment_id.empty())
+    return conflict_err("rollout " + id + " is " + to_string(rec->state) +
+                        " and has started (deployment " + rec->deployment_id +
+                        "): only a rollout that never started can be deleted; abort it instead "
+                        "(its history stays)");
+  Tx tx(db.store());
+  Status s = tx.status();
+  if (s) s = db.store().delete_unstarted_rollout(id);
+  if (s)
+    db.event("", "", "rollout_deleted", "was " + std::string(to_string(rec->state)), actor, id);
+  if (s) s = tx.commit();
+  if (!s) return s.context("rollout delete: db");
+  if (live != rollouts_.end()) rollouts_.erase(live);
+  log_info("rollout " + id + " deleted by " + (actor.empty() ? "controller" : actor));
+  return json{{"id", id}, {"deleted", true}};
+}
+
 }  // namespace ota::service

@@ -425,9 +425,10 @@ Result<std::vector<EventRec>> Store::events(const EventFilter& f) {
   OTA_PREP(q,
            "SELECT id, ts, deployment, device, what, detail, actor, rollout FROM (SELECT * "
            "FROM events WHERE (?1 = '' OR deployment = ?1) AND (?2 = '' OR device = ?2) "
-           "AND (?4 = '' OR rollout = ?4) AND id > ?5 ORDER BY id DESC LIMIT ?3) ORDER BY id");
+           "AND (?4 = '' OR rollout = ?4) AND id > ?5 AND (?6 = 0 OR id < ?6) "
+           "ORDER BY id DESC LIMIT ?3) ORDER BY id");
   q.bind(1, f.deployment).bind(2, f.device).bind(3, static_cast<long long>(f.limit));
-  q.bind(4, f.rollout).bind(5, f.after_id);
+  q.bind(4, f.rollout).bind(5, f.after_id).bind(6, f.before_id);
   std::vector<EventRec> out;
   while (q.step() == SQLITE_ROW) {
     EventRec e;

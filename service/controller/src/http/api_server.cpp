@@ -148,6 +148,34 @@ std::optional<Role> ApiServer::required_role(const std::string& method,
   return std::nullopt;
 }
 
+bool ApiServer::has_route(const std::string& method, const std::string& path) const {
+  const std::string as = method == "HEAD" ? std::string("GET") : method;
+  for (const auto& r : rules_)
+    if (r.method == as && std::regex_match(path, r.pattern)) return true;
+  return false;
+}
+
+std::string ApiServer::allowed_methods(const std::string& path) const {
+  std::vector<std::string> methods;
+  for (const auto& r : rules_) {
+    if (!std::regex_match(path, r.pattern) ||
+        std::find(methods.begin(), methods.end(), r.method) != methods.end())
+      continue;
+    methods.push_back(r.method);
+    if (r.method == "GET") methods.push_back("HEAD");  // httplib answers HEAD with the GET route
+  }
+  std::string allow;
+  for (const auto& m : methods) allow += (allow.empty() ? "" : ", ") + m;
+  return allow;
+}
+
+std::vector<HttpApi::Route> ApiServer::routes() const {
+  std::vector<HttpApi::Route> out;
+  for (const auto& r : rules_)
+    out.push_back({r.method, r.source, r.role ? role_name(*r.role) : std::string("none")});
+  return out;
+}
+
 bool ApiServer::serve_one(Connection& c) {
   ConnectionStream stream(c.fd, std::move(c.received), limits_.read_timeout, limits_.write_timeout);
   const bool last = ++c.requests_served >= limits_.keep_alive_max_requests;

@@ -23,6 +23,7 @@ namespace http {
 struct RequestContext {
   std::optional<ApiTokens::Identity> caller;
   bool close_after_response = false;  // the request's body was not read: the stream is unusable
+  bool pretty = false;                // ?pretty=1: indented JSON replies
 };
 // The context of the request this thread is running.
 RequestContext& current_request();
@@ -42,18 +43,26 @@ class ApiServer : public httplib::Server {
   // socket sets a new backlog.
   void raise_backlog();
 
-  void add_rule(const std::string& method, const std::string& pattern, Role role) {
-    rules_.push_back({method, std::regex(pattern), role});
+  // role nullopt: a route that needs no token (GET /api/v1/health).
+  void add_rule(const std::string& method, const std::string& pattern, std::optional<Role> role) {
+    rules_.push_back({method, pattern, std::regex(pattern), role});
   }
   // The role a request needs, by the route it goes to (httplib matches the same patterns in
-  // the same order); nullopt when no route matches (it gets a 404).
+  // the same order); nullopt when no route matches (it gets a 404 or 405).
   std::optional<Role> required_role(const std::string& method, const std::string& path) const;
+  // Whether a route serves `method` on `path` (HEAD: the GET route).
+  bool has_route(const std::string& method, const std::string& path) const;
+  // The methods some route serves `path` with ("GET, HEAD, DELETE"), for the Allow header of a
+  // 405; empty when no route has this path (a 404).
+  std::string allowed_methods(const std::string& path) const;
+  std::vector<HttpApi::Route> routes() const;
 
  private:
   struct Rule {
     std::string method;
+    std::string source;  // the pattern as registered
     std::regex pattern;
-    Role role;
+    std::optional<Role> role;
   };
 
   // httplib calls this for every accepted socket (on the accept thread, see InlineTaskQueue).

@@ -47,7 +47,10 @@ std::size_t header_end(const std::string& buf, std::size_t from) {
 
 // Best effort: a short reply to a connection that is about to be closed (never blocks).
 void send_final_reply(int fd, int status, const char* reason, const std::string& error) {
-  const std::string body = nlohmann::json{{"error", error}}.dump() + "\n";
+  // The API's error object (routes.hpp, send_error); only 408 and 431 are sent from here.
+  const char* code = status == 408 ? "request_timeout" : "header_too_large";
+  const std::string body =
+      nlohmann::json{{"error", {{"code", code}, {"message", error}}}}.dump() + "\n";
   const std::string msg = "HTTP/1.1 " + std::to_string(status) + " " + reason +
                           "\r\nConnection: close\r\nContent-Type: application/json\r\n"
                           "Content-Length: " +

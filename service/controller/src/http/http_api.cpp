@@ -11,7 +11,7 @@ namespace ota::service {
 
 HttpApi::HttpApi(Controller& ctl, std::function<bool()> ready, ApiTokens& tokens, HttpLimits limits)
     : ctl_(ctl), ready_(std::move(ready)), tokens_(tokens), srv_(std::make_unique<ApiServer>(limits)) {
-  routes();
+  add_routes();
 }
 
 HttpApi::~HttpApi() { stop(); }
@@ -47,7 +47,9 @@ Result<int> HttpApi::start(const std::string& host, int port) {
   return bound;
 }
 
-void HttpApi::routes() {
+std::vector<HttpApi::Route> HttpApi::routes() const { return srv_->routes(); }
+
+void HttpApi::add_routes() {
   http::install_request_admission(*srv_, tokens_);
   http::RouteTable table(*srv_);
   http::add_ops_routes(table, ctl_, ready_);
@@ -57,6 +59,7 @@ void HttpApi::routes() {
   http::add_device_routes(table, ctl_);
   http::add_rollout_routes(table, ctl_);
   http::add_key_routes(table, ctl_);
+  http::add_openapi_route(table);
 }
 
 }  // namespace ota::service

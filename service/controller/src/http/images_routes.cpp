@@ -1,4 +1,4 @@
-// Image routes: upload (operator), list and show (read-only).
+// Image routes: upload and delete (operator), list and show (read-only).
 #include "routes.hpp"
 
 namespace ota::service::http {
@@ -12,17 +12,19 @@ Result<ImageParams> image_params(const httplib::Request& req) {
   p.release = req.get_param_value("release");
   const bool with_release = req.has_param("release");
   if (with_release && p.release.empty())
-    return invalid_err("query parameter 'release' is empty (it is the release file's JSON)");
+    return invalid_field_err("release",
+                             "query parameter 'release' is empty (it is the release file's JSON)");
   p.version = req.get_param_value("version");
   if (p.version.empty() && !with_release)
-    return invalid_err("query parameter 'version' is required (or 'release': a release file)");
+    return invalid_field_err(
+        "version", "query parameter 'version' is required (or 'release': a release file)");
   const std::size_t n = req.get_param_value_count("hw");
   for (std::size_t i = 0; i < n; ++i) p.hw.push_back(req.get_param_value("hw", i));
   if (p.hw.empty() && !with_release)
-    return invalid_err("query parameter 'hw' is required (repeat for several models)");
+    return invalid_field_err("hw", "query parameter 'hw' is required (repeat for several models)");
   if (req.has_param("chunk_size")) {
     auto c = parse_u32("chunk_size", req.get_param_value("chunk_size"), 0, 0xFFFFFFFFu);
-    if (!c) return c.err();
+    if (!c) return invalid_field_err("chunk_size", c.error());
     p.chunk_size = *c;
   }
   if (req.has_param("counter")) {
@@ -30,7 +32,7 @@ Result<ImageParams> image_params(const httplib::Request& req) {
       p.security_release = true;
     } else {
       auto c = parse_u32("counter", req.get_param_value("counter"), 0, 0xFFFFFFFFu);
-      if (!c) return invalid_err(c.error() + " (or 'next': a security release)");
+      if (!c) return invalid_field_err("counter", c.error() + " (or 'next': a security release)");
       p.counter = *c;
       p.counter_given = true;
     }
@@ -44,13 +46,26 @@ Result<ImageParams> image_params(const httplib::Request& req) {
 
 void add_image(Controller& ctl, const httplib::Request& req, httplib::Response& res) {
   auto p = image_params(req);
-  if (!p) return send_error(res, 400, p.error());
+  if (!p) return send_error(res, p.err());
   if (req.body.empty()) return send_error(res, 400, "request body (the image bytes) is empty");
   auto r = ctl.add_image(req.body, *p, actor());
-  if (!r) return send_error(res, http_status(r.kind()), r.error());
+  if (!r) return send_error(res, r.err());
   json j = Controller::to_json(r->image);
   j["created"] = r->created;
   send_json(res, r->created ? 201 : 200, j);
+}
+
+void send_images(Controller& ctl, const httplib::Request& req, httplib::Response& res) {
+  Status params = check_list_params(req, {"version", "hw", "kind"});
+  if (!params) return send_error(res, params.err());
+  auto page = parse_page(req);
+  if (!page) return send_error(res, page.err());
+  auto images = ctl.images_json();
+  if (!images) return send_error(res, images.err());
+  json list = std::move(*images);
+  for (const char* key : {"version", "hw", "kind"})
+    if (req.has_param(key)) list = filter_by(list, key, req.get_param_value(key));
+  send_page(req, res, *page, list);
 }
 
 }  // namespace
@@ -59,12 +74,17 @@ void add_image_routes(RouteTable& routes, Controller& ctl) {
   routes.post("/api/v1/images", Role::operator_, [&ctl](const httplib::Request& req, httplib::Response& res) {
     add_image(ctl, req, res);
   });
-  routes.get("/api/v1/images", Role::read_only, [&ctl](const httplib::Request&, httplib::Response& res) {
-    reply(res, ctl.images_json());
-  });
+  routes.get("/api/v1/images", Role::read_only,
+             [&ctl](const httplib::Request& req, httplib::Response& res) {
+               send_images(ctl, req, res);
+             });
   routes.get(R"(/api/v1/images/([^/]+))", Role::read_only,
              [&ctl](const httplib::Request& req, httplib::Response& res) {
                reply(res, ctl.image_json(req.matches[1]));
+             });
+  routes.del(R"(/api/v1/images/([^/]+))", Role::operator_,
+             [&ctl](const httplib::Request& req, httplib::Response& res) {
+               reply(res, ctl.delete_image(req.matches[1], actor()));
              });
 }
 

@@ -19,21 +19,42 @@ void send_health(Controller& ctl, httplib::Response& res) {
 }
 
 void send_events(Controller& ctl, const httplib::Request& req, httplib::Response& res) {
+  for (const auto& kv : req.params) {
+    const std::string& k = kv.first;
+    if (k != "rollout" && k != "deployment" && k != "device" && k != "after" &&
+        k != "before" && k != "limit" && k != "pretty")
+      return send_error(res, 400,
+                        "unknown query parameter '" + k +
+                            "' for GET /api/v1/events (it takes: rollout, deployment, device, "
+                            "after, before, limit, pretty)",
+                        k);
+  }
   EventFilter f;
   f.deployment = req.get_param_value("deployment");
   f.device = req.get_param_value("device");
   f.rollout = req.get_param_value("rollout");
   if (req.has_param("after")) {
     auto a = parse_u32("after", req.get_param_value("after"), 0, 0xFFFFFFFFu);
-    if (!a) return send_error(res, 400, a.error());
+    if (!a) return send_error(res, 400, a.error(), "after");
     f.after_id = *a;
+  }
+  if (req.has_param("before")) {
+    auto b = parse_u32("before", req.get_param_value("before"), 1, 0xFFFFFFFFu);
+    if (!b) return send_error(res, 400, b.error(), "before");
+    f.before_id = *b;
   }
   if (req.has_param("limit")) {
     auto l = parse_u32("limit", req.get_param_value("limit"), 1, 10000);
-    if (!l) return send_error(res, 400, l.error());
+    if (!l) return send_error(res, 400, l.error(), "limit");
     f.limit = static_cast<int>(*l);
   }
-  reply(res, ctl.events_json(f));
+  auto events = ctl.events_json(f);
+  if (!events) return send_error(res, events.err());
+  // The newest `limit` entries, oldest first: a full page may have older ones before it,
+  // the next page (going back in time) ends before its first id.
+  if (!events->empty() && events->size() == static_cast<std::size_t>(f.limit))
+    res.set_header("Link", next_link(req, "before", events->front().value("id", 0LL)));
+  send_json(res, 200, *events);
 }
 
 // The database as one SQLite file (an online backup): restore it by stopping the

@@ -85,19 +85,43 @@ bool check_content_type(const httplib::Request& req, httplib::Response& res) {
 // Returns whether the request may go on; if not, `res` holds the refusal.
 bool admit(const ApiServer& server, ApiTokens& tokens, const httplib::Request& req,
            httplib::Response& res) {
-  return authenticate(tokens, req, res) && authorize(server, req, res) &&
-         check_content_type(req, res);
+  if (!authenticate(tokens, req, res)) return false;
+  // No route for this method and path: routing answers 404 or 405, whatever the body's type.
+  if (!server.has_route(req.method, req.path)) return true;
+  return authorize(server, req, res) && check_content_type(req, res);
 }
 
-void reply_to_unrouted(const httplib::Request& req, httplib::Response& res) {
+// A path some route serves with other methods gets 405 and the methods in Allow (RFC 9110
+// 15.5.6); a path no route serves, 404.
+void reply_to_unrouted(const ApiServer& server, const httplib::Request& req,
+                       httplib::Response& res) {
   if (!res.body.empty()) return;
-  if (res.status == 404)
+  const std::string allow = res.status == 404 ? server.allowed_methods(req.path) : "";
+  if (!allow.empty()) {
+    res.set_header("Allow", allow);
+    send_error(res, 405,
+               req.method + " is not allowed on " + req.path + " (allowed: " + allow + ")");
+  } else if (res.status == 404)
     send_error(res, 404, "no such endpoint: " + req.method + " " + req.path);
   else if (res.status == 413)
     send_error(res, 413, "request body too large (limit " +
                              std::to_string(kMaxBodyBytes / (1024 * 1024)) + " MiB)");
+  else if (res.status == 400)
+    send_error(res, 400, "malformed request: " + req.method + " " + req.path +
+                             " (its request line, a header or the body could not be read)");
   else
     send_error(res, res.status, "HTTP " + std::to_string(res.status));
+}
+
+// ?pretty=1 (or true, or no value) asks for indented JSON; the default is compact.
+bool read_pretty(const httplib::Request& req, httplib::Response& res) {
+  if (!req.has_param("pretty")) return true;
+  const std::string v = req.get_param_value("pretty");
+  current_request().pretty = v.empty() || v == "1" || v == "true";
+  if (current_request().pretty || v == "0" || v == "false") return true;
+  send_error(res, 400, "pretty must be 1, true, 0 or false, not '" + v + "'", "pretty");
+  close_unless_bodyless(req, res);
+  return false;
 }
 
 void reply_to_exception(const httplib::Request&, httplib::Response& res, std::exception_ptr ep) {
@@ -132,11 +156,14 @@ void log_access(const httplib::Request& req, const httplib::Response& res) {
 
 void install_request_admission(ApiServer& server, ApiTokens& tokens) {
   server.set_payload_max_length(kMaxBodyBytes);
-  server.set_error_handler(reply_to_unrouted);
-  server.set_exception_handler(reply_to_exception);
   const ApiServer& routes = server;
+  server.set_error_handler([&routes](const httplib::Request& req, httplib::Response& res) {
+    reply_to_unrouted(routes, req, res);
+  });
+  server.set_exception_handler(reply_to_exception);
   server.set_pre_routing_handler([&routes, &tokens](const httplib::Request& req,
                                                     httplib::Response& res) {
+    if (!read_pretty(req, res)) return httplib::Server::HandlerResponse::Handled;
     // No GET takes a body, and httplib would read one (slowly, if the client sends it
     // slowly) before the handler runs, also for /health, which needs no token.
     if ((req.method == "GET" || req.method == "HEAD") && has_body(req)) {

@@ -1,4 +1,4 @@
-// Rollout routes: create and actions (operator), list and show (read-only).
+// Rollout routes: create, actions and delete (operator), list and show (read-only).
 #include "routes.hpp"
 
 namespace ota::service::http {
@@ -7,7 +7,7 @@ namespace {
 
 void create_rollout(Controller& ctl, const httplib::Request& req, httplib::Response& res) {
   auto body = parse_body(req.body);
-  if (!body) return send_error(res, 400, "rollout: " + body.error());
+  if (!body) return send_error(res, body.context("rollout"));
   reply(res, ctl.create_rollout(*body, actor()), 201);
 }
 
@@ -19,10 +19,33 @@ void send_rollout(Controller& ctl, const httplib::Request& req, httplib::Respons
 // POST /api/v1/rollouts/ID/ACTION (start, pause, resume, abort, retry, rollback).
 void run_rollout_action(Controller& ctl, const httplib::Request& req, httplib::Response& res) {
   auto body = parse_body(req.body.empty() ? std::string("{}") : req.body);
-  if (!body) return send_error(res, 400, std::string(req.matches[2]) + ": " + body.error());
+  if (!body) return send_error(res, body.context(req.matches[2]));
   const std::string action = req.matches[2];
   reply(res, ctl.rollout_action(req.matches[1], action, *body, actor()),
         action == "rollback" ? 201 : 200);
+}
+
+void send_rollouts(Controller& ctl, const httplib::Request& req, httplib::Response& res) {
+  Status params = check_list_params(req, {"state", "image"});
+  if (!params) return send_error(res, params.err());
+  auto page = parse_page(req);
+  if (!page) return send_error(res, page.err());
+  const std::string state = req.get_param_value("state");
+  if (req.has_param("state") && !rollout_status_from(state))
+    return send_error(res, 400,
+                      "state '" + state +
+                          "' is not draft, scheduled, running, paused, completed or aborted",
+                      "state");
+  auto all = ctl.rollouts_json();
+  if (!all) return send_error(res, all.err());
+  json list = std::move(*all);
+  if (req.has_param("state")) list = filter_by(list, "state", state);
+  if (req.has_param("image")) {
+    const std::string image = req.get_param_value("image");
+    json by_id = filter_by(list, "image", image);
+    list = by_id.empty() ? filter_by(list, "version", image) : by_id;
+  }
+  send_page(req, res, *page, list);
 }
 
 }  // namespace
@@ -30,11 +53,16 @@ void run_rollout_action(Controller& ctl, const httplib::Request& req, httplib::R
 void add_rollout_routes(RouteTable& routes, Controller& ctl) {
   routes.post("/api/v1/rollouts", Role::operator_,
               [&ctl](const httplib::Request& req, httplib::Response& res) { create_rollout(ctl, req, res); });
-  routes.get("/api/v1/rollouts", Role::read_only, [&ctl](const httplib::Request&, httplib::Response& res) {
-    reply(res, ctl.rollouts_json());
-  });
+  routes.get("/api/v1/rollouts", Role::read_only,
+             [&ctl](const httplib::Request& req, httplib::Response& res) {
+               send_rollouts(ctl, req, res);
+             });
   routes.get(R"(/api/v1/rollouts/([^/]+))", Role::read_only,
              [&ctl](const httplib::Request& req, httplib::Response& res) { send_rollout(ctl, req, res); });
+  routes.del(R"(/api/v1/rollouts/([^/]+))", Role::operator_,
+             [&ctl](const httplib::Request& req, httplib::Response& res) {
+               reply(res, ctl.delete_rollout(req.matches[1], actor()));
+             });
   routes.post(R"(/api/v1/rollouts/([^/]+)/([a-z]+))", Role::operator_,
               [&ctl](const httplib::Request& req, httplib::Response& res) {
                 run_rollout_action(ctl, req, res);

@@ -25,6 +25,7 @@ void RouteTable::del(const std::string& pattern, Role role, Handler h) {
 }
 
 void RouteTable::get_without_token(const std::string& pattern, Handler h) {
+  server_.add_rule("GET", pattern, std::nullopt);
   server_.Get(pattern, std::move(h));
 }
 
@@ -38,13 +39,37 @@ int http_status(ErrKind k) {
   return 500;
 }
 
-void send_json(httplib::Response& res, int status, const json& j) {
-  res.status = status;
-  res.set_content(j.dump(2) + "\n", "application/json");
+const char* error_code(int status) {
+  switch (status) {
+    case 400: return "invalid";
+    case 401: return "unauthorized";
+    case 403: return "forbidden";
+    case 404: return "not_found";
+    case 405: return "method_not_allowed";
+    case 408: return "request_timeout";
+    case 409: return "conflict";
+    case 413: return "too_large";
+    case 415: return "unsupported_media_type";
+    case 431: return "header_too_large";
+    case 503: return "unavailable";
+    default: return status >= 500 ? "internal" : "invalid";
+  }
 }
 
-void send_error(httplib::Response& res, int status, const std::string& msg) {
-  send_json(res, status, json{{"error", msg}});
+void send_json(httplib::Response& res, int status, const json& j) {
+  res.status = status;
+  res.set_content(j.dump(current_request().pretty ? 2 : -1) + "\n", "application/json");
+}
+
+void send_error(httplib::Response& res, int status, const std::string& msg,
+                const std::string& field) {
+  json e{{"code", error_code(status)}, {"message", msg}};
+  if (!field.empty()) e["field"] = field;
+  send_json(res, status, json{{"error", std::move(e)}});
+}
+
+void send_error(httplib::Response& res, const Err& e) {
+  send_error(res, http_status(e.kind), e.msg, e.field);
 }
 
 Result<json> parse_body(const std::string& body) {

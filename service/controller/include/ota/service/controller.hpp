@@ -70,6 +70,19 @@ class Controller {
   // on the CRL) is the operator's step (broker-config/pki.sh revoke). Returns the device JSON.
   Result<nlohmann::json> revoke_device(const std::string& device_id, const std::string& actor);
 
+  // --- deletions (controller_deletes.cpp; DELETE in the HTTP API). The event log keeps
+  // their history. Each returns {"id": ..., "deleted": true} (devices: "decommissioned").
+  // An image no deployment or rollout refers to: its row and its file. conflict naming the
+  // users otherwise.
+  Result<nlohmann::json> delete_image(const std::string& id_or_version, const std::string& actor);
+  // A rollout that never started (RolloutRunner::remove).
+  Result<nlohmann::json> delete_rollout(const std::string& id, const std::string& actor);
+  // Decommission: the device's row and tags go (its deployment rows and events stay), it is
+  // forgotten in memory and its retained hello is cleared on the broker, so a restart does
+  // not bring it back. If it says hello again it is a new device. conflict while it has an
+  // unfinished row (cancel or let it finish first) or is revoked (its row keeps it refused).
+  Result<nlohmann::json> decommission_device(const std::string& id, const std::string& actor);
+
   // --- key sets (PROTOCOL.md 6.6)
   // PUT /api/v1/keys: verifies the `keys` message (KeyRing::verify), stores it, logs it and
   // sends it to every online device whose hello reported an older version (the others get it

@@ -65,6 +65,10 @@ class DeviceRegistry {
   // The groups `d` is a member of (the ACL's, or the ones it claims).
   std::vector<std::string> member_of(const DeviceRec& d) const;
 
+  // A decommissioned device: everything the registry knows about it goes (the ACL file's
+  // groups stay: they are the broker's). A later hello makes it known again.
+  void forget(const std::string& dev);
+
   // --- revocation
   bool revoked(const std::string& dev) const;
   void set_revoked(const std::string& dev);

@@ -140,8 +140,17 @@ class HttpApi {
   Result<int> start(const std::string& host, int port);
   void stop();
 
+  // Every route the server serves, as registered (method and path pattern, an ECMAScript
+  // regex such as "/api/v1/devices/([^/]+)"): what the OpenAPI description must cover.
+  struct Route {
+    std::string method;
+    std::string pattern;
+    std::string role;  // the least role that may use it (role_name), "none": no token needed
+  };
+  std::vector<Route> routes() const;
+
  private:
-  void routes();
+  void add_routes();
   Controller& ctl_;
   std::function<bool()> ready_;
   ApiTokens& tokens_;

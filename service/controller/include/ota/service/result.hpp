@@ -14,6 +14,9 @@ enum class ErrKind { internal, invalid, not_found, conflict };
 struct Err {
   ErrKind kind = ErrKind::internal;
   std::string msg;
+  // The request field or query parameter at fault ("limit", "target.group"), if one is;
+  // the HTTP API names it in its error object.
+  std::string field = {};
 };
 
 inline Err make_err(ErrKind kind, std::string msg) { return Err{kind, std::move(msg)}; }
@@ -21,6 +24,10 @@ inline Err internal_err(std::string msg) { return Err{ErrKind::internal, std::mo
 inline Err invalid_err(std::string msg) { return Err{ErrKind::invalid, std::move(msg)}; }
 inline Err not_found_err(std::string msg) { return Err{ErrKind::not_found, std::move(msg)}; }
 inline Err conflict_err(std::string msg) { return Err{ErrKind::conflict, std::move(msg)}; }
+// An invalid value of request field or query parameter `field`.
+inline Err invalid_field_err(std::string field, std::string msg) {
+  return Err{ErrKind::invalid, std::move(msg), std::move(field)};
+}
 
 template <typename T>
 class [[nodiscard]] Result {
@@ -40,7 +47,9 @@ class [[nodiscard]] Result {
   const std::string& error() const { return err_.msg; }
   ErrKind kind() const { return err_.kind; }
   // Returns the error with "ctx: " prepended (for propagation).
-  Err context(const std::string& ctx) const { return Err{err_.kind, ctx + ": " + err_.msg}; }
+  Err context(const std::string& ctx) const {
+    return Err{err_.kind, ctx + ": " + err_.msg, err_.field};
+  }
 
  private:
   std::optional<T> value_;
@@ -61,7 +70,9 @@ class [[nodiscard]] Status {
   const Err& err() const { return err_; }
   const std::string& error() const { return err_.msg; }
   ErrKind kind() const { return err_.kind; }
-  Err context(const std::string& ctx) const { return Err{err_.kind, ctx + ": " + err_.msg}; }
+  Err context(const std::string& ctx) const {
+    return Err{err_.kind, ctx + ": " + err_.msg, err_.field};
+  }
 
  private:
   bool failed_ = false;

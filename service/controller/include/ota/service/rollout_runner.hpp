@@ -53,6 +53,11 @@ class RolloutRunner {
   Result<nlohmann::json> action(DbLock& db, const std::string& id, const std::string& action,
                                 const nlohmann::json& body, const std::string& actor);
 
+  // DELETE /api/v1/rollouts/ID: a rollout that never started (a draft, or one aborted as a
+  // draft; it has no deployment and has claimed no device) goes from the database and from
+  // the live rollouts (and so from /metrics); its events stay. conflict once it started.
+  Result<nlohmann::json> remove(DbLock& db, const std::string& id, const std::string& actor);
+
   // --- views
   Result<nlohmann::json> list_json(DbLock& db);
   Result<nlohmann::json> one_json(DbLock& db, const std::string& id, bool with_devices);

@@ -139,6 +139,7 @@ struct EventFilter {
   std::string device;
   std::string rollout;
   long long after_id = 0;
+  long long before_id = 0;  // 0: no upper bound (the next older page: its first id)
   int limit = 100;
 };
 
@@ -280,6 +281,16 @@ class Store {
   Status insert_api_token(const ApiTokenRec& t);
   Result<bool> delete_api_token(const std::string& name);
   Result<std::vector<ApiTokenRec>> list_api_tokens();
+
+  // Deletions (store_deletes.cpp; inside the caller's transaction). The event log stays.
+  // What refers to an image: "deployment dep-1 (active)", "rollout ro-2 (draft)", the
+  // unfinished ones first.
+  Result<std::vector<std::string>> image_users(const std::string& image_id);
+  Status delete_image(const std::string& id);  // not_found if there is none
+  // Only a rollout that never started (no deployment): conflict otherwise.
+  Status delete_unstarted_rollout(const std::string& id);
+  // The device's row and its tags; its deployment rows and events stay (history).
+  Status delete_device(const std::string& id);
 
   // Summary helpers.
   Result<std::map<std::string, long long>> count_by(const std::string& sql);
