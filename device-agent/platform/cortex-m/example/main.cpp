@@ -169,7 +169,7 @@ class StubCrypto final : public ota::agent::Crypto {
 };
 
 // The keys the device is built with (PROTOCOL.md 6.6): the root key that signs key sets and
-// the release key (here the example key of tests/fixtures/proto, id 40ae8f1292283e00). A
+// the release key (here the example key of tests/fixtures/proto, id 69bb99837e187bdb). A
 // root-signed key set received later replaces the release/online keys and is kept in the
 // key record; these stay the fallback of a device that never received one.
 constexpr ota::agent::ProvisionedKey g_keys[] = {
