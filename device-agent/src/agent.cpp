@@ -310,6 +310,11 @@ ReasonCode Agent::check_offer(const proto::Offer& offer) {
   // Keys and signatures come first: nothing else in an unsigned manifest can be trusted.
   const ReasonCode keys = check_keys(m, true);
   if (keys != ReasonCode::ok) return keys;
+  // Check 3c: frames name the image by `image`, the download is verified by `sha256`; a
+  // manifest where they disagree describes no image at all.
+  if (std::strncmp(m.image.c_str(), m.sha256.c_str(), proto::kImageIdLen) != 0) {
+    return ReasonCode::bad_manifest;
+  }
   // Check 3a: signed for this offer id and for this device or one of its groups, so a
   // captured offer replayed under another deployment id, or to another device, is useless.
   if (m.deployment != offer.deployment.c_str()) return ReasonCode::wrong_target;
@@ -333,7 +338,7 @@ ReasonCode Agent::check_offer(const proto::Offer& offer) {
   if (m.expires != 0 && clock_.unix_seconds() > m.expires) return ReasonCode::expired;
   if (m.kind != image_.kind || m.compression != proto::Compression::none ||
       m.chunk_size > kMaxChunkSize || m.chunk_count() > kMaxImageChunks ||
-      m.size > 0xffffffffull) {
+      m.size > proto::kMaxImageSize) {
     return ReasonCode::unsupported;
   }
   if (runs_image(m)) return ReasonCode::already_installed;
@@ -401,7 +406,15 @@ void Agent::handle_offer(const std::uint8_t* payload, std::size_t len) {
     return;
   }
   if (st_.state != DeviceState::idle) {
-    if (offer.deployment != st_.deployment) decline(offer.deployment, ReasonCode::busy);
+    if (offer.deployment == st_.deployment) return;  // a duplicate: the work goes on
+    // Check 10 comes after the signature checks like every other answer: `busy` to an
+    // unsigned offer would already tell an impostor something (PROTOCOL.md section 7).
+    const ReasonCode keys = check_keys(offer.manifest, true);
+    if (keys != ReasonCode::ok) {
+      record_outcome(proto::EventType::decline, offer.deployment, false, keys);
+    } else {
+      decline(offer.deployment, ReasonCode::busy);
+    }
     return;
   }
   flash_.read_state(image_);
@@ -865,7 +878,11 @@ void Agent::advance_hash(std::size_t budget_bytes) {
 void Agent::handle_chunk(const std::uint8_t* payload, std::size_t len) {
   if (st_.state != DeviceState::downloading) return;  // late chunks of a finished transfer
   proto::ChunkFrame frame;
+  // This agent implements neither reserved flag (broadcast, compressed payload: PROTOCOL.md
+  // 8.3, 14), so a frame carrying one is as unknown to it as one with bits 2-7 set: written
+  // as it is, a compressed payload would land in flash as garbage.
   if (proto::decode_chunk_frame(payload, len, st_.manifest.chunk_size, frame) ||
+      frame.flags != 0 ||
       std::memcmp(frame.image_id, image_id_bytes_, sizeof image_id_bytes_) != 0) {
     ++stats_.bad_frames;  // corrupt or foreign: the timeout re-requests what is missing
     return;

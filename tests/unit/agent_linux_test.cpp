@@ -477,8 +477,35 @@ TEST(OpensslCryptoTest, LoadPublicKeyPem) {
   ASSERT_TRUE(linux_port::load_public_key_pem(
       std::string(OTA_FIXTURE_DIR) + "/proto/example_release_key.pub.pem", k, error))
       << error;
-  EXPECT_EQ(k.id, "40ae8f1292283e00");
+  EXPECT_EQ(k.id, "69bb99837e187bdb");
   EXPECT_EQ(k.point[0], 0x04);
+}
+
+// PROTOCOL.md 5.1 / 6.2 / 6.4: the example offer carries a real signature by the example key,
+// over the canonical bytes the document prints, and does not expire before 2100.
+TEST(OpensslCryptoTest, ExampleOfferVerifiesWithTheExampleKey) {
+  const std::string dir = std::string(OTA_FIXTURE_DIR) + "/proto/";
+  linux_port::PublicKey k;
+  std::string error;
+  ASSERT_TRUE(linux_port::load_public_key_pem(dir + "example_release_key.pub.pem", k, error))
+      << error;
+  std::ifstream in(dir + "valid/offer_signed.json", std::ios::binary);
+  const std::string json((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  proto::Offer offer;
+  ASSERT_FALSE(proto::decode_offer(json.data(), json.size(), offer));
+  EXPECT_EQ(offer.manifest.key, k.id.c_str());
+  EXPECT_EQ(offer.manifest.expires, 4102444800u);  // 2100-01-01T00:00:00Z
+  char canon[512];
+  const std::size_t n = proto::canonical_manifest(offer.manifest, canon, sizeof canon);
+  ASSERT_EQ(n, 277u);
+  std::uint8_t sig[64];
+  ASSERT_TRUE(proto::hex_decode(offer.manifest.sig.c_str(), offer.manifest.sig.size, sig, sizeof sig));
+  OpensslCrypto crypto;
+  EXPECT_EQ(crypto.verify_p256(k.point.data(), reinterpret_cast<const std::uint8_t*>(canon), n, sig),
+            Crypto::Verify::ok);
+  canon[10] ^= 1;  // and it is the signature that decides
+  EXPECT_NE(crypto.verify_p256(k.point.data(), reinterpret_cast<const std::uint8_t*>(canon), n, sig),
+            Crypto::Verify::ok);
 }
 
 TEST(OpensslCryptoTest, LoadPublicKeyErrors) {

@@ -624,6 +624,26 @@ TEST_F(AgentTest, RejectsUnsupportedKind) {
   expect_declined(offer_for(image_, opt), ReasonCode::unsupported);
 }
 
+// Check 7 (`unsupported`) comes after the signature: an offer the device could not install
+// anyway still gets bad_signature when it is not validly signed.
+TEST_F(AgentTest, UnsupportedOfferWithABadSignatureIsDeclinedBadSignature) {
+  start();
+  OfferOptions opt;
+  opt.kind = proto::ImageKind::bundle;
+  proto::Offer offer = offer_for(image_, opt);
+  offer.manifest.sig.data[10] = offer.manifest.sig.data[10] == '0' ? '1' : '0';
+  expect_declined(offer, ReasonCode::bad_signature);
+}
+
+// Check 3c: `image` must be the first 16 hex digits of `sha256`, even when signed that way.
+TEST_F(AgentTest, SignedOfferWhoseImageIdIsNotItsSha256IsDeclinedBadManifest) {
+  start();
+  proto::Offer offer = offer_for(image_);
+  offer.manifest.image.data[0] = offer.manifest.image.data[0] == '0' ? '1' : '0';
+  signer_.sign(offer.manifest);
+  expect_declined(offer, ReasonCode::bad_manifest);
+}
+
 TEST_F(AgentTest, RejectsMoreChunksThanTheDeviceCanTrack) {
   start();
   const auto big = random_image(std::size_t{kMaxImageChunks} * 256u + 1u, 7);
@@ -725,6 +745,34 @@ TEST_F(AgentTest, BadCrcFrameIsIgnoredAndReRequested) {
   ASSERT_EQ(reqs.size(), 1u);
   EXPECT_EQ(ChunkServer::wanted(reqs[0]), std::vector<std::uint32_t>{5});
   deliver(server.frame(5));
+  EXPECT_TRUE(agent_->reset_requested());
+  reboot();
+  expect_single_result(true, ReasonCode::ok, "1.1.0");
+}
+
+// PROTOCOL.md 8.3: a device that does not implement the reserved flags (broadcast, compressed)
+// treats them as unknown: the frame is dropped, never written, and re-requested.
+TEST_F(AgentTest, FrameWithAReservedFlagIsDroppedAndReRequested) {
+  start();
+  const proto::Offer offer = offer_for(image_);
+  send_offer(offer);
+  ChunkServer server(image_, offer.manifest.chunk_size, offer.manifest.image.c_str());
+  int flagged = 0;
+  serve(server, [&](Frames& f) {
+    for (auto& x : f) {
+      const bool first_time = (x.index == 5 && flagged == 0) || (x.index == 6 && flagged == 1);
+      if (!first_time) continue;
+      x.bytes[5] = x.index == 5 ? proto::kFrameFlagCompressed : proto::kFrameFlagBroadcast;
+      ++flagged;
+    }
+  });
+  ASSERT_EQ(flagged, 2);
+  EXPECT_EQ(agent_->stats().bad_frames, 2u);
+  EXPECT_EQ(agent_->state(), DeviceState::downloading);
+  EXPECT_EQ(agent_->persisted().received_chunks, 98u);
+  clock_.advance_ms(cfg_.request_timeout_ms);
+  agent_->tick();
+  serve(server);
   EXPECT_TRUE(agent_->reset_requested());
   reboot();
   expect_single_result(true, ReasonCode::ok, "1.1.0");
@@ -847,6 +895,34 @@ TEST_F(AgentTest, SecondOfferWhileDownloadingIsDeclinedBusy) {
   EXPECT_EQ(transport_.published.size(), before_same);
   EXPECT_EQ(flash_.counts().begin, 1);
   // The running download is unaffected.
+  serve(server);
+  EXPECT_TRUE(agent_->reset_requested());
+  reboot();
+  expect_single_result(true, ReasonCode::ok, "1.1.0");
+}
+
+// PROTOCOL.md section 7: nothing is answered about an offer before its signature is checked,
+// `busy` included: while downloading, a forged offer for another deployment is declined
+// bad_signature (a final answer), and the download goes on.
+TEST_F(AgentTest, BadlySignedOfferWhileDownloadingIsDeclinedBadSignatureNotBusy) {
+  start();
+  const proto::Offer offer = offer_for(image_);
+  send_offer(offer);
+  ChunkServer server(image_, offer.manifest.chunk_size, offer.manifest.image.c_str());
+  serve(server, {}, 20);
+  OfferOptions other;
+  other.deployment = "dep-2";
+  other.version = "1.2.0";
+  proto::Offer forged = make_offer(signer_, image_, other);
+  forged.manifest.counter = 9;  // not what was signed
+  const std::size_t before = transport_.published.size();
+  send_offer(forged);
+  const auto evs = transport_.events(before);
+  ASSERT_EQ(evs.size(), 1u);
+  EXPECT_EQ(evs[0].type, EventType::decline);
+  EXPECT_EQ(evs[0].reason, ReasonCode::bad_signature) << proto::reason_name(evs[0].reason);
+  EXPECT_EQ(evs[0].deployment, "dep-2");
+  EXPECT_EQ(agent_->state(), DeviceState::downloading);
   serve(server);
   EXPECT_TRUE(agent_->reset_requested());
   reboot();

@@ -185,11 +185,11 @@ TEST(ProtoFixtures, SignedOfferCanonicalBytes) {
   char buf[512];
   std::size_t n = canonical_manifest(o.manifest, buf, sizeof(buf));
   EXPECT_EQ(std::string(buf, n),
-            "{\"chunk_size\":4096,\"compression\":\"none\",\"counter\":3,\"expires\":1767225600,"
+            "{\"chunk_size\":4096,\"compression\":\"none\",\"counter\":3,\"expires\":4102444800,"
             "\"hw\":[\"esp32-s3-devkit\"],\"image\":\"3f2a9c1b7d4e8f60\",\"key\":"
-            "\"40ae8f1292283e00\",\"kind\":\"firmware\",\"sha256\":"
+            "\"69bb99837e187bdb\",\"kind\":\"firmware\",\"sha256\":"
             "\"3f2a9c1b7d4e8f60a7c1e09b55d2f3846e1b0c9d7a35f2e84c61b0d9e2f7a3c5\","
             "\"size\":1048576,\"version\":\"1.4.2\"}");
   EXPECT_EQ(n, 277u);
-  EXPECT_EQ(o.manifest.key, "40ae8f1292283e00");
+  EXPECT_EQ(o.manifest.key, "69bb99837e187bdb");
 }

@@ -19,7 +19,7 @@ using namespace ota::proto;
 namespace {
 
 const char* kSha = "3f2a9c1b7d4e8f60a7c1e09b55d2f3846e1b0c9d7a35f2e84c61b0d9e2f7a3c5";
-const char* kReleaseKey = "40ae8f1292283e00";
+const char* kReleaseKey = "69bb99837e187bdb";
 
 std::string err_str(const Error& e) { return std::string(errc_name(e.code)) + " " + e.field; }
 
@@ -91,7 +91,7 @@ TEST(ProtoRelease, CanonicalReleaseIsTheExampleOfSection65) {
   char buf[1024];
   const std::size_t n = canonical_release(m, buf, sizeof buf);
   const std::string want =
-      R"({"compression":"none","counter":3,"hw":["esp32-s3-devkit"],"key":"40ae8f1292283e00",)"
+      R"({"compression":"none","counter":3,"hw":["esp32-s3-devkit"],"key":"69bb99837e187bdb",)"
       R"("kind":"firmware","sha256":"3f2a9c1b7d4e8f60a7c1e09b55d2f3846e1b0c9d7a35f2e84c61b0d9e2f7a3c5",)"
       R"("size":1048576,"type":"release","version":"1.4.2"})";
   ASSERT_EQ(std::string(buf, n), want);
@@ -116,7 +116,7 @@ TEST(ProtoRelease, ManifestCarriesReleaseMembersInSortedPlace) {
   m.rollback = true;
   char buf[2048];
   const std::string c(buf, canonical_manifest(m, buf, sizeof buf));
-  EXPECT_NE(c.find(R"("kind":"firmware","release_key":"40ae8f1292283e00","release_sig":")" +
+  EXPECT_NE(c.find(R"("kind":"firmware","release_key":"69bb99837e187bdb","release_sig":")" +
                    std::string(64, 'b')),
             std::string::npos)
       << c;
@@ -151,7 +151,7 @@ TEST(ProtoRelease, ManifestReleaseMembersAreValidated) {
   std::size_t len = 0;
   ASSERT_TRUE(encode_offer(o, buf, sizeof buf, len).ok());
   const std::string good(buf, len);
-  const std::string rk = R"("release_key":"40ae8f1292283e00",)";
+  const std::string rk = R"("release_key":"69bb99837e187bdb",)";
   const std::string rs_val = std::string(64, 'b') + std::string(64, 'c');
   const std::string rs = R"("release_sig":")" + rs_val + R"(",)";
   struct Case {
@@ -166,7 +166,7 @@ TEST(ProtoRelease, ManifestReleaseMembersAreValidated) {
        "manifest.release_key"},
       {replaced(good, rk, R"("release_key":"40ae8f12",)"), Errc::bad_value, "manifest.release_key"},
       {replaced(good, rk, R"("release_key":"",)"), Errc::bad_value, "manifest.release_key"},
-      {replaced(good, rk, R"("release_key":"40ae8f1292283e0000",)"), Errc::field_too_long,
+      {replaced(good, rk, R"("release_key":"69bb99837e187bdb00",)"), Errc::field_too_long,
        "manifest.release_key"},
       {replaced(good, rk, R"("release_key":7,)"), Errc::bad_field_type, "manifest.release_key"},
       {replaced(good, rs, R"("release_sig":")" + rs_val.substr(2) + R"(",)"), Errc::bad_value,
@@ -199,7 +199,7 @@ TEST(ProtoRelease, ReleaseFileRoundTrip) {
   ASSERT_TRUE(encode_release(m, buf, sizeof buf, len).ok());
   EXPECT_EQ(std::string(buf, len),
             R"({"v":1,"type":"release","compression":"none","counter":3,"hw":["esp32-s3-devkit"],)"
-            R"("key":"40ae8f1292283e00","kind":"firmware","sha256":")" +
+            R"("key":"69bb99837e187bdb","kind":"firmware","sha256":")" +
                 std::string(kSha) + R"(","size":1048576,"version":"1.4.2","sig":")" +
                 std::string(64, 'b') + std::string(64, 'c') + R"("})");
   Manifest d;
@@ -231,7 +231,7 @@ TEST(ProtoRelease, ReleaseFileRoundTrip) {
       {replaced(good, R"("compression":"none",)", ""), Errc::missing_field, "compression"},
       {replaced(good, R"("kind":"firmware")", R"("kind":"delta")"), Errc::bad_value, "kind"},
       {replaced(good, R"("hw":["esp32-s3-devkit"])", R"("hw":[])"), Errc::bad_value, "hw"},
-      {replaced(good, R"("key":"40ae8f1292283e00")", R"("key":"40ae")"), Errc::bad_value, "key"},
+      {replaced(good, R"("key":"69bb99837e187bdb")", R"("key":"40ae")"), Errc::bad_value, "key"},
       {replaced(good, R"("size":1048576)", R"("size":0)"), Errc::bad_value, "size"},
       {replaced(good, R"("version":"1.4.2")", R"("version":"1.4")"), Errc::bad_value, "version"},
       {replaced(good, R"(,"sig":")" + std::string(64, 'b'), R"(,"sig":")" + std::string(62, 'b')),

@@ -101,6 +101,16 @@ TEST(ImageParams, Validation) {
   EXPECT_TRUE(validate_image_params(bad).ok());
 }
 
+// PROTOCOL.md 15: a frame's offset is a u32, so a bigger image is refused at upload.
+TEST(ImageSize, LargerThanAFrameOffsetCanAddressIsRefusedWithTheLimit) {
+  EXPECT_TRUE(validate_image_size(1).ok());
+  EXPECT_TRUE(validate_image_size(ota::proto::kMaxImageSize).ok());
+  Status s = validate_image_size(ota::proto::kMaxImageSize + 1);
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.error().find("4294967296 bytes"), std::string::npos) << s.error();
+  EXPECT_NE(s.error().find("4294967295"), std::string::npos) << s.error();
+}
+
 TEST(RequestValidation, DeployBody) {
   auto r = parse_deploy_request(R"({"image":"1.0.0","device":"dev-1"})");
   ASSERT_TRUE(r.ok()) << r.error();

@@ -277,6 +277,29 @@ TEST_F(ControllerRecovery, AHelloNamingAnotherDeviceChangesNothing) {
   EXPECT_EQ(ctl->dropped(DropReason::device_id_mismatch), 1u);
 }
 
+// PROTOCOL.md 5.3 / 5.7: a heartbeat naming another device than its topic keeps nothing alive.
+TEST_F(ControllerRecovery, AHeartbeatNamingAnotherDeviceChangesNothing) {
+  hello("victim", "1.0.0", {}, proto::SlotState::confirmed, "m1");
+  hello("attacker", "1.0.0", {}, proto::SlotState::confirmed, "m1");
+  const std::string will = R"({"v":1,"type":"offline"})";
+  ctl->on_message("ota/v1/dev/attacker/up/presence", will.data(), will.size());
+  ASSERT_EQ((*ctl->device_json("attacker"))["online"], false);
+  proto::Heartbeat hb;
+  hb.device.assign("victim");
+  hb.state = proto::DeviceState::idle;
+  char buf[512];
+  std::size_t len = 0;
+  ASSERT_FALSE(proto::encode_heartbeat(hb, buf, sizeof buf, len));
+  ctl->on_message("ota/v1/dev/attacker/up/presence", buf, len);
+  EXPECT_EQ((*ctl->device_json("attacker"))["online"], false);
+  EXPECT_EQ(ctl->dropped(DropReason::device_id_mismatch), 1u);
+  // Its own name brings it back.
+  hb.device.assign("attacker");
+  ASSERT_FALSE(proto::encode_heartbeat(hb, buf, sizeof buf, len));
+  ctl->on_message("ota/v1/dev/attacker/up/presence", buf, len);
+  EXPECT_EQ((*ctl->device_json("attacker"))["online"], true);
+}
+
 TEST_F(ControllerRecovery, ASuccessResultForAnotherVersionIsRefused) {
   add(bytes_of(9000), "1.5.0");
   hello("d1", "1.0.0");

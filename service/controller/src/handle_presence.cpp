@@ -66,6 +66,13 @@ void Inbound::handle_heartbeat(const std::string& dev, const char* p, std::size_
   proto::Heartbeat hb;
   proto::Error e = proto::decode_heartbeat(p, len, hb);
   if (e) return decode_error(dev, topic, "heartbeat", static_cast<int>(e.code), e.field);
+  if (hb.device != dev.c_str()) {  // as for a hello: the topic's id is the one vouched for
+    ignored_unlocked("hb-id|" + dev, "", dev, "", "",
+                     std::string("heartbeat names device '") + hb.device.c_str() +
+                         "', not the topic's; ignored",
+                     DropReason::device_id_mismatch);
+    return;
+  }
   if (!registry_.known(dev)) {  // never said hello: nothing to keep alive
     ignored_unlocked("hb|" + dev, "", dev, "", "", "heartbeat from a device that never said hello");
     return;

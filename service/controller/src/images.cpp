@@ -59,8 +59,17 @@ Status validate_bundle(const std::string& bytes) {
   return {};
 }
 
+Status validate_image_size(std::uint64_t size) {
+  if (size > proto::kMaxImageSize)
+    return invalid_err("image of " + std::to_string(size) + " bytes is larger than the " +
+                       std::to_string(proto::kMaxImageSize) +
+                       " bytes a chunk frame's 32-bit offset can address (PROTOCOL.md 15)");
+  return {};
+}
+
 Status validate_image(const std::string& bytes, const ImageParams& p) {
   if (Status s = validate_image_params(p); !s) return s;
+  if (Status s = validate_image_size(bytes.size()); !s) return s;
   if (p.kind == "bundle") return validate_bundle(bytes);
   return {};
 }

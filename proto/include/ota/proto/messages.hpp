@@ -37,6 +37,8 @@ constexpr std::size_t kSignatureHexLen = 128;  // raw r||s of ECDSA P-256, hex
 constexpr std::uint32_t kMaxChunksPerRequest = OTA_PROTO_MAX_CHUNKS_PER_REQUEST;
 constexpr std::uint32_t kMinChunkSize = 256;
 constexpr std::uint32_t kMaxChunkSize = 65536;
+// A chunk frame's `offset` is a u32, so no byte of a larger image could be sent (PROTOCOL.md 15).
+constexpr std::uint64_t kMaxImageSize = 0xffffffffu;
 
 // NUL-terminated string of fixed capacity N (N characters plus the terminator).
 template <std::size_t N>

@@ -45,8 +45,12 @@ Status validate_image_params(const ImageParams& p);
 // controller must not sign what every device would refuse (or, worse, what one would not).
 Status validate_bundle(const std::string& bytes);
 
-// Everything add_image must check before it stores and signs an image: the parameters, and
-// for kind "bundle" the bytes (validate_bundle).
+// An image no device could download: over proto::kMaxImageSize bytes (the chunk frame's offset
+// is a u32). invalid_err naming the size and the limit otherwise.
+Status validate_image_size(std::uint64_t size);
+
+// Everything add_image must check before it stores and signs an image: the parameters, the
+// size (validate_image_size), and for kind "bundle" the bytes (validate_bundle).
 Status validate_image(const std::string& bytes, const ImageParams& p);
 
 // Writes bytes to <dir>/<sha256>.bin via a temp file, fsync and rename (and fsyncs the dir).

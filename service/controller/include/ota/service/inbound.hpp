@@ -34,7 +34,7 @@ namespace ota::service {
 enum class DropReason {
   decode_error,        // not a valid message (codec error)
   rate_limited,        // over the device's message budget
-  device_id_mismatch,  // a hello naming another device than its topic
+  device_id_mismatch,  // a hello or heartbeat naming another device than its topic
   result_mismatch,     // a success result for another version than the deployment's image
   progress_backwards,  // progress below what the device already reported in this attempt
   not_applicable,      // not a member, finished or superseded deployment, stale id
