@@ -309,4 +309,35 @@ TEST(ApiDoc, ListsEveryEventNameTheControllerWrites) {
         << n << " is not in API.md";
 }
 
+// The deletes of API.md through otactl: a rollout that never started, an image nothing
+// uses (refused naming its user otherwise), a device decommissioned (history kept).
+TEST_F(OtactlLiveController, DeletesADraftRolloutAnUnusedImageAndDecommissionsADevice) {
+  add(bytes_of(3000), "1.1.0");
+  add(bytes_of(3100), "1.2.0");
+  hello("d1", "1.0.0", {"lab"});
+  hello("d2", "1.0.0", {"lab"});
+  auto r = otactl("--json rollout create 1.1.0 --group lab");
+  ASSERT_EQ(r.code, 0) << r.out;
+  const std::string ro = json::parse(r.out)["id"];
+  r = otactl("rollout delete " + ro);
+  EXPECT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("rollout " + ro + " deleted"), std::string::npos) << r.out;
+  EXPECT_EQ(otactl("rollout show " + ro).code, 1) << "still there after its delete";
+
+  r = otactl("image delete 1.2.0");
+  EXPECT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("image 1.2.0"), std::string::npos) << r.out;
+  EXPECT_EQ(otactl("--json image list").out.find("1.2.0"), std::string::npos);
+  ASSERT_EQ(otactl("deploy 1.1.0 --device d1").code, 0);
+  r = otactl("image delete 1.1.0");
+  EXPECT_EQ(r.code, 1) << "an image a deployment uses was deleted: " << r.out;
+  EXPECT_NE(otactl("--json image list").out.find("1.1.0"), std::string::npos);
+
+  r = otactl("device decommission d2");
+  EXPECT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("device d2 decommissioned"), std::string::npos) << r.out;
+  EXPECT_EQ(otactl("device show d2").code, 1) << "the device record is still there";
+  EXPECT_EQ(otactl("rollout delete ro-nosuch").code, 1);
+}
+
 }  // namespace

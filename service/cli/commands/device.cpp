@@ -106,6 +106,17 @@ int cmd_device_revoke(Context& c, const std::string& id) {
   return kExitOk;
 }
 
+// DELETE /api/v1/devices/ID: its record and tags go, its deployment rows and events stay.
+int cmd_device_decommission(Context& c, const std::string& id) {
+  Reply r = c.api->del("/api/v1/devices/" + url_encode(id));
+  if (!r.ok) return fail(r);
+  if (c.json_out) return print_json(r.body), kExitOk;
+  std::printf("device %s decommissioned: its record and tags are gone, its history stays; if it "
+              "says hello again it comes back as a new device (revoke it to keep it out)\n",
+              id.c_str());
+  return kExitOk;
+}
+
 int cmd_device_tag(Context& c, const std::string& id, const json& body) {
   Reply r = c.api->put_json("/api/v1/devices/" + url_encode(id) + "/tags", body);
   if (!r.ok) return fail(r);
@@ -198,6 +209,10 @@ void add_device_commands(CLI::App& app, Context& ctx) {
       "revoke", "revoke a device (admin): the controller drops its messages and never targets it; prints the broker-side step");
   revoke->add_option("ID", *id, "device id")->required();
   ctx.on_api(revoke, [&ctx, id] { return cmd_device_revoke(ctx, *id); });
+  auto* decommission = device->add_subcommand(
+      "decommission", "remove a device (admin): its record and tags go, its history stays");
+  decommission->add_option("ID", *id, "device id")->required();
+  ctx.on_api(decommission, [&ctx, id] { return cmd_device_decommission(ctx, *id); });
   auto* tag = device->add_subcommand("tag", "set or remove a device's tags");
   auto t = std::make_shared<TagOptions>();
   tag->add_option("ID", t->id, "device id")->required();

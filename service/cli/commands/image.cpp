@@ -304,12 +304,25 @@ void add_image_sign(CLI::App& image, Context& ctx) {
 
 }  // namespace
 
+// DELETE /api/v1/images/REF: refused (409, naming the user) while a deployment or rollout uses it.
+int cmd_image_delete(Context& c, const std::string& ref) {
+  Reply r = c.api->del("/api/v1/images/" + url_encode(ref));
+  if (!r.ok) return fail(r);
+  if (c.json_out) return print_json(r.body), kExitOk;
+  std::printf("image %s (%s) deleted\n", jstr(r.body, "version").c_str(), jstr(r.body, "id").c_str());
+  return kExitOk;
+}
+
 void add_image_commands(CLI::App& app, Context& ctx) {
   auto* image = app.add_subcommand("image", "manage firmware images");
   image->require_subcommand(1);
   add_image_add(*image, ctx);
   auto* list = image->add_subcommand("list", "list images");
   ctx.on_api(list, [&ctx] { return cmd_image_list(ctx); });
+  auto ref = std::make_shared<std::string>();
+  auto* del = image->add_subcommand("delete", "delete an image no deployment or rollout uses");
+  del->add_option("IMAGE", *ref, "image id or version")->required();
+  ctx.on_api(del, [&ctx, ref] { return cmd_image_delete(ctx, *ref); });
   add_image_sign(*image, ctx);
 }
 

@@ -262,6 +262,15 @@ void add_actions(CLI::App& rollout, Context& ctx) {
   }
 }
 
+// DELETE /api/v1/rollouts/ID: only a rollout that never started (a draft, or scheduled).
+int cmd_rollout_delete(Context& c, const std::string& id) {
+  Reply r = c.api->del("/api/v1/rollouts/" + url_encode(id));
+  if (!r.ok) return fail(r);
+  if (c.json_out) return print_json(r.body), kExitOk;
+  std::printf("rollout %s deleted\n", id.c_str());
+  return kExitOk;
+}
+
 void add_views(CLI::App& rollout, Context& ctx) {
   auto o = std::make_shared<IdOptions>();
   auto* list = rollout.add_subcommand("list", "list rollouts");
@@ -274,6 +283,9 @@ void add_views(CLI::App& rollout, Context& ctx) {
   events->add_option("ID", o->id, "rollout id")->required();
   events->add_option("--limit", o->limit, "at most N events (1..10000, default 50)")->check(CLI::Range(1, 10000));
   ctx.on_api(events, [&ctx, o] { return show_events(ctx, o->id, "", "", o->limit); });
+  auto* del = rollout.add_subcommand("delete", "delete a rollout that never started (a draft or a scheduled one)");
+  del->add_option("ID", o->id, "rollout id")->required();
+  ctx.on_api(del, [&ctx, o] { return cmd_rollout_delete(ctx, o->id); });
 }
 
 }  // namespace
