@@ -47,7 +47,10 @@ std::uint64_t jitter_seed(std::uint64_t configured) {
 // TLS context (X509_STORE is reference-counted and read-only once built).
 X509_STORE* shared_ca_store(const std::string& ca_file) {
   static std::mutex mu;
-  static std::map<std::string, X509_STORE*> stores;  // one reference each, kept for good
+  // One reference each, kept for the life of the process. Never destroyed, so that the
+  // stores stay reachable at exit (a static map's destructor would leave them to
+  // LeakSanitizer as leaks; freeing them then would race transports still running).
+  static auto& stores = *new std::map<std::string, X509_STORE*>();
   std::lock_guard<std::mutex> lock(mu);
   auto it = stores.find(ca_file);
   if (it != stores.end()) return it->second;
