@@ -50,7 +50,15 @@ tck="$(getconf CLK_TCK)"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 cpu_s() { awk -v t="$tck" '{printf "%.2f", ($14 + $15) / t}' "/proc/$1/stat"; }
 hwm_mib() { awk '/VmHWM/ {printf "%.0f", $2 / 1024}' "/proc/$1/status"; }
-metric() { curl -s -H "Authorization: Bearer $(cat "$run/controller.db.token")" "$OTA_API/metrics" | awk -v m="$1" '$1 == m {print $2}'; }
+metric() {
+  python3 - "$OTA_API/metrics" "$run/controller.db.token" "$1" <<'PY'
+import sys, urllib.request
+req = urllib.request.Request(sys.argv[1], headers={"Authorization": "Bearer " + open(sys.argv[2]).read().strip()})
+for line in urllib.request.urlopen(req).read().decode().splitlines():
+    if line.split(" ")[0] == sys.argv[3]:
+        print(line.split(" ")[1])
+PY
+}
 wait_for() {
   local what="$1" secs="$2"; shift 2
   local deadline=$((SECONDS + secs))

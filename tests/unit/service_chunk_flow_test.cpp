@@ -184,6 +184,27 @@ TEST(ChunkFlow, RepeatedRequestsMergeIntoWhatIsQueued) {
   EXPECT_EQ(cs.chunks_sent(), 25u);
 }
 
+// A request far beyond what the device's queue holds (a confused or hostile device) queues
+// nothing past the window, is counted, and does not disturb what is queued.
+TEST(ChunkFlow, RequestsBeyondTheQueueWindowAreDroppedAndCounted) {
+  Fixture fx(ChunkServer::kQueueSpan + 64);
+  HeldAckPublisher pub;
+  ChunkFlowConfig flow;
+  flow.max_unacked_bytes = kFrame;
+  flow.sender_threads = 0;
+  ChunkServer cs(fx.dir.file("images"), "ota/v1", &pub, flow);
+  auto file = cs.open(fx.img);
+  ASSERT_TRUE(file.ok());
+  EXPECT_EQ(cs.request("d1", "dep-1", *file, req_for(fx.img, 0, 4)), 4u);
+  EXPECT_EQ(cs.request("d1", "dep-1", *file, req_for(fx.img, ChunkServer::kQueueSpan + 10, 8)), 0u);
+  EXPECT_EQ(cs.chunks_beyond_span(), 8u);
+  // Past the end of the image: nothing queued at all.
+  EXPECT_EQ(cs.request("d2", "dep-1", *file, req_for(fx.img, ChunkServer::kQueueSpan + 64, 8)), 0u);
+  for (int i = 0; i < 10; ++i) pub.ack(1);
+  EXPECT_EQ(cs.chunks_sent(), 4u);
+  EXPECT_EQ(cs.queued_chunks(), 0u);
+}
+
 TEST(ChunkFlow, ALostLinkGivesTheBudgetBack) {
   Fixture fx;
   HeldAckPublisher pub;

@@ -169,22 +169,11 @@ void ChunkServer::expire_locked(long long now) {
   const std::uint64_t link = pub_ ? pub_->link_generation() : 0;
   const bool new_link = link != link_seen_;
   link_seen_ = link;
-  while (!in_flight_.empty()) {
-    auto it = in_flight_.begin();  // oldest first
-    if (!(new_link && it->second.link != link) && now - it->second.sent_ms < flow_.ack_timeout_ms)
-      break;
+  // Oldest first: after a link loss every frame in flight is gone, otherwise the timed-out ones.
+  while (!in_flight_.empty() &&
+         (new_link || now - in_flight_.begin()->second.sent_ms >= flow_.ack_timeout_ms)) {
     frames_lost_++;
-    release_locked(it);
-  }
-  if (new_link) {
-    for (auto it = in_flight_.begin(); it != in_flight_.end();) {
-      auto next = std::next(it);
-      if (it->second.link != link) {
-        frames_lost_++;
-        release_locked(it);
-      }
-      it = next;
-    }
+    release_locked(in_flight_.begin());
   }
 }
 
@@ -230,7 +219,7 @@ bool ChunkServer::pick_locked(Pick& out, long long now) {
     const std::uint64_t off = static_cast<std::uint64_t>(out.index) * frame;
     const auto bytes = static_cast<std::uint32_t>(
         proto::kFrameHeaderLen + std::min<std::uint64_t>(frame, q.file->size - off));
-    in_flight_.emplace(out.seq, InFlight{dev, bytes, now, link_seen_});
+    in_flight_.emplace(out.seq, InFlight{dev, bytes, now});
     unacked_bytes_ += bytes;
     if (unacked_bytes_ > peak_unacked_.load()) peak_unacked_ = unacked_bytes_;
     if (q.wanted_count > 0) {

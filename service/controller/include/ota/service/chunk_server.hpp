@@ -125,7 +125,6 @@ class ChunkServer {
     std::string dev;
     std::uint32_t bytes = 0;
     long long sent_ms = 0;
-    std::uint64_t link = 0;  // the publisher's link generation when published
   };
   // One chunk a sender is about to publish.
   struct Pick {
