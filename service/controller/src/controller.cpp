@@ -2,6 +2,7 @@
 // points and the operator actions. JSON queries, metrics and health: controller_queries.cpp.
 #include "ota/service/controller.hpp"
 
+#include <malloc.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -108,15 +109,31 @@ void Controller::tick() {
   inbound_.retry_unapplied_hellos();
   const bool link_up = !pub_ || pub_->ready();
   if (link_up) rollout_tick(now());
-  DbLock db(db_);
-  if (link_up) deployments_.reoffer_deferred(db, now());
-  flush(db, false);
-  db_.probe(db, now(), cfg_.db_probe_interval_ms, cfg_.db_path);
-  db_.prune(db, now(), cfg_.event_retention, cfg_.prune_interval_ms);
-  if (registry_.acl_enabled()) {
-    Status s = registry_.reload_acl_if_changed(false);
-    if (!s) log_error(s.error() + " (keeping the memberships read before)");
+  {
+    DbLock db(db_);
+    if (link_up) deployments_.reoffer_deferred(db, now());
+    flush(db, false);
+    db_.probe(db, now(), cfg_.db_probe_interval_ms, cfg_.db_path);
+    db_.prune(db, now(), cfg_.event_retention, cfg_.prune_interval_ms);
+    if (registry_.acl_enabled()) {
+      Status s = registry_.reload_acl_if_changed(false);
+      if (!s) log_error(s.error() + " (keeping the memberships read before)");
+    }
   }
+  return_free_memory();
+}
+
+// glibc keeps what a thread frees in that thread's arena, and the HTTP workers each once
+// built a large reply (a page of 1,000 devices, the fleet's events): with 10,000 idle
+// devices the controller sat at 431 MiB, most of it free memory held by a dozen arenas
+// (3,000 devices: 143 MiB, 29 MiB right after malloc_trim). Trimming costs a few ms.
+void Controller::return_free_memory() {
+#ifdef __GLIBC__
+  const auto t = std::chrono::steady_clock::now();
+  if (t - last_memory_return_ < std::chrono::seconds(10)) return;
+  last_memory_return_ = t;
+  malloc_trim(0);
+#endif
 }
 
 void Controller::rollout_tick(long long now_ms) {

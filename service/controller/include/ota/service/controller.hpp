@@ -16,6 +16,7 @@
 // Thread-safe: MQTT callbacks, HTTP handlers and the periodic tick may run concurrently.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -167,6 +168,9 @@ class Controller {
   void flush(DbLock& db, bool force);
   // Finishes the deployment if it is done (and forgets its rollout then).
   void complete(DbLock& db, const std::string& dep_id);
+  // Gives the memory threads freed back to the system, at most every 10 s (tick thread).
+  void return_free_memory();
+  std::chrono::steady_clock::time_point last_memory_return_{};
   // Snapshots for the views (controller_queries.cpp).
   DeviceLive device_live(const DeviceRec& d, long long now) const;
   nlohmann::json deployment_json_of(DbLock& db, const DeploymentRec& d, bool with_rows);
