@@ -1,5 +1,7 @@
 // The Controller's queries: snapshots of the components (under their locks) handed to the
 // view, metrics and health functions, which build the JSON and the Prometheus text.
+#include <algorithm>
+#include <map>
 #include <set>
 
 #include "ota/service/controller.hpp"
@@ -217,6 +219,60 @@ Result<json> Controller::status_json() {
               {"ignored_messages", ignored_messages()},
               {"duplicate_chunk_requests", duplicate_requests()},
               {"cancels_sent", cancels_sent()}};
+}
+
+Result<json> Controller::version_history_json(long long since_ms, int points) {
+  struct Change {
+    long long ts;
+    std::string device, version;  // version empty: the device was decommissioned
+  };
+  std::vector<Change> changes;
+  {
+    DbLock db(db_);
+    Status s = db.store().for_each_version_event(
+        [&changes](long long ts, const std::string& device, const std::string& what,
+                   const std::string& detail) {
+          // A hello's detail starts "version V hw ..." (handle_presence.cpp).
+          std::string version;
+          if (what == "hello" && detail.rfind("version ", 0) == 0)
+            version = detail.substr(8, detail.find(' ', 8) - 8);
+          else if (what == "hello")
+            return;  // not a form this replay knows: skip rather than guess
+          changes.push_back({ts, device, std::move(version)});
+        });
+    if (!s) return s.context("fleet versions");
+  }
+  const long long to = now();
+  json out{{"from", 0}, {"to", to}, {"versions", json::array()}, {"points", json::array()}};
+  if (changes.empty()) return out;
+  const long long from = std::min(to, since_ms > 0 ? since_ms : changes.front().ts);
+  out["from"] = from;
+  std::map<std::string, std::string> version_of;  // device -> its version at the replay time
+  std::map<std::string, long long> counts;         // version -> devices
+  std::set<std::string> versions;
+  std::size_t next = 0;
+  for (int i = 0; i < points; ++i) {
+    const long long t = from + (to - from) * i / std::max(1, points - 1);
+    for (; next < changes.size() && changes[next].ts <= t; ++next) {
+      const Change& c = changes[next];
+      auto it = version_of.find(c.device);
+      if (it != version_of.end() && --counts[it->second] == 0) counts.erase(it->second);
+      if (c.version.empty()) {
+        if (it != version_of.end()) version_of.erase(it);
+        continue;
+      }
+      version_of[c.device] = c.version;
+      ++counts[c.version];
+    }
+    json at = json::object();
+    for (const auto& [version, n] : counts) {
+      at[version] = n;
+      versions.insert(version);
+    }
+    out["points"].push_back(json{{"ts", t}, {"counts", at}});
+  }
+  out["versions"] = versions;
+  return out;
 }
 
 Result<json> Controller::events_json(const EventFilter& f) {

@@ -139,6 +139,11 @@ class Controller {
   Result<nlohmann::json> device_json(const std::string& id);
   Result<nlohmann::json> status_json();
   Result<nlohmann::json> events_json(const EventFilter& f);
+  // Devices per version at `points` evenly spaced times from `since_ms` (0: the first hello
+  // in the event log) to now, replayed from the log's hellos (a hello is logged when a
+  // device's version changes or it comes online): {"from","to","versions","points":[{"ts",
+  // "counts"}]}. The history goes back as far as the event retention keeps it.
+  Result<nlohmann::json> version_history_json(long long since_ms, int points);
 
   static nlohmann::json to_json(const ImageRec& r) { return image_view(r); }
   static nlohmann::json to_json(const DeviceRec& r) { return device_record_view(r); }
