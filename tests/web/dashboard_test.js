@@ -212,8 +212,11 @@ async function main() {
       rolloutA = (await page.evaluate(() => location.hash)).slice('#/rollouts/'.length);
       const seen = new Set();
       await until('rollout completes on the page', async () => {
-        const p = await attr(page, '#overall', 'data-percent').catch(() => null);
-        const st = await attr(page, '#overall', 'data-state').catch(() => null);
+        // One read of both: the element is redrawn between two separate reads.
+        const [p, st] = await page.evaluate(() => {
+          const o = document.getElementById('overall');
+          return o ? [o.dataset.percent, o.dataset.state] : [null, null];
+        });
         if (p !== null) seen.add(Number(p));
         return [st === 'completed', `state ${st} percent ${p}`];
       }, 60000);
@@ -255,8 +258,15 @@ async function main() {
         const st = await attr(page, '#overall', 'data-state');
         return [st === 'paused', st];
       });
+      const paused = (await apiGet('/api/v1/rollouts/' + rolloutB)).body;
+      assert(paused.state === 'paused' && paused.paused_by === 'operator', `API: ${paused.state} by ${paused.paused_by}`);
+      await page.click('button[data-action="resume"]', { timeout: 5000 });
+      await until('running again on the page', async () => {
+        const st = await attr(page, '#overall', 'data-state');
+        return [st === 'running', st];
+      });
       const r = (await apiGet('/api/v1/rollouts/' + rolloutB)).body;
-      assert(r.state === 'paused' && r.paused_by === 'operator', `API: ${r.state} by ${r.paused_by}`);
+      assert(r.state === 'running', `API after resume: ${r.state}`);
       await page.click('button[data-action="abort"]');
       const c = r.counts;
       const cancels = c.pending + c.deferred + c.offered + c.downloading;
@@ -269,6 +279,30 @@ async function main() {
       });
       const after = (await apiGet('/api/v1/rollouts/' + rolloutB)).body;
       assert(after.state === 'aborted', `API: ${after.state}`);
+    });
+
+    await step('an image uploaded from the page is the API\'s; a missing field is named', async () => {
+      await go(page, '#/images');
+      await page.waitForSelector('#upload-form', { timeout: 5000 });
+      const bytes = Buffer.alloc(8192);
+      for (let i = 0; i < bytes.length; i++) bytes[i] = (i * 7 + 3) & 0xff;
+      const sha256 = require('crypto').createHash('sha256').update(bytes).digest('hex');
+      await page.setInputFiles('#upload-form input[name=file]', { name: 'fw-1.3.0.bin', mimeType: 'application/octet-stream', buffer: bytes });
+      await page.fill('#upload-form input[name=version]', '1.3.0');
+      await page.click('#upload-form button[type=submit]');
+      await until('hw named', async () => {
+        const t = await text(page, '#upload-form [data-error-for="hw"]');
+        return [t.includes("query parameter 'hw' is required"), t];
+      });
+      await page.fill('#upload-form input[name=hw]', 'board-x');
+      await page.click('#upload-form button[type=submit]');
+      await until('upload done', async () => {
+        const t = await text(page, '#upload-status');
+        return [t.startsWith('added 1.3.0'), t];
+      });
+      const img = (await apiGet('/api/v1/images/1.3.0')).body;
+      assert(img.sha256 === sha256 && img.size === bytes.length && img.hw.join() === 'board-x', `API image: ${JSON.stringify(img)}`);
+      await page.waitForSelector(`#images tr[data-image="${img.id}"]`, { timeout: 5000 });
     });
 
     await step('a read-only token sees no action buttons, and the server refuses its actions', async () => {
