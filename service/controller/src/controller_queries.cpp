@@ -120,8 +120,9 @@ Result<json> Controller::deployment_json(const std::string& id) {
 
 // ------------------------------------------------------------------------------ devices
 
-Result<json> Controller::devices_json(const DeviceFilter& f, const std::string& tag_expr,
-                                      const std::string& state) {
+Status Controller::for_each_device(
+    const DeviceFilter& f, const std::string& tag_expr, const std::string& state,
+    const std::function<void(const DeviceRec&, const DeviceLive&, const DeviceTags*, long long)>& fn) {
   std::optional<TagExpr> expr;
   if (!tag_expr.empty()) {
     auto e = TagExpr::parse(tag_expr);
@@ -140,7 +141,6 @@ Result<json> Controller::devices_json(const DeviceFilter& f, const std::string& 
   if (expr) subjects = tag_subjects(db.store(), registry_);
   auto tags = db.store().all_tags();
   const long long t = now();
-  json out = json::array();
   for (const auto& d : *devs) {
     if (expr) {
       auto it = subjects.find(d.id);
@@ -149,9 +149,58 @@ Result<json> Controller::devices_json(const DeviceFilter& f, const std::string& 
     const DeviceLive live = device_live(d, t);
     if (f.online && live.online != *f.online) continue;
     if (!filter->matches(live.transfer, live.online)) continue;
-    out.push_back(device_view(d, live, tags_of(tags ? &*tags : nullptr, d.id), t));
+    fn(d, live, tags_of(tags ? &*tags : nullptr, d.id), t);
   }
+  return {};
+}
+
+Result<json> Controller::devices_json(const DeviceFilter& f, const std::string& tag_expr,
+                                      const std::string& state) {
+  json out = json::array();
+  Status s = for_each_device(f, tag_expr, state,
+                             [&out](const DeviceRec& d, const DeviceLive& live,
+                                    const DeviceTags* tags, long long t) {
+                               out.push_back(device_view(d, live, tags, t));
+                             });
+  if (!s) return s.err();
   return out;
+}
+
+Result<json> Controller::devices_page_json(const DeviceFilter& f, const std::string& tag_expr,
+                                           const std::string& state, std::size_t offset,
+                                           std::size_t limit, std::size_t* total) {
+  json out = json::array();
+  std::size_t n = 0;
+  Status s = for_each_device(f, tag_expr, state,
+                             [&](const DeviceRec& d, const DeviceLive& live,
+                                 const DeviceTags* tags, long long t) {
+                               if (n >= offset && n - offset < limit)
+                                 out.push_back(device_view(d, live, tags, t));
+                               ++n;
+                             });
+  if (!s) return s.err();
+  *total = n;
+  return out;
+}
+
+Result<json> Controller::fleet_counts_json(const DeviceFilter& f, const std::string& tag_expr,
+                                           const std::string& state) {
+  long long total = 0, online = 0;
+  std::map<std::string, long long> by_version, by_hw, by_state, by_group;
+  Status s = for_each_device(f, tag_expr, state,
+                             [&](const DeviceRec& d, const DeviceLive& live, const DeviceTags*,
+                                 long long) {
+                               ++total;
+                               if (live.online) ++online;
+                               ++by_version[d.version];
+                               ++by_hw[d.hw];
+                               ++by_state[live.transfer ? to_string(live.transfer->state) : kIdle];
+                               for (const auto& g : live.member_of) ++by_group[g];
+                             });
+  if (!s) return s.err();
+  return json{{"total", total},          {"online", online},   {"offline", total - online},
+              {"by_version", by_version}, {"by_hw", by_hw},     {"by_state", by_state},
+              {"by_group", by_group}};
 }
 
 Result<json> Controller::device_json(const std::string& id) {

@@ -7,30 +7,41 @@ namespace ota::service::http {
 
 namespace {
 
-// The devices the filters of GET /devices (group, tag, version, state, online) select.
-Result<json> filtered_devices(Controller& ctl, const httplib::Request& req) {
-  DeviceFilter f;
-  f.group = req.get_param_value("group");
-  f.version = req.get_param_value("version");
+// The filters of GET /devices and GET /fleet (group, tag, version, state, online). The
+// filters' own errors name their parameter (a form shows the message next to it).
+struct DeviceQuery {
+  DeviceFilter filter;
+  std::string tag, state;
+};
+
+Result<DeviceQuery> device_query(const httplib::Request& req) {
+  DeviceQuery q;
+  q.filter.group = req.get_param_value("group");
+  q.filter.version = req.get_param_value("version");
   if (req.has_param("online")) {
     std::string o = req.get_param_value("online");
     if (o == "1" || o == "true" || o.empty())
-      f.online = true;
+      q.filter.online = true;
     else if (o == "0" || o == "false")
-      f.online = false;
+      q.filter.online = false;
     else
       return invalid_field_err("online", "online must be true/false/1/0, not '" + o + "'");
   }
-  // The filters' own errors name their parameter (a form shows the message next to it).
-  const std::string tag = req.get_param_value("tag");
-  if (!tag.empty()) {
-    auto expr = TagExpr::parse(tag);
+  q.tag = req.get_param_value("tag");
+  if (!q.tag.empty()) {
+    auto expr = TagExpr::parse(q.tag);
     if (!expr) return invalid_field_err("tag", "tag: " + expr.error());
   }
-  auto devices = ctl.devices_json(f, tag, req.get_param_value("state"));
-  if (!devices && devices.kind() == ErrKind::invalid && devices.err().field.empty())
-    return invalid_field_err("state", devices.error());  // the only other filter it checks
-  return devices;
+  q.state = req.get_param_value("state");
+  return q;
+}
+
+// The Controller checks the state filter (the only other one that can be wrong).
+template <typename T>
+Result<T> naming_state(Result<T> r) {
+  if (!r && r.kind() == ErrKind::invalid && r.err().field.empty())
+    return invalid_field_err("state", r.error());
+  return r;
 }
 
 void send_devices(Controller& ctl, const httplib::Request& req, httplib::Response& res) {
@@ -38,13 +49,17 @@ void send_devices(Controller& ctl, const httplib::Request& req, httplib::Respons
   if (!params) return send_error(res, params.err());
   auto page = parse_page(req);
   if (!page) return send_error(res, page.err());
-  auto devices = filtered_devices(ctl, req);
+  auto q = device_query(req);
+  if (!q) return send_error(res, q.err());
+  std::size_t total = 0;
+  auto devices = naming_state(
+      ctl.devices_page_json(q->filter, q->tag, q->state, page->offset, page->limit, &total));
   if (!devices) return send_error(res, devices.err());
-  send_page(req, res, *page, *devices);
+  send_page_of(req, res, *page, *devices, total);
 }
 
-// GET /api/v1/fleet: the filtered devices counted, so that a dashboard of 10,000 devices
-// does not fetch them all to count them.
+// GET /api/v1/fleet: the filtered devices counted by the controller, so that a dashboard of
+// 10,000 devices neither fetches them all nor makes the controller build their views.
 void send_fleet(Controller& ctl, const httplib::Request& req, httplib::Response& res) {
   for (const auto& kv : req.params)
     if (kv.first != "group" && kv.first != "tag" && kv.first != "version" &&
@@ -54,27 +69,9 @@ void send_fleet(Controller& ctl, const httplib::Request& req, httplib::Response&
                             "' for GET /api/v1/fleet (it takes: group, tag, version, state, "
                             "online, pretty)",
                         kv.first);
-  auto devices = filtered_devices(ctl, req);
-  if (!devices) return send_error(res, devices.err());
-  long long online = 0;
-  json by_version = json::object(), by_hw = json::object(), by_state = json::object(),
-       by_group = json::object();
-  const auto bump = [](json& counts, const json& key) {
-    const std::string k = key.is_string() ? key.get<std::string>() : std::string();
-    counts[k] = counts.value(k, 0LL) + 1;
-  };
-  for (const auto& d : *devices) {
-    if (d.value("online", false)) ++online;
-    bump(by_version, d.value("version", json()));
-    bump(by_hw, d.value("hw", json()));
-    bump(by_state, d.value("state", json()));
-    for (const auto& g : d.value("member_of", json::array())) bump(by_group, g);
-  }
-  const long long total = static_cast<long long>(devices->size());
-  send_json(res, 200,
-            json{{"total", total}, {"online", online}, {"offline", total - online},
-                 {"by_version", by_version}, {"by_hw", by_hw}, {"by_state", by_state},
-                 {"by_group", by_group}});
+  auto q = device_query(req);
+  if (!q) return send_error(res, q.err());
+  reply(res, naming_state(ctl.fleet_counts_json(q->filter, q->tag, q->state)));
 }
 
 // GET /api/v1/fleet/versions?points=N[&since=UNIX_S]

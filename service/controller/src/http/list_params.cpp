@@ -75,6 +75,12 @@ void send_page(const httplib::Request& req, httplib::Response& res, const Page& 
   const std::size_t end = std::min(total, first + page.limit);
   json items = json::array();
   for (std::size_t i = first; i < end; ++i) items.push_back(all[i]);
+  send_page_of(req, res, page, items, total);
+}
+
+void send_page_of(const httplib::Request& req, httplib::Response& res, const Page& page,
+                  const json& items, std::size_t total) {
+  const std::size_t end = std::min(total, std::min(page.offset, total) + items.size());
   res.set_header("X-Total-Count", std::to_string(total));
   if (end < total) res.set_header("Link", next_link(req, "offset", static_cast<long long>(end)));
   send_json(res, 200, items);

@@ -108,6 +108,9 @@ Result<Page> parse_page(const httplib::Request& req);
 // X-Total-Count (items matching the filters) and, when more follow, Link: <...>; rel="next".
 void send_page(const httplib::Request& req, httplib::Response& res, const Page& page,
                const json& all);
+// The same for a list that is paged already: `items` is the page, `total` counts all matches.
+void send_page_of(const httplib::Request& req, httplib::Response& res, const Page& page,
+                  const json& items, std::size_t total);
 // The Link header value of the next page: the request with `key` set to `value`.
 std::string next_link(const httplib::Request& req, const std::string& key, long long value);
 // The items of `all` whose `key` equals `value` (or, for an array member, contains it).
