@@ -40,7 +40,9 @@ TEST_F(WebDashboard, FleetRolloutsAndRolesInChromium) {
     GTEST_SKIP() << "needs " << chromium_path() << " and " << node_module
                  << " (scripts/install-deps.sh installs both)";
   start_env("web", 12, "lab");
-  start_fleet();
+  // One device whose new image fails its self-test: a failure on the rollout page, a last
+  // error with its reason on the device's page.
+  start_fleet({"--fail-self-test", device_id(12)});
   wait_fleet_online();
   add_image(random_bytes(48 * 1024, 14), "1.1.0");
   add_image(random_bytes(48 * 1024, 15), "1.2.0");
@@ -62,6 +64,7 @@ TEST_F(WebDashboard, FleetRolloutsAndRolesInChromium) {
       {"env", std::string("NODE_PATH=") + OTA_WEB_NODE_MODULES, "OTA_WEB_URL=" + api_url(),
        "OTA_WEB_OPERATOR_TOKEN=" + operator_token, "OTA_WEB_READONLY_TOKEN=" + viewer_token,
        "OTA_WEB_GROUP=lab", "OTA_WEB_IMAGE=1.1.0", "OTA_WEB_IMAGE2=1.2.0",
+       "OTA_WEB_FAILING_DEVICE=" + device_id(12),
        "OTA_WEB_ARTIFACTS=" + artifacts, "OTA_CHROMIUM=" + chromium_path(), "node",
        OTA_WEB_TEST_SCRIPT});
   const auto took = std::chrono::duration_cast<std::chrono::milliseconds>(

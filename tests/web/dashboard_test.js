@@ -6,7 +6,8 @@
 //
 // Environment: OTA_WEB_URL (http://127.0.0.1:PORT), OTA_WEB_OPERATOR_TOKEN,
 // OTA_WEB_READONLY_TOKEN, OTA_WEB_GROUP, OTA_WEB_IMAGE (rolled out from the form),
-// OTA_WEB_IMAGE2 (the rollout that is paused), OTA_WEB_ARTIFACTS (screenshots),
+// OTA_WEB_IMAGE2 (the rollout that is paused), OTA_WEB_FAILING_DEVICE (its new image fails
+// its self-test), OTA_WEB_ARTIFACTS (screenshots),
 // OTA_CHROMIUM (default /usr/bin/chromium).
 'use strict';
 const { chromium } = require('playwright-core');
@@ -23,6 +24,7 @@ const GROUP = env('OTA_WEB_GROUP');
 const IMAGE = env('OTA_WEB_IMAGE');
 const IMAGE2 = env('OTA_WEB_IMAGE2');
 const ARTIFACTS = env('OTA_WEB_ARTIFACTS');
+const FAILING = env('OTA_WEB_FAILING_DEVICE');
 const CHROMIUM = process.env.OTA_CHROMIUM || '/usr/bin/chromium';
 
 // --- the API, from node (what the page must agree with)
@@ -201,7 +203,9 @@ async function main() {
       });
       assert((await text(page, '[data-error-for="waves[0].size"]')) === '', 'the fixed field\'s error is gone');
       assert((await apiGet('/api/v1/rollouts?limit=1')).total === before, 'no rollout was created');
-      await page.fill('input[name="failure.max_wave_rate"]', '10');
+      // One device of the fleet fails: limits that let the rollout finish anyway.
+      await page.fill('input[name="failure.max_wave_rate"]', '50');
+      await page.fill('input[name="failure.max_total_rate"]', '50');
     });
 
     await step('a rollout started from the form advances to completion without a reload', async () => {
@@ -221,8 +225,12 @@ async function main() {
         return [st === 'completed', `state ${st} percent ${p}`];
       }, 60000);
       const r = (await apiGet('/api/v1/rollouts/' + rolloutA)).body;
-      assert(r.state === 'completed' && r.counts.succeeded === r.devices_total && r.devices_total > 0,
-        `API: ${r.state}, ${r.counts.succeeded}/${r.devices_total} succeeded`);
+      assert(r.state === 'completed' && r.counts.succeeded === r.devices_total - 1 && r.counts.failed === 1,
+        `API: ${r.state}, ${r.counts.succeeded}/${r.devices_total} succeeded, ${r.counts.failed} failed`);
+      const rate = await attr(page, '#failure-rate', 'data-rate');
+      assert(Number(rate) === r.failure_rate.total, `failure rate on the page ${rate}, API ${r.failure_rate.total}`);
+      assert((await text(page, '#failure-rate')).includes('the policy allows 50% overall and 50% per wave'), 'the policy next to the rate');
+      assert((await page.locator('button[data-action="retry"]').count()) === 1, 'retry offered for the failed device');
       assert(r.name === 'web dashboard rollout' && r.version === IMAGE, `API has the form's rollout: ${r.name} ${r.version}`);
       assert(r.policy.waves.length === 2 && r.policy.waves[0].size === '25%', `the form's waves: ${JSON.stringify(r.policy.waves)}`);
       assert([...seen].some((p) => p < 100) && seen.has(100), `progress advanced on the page: ${[...seen].join(', ')}`);
@@ -238,19 +246,30 @@ async function main() {
         return [n === 1, `${n} rollout_completed rows`];
       });
       await page.screenshot({ path: path.join(ARTIFACTS, 'rollout.png'), fullPage: true });
+      // The failed device's page: its last error with the reason, its history.
+      const dev = (await apiGet('/api/v1/devices/' + FAILING)).body;
+      assert(dev.last_error !== '', `the API names ${FAILING}'s last error`);
+      await go(page, '#/devices/' + FAILING);
+      await until('last error on the device page', async () => {
+        const t = await text(page, '#device-error').catch(() => '');
+        return [t.includes(dev.last_error), `page "${t}" api "${dev.last_error}"`];
+      });
+      const failedRow = dev.deployments.find((row) => row.state === 'failed');
+      assert(failedRow && (await text(page, '#device-history')).includes(failedRow.reason), `history shows the failure reason ${failedRow && failedRow.reason}`);
     });
 
     await step('pause on the page pauses the rollout in the API; abort names what it cancels', async () => {
       const created = await api('POST', '/api/v1/rollouts', OPERATOR, {
         image: IMAGE2, name: 'soaking canary', target: { group: GROUP },
         waves: [{ size: 1, soak: '1h' }, { size: '100%' }], start: true,
+        failure: { max_wave_rate: 100, max_total_rate: 100 },  // the canary may be the failing device
       });
       assert(created.status === 201, `create ${created.status} ${JSON.stringify(created.body)}`);
       rolloutB = created.body.id;
       // The canary finishes and the wave soaks: nothing moves while the page is compared.
-      await until('canary of the soaking rollout succeeded', async () => {
+      await until('canary of the soaking rollout final', async () => {
         const r = (await apiGet('/api/v1/rollouts/' + rolloutB)).body;
-        return [r.counts.succeeded === 1 && r.state === 'running', `${r.state} ${JSON.stringify(r.counts)}`];
+        return [r.counts.succeeded + r.counts.failed === 1 && r.state === 'running', `${r.state} ${JSON.stringify(r.counts)}`];
       }, 20000);
       await go(page, '#/rollouts/' + rolloutB);
       await page.click('button[data-action="pause"]', { timeout: 5000 });

@@ -2,7 +2,7 @@
 // one page of GET /api/v1/devices with the filters) and a device's page.
 import * as api from './api.js';
 import { h, fill, pill, age, time, bytes } from './dom.js';
-import { countBars, versionsChart, legend, segmentBar } from './charts.js';
+import { countBars, versionsChart, legend, segmentBar, stateColor, versionColor } from './charts.js';
 
 const PAGE_SIZE = 25;
 const HISTORY_EVERY_MS = 10000;  // the chart replays the event log: not on every poll
@@ -87,9 +87,9 @@ export function mountFleet(el, ctx) {
       tile('total', s.total, 'devices'), tile('online', s.online, 'online'),
       tile('offline', s.offline, 'offline'),
       tile('updating', s.total - (s.by_state.idle || 0), 'updating'));
-    fill(byVersion, countBars(s.by_version, 'version'));
+    fill(byVersion, countBars(s.by_version, 'version', versionColor));
     fill(byHw, countBars(s.by_hw, 'hw'));
-    fill(byState, countBars(s.by_state, 'state'));
+    fill(byState, countBars(s.by_state, 'state', stateColor));
     syncOptions(f.group, Object.keys(s.by_group).sort());
     syncOptions(f.version, Object.keys(s.by_version).sort());
   }

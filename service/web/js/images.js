@@ -8,21 +8,27 @@ export function mountImages(el, ctx) {
   const upload = ctx.canOperate ? uploadForm(() => list.refresh()) : null;
   el.append(h('h1', {}, 'Images'), upload,
     h('table', { id: 'images' }, h('thead', {}, h('tr', {},
-      ['Version', 'Hardware', 'Kind', 'Size', 'SHA-256', 'Running on', 'Rolled out by', 'Added'].map((c) => h('th', {}, c)))),
+      ['Version', 'Hardware', 'Kind', 'Size', 'SHA-256', 'Running on', 'Deployed by', 'Added'].map((c) => h('th', {}, c)))),
     rows));
   const list = {
     async refresh() {
-      const [imgs, fleet, rollouts] = await Promise.all([
+      const [imgs, fleet, rollouts, deployments] = await Promise.all([
         api.get('/api/v1/images?limit=1000'), api.get('/api/v1/fleet'),
-        api.get('/api/v1/rollouts?limit=10000')]);
+        api.get('/api/v1/rollouts?limit=10000'), api.get('/api/v1/deployments?limit=10000')]);
       const byImage = {};
       for (const r of rollouts) (byImage[r.image] = byImage[r.image] || []).push(r);
+      // Plain deployments (a device or a group, without a rollout) by image.
+      const deployedTo = {};
+      for (const d of deployments)
+        if (d.target_kind !== 'rollout') (deployedTo[d.image] = deployedTo[d.image] || []).push(d);
       fill(rows, [...imgs].reverse().map((i) => h('tr', { 'data-image': i.id },
         h('td', {}, i.version), h('td', {}, i.hw.join(', ')), h('td', {}, i.kind),
         h('td', {}, bytes(i.size)), h('td', { class: 'mono', title: i.sha256 }, i.sha256),
         h('td', {}, `${fleet.by_version[i.version] || 0} devices`),
         h('td', {}, (byImage[i.id] || []).slice(-5).map((r) =>
-          h('div', {}, h('a', { href: '#/rollouts/' + r.id, class: 'mono' }, r.id), ' ', pill(r.state)))),
+          h('div', {}, h('a', { href: '#/rollouts/' + r.id, class: 'mono' }, r.id), ' ', pill(r.state))),
+        (deployedTo[i.id] || []).slice(-5).map((d) =>
+          h('div', {}, `${d.target_kind} ${d.target} `, pill(d.state)))),
         h('td', {}, time(i.created_at)))));
     },
   };

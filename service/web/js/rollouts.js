@@ -2,7 +2,7 @@
 // state, recent events, the operator's actions) and the form that creates one.
 import * as api from './api.js';
 import { h, fill, pill, time, pct } from './dom.js';
-import { countBars, segmentBar } from './charts.js';
+import { countBars, segmentBar, stateColor } from './charts.js';
 import { eventTable } from './fleet.js';
 
 const LIST_SIZE = 100;
@@ -147,7 +147,7 @@ export function mountDetail(el, ctx, id) {
             ? ` (success ${pct(w.success_rate)}, needs ${w.success_threshold}%)` : ''));
     }));
     fill(byState, h('h2', {}, 'Devices by state'), countBars(
-      Object.fromEntries(Object.entries(r.counts || {}).filter(([, n]) => n > 0)), 'state'));
+      Object.fromEntries(Object.entries(r.counts || {}).filter(([, n]) => n > 0)), 'state', stateColor));
     if (evs) fill(events, h('h2', {}, 'Recent events'), eventTable(evs));
   }
 

@@ -61,14 +61,8 @@ void send_devices(Controller& ctl, const httplib::Request& req, httplib::Respons
 // GET /api/v1/fleet: the filtered devices counted by the controller, so that a dashboard of
 // 10,000 devices neither fetches them all nor makes the controller build their views.
 void send_fleet(Controller& ctl, const httplib::Request& req, httplib::Response& res) {
-  for (const auto& kv : req.params)
-    if (kv.first != "group" && kv.first != "tag" && kv.first != "version" &&
-        kv.first != "state" && kv.first != "online" && kv.first != "pretty")
-      return send_error(res, 400,
-                        "unknown query parameter '" + kv.first +
-                            "' for GET /api/v1/fleet (it takes: group, tag, version, state, "
-                            "online, pretty)",
-                        kv.first);
+  Status params = check_query_params(req, {"group", "tag", "version", "state", "online"});
+  if (!params) return send_error(res, params.err());
   auto q = device_query(req);
   if (!q) return send_error(res, q.err());
   reply(res, naming_state(ctl.fleet_counts_json(q->filter, q->tag, q->state)));
@@ -76,12 +70,8 @@ void send_fleet(Controller& ctl, const httplib::Request& req, httplib::Response&
 
 // GET /api/v1/fleet/versions?points=N[&since=UNIX_S]
 void send_fleet_versions(Controller& ctl, const httplib::Request& req, httplib::Response& res) {
-  for (const auto& kv : req.params)
-    if (kv.first != "points" && kv.first != "since" && kv.first != "pretty")
-      return send_error(res, 400,
-                        "unknown query parameter '" + kv.first +
-                            "' for GET /api/v1/fleet/versions (it takes: points, since, pretty)",
-                        kv.first);
+  Status params = check_query_params(req, {"points", "since"});
+  if (!params) return send_error(res, params.err());
   std::uint32_t points = 48;
   if (req.has_param("points")) {
     auto p = parse_u32("points", req.get_param_value("points"), 2, 500);

@@ -2,6 +2,7 @@
 // and nothing else (a misspelt or unsupported parameter is a 400, not silently ignored).
 #include <algorithm>
 #include <cctype>
+#include <vector>
 
 #include "routes.hpp"
 
@@ -37,18 +38,33 @@ std::string next_link(const httplib::Request& req, const std::string& key, long 
          ">; rel=\"next\"";
 }
 
-Status check_list_params(const httplib::Request& req, std::initializer_list<const char*> allowed) {
+namespace {
+
+// Refuses a query parameter that is neither in `common` nor in `allowed`, naming those.
+Status check_params(const httplib::Request& req, const std::vector<std::string>& common,
+                    std::initializer_list<const char*> allowed) {
   for (const auto& kv : req.params) {
     const std::string& key = kv.first;
-    if (key == "limit" || key == "offset" || key == "pretty") continue;
+    if (std::find(common.begin(), common.end(), key) != common.end()) continue;
     if (std::any_of(allowed.begin(), allowed.end(), [&](const char* a) { return key == a; }))
       continue;
-    std::string known = "limit, offset, pretty";
+    std::string known;
+    for (const auto& c : common) known += (known.empty() ? "" : ", ") + c;
     for (const char* a : allowed) known += std::string(", ") + a;
     return invalid_field_err(key, "unknown query parameter '" + key + "' for GET " + req.path +
                                       " (it takes: " + known + ")");
   }
   return {};
+}
+
+}  // namespace
+
+Status check_list_params(const httplib::Request& req, std::initializer_list<const char*> allowed) {
+  return check_params(req, {"limit", "offset", "pretty"}, allowed);
+}
+
+Status check_query_params(const httplib::Request& req, std::initializer_list<const char*> allowed) {
+  return check_params(req, {"pretty"}, allowed);
 }
 
 Result<Page> parse_page(const httplib::Request& req) {

@@ -103,6 +103,8 @@ constexpr std::size_t kMaxPageLimit = 10000;
 // Refuses (400 naming it) a query parameter not in `allowed` (besides limit, offset, pretty),
 // so that a misspelt filter or an unsupported one (sort) is not silently ignored.
 Status check_list_params(const httplib::Request& req, std::initializer_list<const char*> allowed);
+// The same for a request that is not a list: only `allowed` and pretty.
+Status check_query_params(const httplib::Request& req, std::initializer_list<const char*> allowed);
 Result<Page> parse_page(const httplib::Request& req);
 // Sends one page of `all` (a JSON array, in the list's stable order) with the headers
 // X-Total-Count (items matching the filters) and, when more follow, Link: <...>; rel="next".
