@@ -45,7 +45,7 @@ const apiGet = async (p) => {
 const devicesTotal = async (q) => (await apiGet('/api/v1/devices?limit=1&' + q)).total;
 
 // Polls `check` (async; returns [ok, description]) until ok or the deadline.
-async function until(what, check, ms = 10000) {
+async function until(what, check, ms = 20000) {
   const deadline = Date.now() + ms;
   let last = '';
   for (;;) {
@@ -59,15 +59,15 @@ async function until(what, check, ms = 10000) {
 
 function assert(cond, message) { if (!cond) throw new Error(message); }
 
-const text = async (page, selector) => ((await page.locator(selector).first().textContent({ timeout: 5000 })) || '').trim();
-const attr = (page, selector, name) => page.locator(selector).first().getAttribute(name, { timeout: 5000 });
+const text = async (page, selector) => ((await page.locator(selector).first().textContent({ timeout: 15000 })) || '').trim();
+const attr = (page, selector, name) => page.locator(selector).first().getAttribute(name, { timeout: 15000 });
 
 async function signIn(page, tokenValue) {
   if (await page.locator('#sign-out').isVisible()) await page.click('#sign-out');
-  await page.waitForSelector('#sign-in:not([hidden])', { timeout: 5000 });
+  await page.waitForSelector('#sign-in:not([hidden])', { timeout: 15000 });
   await page.fill('#token', tokenValue);
   await page.click('#sign-in button[type=submit]');
-  await page.waitForSelector('#nav:not([hidden])', { timeout: 5000 });
+  await page.waitForSelector('#nav:not([hidden])', { timeout: 15000 });
 }
 
 async function go(page, hash) {
@@ -178,7 +178,7 @@ async function main() {
     await step('a bad form field shows the server\'s error next to it', async () => {
       const before = (await apiGet('/api/v1/rollouts?limit=1')).total;
       await go(page, '#/rollouts/new');
-      await page.waitForSelector(`#rollout-form select[name=image] option[value="${IMAGE}"]`, { state: 'attached', timeout: 5000 });
+      await page.waitForSelector(`#rollout-form select[name=image] option[value="${IMAGE}"]`, { state: 'attached', timeout: 15000 });
       await page.selectOption('select[name=image]', IMAGE);
       await page.selectOption('select[name=target_kind]', 'group');
       await page.fill('input[name=target_value]', GROUP);
@@ -212,7 +212,7 @@ async function main() {
       await page.fill('input[name=name]', 'web dashboard rollout');
       await page.evaluate(() => { window.__sameDocument = true; });
       await page.click('#create-rollout');
-      await page.waitForFunction(() => /^#\/rollouts\/ro-/.test(location.hash), null, { timeout: 10000 });
+      await page.waitForFunction(() => /^#\/rollouts\/ro-/.test(location.hash), null, { timeout: 20000 });
       rolloutA = (await page.evaluate(() => location.hash)).slice('#/rollouts/'.length);
       const seen = new Set();
       await until('rollout completes on the page', async () => {
@@ -272,14 +272,14 @@ async function main() {
         return [r.counts.succeeded + r.counts.failed === 1 && r.state === 'running', `${r.state} ${JSON.stringify(r.counts)}`];
       }, 20000);
       await go(page, '#/rollouts/' + rolloutB);
-      await page.click('button[data-action="pause"]', { timeout: 5000 });
+      await page.click('button[data-action="pause"]', { timeout: 15000 });
       await until('paused on the page', async () => {
         const st = await attr(page, '#overall', 'data-state');
         return [st === 'paused', st];
       });
       const paused = (await apiGet('/api/v1/rollouts/' + rolloutB)).body;
       assert(paused.state === 'paused' && paused.paused_by === 'operator', `API: ${paused.state} by ${paused.paused_by}`);
-      await page.click('button[data-action="resume"]', { timeout: 5000 });
+      await page.click('button[data-action="resume"]', { timeout: 15000 });
       await until('running again on the page', async () => {
         const st = await attr(page, '#overall', 'data-state');
         return [st === 'running', st];
@@ -302,7 +302,7 @@ async function main() {
 
     await step('an image uploaded from the page is the API\'s; a missing field is named', async () => {
       await go(page, '#/images');
-      await page.waitForSelector('#upload-form', { timeout: 5000 });
+      await page.waitForSelector('#upload-form', { timeout: 15000 });
       const bytes = Buffer.alloc(8192);
       for (let i = 0; i < bytes.length; i++) bytes[i] = (i * 7 + 3) & 0xff;
       const sha256 = require('crypto').createHash('sha256').update(bytes).digest('hex');
@@ -321,7 +321,7 @@ async function main() {
       });
       const img = (await apiGet('/api/v1/images/1.3.0')).body;
       assert(img.sha256 === sha256 && img.size === bytes.length && img.hw.join() === 'board-x', `API image: ${JSON.stringify(img)}`);
-      await page.waitForSelector(`#images tr[data-image="${img.id}"]`, { timeout: 5000 });
+      await page.waitForSelector(`#images tr[data-image="${img.id}"]`, { timeout: 15000 });
     });
 
     await step('a read-only token sees no action buttons, and the server refuses its actions', async () => {
@@ -331,10 +331,10 @@ async function main() {
       await until('rollout page', async () => [(await attr(page, '#overall', 'data-state').catch(() => null)) === 'completed', 'state']);
       assert((await page.locator('button[data-action]').count()) === 0, 'no action buttons on the rollout page');
       await go(page, '#/rollouts');
-      await page.waitForSelector(`#rollouts tr[data-rollout="${rolloutA}"]`, { timeout: 5000 });
+      await page.waitForSelector(`#rollouts tr[data-rollout="${rolloutA}"]`, { timeout: 15000 });
       assert((await page.locator('#new-rollout').count()) === 0, 'no "New rollout"');
       await go(page, '#/images');
-      await page.waitForSelector('#images tbody tr', { timeout: 5000 });
+      await page.waitForSelector('#images tbody tr', { timeout: 15000 });
       assert((await page.locator('#upload-form').count()) === 0, 'no upload form');
       // The page's own token, as a forged button would send it.
       const refused = await page.evaluate(async (id) => {
@@ -358,10 +358,10 @@ async function main() {
 
     await step('an unreachable controller shows a banner, and it goes when it answers again', async () => {
       await page.route('**/api/v1/**', (route) => route.abort('connectionrefused'));
-      await page.waitForSelector('#unreachable:not([hidden])', { timeout: 5000 });
+      await page.waitForSelector('#unreachable:not([hidden])', { timeout: 15000 });
       assert(/Controller unreachable/.test(await text(page, '#unreachable')), 'banner text');
       await page.unroute('**/api/v1/**');
-      await page.waitForSelector('#unreachable[hidden]', { state: 'attached', timeout: 5000 });
+      await page.waitForSelector('#unreachable[hidden]', { state: 'attached', timeout: 15000 });
     });
 
     await step('fleet page screenshot with the versions chart', async () => {
