@@ -6,7 +6,8 @@
 # Layout (prefix P, /usr in the .deb): P/bin/{ota-controller,otactl,ota-agent,ota-devsim},
 # P/lib/systemd/system/{ota-controller,ota-agent}.service, P/share/ota/broker-config/ (the
 # mosquitto template, pki.sh, run-broker.sh, install-dropin.sh), P/share/ota/monitoring/
-# (Prometheus alert rules, Grafana dashboard), P/share/ota/examples/ and the config files in
+# (Prometheus alert rules, Grafana dashboard), P/share/ota/web/ (the web dashboard the
+# controller serves at /ui/), P/share/ota/examples/ and the config files in
 # SYSCONF/ota/ (SYSCONF = /etc for prefix /usr, else P/etc; written only when missing, so a
 # reinstall keeps local changes; in the .deb they are conffiles). The units' paths are
 # written at install time, so they match wherever the prefix points.
@@ -32,6 +33,8 @@ install(FILES
     ${PROJECT_SOURCE_DIR}/service/monitoring/ota-alerts.test.yml
     ${PROJECT_SOURCE_DIR}/service/monitoring/grafana-dashboard.json
   DESTINATION ${CMAKE_INSTALL_DATADIR}/ota/monitoring)
+# The web dashboard: ota-controller finds it at ../share/ota/web from its own binary.
+install(DIRECTORY ${PROJECT_SOURCE_DIR}/service/web/ DESTINATION ${CMAKE_INSTALL_DATADIR}/ota/web)
 install(FILES
     ${OTA_PKG_DIR}/etc/controller.toml ${OTA_PKG_DIR}/etc/controller.env
     ${OTA_PKG_DIR}/etc/agent.toml ${OTA_PKG_DIR}/etc/agent.env

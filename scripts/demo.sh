@@ -50,7 +50,7 @@ wait_for "broker port" 10 bash -c "exec 3<>/dev/tcp/127.0.0.1/$broker_port"
 
 http_port="$(free_port)"
 export OTA_API="http://127.0.0.1:$http_port"
-echo "== controller: SQLite $run/controller.db, HTTP API $OTA_API (token $run/controller.db.token), groups from $run/pki/acl =="
+echo "== controller: SQLite $run/controller.db, HTTP API $OTA_API (token $run/controller.db.token), web dashboard $OTA_API/ui/ while the demo runs, groups from $run/pki/acl =="
 "$bin/service/ota-controller" --broker-port "$broker_port" --ca "$run/pki/ca.crt" \
   --cert "$run/pki/controller.crt" --key "$run/pki/controller.key" --db "$run/controller.db" \
   --store "$run/images" --signing-key "$run/pki/release.key" --http "127.0.0.1:$http_port" \

@@ -11,6 +11,7 @@ packages=(
   python3 python3-jsonschema
   gcc-arm-none-eabi libnewlib-arm-none-eabi libstdc++-arm-none-eabi-newlib qemu-system-arm
   file prometheus
+  chromium
 )
 missing=()
 for p in "${packages[@]}"; do
@@ -56,4 +57,16 @@ if ! cmp -s "$root/tests/openapi/package-lock.json" "$cache/package-lock.json" |
   mkdir -p "$cache"
   cp "$root/tests/openapi/package.json" "$root/tests/openapi/package-lock.json" "$cache/"
   (cd "$cache" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+fi
+
+# The browser tests of the web dashboard (web.*, tests/web/dashboard_test.js): playwright-core
+# at the version tests/web/package-lock.json pins, into .cache/web/ (it drives the chromium
+# package above; it downloads no browser of its own).
+web_cache="$root/.cache/web"
+if ! cmp -s "$root/tests/web/package-lock.json" "$web_cache/package-lock.json" ||
+   [[ ! -f $web_cache/node_modules/playwright-core/package.json ]]; then
+  echo "install-deps: installing playwright-core into $web_cache"
+  mkdir -p "$web_cache"
+  cp "$root/tests/web/package.json" "$root/tests/web/package-lock.json" "$web_cache/"
+  (cd "$web_cache" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
 fi

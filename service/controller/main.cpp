@@ -74,6 +74,7 @@ struct Options {
   std::string http_listen = "127.0.0.1:8080";  // HOST:PORT
   bool http_allow_remote = false;
   std::string api_token_file;  // empty: the --db path + ".token"
+  std::string web_root;        // empty: the installed dashboard, else the source tree's
   std::uint64_t min_free_mb = controller.min_free_bytes / (1024 * 1024);
   long long retention_days = controller.event_retention.max_age_ms / (86400LL * 1000);
   bool verbose = false;
@@ -94,6 +95,34 @@ void start_logging(const Options& o, const std::string& config_file) {
   log_info("ota-controller starting", {{"version", ota::cli::version()},
                                        {"config", config_file},
                                        {"db", o.controller.db_path}});
+}
+
+// The web dashboard's directory: --web-root (OTA_WEB_ROOT, web_root in --config) when given
+// (it must exist); else <prefix>/share/ota/web beside the installed binary; else the source
+// tree's service/web (a build tree). nullopt after printing why a given one is unusable; ""
+// when there is none (the API runs without a dashboard).
+std::optional<std::string> find_web_root(const std::string& given) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  if (!given.empty()) {
+    if (!fs::is_regular_file(fs::path(given) / "index.html", ec)) {
+      std::fprintf(stderr, "ota-controller: --web-root %s: no index.html there (the directory "
+                           "of the web dashboard, service/web/ or <prefix>/share/ota/web)\n",
+                   given.c_str());
+      return std::nullopt;
+    }
+    return given;
+  }
+  const fs::path exe = fs::read_symlink("/proc/self/exe", ec);
+  if (!ec) {
+    const fs::path installed = exe.parent_path().parent_path() / "share" / "ota" / "web";
+    if (fs::is_regular_file(installed / "index.html", ec)) return installed.string();
+  }
+  if (fs::is_regular_file(fs::path(OTA_WEB_ROOT_SOURCE) / "index.html", ec))
+    return std::string(OTA_WEB_ROOT_SOURCE);
+  log_warn("no web dashboard found (<prefix>/share/ota/web, " + std::string(OTA_WEB_ROOT_SOURCE) +
+           "): the API runs without it; --web-root DIR names one");
+  return std::string();
 }
 
 // Derives the configuration values given in other units and checks what CLI11 cannot check
@@ -233,7 +262,7 @@ int run_controller(Options& o, const HostPort& http_listen, const sigset_t& stop
   mqtt.set_controller(&c);
   auto tokens = ApiTokens::open(o.controller.db_path, *token);
   if (!tokens) return startup_failed(tokens.error());
-  HttpApi api(c, [&mqtt] { return mqtt.subscribed(); }, **tokens);
+  HttpApi api(c, [&mqtt] { return mqtt.subscribed(); }, **tokens, HttpLimits{}, o.web_root);
   auto port = api.start(http_listen.host, http_listen.port);
   if (!port) return startup_failed(port.error());
   const std::string http_addr = listen_address_text(http_listen.host, *port);
@@ -296,6 +325,9 @@ int main(int argc, char** argv) {
                  "the bootstrap admin token of the HTTP API (default: the --db path + "
                  "\".token\"; created with a random token, mode 0600, if missing; refused if "
                  "group or others may read it); more tokens: otactl token create");
+  app.add_option("--web-root", o.web_root,
+                 "directory of the web dashboard served at /ui/ (default: <prefix>/share/ota/web "
+                 "beside the installed binary, else the source tree's service/web)");
   app.add_option("--prefix", o.controller.prefix, "MQTT topic prefix")->capture_default_str();
   app.add_option("--offer-ttl", o.controller.offer_ttl, "offer validity in seconds")->capture_default_str()->check(CLI::Range(60LL, 10LL * 365 * 86400));
   app.add_option("--heartbeat-timeout", o.controller.heartbeat_timeout_s,
@@ -349,6 +381,9 @@ int main(int argc, char** argv) {
   start_logging(o, app["--config"]->as<std::string>());
   const std::optional<HostPort> http_listen = check_options(o);
   if (!http_listen) return 2;
+  const std::optional<std::string> web_root = find_web_root(o.web_root);
+  if (!web_root) return 2;
+  o.web_root = *web_root;
   make_new_files_private();
   const sigset_t stop_signals = block_stop_signals();
   if (!prepare_state_files(o)) return 1;

@@ -75,6 +75,7 @@ expected=(
   /etc/ota/controller.toml /etc/ota/controller.env /etc/ota/agent.toml /etc/ota/agent.env
   /usr/share/ota/monitoring/ota-alerts.yml /usr/share/ota/monitoring/ota-alerts.test.yml
   /usr/share/ota/monitoring/grafana-dashboard.json
+  /usr/share/ota/web/index.html /usr/share/ota/web/style.css /usr/share/ota/web/js/app.js
   /usr/share/doc/ota-orchestrator/operations.md /usr/share/doc/ota-orchestrator/README.md
 )
 for f in "${expected[@]}"; do grep -qxF "$f" "$tmp/files" || fail "$f is not in the package"; done
@@ -183,6 +184,7 @@ done
 grep -qxF 'ExecStart=/opt/ota/bin/ota-controller --config /opt/ota/etc/ota/controller.toml' \
   "$tmp/di/opt/ota/lib/systemd/system/ota-controller.service" || fail "installed unit paths"
 [[ -f "$tmp/di/opt/ota/share/ota/broker-config/pki.sh" ]] || fail "broker config not installed"
+[[ -f "$tmp/di/opt/ota/share/ota/web/index.html" ]] || fail "web dashboard not installed"
 echo "# changed by the operator" >>"$tmp/di/opt/ota/etc/ota/controller.toml"
 DESTDIR="$tmp/di" cmake --install "$build" --prefix /opt/ota >"$tmp/install2.log" 2>&1 || fail "second cmake --install"
 grep -q "changed by the operator" "$tmp/di/opt/ota/etc/ota/controller.toml" || fail "a reinstall overwrote the config file"

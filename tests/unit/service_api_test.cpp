@@ -359,6 +359,10 @@ TEST_F(ServiceApi, RepliesMatchTheirDescribedSchemas) {
   check("/api/v1/tokens", "/api/v1/tokens", 200);
   check("/api/v1/status", "/api/v1/status", 200);
   check("/api/v1/keys", "/api/v1/keys", 200);
+  check("/api/v1/whoami", "/api/v1/whoami", 200);
+  check("/api/v1/fleet", "/api/v1/fleet", 200);
+  check("/api/v1/fleet/versions", "/api/v1/fleet/versions", 200);
+  check("/api/v1/fleet", "/api/v1/fleet?online=maybe", 400);
   check("/api/v1/devices/{id}", "/api/v1/devices/nosuch", 404);
   check("/api/v1/devices", "/api/v1/devices?limit=0", 400);
   const json deployments = body(get("/api/v1/deployments"));
@@ -496,6 +500,117 @@ TEST_F(ServiceApi, DeletesNeedTheirRoles) {
   EXPECT_EQ(get("/api/v1/devices/d1")->status, 200);
   add(bytes_of(5000, 7), "1.1.0");
   EXPECT_EQ(op.Delete("/api/v1/images/1.1.0")->status, 200);
+}
+
+}  // namespace
+
+namespace {
+
+// The web dashboard's API calls (issue 14): who the token is, the fleet counted by the
+// server, devices per version over time from the event log.
+TEST_F(ServiceApi, WhoamiNamesTheTokenAndItsRole) {
+  auto me = get("/api/v1/whoami");
+  ASSERT_TRUE(me);
+  ASSERT_EQ(me->status, 200) << me->body;
+  EXPECT_EQ(body(me), (json{{"name", "bootstrap"}, {"role", "admin"}, {"bootstrap", true}}));
+  auto created = post("/api/v1/tokens", {{"name", "viewer"}, {"role", "read-only"}});
+  ASSERT_TRUE(created && created->status == 201);
+  httplib::Client viewer("127.0.0.1", port);
+  viewer.set_bearer_token_auth(body(created)["token"].get<std::string>());
+  auto v = viewer.Get("/api/v1/whoami");
+  ASSERT_TRUE(v && v->status == 200);
+  EXPECT_EQ(body(v), (json{{"name", "viewer"}, {"role", "read-only"}, {"bootstrap", false}}));
+  httplib::Client anonymous("127.0.0.1", port);
+  expect_error(anonymous.Get("/api/v1/whoami"), 401, "unauthorized", "missing or wrong API token");
+}
+
+TEST_F(ServiceApi, FleetCountsAndVersionsOverTimeFromTheEventLog) {
+  long long now_ms = 1800000000000LL;
+  clock = [&now_ms] { return now_ms; };
+  restart();
+  const long long t0 = now_ms;
+  hello("d1", "1.0.0", {"lab"}, proto::SlotState::confirmed, "m1");
+  hello("d2", "1.0.0", {"lab"}, proto::SlotState::confirmed, "m2");
+  hello("d3", "1.0.0", {"other"}, proto::SlotState::confirmed, "m1");
+  now_ms += 60000;
+  hello("d1", "1.1.0", {"lab"}, proto::SlotState::confirmed, "m1");
+  now_ms += 60000;
+
+  auto fleet = get("/api/v1/fleet");
+  ASSERT_TRUE(fleet);
+  ASSERT_EQ(fleet->status, 200) << fleet->body;
+  EXPECT_EQ(body(fleet), (json{{"total", 3}, {"online", 3}, {"offline", 0},
+                               {"by_version", {{"1.0.0", 2}, {"1.1.0", 1}}},
+                               {"by_hw", {{"m1", 2}, {"m2", 1}}},
+                               {"by_state", {{"idle", 3}}},
+                               {"by_group", {{"lab", 2}, {"other", 1}}}}));
+  // The same filters as /devices.
+  auto lab = get("/api/v1/fleet?group=lab&version=1.0.0");
+  ASSERT_TRUE(lab && lab->status == 200);
+  EXPECT_EQ(body(lab)["total"], 1);
+  auto by_id = get("/api/v1/fleet?tag=id%3Dd*%20and%20hw%3Dm1");
+  ASSERT_TRUE(by_id && by_id->status == 200) << by_id->body;
+  EXPECT_EQ(body(by_id)["total"], 2);
+  expect_error(get("/api/v1/fleet?tag=site%3D"), 400, "invalid", "tag:", "tag");
+  expect_error(get("/api/v1/devices?tag=site%3D"), 400, "invalid", "tag:", "tag");
+  expect_error(get("/api/v1/fleet?state=sleeping"), 400, "invalid", "state 'sleeping'", "state");
+  expect_error(get("/api/v1/fleet?limit=5"), 400, "invalid", "unknown query parameter 'limit'", "limit");
+
+  auto history = get("/api/v1/fleet/versions?points=3");
+  ASSERT_TRUE(history);
+  ASSERT_EQ(history->status, 200) << history->body;
+  const json h = body(history);
+  EXPECT_EQ(h["from"], t0);
+  EXPECT_EQ(h["to"], now_ms);
+  EXPECT_EQ(h["versions"], (json{"1.0.0", "1.1.0"}));
+  ASSERT_EQ(h["points"].size(), 3u) << h.dump();
+  EXPECT_EQ(h["points"][0], (json{{"ts", t0}, {"counts", {{"1.0.0", 3}}}}));
+  EXPECT_EQ(h["points"][1], (json{{"ts", t0 + 60000}, {"counts", {{"1.0.0", 2}, {"1.1.0", 1}}}}));
+  EXPECT_EQ(h["points"][2], (json{{"ts", now_ms}, {"counts", {{"1.0.0", 2}, {"1.1.0", 1}}}}));
+  // since: the devices' versions at that time come from the hellos before it.
+  auto since = get("/api/v1/fleet/versions?points=2&since=" + std::to_string((t0 + 90000) / 1000));
+  ASSERT_TRUE(since && since->status == 200) << since->body;
+  EXPECT_EQ(body(since)["points"][0]["counts"], (json{{"1.0.0", 2}, {"1.1.0", 1}}));
+  // A decommissioned device leaves the chart.
+  ASSERT_EQ(del("/api/v1/devices/d3")->status, 200);
+  auto after = get("/api/v1/fleet/versions?points=2");
+  ASSERT_TRUE(after && after->status == 200);
+  EXPECT_EQ(body(after)["points"][1]["counts"], (json{{"1.0.0", 1}, {"1.1.0", 1}}));
+  expect_error(get("/api/v1/fleet/versions?points=1"), 400, "invalid", "points", "points");
+  expect_error(get("/api/v1/fleet/versions?step=1"), 400, "invalid", "unknown query parameter 'step'", "step");
+}
+
+// A rollout the server refuses names the field at fault: the dashboard's form shows the
+// message next to that input.
+TEST_F(ServiceApi, RolloutCreateErrorsNameTheirField) {
+  hello("d1", "1.0.0", {"lab"});
+  add(bytes_of(5000, 8), "1.1.0");
+  const auto create = [&](json extra) {
+    json b{{"image", "1.1.0"}, {"target", {{"group", "lab"}}}};
+    b.update(extra);
+    return post("/api/v1/rollouts", b);
+  };
+  expect_error(create({{"waves", {{{"size", "150%"}}}}}), 400, "invalid", "waves[0].size '150%'",
+               "waves[0].size");
+  expect_error(create({{"waves", {{{"size", "10%"}}, {{"size", "100%"}, {"soak", "5x"}}}}}), 400,
+               "invalid", "waves[1].soak '5x'", "waves[1].soak");
+  expect_error(create({{"failure", {{"max_wave_rate", 250}}}}), 400, "invalid",
+               "failure.max_wave_rate 250 is not in 0..100", "failure.max_wave_rate");
+  expect_error(create({{"failure", {{"action", "panic"}}}}), 400, "invalid", "failure.action",
+               "failure.action");
+  expect_error(create({{"retries", -1}}), 400, "invalid", "retries must be an integer", "retries");
+  expect_error(create({{"window", "25:00-01:00"}}), 400, "invalid", "window '25:00-01:00'", "window");
+  expect_error(create({{"colour", "red"}}), 400, "invalid", "unknown field \"colour\"", "colour");
+  expect_error(create({{"target", json::object()}}), 400, "invalid", "\"target\" must be one of",
+               "target");
+  expect_error(create({{"target", {{"tags", "site="}}}}), 400, "invalid", "target.tags:",
+               "target.tags");
+  expect_error(create({{"target", {{"group", "no/such"}}}}), 400, "invalid", "target.group",
+               "target.group");
+  expect_error(create({{"image", "9.9.9"}}), 404, "not_found", "9.9.9", "image");
+  auto none = get("/api/v1/rollouts");
+  ASSERT_TRUE(none);
+  EXPECT_EQ(none->get_header_value("X-Total-Count"), "0") << "nothing was created";
 }
 
 }  // namespace

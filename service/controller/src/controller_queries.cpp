@@ -1,5 +1,7 @@
 // The Controller's queries: snapshots of the components (under their locks) handed to the
 // view, metrics and health functions, which build the JSON and the Prometheus text.
+#include <algorithm>
+#include <map>
 #include <set>
 
 #include "ota/service/controller.hpp"
@@ -118,8 +120,9 @@ Result<json> Controller::deployment_json(const std::string& id) {
 
 // ------------------------------------------------------------------------------ devices
 
-Result<json> Controller::devices_json(const DeviceFilter& f, const std::string& tag_expr,
-                                      const std::string& state) {
+Status Controller::for_each_device(
+    const DeviceFilter& f, const std::string& tag_expr, const std::string& state,
+    const std::function<void(const DeviceRec&, const DeviceLive&, const DeviceTags*, long long)>& fn) {
   std::optional<TagExpr> expr;
   if (!tag_expr.empty()) {
     auto e = TagExpr::parse(tag_expr);
@@ -138,7 +141,6 @@ Result<json> Controller::devices_json(const DeviceFilter& f, const std::string& 
   if (expr) subjects = tag_subjects(db.store(), registry_);
   auto tags = db.store().all_tags();
   const long long t = now();
-  json out = json::array();
   for (const auto& d : *devs) {
     if (expr) {
       auto it = subjects.find(d.id);
@@ -147,9 +149,58 @@ Result<json> Controller::devices_json(const DeviceFilter& f, const std::string& 
     const DeviceLive live = device_live(d, t);
     if (f.online && live.online != *f.online) continue;
     if (!filter->matches(live.transfer, live.online)) continue;
-    out.push_back(device_view(d, live, tags_of(tags ? &*tags : nullptr, d.id), t));
+    fn(d, live, tags_of(tags ? &*tags : nullptr, d.id), t);
   }
+  return {};
+}
+
+Result<json> Controller::devices_json(const DeviceFilter& f, const std::string& tag_expr,
+                                      const std::string& state) {
+  json out = json::array();
+  Status s = for_each_device(f, tag_expr, state,
+                             [&out](const DeviceRec& d, const DeviceLive& live,
+                                    const DeviceTags* tags, long long t) {
+                               out.push_back(device_view(d, live, tags, t));
+                             });
+  if (!s) return s.err();
   return out;
+}
+
+Result<json> Controller::devices_page_json(const DeviceFilter& f, const std::string& tag_expr,
+                                           const std::string& state, std::size_t offset,
+                                           std::size_t limit, std::size_t* total) {
+  json out = json::array();
+  std::size_t n = 0;
+  Status s = for_each_device(f, tag_expr, state,
+                             [&](const DeviceRec& d, const DeviceLive& live,
+                                 const DeviceTags* tags, long long t) {
+                               if (n >= offset && n - offset < limit)
+                                 out.push_back(device_view(d, live, tags, t));
+                               ++n;
+                             });
+  if (!s) return s.err();
+  *total = n;
+  return out;
+}
+
+Result<json> Controller::fleet_counts_json(const DeviceFilter& f, const std::string& tag_expr,
+                                           const std::string& state) {
+  long long total = 0, online = 0;
+  std::map<std::string, long long> by_version, by_hw, by_state, by_group;
+  Status s = for_each_device(f, tag_expr, state,
+                             [&](const DeviceRec& d, const DeviceLive& live, const DeviceTags*,
+                                 long long) {
+                               ++total;
+                               if (live.online) ++online;
+                               ++by_version[d.version];
+                               ++by_hw[d.hw];
+                               ++by_state[live.transfer ? to_string(live.transfer->state) : kIdle];
+                               for (const auto& g : live.member_of) ++by_group[g];
+                             });
+  if (!s) return s.err();
+  return json{{"total", total},          {"online", online},   {"offline", total - online},
+              {"by_version", by_version}, {"by_hw", by_hw},     {"by_state", by_state},
+              {"by_group", by_group}};
 }
 
 Result<json> Controller::device_json(const std::string& id) {
@@ -217,6 +268,60 @@ Result<json> Controller::status_json() {
               {"ignored_messages", ignored_messages()},
               {"duplicate_chunk_requests", duplicate_requests()},
               {"cancels_sent", cancels_sent()}};
+}
+
+Result<json> Controller::version_history_json(long long since_ms, int points) {
+  struct Change {
+    long long ts;
+    std::string device, version;  // version empty: the device was decommissioned
+  };
+  std::vector<Change> changes;
+  {
+    DbLock db(db_);
+    Status s = db.store().for_each_version_event(
+        [&changes](long long ts, const std::string& device, const std::string& what,
+                   const std::string& detail) {
+          // A hello's detail starts "version V hw ..." (handle_presence.cpp).
+          std::string version;
+          if (what == "hello" && detail.rfind("version ", 0) == 0)
+            version = detail.substr(8, detail.find(' ', 8) - 8);
+          else if (what == "hello")
+            return;  // not a form this replay knows: skip rather than guess
+          changes.push_back({ts, device, std::move(version)});
+        });
+    if (!s) return s.context("fleet versions");
+  }
+  const long long to = now();
+  json out{{"from", 0}, {"to", to}, {"versions", json::array()}, {"points", json::array()}};
+  if (changes.empty()) return out;
+  const long long from = std::min(to, since_ms > 0 ? since_ms : changes.front().ts);
+  out["from"] = from;
+  std::map<std::string, std::string> version_of;  // device -> its version at the replay time
+  std::map<std::string, long long> counts;         // version -> devices
+  std::set<std::string> versions;
+  std::size_t next = 0;
+  for (int i = 0; i < points; ++i) {
+    const long long t = from + (to - from) * i / std::max(1, points - 1);
+    for (; next < changes.size() && changes[next].ts <= t; ++next) {
+      const Change& c = changes[next];
+      auto it = version_of.find(c.device);
+      if (it != version_of.end() && --counts[it->second] == 0) counts.erase(it->second);
+      if (c.version.empty()) {
+        if (it != version_of.end()) version_of.erase(it);
+        continue;
+      }
+      version_of[c.device] = c.version;
+      ++counts[c.version];
+    }
+    json at = json::object();
+    for (const auto& [version, n] : counts) {
+      at[version] = n;
+      versions.insert(version);
+    }
+    out["points"].push_back(json{{"ts", t}, {"counts", at}});
+  }
+  out["versions"] = versions;
+  return out;
 }
 
 Result<json> Controller::events_json(const EventFilter& f) {

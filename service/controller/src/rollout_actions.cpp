@@ -27,30 +27,30 @@ std::string random_id(const char* prefix) {
 Status parse_target(const json& body, RolloutRec& rec) {
   const json* t = body.contains("target") ? &body["target"] : nullptr;
   if (!t || !t->is_object() || t->size() != 1)
-    return invalid_err("rollout: \"target\" must be one of {\"group\": G}, {\"devices\": [..]}, "
+    return invalid_field_err("target", "rollout: \"target\" must be one of {\"group\": G}, {\"devices\": [..]}, "
                        "{\"tags\": \"site=berlin and model=esp32\"}");
   if (t->contains("group")) {
     const json& g = (*t)["group"];
     if (!g.is_string() || !proto::valid_id(g.get<std::string>().data(), g.get<std::string>().size()))
-      return invalid_err("rollout: target.group must be a valid group id");
+      return invalid_field_err("target.group", "rollout: target.group must be a valid group id");
     rec.target_kind = "group";
     rec.target = g.get<std::string>();
   } else if (t->contains("devices")) {
     const json& ds = (*t)["devices"];
-    if (!ds.is_array() || ds.empty()) return invalid_err("rollout: target.devices must be a non-empty array");
+    if (!ds.is_array() || ds.empty()) return invalid_field_err("target.devices", "rollout: target.devices must be a non-empty array");
     for (const auto& d : ds)
       if (!d.is_string() || !proto::valid_id(d.get<std::string>().data(), d.get<std::string>().size()))
-        return invalid_err("rollout: target.devices: " + d.dump() + " is not a valid device id");
+        return invalid_field_err("target.devices", "rollout: target.devices: " + d.dump() + " is not a valid device id");
     rec.target_kind = "devices";
     rec.target = ds.dump();
   } else if (t->contains("tags")) {
-    if (!(*t)["tags"].is_string()) return invalid_err("rollout: target.tags must be a string");
+    if (!(*t)["tags"].is_string()) return invalid_field_err("target.tags", "rollout: target.tags must be a string");
     auto e = TagExpr::parse((*t)["tags"].get<std::string>());
-    if (!e) return e.context("rollout");
+    if (!e) return invalid_field_err("target.tags", "rollout: target.tags: " + e.error());
     rec.target_kind = "tags";
     rec.target = e->text();
   } else {
-    return invalid_err("rollout: target needs \"group\", \"devices\" or \"tags\"");
+    return invalid_field_err("target", "rollout: target needs \"group\", \"devices\" or \"tags\"");
   }
   return {};
 }
@@ -63,7 +63,7 @@ Status check_create_fields(const json& body) {
       "retry_delay", "timeout", "max_concurrent", "start_at", "window",   "defer_delay",
       "max_defers",  "start"};
   for (auto it = body.begin(); it != body.end(); ++it)
-    if (!known.count(it.key())) return invalid_err("rollout: unknown field \"" + it.key() + "\"");
+    if (!known.count(it.key())) return invalid_field_err(it.key(), "rollout: unknown field \"" + it.key() + "\"");
   return {};
 }
 
@@ -83,18 +83,22 @@ Result<json> RolloutRunner::create(DbLock& db, const json& body, const std::stri
   auto policy = parse_policy(body);
   if (!policy) return policy.context("rollout");
   if (!body.contains("image") || !body["image"].is_string())
-    return invalid_err("rollout: \"image\" (image id or version) is required");
+    return invalid_field_err("image", "rollout: \"image\" (image id or version) is required");
   RolloutRec rec;
   if (body.contains("name")) {
     if (!body["name"].is_string() || body["name"].get<std::string>().size() > 128)
-      return invalid_err("rollout: \"name\" must be a string of at most 128 characters");
+      return invalid_field_err("name", "rollout: \"name\" must be a string of at most 128 characters");
     rec.name = body["name"].get<std::string>();
   }
   Status t = parse_target(body, rec);
   if (!t) return t.err();
   const bool start_now = body.value("start", false);
   auto img = resolve_image(db.store(), body["image"].get<std::string>());
-  if (!img) return img.context("rollout");
+  if (!img) {
+    Err e = img.context("rollout");
+    e.field = "image";
+    return e;
+  }
   Status deployable = keys_.check_deployable(*img);
   if (!deployable) return deployable.context("rollout");
   rec.id = random_id("ro-");

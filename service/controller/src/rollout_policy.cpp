@@ -12,15 +12,15 @@ using nlohmann::json;
 namespace {
 
 Result<double> parse_pct(const json& v, const std::string& field) {
-  if (!v.is_number()) return invalid_err(field + " must be a number (percent 0..100)");
+  if (!v.is_number()) return invalid_field_err(field, field + " must be a number (percent 0..100)");
   const double d = v.get<double>();
-  if (!(d >= 0 && d <= 100)) return invalid_err(field + " " + v.dump() + " is not in 0..100");
+  if (!(d >= 0 && d <= 100)) return invalid_field_err(field, field + " " + v.dump() + " is not in 0..100");
   return d;
 }
 
 Result<int> parse_count(const json& v, const std::string& field, int max) {
   if (!v.is_number_integer() || v.get<long long>() < 0 || v.get<long long>() > max)
-    return invalid_err(field + " must be an integer 0.." + std::to_string(max) + " (got " +
+    return invalid_field_err(field, field + " must be an integer 0.." + std::to_string(max) + " (got " +
                        v.dump() + ")");
   return static_cast<int>(v.get<long long>());
 }
@@ -50,13 +50,13 @@ Result<long long> parse_duration(const json& v, const std::string& field, Policy
     if (source == PolicySource::stored && seconds > ota::policy::kMaxDurationS)
       return ota::policy::kMaxDurationS;
     auto d = ota::policy::check_duration(seconds);
-    if (!d) return invalid_err(field + " " + v.dump() + ": " + d.error);
+    if (!d) return invalid_field_err(field, field + " " + v.dump() + ": " + d.error);
     return *d;
   }
   if (!v.is_string())
-    return invalid_err(field + " must be seconds or a string like \"30s\", \"5m\", \"2h\", \"1d\"");
+    return invalid_field_err(field, field + " must be seconds or a string like \"30s\", \"5m\", \"2h\", \"1d\"");
   auto d = ota::policy::parse_duration(v.get<std::string>());
-  if (!d) return invalid_err(field + " '" + v.get<std::string>() + "': " + d.error);
+  if (!d) return invalid_field_err(field, field + " '" + v.get<std::string>() + "': " + d.error);
   return *d;
 }
 
@@ -69,7 +69,7 @@ Result<std::optional<MaintenanceWindow>> parse_window(const std::string& s, Poli
                             s.size() == 11 && h == h2 && m == m2 && h >= 0 && h < 24 && m >= 0 &&
                             m < 60;
     if (source == PolicySource::stored && equal_ends) return std::optional<MaintenanceWindow>{};
-    return invalid_err("window '" + s + "': " + w.error);
+    return invalid_field_err("window", "window '" + s + "': " + w.error);
   }
   MaintenanceWindow mw;
   mw.start_min = w->start_min;
@@ -90,16 +90,16 @@ static Result<WaveSpec> parse_wave_size(const json& sz, const std::string& f, Po
       if (!s.empty() && s.back() == '%' && end == s.c_str() + s.size() - 1 && v > 0 && v <= 100)
         pct.value = v;
     }
-    if (!pct) return invalid_err(f + ".size '" + s + "': " + pct.error);
+    if (!pct) return invalid_field_err(f + ".size", f + ".size '" + s + "': " + pct.error);
     spec.percent = true;
     spec.size = *pct;
   } else if (sz.is_number_integer()) {
     auto n = ota::policy::check_wave_count(sz.get<long long>());
-    if (!n) return invalid_err(f + ".size " + sz.dump() + ": " + n.error);
+    if (!n) return invalid_field_err(f + ".size", f + ".size " + sz.dump() + ": " + n.error);
     spec.percent = false;
     spec.size = static_cast<double>(*n);
   } else {
-    return invalid_err(f + ".size " + sz.dump() + " must be a percentage string (\"10%\") or a positive count");
+    return invalid_field_err(f + ".size", f + ".size " + sz.dump() + " must be a percentage string (\"10%\") or a positive count");
   }
   return spec;
 }
@@ -107,7 +107,7 @@ static Result<WaveSpec> parse_wave_size(const json& sz, const std::string& f, Po
 // parse_policy, a string start_at:
 static Result<long long> parse_start_at(const std::string& s) {
   auto t = ota::policy::parse_time(s);
-  if (!t) return invalid_err("start_at '" + s + "': " + t.error);
+  if (!t) return invalid_field_err("start_at", "start_at '" + s + "': " + t.error);
   return *t;
 }
 
@@ -116,14 +116,14 @@ Result<RolloutPolicy> parse_policy(const json& body, PolicySource source) {
   if (body.contains("waves")) {
     const json& ws = body["waves"];
     if (!ws.is_array() || ws.empty() || ws.size() > 100)
-      return invalid_err("waves must be a non-empty array of at most 100 waves");
+      return invalid_field_err("waves", "waves must be a non-empty array of at most 100 waves");
     p.waves.clear();
     for (std::size_t i = 0; i < ws.size(); ++i) {
       const std::string f = "waves[" + std::to_string(i) + "]";
       const json& w = ws[i];
-      if (!w.is_object()) return invalid_err(f + " must be an object like {\"size\":\"10%\"}");
+      if (!w.is_object()) return invalid_field_err(f, f + " must be an object like {\"size\":\"10%\"}");
       auto sz = w.find("size");
-      if (sz == w.end()) return invalid_err(f + ".size is required (\"10%\" or a count)");
+      if (sz == w.end()) return invalid_field_err(f + ".size", f + ".size is required (\"10%\" or a count)");
       auto sized = parse_wave_size(*sz, f, source);
       if (!sized) return sized.err();
       WaveSpec spec = *sized;
@@ -139,14 +139,14 @@ Result<RolloutPolicy> parse_policy(const json& body, PolicySource source) {
       }
       for (auto it = w.begin(); it != w.end(); ++it)
         if (it.key() != "size" && it.key() != "success_threshold" && it.key() != "soak")
-          return invalid_err(f + ": unknown field \"" + it.key() +
+          return invalid_field_err(f, f + ": unknown field \"" + it.key() +
                              "\" (size, success_threshold, soak)");
       p.waves.push_back(spec);
     }
   }
   if (body.contains("failure")) {
     const json& f = body["failure"];
-    if (!f.is_object()) return invalid_err("failure must be an object");
+    if (!f.is_object()) return invalid_field_err("failure", "failure must be an object");
     for (auto it = f.begin(); it != f.end(); ++it) {
       if (it.key() == "max_wave_rate") {
         auto v = parse_pct(it.value(), "failure.max_wave_rate");
@@ -158,10 +158,10 @@ Result<RolloutPolicy> parse_policy(const json& body, PolicySource source) {
         p.max_total_failure_pct = *v;
       } else if (it.key() == "action") {
         if (!it->is_string() || (it->get<std::string>() != "pause" && it->get<std::string>() != "abort"))
-          return invalid_err("failure.action must be \"pause\" or \"abort\"");
+          return invalid_field_err("failure.action", "failure.action must be \"pause\" or \"abort\"");
         p.abort_on_failure = it->get<std::string>() == "abort";
       } else {
-        return invalid_err("failure: unknown field \"" + it.key() +
+        return invalid_field_err("failure", "failure: unknown field \"" + it.key() +
                            "\" (max_wave_rate, max_total_rate, action)");
       }
     }
@@ -198,11 +198,11 @@ Result<RolloutPolicy> parse_policy(const json& body, PolicySource source) {
       if (!t) return t.err();
       p.start_at_s = *t;
     } else {
-      return invalid_err("start_at must be unix seconds or a UTC time like 2026-11-26T02:00:00Z");
+      return invalid_field_err("start_at", "start_at must be unix seconds or a UTC time like 2026-11-26T02:00:00Z");
     }
   }
   if (body.contains("window") && !body["window"].is_null()) {
-    if (!body["window"].is_string()) return invalid_err("window must be a string HH:MM-HH:MM");
+    if (!body["window"].is_string()) return invalid_field_err("window", "window must be a string HH:MM-HH:MM");
     auto w = parse_window(body["window"].get<std::string>(), source);
     if (!w) return w.err();
     p.window = *w;

@@ -445,6 +445,16 @@ Result<std::vector<EventRec>> Store::events(const EventFilter& f) {
   return out;
 }
 
+Status Store::for_each_version_event(
+    const std::function<void(long long, const std::string&, const std::string&,
+                             const std::string&)>& fn) {
+  OTA_PREP(q,
+           "SELECT ts, device, what, detail FROM events "
+           "WHERE what IN ('hello', 'device_decommissioned') ORDER BY id");
+  while (q.step() == SQLITE_ROW) fn(q.i64(0), q.text(1), q.text(2), q.text(3));
+  return {};
+}
+
 Result<std::map<std::string, long long>> Store::count_by(const std::string& sql) {
   OTA_PREP(q, sql);
   std::map<std::string, long long> out;

@@ -155,6 +155,13 @@ bool ApiServer::has_route(const std::string& method, const std::string& path) co
   return false;
 }
 
+bool ApiServer::is_public(const std::string& method, const std::string& path) const {
+  const std::string as = method == "HEAD" ? std::string("GET") : method;
+  for (const auto& r : rules_)
+    if (r.method == as && std::regex_match(path, r.pattern)) return !r.role.has_value();
+  return false;
+}
+
 std::string ApiServer::allowed_methods(const std::string& path) const {
   std::vector<std::string> methods;
   for (const auto& r : rules_) {
@@ -172,7 +179,7 @@ std::string ApiServer::allowed_methods(const std::string& path) const {
 std::vector<HttpApi::Route> ApiServer::routes() const {
   std::vector<HttpApi::Route> out;
   for (const auto& r : rules_)
-    out.push_back({r.method, r.source, r.role ? role_name(*r.role) : std::string("none")});
+    if (r.api) out.push_back({r.method, r.source, r.role ? role_name(*r.role) : std::string("none")});
   return out;
 }
 

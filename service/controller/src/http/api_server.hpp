@@ -43,15 +43,20 @@ class ApiServer : public httplib::Server {
   // socket sets a new backlog.
   void raise_backlog();
 
-  // role nullopt: a route that needs no token (GET /api/v1/health).
-  void add_rule(const std::string& method, const std::string& pattern, std::optional<Role> role) {
-    rules_.push_back({method, pattern, std::regex(pattern), role});
+  // role nullopt: a route that needs no token (GET /api/v1/health, the dashboard's files).
+  // api false: not part of the API (the dashboard's files), so not in routes() and not in the
+  // OpenAPI description.
+  void add_rule(const std::string& method, const std::string& pattern, std::optional<Role> role,
+                bool api = true) {
+    rules_.push_back({method, pattern, std::regex(pattern), role, api});
   }
   // The role a request needs, by the route it goes to (httplib matches the same patterns in
   // the same order); nullopt when no route matches (it gets a 404 or 405).
   std::optional<Role> required_role(const std::string& method, const std::string& path) const;
   // Whether a route serves `method` on `path` (HEAD: the GET route).
   bool has_route(const std::string& method, const std::string& path) const;
+  // Whether the route of `method` on `path` needs no token.
+  bool is_public(const std::string& method, const std::string& path) const;
   // The methods some route serves `path` with ("GET, HEAD, DELETE"), for the Allow header of a
   // 405; empty when no route has this path (a 404).
   std::string allowed_methods(const std::string& path) const;
@@ -63,6 +68,7 @@ class ApiServer : public httplib::Server {
     std::string source;  // the pattern as registered
     std::regex pattern;
     std::optional<Role> role;
+    bool api = true;
   };
 
   // httplib calls this for every accepted socket (on the accept thread, see InlineTaskQueue).

@@ -9,8 +9,13 @@
 
 namespace ota::service {
 
-HttpApi::HttpApi(Controller& ctl, std::function<bool()> ready, ApiTokens& tokens, HttpLimits limits)
-    : ctl_(ctl), ready_(std::move(ready)), tokens_(tokens), srv_(std::make_unique<ApiServer>(limits)) {
+HttpApi::HttpApi(Controller& ctl, std::function<bool()> ready, ApiTokens& tokens, HttpLimits limits,
+                 std::string web_root)
+    : ctl_(ctl),
+      ready_(std::move(ready)),
+      tokens_(tokens),
+      web_root_(std::move(web_root)),
+      srv_(std::make_unique<ApiServer>(limits)) {
   add_routes();
 }
 
@@ -60,6 +65,9 @@ void HttpApi::add_routes() {
   http::add_rollout_routes(table, ctl_);
   http::add_key_routes(table, ctl_);
   http::add_openapi_route(table);
+  http::add_whoami_route(table);
+  http::add_fleet_routes(table, ctl_);
+  http::add_web_routes(table, web_root_);
 }
 
 }  // namespace ota::service

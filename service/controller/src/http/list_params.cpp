@@ -2,6 +2,7 @@
 // and nothing else (a misspelt or unsupported parameter is a 400, not silently ignored).
 #include <algorithm>
 #include <cctype>
+#include <vector>
 
 #include "routes.hpp"
 
@@ -37,18 +38,33 @@ std::string next_link(const httplib::Request& req, const std::string& key, long 
          ">; rel=\"next\"";
 }
 
-Status check_list_params(const httplib::Request& req, std::initializer_list<const char*> allowed) {
+namespace {
+
+// Refuses a query parameter that is neither in `common` nor in `allowed`, naming those.
+Status check_params(const httplib::Request& req, const std::vector<std::string>& common,
+                    std::initializer_list<const char*> allowed) {
   for (const auto& kv : req.params) {
     const std::string& key = kv.first;
-    if (key == "limit" || key == "offset" || key == "pretty") continue;
+    if (std::find(common.begin(), common.end(), key) != common.end()) continue;
     if (std::any_of(allowed.begin(), allowed.end(), [&](const char* a) { return key == a; }))
       continue;
-    std::string known = "limit, offset, pretty";
+    std::string known;
+    for (const auto& c : common) known += (known.empty() ? "" : ", ") + c;
     for (const char* a : allowed) known += std::string(", ") + a;
     return invalid_field_err(key, "unknown query parameter '" + key + "' for GET " + req.path +
                                       " (it takes: " + known + ")");
   }
   return {};
+}
+
+}  // namespace
+
+Status check_list_params(const httplib::Request& req, std::initializer_list<const char*> allowed) {
+  return check_params(req, {"limit", "offset", "pretty"}, allowed);
+}
+
+Status check_query_params(const httplib::Request& req, std::initializer_list<const char*> allowed) {
+  return check_params(req, {"pretty"}, allowed);
 }
 
 Result<Page> parse_page(const httplib::Request& req) {
@@ -75,6 +91,12 @@ void send_page(const httplib::Request& req, httplib::Response& res, const Page& 
   const std::size_t end = std::min(total, first + page.limit);
   json items = json::array();
   for (std::size_t i = first; i < end; ++i) items.push_back(all[i]);
+  send_page_of(req, res, page, items, total);
+}
+
+void send_page_of(const httplib::Request& req, httplib::Response& res, const Page& page,
+                  const json& items, std::size_t total) {
+  const std::size_t end = std::min(total, std::min(page.offset, total) + items.size());
   res.set_header("X-Total-Count", std::to_string(total));
   if (end < total) res.set_header("Link", next_link(req, "offset", static_cast<long long>(end)));
   send_json(res, 200, items);

@@ -25,9 +25,6 @@ void close_unless_bodyless(const httplib::Request& req, httplib::Response& res) 
   }
 }
 
-bool is_health(const httplib::Request& req) {
-  return req.method == "GET" && req.path == "/api/v1/health";
-}
 
 // The caller's token: 401 if there is none or it is unknown.
 bool authenticate(ApiTokens& tokens, const httplib::Request& req, httplib::Response& res) {
@@ -171,7 +168,7 @@ void install_request_admission(ApiServer& server, ApiTokens& tokens) {
       close_unless_bodyless(req, res);
       return httplib::Server::HandlerResponse::Handled;
     }
-    return is_health(req) || admit(routes, tokens, req, res)
+    return routes.is_public(req.method, req.path) || admit(routes, tokens, req, res)
                ? httplib::Server::HandlerResponse::Unhandled
                : httplib::Server::HandlerResponse::Handled;
   });
@@ -179,7 +176,7 @@ void install_request_admission(ApiServer& server, ApiTokens& tokens) {
   // instead of "100 Continue", and never sends the body.
   server.set_expect_100_continue_handler([&routes, &tokens](const httplib::Request& req,
                                                            httplib::Response& res) {
-    return is_health(req) || admit(routes, tokens, req, res) ? 100 : res.status;
+    return routes.is_public(req.method, req.path) || admit(routes, tokens, req, res) ? 100 : res.status;
   });
   server.set_logger(log_access);
 }

@@ -29,6 +29,11 @@ void RouteTable::get_without_token(const std::string& pattern, Handler h) {
   server_.Get(pattern, std::move(h));
 }
 
+void RouteTable::page(const std::string& pattern, Handler h) {
+  server_.add_rule("GET", pattern, std::nullopt, /*api=*/false);
+  server_.Get(pattern, std::move(h));
+}
+
 int http_status(ErrKind k) {
   switch (k) {
     case ErrKind::invalid: return 400;

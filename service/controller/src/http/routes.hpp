@@ -34,6 +34,9 @@ class RouteTable {
   void del(const std::string& pattern, Role role, Handler h);
   // A GET that needs no token (the request admission lets it through unauthenticated).
   void get_without_token(const std::string& pattern, Handler h);
+  // A GET of the web dashboard's files: no token (the page holds no secret; it signs in with
+  // one), and not part of the API (HttpApi::routes, the OpenAPI description).
+  void page(const std::string& pattern, Handler h);
 
  private:
   ApiServer& server_;
@@ -77,6 +80,14 @@ void add_deployment_routes(RouteTable& routes, Controller& ctl);
 void add_device_routes(RouteTable& routes, Controller& ctl);
 void add_rollout_routes(RouteTable& routes, Controller& ctl);
 void add_key_routes(RouteTable& routes, Controller& ctl);
+// GET /api/v1/whoami: the caller's token name and role (the dashboard hides what it may not do).
+void add_whoami_route(RouteTable& routes);
+// GET /api/v1/fleet (counts by online, version, hardware, state, group) and
+// GET /api/v1/fleet/versions (devices per version over time, from the event log's hellos).
+void add_fleet_routes(RouteTable& routes, Controller& ctl);
+// The web dashboard (service/web/): GET / (redirect) and GET /ui/... from `web_root`
+// (web_ui.cpp). Empty web_root: no dashboard, / answers 404 saying how to get one.
+void add_web_routes(RouteTable& routes, const std::string& web_root);
 // GET /api/v1/openapi.json: the API's OpenAPI 3 description (service/openapi.json, compiled in).
 void add_openapi_route(RouteTable& routes);
 
@@ -92,11 +103,16 @@ constexpr std::size_t kMaxPageLimit = 10000;
 // Refuses (400 naming it) a query parameter not in `allowed` (besides limit, offset, pretty),
 // so that a misspelt filter or an unsupported one (sort) is not silently ignored.
 Status check_list_params(const httplib::Request& req, std::initializer_list<const char*> allowed);
+// The same for a request that is not a list: only `allowed` and pretty.
+Status check_query_params(const httplib::Request& req, std::initializer_list<const char*> allowed);
 Result<Page> parse_page(const httplib::Request& req);
 // Sends one page of `all` (a JSON array, in the list's stable order) with the headers
 // X-Total-Count (items matching the filters) and, when more follow, Link: <...>; rel="next".
 void send_page(const httplib::Request& req, httplib::Response& res, const Page& page,
                const json& all);
+// The same for a list that is paged already: `items` is the page, `total` counts all matches.
+void send_page_of(const httplib::Request& req, httplib::Response& res, const Page& page,
+                  const json& items, std::size_t total);
 // The Link header value of the next page: the request with `key` set to `value`.
 std::string next_link(const httplib::Request& req, const std::string& key, long long value);
 // The items of `all` whose `key` equals `value` (or, for an array member, contains it).

@@ -1,4 +1,6 @@
-// API token routes (admin). The secret is in the reply to the create and nowhere else.
+// API token routes (admin; the secret is in the reply to the create and nowhere else) and
+// GET /api/v1/whoami (any token: its own name and role).
+#include "api_server.hpp"
 #include "routes.hpp"
 
 namespace ota::service::http {
@@ -71,6 +73,21 @@ void add_token_routes(RouteTable& routes, ApiTokens& tokens) {
              [&tokens](const httplib::Request& req, httplib::Response& res) {
                revoke_token(tokens, req, res);
              });
+}
+
+}  // namespace ota::service::http
+
+namespace ota::service::http {
+
+void add_whoami_route(RouteTable& routes) {
+  routes.get("/api/v1/whoami", Role::read_only, [](const httplib::Request&, httplib::Response& res) {
+    // Admission authenticated the request before it got here, so there is a caller.
+    const ApiTokens::Identity& caller = *current_request().caller;
+    send_json(res, 200,
+              json{{"name", caller.name},
+                   {"role", role_name(caller.role)},
+                   {"bootstrap", caller.name == kBootstrapTokenName}});
+  });
 }
 
 }  // namespace ota::service::http

@@ -137,9 +137,24 @@ class Controller {
   // f plus a tag expression and a state (idle, an in-flight row state, online, offline).
   Result<nlohmann::json> devices_json(const DeviceFilter& f, const std::string& tag_expr = "",
                                       const std::string& state = "");
+  // One page of what devices_json selects (id order): the views of [offset, offset + limit)
+  // only, and in *total how many match. With 10,000 devices a page builds 25 views, not
+  // 10,000 (GET /api/v1/devices).
+  Result<nlohmann::json> devices_page_json(const DeviceFilter& f, const std::string& tag_expr,
+                                           const std::string& state, std::size_t offset,
+                                           std::size_t limit, std::size_t* total);
+  // What devices_json selects, counted without building views (GET /api/v1/fleet):
+  // {"total","online","offline","by_version","by_hw","by_state","by_group"}.
+  Result<nlohmann::json> fleet_counts_json(const DeviceFilter& f, const std::string& tag_expr = "",
+                                           const std::string& state = "");
   Result<nlohmann::json> device_json(const std::string& id);
   Result<nlohmann::json> status_json();
   Result<nlohmann::json> events_json(const EventFilter& f);
+  // Devices per version at `points` evenly spaced times from `since_ms` (0: the first hello
+  // in the event log) to now, replayed from the log's hellos (a hello is logged when a
+  // device's version changes or it comes online): {"from","to","versions","points":[{"ts",
+  // "counts"}]}. The history goes back as far as the event retention keeps it.
+  Result<nlohmann::json> version_history_json(long long since_ms, int points);
 
   static nlohmann::json to_json(const ImageRec& r) { return image_view(r); }
   static nlohmann::json to_json(const DeviceRec& r) { return device_record_view(r); }
@@ -173,6 +188,11 @@ class Controller {
   std::chrono::steady_clock::time_point last_memory_return_{};
   // Snapshots for the views (controller_queries.cpp).
   DeviceLive device_live(const DeviceRec& d, long long now) const;
+  // Calls fn(device, its live state, its tags) for each device the filters of devices_json
+  // select, in id order, holding the database lock; `t` is the time liveness is judged at.
+  Status for_each_device(
+      const DeviceFilter& f, const std::string& tag_expr, const std::string& state,
+      const std::function<void(const DeviceRec&, const DeviceLive&, const DeviceTags*, long long t)>& fn);
   nlohmann::json deployment_json_of(DbLock& db, const DeploymentRec& d, bool with_rows);
   HealthSnapshot health_snapshot(DbLock* db);
   MetricsSnapshot metrics_snapshot(DbLock& db);

@@ -130,8 +130,10 @@ class HttpApi {
   // `ready` reports whether the MQTT side is connected and subscribed (for /health).
   // Every request but GET /api/v1/health must carry `Authorization: Bearer <token>` of one of
   // `tokens`, whose role must allow the request (see Role).
+  // `web_root`: the directory of the web dashboard's files (service/web/), served at / and
+  // /ui/ without a token; empty: no dashboard.
   HttpApi(Controller& ctl, std::function<bool()> ready, ApiTokens& tokens,
-          HttpLimits limits = {});
+          HttpLimits limits = {}, std::string web_root = {});
   ~HttpApi();
   HttpApi(const HttpApi&) = delete;
   HttpApi& operator=(const HttpApi&) = delete;
@@ -154,6 +156,7 @@ class HttpApi {
   Controller& ctl_;
   std::function<bool()> ready_;
   ApiTokens& tokens_;
+  std::string web_root_;
   std::unique_ptr<ApiServer> srv_;
   std::unique_ptr<std::thread> thread_;
 };

@@ -10,6 +10,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <optional>
 #include <string>
@@ -258,6 +259,11 @@ class Store {
                    const std::string& what, const std::string& detail,
                    const std::string& actor = "", const std::string& rollout = "", long long ts_ms = 0);
   Result<std::vector<EventRec>> events(const EventFilter& f);
+  // The event log's `hello` and `device_decommissioned` entries, oldest first, one call of
+  // `fn(ts, device, what, detail)` each (the versions-over-time chart replays them).
+  Status for_each_version_event(
+      const std::function<void(long long, const std::string&, const std::string&,
+                               const std::string&)>& fn);
   // Deletes, oldest first and at most `batch` per call, the events older than r.max_age_ms
   // (ts < now_ms - max_age_ms) or beyond the newest r.max_count, except those of an active
   // deployment or of a rollout not in a terminal state (is_terminal(RolloutStatus)). Returns
