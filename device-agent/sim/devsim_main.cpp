@@ -285,6 +285,13 @@ int main(int argc, char** argv) {
   app.add_option("--protect", base.protect,
                  "with --app-dir: paths no bundle may write or delete, e.g. wifi.json,certs/")
       ->delimiter(',');
+  std::vector<std::string> conformance_faults;
+  app.add_option("--conformance-fault", conformance_faults,
+                 "TEST ONLY: make every device break the protocol on purpose, to check that "
+                 "ota-conformance catches it: skip-signature-check (every signature verifies), "
+                 "ignore-cancel (cancels never reach the agent); comma-separated")
+      ->delimiter(',')
+      ->check(CLI::IsMember({"skip-signature-check", "ignore-cancel"}));
   app.add_option("--status-ms", f.status_ms, "print a status line every N ms (0: never)");
   app.add_option("--threads", f.threads,
                  "worker threads, each driving its share of the devices from one epoll loop "
@@ -294,6 +301,12 @@ int main(int argc, char** argv) {
                  "devices powered on per second at start (0: all at once)")
       ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
+  for (const auto& fault : conformance_faults) {
+    if (fault == "skip-signature-check") base.fault_skip_signature_check = true;
+    if (fault == "ignore-cancel") base.fault_ignore_cancel = true;
+    std::fprintf(stderr, "ota-devsim: TEST FAULT %s: these devices break the protocol on purpose\n",
+                 fault.c_str());
+  }
 
   if (!raise_descriptor_limit(f.count)) return 2;
   auto devices = make_devices(f);

@@ -41,6 +41,9 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--window", opt.window_chunks, "chunks requested ahead")->capture_default_str()
       ->check(CLI::Range(1, 256));
+  app.add_option("--request-timeout-ms", opt.request_timeout_ms,
+                 "ask again for missing chunks after this long without one (PROTOCOL.md 8.1)")
+      ->capture_default_str()->check(CLI::Range(50u, 600000u));
   app.add_option("--max-trial-boots", opt.max_trial_boots,
                  "boots a new image gets to confirm itself before the old one comes back")
       ->capture_default_str()->check(CLI::Range(1, 255));

@@ -37,6 +37,27 @@ std::uint32_t percent_of(const Agent& agent) {
 constexpr std::chrono::milliseconds kBusyTick{20};
 constexpr std::chrono::milliseconds kIdleTick{250};
 
+// DeviceOptions::fault_skip_signature_check (test only): the real crypto port, except that no
+// signature is ever refused.
+class SignatureSkippingCrypto final : public Crypto {
+ public:
+  explicit SignatureSkippingCrypto(Crypto& real) : real_(real) {}
+  void sha256_init(Sha256State& s) override { real_.sha256_init(s); }
+  void sha256_update(Sha256State& s, const std::uint8_t* data, std::size_t len) override {
+    real_.sha256_update(s, data, len);
+  }
+  void sha256_final(Sha256State& s, std::uint8_t digest[32]) override {
+    real_.sha256_final(s, digest);
+  }
+  Verify verify_p256(const std::uint8_t*, const std::uint8_t*, std::size_t,
+                     const std::uint8_t*) override {
+    return Verify::ok;
+  }
+
+ private:
+  Crypto& real_;
+};
+
 }  // namespace
 
 struct DeviceRunner::BootSetup {
@@ -45,7 +66,9 @@ struct DeviceRunner::BootSetup {
   AgentConfig cfg;
   MqttSettings mqtt;
   OpensslCrypto crypto;
+  std::unique_ptr<SignatureSkippingCrypto> faulty_crypto;  // fault_skip_signature_check
   SystemClock clock;
+  Crypto& crypto_port() { return faulty_crypto ? static_cast<Crypto&>(*faulty_crypto) : crypto; }
 };
 
 // Members are destroyed in reverse order: the agent first, the flash last.
@@ -250,7 +273,7 @@ bool DeviceRunner::power_on(std::string& error) {
   p->key_storage = std::make_unique<FileStorage>(opt_.data_dir + "/agent.keys", opt_.durable);
   p->transport = std::make_unique<MosquittoTransport>(setup.mqtt);
   p->agent = std::make_unique<Agent>(setup.cfg, p->flash(), *p->transport, setup.clock,
-                                     *p->storage, *p->key_storage, setup.crypto);
+                                     *p->storage, *p->key_storage, setup.crypto_port());
   ++boots;
   ImageState img;
   p->flash().read_state(img);
@@ -268,6 +291,11 @@ bool DeviceRunner::power_on(std::string& error) {
                                                    std::size_t len) {
                                       if (setup_->cfg.offer_policy != nullptr) {
                                         note_offer(topic, payload, len);
+                                      }
+                                      if (opt_.fault_ignore_cancel &&
+                                          proto::parse_topic(opt_.prefix.c_str(), topic, nullptr,
+                                                             nullptr) == proto::TopicKind::cancel) {
+                                        return;
                                       }
                                       agent.on_message(topic, payload, len);
                                     });
@@ -334,6 +362,9 @@ bool DeviceRunner::start(std::string& error) {
   if (!load_keys(setup_->keys, error)) return false;
   for (const auto& g : opt_.groups) setup_->groups.push_back(g.c_str());
   setup_->cfg = agent_config(*setup_);
+  if (opt_.fault_skip_signature_check) {
+    setup_->faulty_crypto = std::make_unique<SignatureSkippingCrypto>(setup_->crypto);
+  }
   if (!mqtt_settings(setup_->mqtt, error)) return false;
   phase_ = Phase::off;
   return true;

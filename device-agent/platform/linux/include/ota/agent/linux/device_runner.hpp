@@ -60,6 +60,10 @@ struct DeviceOptions {
   // SIGKILL the whole process right after the agent entered (and persisted) this state, once
   // per data directory (a marker file DATA/crashed-in-STATE keeps the restart alive).
   int crash_in_state = -1;  // proto::DeviceState, -1 = never
+  // Test only (ota-devsim --conformance-fault): a deliberately broken device, to show that
+  // ota-conformance reports exactly what it breaks. Never set on a real device.
+  bool fault_skip_signature_check = false;  // every ECDSA signature "verifies" (PROTOCOL.md 7)
+  bool fault_ignore_cancel = false;         // cancel messages never reach the agent (5.2)
 };
 
 // One device: the agent core wired to the Linux ports, in a loop of power-on, serve,
