@@ -146,9 +146,9 @@ void Kit::handle(const LinkMessage& m) {
   if (m.topic.compare(0, prefix.size(), prefix) != 0) return;
   const std::string leaf = m.topic.substr(prefix.size());
   if (leaf == "event") {
-    on_event(m.payload);
+    on_event(m.payload, m.at);
   } else if (leaf == "req") {
-    on_request(m.payload);
+    on_request(m.payload, m.at);
   } else if (leaf == "presence") {
     on_presence(m);
   }
@@ -189,9 +189,9 @@ void Kit::on_presence(const LinkMessage& m) {
   }
 }
 
-void Kit::on_event(const std::string& payload) {
+void Kit::on_event(const std::string& payload, SteadyClock::time_point at) {
   SeenEvent e;
-  e.at = SteadyClock::now();
+  e.at = at;
   if (auto err = proto::decode_event(payload.data(), payload.size(), e.ev)) {
     violation("undecodable event (" + std::string(proto::errc_name(err.code)) + " " + err.field +
               "): " + payload.substr(0, 120) + " (§5.5)");
@@ -213,9 +213,9 @@ void Kit::on_event(const std::string& payload) {
   events_.push_back(e);
 }
 
-void Kit::on_request(const std::string& payload) {
+void Kit::on_request(const std::string& payload, SteadyClock::time_point at) {
   SeenRequest r;
-  r.at = SteadyClock::now();
+  r.at = at;
   if (auto err = proto::decode_chunk_request(payload.data(), payload.size(), r.req)) {
     violation("undecodable chunk_req (" + std::string(proto::errc_name(err.code)) + " " +
               err.field + "): " + payload.substr(0, 120) + " (§5.6)");

@@ -206,8 +206,10 @@ class Kit {
  private:
   void pump_until(SteadyClock::time_point until);
   void handle(const LinkMessage& m);
-  void on_event(const std::string& payload);
-  void on_request(const std::string& payload);
+  // `at`: when the message arrived (the network thread's clock reading), so that the order
+  // of times is the order of arrival on every topic.
+  void on_event(const std::string& payload, SteadyClock::time_point at);
+  void on_request(const std::string& payload, SteadyClock::time_point at);
   void on_presence(const LinkMessage& m);
   void serve_request(const SeenRequest& r);
   void publish_frame(const Deployment& d, std::uint32_t index, ChunkFault variant);

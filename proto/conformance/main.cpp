@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <filesystem>
 #include <iostream>
 #include <sstream>
 
@@ -221,6 +222,13 @@ int main(int argc, char** argv) {
       reports.push_back(std::move(r));
     }
   }
+  // Before the report: a JSON report on stdout must not be split by this note on stderr.
+  if (own_work_dir && !keep && failed == 0) {
+    std::error_code ec;
+    std::filesystem::remove_all(work_dir, ec);
+  } else if (failed > 0 || keep) {
+    std::fprintf(stderr, "ota-conformance: work directory (device log, states): %s\n", work_dir.c_str());
+  }
   const int total = static_cast<int>(reports.size());
   double seconds = 0;
   for (const auto& r : reports) seconds += r.seconds;
@@ -242,12 +250,6 @@ int main(int argc, char** argv) {
     print_table(reports);
     std::printf("%d cases: %d passed, %d failed, %d skipped (%.1f s)\n", total,
                 total - failed - skipped, failed, skipped, seconds);
-  }
-  if (own_work_dir && !keep && failed == 0) {
-    const std::string rm = "rm -rf '" + work_dir + "'";
-    if (std::system(rm.c_str()) != 0) std::fprintf(stderr, "ota-conformance: could not remove %s\n", work_dir.c_str());
-  } else if (failed > 0 || keep) {
-    std::fprintf(stderr, "ota-conformance: work directory (device log, states): %s\n", work_dir.c_str());
   }
   return failed == 0 ? 0 : 1;
 }
