@@ -106,6 +106,19 @@ Spec resumable_image(const Kit& k) {
 
 void valid_update(Kit& k) { install(k); }
 
+void group_offer(Kit& k) {
+  const auto& hello = k.dut().hello;
+  if (hello.group_count == 0) k.skip("skipped (the device reports no groups in its hello)");
+  Spec s;
+  s.binding = Spec::Binding::own_group;
+  s.group = hello.groups[0].c_str();
+  const Deployment& d = k.make_offer(s);
+  k.serve(d);
+  k.send_group_offer(d, s.group);
+  k.expect_update(d);
+  k.clear_group_offer(s.group);
+}
+
 void undecodable_offer(Kit& k) {
   const Deployment& d = k.make_offer();
   std::string bad = d.offer_json;
@@ -497,6 +510,7 @@ void seq_power_cut(Kit& k) {
 const std::vector<CaseSpec>& case_table() {
   static const std::vector<CaseSpec> cases = {
       {"update.valid", "valid offer: download, install, reboot, confirmed boot", "§5.5 §5.6 §7 §8 §9", false, false, valid_update},
+      {"update.group_offer", "retained offer to one of the device's groups", "§1, §2, §3, §7 check 3a", false, false, group_offer},
       {"offer.undecodable", "an offer that does not decode gets no answer", "§7 check 1, §12", false, false, undecodable_offer},
       {"offer.unknown_key", "signed by a key the device does not trust", "§7 check 2", false, false, unknown_key},
       {"offer.bad_signature", "signature does not verify", "§7 check 3", false, false, bad_signature},

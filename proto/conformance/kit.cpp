@@ -554,6 +554,9 @@ const Deployment& Kit::make_offer(const OfferSpec& s) {
     case OfferSpec::Binding::this_device:
       m.device.assign(opt_.device_id.c_str());
       break;
+    case OfferSpec::Binding::own_group:
+      m.group.assign(s.group.c_str());
+      break;
     case OfferSpec::Binding::other_device:
       m.device.assign((opt_.device_id == "conformance-other" ? "conformance-other2"
                                                               : "conformance-other"));
@@ -589,6 +592,17 @@ void Kit::send_offer(const Deployment& d) {
 
 void Kit::send_raw_offer(const std::string& payload) { link_.publish(topic("down/offer"), payload); }
 
+void Kit::send_group_offer(const Deployment& d, const std::string& group) {
+  if (std::find(offered_.begin(), offered_.end(), &d) == offered_.end()) offered_.push_back(&d);
+  retained_groups_.insert(group);
+  link_.publish(opt_.prefix + "/grp/" + group + "/offer", d.offer_json, true);
+}
+
+void Kit::clear_group_offer(const std::string& group) {
+  link_.publish(opt_.prefix + "/grp/" + group + "/offer", "", true);
+  retained_groups_.erase(group);
+}
+
 void Kit::send_cancel(const std::string& deployment) {
   proto::Cancel c;
   c.deployment.assign(deployment.c_str());
@@ -623,6 +637,7 @@ bool Kit::cleanup() {
     if (!finished && accepted_.count(d->id)) open.push_back(d->id);
   }
   plan_ = ServePlan{};
+  while (!retained_groups_.empty()) clear_group_offer(*retained_groups_.begin());
   for (const auto& id : open) send_cancel(id);
   bool settled = true;
   if (!open.empty()) {

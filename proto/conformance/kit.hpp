@@ -152,8 +152,9 @@ class Kit {
     std::string kind;                      // default: the DUT's kind
     std::vector<std::string> hw;           // default: the DUT's model
     std::optional<std::uint64_t> expires;  // default: in an hour
-    enum class Binding { this_device, other_device, other_group, unbound } binding =
+    enum class Binding { this_device, own_group, other_device, other_group, unbound } binding =
         Binding::this_device;
+    std::string group;             // Binding::own_group: the group
     std::string bound_deployment;  // manifest `deployment` if not the offer's
     bool rollback = false;
     bool corrupt_signature = false;  // flip one hex digit of `sig`
@@ -167,6 +168,10 @@ class Kit {
   std::string new_deployment_id();
   void send_offer(const Deployment& d);
   void send_raw_offer(const std::string& payload);
+  // A group offer: retained on <prefix>/grp/<group>/offer (§3); cleared with an empty
+  // retained message (clear_group_offer, also after the case whatever its end).
+  void send_group_offer(const Deployment& d, const std::string& group);
+  void clear_group_offer(const std::string& group);
   void send_cancel(const std::string& deployment);
   std::string bumped_version(int major_steps = 1) const;
 
@@ -240,6 +245,7 @@ class Kit {
   std::vector<std::unique_ptr<Deployment>> deployments_;  // kept for the whole run
   ServePlan plan_;
   std::set<std::string> accepted_;  // deployments the DUT sent `accept` for (whole run)
+  std::set<std::string> retained_groups_;  // group offers to clear
 
   // Sequence numbers of the DUT's current life (reset by a fresh start).
   std::optional<std::uint32_t> last_seq_;

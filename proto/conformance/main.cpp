@@ -144,8 +144,10 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(1u, 64u << 20));
   app.add_option("--chunk-size", o.chunk_size, "chunk size of the test images")->capture_default_str()
       ->check(CLI::Range(256u, 65536u));
+  // Its own variable prefix: OTA_CA, OTA_KEY... belong to the daemons (and the device command
+  // inherits the kit's environment).
   bool print_config = false;
-  ota::cli::add_config_sources(app, print_config);
+  ota::cli::add_config_sources(app, print_config, "OTA_CONFORMANCE_");
   CLI11_PARSE(app, argc, argv);
   if (print_config) {
     ota::cli::print_config(app);
