@@ -106,6 +106,10 @@ int Link::lost() const {
 
 bool Link::subscribe(const std::string& pattern, std::chrono::milliseconds deadline,
                      std::string& error) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    patterns_.insert(pattern);
+  }
   int mid = 0;
   const int rc = mosquitto_subscribe(mosq_, &mid, pattern.c_str(), 1);
   if (rc != MOSQ_ERR_SUCCESS) {
@@ -133,12 +137,17 @@ std::optional<LinkMessage> Link::next(SteadyClock::time_point until) {
   return m;
 }
 
-void Link::on_connect_cb(mosquitto*, void* self, int rc) {
+void Link::on_connect_cb(mosquitto* mosq, void* self, int rc) {
   auto* l = static_cast<Link*>(self);
-  std::lock_guard<std::mutex> lock(l->mu_);
-  l->connack_ = rc;
-  l->connected_ = rc == 0;
-  l->cv_.notify_all();
+  std::set<std::string> again;
+  {
+    std::lock_guard<std::mutex> lock(l->mu_);
+    l->connack_ = rc;
+    l->connected_ = rc == 0;
+    if (rc == 0) again = l->patterns_;  // empty at the first connect
+    l->cv_.notify_all();
+  }
+  for (const auto& p : again) mosquitto_subscribe(mosq, nullptr, p.c_str(), 1);
 }
 
 void Link::on_disconnect_cb(mosquitto*, void* self, int rc) {

@@ -51,7 +51,8 @@ class Link {
                std::string& error);
   void disconnect();
   bool connected() const;
-  // SUBSCRIBE at QoS 1 and wait for the SUBACK.
+  // SUBSCRIBE at QoS 1 and wait for the SUBACK. The network thread reconnects by itself
+  // after a loss and then subscribes again.
   bool subscribe(const std::string& pattern, std::chrono::milliseconds deadline,
                  std::string& error);
   // PUBLISH at QoS 1 (queued; the network thread sends it). False when libmosquitto refused.
@@ -75,6 +76,7 @@ class Link {
   bool connected_ = false;
   int lost_ = 0;
   std::set<int> subacked_;
+  std::set<std::string> patterns_;  // subscribed again after a reconnect (clean session)
   std::deque<LinkMessage> inbox_;
 };
 

@@ -126,7 +126,7 @@ TEST_F(ConformanceKit, DevsimPassesEveryCase) {
 // cases these two faults break (and no other), and exit 1.
 TEST_F(ConformanceKit, BrokenDeviceFailsExactlyTheCasesItBreaks) {
   const KitRun run = run_kit(
-      kSimId, devsim_cmd("--conformance-fault skip-signature-check,ignore-cancel"), 4);
+      kSimId, devsim_cmd("--conformance-fault skip-signature-check,ignore-cancel"), 6);
   ASSERT_TRUE(run.report.is_object()) << run.output;
   EXPECT_EQ(run.exit_code, 1) << run.output;
   const std::set<std::string> broken = {

@@ -68,6 +68,7 @@ step "file list (dpkg -c)"
 dpkg -c "$deb" | awk '{print $6}' | sed -e 's|^\./|/|' >"$tmp/files"
 expected=(
   /usr/bin/ota-controller /usr/bin/otactl /usr/bin/ota-agent /usr/bin/ota-devsim
+  /usr/bin/ota-conformance
   /usr/lib/systemd/system/ota-controller.service /usr/lib/systemd/system/ota-agent.service
   /usr/share/ota/broker-config/mosquitto.conf.in /usr/share/ota/broker-config/acl.in
   /usr/share/ota/broker-config/pki.sh /usr/share/ota/broker-config/run-broker.sh
@@ -84,7 +85,7 @@ if grep -vE '^/(usr|etc/ota)(/|$)|^/etc/$|^/$' "$tmp/files"; then fail "files ou
 step "unpacked programs"
 root="$tmp/root"
 dpkg -x "$deb" "$root"
-for p in ota-controller otactl ota-agent ota-devsim; do
+for p in ota-controller otactl ota-agent ota-devsim ota-conformance; do
   bin="$root/usr/bin/$p"
   if ldd "$bin" | grep "not found"; then fail "$p: libraries not found (above)"; fi
   "$bin" --help >"$tmp/help.out" 2>&1 || { cat "$tmp/help.out" >&2; fail "$p --help exit $?"; }
@@ -178,7 +179,7 @@ mosq_pid=""
 step "cmake --install --prefix /opt/ota (DESTDIR)"
 DESTDIR="$tmp/di" cmake --install "$build" --prefix /opt/ota >"$tmp/install.log" 2>&1 ||
   { cat "$tmp/install.log" >&2; fail "cmake --install"; }
-for p in ota-controller otactl ota-agent ota-devsim; do
+for p in ota-controller otactl ota-agent ota-devsim ota-conformance; do
   [[ -x "$tmp/di/opt/ota/bin/$p" ]] || fail "cmake --install: $p missing"
 done
 grep -qxF 'ExecStart=/opt/ota/bin/ota-controller --config /opt/ota/etc/ota/controller.toml' \
