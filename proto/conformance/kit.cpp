@@ -82,8 +82,10 @@ void Kit::violation(const std::string& what) {
   if (case_ != nullptr) violations_.push_back(what);
 }
 
-std::string Kit::no_answer(const std::string& what) const {
-  return "no answer within " + std::to_string(opt_.case_timeout_s) + " s: expected " + what;
+std::string Kit::no_answer(const std::string& what, SteadyClock::duration waited) const {
+  char secs[32];
+  std::snprintf(secs, sizeof secs, "%.1f", std::chrono::duration<double>(waited).count());
+  return std::string("no answer within ") + secs + " s: expected " + what;
 }
 
 SteadyClock::time_point Kit::deadline(int max_ms) const {
@@ -115,7 +117,8 @@ bool Kit::open(std::string& error) {
   if (!link_.connect(opt_.broker, std::chrono::seconds(10), error)) return false;
   if (!link_.subscribe(topic("up/#"), std::chrono::seconds(10), error)) return false;
   // Before any case: the DUT started from its factory state, or as it is.
-  case_deadline_ = SteadyClock::now() + std::chrono::seconds(std::max(opt_.case_timeout_s, 10));
+  case_start_ = SteadyClock::now();
+  case_deadline_ = case_start_ + std::chrono::seconds(opt_.case_timeout_s);
   try {
     if (control_.can_restart()) {
       std::string why;
@@ -132,7 +135,9 @@ bool Kit::open(std::string& error) {
     }
   } catch (const CaseEnd& e) {
     error = e.what();
-    if (control_.owns_process()) error += " (device log: " + control_.log_path() + ")";
+    if (control_.owns_process() && error.find(control_.log_path()) == std::string::npos) {
+      error += " (device log: " + control_.log_path() + ")";
+    }
     return false;
   }
   return true;
@@ -309,13 +314,15 @@ void Kit::publish_frame(const Deployment& d, std::uint32_t index, ChunkFault var
 
 void Kit::wait_until(const std::function<bool()>& cond, const std::string& what, int max_ms) {
   const auto until = deadline(max_ms);
+  // The case's whole time when its deadline is the limit, else this wait's.
+  const auto since = max_ms < 0 ? case_start_ : SteadyClock::now();
   while (!cond()) {
     int code = 0;
     if (control_.owns_process() && !control_.alive(&code)) {
       fail("the device command ended (exit status " + std::to_string(code) + ") while waiting for " +
            what + "; its output: " + control_.log_path());
     }
-    if (SteadyClock::now() >= until) fail(no_answer(what));
+    if (SteadyClock::now() >= until) fail(no_answer(what, until - since));
     auto m = link_.next(std::min(until, SteadyClock::now() + std::chrono::milliseconds(100)));
     if (m) handle(*m);
   }
@@ -642,7 +649,8 @@ bool Kit::cleanup() {
   bool settled = true;
   if (!open.empty()) {
     // A conforming device answers a cancel at once; one that does not is restarted.
-    case_deadline_ = SteadyClock::now() + std::chrono::seconds(2);
+    case_start_ = SteadyClock::now();
+    case_deadline_ = case_start_ + std::chrono::seconds(2);
     try {
       for (const auto& id : open) wait_result(id);
     } catch (const CaseEnd&) {
@@ -650,7 +658,8 @@ bool Kit::cleanup() {
     }
   }
   if (!settled && control_.owns_process()) {
-    case_deadline_ = SteadyClock::now() + std::chrono::seconds(std::max(opt_.case_timeout_s, 10));
+    case_start_ = SteadyClock::now();
+    case_deadline_ = case_start_ + std::chrono::seconds(std::max(opt_.case_timeout_s, 10));
     try {
       restart_dut(Restart::fresh);
     } catch (const CaseEnd&) {
@@ -671,6 +680,7 @@ CaseReport Kit::run_case(const CaseSpec& spec) {
   violations_.clear();
   offered_.clear();
   plan_ = ServePlan{};
+  case_start_ = start;
   case_deadline_ = start + std::chrono::seconds(opt_.case_timeout_s);
   try {
     if (spec.needs_restart && !control_.can_restart()) {
@@ -695,7 +705,8 @@ CaseReport Kit::run_case(const CaseSpec& spec) {
   case_ = nullptr;  // what cleanup sees is not held against this case
   const bool restarted = report.verdict != Verdict::skip && cleanup();
   if (report.verdict == Verdict::fail && control_.owns_process() && !restarted) {
-    case_deadline_ = SteadyClock::now() + std::chrono::seconds(std::max(opt_.case_timeout_s, 10));
+    case_start_ = SteadyClock::now();
+    case_deadline_ = case_start_ + std::chrono::seconds(std::max(opt_.case_timeout_s, 10));
     try {
       restart_dut(Restart::fresh);
     } catch (const CaseEnd&) {

@@ -222,7 +222,7 @@ class Kit {
   bool cleanup();  // true when it restarted the DUT
   SteadyClock::time_point deadline(int max_ms = -1) const;
   std::string topic(const char* suffix) const;
-  std::string no_answer(const std::string& what) const;
+  std::string no_answer(const std::string& what, SteadyClock::duration waited) const;
 
   KitOptions opt_;
   Link link_;
@@ -236,6 +236,7 @@ class Kit {
 
   // The current case.
   const CaseSpec* case_ = nullptr;
+  SteadyClock::time_point case_start_{};
   SteadyClock::time_point case_deadline_{};
   std::vector<SeenEvent> events_;
   std::vector<SeenRequest> requests_;

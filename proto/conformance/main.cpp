@@ -205,6 +205,11 @@ int main(int argc, char** argv) {
     std::string error;
     if (!kit.open(error)) {
       std::fprintf(stderr, "ota-conformance: %s\n", error.c_str());
+      // The device's log stays for a look; an empty work directory does not.
+      if (own_work_dir && o.control.device_cmd.empty()) {
+        std::error_code ec;
+        std::filesystem::remove_all(work_dir, ec);
+      }
       return 2;
     }
     const auto& dut = kit.dut().hello;
