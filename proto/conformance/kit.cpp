@@ -126,7 +126,6 @@ bool Kit::open(std::string& error) {
         error = "cannot start the device: " + why;
         return false;
       }
-      restarted_fresh_ = true;
       wait_fresh_hello(0, "a hello from " + opt_.device_id + " after it started");
     } else {
       wait_until([&] { return dut_.known; },

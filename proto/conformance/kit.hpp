@@ -251,7 +251,6 @@ class Kit {
   // Sequence numbers of the DUT's current life (reset by a fresh start).
   std::optional<std::uint32_t> last_seq_;
   std::map<std::uint32_t, std::string> final_events_;  // seq -> encoded final event
-  bool restarted_fresh_ = false;
 };
 
 }  // namespace ota::conformance
