@@ -304,6 +304,23 @@ void cancel_unknown(Kit& k) {
   k.expect_silence("", 0, "a cancel for an unknown deployment must be ignored (§5.2)");
 }
 
+// A cancel right behind the offer, before its answer arrived: the device takes the offer,
+// then the cancel (one connection keeps their order), and ends it `cancelled`.
+void cancel_offered(Kit& k) {
+  const std::string before = k.dut().hello.version.c_str();
+  const Deployment& d = k.make_offer();
+  ServePlan& plan = k.serve(d);
+  plan.serve_below = 0;
+  k.send_offer(d);
+  k.send_cancel(d.id);
+  const SeenEvent a = k.wait_answer(d.id);
+  k.require(a.ev.type == EventType::accept, "expected accept, the device sent " + k.describe(a));
+  const SeenEvent r = k.wait_result(d.id);
+  k.require(!r.ev.success && r.ev.reason == ReasonCode::cancelled && r.ev.version == before.c_str(),
+            "expected result ok:false cancelled, version " + before + ", the device sent " +
+                k.describe(r) + " (§5.2)");
+}
+
 void cancel_downloading(Kit& k) {
   const std::string before = k.dut().hello.version.c_str();
   const Deployment& d = k.make_offer();
@@ -537,6 +554,7 @@ const std::vector<CaseSpec>& case_table() {
       {"chunks.oversize", "a chunk longer than chunk_size is dropped", "§8.3", false, false, chunk_oversize},
       {"chunks.foreign_image", "a chunk of another image is dropped", "§8.3", false, false, chunk_foreign},
       {"cancel.unknown", "cancel for a deployment never offered: ignored", "§5.2", false, false, cancel_unknown},
+      {"cancel.offered", "cancel right behind the offer: accepted, then cancelled", "§5.2, §3", false, false, cancel_offered},
       {"cancel.downloading", "cancel while downloading: result cancelled, partial image gone", "§5.2, §8.5", false, false, cancel_downloading},
       {"cancel.installing", "cancel once installing: ignored, update completes", "§5.2", false, false, cancel_installing},
       {"cancel.finished", "cancel after the result: ignored", "§5.2", false, false, cancel_finished},
