@@ -27,6 +27,7 @@ struct KitRun {
   int exit_code = -1;
   json report;  // --json output
   std::string output;
+  std::string device_log;
   std::set<std::string> with_result(const std::string& result) const {
     std::set<std::string> ids;
     for (const auto& c : report.value("cases", json::array())) {
@@ -57,6 +58,8 @@ class ConformanceKit : public ::testing::Test {
     const auto result = ota::test::run_command(argv);
     run.exit_code = result.exit_code;
     run.output = result.output;
+    // The device's own output (under ASan/UBSan in CI: its reports land there).
+    run.device_log = ota::test::read_file(work_.path() + "/device.log");
     // The JSON report, between the kit's other lines (stderr: where it left the work dir).
     const auto start = result.output.find("{\n");
     const auto end = result.output.rfind("\n}");
@@ -100,7 +103,15 @@ std::set<std::string> all_cases() {
   return ids;
 }
 
+// Sanitizer reports of the device programs the kit started.
+void expect_clean_device_log(const KitRun& run) {
+  for (const char* marker : {"Sanitizer", "runtime error"}) {
+    EXPECT_EQ(run.device_log.find(marker), std::string::npos) << run.device_log;
+  }
+}
+
 void expect_all_pass(const KitRun& run) {
+  expect_clean_device_log(run);
   ASSERT_TRUE(run.report.is_object()) << run.output;
   EXPECT_EQ(run.exit_code, 0) << run.output;
   EXPECT_EQ(run.with_result("PASS"), all_cases()) << run.report.dump(2);
@@ -118,6 +129,8 @@ TEST_F(ConformanceKit, AgentPassesEveryCase) {
 TEST_F(ConformanceKit, DevsimPassesEveryCase) {
   const KitRun run = run_kit(kSimId, devsim_cmd());
   expect_all_pass(run);
+  // The log checked for sanitizer reports is the device's (it started once per fresh state).
+  EXPECT_NE(run.device_log.find("ota-devsim running 1 devices"), std::string::npos);
   std::printf("ota-devsim: %zu cases in %.1f s\n", run.with_result("PASS").size(),
               run.report.value("seconds", 0.0));
 }
@@ -128,6 +141,7 @@ TEST_F(ConformanceKit, BrokenDeviceFailsExactlyTheCasesItBreaks) {
   const KitRun run = run_kit(
       kSimId, devsim_cmd("--conformance-fault skip-signature-check,ignore-cancel"), 4);
   ASSERT_TRUE(run.report.is_object()) << run.output;
+  expect_clean_device_log(run);
   EXPECT_EQ(run.exit_code, 1) << run.output;
   const std::set<std::string> broken = {
       "offer.bad_signature",         // accepts an offer whose signature does not verify
