@@ -522,6 +522,25 @@ void seq_power_cut(Kit& k) {
   expect_repeat(k, first, before);
 }
 
+// A device whose counter record is gone starts `seq` at the Unix time if it has a wall clock
+// (§10), so that its numbers stay above the ones it used before.
+void seq_fresh_start(Kit& k) {
+  if (!k.options().dut_has_clock) k.skip("skipped (--dut-no-clock: a device without a clock starts at 0)");
+  const auto started = static_cast<std::uint32_t>(std::time(nullptr));
+  k.restart_dut(Restart::fresh);
+  Spec s;
+  s.hw = {"conformance-other-hw"};
+  const Deployment& d = k.make_offer(s);
+  k.send_offer(d);
+  k.expect_decline(d, ReasonCode::wrong_hardware);
+  const SeenEvent first = k.wait_answer(d.id);
+  // A second of slack: the device may have read its clock just before the kit did.
+  k.require(first.ev.seq + 1 >= started,
+            "the first event after a factory reset has seq " + std::to_string(first.ev.seq) +
+                ", below the Unix time " + std::to_string(started) +
+                " (§10: a device with a wall clock starts there)");
+}
+
 }  // namespace
 
 const std::vector<CaseSpec>& case_table() {
@@ -564,6 +583,7 @@ const std::vector<CaseSpec>& case_table() {
       {"resume.disconnect", "connection lost mid-download: resume, only the missing chunks", "§8.5, §5.3", false, true, resume_disconnect},
       {"resume.power_cut", "power cut mid-download: resume from the persisted point", "§8.4, §8.5, §10", true, false, resume_power_cut},
       {"seq.power_cut", "seq and kept final answers survive a power cut", "§10", true, false, seq_power_cut},
+      {"seq.fresh_start", "after a factory reset seq starts at the Unix time", "§10", true, false, seq_fresh_start},
   };
   return cases;
 }

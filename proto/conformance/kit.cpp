@@ -630,10 +630,11 @@ ServePlan& Kit::serve(const Deployment& d, ChunkFault fault) {
 // ---------------------------------------------------------------------------------------
 // Cases
 
-// After a case: whatever it left running is cancelled (the DUT answers `cancelled`); a DUT
-// that still has an unfinished deployment, or a case that failed, is started afresh when the
-// kit can, so that the next case begins from a known state.
-bool Kit::cleanup() {
+// After a case that passed (or failed on a board the kit cannot restart): whatever it left
+// running is cancelled (the DUT answers `cancelled`); a DUT the kit starts itself that still
+// has an unfinished deployment is started afresh, so that the next case begins from a known
+// state.
+void Kit::cleanup() {
   std::vector<std::string> open;
   for (const Deployment* d : offered_) {
     bool finished = false;
@@ -664,9 +665,7 @@ bool Kit::cleanup() {
       restart_dut(Restart::fresh);
     } catch (const CaseEnd&) {
     }
-    return true;
   }
-  return false;
 }
 
 CaseReport Kit::run_case(const CaseSpec& spec) {
@@ -703,8 +702,13 @@ CaseReport Kit::run_case(const CaseSpec& spec) {
     report.detail = violations_.front();
   }
   case_ = nullptr;  // what cleanup sees is not held against this case
-  const bool restarted = report.verdict != Verdict::skip && cleanup();
-  if (report.verdict == Verdict::fail && control_.owns_process() && !restarted) {
+  // A device the kit starts itself is started afresh after a failure (no point asking it to
+  // tidy up first); otherwise what the case left open is cancelled.
+  const bool fresh_start = report.verdict == Verdict::fail && control_.owns_process();
+  if (report.verdict != Verdict::skip && !fresh_start) cleanup();
+  if (fresh_start) {
+    plan_ = ServePlan{};
+    while (!retained_groups_.empty()) clear_group_offer(*retained_groups_.begin());
     case_start_ = SteadyClock::now();
     case_deadline_ = case_start_ + std::chrono::seconds(std::max(opt_.case_timeout_s, 10));
     try {

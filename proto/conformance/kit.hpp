@@ -219,7 +219,7 @@ class Kit {
   void serve_request(const SeenRequest& r);
   void publish_frame(const Deployment& d, std::uint32_t index, ChunkFault variant);
   void violation(const std::string& what);
-  bool cleanup();  // true when it restarted the DUT
+  void cleanup();
   SteadyClock::time_point deadline(int max_ms = -1) const;
   std::string topic(const char* suffix) const;
   std::string no_answer(const std::string& what, SteadyClock::duration waited) const;

@@ -194,6 +194,14 @@ int main(int argc, char** argv) {
     }
     work_dir = tmpl;
     own_work_dir = true;
+  } else {
+    std::error_code ec;
+    std::filesystem::create_directories(work_dir, ec);
+    if (ec) {
+      std::fprintf(stderr, "ota-conformance: --work-dir %s: %s\n", work_dir.c_str(),
+                   ec.message().c_str());
+      return 2;
+    }
   }
   o.control.work_dir = work_dir;
   o.broker.client_id = "ota-conformance";
