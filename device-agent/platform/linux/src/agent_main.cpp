@@ -41,6 +41,9 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--window", opt.window_chunks, "chunks requested ahead")->capture_default_str()
       ->check(CLI::Range(1, 256));
+  app.add_flag("!--no-broadcast", opt.broadcast,
+               "fetch chunks by unicast only (default: also listen on the group's image topic "
+               "while downloading, PROTOCOL.md 17)");
   app.add_option("--max-trial-boots", opt.max_trial_boots,
                  "boots a new image gets to confirm itself before the old one comes back")
       ->capture_default_str()->check(CLI::Range(1, 255));

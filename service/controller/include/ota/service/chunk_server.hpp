@@ -11,9 +11,21 @@
 // or not acknowledged within `ack_timeout_ms` are given back to the budget; the devices
 // re-request what they still lack.
 //
+// Broadcast with unicast repair (PROTOCOL.md 17): a device whose request names a group
+// (`bc`, checked against the ACL by the caller) listens on that group's image topic and
+// joins the image's audience for the group, which counts per chunk how many listening
+// members want it. When a sender serves a listening device it takes the chunk of its queue
+// that most members want, once the device waited broadcast_hold_ms for the others to ask
+// (or all of them did); if two or more want it, it publishes it once on the image topic
+// (frame flag broadcast) and clears it for all of them, else it is unicast, as is
+// everything for a device that does not listen. Broadcast is request-driven: a chunk goes out only because
+// devices asked for it, so it never runs ahead of what the fleet asked, and the more
+// requests wait (for the hold or, under load, for the budget), the more one frame answers.
+//
 // Owns: the open image files (by image id); each device's queue (wanted chunks, frames
 //   unacknowledged) and last request (an identical repeat within kDuplicateRequestMs is
-//   counted once); the frames in flight; the serving counters.
+//   counted once); the frames in flight; the audiences (per image and group: the listening
+//   devices and per chunk how many of them want it); the serving counters.
 // Lock: mu_, a leaf. Reading the file and publishing happen outside it; the served hook is
 //   called outside it.
 // Threads: the MQTT network thread (request; acknowledgements), HTTP workers and the tick
@@ -34,6 +46,7 @@
 #include <string>
 #include <thread>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include "ota/proto/messages.hpp"
@@ -64,6 +77,12 @@ struct ChunkFlowConfig {
   unsigned sender_threads = 2;
   // A frame whose PUBACK has not come after this long is counted as lost (budget back).
   long long ack_timeout_ms = 10000;
+  // Broadcast: a listening device's chunks wait up to this long (from the device's oldest
+  // waiting request) for the rest of its audience to ask too, unless all of it already
+  // did; then the chunk goes to all who asked (unicast if that is the device alone).
+  // Devices of a wave ask within tens of milliseconds of each other; one frame then answers
+  // all of them. 0: at once (coalescing only what waits for the budget anyway).
+  long long broadcast_hold_ms = 100;
 };
 
 class ChunkServer {
@@ -93,12 +112,22 @@ class ChunkServer {
   // otherwise remembers it as the device's last request.
   bool repeated(const std::string& dev, const proto::ChunkRequest& req, long long now_ms);
   // Queues the chunks `req` asks for, for `dev` in deployment (offer) `offer_id`. A request
-  // for another image or offer replaces the device's queue. Returns the chunks queued.
+  // for another image or offer replaces the device's queue. `bc_group`: the group whose
+  // image topic the device listens on (req.bc once the caller checked the device may read
+  // it), empty for unicast only. Returns the chunks queued.
   std::uint32_t request(const std::string& dev, const std::string& offer_id,
-                        std::shared_ptr<ImageFile> file, const proto::ChunkRequest& req);
+                        std::shared_ptr<ImageFile> file, const proto::ChunkRequest& req,
+                        const std::string& bc_group = "");
 
   std::uint64_t chunks_sent() const { return chunks_sent_.load(); }
+  // Image (payload) bytes published, unicast and broadcast together: the controller's egress.
   std::uint64_t bytes_served() const { return bytes_served_.load(); }
+  std::uint64_t unicast_bytes() const { return bytes_served_.load() - broadcast_bytes_.load(); }
+  // Frames published on image topics, their payload bytes, and the chunks they delivered
+  // (a frame that answered k devices counts k).
+  std::uint64_t broadcast_frames() const { return broadcast_frames_.load(); }
+  std::uint64_t broadcast_bytes() const { return broadcast_bytes_.load(); }
+  std::uint64_t broadcast_deliveries() const { return broadcast_deliveries_.load(); }
   std::uint64_t duplicate_requests() const { return duplicate_requests_.load(); }
   // Frame bytes published and not acknowledged yet (<= max_unacked_bytes + one frame).
   std::uint64_t unacked_bytes() const;
@@ -120,6 +149,15 @@ class ChunkServer {
     std::uint32_t wanted_count = 0;
     std::uint32_t unacked = 0;            // frames published, PUBACK not seen
     bool in_ready = false;                // listed in ready_
+    std::string audience;                 // key in audiences_; empty: unicast only
+    long long waiting_since_ms = 0;       // when wanted_count last rose from 0
+  };
+  // The devices listening on one (image, group) topic and, per chunk index of the image,
+  // how many of them want that chunk now.
+  struct Audience {
+    std::string topic;
+    std::unordered_set<std::string> members;
+    std::vector<std::uint32_t> wanting;
   };
   struct InFlight {
     std::string dev;
@@ -132,9 +170,20 @@ class ChunkServer {
     std::shared_ptr<ImageFile> file;
     std::uint32_t index = 0;
     std::uint64_t seq = 0;
+    std::uint32_t recipients = 0;  // broadcast: the devices it answers; 0: unicast
   };
 
-  bool pick_locked(Pick& out, long long now);
+  // `retry_ms`: when nothing may be sent now only because of held chunks, how long until
+  // the first hold ends (else left alone).
+  bool pick_locked(Pick& out, long long now, long long* retry_ms = nullptr);
+  // Every change of a queue's wanted bits goes through these (they keep the counts).
+  void want_locked(DeviceQueue& q, std::size_t bit);
+  void unwant_locked(DeviceQueue& q, std::size_t bit);
+  void clear_wanted_locked(DeviceQueue& q);
+  void join_audience_locked(const std::string& dev, DeviceQueue& q, const std::string& key);
+  void erase_queue_locked(std::unordered_map<std::string, DeviceQueue>::iterator it);
+  // Clears chunk `index` for every member of `a` that wants it; returns how many did.
+  std::uint32_t broadcast_clear_locked(Audience& a, std::uint32_t index);
   void send(const Pick& p);
   void acked(std::uint64_t seq);
   void release_locked(std::map<std::uint64_t, InFlight>::iterator it);
@@ -158,6 +207,7 @@ class ChunkServer {
   };
   std::map<std::string, LastRequest> last_request_;  // device -> last served request
   std::unordered_map<std::string, DeviceQueue> queues_;
+  std::unordered_map<std::string, Audience> audiences_;  // "<image id>|<group>" ->
   std::deque<std::string> ready_;                  // devices with wanted chunks, round robin
   std::map<std::uint64_t, InFlight> in_flight_;    // by sequence number, oldest first
   std::uint64_t next_seq_ = 1;
@@ -172,6 +222,9 @@ class ChunkServer {
   std::atomic<std::uint64_t> peak_unacked_{0};
   std::atomic<std::uint64_t> beyond_span_{0};
   std::atomic<std::uint64_t> frames_lost_{0};
+  std::atomic<std::uint64_t> broadcast_frames_{0};
+  std::atomic<std::uint64_t> broadcast_bytes_{0};
+  std::atomic<std::uint64_t> broadcast_deliveries_{0};
 };
 
 }  // namespace ota::service
