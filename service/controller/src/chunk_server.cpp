@@ -51,6 +51,13 @@ ImageFile::~ImageFile() {
 }
 
 namespace {
+// An audience's per-chunk entry: how many listening devices want the chunk (low bits) and
+// whether it was broadcast already (this bit). A chunk never broadcast is the wave's front;
+// one broadcast before is a repair for whoever still wants it.
+constexpr std::uint32_t kBroadcastOnce = 1u << 31;
+std::uint32_t want_count(std::uint32_t entry) { return entry & ~kBroadcastOnce; }
+bool front_chunk(std::uint32_t entry) { return (entry & kBroadcastOnce) == 0; }
+
 long long steady_ms() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(
              std::chrono::steady_clock::now().time_since_epoch())
@@ -136,8 +143,9 @@ void ChunkServer::join_audience_locked(const std::string& dev, DeviceQueue& q, c
     if (old != audiences_.end()) {
       for (std::size_t b = q.wanted._Find_first(); b < kQueueSpan; b = q.wanted._Find_next(b))
         --old->second.wanting[q.base + b];
+      // The audience stays (its `seen` tells how many listen to the topic; one record per
+      // image and group, a counter per chunk).
       old->second.members.erase(dev);
-      if (old->second.members.empty()) audiences_.erase(old);
     }
   }
   q.audience = key;
@@ -157,6 +165,7 @@ void ChunkServer::join_audience_locked(const std::string& dev, DeviceQueue& q, c
     a.wanting.assign((q.file->size + q.file->chunk_size - 1) / q.file->chunk_size, 0);
   }
   a.members.insert(dev);
+  if (a.seen.insert(dev).second) a.last_new_member_ms = steady_ms();
   for (std::size_t b = q.wanted._Find_first(); b < kQueueSpan; b = q.wanted._Find_next(b))
     ++a.wanting[q.base + b];
 }
@@ -296,7 +305,7 @@ bool ChunkServer::pick_locked(Pick& out, long long now, long long* retry_ms) {
       // The chunk most of the audience wants (the lowest of equals: windows slide in order).
       std::uint32_t most = 0;
       for (std::size_t b = bit; b < kQueueSpan; b = q.wanted._Find_next(b)) {
-        const std::uint32_t n = a->second.wanting[q.base + b];
+        const std::uint32_t n = want_count(a->second.wanting[q.base + b]);
         if (n > most) {
           most = n;
           bit = b;
@@ -304,19 +313,34 @@ bool ChunkServer::pick_locked(Pick& out, long long now, long long* retry_ms) {
       }
       // No hold without sender threads: nothing would come back to send what was held.
       const long long hold = flow_.sender_threads == 0 ? 0 : flow_.broadcast_hold_ms;
-      const long long held_for = hold - (now - q.waiting_since_ms);
-      if (held_for > 0 && most < a->second.members.size()) {
+      const long long gathered = std::max(q.waiting_since_ms, a->second.last_new_member_ms);
+      const long long held_for = std::min(hold + gathered, kMaxHolds * hold + q.waiting_since_ms) - now;
+      // The front waits (up to kMaxHolds holds) until half of the listeners want it: the
+      // wave moves at the pace of its median device, not of its fastest.
+      const bool front = front_chunk(a->second.wanting[q.base + bit]);
+      const long long front_wait = kMaxHolds * hold + q.waiting_since_ms - now;
+      const bool half = 2 * std::size_t{most} >= a->second.seen.size();
+      long long wait = 0;
+      if (held_for > 0 && most < a->second.members.size()) wait = held_for;
+      else if (front && !half && front_wait > 0) wait = front_wait;
+      if (wait > 0) {
         // Not everybody listening wants it yet: give the audience time to ask, so one frame
         // answers all who ask within the hold.
-        if (retry_ms != nullptr && (*retry_ms <= 0 || held_for < *retry_ms)) *retry_ms = held_for;
+        if (retry_ms != nullptr && (*retry_ms <= 0 || wait < *retry_ms)) *retry_ms = wait;
         ready_.push_back(dev);
         continue;
       }
     }
     out.index = q.base + static_cast<std::uint32_t>(bit);
     ++q.unacked;  // first: keeps the queue when the broadcast empties it
-    if (a != audiences_.end() && a->second.wanting[out.index] >= 2) {
-      // Two or more listeners want it: once on the image topic, cleared for all of them.
+    // Once on the image topic when two or more want it and it is the front (first time), or
+    // at least half of the devices listening there want it: every listener gets a broadcast
+    // frame, so repairs of a few (a device that was cut off, joined late, timed out) are
+    // cheaper unicast.
+    const std::uint32_t entry = a != audiences_.end() ? a->second.wanting[out.index] : 0;
+    const std::uint32_t wanting = want_count(entry);
+    if (wanting >= 2 && (front_chunk(entry) || 2 * std::size_t{wanting} >= a->second.seen.size())) {
+      a->second.wanting[out.index] |= kBroadcastOnce;
       out.recipients = broadcast_clear_locked(a->second, out.index);
       out.topic = a->second.topic;
     } else {

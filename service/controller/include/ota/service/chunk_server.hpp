@@ -16,9 +16,12 @@
 // joins the image's audience for the group, which counts per chunk how many listening
 // members want it. When a sender serves a listening device it takes the chunk of its queue
 // that most members want, once the device waited broadcast_hold_ms for the others to ask
-// (or all of them did); if two or more want it, it publishes it once on the image topic
-// (frame flag broadcast) and clears it for all of them, else it is unicast, as is
-// everything for a device that does not listen. Broadcast is request-driven: a chunk goes out only because
+// (or all of them did). A chunk never broadcast before (the wave's front) waits, up to
+// kMaxHolds holds, until half of the devices that listen there want it, and is then
+// published once on the image topic (frame flag broadcast) and cleared for all who want
+// it; a chunk broadcast before goes out again that way only if half of them want it. A
+// chunk only one device wants, a repair of a few, and everything for a device that does
+// not listen is unicast. Broadcast is request-driven: a chunk goes out only because
 // devices asked for it, so it never runs ahead of what the fleet asked, and the more
 // requests wait (for the hold or, under load, for the budget), the more one frame answers.
 //
@@ -77,17 +80,19 @@ struct ChunkFlowConfig {
   unsigned sender_threads = 2;
   // A frame whose PUBACK has not come after this long is counted as lost (budget back).
   long long ack_timeout_ms = 10000;
-  // Broadcast: a listening device's chunks wait up to this long (from the device's oldest
-  // waiting request) for the rest of its audience to ask too, unless all of it already
-  // did; then the chunk goes to all who asked (unicast if that is the device alone).
-  // Devices of a wave ask within tens of milliseconds of each other; one frame then answers
-  // all of them. 0: at once (coalescing only what waits for the budget anyway).
-  long long broadcast_hold_ms = 100;
+  // Broadcast: a listening device's chunks wait until this long has passed since its oldest
+  // waiting request and since the last device joined its audience (a wave still arriving),
+  // at most kMaxHolds times this from its request, unless all of the audience already asks
+  // for them; then the chunk goes to all who asked (unicast if that is the device alone).
+  // 0: at once (coalescing only what waits for the budget anyway).
+  long long broadcast_hold_ms = 500;
 };
 
 class ChunkServer {
  public:
   static constexpr long long kDuplicateRequestMs = 200;
+  // The longest a chunk waits for its audience to gather: this many broadcast holds.
+  static constexpr long long kMaxHolds = 10;
   // Chunks a device's queue can hold at once, from its lowest wanted chunk: well above an
   // agent's window (at most 256 chunks ahead); requests beyond it are dropped and counted,
   // and the device asks again.
@@ -153,11 +158,16 @@ class ChunkServer {
     long long waiting_since_ms = 0;       // when wanted_count last rose from 0
   };
   // The devices listening on one (image, group) topic and, per chunk index of the image,
-  // how many of them want that chunk now.
+  // how many of them want that chunk now and whether it was broadcast before (the count's
+  // top bit, chunk_server.cpp).
   struct Audience {
     std::string topic;
     std::unordered_set<std::string> members;
     std::vector<std::uint32_t> wanting;
+    // Devices that joined since the audience exists, and when the last new one did: while
+    // a wave is still arriving, its chunks wait (gather) so one pass serves all of it.
+    std::unordered_set<std::string> seen;
+    long long last_new_member_ms = 0;
   };
   struct InFlight {
     std::string dev;
@@ -207,7 +217,8 @@ class ChunkServer {
   };
   std::map<std::string, LastRequest> last_request_;  // device -> last served request
   std::unordered_map<std::string, DeviceQueue> queues_;
-  std::unordered_map<std::string, Audience> audiences_;  // "<image id>|<group>" ->
+  // "<image id>|<group>" -> its audience, kept once made (one per image and group).
+  std::unordered_map<std::string, Audience> audiences_;
   std::deque<std::string> ready_;                  // devices with wanted chunks, round robin
   std::map<std::uint64_t, InFlight> in_flight_;    // by sequence number, oldest first
   std::uint64_t next_seq_ = 1;
