@@ -21,8 +21,9 @@ constexpr std::uint32_t kSeqBootMargin = 8;
 constexpr std::uint32_t kMaxBackoffShift = 4;
 // Re-requests without progress after which a download that has not received one broadcast
 // frame asks by unicast only: a device whose broadcast frames never arrive (its ACL lacks
-// the group's image topic) must not depend on them. One that did receive them keeps
-// listening (it would get both the broadcast and a unicast copy otherwise).
+// the group's image topic) must not depend on them: it unsubscribes. One that did receive
+// them keeps listening. Later than the controller's longest hold (10 x 500 ms by default,
+// PROTOCOL.md 17) with the default request timeout (2 s, then 4 s).
 constexpr std::uint32_t kBroadcastStallLimit = 2;
 // Bytes of already-written image hashed back from flash per call, so a resumed download
 // catches up its hash without stalling the message loop.
@@ -847,8 +848,10 @@ void Agent::request_chunks(bool restart_window) {
   proto::ChunkRequest req;
   req.deployment = st_.deployment;
   req.image = st_.manifest.image;
-  if (listening_ && (broadcast_seen_ || stalled_requests_ < kBroadcastStallLimit))
-    req.bc.assign(broadcast_group());
+  // Falling back means no longer listening: frames that still came would duplicate the
+  // unicast answers.
+  if (listening_ && !broadcast_seen_ && stalled_requests_ >= kBroadcastStallLimit) stop_listening();
+  if (listening_) req.bc.assign(broadcast_group());
   while (outstanding_ < cfg_.window_chunks && requested_upto_ < count) {
     req.first = requested_upto_;
     req.count = 0;

@@ -334,12 +334,12 @@ bool ChunkServer::pick_locked(Pick& out, long long now, long long* retry_ms) {
     out.index = q.base + static_cast<std::uint32_t>(bit);
     ++q.unacked;  // first: keeps the queue when the broadcast empties it
     // Once on the image topic when two or more want it and it is the front (first time), or
-    // at least half of the devices listening there want it: every listener gets a broadcast
-    // frame, so repairs of a few (a device that was cut off, joined late, timed out) are
-    // cheaper unicast.
+    // at least a quarter of the devices listening there want it (a cohort that joined
+    // late): every listener gets a broadcast frame, so repairs of a few (a device that was
+    // cut off, timed out) are cheaper unicast.
     const std::uint32_t entry = a != audiences_.end() ? a->second.wanting[out.index] : 0;
     const std::uint32_t wanting = want_count(entry);
-    if (wanting >= 2 && (front_chunk(entry) || 2 * std::size_t{wanting} >= a->second.seen.size())) {
+    if (wanting >= 2 && (front_chunk(entry) || 4 * std::size_t{wanting} >= a->second.seen.size())) {
       a->second.wanting[out.index] |= kBroadcastOnce;
       out.recipients = broadcast_clear_locked(a->second, out.index);
       out.topic = a->second.topic;

@@ -19,7 +19,7 @@
 // (or all of them did). A chunk never broadcast before (the wave's front) waits, up to
 // kMaxHolds holds, until half of the devices that listen there want it, and is then
 // published once on the image topic (frame flag broadcast) and cleared for all who want
-// it; a chunk broadcast before goes out again that way only if half of them want it. A
+// it; a chunk broadcast before goes out again that way only if a quarter of them want it. A
 // chunk only one device wants, a repair of a few, and everything for a device that does
 // not listen is unicast. Broadcast is request-driven: a chunk goes out only because
 // devices asked for it, so it never runs ahead of what the fleet asked, and the more
