@@ -260,7 +260,7 @@ void Agent::on_message(const char* topic, const std::uint8_t* payload, std::size
   const proto::TopicKind kind = proto::parse_topic(cfg_.prefix, topic, &id, &id_len);
   if (kind == proto::TopicKind::group_chunk) {
     // Broadcast frames: handle_chunk checks the image and the flag like any frame.
-    if (cfg_.broadcast) handle_chunk(payload, len);
+    if (listening_) handle_chunk(payload, len);
     return;
   }
   if (kind == proto::TopicKind::group_offer) {
@@ -930,10 +930,11 @@ void Agent::advance_hash(std::size_t budget_bytes) {
 void Agent::handle_chunk(const std::uint8_t* payload, std::size_t len) {
   if (st_.state != DeviceState::downloading) return;  // late chunks of a finished transfer
   proto::ChunkFrame frame;
-  // Broadcast frames (bit0) only when this agent does broadcast (PROTOCOL.md 17). It does not
-  // implement compressed payloads (8.3, 14), so a frame carrying bit1 is as unknown to it as
-  // one with bits 2-7 set: written as it is, it would land in flash as garbage.
-  const std::uint8_t known_flags = cfg_.broadcast ? proto::kFrameFlagBroadcast : 0;
+  // Broadcast frames (bit0) only while this download listens (it asked with `bc`,
+  // PROTOCOL.md 8.3, 17). It does not implement compressed payloads (14), so a frame
+  // carrying bit1 is as unknown to it as one with bits 2-7 set: written as it is, it would
+  // land in flash as garbage.
+  const std::uint8_t known_flags = listening_ ? proto::kFrameFlagBroadcast : 0;
   if (proto::decode_chunk_frame(payload, len, st_.manifest.chunk_size, frame) ||
       (frame.flags & ~known_flags) != 0 ||
       std::memcmp(frame.image_id, image_id_bytes_, sizeof image_id_bytes_) != 0) {
