@@ -1,12 +1,18 @@
 #!/usr/bin/env bash
 # Fleet benchmark: N simulated devices (ota-devsim, real agent core, TLS, own certificates)
-# fetch one image in one group deployment through the real broker (broker-config/) and
-# controller. For each N it prints the time until every device confirmed, the aggregate
-# rate, the bytes the controller published as a multiple of N images, the controller's CPU
-# seconds and peak RSS, the broker's CPU seconds, and the controller's send budget figures.
+# fetch one image in one group deployment (one wave) through the real broker
+# (broker-config/) and controller. For each N it prints the time until every device
+# confirmed, the aggregate rate (N x image / time), the raw fan-out ceiling measured on the
+# same broker in the same run before the controller starts (bench/fanout_bench: one plain
+# publisher sends the image's frames once, QoS 1, on the group's image topic to N plain
+# subscribers with the devices' certificates) and the ratio to it, the bytes the controller
+# published as a multiple of the image (egress/img) and of N images (per_dev), its CPU
+# seconds and peak RSS, the broker's CPU seconds, broadcast frames and frames lost.
+# Devices listen on the group's image topic (broadcast, PROTOCOL.md 17) unless --unicast.
 #
 #   bench/fleet_bench.sh [--devices 100,300] [--image-kib 1024] [--chunk 4096] [--runs 1]
 #                        [--per-process 250] [--build DIR] [--keep] [--idle SECONDS]
+#                        [--unicast] [--no-raw]
 #
 # --idle SECONDS: no deployment; once every device is online, the controller's and the
 # broker's CPU (percent of one core) and the controller's RSS over SECONDS of a connected,
@@ -24,6 +30,8 @@ per_process=250
 build="$root/build"
 keep=0
 idle=0
+unicast=0
+raw=1
 while (($#)); do
   case "$1" in
     --devices) devices_list="$2"; shift 2 ;;
@@ -34,13 +42,16 @@ while (($#)); do
     --build) build="$2"; shift 2 ;;
     --keep) keep=1; shift ;;
     --idle) idle="$2"; shift 2 ;;
+    --unicast) unicast=1; shift ;;
+    --no-raw) raw=0; shift ;;
     *) echo "fleet_bench: unknown argument '$1' (see the header of $0)" >&2; exit 2 ;;
   esac
 done
 otactl="$build/service/otactl"
 controller_bin="$build/service/ota-controller"
 devsim_bin="$build/device-agent/sim/ota-devsim"
-for b in "$otactl" "$controller_bin" "$devsim_bin"; do
+fanout_bin="$build/bench/fanout_bench"
+for b in "$otactl" "$controller_bin" "$devsim_bin" "$fanout_bin"; do
   [[ -x "$b" ]] || { echo "fleet_bench: $b missing: build first (scripts/build.sh $build)" >&2; exit 2; }
 done
 work="${OTA_BENCH_DIR:-/tmp/ota-fleet-bench}"
@@ -104,9 +115,11 @@ pki_for() {
 if ((idle > 0)); then
   printf '%-8s %8s %14s %12s %15s %14s\n' devices idle_s online_after_s ctl_cpu_pct ctl_rss_MiB broker_cpu_pct
 else
-  printf '%-8s %-9s %8s %8s %14s %10s %12s %13s %10s\n' devices image_KiB wall_s MiB/s \
-    published/img ctl_cpu_s ctl_rss_MiB broker_cpu_s lost
+  printf '%-8s %-9s %-9s %8s %8s %10s %6s %11s %8s %10s %12s %13s %9s %6s\n' devices mode image_KiB \
+    wall_s MiB/s raw_MiB/s ratio egress/img per_dev ctl_cpu_s ctl_rss_MiB broker_cpu_s bc_frames lost
 fi
+mode=broadcast
+((unicast)) && mode=unicast
 IFS=, read -ra sizes <<<"$devices_list"
 for n in "${sizes[@]}"; do
   pki="$(pki_for "$n")"
@@ -119,6 +132,22 @@ for n in "${sizes[@]}"; do
     broker_pid=$!
     pids+=("$broker_pid")
     wait_for "broker" 15 bash -c "exec 3<>/dev/tcp/127.0.0.1/$broker_port"
+    raw_mibs="-"
+    if ((raw && idle == 0)); then
+      # The ceiling first: its clients use the controller's and the devices' identities.
+      k=0
+      for count in $(process_sizes "$n"); do
+        for ((i = 1; i <= count; i++)); do printf 'p%d-%03d\n' "$k" "$i"; done
+        k=$((k + 1))
+      done >"$run/ids"
+      "$fanout_bin" --port "$broker_port" --ca "$pki/ca.crt" --pub-cert "$pki/controller.crt" \
+        --pub-key "$pki/controller.key" --pki "$pki" --ids-file "$run/ids" \
+        --topic "$(cat "$pki/prefix")/grp/bench/img/0000000000000000/chunk" \
+        --size-bytes "$((image_kib * 1024))" --chunk "$chunk" >"$run/fanout.out" 2>&1 ||
+        { echo "fleet_bench: raw fan-out failed:" >&2; cat "$run/fanout.out" >&2; }
+      raw_mibs="$(sed -n 's/.*aggregate_MiBps=\([0-9.]*\).*/\1/p' "$run/fanout.out")"
+      raw_mibs="${raw_mibs:--}"
+    fi
     http_port="$(free_port)"
     export OTA_API="http://127.0.0.1:$http_port" OTA_API_TOKEN_FILE="$run/controller.db.token"
     "$controller_bin" --broker-port "$broker_port" --ca "$pki/ca.crt" --cert "$pki/controller.crt" \
@@ -133,7 +162,7 @@ for n in "${sizes[@]}"; do
     for count in $(process_sizes "$n"); do
       "$devsim_bin" --count "$count" --id-prefix "p$k" --pki "$pki" \
         --data "$run/fleet" --port "$broker_port" --hw bench-hw --group bench --no-fsync \
-        --heartbeat-ms 60000 \
+        --heartbeat-ms 60000 $( ((unicast)) && echo --no-broadcast) \
         >"$run/devsim-$k.out" 2>"$run/devsim-$k.log" &
       pids+=($!)
       k=$((k + 1))
@@ -178,11 +207,16 @@ sys.exit(0 if c.get("succeeded", 0) >= '"$n"' else 1)'
     bcpu1="$(cpu_s "$broker_pid")"
     served="$(metric ota_bytes_served_total)"
     lost="$(metric ota_chunk_frames_lost_total)"
-    printf '%-8s %-9s %8s %8s %14s %10s %12s %13s %10s\n' "$n" "$image_kib" "$wall" \
-      "$(awk -v n="$n" -v k="$image_kib" -v w="$wall" 'BEGIN {printf "%.1f", n * k / 1024 / w}')" \
+    bc_frames="$(metric ota_chunk_broadcast_frames_total)"
+    echo "$n $mode run $r: broadcast frames $bc_frames delivered $(metric ota_chunk_broadcast_deliveries_total) chunks; unicast bytes $(metric ota_chunk_unicast_bytes_total)" >>"$work/details.log"
+    mibs="$(awk -v n="$n" -v k="$image_kib" -v w="$wall" 'BEGIN {printf "%.1f", n * k / 1024 / w}')"
+    printf '%-8s %-9s %-9s %8s %8s %10s %6s %11s %8s %10s %12s %13s %9s %6s\n' "$n" "$mode" "$image_kib" \
+      "$wall" "$mibs" "$raw_mibs" \
+      "$(awk -v a="$mibs" -v r="$raw_mibs" 'BEGIN {if (r + 0 > 0) printf "%.2f", a / r; else print "-"}')" \
+      "$(awk -v s="$served" -v k="$image_kib" 'BEGIN {printf "%.2f", s / (k * 1024)}')" \
       "$(awk -v s="$served" -v n="$n" -v k="$image_kib" 'BEGIN {printf "%.2f", s / (n * k * 1024)}')" \
       "$(awk -v a="$cpu0" -v b="$cpu1" 'BEGIN {printf "%.1f", b - a}')" "$(hwm_mib "$ctl_pid")" \
-      "$(awk -v a="$bcpu0" -v b="$bcpu1" 'BEGIN {printf "%.1f", b - a}')" "${lost:-0}"
+      "$(awk -v a="$bcpu0" -v b="$bcpu1" 'BEGIN {printf "%.1f", b - a}')" "${bc_frames:-0}" "${lost:-0}"
     cleanup
     ((keep)) || rm -rf "$run"
   done

@@ -249,7 +249,14 @@ gen_crl() {
   mv -f "$dir/crl.pem.tmp" "$dir/crl.pem"
 }
 
-# acl_add_groups DIR ID G... — ensures "user ID" + "topic read P/grp/G/offer" lines exist.
+# The ACL lines of one group membership: the group's offers and its broadcast image topics
+# (chunk frames of images downloaded by members, PROTOCOL.md 17: images are signed, not
+# secret, and a device reads only the groups it belongs to).
+group_lines() {  # group_lines PREFIX G
+  printf 'topic read %s/grp/%s/offer\ntopic read %s/grp/%s/img/+/chunk\n' "$1" "$2" "$1" "$2"
+}
+
+# acl_add_groups DIR ID G... — ensures "user ID" + the group_lines of every G exist.
 # Idempotent: an existing section only gets the group lines it lacks (inserted right after
 # its "user" line, so they never land under another user's section).
 acl_add_groups() {
@@ -260,23 +267,24 @@ acl_add_groups() {
   if ! grep -qxF "user $id" "$acl"; then
     {
       printf '\n# device %s: group offers\nuser %s\n' "$id" "$id"
-      for g in "$@"; do printf 'topic read %s/grp/%s/offer\n' "$prefix" "$g"; done
+      for g in "$@"; do group_lines "$prefix" "$g"; done
     } >>"$acl"
     return 0
   fi
   for g in "$@"; do
-    line="topic read $prefix/grp/$g/offer"
-    # Already present inside this user's section?
-    if awk -v u="user $id" -v l="$line" '
-        $0 == u { in_s = 1; next }
-        /^user / { in_s = 0 }
-        in_s && $0 == l { found = 1 }
-        END { exit found ? 0 : 1 }' "$acl"; then
-      continue
-    fi
-    awk -v u="user $id" -v l="$line" '{ print } $0 == u { print l }' "$acl" >"$acl.tmp"
-    chmod 644 "$acl.tmp"
-    mv -f "$acl.tmp" "$acl"
+    while IFS= read -r line; do
+      # Already present inside this user's section?
+      if awk -v u="user $id" -v l="$line" '
+          $0 == u { in_s = 1; next }
+          /^user / { in_s = 0 }
+          in_s && $0 == l { found = 1 }
+          END { exit found ? 0 : 1 }' "$acl"; then
+        continue
+      fi
+      awk -v u="user $id" -v l="$line" '{ print } $0 == u { print l }' "$acl" >"$acl.tmp"
+      chmod 644 "$acl.tmp"
+      mv -f "$acl.tmp" "$acl"
+    done < <(group_lines "$prefix" "$g")
   done
 }
 
@@ -340,13 +348,15 @@ acl_add_groups_many() {
     }
     $0 != "" && !($0 in has_user) {
       printf "\n# device %s: group offers\nuser %s\n", $0, $0 > blocks
-      for (i = 1; i <= n; i++) printf "topic read %s/grp/%s/offer\n", prefix, g[i] > blocks
+      for (i = 1; i <= n; i++)
+        printf "topic read %s/grp/%s/offer\ntopic read %s/grp/%s/img/+/chunk\n", prefix, g[i], prefix, g[i] > blocks
       has_user[$0] = 1
       next
     }
     $0 != "" {
       for (i = 1; i <= n; i++)
-        if (!(($0, "topic read " prefix "/grp/" g[i] "/offer") in has_line)) { print $0 > partial; break }
+        if (!(($0, "topic read " prefix "/grp/" g[i] "/offer") in has_line) ||
+            !(($0, "topic read " prefix "/grp/" g[i] "/img/+/chunk") in has_line)) { print $0 > partial; break }
     }' "$acl" - || { rm -f "$acl.new" "$acl.partial"; return 1; }
   if [[ -s "$acl.new" ]]; then
     cat "$acl" "$acl.new" >"$acl.tmp"

@@ -234,6 +234,9 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(1, 256));
   app.add_option("--request-timeout-ms", base.request_timeout_ms, "re-request after this long")
       ->capture_default_str();
+  app.add_flag("!--no-broadcast", base.broadcast,
+               "fetch chunks by unicast only (default: also listen on the group's image topic "
+               "while downloading, PROTOCOL.md 17)");
   app.add_flag("!--no-fsync", base.durable, "skip fsync (faster; a crash of the machine may lose data)");
   app.add_option("--fail-self-test", f.fail_self_test, "comma-separated ids whose new image fails its self-test");
   app.add_option("--drop-ids", f.drop_ids, "ids whose network link is cut once during download");

@@ -19,6 +19,12 @@ constexpr std::uint32_t kKeysLayout = 1;
 constexpr std::uint32_t kSeqBootMargin = 8;
 // Re-request back-off: the timeout doubles per stalled request up to this factor.
 constexpr std::uint32_t kMaxBackoffShift = 4;
+// Re-requests without progress after which a download that has not received one broadcast
+// frame asks by unicast only: a device whose broadcast frames never arrive (its ACL lacks
+// the group's image topic) must not depend on them: it unsubscribes. One that did receive
+// them keeps listening. Later than the controller's longest hold (10 x 500 ms by default,
+// PROTOCOL.md 17) with the default request timeout (2 s, then 4 s).
+constexpr std::uint32_t kBroadcastStallLimit = 2;
 // Bytes of already-written image hashed back from flash per call, so a resumed download
 // catches up its hash without stalling the message loop.
 constexpr std::size_t kHashCatchUpPerCall = 256 * 1024;
@@ -240,13 +246,23 @@ void Agent::on_connected() {
   // Results go before the hello: the controller should learn why the version changed
   // before it sees the new version (flush_outcomes sends the hello after a result).
   if (!flush_outcomes()) send_hello();
-  if (st_.state == DeviceState::downloading) request_chunks(true);
+  if (st_.state == DeviceState::downloading) {
+    // Subscribed before the request goes out: the broker handles both in order, so no
+    // broadcast answering it can come before the subscription.
+    start_listening();
+    request_chunks(true);
+  }
 }
 
 void Agent::on_message(const char* topic, const std::uint8_t* payload, std::size_t len) {
   const char* id = nullptr;
   std::size_t id_len = 0;
   const proto::TopicKind kind = proto::parse_topic(cfg_.prefix, topic, &id, &id_len);
+  if (kind == proto::TopicKind::group_chunk) {
+    // Broadcast frames: handle_chunk checks the image and the flag like any frame.
+    if (listening_) handle_chunk(payload, len);
+    return;
+  }
   if (kind == proto::TopicKind::group_offer) {
     bool member = false;
     for (std::size_t i = 0; i < cfg_.group_count; ++i) {
@@ -652,6 +668,7 @@ Trigger Agent::start_download() {
     return Trigger::failed;
   }
   reset_transfer_memory();
+  start_listening();
   request_chunks(true);
   return Trigger::none;
 }
@@ -676,6 +693,7 @@ Trigger Agent::resume_download() {
 }
 
 Trigger Agent::verify_image() {
+  stop_listening();
   send_status(DeviceState::verifying);
   advance_hash(static_cast<std::size_t>(-1));
   if (hashed_bytes_ != st_.manifest.size) {
@@ -775,6 +793,7 @@ Trigger Agent::revert_image() {
 }
 
 Trigger Agent::fail_update() {
+  stop_listening();
   flash_.abort();
   flash_.read_state(image_);
   const Detail detail = detail_;
@@ -800,6 +819,7 @@ void Agent::reset_transfer_memory() {
   stalled_requests_ = 0;
   chunks_since_checkpoint_ = 0;
   last_progress_percent_ = 0;
+  broadcast_seen_ = false;
 }
 
 bool Agent::chunk_received(std::uint32_t index) const {
@@ -828,6 +848,10 @@ void Agent::request_chunks(bool restart_window) {
   proto::ChunkRequest req;
   req.deployment = st_.deployment;
   req.image = st_.manifest.image;
+  // Falling back means no longer listening: frames that still came would duplicate the
+  // unicast answers.
+  if (listening_ && !broadcast_seen_ && stalled_requests_ >= kBroadcastStallLimit) stop_listening();
+  if (listening_) req.bc.assign(broadcast_group());
   while (outstanding_ < cfg_.window_chunks && requested_upto_ < count) {
     req.first = requested_upto_;
     req.count = 0;
@@ -857,6 +881,34 @@ void Agent::request_chunks(bool restart_window) {
   last_chunk_ms_ = clock_.now_ms();
 }
 
+const char* Agent::broadcast_group() const {
+  if (!cfg_.broadcast || cfg_.group_count == 0) return nullptr;
+  for (std::size_t i = 0; i < cfg_.group_count; ++i) {
+    if (st_.manifest.group == cfg_.groups[i]) return cfg_.groups[i];
+  }
+  return cfg_.groups[0];
+}
+
+void Agent::start_listening() {
+  const char* group = broadcast_group();
+  char topic[proto::kMaxTopicLen];
+  if (group == nullptr || proto::make_group_chunk_topic(cfg_.prefix, group, st_.manifest.image.c_str(),
+                                                        topic, sizeof topic) == 0) {
+    return;
+  }
+  listening_ = transport_.subscribe(topic, 1);
+}
+
+void Agent::stop_listening() {
+  if (!listening_) return;
+  listening_ = false;
+  char topic[proto::kMaxTopicLen];
+  if (proto::make_group_chunk_topic(cfg_.prefix, broadcast_group(), st_.manifest.image.c_str(), topic,
+                                    sizeof topic) != 0) {
+    transport_.unsubscribe(topic);
+  }
+}
+
 void Agent::advance_hash(std::size_t budget_bytes) {
   const std::uint32_t chunk = st_.manifest.chunk_size;
   while (budget_bytes > 0 && hashed_bytes_ < st_.manifest.size) {
@@ -878,17 +930,23 @@ void Agent::advance_hash(std::size_t budget_bytes) {
 void Agent::handle_chunk(const std::uint8_t* payload, std::size_t len) {
   if (st_.state != DeviceState::downloading) return;  // late chunks of a finished transfer
   proto::ChunkFrame frame;
-  // This agent implements neither reserved flag (broadcast, compressed payload: PROTOCOL.md
-  // 8.3, 14), so a frame carrying one is as unknown to it as one with bits 2-7 set: written
-  // as it is, a compressed payload would land in flash as garbage.
+  // Broadcast frames (bit0) only while this download listens (it asked with `bc`,
+  // PROTOCOL.md 8.3, 17). It does not implement compressed payloads (14), so a frame
+  // carrying bit1 is as unknown to it as one with bits 2-7 set: written as it is, it would
+  // land in flash as garbage.
+  const std::uint8_t known_flags = listening_ ? proto::kFrameFlagBroadcast : 0;
   if (proto::decode_chunk_frame(payload, len, st_.manifest.chunk_size, frame) ||
-      frame.flags != 0 ||
+      (frame.flags & ~known_flags) != 0 ||
       std::memcmp(frame.image_id, image_id_bytes_, sizeof image_id_bytes_) != 0) {
     ++stats_.bad_frames;  // corrupt or foreign: the timeout re-requests what is missing
     return;
   }
   ++stats_.chunks_received;
   stats_.bytes_received += frame.length;
+  if ((frame.flags & proto::kFrameFlagBroadcast) != 0) {
+    broadcast_seen_ = true;
+    ++stats_.broadcast_chunks;
+  }
   const std::uint32_t index = frame.offset / st_.manifest.chunk_size;
   if (frame.offset % st_.manifest.chunk_size != 0 || index >= st_.manifest.chunk_count() ||
       frame.length != expected_chunk_len(index)) {

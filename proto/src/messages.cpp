@@ -238,6 +238,7 @@ Error validate_chunk_request(const ChunkRequest& m) {
   if (m.count == 0 || m.count > kMaxChunksPerRequest) return err(Errc::bad_value, "count");
   if (static_cast<std::uint64_t>(m.first) + m.count > kMaxU32 + 1)
     return err(Errc::bad_value, "count");
+  if (!m.bc.empty() && !fs_id(m.bc)) return err(Errc::bad_value, "bc");
   if (m.has_bitmap) {
     std::size_t nbytes = bitmap_bytes(m.count);
     std::uint32_t used_bits = m.count % 8u;
@@ -1104,6 +1105,10 @@ Error encode_chunk_request(const ChunkRequest& m, char* out, std::size_t cap, st
     w.key("bitmap");
     w.string(hex, n * 2);
   }
+  if (!m.bc.empty()) {
+    w.key("bc");
+    put(w, m.bc);
+  }
   w.end_object();
   return finish(w, len);
 }
@@ -1131,6 +1136,7 @@ Error decode_chunk_request(const char* in, std::size_t len, ChunkRequest& out) {
       return err(Errc::bad_value, "bitmap");
     out.has_bitmap = true;
   }
+  if (Error e = opt_string(d, 0, "bc", "bc", out.bc)) return e;
   return validate_chunk_request(out);
 }
 

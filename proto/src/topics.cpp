@@ -57,7 +57,39 @@ bool topic_level_ok(const char* id) {
   return true;
 }
 
+// "img/<16 lower-case hex>/chunk", the rest of a group chunk topic after "<group>/".
+bool is_image_chunk_suffix(const char* p) {
+  if (std::strncmp(p, "img/", 4) != 0) return false;
+  p += 4;
+  for (std::size_t i = 0; i < kImageIdLen; ++i, ++p) {
+    if (!((*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'f'))) return false;
+  }
+  return std::strcmp(p, "/chunk") == 0;
+}
+
 }  // namespace
+
+std::size_t make_group_chunk_topic(const char* prefix, const char* group, const char* image,
+                                   char* out, std::size_t cap) {
+  if (prefix == nullptr) prefix = kDefaultPrefix;
+  if (*prefix == '\0' || out == nullptr || cap == 0 || group == nullptr || image == nullptr) return 0;
+  if (!valid_id(group, std::strlen(group))) return 0;
+  for (const char* p = prefix; *p; ++p) {
+    if (*p == '+' || *p == '#') return 0;
+  }
+  Out o(out, cap);
+  o.add(prefix);
+  o.add("/grp/");
+  o.add(group);
+  o.add("/img/");
+  o.add(image);
+  o.add("/chunk");
+  const std::size_t n = o.result();
+  // The image level is checked the way a receiver parses it ("img/<image>/chunk" at the end).
+  const std::size_t suffix_len = 4 + kImageIdLen + 6;
+  if (std::strlen(image) != kImageIdLen || n < suffix_len) return 0;
+  return is_image_chunk_suffix(out + n - suffix_len) ? n : 0;
+}
 
 std::size_t make_topic(const char* prefix, TopicKind kind, const char* id, char* out,
                        std::size_t cap) {
@@ -114,6 +146,7 @@ TopicKind parse_topic(const char* prefix, const char* topic, const char** id,
   TopicKind kind = TopicKind::unknown;
   if (group) {
     if (std::strcmp(p, "offer") == 0) kind = TopicKind::group_offer;
+    if (is_image_chunk_suffix(p)) kind = TopicKind::group_chunk;
   } else {
     for (const Suffix& s : kDeviceSuffixes) {
       if (std::strcmp(p, s.text) == 0) {

@@ -362,6 +362,10 @@ int main(int argc, char** argv) {
   app.add_option("--chunk-threads", o.controller.chunk_flow.sender_threads,
                  "threads that read, frame and publish chunks")
       ->capture_default_str()->check(CLI::Range(1U, 64U));
+  app.add_option("--broadcast-hold-ms", o.controller.chunk_flow.broadcast_hold_ms,
+                 "a chunk only one device listening on its group's image topic wants waits this "
+                 "long for others to ask before it is unicast (PROTOCOL.md 17; 0: at once)")
+      ->capture_default_str()->check(CLI::Range(0LL, 10000LL));
   app.add_flag("-v,--verbose", o.verbose, "debug logging");
   app.add_option("--log-format", o.log_format,
                  "stderr log lines: text, or json (one object per line: ts, level, msg, fields)")

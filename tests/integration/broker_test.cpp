@@ -36,6 +36,10 @@ std::string dev_topic(const std::string& id, const std::string& suffix) {
   return pki().prefix + "/dev/" + id + "/" + suffix;
 }
 std::string grp_offer(const std::string& group) { return pki().prefix + "/grp/" + group + "/offer"; }
+// A group's broadcast image topic (PROTOCOL.md 17).
+std::string grp_image(const std::string& group, const std::string& image = "3f2a9c1b7d4e8f60") {
+  return pki().prefix + "/grp/" + group + "/img/" + image + "/chunk";
+}
 
 bool any_on_topic(const std::vector<Message>& msgs, const std::string& topic) {
   return std::any_of(msgs.begin(), msgs.end(), [&](const Message& m) { return m.topic == topic; });
@@ -233,6 +237,45 @@ TEST_F(BrokerTest, DeviceReadsOnlyItsGroupsOffers) {
   ASSERT_TRUE(dev3->wait_for_topic(marker3, kWait));
   EXPECT_FALSE(any_on_topic(dev3->messages(), grp_offer("g-a")));
   EXPECT_FALSE(any_on_topic(dev3->messages(), grp_offer("g-b")));
+}
+
+// Broadcast chunk frames (PROTOCOL.md 17): a device reads the image topics of its own groups
+// (pki.sh writes the line with the offer's) and of no other group, whatever it subscribes to.
+TEST_F(BrokerTest, DeviceReadsOnlyItsGroupsImageTopics) {
+  auto ctl = controller();
+  auto dev1 = device("dev-1");  // member of g-a
+  auto dev2 = device("dev-2");  // member of g-b
+  auto dev3 = device("dev-3");  // member of nothing
+  for (auto* d : {dev1.get(), dev2.get(), dev3.get()}) {
+    (void)d->subscribe(grp_image("g-a"), 1);
+    (void)d->subscribe(pki().prefix + "/grp/+/img/+/chunk", 1);
+    (void)d->subscribe(pki().prefix + "/grp/g-a/#", 1);
+  }
+  ASSERT_EQ(dev2->subscribe(grp_image("g-b"), 1), 1);
+  const std::string marker1 = dev_topic("dev-1", "down/chunk");
+  const std::string marker3 = dev_topic("dev-3", "down/chunk");
+  ASSERT_EQ(dev1->subscribe(marker1, 1), 1);
+  ASSERT_EQ(dev3->subscribe(marker3, 1), 1);
+
+  const std::string frame(4096 + 28, 'F');
+  ASSERT_EQ(ctl->publish(grp_image("g-a"), frame), MOSQ_ERR_SUCCESS);
+  ASSERT_EQ(ctl->publish(grp_image("g-b"), "frame-g-b"), MOSQ_ERR_SUCCESS);
+  ASSERT_EQ(ctl->publish(marker1, "marker"), MOSQ_ERR_SUCCESS);
+  ASSERT_EQ(ctl->publish(marker3, "marker"), MOSQ_ERR_SUCCESS);
+
+  // dev-1 reads its group's image topic, and g-b's (before its marker) never arrives.
+  auto got = dev1->wait_for_topic(grp_image("g-a"), kWait);
+  ASSERT_TRUE(got.has_value());
+  EXPECT_EQ(got->payload, frame);
+  ASSERT_TRUE(dev1->wait_for_topic(marker1, kWait));
+  EXPECT_FALSE(any_on_topic(dev1->messages(), grp_image("g-b")));
+  // dev-2 got its own group's marker, published after g-a's frame: g-a's never arrives.
+  ASSERT_TRUE(dev2->wait_for_topic(grp_image("g-b"), kWait));
+  EXPECT_FALSE(any_on_topic(dev2->messages(), grp_image("g-a")));
+  // dev-3, in no group, reads no image topic.
+  ASSERT_TRUE(dev3->wait_for_topic(marker3, kWait));
+  EXPECT_FALSE(any_on_topic(dev3->messages(), grp_image("g-a")));
+  EXPECT_FALSE(any_on_topic(dev3->messages(), grp_image("g-b")));
 }
 
 TEST_F(BrokerTest, DeviceAddedLaterWithGroupReadsOfferAfterReload) {

@@ -173,15 +173,17 @@ TEST_F(SimScale, PkiDevicesAgainAddsOnlyMissingAclLines) {
   pki.add_device("few-002", {"h"});            // one section already has h
   pki.add_devices(4, "few", {"g", "h"});        // few-004 is new, the others lack lines
   const std::string acl = read_file(pki.acl_path());
+  // Per group its offer line and its broadcast image line (PROTOCOL.md 17); a line added to
+  // an existing section goes right after its "user" line.
+  const std::string old_section = "topic read ota/v1/grp/h/img/+/chunk\ntopic read ota/v1/grp/h/offer\n"
+                                  "topic read ota/v1/grp/g/offer\ntopic read ota/v1/grp/g/img/+/chunk\n";
   const std::string want =
-      "\n# device few-001: group offers\nuser few-001\ntopic read ota/v1/grp/h/offer\n"
-      "topic read ota/v1/grp/g/offer\n"
-      "\n# device few-002: group offers\nuser few-002\ntopic read ota/v1/grp/h/offer\n"
-      "topic read ota/v1/grp/g/offer\n"
-      "\n# device few-003: group offers\nuser few-003\ntopic read ota/v1/grp/h/offer\n"
-      "topic read ota/v1/grp/g/offer\n"
+      "\n# device few-001: group offers\nuser few-001\n" + old_section +
+      "\n# device few-002: group offers\nuser few-002\n" + old_section +
+      "\n# device few-003: group offers\nuser few-003\n" + old_section +
       "\n# device few-004: group offers\nuser few-004\ntopic read ota/v1/grp/g/offer\n"
-      "topic read ota/v1/grp/h/offer\n";
+      "topic read ota/v1/grp/g/img/+/chunk\ntopic read ota/v1/grp/h/offer\n"
+      "topic read ota/v1/grp/h/img/+/chunk\n";
   ASSERT_GE(acl.size(), want.size());
   EXPECT_EQ(acl.substr(acl.size() - want.size()), want) << acl;
   EXPECT_TRUE(pki.has_device("few-004"));

@@ -1861,3 +1861,62 @@ TEST_F(AgentTest, RecordSavesAreSmallAndRare) {
 
 }  // namespace
 }  // namespace ota::agent::test
+
+namespace ota::agent::test {
+namespace {
+
+// Broadcast (PROTOCOL.md 17): a listening agent subscribes to its group's image topic for
+// the download, says so in its requests, keeps every broadcast chunk of its image (asked for
+// or not, in any order) and unsubscribes when the download is over.
+TEST_F(AgentTest, BroadcastListenerKeepsEveryChunkOfItsImageAndUnsubscribesAtTheEnd) {
+  cfg_.broadcast = true;
+  start();
+  const proto::Offer offer = offer_for(image_);
+  send_offer(offer, proto::TopicKind::group_offer, "fleet");
+  ASSERT_EQ(agent_->state(), DeviceState::downloading);
+  const std::string image_topic = "ota/v1/grp/fleet/img/" + std::string(offer.manifest.image.c_str()) + "/chunk";
+  ASSERT_FALSE(transport_.subscriptions.empty());
+  EXPECT_EQ(transport_.subscriptions.back().first, image_topic);
+  auto reqs = take_requests();
+  ASSERT_EQ(reqs.size(), 1u);
+  EXPECT_EQ(std::string(reqs[0].bc.c_str()), "fleet");
+  EXPECT_LT(reqs[0].count, 100u);  // the window: most chunks come without being asked for
+
+  // Every chunk on the image topic with the broadcast flag, last first.
+  ChunkServer server(image_, offer.manifest.chunk_size, offer.manifest.image.c_str());
+  for (std::uint32_t i = server.chunk_count(); i-- > 0;) {
+    ChunkServer::Frame f = server.frame(i);
+    f.bytes[5] = proto::kFrameFlagBroadcast;
+    agent_->on_message(image_topic.c_str(), f.bytes.data(), f.bytes.size());
+  }
+  EXPECT_EQ(agent_->stats().bad_frames, 0u);
+  EXPECT_EQ(agent_->stats().broadcast_chunks, 100u);
+  EXPECT_EQ(agent_->stats().duplicate_chunks, 0u);
+  EXPECT_TRUE(agent_->reset_requested());  // verified and installed from broadcast alone
+  ASSERT_EQ(transport_.unsubscriptions.size(), 1u);
+  EXPECT_EQ(transport_.unsubscriptions[0], image_topic);
+  reboot();
+  expect_single_result(true, ReasonCode::ok, "1.1.0");
+}
+
+// An agent that does not do broadcast neither subscribes nor accepts the flag.
+TEST_F(AgentTest, AgentWithoutBroadcastDropsBroadcastFrames) {
+  start();  // cfg_.broadcast is false by default
+  const proto::Offer offer = offer_for(image_);
+  send_offer(offer, proto::TopicKind::group_offer, "fleet");
+  for (const auto& s : transport_.subscriptions) EXPECT_EQ(s.first.find("/img/"), std::string::npos) << s.first;
+  auto reqs = take_requests();
+  ASSERT_EQ(reqs.size(), 1u);
+  EXPECT_TRUE(reqs[0].bc.empty());
+  ChunkServer server(image_, offer.manifest.chunk_size, offer.manifest.image.c_str());
+  ChunkServer::Frame f = server.frame(0);
+  f.bytes[5] = proto::kFrameFlagBroadcast;
+  agent_->on_message(topic(proto::TopicKind::chunk).c_str(), f.bytes.data(), f.bytes.size());
+  const std::string image_topic = "ota/v1/grp/fleet/img/" + std::string(offer.manifest.image.c_str()) + "/chunk";
+  agent_->on_message(image_topic.c_str(), f.bytes.data(), f.bytes.size());
+  EXPECT_EQ(agent_->stats().bad_frames, 1u);  // the one on its own topic; the other is ignored
+  EXPECT_EQ(agent_->stats().chunks_received, 0u);
+}
+
+}  // namespace
+}  // namespace ota::agent::test

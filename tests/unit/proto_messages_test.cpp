@@ -615,6 +615,32 @@ TEST(ProtoMessages, ChunkRequestRoundTrip) {
   EXPECT_EQ(err_str(encode_chunk_request(r, buf, sizeof(buf), len)), "bad_value bitmap");
 }
 
+// Broadcast (PROTOCOL.md 17): `bc` names the group whose image topic the device listens on.
+TEST(ProtoMessages, ChunkRequestBroadcastGroup) {
+  const char* with_bc =
+      "{\"v\":1,\"type\":\"chunk_req\",\"deployment\":\"dep-1\",\"image\":\"3f2a9c1b7d4e8f60\","
+      "\"first\":0,\"count\":4,\"bc\":\"lab\"}";
+  ChunkRequest d;
+  ASSERT_TRUE(decode_chunk_request(with_bc, std::strlen(with_bc), d).ok());
+  EXPECT_EQ(std::string(d.bc.c_str()), "lab");
+  char buf[512];
+  std::size_t len = 0;
+  ASSERT_TRUE(encode_chunk_request(d, buf, sizeof(buf), len).ok());
+  EXPECT_EQ(std::string(buf, len), with_bc);
+  // Absent: unicast only, and nothing is written.
+  d.bc.assign("");
+  ASSERT_TRUE(encode_chunk_request(d, buf, sizeof(buf), len).ok());
+  EXPECT_EQ(std::string(buf, len).find("bc"), std::string::npos);
+  const char* bad_group =
+      "{\"v\":1,\"type\":\"chunk_req\",\"deployment\":\"dep-1\",\"image\":\"3f2a9c1b7d4e8f60\","
+      "\"first\":0,\"count\":4,\"bc\":\"a/b\"}";
+  EXPECT_EQ(err_str(decode_chunk_request(bad_group, std::strlen(bad_group), d)), "bad_value bc");
+  const char* not_string =
+      "{\"v\":1,\"type\":\"chunk_req\",\"deployment\":\"dep-1\",\"image\":\"3f2a9c1b7d4e8f60\","
+      "\"first\":0,\"count\":4,\"bc\":true}";
+  EXPECT_EQ(err_str(decode_chunk_request(not_string, std::strlen(not_string), d)), "bad_field_type bc");
+}
+
 TEST(ProtoMessages, ChunkRequestMaxWindow) {
   ChunkRequest r;
   r.deployment.assign("d");

@@ -1,6 +1,7 @@
 // Topic tree build/parse.
 #include <gtest/gtest.h>
 
+#include <cstring>
 #include <string>
 
 #include "ota/proto/topics.hpp"
@@ -87,4 +88,29 @@ TEST(ProtoTopics, ValidId) {
   EXPECT_FALSE(valid_id("a+", 2));
   EXPECT_FALSE(valid_id("caf\xc3\xa9", 5));
   EXPECT_TRUE(valid_id("ab/", 2));  // length-bounded
+}
+
+// Broadcast image topics (PROTOCOL.md 17): <prefix>/grp/<group>/img/<image>/chunk.
+TEST(ProtoTopics, GroupImageChunkTopic) {
+  char t[kMaxTopicLen];
+  ASSERT_EQ(make_group_chunk_topic("ota/v1", "lab", "3f2a9c1b7d4e8f60", t, sizeof t),
+            std::strlen("ota/v1/grp/lab/img/3f2a9c1b7d4e8f60/chunk"));
+  EXPECT_STREQ(t, "ota/v1/grp/lab/img/3f2a9c1b7d4e8f60/chunk");
+  const char* id = nullptr;
+  std::size_t n = 0;
+  EXPECT_EQ(parse_topic("ota/v1", t, &id, &n), TopicKind::group_chunk);
+  EXPECT_EQ(std::string(id, n), "lab");
+  // Not an image id, not a group, too small a buffer.
+  EXPECT_EQ(make_group_chunk_topic("ota/v1", "lab", "3F2A9C1B7D4E8F60", t, sizeof t), 0u);
+  EXPECT_EQ(make_group_chunk_topic("ota/v1", "lab", "3f2a9c1b7d4e8f6", t, sizeof t), 0u);
+  EXPECT_EQ(make_group_chunk_topic("ota/v1", "lab", "", t, sizeof t), 0u);
+  EXPECT_EQ(make_group_chunk_topic("ota/v1", "l/b", "3f2a9c1b7d4e8f60", t, sizeof t), 0u);
+  EXPECT_EQ(make_group_chunk_topic("ota/v1", "+", "3f2a9c1b7d4e8f60", t, sizeof t), 0u);
+  EXPECT_EQ(make_group_chunk_topic("ota/v1", "lab", "3f2a9c1b7d4e8f60", t, 20), 0u);
+  for (const char* bad : {"ota/v1/grp/lab/img/3f2a9c1b7d4e8f60/chunk/x", "ota/v1/grp/lab/img/3f2a9c1b7d4e8f6/chunk",
+                          "ota/v1/grp/lab/img/3f2a9c1b7d4e8f600/chunk", "ota/v1/grp/lab/img/+/chunk",
+                          "ota/v1/grp/lab/img/3f2a9c1b7d4e8f60", "ota/v1/grp//img/3f2a9c1b7d4e8f60/chunk",
+                          "ota/v1/dev/lab/img/3f2a9c1b7d4e8f60/chunk"}) {
+    EXPECT_EQ(parse_topic("ota/v1", bad, nullptr, nullptr), TopicKind::unknown) << bad;
+  }
 }

@@ -279,3 +279,66 @@ TEST(ChunkFlow, SenderThreadsServeManyDevicesWithinTheBudget) {
 }
 
 }  // namespace
+
+namespace {
+
+// Broadcast (PROTOCOL.md 17): a chunk two or more listening devices of one group want goes
+// out once on the group's image topic and is cleared for all of them; what only one device
+// wants, and everything for a device that does not listen, is unicast.
+TEST(ChunkFlow, ChunksSeveralListenersWantAreBroadcastOnceTheRestUnicast) {
+  Fixture fx;
+  HeldAckPublisher pub;
+  ChunkFlowConfig flow;
+  flow.max_unacked_bytes = kFrame;  // one frame at a time: requests wait and accumulate
+  flow.sender_threads = 0;          // deterministic (and no hold)
+  ChunkServer cs(fx.dir.file("images"), "ota/v1", &pub, flow);
+  auto file = cs.open(fx.img);
+  ASSERT_TRUE(file.ok());
+  // a asks first: chunk 0 goes to it alone at once (nobody else asked yet).
+  EXPECT_EQ(cs.request("a", "dep-1", *file, req_for(fx.img, 0, 4), "g"), 4u);
+  ASSERT_EQ(pub.sent_count(), 1u);
+  // b and c listen on g too and want the same four; d wants them without listening.
+  cs.request("b", "dep-1", *file, req_for(fx.img, 0, 4), "g");
+  cs.request("c", "dep-1", *file, req_for(fx.img, 0, 4), "g");
+  cs.request("d", "dep-1", *file, req_for(fx.img, 0, 4));
+  for (int i = 0; i < 20 && cs.queued_chunks() > 0; ++i) pub.ack(1);
+  pub.ack(1);
+  EXPECT_EQ(cs.queued_chunks(), 0u);
+  const std::string image_topic = "ota/v1/grp/g/img/" + fx.img.id + "/chunk";
+  std::map<std::string, std::multiset<std::uint32_t>> by_topic;
+  for (const auto& s : pub.sent()) by_topic[s.topic].insert(s.offset / kChunk);
+  // a's chunk 0 by unicast; then chunk 0 once for b and c, chunks 1-3 once for all three.
+  EXPECT_EQ(by_topic["ota/v1/dev/a/down/chunk"], (std::multiset<std::uint32_t>{0}));
+  EXPECT_EQ(by_topic[image_topic], (std::multiset<std::uint32_t>{0, 1, 2, 3}));
+  EXPECT_EQ(by_topic["ota/v1/dev/b/down/chunk"].size(), 0u);
+  EXPECT_EQ(by_topic["ota/v1/dev/c/down/chunk"].size(), 0u);
+  EXPECT_EQ(by_topic["ota/v1/dev/d/down/chunk"], (std::multiset<std::uint32_t>{0, 1, 2, 3}));
+  EXPECT_EQ(cs.broadcast_frames(), 4u);
+  EXPECT_EQ(cs.broadcast_deliveries(), 2u + 3 * 3);
+  EXPECT_EQ(cs.broadcast_bytes(), 4u * kChunk);
+  EXPECT_EQ(cs.unicast_bytes(), 5u * kChunk);
+  EXPECT_EQ(cs.bytes_served(), 9u * kChunk);
+}
+
+// A device that stops listening (a request without bc) leaves the audience: its chunks are
+// unicast and the others' counts no longer include it.
+TEST(ChunkFlow, ADeviceThatStopsListeningIsServedByUnicast) {
+  Fixture fx;
+  HeldAckPublisher pub;
+  ChunkFlowConfig flow;
+  flow.max_unacked_bytes = kFrame;
+  flow.sender_threads = 0;
+  ChunkServer cs(fx.dir.file("images"), "ota/v1", &pub, flow);
+  auto file = cs.open(fx.img);
+  ASSERT_TRUE(file.ok());
+  cs.request("blocker", "dep-1", *file, req_for(fx.img, 10, 1));  // holds the one-frame budget
+  cs.request("a", "dep-1", *file, req_for(fx.img, 0, 2), "g");
+  cs.request("b", "dep-1", *file, req_for(fx.img, 0, 2), "g");
+  cs.request("b", "dep-1", *file, req_for(fx.img, 0, 2));  // b falls back to unicast
+  for (int i = 0; i < 10; ++i) pub.ack(1);
+  EXPECT_EQ(cs.queued_chunks(), 0u);
+  EXPECT_EQ(cs.broadcast_frames(), 0u);
+  EXPECT_EQ(cs.unicast_bytes(), 5u * kChunk);
+}
+
+}  // namespace

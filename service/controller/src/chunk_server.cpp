@@ -51,6 +51,13 @@ ImageFile::~ImageFile() {
 }
 
 namespace {
+// An audience's per-chunk entry: how many listening devices want the chunk (low bits) and
+// whether it was broadcast already (this bit). A chunk never broadcast is the wave's front;
+// one broadcast before is a repair for whoever still wants it.
+constexpr std::uint32_t kBroadcastOnce = 1u << 31;
+std::uint32_t want_count(std::uint32_t entry) { return entry & ~kBroadcastOnce; }
+bool front_chunk(std::uint32_t entry) { return (entry & kBroadcastOnce) == 0; }
+
 long long steady_ms() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(
              std::chrono::steady_clock::now().time_since_epoch())
@@ -104,8 +111,93 @@ bool ChunkServer::repeated(const std::string& dev, const proto::ChunkRequest& re
   return false;
 }
 
+void ChunkServer::want_locked(DeviceQueue& q, std::size_t bit) {
+  q.wanted.set(bit);
+  ++q.wanted_count;
+  ++queued_;
+  if (q.audience.empty()) return;
+  auto a = audiences_.find(q.audience);
+  if (a != audiences_.end()) ++a->second.wanting[q.base + bit];
+}
+
+void ChunkServer::unwant_locked(DeviceQueue& q, std::size_t bit) {
+  q.wanted.reset(bit);
+  --q.wanted_count;
+  --queued_;
+  if (q.audience.empty()) return;
+  auto a = audiences_.find(q.audience);
+  if (a != audiences_.end()) --a->second.wanting[q.base + bit];
+}
+
+void ChunkServer::clear_wanted_locked(DeviceQueue& q) {
+  for (std::size_t bit = q.wanted._Find_first(); bit < kQueueSpan; bit = q.wanted._Find_next(bit))
+    unwant_locked(q, bit);
+}
+
+// Moves the device's wanted chunks from its old audience's counts to the new one's (key
+// empty: none); an audience nobody listens to any more goes.
+void ChunkServer::join_audience_locked(const std::string& dev, DeviceQueue& q, const std::string& key) {
+  if (q.audience == key) return;
+  if (!q.audience.empty()) {
+    auto old = audiences_.find(q.audience);
+    if (old != audiences_.end()) {
+      for (std::size_t b = q.wanted._Find_first(); b < kQueueSpan; b = q.wanted._Find_next(b))
+        --old->second.wanting[q.base + b];
+      // The audience stays (its `seen` tells how many listen to the topic; one record per
+      // image and group, a counter per chunk).
+      old->second.members.erase(dev);
+    }
+  }
+  q.audience = key;
+  if (key.empty()) return;
+  Audience& a = audiences_[key];
+  if (a.members.empty() && a.wanting.empty()) {
+    char image_hex[2 * sizeof q.file->id + 1] = {};
+    proto::hex_encode(q.file->id, sizeof q.file->id, image_hex);
+    char topic[proto::kMaxTopicLen];
+    const std::string group = key.substr(key.find('|') + 1);
+    if (proto::make_group_chunk_topic(prefix_.c_str(), group.c_str(), image_hex, topic, sizeof topic) == 0) {
+      audiences_.erase(key);  // not a usable topic: this device gets unicast only
+      q.audience.clear();
+      return;
+    }
+    a.topic = topic;
+    a.wanting.assign((q.file->size + q.file->chunk_size - 1) / q.file->chunk_size, 0);
+  }
+  a.members.insert(dev);
+  if (a.seen.insert(dev).second) a.last_new_member_ms = steady_ms();
+  for (std::size_t b = q.wanted._Find_first(); b < kQueueSpan; b = q.wanted._Find_next(b))
+    ++a.wanting[q.base + b];
+}
+
+void ChunkServer::erase_queue_locked(std::unordered_map<std::string, DeviceQueue>::iterator it) {
+  join_audience_locked(it->first, it->second, "");
+  queues_.erase(it);
+}
+
+std::uint32_t ChunkServer::broadcast_clear_locked(Audience& a, std::uint32_t index) {
+  std::uint32_t cleared = 0;
+  std::vector<std::string> idle;  // members left with nothing wanted or unacknowledged
+  for (const std::string& m : a.members) {
+    auto it = queues_.find(m);
+    if (it == queues_.end()) continue;
+    DeviceQueue& q = it->second;
+    if (index < q.base || index - q.base >= kQueueSpan || !q.wanted.test(index - q.base)) continue;
+    unwant_locked(q, index - q.base);
+    ++cleared;
+    if (q.wanted_count == 0 && q.unacked == 0) idle.push_back(m);
+  }
+  // After the loop: erasing a queue leaves the audience (changes a.members).
+  for (const std::string& m : idle) {
+    auto it = queues_.find(m);
+    if (it != queues_.end()) erase_queue_locked(it);
+  }
+  return cleared;
+}
+
 std::uint32_t ChunkServer::request(const std::string& dev, const std::string& offer_id,
-                                   std::shared_ptr<ImageFile> file, const proto::ChunkRequest& req) {
+                                   std::shared_ptr<ImageFile> file, const proto::ChunkRequest& req,
+                                   const std::string& bc_group) {
   if (!file || file->chunk_size == 0 || file->size == 0) return 0;
   const std::uint64_t n_chunks = (file->size + file->chunk_size - 1) / file->chunk_size;
   std::uint32_t added = 0;
@@ -114,14 +206,18 @@ std::uint32_t ChunkServer::request(const std::string& dev, const std::string& of
     DeviceQueue& q = queues_[dev];
     if (q.file != file || q.offer_id != offer_id) {
       // Another image or offer: what was wanted for the old one is moot.
-      queued_ -= q.wanted_count;
-      q.wanted.reset();
-      q.wanted_count = 0;
+      clear_wanted_locked(q);
+      join_audience_locked(dev, q, "");
       q.file = std::move(file);
       q.offer_id = offer_id;
       q.topic = topic_for(prefix_, static_cast<int>(proto::TopicKind::chunk), dev);
     }
-    if (q.wanted_count == 0) q.base = req.first;
+    // The image id in hex is the request's (the caller checked it is the deployment's).
+    join_audience_locked(dev, q, bc_group.empty() ? "" : std::string(req.image.c_str()) + "|" + bc_group);
+    if (q.wanted_count == 0) {
+      q.base = req.first;
+      q.waiting_since_ms = steady_ms();
+    }
     for (std::uint32_t rel = 0; rel < req.count; ++rel) {
       const std::uint64_t i = static_cast<std::uint64_t>(req.first) + rel;
       if (i >= n_chunks || i * q.file->chunk_size > 0xFFFFFFFFull) break;  // 32-bit offsets
@@ -132,16 +228,14 @@ std::uint32_t ChunkServer::request(const std::string& dev, const std::string& of
       }
       const std::size_t bit = static_cast<std::size_t>(i - q.base);
       if (q.wanted.test(bit)) continue;
-      q.wanted.set(bit);
-      ++q.wanted_count;
+      want_locked(q, bit);
       ++added;
     }
-    queued_ += added;
     if (q.wanted_count > 0 && !q.in_ready) {
       q.in_ready = true;
       ready_.push_back(dev);
     }
-    if (q.wanted_count == 0 && q.unacked == 0) queues_.erase(dev);
+    if (q.wanted_count == 0 && q.unacked == 0) erase_queue_locked(queues_.find(dev));
   }
   if (added == 0) return 0;
   if (flow_.sender_threads == 0) {
@@ -158,7 +252,7 @@ void ChunkServer::release_locked(std::map<std::uint64_t, InFlight>::iterator it)
   auto q = queues_.find(it->second.dev);
   if (q != queues_.end()) {
     if (q->second.unacked > 0) --q->second.unacked;
-    if (q->second.unacked == 0 && q->second.wanted_count == 0) queues_.erase(q);
+    if (q->second.unacked == 0 && q->second.wanted_count == 0) erase_queue_locked(q);
   }
   in_flight_.erase(it);
 }
@@ -179,7 +273,7 @@ void ChunkServer::expire_locked(long long now) {
 
 // The next chunk to send: round robin over the devices that want chunks, each within its
 // fair share of the budget. False when nothing may be sent now.
-bool ChunkServer::pick_locked(Pick& out, long long now) {
+bool ChunkServer::pick_locked(Pick& out, long long now, long long* retry_ms) {
   expire_locked(now);
   for (std::size_t tries = ready_.size(); tries > 0; --tries) {
     const std::string dev = std::move(ready_.front());
@@ -206,15 +300,57 @@ bool ChunkServer::pick_locked(Pick& out, long long now) {
       continue;
     }
     std::size_t bit = q.wanted._Find_first();
-    q.wanted.reset(bit);
-    --q.wanted_count;
-    --queued_;
-    ++q.unacked;
+    auto a = q.audience.empty() ? audiences_.end() : audiences_.find(q.audience);
+    if (a != audiences_.end()) {
+      // The chunk most of the audience wants (the lowest of equals: windows slide in order).
+      std::uint32_t most = 0;
+      for (std::size_t b = bit; b < kQueueSpan; b = q.wanted._Find_next(b)) {
+        const std::uint32_t n = want_count(a->second.wanting[q.base + b]);
+        if (n > most) {
+          most = n;
+          bit = b;
+        }
+      }
+      // No hold without sender threads: nothing would come back to send what was held.
+      const long long hold = flow_.sender_threads == 0 ? 0 : flow_.broadcast_hold_ms;
+      const long long gathered = std::max(q.waiting_since_ms, a->second.last_new_member_ms);
+      const long long held_for = std::min(hold + gathered, kMaxHolds * hold + q.waiting_since_ms) - now;
+      // The front waits (up to kMaxHolds holds) until half of the listeners want it: the
+      // wave moves at the pace of its median device, not of its fastest.
+      const bool front = front_chunk(a->second.wanting[q.base + bit]);
+      const long long front_wait = kMaxHolds * hold + q.waiting_since_ms - now;
+      const bool half = 2 * std::size_t{most} >= a->second.seen.size();
+      long long wait = 0;
+      if (held_for > 0 && most < a->second.members.size()) wait = held_for;
+      else if (front && !half && front_wait > 0) wait = front_wait;
+      if (wait > 0) {
+        // Not everybody listening wants it yet: give the audience time to ask, so one frame
+        // answers all who ask within the hold.
+        if (retry_ms != nullptr && (*retry_ms <= 0 || wait < *retry_ms)) *retry_ms = wait;
+        ready_.push_back(dev);
+        continue;
+      }
+    }
+    out.index = q.base + static_cast<std::uint32_t>(bit);
+    ++q.unacked;  // first: keeps the queue when the broadcast empties it
+    // Once on the image topic when two or more want it and it is the front (first time), or
+    // at least a quarter of the devices listening there want it (a cohort that joined
+    // late): every listener gets a broadcast frame, so repairs of a few (a device that was
+    // cut off, timed out) are cheaper unicast.
+    const std::uint32_t entry = a != audiences_.end() ? a->second.wanting[out.index] : 0;
+    const std::uint32_t wanting = want_count(entry);
+    if (wanting >= 2 && (front_chunk(entry) || 4 * std::size_t{wanting} >= a->second.seen.size())) {
+      a->second.wanting[out.index] |= kBroadcastOnce;
+      out.recipients = broadcast_clear_locked(a->second, out.index);
+      out.topic = a->second.topic;
+    } else {
+      unwant_locked(q, bit);
+      out.recipients = 0;
+      out.topic = q.topic;
+    }
     out.dev = dev;
     out.offer_id = q.offer_id;
-    out.topic = q.topic;
     out.file = q.file;
-    out.index = q.base + static_cast<std::uint32_t>(bit);
     out.seq = next_seq_++;
     const std::uint64_t off = static_cast<std::uint64_t>(out.index) * frame;
     const auto bytes = static_cast<std::uint32_t>(
@@ -261,16 +397,26 @@ void ChunkServer::send(const Pick& p) {
     acked(p.seq);
     return;
   }
-  proto::encode_chunk_header(file.id, static_cast<std::uint32_t>(off), payload, len, 0, buf.data());
+  const bool broadcast = p.recipients > 0;
+  proto::encode_chunk_header(file.id, static_cast<std::uint32_t>(off), payload, len,
+                             broadcast ? proto::kFrameFlagBroadcast : 0, buf.data());
   const std::uint64_t seq = p.seq;
   if (!pub_ || !pub_->publish_acked(p.topic, buf.data(), proto::kFrameHeaderLen + len, 1, false,
                                     [this, seq] { acked(seq); })) {
-    log_warn("device " + p.dev + ": publish chunk " + std::to_string(p.index) + " failed");
+    log_warn((broadcast ? "topic " + p.topic : "device " + p.dev) + ": publish chunk " +
+             std::to_string(p.index) + " failed");
     acked(p.seq);
     return;
   }
   chunks_sent_++;
   bytes_served_ += len;
+  if (broadcast) {
+    // Rows count unicast bytes only; a broadcast row moves on by the device's own events.
+    broadcast_frames_++;
+    broadcast_bytes_ += len;
+    broadcast_deliveries_ += p.recipients;
+    return;
+  }
   if (served_) served_(p.dev, p.offer_id, len);
 }
 
@@ -295,9 +441,11 @@ void ChunkServer::sender_loop() {
   Pick p;
   std::unique_lock<std::mutex> lock(mu_);
   while (!stopping_) {
-    if (!pick_locked(p, steady_ms())) {
-      // Woken by a request or an acknowledgement; the timeout expires lost frames.
-      work_.wait_for(lock, std::chrono::milliseconds(200));
+    long long retry_ms = 0;
+    if (!pick_locked(p, steady_ms(), &retry_ms)) {
+      // Woken by a request or an acknowledgement, or when a broadcast hold ends; the timeout
+      // expires lost frames.
+      work_.wait_for(lock, std::chrono::milliseconds(retry_ms > 0 ? std::min(retry_ms, 200LL) : 200));
       continue;
     }
     lock.unlock();

@@ -397,6 +397,10 @@ MetricsSnapshot Controller::metrics_snapshot(DbLock& db) {
   s.chunk_unacked_limit = cfg_.chunk_flow.max_unacked_bytes;
   s.chunk_queued = chunks_.queued_chunks();
   s.chunk_frames_lost = chunks_.frames_lost();
+  s.chunk_unicast_bytes = chunks_.unicast_bytes();
+  s.chunk_broadcast_bytes = chunks_.broadcast_bytes();
+  s.chunk_broadcast_frames = chunks_.broadcast_frames();
+  s.chunk_broadcast_deliveries = chunks_.broadcast_deliveries();
   s.decode_errors = decode_errors();
   s.ignored_messages = ignored_messages();
   for (std::size_t r = 0; r < kDropReasonCount; ++r) s.dropped[r] = dropped(static_cast<DropReason>(r));

@@ -23,6 +23,7 @@ AclGroups AclGroups::parse(const std::string& text, const std::string& prefix) {
   std::string user;  // current `user` section; empty: none (anonymous / pattern lines)
   const std::string head = prefix + "/grp/";
   const std::string tail = "/offer";
+  const std::string image_tail = "/img/+/chunk";
   while (std::getline(in, line)) {
     if (!line.empty() && line.back() == '\r') line.pop_back();
     std::istringstream ls(line);
@@ -46,12 +47,17 @@ AclGroups AclGroups::parse(const std::string& text, const std::string& prefix) {
     } else {
       topic = access;  // "topic T" means readwrite
     }
-    if (topic.size() <= head.size() + tail.size() || topic.compare(0, head.size(), head) != 0 ||
-        topic.compare(topic.size() - tail.size(), tail.size(), tail) != 0)
-      continue;
-    const std::string g = topic.substr(head.size(), topic.size() - head.size() - tail.size());
+    if (topic.size() <= head.size() || topic.compare(0, head.size(), head) != 0) continue;
+    auto ends_with = [&](const std::string& t) {
+      return topic.size() > head.size() + t.size() &&
+             topic.compare(topic.size() - t.size(), t.size(), t) == 0;
+    };
+    const bool offer = ends_with(tail), images = !offer && ends_with(image_tail);
+    if (!offer && !images) continue;
+    const std::size_t tail_len = offer ? tail.size() : image_tail.size();
+    const std::string g = topic.substr(head.size(), topic.size() - head.size() - tail_len);
     if (!proto::valid_id(g.data(), g.size())) continue;  // wildcards, extra levels
-    a.groups_[user].insert(g);
+    (offer ? a.groups_ : a.image_groups_)[user].insert(g);
   }
   return a;
 }
@@ -68,6 +74,11 @@ Result<AclGroups> AclGroups::load(const std::string& path, const std::string& pr
 bool AclGroups::is_member(const std::string& dev, const std::string& group) const {
   auto it = groups_.find(dev);
   return it != groups_.end() && it->second.count(group) != 0;
+}
+
+bool AclGroups::reads_images_of(const std::string& dev, const std::string& group) const {
+  auto it = image_groups_.find(dev);
+  return it != image_groups_.end() && it->second.count(group) != 0;
 }
 
 std::vector<std::string> AclGroups::groups_of(const std::string& dev) const {
@@ -129,6 +140,13 @@ bool DeviceRegistry::in_group_locked(const std::string& dev, const std::string& 
 bool DeviceRegistry::in_group(const std::string& dev, const std::string& group) const {
   std::lock_guard<std::mutex> lock(mu_);
   return in_group_locked(dev, group);
+}
+
+bool DeviceRegistry::reads_group_images(const std::string& dev, const std::string& group) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (acl_enabled_) return acl_.reads_images_of(dev, group);
+  auto it = groups_.find(dev);
+  return it != groups_.end() && contains(it->second, group);
 }
 
 std::vector<std::string> DeviceRegistry::known_members_locked(const std::string& group) const {

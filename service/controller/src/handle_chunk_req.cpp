@@ -26,9 +26,13 @@ void Inbound::handle_chunk_request(const std::string& dev, const char* p, std::s
   // After an outage a device may re-request the same window several times in a row;
   // serving each copy would multiply the traffic.
   if (chunks_.repeated(dev, req, now_ms())) return;
+  // Broadcast only on a topic the broker lets the device read (PROTOCOL.md 17); otherwise
+  // its chunks are unicast, as for a device that did not ask.
+  std::string bc_group;
+  if (!req.bc.empty() && registry_.reads_group_images(dev, req.bc.c_str())) bc_group = req.bc.c_str();
   // Queued within the send budget; the chunk server's senders publish them and account the
-  // bytes to the row (Controller's served hook).
-  chunks_.request(dev, dep_id, grant.file, req);
+  // unicast bytes to the row (Controller's served hook).
+  chunks_.request(dev, dep_id, grant.file, req, bc_group);
 }
 
 }  // namespace ota::service

@@ -24,7 +24,8 @@ void device_metrics(std::ostream& o, const MetricsSnapshot& s) {
 }
 
 void traffic_metrics(std::ostream& o, const MetricsSnapshot& s) {
-  o << "# HELP ota_bytes_served_total Image bytes published to devices.\n"
+  o << "# HELP ota_bytes_served_total Image bytes published to devices (unicast and broadcast: the "
+       "controller's image egress).\n"
        "# TYPE ota_bytes_served_total counter\nota_bytes_served_total " << s.bytes_served << "\n";
   o << "# HELP ota_chunks_served_total Chunks published to devices.\n"
        "# TYPE ota_chunks_served_total counter\nota_chunks_served_total " << s.chunks_sent << "\n";
@@ -41,6 +42,19 @@ void traffic_metrics(std::ostream& o, const MetricsSnapshot& s) {
   o << "# HELP ota_chunk_frames_lost_total Chunk frames whose PUBACK never came (link lost or timeout).\n"
        "# TYPE ota_chunk_frames_lost_total counter\nota_chunk_frames_lost_total "
     << s.chunk_frames_lost << "\n";
+  o << "# HELP ota_chunk_unicast_bytes_total Image bytes published on device chunk topics.\n"
+       "# TYPE ota_chunk_unicast_bytes_total counter\nota_chunk_unicast_bytes_total "
+    << s.chunk_unicast_bytes << "\n";
+  o << "# HELP ota_chunk_broadcast_bytes_total Image bytes published once on group image topics.\n"
+       "# TYPE ota_chunk_broadcast_bytes_total counter\nota_chunk_broadcast_bytes_total "
+    << s.chunk_broadcast_bytes << "\n";
+  o << "# HELP ota_chunk_broadcast_frames_total Chunk frames published on group image topics.\n"
+       "# TYPE ota_chunk_broadcast_frames_total counter\nota_chunk_broadcast_frames_total "
+    << s.chunk_broadcast_frames << "\n";
+  o << "# HELP ota_chunk_broadcast_deliveries_total Chunk requests answered by broadcast frames "
+       "(a frame answering k devices counts k).\n"
+       "# TYPE ota_chunk_broadcast_deliveries_total counter\nota_chunk_broadcast_deliveries_total "
+    << s.chunk_broadcast_deliveries << "\n";
   o << "# HELP ota_decode_errors_total Device messages that failed to decode.\n"
        "# TYPE ota_decode_errors_total counter\nota_decode_errors_total " << s.decode_errors << "\n";
   o << "# HELP ota_ignored_messages_total Device messages dropped without effect.\n"

@@ -211,6 +211,11 @@ bool ScriptedTransport::subscribe(const char* topic, int qos) {
   return connected_;
 }
 
+bool ScriptedTransport::unsubscribe(const char* topic) {
+  unsubscriptions.emplace_back(topic);
+  return connected_;
+}
+
 bool ScriptedTransport::publish(const char* topic, const void* payload, std::size_t len, int qos,
                                 bool retain) {
   if (!connected()) return false;

@@ -199,6 +199,7 @@ class ScriptedTransport final : public Transport {
 
   bool connected() const override { return connected_ && (rail == nullptr || !rail->dead()); }
   bool subscribe(const char* topic, int qos) override;
+  bool unsubscribe(const char* topic) override;
   bool publish(const char* topic, const void* payload, std::size_t len, int qos,
                bool retain) override;
 
@@ -206,6 +207,7 @@ class ScriptedTransport final : public Transport {
   const PowerRail* rail = nullptr;  // a dead device sends nothing
   std::vector<Published> published;
   std::vector<std::pair<std::string, int>> subscriptions;
+  std::vector<std::string> unsubscriptions;
 
   // Decoded views (decode failures make the test fail via ADD_FAILURE in the .cpp).
   std::vector<proto::Event> events(std::size_t from = 0) const;

@@ -109,6 +109,11 @@ struct AgentConfig {
   // agent copies them in boot(), the array need not outlive that call.
   const ProvisionedKey* keys = nullptr;
   std::size_t key_count = 0;
+  // Broadcast (PROTOCOL.md 17): while downloading, listen on one group's image topic
+  // (the offer's group when it came to a group, else the first configured group) and say so
+  // in chunk requests (`bc`), so chunks that several members want are published once. Needs
+  // the broker ACL line `topic read <prefix>/grp/<group>/img/+/chunk` for the device.
+  bool broadcast = false;
 };
 
 // Why a trigger fired is kept in the agent (reason_) so the table stays small.
@@ -199,6 +204,7 @@ struct AgentStats {
   std::uint64_t chunks_received = 0;
   std::uint64_t bytes_received = 0;   // payload bytes, duplicates included
   std::uint64_t duplicate_chunks = 0;
+  std::uint64_t broadcast_chunks = 0;  // frames that came on a group's image topic
   std::uint64_t bad_frames = 0;       // CRC, magic, foreign image...
   std::uint64_t requests_sent = 0;
   std::uint64_t timeouts = 0;
@@ -298,6 +304,10 @@ class Agent {
   void maybe_send_heartbeat();
 
   void request_chunks(bool restart_window);
+  // The group whose image topic the download listens on; nullptr: unicast only.
+  const char* broadcast_group() const;
+  void start_listening();
+  void stop_listening();
   void advance_hash(std::size_t budget_bytes);
   bool chunk_received(std::uint32_t index) const;
   void mark_received(std::uint32_t index);
@@ -358,6 +368,10 @@ class Agent {
   std::uint32_t chunks_since_checkpoint_ = 0;
   std::uint32_t last_progress_percent_ = 0;
   std::uint8_t image_id_bytes_[8] = {};
+  // Subscribed to broadcast_group()'s image topic for this download (subscriptions end with
+  // the connection; on_connected() subscribes again).
+  bool listening_ = false;
+  bool broadcast_seen_ = false;  // a broadcast frame of this download arrived (since boot)
 
   AgentStats stats_;
   char msg_[kMessageBuffer];

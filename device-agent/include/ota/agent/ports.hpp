@@ -85,6 +85,8 @@ class Transport {
   virtual ~Transport() = default;
   virtual bool connected() const = 0;
   virtual bool subscribe(const char* topic, int qos) = 0;
+  // Ends a subscription (the broadcast image topic once a download is over, PROTOCOL.md 17).
+  virtual bool unsubscribe(const char* topic) = 0;
   virtual bool publish(const char* topic, const void* payload, std::size_t len, int qos,
                        bool retain) = 0;
 };

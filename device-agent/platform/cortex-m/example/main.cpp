@@ -88,6 +88,7 @@ class StubTransport final : public ota::agent::Transport {
  public:
   bool connected() const override { return link_up; }
   bool subscribe(const char*, int) override { return link_up; }
+  bool unsubscribe(const char*) override { return link_up; }
   bool publish(const char*, const void*, std::size_t, int, bool) override { return link_up; }
 
   // Filled by the network driver (interrupt or task) in a real port.

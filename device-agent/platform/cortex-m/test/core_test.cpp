@@ -202,6 +202,7 @@ class TestTransport final : public agent::Transport {
 
   bool connected() const override { return up; }
   bool subscribe(const char*, int) override { return up; }
+  bool unsubscribe(const char*) override { return up; }
   bool publish(const char* topic, const void* payload, std::size_t len, int,
                bool) override {
     if (!up) return false;

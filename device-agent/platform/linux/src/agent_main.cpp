@@ -44,6 +44,9 @@ int main(int argc, char** argv) {
   app.add_option("--request-timeout-ms", opt.request_timeout_ms,
                  "ask again for missing chunks after this long without one (PROTOCOL.md 8.1)")
       ->capture_default_str()->check(CLI::Range(50u, 600000u));
+  app.add_flag("!--no-broadcast", opt.broadcast,
+               "fetch chunks by unicast only (default: also listen on the group's image topic "
+               "while downloading, PROTOCOL.md 17)");
   app.add_option("--max-trial-boots", opt.max_trial_boots,
                  "boots a new image gets to confirm itself before the old one comes back")
       ->capture_default_str()->check(CLI::Range(1, 255));

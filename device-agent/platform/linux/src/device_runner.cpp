@@ -177,6 +177,7 @@ AgentConfig DeviceRunner::agent_config(const BootSetup& setup) {
   cfg.groups = setup.groups.data();
   cfg.group_count = setup.groups.size();
   cfg.window_chunks = opt_.window_chunks;
+  cfg.broadcast = opt_.broadcast;
   cfg.request_timeout_ms = opt_.request_timeout_ms;
   cfg.checkpoint_chunks = opt_.checkpoint_chunks;
   if (opt_.fail_self_test) cfg.self_test = &fail_self_test_hook;
@@ -253,6 +254,10 @@ bool DeviceRunner::inject_download_faults(const Agent& agent, MosquittoTransport
       pct >= static_cast<std::uint32_t>(opt_.drop_at_percent)) {
     dropped_ = true;
     transport.drop();
+    // Tests check that the fault fired and what the device held then.
+    std::fprintf(stderr, "%s: fault injection: link cut at %u%% (%u of %u chunks)\n",
+                 opt_.device_id.c_str(), pct, agent.persisted().received_chunks,
+                 agent.persisted().manifest.chunk_count());
   }
   if (opt_.crash_at_percent >= 0 && !crashed_ &&
       pct >= static_cast<std::uint32_t>(opt_.crash_at_percent)) {

@@ -345,6 +345,10 @@ bool MosquittoTransport::subscribe(const char* topic, int qos) {
   return mosq_ != nullptr && mosquitto_subscribe(mosq_, nullptr, topic, qos) == MOSQ_ERR_SUCCESS;
 }
 
+bool MosquittoTransport::unsubscribe(const char* topic) {
+  return mosq_ != nullptr && mosquitto_unsubscribe(mosq_, nullptr, topic) == MOSQ_ERR_SUCCESS;
+}
+
 bool MosquittoTransport::publish(const char* topic, const void* payload, std::size_t len, int qos,
                                  bool retain) {
   return mosq_ != nullptr && connected_ &&

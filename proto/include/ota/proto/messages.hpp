@@ -283,6 +283,9 @@ struct ChunkRequest {
   std::uint32_t count = 0;  // 1..kMaxChunksPerRequest
   bool has_bitmap = false;
   std::uint8_t bitmap[(kMaxChunksPerRequest + 7) / 8] = {};
+  // Broadcast (PROTOCOL.md 17): the group whose image topic <prefix>/grp/<bc>/img/<image>/chunk
+  // the device listens on while it downloads; empty: unicast only (every device before 17).
+  Id bc;
 
   bool wants(std::uint32_t i) const {  // i relative to first
     if (i >= count) return false;

@@ -9,7 +9,8 @@
 //   <prefix>/dev/<device>/down/chunk     controller -> device  binary chunk frames
 //   <prefix>/dev/<device>/down/keys      controller -> device  keys (a root-signed key set)
 //   <prefix>/grp/<group>/offer           controller -> group   offer to every member
-//   <prefix>/img/<image>/chunk           reserved: broadcast chunks for a whole wave
+//   <prefix>/grp/<group>/img/<image>/chunk  controller -> group  broadcast chunk frames
+//                                        (PROTOCOL.md 17: members downloading <image> that asked)
 #pragma once
 
 #include <cstddef>
@@ -29,6 +30,7 @@ enum class TopicKind : unsigned char {
   chunk,
   group_offer,
   keys,  // .../down/keys: a key set signed by the root key (PROTOCOL.md 6.6)
+  group_chunk,  // <prefix>/grp/<group>/img/<image>/chunk: broadcast frames (PROTOCOL.md 17)
 };
 
 // Builds "<prefix>/dev/<device>/<suffix>" for a device topic kind, or
@@ -37,8 +39,14 @@ enum class TopicKind : unsigned char {
 std::size_t make_topic(const char* prefix, TopicKind kind, const char* id, char* out,
                        std::size_t cap);
 
+// Builds "<prefix>/grp/<group>/img/<image>/chunk". Returns length, 0 if it does not fit in
+// `cap`, the group is not a valid id or the image is not 16 lower-case hex digits.
+std::size_t make_group_chunk_topic(const char* prefix, const char* group, const char* image,
+                                   char* out, std::size_t cap);
+
 // Splits a received topic. On success sets kind and id (pointer into `topic`, not
-// terminated, `id_len` bytes). Unknown shapes give TopicKind::unknown.
+// terminated, `id_len` bytes; for group_chunk the group, the image level is checked but not
+// returned). Unknown shapes give TopicKind::unknown.
 TopicKind parse_topic(const char* prefix, const char* topic, const char** id,
                       std::size_t* id_len);
 

@@ -11,9 +11,24 @@
 // or not acknowledged within `ack_timeout_ms` are given back to the budget; the devices
 // re-request what they still lack.
 //
+// Broadcast with unicast repair (PROTOCOL.md 17): a device whose request names a group
+// (`bc`, checked against the ACL by the caller) listens on that group's image topic and
+// joins the image's audience for the group, which counts per chunk how many listening
+// members want it. When a sender serves a listening device it takes the chunk of its queue
+// that most members want, once the device waited broadcast_hold_ms for the others to ask
+// (or all of them did). A chunk never broadcast before (the wave's front) waits, up to
+// kMaxHolds holds, until half of the devices that listen there want it, and is then
+// published once on the image topic (frame flag broadcast) and cleared for all who want
+// it; a chunk broadcast before goes out again that way only if a quarter of them want it. A
+// chunk only one device wants, a repair of a few, and everything for a device that does
+// not listen is unicast. Broadcast is request-driven: a chunk goes out only because
+// devices asked for it, so it never runs ahead of what the fleet asked, and the more
+// requests wait (for the hold or, under load, for the budget), the more one frame answers.
+//
 // Owns: the open image files (by image id); each device's queue (wanted chunks, frames
 //   unacknowledged) and last request (an identical repeat within kDuplicateRequestMs is
-//   counted once); the frames in flight; the serving counters.
+//   counted once); the frames in flight; the audiences (per image and group: the listening
+//   devices and per chunk how many of them want it); the serving counters.
 // Lock: mu_, a leaf. Reading the file and publishing happen outside it; the served hook is
 //   called outside it.
 // Threads: the MQTT network thread (request; acknowledgements), HTTP workers and the tick
@@ -34,6 +49,7 @@
 #include <string>
 #include <thread>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include "ota/proto/messages.hpp"
@@ -64,11 +80,19 @@ struct ChunkFlowConfig {
   unsigned sender_threads = 2;
   // A frame whose PUBACK has not come after this long is counted as lost (budget back).
   long long ack_timeout_ms = 10000;
+  // Broadcast: a listening device's chunks wait until this long has passed since its oldest
+  // waiting request and since the last device joined its audience (a wave still arriving),
+  // at most kMaxHolds times this from its request, unless all of the audience already asks
+  // for them; then the chunk goes to all who asked (unicast if that is the device alone).
+  // 0: at once (coalescing only what waits for the budget anyway).
+  long long broadcast_hold_ms = 500;
 };
 
 class ChunkServer {
  public:
   static constexpr long long kDuplicateRequestMs = 200;
+  // The longest a chunk waits for its audience to gather: this many broadcast holds.
+  static constexpr long long kMaxHolds = 10;
   // Chunks a device's queue can hold at once, from its lowest wanted chunk: well above an
   // agent's window (at most 256 chunks ahead); requests beyond it are dropped and counted,
   // and the device asks again.
@@ -93,12 +117,22 @@ class ChunkServer {
   // otherwise remembers it as the device's last request.
   bool repeated(const std::string& dev, const proto::ChunkRequest& req, long long now_ms);
   // Queues the chunks `req` asks for, for `dev` in deployment (offer) `offer_id`. A request
-  // for another image or offer replaces the device's queue. Returns the chunks queued.
+  // for another image or offer replaces the device's queue. `bc_group`: the group whose
+  // image topic the device listens on (req.bc once the caller checked the device may read
+  // it), empty for unicast only. Returns the chunks queued.
   std::uint32_t request(const std::string& dev, const std::string& offer_id,
-                        std::shared_ptr<ImageFile> file, const proto::ChunkRequest& req);
+                        std::shared_ptr<ImageFile> file, const proto::ChunkRequest& req,
+                        const std::string& bc_group = "");
 
   std::uint64_t chunks_sent() const { return chunks_sent_.load(); }
+  // Image (payload) bytes published, unicast and broadcast together: the controller's egress.
   std::uint64_t bytes_served() const { return bytes_served_.load(); }
+  std::uint64_t unicast_bytes() const { return bytes_served_.load() - broadcast_bytes_.load(); }
+  // Frames published on image topics, their payload bytes, and the chunks they delivered
+  // (a frame that answered k devices counts k).
+  std::uint64_t broadcast_frames() const { return broadcast_frames_.load(); }
+  std::uint64_t broadcast_bytes() const { return broadcast_bytes_.load(); }
+  std::uint64_t broadcast_deliveries() const { return broadcast_deliveries_.load(); }
   std::uint64_t duplicate_requests() const { return duplicate_requests_.load(); }
   // Frame bytes published and not acknowledged yet (<= max_unacked_bytes + one frame).
   std::uint64_t unacked_bytes() const;
@@ -120,6 +154,20 @@ class ChunkServer {
     std::uint32_t wanted_count = 0;
     std::uint32_t unacked = 0;            // frames published, PUBACK not seen
     bool in_ready = false;                // listed in ready_
+    std::string audience;                 // key in audiences_; empty: unicast only
+    long long waiting_since_ms = 0;       // when wanted_count last rose from 0
+  };
+  // The devices listening on one (image, group) topic and, per chunk index of the image,
+  // how many of them want that chunk now and whether it was broadcast before (the count's
+  // top bit, chunk_server.cpp).
+  struct Audience {
+    std::string topic;
+    std::unordered_set<std::string> members;
+    std::vector<std::uint32_t> wanting;
+    // Devices that joined since the audience exists, and when the last new one did: while
+    // a wave is still arriving, its chunks wait (gather) so one pass serves all of it.
+    std::unordered_set<std::string> seen;
+    long long last_new_member_ms = 0;
   };
   struct InFlight {
     std::string dev;
@@ -132,9 +180,20 @@ class ChunkServer {
     std::shared_ptr<ImageFile> file;
     std::uint32_t index = 0;
     std::uint64_t seq = 0;
+    std::uint32_t recipients = 0;  // broadcast: the devices it answers; 0: unicast
   };
 
-  bool pick_locked(Pick& out, long long now);
+  // `retry_ms`: when nothing may be sent now only because of held chunks, how long until
+  // the first hold ends (else left alone).
+  bool pick_locked(Pick& out, long long now, long long* retry_ms = nullptr);
+  // Every change of a queue's wanted bits goes through these (they keep the counts).
+  void want_locked(DeviceQueue& q, std::size_t bit);
+  void unwant_locked(DeviceQueue& q, std::size_t bit);
+  void clear_wanted_locked(DeviceQueue& q);
+  void join_audience_locked(const std::string& dev, DeviceQueue& q, const std::string& key);
+  void erase_queue_locked(std::unordered_map<std::string, DeviceQueue>::iterator it);
+  // Clears chunk `index` for every member of `a` that wants it; returns how many did.
+  std::uint32_t broadcast_clear_locked(Audience& a, std::uint32_t index);
   void send(const Pick& p);
   void acked(std::uint64_t seq);
   void release_locked(std::map<std::uint64_t, InFlight>::iterator it);
@@ -158,6 +217,8 @@ class ChunkServer {
   };
   std::map<std::string, LastRequest> last_request_;  // device -> last served request
   std::unordered_map<std::string, DeviceQueue> queues_;
+  // "<image id>|<group>" -> its audience, kept once made (one per image and group).
+  std::unordered_map<std::string, Audience> audiences_;
   std::deque<std::string> ready_;                  // devices with wanted chunks, round robin
   std::map<std::uint64_t, InFlight> in_flight_;    // by sequence number, oldest first
   std::uint64_t next_seq_ = 1;
@@ -172,6 +233,9 @@ class ChunkServer {
   std::atomic<std::uint64_t> peak_unacked_{0};
   std::atomic<std::uint64_t> beyond_span_{0};
   std::atomic<std::uint64_t> frames_lost_{0};
+  std::atomic<std::uint64_t> broadcast_frames_{0};
+  std::atomic<std::uint64_t> broadcast_bytes_{0};
+  std::atomic<std::uint64_t> broadcast_deliveries_{0};
 };
 
 }  // namespace ota::service

@@ -31,7 +31,9 @@ namespace ota::service {
 // Group memberships from a mosquitto acl_file: `user <id>` sections and their
 // `topic [read|readwrite] <prefix>/grp/<group>/offer` lines (the lines broker-config/pki.sh
 // appends). The broker enforces exactly these, so they are the authority on who may read a
-// group's offer, unlike the "groups" a device claims in its hello.
+// group's offer, unlike the "groups" a device claims in its hello. Also the groups whose
+// broadcast image topics a user may read (`topic read <prefix>/grp/<group>/img/+/chunk`,
+// PROTOCOL.md 17): the controller broadcasts to a device only on a topic it can read.
 class AclGroups {
  public:
   // Parses the text of an acl file.
@@ -39,10 +41,12 @@ class AclGroups {
   static Result<AclGroups> load(const std::string& path, const std::string& prefix);
   bool is_member(const std::string& dev, const std::string& group) const;
   std::vector<std::string> groups_of(const std::string& dev) const;
+  bool reads_images_of(const std::string& dev, const std::string& group) const;
   std::size_t users() const { return groups_.size(); }
 
  private:
-  std::map<std::string, std::set<std::string>> groups_;  // user -> groups
+  std::map<std::string, std::set<std::string>> groups_;        // user -> groups
+  std::map<std::string, std::set<std::string>> image_groups_;  // user -> groups' image topics
 };
 
 class DeviceRegistry {
@@ -62,6 +66,10 @@ class DeviceRegistry {
   bool in_group(const std::string& dev, const std::string& group) const;
   // Known devices (said hello at least once, not revoked) that are members of `group`.
   std::vector<std::string> known_members(const std::string& group) const;
+  // May `dev` read `group`'s broadcast image topics? The ACL file's image line when
+  // configured, else the device's claim (a device claiming a group it cannot read falls
+  // back to unicast by itself, PROTOCOL.md 17).
+  bool reads_group_images(const std::string& dev, const std::string& group) const;
   // The groups `d` is a member of (the ACL's, or the ones it claims).
   std::vector<std::string> member_of(const DeviceRec& d) const;
 

@@ -35,6 +35,8 @@ struct DeviceOptions {
   std::uint64_t slot_capacity = 64u << 20;
   bool durable = true;
   std::uint32_t window_chunks = 64;
+  // Listen on a group's image topic while downloading (AgentConfig::broadcast).
+  bool broadcast = true;
   std::uint32_t request_timeout_ms = 2000;
   std::uint32_t checkpoint_chunks = 64;
   std::uint32_t heartbeat_interval_ms = 60000;  // 0 = no heartbeats

@@ -94,6 +94,7 @@ class MosquittoTransport final : public Transport {
 
   bool connected() const override { return connected_; }
   bool subscribe(const char* topic, int qos) override;
+  bool unsubscribe(const char* topic) override;
   bool publish(const char* topic, const void* payload, std::size_t len, int qos,
                bool retain) override;
 
