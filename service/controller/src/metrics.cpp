@@ -10,6 +10,13 @@ namespace ota::service {
 
 namespace {
 
+// One metric without labels: its HELP and TYPE lines and its value.
+template <typename Value>
+void one_value(std::ostream& o, const char* name, const char* type, const char* help, Value v) {
+  o << "# HELP " << name << " " << help << "\n# TYPE " << name << " " << type << "\n"
+    << name << " " << v << "\n";
+}
+
 void device_metrics(std::ostream& o, const MetricsSnapshot& s) {
   o << "# HELP ota_devices Known devices by liveness.\n# TYPE ota_devices gauge\n";
   o << "ota_devices{online=\"true\"} " << s.online << "\nota_devices{online=\"false\"} " << s.offline << "\n";
@@ -24,41 +31,45 @@ void device_metrics(std::ostream& o, const MetricsSnapshot& s) {
 }
 
 void traffic_metrics(std::ostream& o, const MetricsSnapshot& s) {
-  o << "# HELP ota_bytes_served_total Image bytes published to devices (unicast and broadcast: the "
-       "controller's image egress).\n"
-       "# TYPE ota_bytes_served_total counter\nota_bytes_served_total " << s.bytes_served << "\n";
-  o << "# HELP ota_chunks_served_total Chunks published to devices.\n"
-       "# TYPE ota_chunks_served_total counter\nota_chunks_served_total " << s.chunks_sent << "\n";
-  o << "# HELP ota_chunk_unacked_bytes Chunk frames published and not yet acknowledged by the broker.\n"
-       "# TYPE ota_chunk_unacked_bytes gauge\nota_chunk_unacked_bytes " << s.chunk_unacked_bytes << "\n";
-  o << "# HELP ota_chunk_unacked_peak_bytes The most ota_chunk_unacked_bytes has been since the start.\n"
-       "# TYPE ota_chunk_unacked_peak_bytes gauge\nota_chunk_unacked_peak_bytes "
-    << s.chunk_unacked_peak << "\n";
-  o << "# HELP ota_chunk_unacked_limit_bytes The send budget (--chunk-queue-bytes).\n"
-       "# TYPE ota_chunk_unacked_limit_bytes gauge\nota_chunk_unacked_limit_bytes "
-    << s.chunk_unacked_limit << "\n";
-  o << "# HELP ota_chunk_queued_chunks Chunks devices asked for, waiting for the send budget.\n"
-       "# TYPE ota_chunk_queued_chunks gauge\nota_chunk_queued_chunks " << s.chunk_queued << "\n";
-  o << "# HELP ota_chunk_frames_lost_total Chunk frames whose PUBACK never came (link lost or timeout).\n"
-       "# TYPE ota_chunk_frames_lost_total counter\nota_chunk_frames_lost_total "
-    << s.chunk_frames_lost << "\n";
-  o << "# HELP ota_chunk_unicast_bytes_total Image bytes published on device chunk topics.\n"
-       "# TYPE ota_chunk_unicast_bytes_total counter\nota_chunk_unicast_bytes_total "
-    << s.chunk_unicast_bytes << "\n";
-  o << "# HELP ota_chunk_broadcast_bytes_total Image bytes published once on group image topics.\n"
-       "# TYPE ota_chunk_broadcast_bytes_total counter\nota_chunk_broadcast_bytes_total "
-    << s.chunk_broadcast_bytes << "\n";
-  o << "# HELP ota_chunk_broadcast_frames_total Chunk frames published on group image topics.\n"
-       "# TYPE ota_chunk_broadcast_frames_total counter\nota_chunk_broadcast_frames_total "
-    << s.chunk_broadcast_frames << "\n";
-  o << "# HELP ota_chunk_broadcast_deliveries_total Chunk requests answered by broadcast frames "
-       "(a frame answering k devices counts k).\n"
-       "# TYPE ota_chunk_broadcast_deliveries_total counter\nota_chunk_broadcast_deliveries_total "
-    << s.chunk_broadcast_deliveries << "\n";
-  o << "# HELP ota_decode_errors_total Device messages that failed to decode.\n"
-       "# TYPE ota_decode_errors_total counter\nota_decode_errors_total " << s.decode_errors << "\n";
-  o << "# HELP ota_ignored_messages_total Device messages dropped without effect.\n"
-       "# TYPE ota_ignored_messages_total counter\nota_ignored_messages_total " << s.ignored_messages << "\n";
+  one_value(o, "ota_bytes_served_total", "counter",
+            "Image bytes published to devices (unicast and broadcast: the controller's image egress).",
+            s.bytes_served);
+  one_value(o, "ota_chunks_served_total", "counter",
+            "Chunks published to devices.",
+            s.chunks_sent);
+  one_value(o, "ota_chunk_unacked_bytes", "gauge",
+            "Chunk frames published and not yet acknowledged by the broker.",
+            s.chunk_unacked_bytes);
+  one_value(o, "ota_chunk_unacked_peak_bytes", "gauge",
+            "The most ota_chunk_unacked_bytes has been since the start.",
+            s.chunk_unacked_peak);
+  one_value(o, "ota_chunk_unacked_limit_bytes", "gauge",
+            "The send budget (--chunk-queue-bytes).",
+            s.chunk_unacked_limit);
+  one_value(o, "ota_chunk_queued_chunks", "gauge",
+            "Chunks devices asked for, waiting for the send budget.",
+            s.chunk_queued);
+  one_value(o, "ota_chunk_frames_lost_total", "counter",
+            "Chunk frames whose PUBACK never came (link lost or timeout).",
+            s.chunk_frames_lost);
+  one_value(o, "ota_chunk_unicast_bytes_total", "counter",
+            "Image bytes published on device chunk topics.",
+            s.chunk_unicast_bytes);
+  one_value(o, "ota_chunk_broadcast_bytes_total", "counter",
+            "Image bytes published once on group image topics.",
+            s.chunk_broadcast_bytes);
+  one_value(o, "ota_chunk_broadcast_frames_total", "counter",
+            "Chunk frames published on group image topics.",
+            s.chunk_broadcast_frames);
+  one_value(o, "ota_chunk_broadcast_deliveries_total", "counter",
+            "Chunk requests answered by broadcast frames (a frame answering k devices counts k).",
+            s.chunk_broadcast_deliveries);
+  one_value(o, "ota_decode_errors_total", "counter",
+            "Device messages that failed to decode.",
+            s.decode_errors);
+  one_value(o, "ota_ignored_messages_total", "counter",
+            "Device messages dropped without effect.",
+            s.ignored_messages);
   o << "# HELP ota_device_messages_dropped_total Device messages dropped without effect, by reason.\n"
        "# TYPE ota_device_messages_dropped_total counter\n";
   for (std::size_t r = 0; r < kDropReasonCount; ++r)
