@@ -575,12 +575,19 @@ TEST_F(Rollouts, DeferralsAreRetriedAndDeclinesCountedNotFailures) {
       EXPECT_EQ(row.value("attempt", 0), 1) << "a deferral is not a new attempt: " << row.dump();
     }
   }
-  // The deferring devices went through `deferred` twice each, then took the offer.
+  // The deferring devices went through `deferred`, were offered again and took the offer
+  // (attempt 1, above). Each defers the first 2 offer messages it gets, so twice when every
+  // offer arrives once; an offer may legitimately arrive twice (the controller offers again
+  // to a device whose live hello it handles while the row is offered), and the second defer
+  // then finds the row already deferred and is ignored: once or twice, never more.
   std::map<std::string, int> deferrals;
   for (const auto& e : events(id))
     if (e.value("what", "") == "state" && e.value("detail", "").find("-> deferred") != std::string::npos)
       deferrals[e.value("device", "")]++;
-  for (const auto& dev : deferring) EXPECT_EQ(deferrals[dev], 2) << dev;
+  for (const auto& dev : deferring) {
+    EXPECT_GE(deferrals[dev], 1) << dev;
+    EXPECT_LE(deferrals[dev], 2) << dev;
+  }
   EXPECT_EQ(deferrals.size(), deferring.size());
   for (const auto& dev : fleet_ids()) {
     ASSERT_TRUE(wait_until([&] { return boot_record(dev).settled(); }, 10s)) << dev;
