@@ -148,7 +148,10 @@ TEST_F(FleetFlow, BroadcastWaveOfFiftyWithTenCutOffAllFinishAndRepairsFetchOnlyW
   }
   // Rows count the unicast bytes a device was sent: not much more than the image (a frame
   // lost with a cut link or re-requested while queued goes twice), and the ten that came
-  // back fetched by unicast no more than they lacked when they were cut off.
+  // back fetched by unicast what they lacked when they were cut off, within 10%: a chunk
+  // re-requested after a late frame goes twice (under ASan one device took 420 KiB for 296
+  // KiB missing, the ten 3.06 MB for 2.97 MB), while fetching the image over again would be
+  // about 1.8 times what they lacked.
   int rows = 0;
   double repaired_unicast = 0, repaired_lacked = 0;
   for (const auto& row : d["devices"]) {
@@ -164,7 +167,7 @@ TEST_F(FleetFlow, BroadcastWaveOfFiftyWithTenCutOffAllFinishAndRepairsFetchOnlyW
     }
   }
   EXPECT_EQ(rows, kDevices);
-  EXPECT_LE(repaired_unicast, repaired_lacked)
+  EXPECT_LE(repaired_unicast, 1.1 * repaired_lacked)
       << "the ten cut-off devices were sent " << repaired_unicast << " bytes by unicast, they lacked "
       << repaired_lacked;
 }
