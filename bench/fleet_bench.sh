@@ -208,7 +208,7 @@ sys.exit(0 if c.get("succeeded", 0) >= '"$n"' else 1)'
     served="$(metric ota_bytes_served_total)"
     lost="$(metric ota_chunk_frames_lost_total)"
     bc_frames="$(metric ota_chunk_broadcast_frames_total)"
-    echo "$n $mode run $r: broadcast frames $bc_frames delivered $(metric ota_chunk_broadcast_deliveries_total) chunks; unicast bytes $(metric ota_chunk_unicast_bytes_total)" >>"$work/details.log"
+    echo "$n $mode run $r: broadcast frames $bc_frames delivered $(metric ota_chunk_broadcast_deliveries_total) chunks; unicast bytes $(metric ota_chunk_unicast_bytes_total); frames lost $lost; re-requests within the resend guard $(metric ota_chunk_resends_avoided_total)" >>"$work/details.log"
     mibs="$(awk -v n="$n" -v k="$image_kib" -v w="$wall" 'BEGIN {printf "%.1f", n * k / 1024 / w}')"
     printf '%-8s %-9s %-9s %8s %8s %10s %6s %11s %8s %10s %12s %13s %9s %6s\n' "$n" "$mode" "$image_kib" \
       "$wall" "$mibs" "$raw_mibs" \

@@ -366,6 +366,11 @@ int main(int argc, char** argv) {
                  "a chunk only one device listening on its group's image topic wants waits this "
                  "long for others to ask before it is unicast (PROTOCOL.md 17; 0: at once)")
       ->capture_default_str()->check(CLI::Range(0LL, 10000LL));
+  app.add_option("--resend-guard-ms", o.controller.chunk_flow.resend_guard_ms,
+                 "a chunk sent to a device is not sent to it again for this long unless it "
+                 "connected again since (a re-request that soon is a frame still queued in the "
+                 "broker; 0: serve every re-request)")
+      ->capture_default_str()->check(CLI::Range(0LL, 600000LL));
   app.add_flag("-v,--verbose", o.verbose, "debug logging");
   app.add_option("--log-format", o.log_format,
                  "stderr log lines: text, or json (one object per line: ts, level, msg, fields)")

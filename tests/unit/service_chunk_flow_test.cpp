@@ -171,17 +171,61 @@ TEST(ChunkFlow, RepeatedRequestsMergeIntoWhatIsQueued) {
   ASSERT_TRUE(file.ok());
   EXPECT_EQ(cs.request("d1", "dep-1", *file, req_for(fx.img, 0, 16)), 16u);
   EXPECT_EQ(pub.sent_count(), 1u);  // chunk 0; 1..15 wait for budget
-  // A device that timed out asks again for the same window while it waits: only chunk 0,
-  // already sent, is queued again; the rest merges into what is queued.
-  EXPECT_EQ(cs.request("d1", "dep-1", *file, req_for(fx.img, 0, 16)), 1u);
+  // A device that timed out asks again for the same window while it waits: it merges into
+  // what is queued, and chunk 0, sent a moment ago, is not sent again (resend guard).
+  EXPECT_EQ(cs.request("d1", "dep-1", *file, req_for(fx.img, 0, 16)), 0u);
+  EXPECT_EQ(cs.resends_avoided(), 1u);
   EXPECT_EQ(cs.request("d1", "dep-1", *file, req_for(fx.img, 8, 16)), 8u);
   for (int i = 0; i < 40; ++i) pub.ack(1);
   std::map<std::uint32_t, int> times;
   for (const auto& s : pub.sent()) times[s.offset]++;
   EXPECT_EQ(times.size(), 24u);
-  EXPECT_EQ(times[0], 2);
-  for (std::uint32_t c = 1; c < 24; ++c) EXPECT_EQ(times[c * kChunk], 1) << "chunk " << c;
-  EXPECT_EQ(cs.chunks_sent(), 25u);
+  for (std::uint32_t c = 0; c < 24; ++c) EXPECT_EQ(times[c * kChunk], 1) << "chunk " << c;
+  EXPECT_EQ(cs.chunks_sent(), 24u);
+}
+
+// The resend guard: a re-request for chunks sent (unicast or by broadcast) less than
+// resend_guard_ms ago is a frame still on its way, not a loss; it is served once the guard
+// passed, or at once after the device connected again (its frames before went with the link).
+TEST(ChunkFlow, ChunksSentLatelyGoAgainOnlyAfterTheGuardOrAReconnect) {
+  Fixture fx;
+  HeldAckPublisher pub;
+  ChunkFlowConfig flow;
+  flow.max_unacked_bytes = 8 * kFrame;
+  flow.sender_threads = 0;
+  flow.resend_guard_ms = 300;
+  ChunkServer cs(fx.dir.file("images"), "ota/v1", &pub, flow);
+  auto file = cs.open(fx.img);
+  ASSERT_TRUE(file.ok());
+  EXPECT_EQ(cs.request("d1", "dep-1", *file, req_for(fx.img, 0, 4)), 4u);
+  pub.ack(4);
+  ASSERT_EQ(pub.sent_count(), 4u);
+  // Asked again at once: nothing goes twice; a chunk never sent (4) is served.
+  EXPECT_EQ(cs.request("d1", "dep-1", *file, req_for(fx.img, 0, 5)), 1u);
+  EXPECT_EQ(cs.resends_avoided(), 4u);
+  pub.ack(1);
+  EXPECT_EQ(pub.sent_count(), 5u);
+  // Another deployment's marks do not apply (the guard is per offer).
+  EXPECT_EQ(cs.request("d1", "dep-2", *file, req_for(fx.img, 0, 1)), 1u);
+  pub.ack(1);
+  // A new connection (its hello): its frames before are lost, so the request is served.
+  EXPECT_EQ(cs.request("d2", "dep-1", *file, req_for(fx.img, 0, 2)), 2u);
+  pub.ack(2);
+  EXPECT_EQ(cs.request("d2", "dep-1", *file, req_for(fx.img, 0, 2)), 0u);
+  cs.link_restarted("d2");
+  const auto sent_at = std::chrono::steady_clock::now();
+  EXPECT_EQ(cs.request("d2", "dep-1", *file, req_for(fx.img, 0, 2)), 2u);
+  pub.ack(2);
+  EXPECT_EQ(cs.request("d2", "dep-1", *file, req_for(fx.img, 1, 1)), 0u);
+  // Once the guard passed, d2's re-request for chunk 1 is served again.
+  std::uint32_t queued = 0;
+  const auto deadline = sent_at + std::chrono::seconds(5);
+  while (queued == 0 && std::chrono::steady_clock::now() < deadline) {
+    queued = cs.request("d2", "dep-1", *file, req_for(fx.img, 1, 1));
+    if (queued == 0) std::this_thread::sleep_for(std::chrono::milliseconds(5));  // polling the clock
+  }
+  EXPECT_EQ(queued, 1u);
+  EXPECT_GE(std::chrono::steady_clock::now() - sent_at, std::chrono::milliseconds(300));
 }
 
 // A request far beyond what the device's queue holds (a confused or hostile device) queues
@@ -318,6 +362,10 @@ TEST(ChunkFlow, ChunksSeveralListenersWantAreBroadcastOnceTheRestUnicast) {
   EXPECT_EQ(cs.broadcast_bytes(), 4u * kChunk);
   EXPECT_EQ(cs.unicast_bytes(), 5u * kChunk);
   EXPECT_EQ(cs.bytes_served(), 9u * kChunk);
+  // b was counted in the broadcasts: asking again at once (the frames are still on their
+  // way) sends nothing twice.
+  EXPECT_EQ(cs.request("b", "dep-1", *file, req_for(fx.img, 0, 4), "g"), 0u);
+  EXPECT_EQ(cs.resends_avoided(), 4u);
 }
 
 // A device that stops listening (a request without bc) leaves the audience: its chunks are

@@ -111,6 +111,48 @@ bool ChunkServer::repeated(const std::string& dev, const proto::ChunkRequest& re
   return false;
 }
 
+void ChunkServer::link_restarted(const std::string& dev) {
+  std::lock_guard<std::mutex> lock(mu_);
+  sent_.erase(dev);
+}
+
+void ChunkServer::mark_sent_locked(const std::string& dev, const std::string& offer_id,
+                                   std::uint32_t index, long long now) {
+  if (flow_.resend_guard_ms <= 0) return;
+  auto& marks = sent_[dev];
+  if (!marks) marks = std::make_unique<SentMarks>();
+  if (marks->offer_id != offer_id) {
+    *marks = SentMarks{};
+    marks->offer_id = offer_id;
+  }
+  const std::uint32_t slot = index % kSentRing;
+  marks->index_plus_one[slot] = index + 1;
+  marks->at_ms[slot] = static_cast<std::uint32_t>(now);
+  marks->last_ms = now;
+}
+
+bool ChunkServer::sent_lately_locked(const SentMarks* marks, std::uint32_t index, long long now) const {
+  if (marks == nullptr) return false;
+  const std::uint32_t slot = index % kSentRing;
+  // Unsigned difference of the low 32 bits: right across their wrap.
+  return marks->index_plus_one[slot] == index + 1 &&
+         static_cast<std::uint32_t>(now) - marks->at_ms[slot] < static_cast<std::uint64_t>(flow_.resend_guard_ms);
+}
+
+// Drops the marks of devices sent nothing within the guard (at most once a guard period:
+// one pass over the devices that transferred lately).
+void ChunkServer::prune_sent_locked(long long now) {
+  if (now - sent_pruned_ms_ < flow_.resend_guard_ms) return;
+  sent_pruned_ms_ = now;
+  for (auto it = sent_.begin(); it != sent_.end();) {
+    if (now - it->second->last_ms >= flow_.resend_guard_ms) {
+      it = sent_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+}
+
 void ChunkServer::want_locked(DeviceQueue& q, std::size_t bit) {
   q.wanted.set(bit);
   ++q.wanted_count;
@@ -175,7 +217,7 @@ void ChunkServer::erase_queue_locked(std::unordered_map<std::string, DeviceQueue
   queues_.erase(it);
 }
 
-std::uint32_t ChunkServer::broadcast_clear_locked(Audience& a, std::uint32_t index) {
+std::uint32_t ChunkServer::broadcast_clear_locked(Audience& a, std::uint32_t index, long long now) {
   std::uint32_t cleared = 0;
   std::vector<std::string> idle;  // members left with nothing wanted or unacknowledged
   for (const std::string& m : a.members) {
@@ -184,6 +226,7 @@ std::uint32_t ChunkServer::broadcast_clear_locked(Audience& a, std::uint32_t ind
     DeviceQueue& q = it->second;
     if (index < q.base || index - q.base >= kQueueSpan || !q.wanted.test(index - q.base)) continue;
     unwant_locked(q, index - q.base);
+    mark_sent_locked(m, q.offer_id, index, now);
     ++cleared;
     if (q.wanted_count == 0 && q.unacked == 0) idle.push_back(m);
   }
@@ -203,6 +246,11 @@ std::uint32_t ChunkServer::request(const std::string& dev, const std::string& of
   std::uint32_t added = 0;
   {
     std::lock_guard<std::mutex> lock(mu_);
+    const long long now = steady_ms();
+    prune_sent_locked(now);
+    auto marks_it = sent_.find(dev);
+    const SentMarks* marks =
+        marks_it != sent_.end() && marks_it->second->offer_id == offer_id ? marks_it->second.get() : nullptr;
     DeviceQueue& q = queues_[dev];
     if (q.file != file || q.offer_id != offer_id) {
       // Another image or offer: what was wanted for the old one is moot.
@@ -216,7 +264,7 @@ std::uint32_t ChunkServer::request(const std::string& dev, const std::string& of
     join_audience_locked(dev, q, bc_group.empty() ? "" : std::string(req.image.c_str()) + "|" + bc_group);
     if (q.wanted_count == 0) {
       q.base = req.first;
-      q.waiting_since_ms = steady_ms();
+      q.waiting_since_ms = now;
     }
     for (std::uint32_t rel = 0; rel < req.count; ++rel) {
       const std::uint64_t i = static_cast<std::uint64_t>(req.first) + rel;
@@ -228,6 +276,10 @@ std::uint32_t ChunkServer::request(const std::string& dev, const std::string& of
       }
       const std::size_t bit = static_cast<std::size_t>(i - q.base);
       if (q.wanted.test(bit)) continue;
+      if (sent_lately_locked(marks, static_cast<std::uint32_t>(i), now)) {
+        resends_avoided_++;  // still on its way, most likely: asked again after the guard
+        continue;
+      }
       want_locked(q, bit);
       ++added;
     }
@@ -263,6 +315,8 @@ void ChunkServer::expire_locked(long long now) {
   const std::uint64_t link = pub_ ? pub_->link_generation() : 0;
   const bool new_link = link != link_seen_;
   link_seen_ = link;
+  // What was published on the lost link may never have reached the broker.
+  if (new_link) sent_.clear();
   // Oldest first: after a link loss every frame in flight is gone, otherwise the timed-out ones.
   while (!in_flight_.empty() &&
          (new_link || now - in_flight_.begin()->second.sent_ms >= flow_.ack_timeout_ms)) {
@@ -341,10 +395,11 @@ bool ChunkServer::pick_locked(Pick& out, long long now, long long* retry_ms) {
     const std::uint32_t wanting = want_count(entry);
     if (wanting >= 2 && (front_chunk(entry) || 4 * std::size_t{wanting} >= a->second.seen.size())) {
       a->second.wanting[out.index] |= kBroadcastOnce;
-      out.recipients = broadcast_clear_locked(a->second, out.index);
+      out.recipients = broadcast_clear_locked(a->second, out.index, now);
       out.topic = a->second.topic;
     } else {
       unwant_locked(q, bit);
+      mark_sent_locked(dev, q.offer_id, out.index, now);
       out.recipients = 0;
       out.topic = q.topic;
     }

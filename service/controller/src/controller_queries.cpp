@@ -397,6 +397,7 @@ MetricsSnapshot Controller::metrics_snapshot(DbLock& db) {
   s.chunk_unacked_limit = cfg_.chunk_flow.max_unacked_bytes;
   s.chunk_queued = chunks_.queued_chunks();
   s.chunk_frames_lost = chunks_.frames_lost();
+  s.chunk_resends_avoided = chunks_.resends_avoided();
   s.chunk_unicast_bytes = chunks_.unicast_bytes();
   s.chunk_broadcast_bytes = chunks_.broadcast_bytes();
   s.chunk_broadcast_frames = chunks_.broadcast_frames();

@@ -86,6 +86,7 @@ void Inbound::handle_heartbeat(const std::string& dev, const char* p, std::size_
 
 void Inbound::handle_last_will(const std::string& dev) {
   registry_.last_will(dev);
+  chunks_.link_restarted(dev);  // what was on its way to it is gone with the link
   DbLock db(db_);
   auto existing = db.store().device(dev);
   if (existing && *existing) {
@@ -109,6 +110,9 @@ void Inbound::handle_hello(const std::string& dev, const char* p, std::size_t le
             DropReason::device_id_mismatch);
     return;
   }
+  // A live hello is a new connection: chunks published before it were lost with the old
+  // one, so its re-requests are served at once (a retained hello is an old connection's).
+  if (!retained) chunks_.link_restarted(dev);
   Store& store = db.store();
   auto existing = store.device(dev);
   if (!existing) {

@@ -52,6 +52,9 @@ void traffic_metrics(std::ostream& o, const MetricsSnapshot& s) {
   one_value(o, "ota_chunk_frames_lost_total", "counter",
             "Chunk frames whose PUBACK never came (link lost or timeout).",
             s.chunk_frames_lost);
+  one_value(o, "ota_chunk_resends_avoided_total", "counter",
+            "Chunks a device asked for again within --resend-guard-ms of being sent them (not sent again).",
+            s.chunk_resends_avoided);
   one_value(o, "ota_chunk_unicast_bytes_total", "counter",
             "Image bytes published on device chunk topics.",
             s.chunk_unicast_bytes);

@@ -25,10 +25,16 @@
 // devices asked for it, so it never runs ahead of what the fleet asked, and the more
 // requests wait (for the hold or, under load, for the budget), the more one frame answers.
 //
+// Resend guard: a device asks again for what it still lacks when nothing arrived for a
+// while. Under load that is often a frame still queued in the broker, so a chunk sent to
+// the device (either way) less than resend_guard_ms ago is not queued again; after the
+// guard, or once the device connected again (its frames before are lost), it is.
+//
 // Owns: the open image files (by image id); each device's queue (wanted chunks, frames
 //   unacknowledged) and last request (an identical repeat within kDuplicateRequestMs is
-//   counted once); the frames in flight; the audiences (per image and group: the listening
-//   devices and per chunk how many of them want it); the serving counters.
+//   counted once); the chunks each device was sent lately (the resend guard); the frames
+//   in flight; the audiences (per image and group: the listening devices and per chunk how
+//   many of them want it); the serving counters.
 // Lock: mu_, a leaf. Reading the file and publishing happen outside it; the served hook is
 //   called outside it.
 // Threads: the MQTT network thread (request; acknowledgements), HTTP workers and the tick
@@ -86,6 +92,11 @@ struct ChunkFlowConfig {
   // for them; then the chunk goes to all who asked (unicast if that is the device alone).
   // 0: at once (coalescing only what waits for the budget anyway).
   long long broadcast_hold_ms = 500;
+  // A chunk published to a device (unicast, or a broadcast it was counted in) is not sent
+  // to it again for this long, unless the device connected again since: a re-request that
+  // soon means the frame is still queued in the broker (deep queues under load), not lost,
+  // and answering it would send the chunk twice. 0: every re-request is served.
+  long long resend_guard_ms = 3000;
 };
 
 class ChunkServer {
@@ -116,6 +127,9 @@ class ChunkServer {
   // duplicate; after an outage a device may re-request the same window several times);
   // otherwise remembers it as the device's last request.
   bool repeated(const std::string& dev, const proto::ChunkRequest& req, long long now_ms);
+  // The device connected again (its hello): frames published to it before are lost with
+  // its old link, so its next requests are served in full (no resend guard).
+  void link_restarted(const std::string& dev);
   // Queues the chunks `req` asks for, for `dev` in deployment (offer) `offer_id`. A request
   // for another image or offer replaces the device's queue. `bc_group`: the group whose
   // image topic the device listens on (req.bc once the caller checked the device may read
@@ -143,6 +157,8 @@ class ChunkServer {
   // Chunk requests cut at kQueueSpan; frames counted lost (link loss or no PUBACK in time).
   std::uint64_t chunks_beyond_span() const { return beyond_span_.load(); }
   std::uint64_t frames_lost() const { return frames_lost_.load(); }
+  // Chunks a device asked for again within resend_guard_ms of being sent them (not re-sent).
+  std::uint64_t resends_avoided() const { return resends_avoided_.load(); }
 
  private:
   struct DeviceQueue {
@@ -169,6 +185,16 @@ class ChunkServer {
     std::unordered_set<std::string> seen;
     long long last_new_member_ms = 0;
   };
+  // The chunks published to one device lately and when (ring slots by chunk index: an
+  // agent's window is at most 256 chunks, so the chunks it may ask for again do not
+  // collide), for the resend guard. Kept while younger than the guard.
+  static constexpr std::uint32_t kSentRing = 256;
+  struct SentMarks {
+    std::string offer_id;
+    std::uint32_t index_plus_one[kSentRing] = {};  // 0: empty
+    std::uint32_t at_ms[kSentRing] = {};           // steady ms, low 32 bits
+    long long last_ms = 0;
+  };
   struct InFlight {
     std::string dev;
     std::uint32_t bytes = 0;
@@ -190,10 +216,13 @@ class ChunkServer {
   void want_locked(DeviceQueue& q, std::size_t bit);
   void unwant_locked(DeviceQueue& q, std::size_t bit);
   void clear_wanted_locked(DeviceQueue& q);
+  void mark_sent_locked(const std::string& dev, const std::string& offer_id, std::uint32_t index, long long now);
+  bool sent_lately_locked(const SentMarks* marks, std::uint32_t index, long long now) const;
+  void prune_sent_locked(long long now);
   void join_audience_locked(const std::string& dev, DeviceQueue& q, const std::string& key);
   void erase_queue_locked(std::unordered_map<std::string, DeviceQueue>::iterator it);
   // Clears chunk `index` for every member of `a` that wants it; returns how many did.
-  std::uint32_t broadcast_clear_locked(Audience& a, std::uint32_t index);
+  std::uint32_t broadcast_clear_locked(Audience& a, std::uint32_t index, long long now);
   void send(const Pick& p);
   void acked(std::uint64_t seq);
   void release_locked(std::map<std::uint64_t, InFlight>::iterator it);
@@ -216,6 +245,8 @@ class ChunkServer {
     long long ms = 0;
   };
   std::map<std::string, LastRequest> last_request_;  // device -> last served request
+  std::unordered_map<std::string, std::unique_ptr<SentMarks>> sent_;  // device -> recent sends
+  long long sent_pruned_ms_ = 0;
   std::unordered_map<std::string, DeviceQueue> queues_;
   // "<image id>|<group>" -> its audience, kept once made (one per image and group).
   std::unordered_map<std::string, Audience> audiences_;
@@ -233,6 +264,7 @@ class ChunkServer {
   std::atomic<std::uint64_t> peak_unacked_{0};
   std::atomic<std::uint64_t> beyond_span_{0};
   std::atomic<std::uint64_t> frames_lost_{0};
+  std::atomic<std::uint64_t> resends_avoided_{0};
   std::atomic<std::uint64_t> broadcast_frames_{0};
   std::atomic<std::uint64_t> broadcast_bytes_{0};
   std::atomic<std::uint64_t> broadcast_deliveries_{0};

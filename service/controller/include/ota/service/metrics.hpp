@@ -27,9 +27,9 @@ struct MetricsSnapshot {
   long long in_flight = 0;  // rows in flight
   std::uint64_t bytes_served = 0, chunks_sent = 0, decode_errors = 0, ignored_messages = 0;
   // Chunk flow control (chunk_server.hpp): the send budget in use and its limit, chunks
-  // waiting for it, frames counted lost.
+  // waiting for it, frames counted lost, re-requests within the resend guard.
   std::uint64_t chunk_unacked_bytes = 0, chunk_unacked_peak = 0, chunk_unacked_limit = 0,
-                chunk_queued = 0, chunk_frames_lost = 0;
+                chunk_queued = 0, chunk_frames_lost = 0, chunk_resends_avoided = 0;
   // Broadcast (PROTOCOL.md 17): image bytes published per device topic and per image topic,
   // frames on image topics and the chunks they delivered.
   std::uint64_t chunk_unicast_bytes = 0, chunk_broadcast_bytes = 0, chunk_broadcast_frames = 0,
