@@ -99,7 +99,9 @@ process_sizes() {
 # simulator process K (made once, then reused).
 pki_for() {
   local n="$1" dir="$work/pki-$1-$per_process" k=0
-  if [[ ! -f "$dir/.complete" ]]; then
+  # A PKI made before the broadcast image topics (PROTOCOL.md 17) has no ACL line letting
+  # the devices read them: every device would be served by unicast. Made again.
+  if [[ ! -f "$dir/.complete" ]] || ! grep -q '/img/+/chunk' "$dir/acl"; then
     rm -rf "$dir"
     echo "fleet_bench: making $n device certificates (once) in $dir" >&2
     "$root/broker-config/pki.sh" init "$dir" >/dev/null

@@ -374,9 +374,18 @@ bool ChunkServer::pick_locked(Pick& out, long long now, long long* retry_ms) {
       const bool front = front_chunk(a->second.wanting[q.base + bit]);
       const long long front_wait = kMaxHolds * hold + q.waiting_since_ms - now;
       const bool half = 2 * std::size_t{most} >= a->second.seen.size();
+      // A repair (broadcast before) that fewer than a quarter want waits while the front
+      // still moves, up to kMaxRepairHolds holds: late joiners and devices that were cut
+      // off take the front as it passes and gather their repairs, which then go out once
+      // for all of them instead of once per device.
+      const bool quarter = 4 * std::size_t{most} >= a->second.seen.size();
+      const bool front_moving = now - a->second.last_front_ms < kFrontIdleHolds * hold;
+      const long long repair_wait = kMaxRepairHolds * hold + q.waiting_since_ms - now;
       long long wait = 0;
       if (held_for > 0 && most < a->second.members.size()) wait = held_for;
       else if (front && !half && front_wait > 0) wait = front_wait;
+      else if (!front && !quarter && front_moving && repair_wait > 0)
+        wait = std::min(repair_wait, hold);  // looked at again each hold: the front may end
       if (wait > 0) {
         // Not everybody listening wants it yet: give the audience time to ask, so one frame
         // answers all who ask within the hold.
@@ -386,14 +395,26 @@ bool ChunkServer::pick_locked(Pick& out, long long now, long long* retry_ms) {
       }
     }
     out.index = q.base + static_cast<std::uint32_t>(bit);
-    ++q.unacked;  // first: keeps the queue when the broadcast empties it
-    // Once on the image topic when two or more want it and it is the front (first time), or
-    // at least a quarter of the devices listening there want it (a cohort that joined
-    // late): every listener gets a broadcast frame, so repairs of a few (a device that was
-    // cut off, timed out) are cheaper unicast.
+    const std::uint64_t off = static_cast<std::uint64_t>(out.index) * frame;
+    const auto frame_bytes = static_cast<std::uint32_t>(
+        proto::kFrameHeaderLen + std::min<std::uint64_t>(frame, q.file->size - off));
+    // On the image topic once when two or more listeners want it (past the holds above);
+    // a chunk one device wants is unicast.
     const std::uint32_t entry = a != audiences_.end() ? a->second.wanting[out.index] : 0;
-    const std::uint32_t wanting = want_count(entry);
-    if (wanting >= 2 && (front_chunk(entry) || 4 * std::size_t{wanting} >= a->second.seen.size())) {
+    const bool broadcast = want_count(entry) >= 2;
+    // The budget bounds what the broker still has to deliver: a broadcast frame counts once
+    // per listening device (the broker copies it to each), so a wave cannot queue seconds
+    // of fan-out in the broker ahead of everybody's repairs and PUBACKs. A frame larger
+    // than the whole budget goes alone.
+    std::uint64_t weight = frame_bytes;
+    if (broadcast) weight *= std::max<std::size_t>(1, a->second.members.size());
+    if (unacked_bytes_ != 0 && unacked_bytes_ + weight > flow_.max_unacked_bytes) {
+      ready_.push_front(dev);  // keeps its turn
+      return false;
+    }
+    ++q.unacked;  // first: keeps the queue when the broadcast empties it
+    if (broadcast) {
+      if (front_chunk(entry)) a->second.last_front_ms = now;
       a->second.wanting[out.index] |= kBroadcastOnce;
       out.recipients = broadcast_clear_locked(a->second, out.index, now);
       out.topic = a->second.topic;
@@ -407,11 +428,8 @@ bool ChunkServer::pick_locked(Pick& out, long long now, long long* retry_ms) {
     out.offer_id = q.offer_id;
     out.file = q.file;
     out.seq = next_seq_++;
-    const std::uint64_t off = static_cast<std::uint64_t>(out.index) * frame;
-    const auto bytes = static_cast<std::uint32_t>(
-        proto::kFrameHeaderLen + std::min<std::uint64_t>(frame, q.file->size - off));
-    in_flight_.emplace(out.seq, InFlight{dev, bytes, now});
-    unacked_bytes_ += bytes;
+    in_flight_.emplace(out.seq, InFlight{dev, weight, now});
+    unacked_bytes_ += weight;
     if (unacked_bytes_ > peak_unacked_.load()) peak_unacked_ = unacked_bytes_;
     if (q.wanted_count > 0) {
       ready_.push_back(dev);

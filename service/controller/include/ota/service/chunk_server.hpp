@@ -6,6 +6,7 @@
 // a repeated request merges into what is already wanted). Senders take one chunk at a time
 // from the devices that want chunks, round robin, as long as the frames published and not
 // yet acknowledged by the broker (QoS 1 PUBACK) stay within `max_unacked_bytes` in total
+// (a broadcast frame counts once per listening device: what the broker has to deliver)
 // and within each device's fair share of it. A request that does not fit waits its turn; it
 // never grows memory. Frames lost with the broker link (the client forgets their PUBACKs)
 // or not acknowledged within `ack_timeout_ms` are given back to the budget; the devices
@@ -19,9 +20,11 @@
 // (or all of them did). A chunk never broadcast before (the wave's front) waits, up to
 // kMaxHolds holds, until half of the devices that listen there want it, and is then
 // published once on the image topic (frame flag broadcast) and cleared for all who want
-// it; a chunk broadcast before goes out again that way only if a quarter of them want it. A
-// chunk only one device wants, a repair of a few, and everything for a device that does
-// not listen is unicast. Broadcast is request-driven: a chunk goes out only because
+// it. A chunk broadcast before (a repair: a device that joined late, was cut off or lost a
+// frame) that fewer than a quarter want waits while the front still moves (up to
+// kMaxRepairHolds holds), so the repairs of many go out once; whatever two or more want
+// then is broadcast again. A chunk only one device wants, and everything for a device that
+// does not listen, is unicast. Broadcast is request-driven: a chunk goes out only because
 // devices asked for it, so it never runs ahead of what the fleet asked, and the more
 // requests wait (for the hold or, under load, for the budget), the more one frame answers.
 //
@@ -79,8 +82,9 @@ struct ImageFile {
 };
 
 struct ChunkFlowConfig {
-  // Chunk frames published and not yet acknowledged by the broker, all devices together.
-  // This bounds the controller's send memory whatever the number of devices transferring.
+  // Chunk frames published and not yet acknowledged by the broker, all devices together; a
+  // broadcast frame counts once per device listening. This bounds the controller's send
+  // memory whatever the number of devices transferring, and the broker's backlog.
   std::uint64_t max_unacked_bytes = 8ull * 1024 * 1024;
   // Threads that read, frame and publish chunks; 0: whoever requests or acknowledges.
   unsigned sender_threads = 2;
@@ -104,6 +108,11 @@ class ChunkServer {
   static constexpr long long kDuplicateRequestMs = 200;
   // The longest a chunk waits for its audience to gather: this many broadcast holds.
   static constexpr long long kMaxHolds = 10;
+  // A repair (a chunk broadcast before) that fewer than a quarter of the listeners want
+  // waits at most this many holds while the front moves, i.e. while a front chunk went out
+  // within the last kFrontIdleHolds holds.
+  static constexpr long long kMaxRepairHolds = 40;
+  static constexpr long long kFrontIdleHolds = 4;
   // Chunks a device's queue can hold at once, from its lowest wanted chunk: well above an
   // agent's window (at most 256 chunks ahead); requests beyond it are dropped and counted,
   // and the device asks again.
@@ -184,6 +193,7 @@ class ChunkServer {
     // a wave is still arriving, its chunks wait (gather) so one pass serves all of it.
     std::unordered_set<std::string> seen;
     long long last_new_member_ms = 0;
+    long long last_front_ms = 0;  // a front chunk last went out (the wave still moves)
   };
   // The chunks published to one device lately and when (ring slots by chunk index: an
   // agent's window is at most 256 chunks, so the chunks it may ask for again do not
@@ -197,7 +207,7 @@ class ChunkServer {
   };
   struct InFlight {
     std::string dev;
-    std::uint32_t bytes = 0;
+    std::uint64_t bytes = 0;  // budget charged: frame bytes, times the listeners if broadcast
     long long sent_ms = 0;
   };
   // One chunk a sender is about to publish.
