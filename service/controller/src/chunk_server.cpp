@@ -381,9 +381,13 @@ bool ChunkServer::pick_locked(Pick& out, long long now, long long* retry_ms) {
       const bool quarter = 4 * std::size_t{most} >= a->second.seen.size();
       const bool front_moving = now - a->second.last_front_ms < kFrontIdleHolds * hold;
       const long long repair_wait = kMaxRepairHolds * hold + q.waiting_since_ms - now;
+      // While devices still join (a wave arriving), everything waits for them.
+      const long long arriving =
+          std::min(hold + a->second.last_new_member_ms, kMaxHolds * hold + q.waiting_since_ms) - now;
       long long wait = 0;
-      if (held_for > 0 && most < a->second.members.size()) wait = held_for;
-      else if (front && !half && front_wait > 0) wait = front_wait;
+      if (front && half) wait = arriving;  // enough of the wave asks: no hold beyond arrivals
+      else if (held_for > 0 && most < a->second.members.size()) wait = held_for;
+      else if (front && front_wait > 0) wait = front_wait;
       else if (!front && !quarter && front_moving && repair_wait > 0)
         wait = std::min(repair_wait, hold);  // looked at again each hold: the front may end
       if (wait > 0) {
