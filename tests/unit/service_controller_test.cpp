@@ -678,8 +678,16 @@ TEST_F(ControllerTest, IdenticalChunkRequestsWithin200msAreServedOnce) {
   EXPECT_EQ((*ctl->status_json())["duplicate_chunk_requests"], 2);
   chunk_req("d1", dep->id, img.id, 4, 4);  // a different request is served
   EXPECT_EQ(pub.on("ota/v1/dev/d1/down/chunk").size(), 8u);
-  chunk_req("d1", dep->id, img.id, 0, 4);  // no longer the last one: served again
-  EXPECT_EQ(pub.on("ota/v1/dev/d1/down/chunk").size(), 12u);
+  // No longer the last request, but its chunks were sent a moment ago: still on their way
+  // (the resend guard, PROTOCOL.md 17), not sent twice.
+  chunk_req("d1", dep->id, img.id, 0, 4);
+  EXPECT_EQ(pub.on("ota/v1/dev/d1/down/chunk").size(), 8u);
+  EXPECT_NE(ctl->metrics_text().find("ota_chunk_resends_avoided_total 4\n"), std::string::npos);
+  // Connected again (a live hello): what was on its way went with the old link, so all of
+  // it is served again.
+  hello("d1", "1.0.0");
+  chunk_req("d1", dep->id, img.id, 0, 8);
+  EXPECT_EQ(pub.on("ota/v1/dev/d1/down/chunk").size(), 16u);
 }
 
 }  // namespace
