@@ -88,8 +88,10 @@ TEST_F(FleetFlow, ThreeHundredDevicesWithATinySendBudgetAllFinishWithoutResendin
 // Broadcast with unicast repair (PROTOCOL.md 17): 50 devices of one group fetch one image
 // at once, listening on the group's image topic; 10 of them lose their link mid-transfer
 // (--drop-ids at --drop-at %) and come back. All 50 finish; the controller publishes the
-// image a few times instead of 50 times; a device that was cut off fetches by unicast no
-// more than it lacked when it was cut off.
+// image about twice instead of 50 times; the chunks served are the images once plus at
+// most what the ten lacked when they were cut off; a device that was cut off fetches by
+// unicast no more than it lacked (its repairs mostly come by broadcast, gathered with the
+// others').
 TEST_F(FleetFlow, BroadcastWaveOfFiftyWithTenCutOffAllFinishAndRepairsFetchOnlyWhatIsMissing) {
   constexpr int kDevices = 50;
   constexpr int kDropAtPercent = 40;
@@ -130,9 +132,10 @@ TEST_F(FleetFlow, BroadcastWaveOfFiftyWithTenCutOffAllFinishAndRepairsFetchOnlyW
               metric(m, "ota_chunk_broadcast_deliveries_total"));
   EXPECT_EQ(served, broadcast + unicast);
   EXPECT_GE(broadcast, static_cast<double>(kImage) / 2) << "the wave was not broadcast";
-  // 50 unicast downloads would be 50x the image (measured here, 2 cores under load: 3-10x;
-  // devices the simulator starts late and the ten repairs are served by unicast).
-  EXPECT_LE(served, 15.0 * kImage) << "published " << served / kImage << "x the image";
+  // 50 unicast downloads would be 50x the image. Measured here (2 cores, three or two runs
+  // at once, also under ASan): 1.8-2.5x; before repairs were gathered while the front
+  // moves, 3.5-15x (late devices and the ten repairs were served by unicast).
+  EXPECT_LE(served, 6.0 * kImage) << "published " << served / kImage << "x the image";
 
   // What each cut-off device held when its link went (the simulator logs the fault).
   const std::string log = read_file(dir_.path() + "/devsim.log");
@@ -167,6 +170,16 @@ TEST_F(FleetFlow, BroadcastWaveOfFiftyWithTenCutOffAllFinishAndRepairsFetchOnlyW
     }
   }
   EXPECT_EQ(rows, kDevices);
+  // Chunks served, all devices together (a broadcast frame counts once per device that
+  // asked for it; a chunk that came before a device asked is not counted): at most every
+  // device's image once, plus once more what the ten lacked at the cut (frames that went
+  // while they were away). Fetching the image over again, or serving re-requests of frames
+  // still on their way, would exceed it.
+  const double delivered_chunks =
+      metric(m, "ota_chunk_broadcast_deliveries_total") + unicast / 4096;
+  const double chunks = static_cast<double>(kImage / 4096);
+  EXPECT_LE(delivered_chunks, kDevices * chunks + repaired_lacked / 4096)
+      << "chunks served " << delivered_chunks << " for " << kDevices * chunks << " needed";
   EXPECT_LE(repaired_unicast, 1.1 * repaired_lacked)
       << "the ten cut-off devices were sent " << repaired_unicast << " bytes by unicast, they lacked "
       << repaired_lacked;
