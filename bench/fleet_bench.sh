@@ -7,7 +7,8 @@
 # publisher sends the image's frames once, QoS 1, on the group's image topic to N plain
 # subscribers with the devices' certificates) and the ratio to it, the bytes the controller
 # published as a multiple of the image (egress/img) and of N images (per_dev), its CPU
-# seconds and peak RSS, the broker's CPU seconds, broadcast frames and frames lost.
+# seconds and peak RSS, the broker's CPU seconds, broadcast frames and frames lost; also
+# dl_s, until every device had the whole image, and its ratio to the raw fan-out.
 # Devices listen on the group's image topic (broadcast, PROTOCOL.md 17) unless --unicast.
 #
 #   bench/fleet_bench.sh [--devices 100,300] [--image-kib 1024] [--chunk 4096] [--runs 1]
@@ -127,8 +128,8 @@ pki_for() {
 if ((idle > 0)); then
   printf '%-8s %8s %14s %12s %15s %14s\n' devices idle_s online_after_s ctl_cpu_pct ctl_rss_MiB broker_cpu_pct
 else
-  printf '%-8s %-9s %-9s %8s %8s %10s %6s %11s %8s %10s %12s %13s %9s %6s\n' devices mode image_KiB \
-    wall_s MiB/s raw_MiB/s ratio egress/img per_dev ctl_cpu_s ctl_rss_MiB broker_cpu_s bc_frames lost
+  printf '%-8s %-9s %-9s %8s %8s %10s %6s %8s %8s %11s %8s %10s %12s %13s %9s %6s\n' devices mode image_KiB \
+    wall_s MiB/s raw_MiB/s ratio dl_s dl_ratio egress/img per_dev ctl_cpu_s ctl_rss_MiB broker_cpu_s bc_frames lost
 fi
 mode=broadcast
 ((unicast)) && mode=unicast
@@ -224,9 +225,22 @@ sys.exit(0 if c.get("succeeded", 0) >= '"$n"' else 1)'
     bc_frames="$(metric ota_chunk_broadcast_frames_total)"
     echo "$n $mode run $r: broadcast frames $bc_frames delivered $(metric ota_chunk_broadcast_deliveries_total) chunks; unicast bytes $(metric ota_chunk_unicast_bytes_total); frames lost $lost; re-requests within the resend guard $(metric ota_chunk_resends_avoided_total)" >>"$work/details.log"
     mibs="$(awk -v n="$n" -v k="$image_kib" -v w="$wall" 'BEGIN {printf "%.1f", n * k / 1024 / w}')"
-    printf '%-8s %-9s %-9s %8s %8s %10s %6s %11s %8s %10s %12s %13s %9s %6s\n' "$n" "$mode" "$image_kib" \
+    # dl_s: from the deployment's creation until the last device had every chunk (its row
+    # left downloading, in the controller's event log); the rest of wall_s is verifying,
+    # rebooting into the image (a new TLS connection each) and confirming it.
+    dl="$(python3 - "$run/controller.db" <<'PY'
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1])
+created = db.execute("select min(ts) from events where what = 'deployment_created'").fetchone()[0]
+last = db.execute("select max(ts) from events where what = 'state' and detail = 'downloading -> verifying'").fetchone()[0]
+print("%.2f" % ((last - created) / 1000.0) if created and last else "-")
+PY
+)"
+    dl_mibs="$(awk -v n="$n" -v k="$image_kib" -v w="$dl" 'BEGIN {if (w + 0 > 0) printf "%.1f", n * k / 1024 / w; else print 0}')"
+    printf '%-8s %-9s %-9s %8s %8s %10s %6s %8s %8s %11s %8s %10s %12s %13s %9s %6s\n' "$n" "$mode" "$image_kib" \
       "$wall" "$mibs" "$raw_mibs" \
       "$(awk -v a="$mibs" -v r="$raw_mibs" 'BEGIN {if (r + 0 > 0) printf "%.2f", a / r; else print "-"}')" \
+      "$dl" "$(awk -v a="$dl_mibs" -v r="$raw_mibs" 'BEGIN {if (r + 0 > 0 && a + 0 > 0) printf "%.2f", a / r; else print "-"}')" \
       "$(awk -v s="$served" -v k="$image_kib" 'BEGIN {printf "%.2f", s / (k * 1024)}')" \
       "$(awk -v s="$served" -v n="$n" -v k="$image_kib" 'BEGIN {printf "%.2f", s / (n * k * 1024)}')" \
       "$(awk -v a="$cpu0" -v b="$cpu1" 'BEGIN {printf "%.1f", b - a}')" "$(hwm_mib "$ctl_pid")" \
