@@ -274,6 +274,8 @@ int main(int argc, char** argv) {
   const double q = median(ratio);
   std::printf("median: raw broker %.1f MiB/s | OTA transfer %.1f MiB/s | ratio %.2f (median of per-run ratios) | offer-to-confirmed %.1f MiB/s\n",
               median(raw), median(transfer), q, median(end_to_end));
-  std::printf("target: ratio >= 0.80 at 4 KiB chunks, QoS 1, TLS: %s\n", q >= 0.8 ? "met" : "NOT met");
+  // The target (issue 15): one device reaches 0.8 of the raw push at every chunk size up to
+  // 64 KiB, QoS 1, TLS.
+  std::printf("target: ratio >= 0.80 (%u B chunks, QoS 1, TLS): %s\n", s.chunk, q >= 0.8 ? "met" : "NOT met");
   return 0;
 }
