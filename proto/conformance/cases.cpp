@@ -299,6 +299,45 @@ void chunk_bad_crc(Kit& k) { chunk_fault_case(k, ChunkFault::bad_crc_once, true)
 void chunk_oversize(Kit& k) { chunk_fault_case(k, ChunkFault::oversize_once, true); }
 void chunk_foreign(Kit& k) { chunk_fault_case(k, ChunkFault::foreign_image_once, true); }
 
+// §17: a device that asks with `bc` listens on that group's image topic (subscribed before
+// it asks) and takes every chunk from there; the kit answers nothing by unicast.
+void broadcast_download(Kit& k) {
+  const Deployment& d = k.make_offer();
+  ServePlan& plan = k.serve(d);
+  plan.broadcast = true;
+  k.send_offer(d);
+  k.wait_until(
+      [&] {
+        for (const auto& r : k.requests())
+          if (r.req.deployment == d.id.c_str()) return true;
+        return false;
+      },
+      "a chunk_req for " + d.id);
+  std::string group;
+  for (const auto& r : k.requests()) {
+    if (r.req.deployment == d.id.c_str()) {
+      group = r.req.bc.c_str();
+      break;
+    }
+  }
+  if (group.empty()) k.skip("skipped (its chunk_req has no bc: the device does not implement §17)");
+  const proto::Hello& h = k.dut().hello;
+  bool member = false;
+  for (std::size_t i = 0; i < h.group_count; ++i) member = member || group == h.groups[i].c_str();
+  k.require(member, "bc names group '" + group + "', which is not one of the groups of its hello (§17)");
+  k.expect_update(d);
+  for (const auto& r : k.requests()) {
+    k.require(r.req.deployment != d.id.c_str() || group == r.req.bc.c_str(),
+              "a later chunk_req " + (r.req.bc.empty() ? std::string("left bc out (fell back to unicast)")
+                                                        : "named group '" + std::string(r.req.bc.c_str()) + "'") +
+                  " although every frame came on <prefix>/grp/" + group + "/img/" +
+                  d.manifest.image.c_str() + "/chunk: did it subscribe before asking? (§17)");
+  }
+  k.require(plan.unicast_frames == 0 && plan.broadcast_frames >= d.manifest.chunk_count(),
+            "expected the image by broadcast frames only, sent " + std::to_string(plan.broadcast_frames) +
+                " broadcast and " + std::to_string(plan.unicast_frames) + " unicast frames");
+}
+
 void cancel_unknown(Kit& k) {
   k.send_cancel(k.new_deployment_id());
   k.expect_silence("", 0, "a cancel for an unknown deployment must be ignored (§5.2)");
@@ -572,6 +611,7 @@ const std::vector<CaseSpec>& case_table() {
       {"chunks.bad_crc", "a chunk with a wrong CRC-32 is dropped and asked again", "§8.3", false, false, chunk_bad_crc},
       {"chunks.oversize", "a chunk longer than chunk_size is dropped", "§8.3", false, false, chunk_oversize},
       {"chunks.foreign_image", "a chunk of another image is dropped", "§8.3", false, false, chunk_foreign},
+      {"broadcast.download", "asked with bc: every chunk taken from the group's image topic", "§17, §8.3", false, false, broadcast_download},
       {"cancel.unknown", "cancel for a deployment never offered: ignored", "§5.2", false, false, cancel_unknown},
       {"cancel.offered", "cancel right behind the offer: accepted, then cancelled", "§5.2, §3", false, false, cancel_offered},
       {"cancel.downloading", "cancel while downloading: result cancelled, partial image gone", "§5.2, §8.5", false, false, cancel_downloading},

@@ -252,6 +252,7 @@ void Kit::on_request(const std::string& payload, SteadyClock::time_point at) {
 }
 
 void Kit::serve_request(const SeenRequest& r) {
+  const std::string bc_group = plan_.broadcast ? r.req.bc.c_str() : "";
   std::vector<std::uint32_t> order;
   for (std::uint32_t idx : r.wanted) {
     if (idx < plan_.serve_below) order.push_back(idx);
@@ -281,11 +282,12 @@ void Kit::serve_request(const SeenRequest& r) {
       default:
         break;
     }
-    publish_frame(*plan_.dep, idx, ChunkFault::none);
+    publish_frame(*plan_.dep, idx, ChunkFault::none, bc_group);
   }
 }
 
-void Kit::publish_frame(const Deployment& d, std::uint32_t index, ChunkFault variant) {
+void Kit::publish_frame(const Deployment& d, std::uint32_t index, ChunkFault variant,
+                        const std::string& bc_group) {
   const proto::Manifest& m = d.manifest;
   const std::uint64_t offset = static_cast<std::uint64_t>(index) * m.chunk_size;
   if (offset >= d.image.size()) return;
@@ -302,9 +304,18 @@ void Kit::publish_frame(const Deployment& d, std::uint32_t index, ChunkFault var
   std::string frame(proto::kFrameHeaderLen + len, '\0');
   auto* out = reinterpret_cast<std::uint8_t*>(&frame[0]);
   proto::encode_chunk_frame(id, static_cast<std::uint32_t>(offset),
-                            reinterpret_cast<const std::uint8_t*>(payload.data()), len, 0, out,
-                            frame.size());
+                            reinterpret_cast<const std::uint8_t*>(payload.data()), len,
+                            bc_group.empty() ? 0 : proto::kFrameFlagBroadcast, out, frame.size());
   if (variant == ChunkFault::bad_crc_once) out[24] = static_cast<std::uint8_t>(out[24] ^ 0xff);
+  char image_topic[proto::kMaxTopicLen];
+  if (!bc_group.empty() && proto::make_group_chunk_topic(opt_.prefix.c_str(), bc_group.c_str(),
+                                                         m.image.c_str(), image_topic,
+                                                         sizeof image_topic) != 0) {
+    ++plan_.broadcast_frames;
+    link_.publish(image_topic, frame);
+    return;
+  }
+  ++plan_.unicast_frames;
   link_.publish(topic("down/chunk"), frame);
 }
 

@@ -99,6 +99,10 @@ struct ServePlan {
   std::uint32_t fault_chunk = 2;
   bool fault_done = false;
   std::uint32_t serve_below = UINT32_MAX;  // chunks at or above are not answered (withheld)
+  // Answer a request that names a group (`bc`, §17) on that group's image topic with flag
+  // bit0, as a controller broadcasting; requests without `bc` are answered by unicast.
+  bool broadcast = false;
+  std::uint32_t broadcast_frames = 0, unicast_frames = 0;  // frames published so far
 };
 
 struct SeenEvent {
@@ -217,7 +221,9 @@ class Kit {
   void on_request(const std::string& payload, SteadyClock::time_point at);
   void on_presence(const LinkMessage& m);
   void serve_request(const SeenRequest& r);
-  void publish_frame(const Deployment& d, std::uint32_t index, ChunkFault variant);
+  // `bc_group` non-empty: on that group's image topic with flag bit0 (§17).
+  void publish_frame(const Deployment& d, std::uint32_t index, ChunkFault variant,
+                     const std::string& bc_group = "");
   void violation(const std::string& what);
   void cleanup();
   SteadyClock::time_point deadline(int max_ms = -1) const;

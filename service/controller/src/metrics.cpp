@@ -38,7 +38,7 @@ void traffic_metrics(std::ostream& o, const MetricsSnapshot& s) {
             "Chunks published to devices.",
             s.chunks_sent);
   one_value(o, "ota_chunk_unacked_bytes", "gauge",
-            "Chunk frames published and not yet acknowledged by the broker.",
+            "Chunk frame bytes published and not yet acknowledged by the broker (a broadcast frame once per device listening).",
             s.chunk_unacked_bytes);
   one_value(o, "ota_chunk_unacked_peak_bytes", "gauge",
             "The most ota_chunk_unacked_bytes has been since the start.",
