@@ -292,9 +292,10 @@ int main(int argc, char** argv) {
   app.add_option("--conformance-fault", conformance_faults,
                  "TEST ONLY: make every device break the protocol on purpose, to check that "
                  "ota-conformance catches it: skip-signature-check (every signature verifies), "
-                 "ignore-cancel (cancels never reach the agent); comma-separated")
+                 "ignore-cancel (cancels never reach the agent), ignore-broadcast (frames on group "
+                 "image topics never reach it, as if it never subscribed); comma-separated")
       ->delimiter(',')
-      ->check(CLI::IsMember({"skip-signature-check", "ignore-cancel"}));
+      ->check(CLI::IsMember({"skip-signature-check", "ignore-cancel", "ignore-broadcast"}));
   app.add_option("--status-ms", f.status_ms, "print a status line every N ms (0: never)");
   app.add_option("--threads", f.threads,
                  "worker threads, each driving its share of the devices from one epoll loop "
@@ -307,6 +308,7 @@ int main(int argc, char** argv) {
   for (const auto& fault : conformance_faults) {
     if (fault == "skip-signature-check") base.fault_skip_signature_check = true;
     if (fault == "ignore-cancel") base.fault_ignore_cancel = true;
+    if (fault == "ignore-broadcast") base.fault_ignore_broadcast = true;
     std::fprintf(stderr, "ota-devsim: TEST FAULT %s: these devices break the protocol on purpose\n",
                  fault.c_str());
   }

@@ -2,7 +2,8 @@
 // broker-config/: it starts the device under test itself (--device-cmd) and runs every case.
 //  - ota-agent and one ota-devsim device pass every case (none failed, none skipped);
 //  - an ota-devsim device broken on purpose (--conformance-fault skip-signature-check,
-//    ignore-cancel) fails exactly the cases those two faults break, and the kit exits 1.
+//    ignore-cancel,ignore-broadcast) fails exactly the cases those faults break, and the
+//    kit exits 1.
 #include <gtest/gtest.h>
 
 #include <nlohmann/json.hpp>
@@ -135,11 +136,11 @@ TEST_F(ConformanceKit, DevsimPassesEveryCase) {
               run.report.value("seconds", 0.0));
 }
 
-// A device that accepts any signature and ignores cancels: the kit must name exactly the
-// cases these two faults break (and no other), and exit 1.
+// A device that accepts any signature, ignores cancels and never takes a broadcast frame:
+// the kit must name exactly the cases these three faults break (and no other), and exit 1.
 TEST_F(ConformanceKit, BrokenDeviceFailsExactlyTheCasesItBreaks) {
   const KitRun run = run_kit(
-      kSimId, devsim_cmd("--conformance-fault skip-signature-check,ignore-cancel"), 4);
+      kSimId, devsim_cmd("--conformance-fault skip-signature-check,ignore-cancel,ignore-broadcast"), 4);
   ASSERT_TRUE(run.report.is_object()) << run.output;
   expect_clean_device_log(run);
   EXPECT_EQ(run.exit_code, 1) << run.output;
@@ -148,6 +149,7 @@ TEST_F(ConformanceKit, BrokenDeviceFailsExactlyTheCasesItBreaks) {
       "offer.unsigned_unsupported",  // answers `unsupported` to an unsigned offer
       "cancel.offered",              // never answers the cancel...
       "cancel.downloading",          // ...whenever it comes
+      "broadcast.download",          // asks with bc, gets nothing, falls back to unicast
   };
   EXPECT_EQ(run.with_result("FAIL"), broken) << run.report.dump(2);
   std::set<std::string> rest = all_cases();
@@ -157,6 +159,10 @@ TEST_F(ConformanceKit, BrokenDeviceFailsExactlyTheCasesItBreaks) {
     if (c["id"] == "offer.bad_signature") {
       EXPECT_NE(c["detail"].get<std::string>().find("expected decline bad_signature"),
                 std::string::npos)
+          << c.dump();
+    }
+    if (c["id"] == "broadcast.download") {
+      EXPECT_NE(c["detail"].get<std::string>().find("fell back to unicast"), std::string::npos)
           << c.dump();
     }
   }

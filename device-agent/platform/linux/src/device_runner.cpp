@@ -297,9 +297,11 @@ bool DeviceRunner::power_on(std::string& error) {
                                       if (setup_->cfg.offer_policy != nullptr) {
                                         note_offer(topic, payload, len);
                                       }
-                                      if (opt_.fault_ignore_cancel &&
-                                          proto::parse_topic(opt_.prefix.c_str(), topic, nullptr,
-                                                             nullptr) == proto::TopicKind::cancel) {
+                                      const proto::TopicKind kind = proto::parse_topic(
+                                          opt_.prefix.c_str(), topic, nullptr, nullptr);
+                                      if ((opt_.fault_ignore_cancel && kind == proto::TopicKind::cancel) ||
+                                          (opt_.fault_ignore_broadcast &&
+                                           kind == proto::TopicKind::group_chunk)) {
                                         return;
                                       }
                                       agent.on_message(topic, payload, len);

@@ -66,6 +66,7 @@ struct DeviceOptions {
   // ota-conformance reports exactly what it breaks. Never set on a real device.
   bool fault_skip_signature_check = false;  // every ECDSA signature "verifies" (PROTOCOL.md 7)
   bool fault_ignore_cancel = false;         // cancel messages never reach the agent (5.2)
+  bool fault_ignore_broadcast = false;      // frames on group image topics never reach it (17)
 };
 
 // One device: the agent core wired to the Linux ports, in a loop of power-on, serve,
