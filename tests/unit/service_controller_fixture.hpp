@@ -109,8 +109,9 @@ class ControllerTest : public ::testing::Test {
   }
 
   void chunk_req(const std::string& dev, const std::string& dep, const std::string& image,
-                 std::uint32_t first, std::uint32_t count) {
+                 std::uint32_t first, std::uint32_t count, const std::string& bc = "") {
     proto::ChunkRequest r;
+    r.bc.assign(bc.c_str());
     r.deployment.assign(dep.c_str());
     r.image.assign(image.c_str());
     r.first = first;

@@ -664,6 +664,26 @@ TEST_F(ControllerTest, RequestsForAFinishedDeploymentGetACancelRateLimited) {
   EXPECT_EQ(pub.on("ota/v1/dev/d3/down/cancel").size(), 1u);
 }
 
+// ------------------------------------------------------------- broadcast (PROTOCOL.md 17)
+
+// A device may listen only on image topics it can read (without an ACL file: its hello's
+// groups). A request naming another group is served by unicast, counted, and logged once.
+TEST_F(ControllerTest, BroadcastRequestForAGroupTheDeviceCannotReadIsServedByUnicast) {
+  auto img = add(bytes_of(3 * 4096), "1.1.0");
+  hello("d1", "1.0.0", {"g1"});
+  auto dep = ctl->deploy(img.id, "device", "d1");
+  ASSERT_TRUE(dep.ok()) << dep.error();
+  chunk_req("d1", dep->id, img.id, 0, 2, "g2");
+  EXPECT_EQ(pub.on("ota/v1/dev/d1/down/chunk").size(), 2u);
+  EXPECT_EQ(pub.on("ota/v1/grp/g2/img/" + img.id + "/chunk").size(), 0u);
+  EXPECT_EQ(ctl->broadcast_unreadable(), 1u);
+  EXPECT_NE(ctl->metrics_text().find("ota_chunk_broadcast_unreadable_total 1\n"), std::string::npos);
+  // Its own group is readable: not counted.
+  chunk_req("d1", dep->id, img.id, 2, 1, "g1");
+  EXPECT_EQ(pub.on("ota/v1/dev/d1/down/chunk").size(), 3u);
+  EXPECT_EQ(ctl->broadcast_unreadable(), 1u);
+}
+
 // ------------------------------------------------------------- duplicate chunk requests
 
 TEST_F(ControllerTest, IdenticalChunkRequestsWithin200msAreServedOnce) {

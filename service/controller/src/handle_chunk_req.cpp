@@ -29,7 +29,18 @@ void Inbound::handle_chunk_request(const std::string& dev, const char* p, std::s
   // Broadcast only on a topic the broker lets the device read (PROTOCOL.md 17); otherwise
   // its chunks are unicast, as for a device that did not ask.
   std::string bc_group;
-  if (!req.bc.empty() && registry_.reads_group_images(dev, req.bc.c_str())) bc_group = req.bc.c_str();
+  if (!req.bc.empty()) {
+    if (registry_.reads_group_images(dev, req.bc.c_str())) {
+      bc_group = req.bc.c_str();
+    } else {
+      // Broadcast frames would never reach it: the broker does not let it read the topic.
+      broadcast_unreadable_++;
+      if (first_time("bc|" + dev + "|" + req.bc.c_str()))
+        log_warn("device " + dev + ": asks for broadcast chunks on group '" + req.bc.c_str() +
+                 "', whose image topic it may not read (ACL, or not in its hello's groups): served "
+                 "by unicast (logged once; counted in ota_chunk_broadcast_unreadable_total)");
+    }
+  }
   // Queued within the send budget; the chunk server's senders publish them and account the
   // unicast bytes to the row (Controller's served hook).
   chunks_.request(dev, dep_id, grant.file, req, bc_group);

@@ -67,6 +67,9 @@ void traffic_metrics(std::ostream& o, const MetricsSnapshot& s) {
   one_value(o, "ota_chunk_broadcast_deliveries_total", "counter",
             "Chunk requests answered by broadcast frames (a frame answering k devices counts k).",
             s.chunk_broadcast_deliveries);
+  one_value(o, "ota_chunk_broadcast_unreadable_total", "counter",
+            "Chunk requests naming a group whose image topic the device may not read (served by unicast).",
+            s.chunk_broadcast_unreadable);
   one_value(o, "ota_decode_errors_total", "counter",
             "Device messages that failed to decode.",
             s.decode_errors);

@@ -160,6 +160,7 @@ class Controller {
   static nlohmann::json to_json(const DeviceRec& r) { return device_record_view(r); }
 
   std::uint64_t decode_errors() const { return inbound_.decode_errors(); }
+  std::uint64_t broadcast_unreadable() const { return inbound_.broadcast_unreadable(); }
   std::uint64_t chunks_sent() const { return chunks_.chunks_sent(); }
   // Device messages dropped without effect (non-members, finished deployments, stale ids).
   std::uint64_t ignored_messages() const { return inbound_.ignored_messages(); }

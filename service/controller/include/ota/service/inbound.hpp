@@ -80,6 +80,9 @@ class Inbound {
 
   std::uint64_t decode_errors() const { return decode_errors_.load(); }
   std::uint64_t ignored_messages() const { return ignored_messages_.load(); }
+  // Chunk requests naming a group (`bc`) whose image topic the device may not read: served
+  // by unicast instead (PROTOCOL.md 17).
+  std::uint64_t broadcast_unreadable() const { return broadcast_unreadable_.load(); }
   std::uint64_t dropped(DropReason r) const { return dropped_[static_cast<std::size_t>(r)].load(); }
 
  private:
@@ -134,6 +137,7 @@ class Inbound {
   BoundedKeySet logged_once_{kLogOnceCapacity};  // drop log keys
   std::atomic<std::uint64_t> decode_errors_{0};
   std::atomic<std::uint64_t> ignored_messages_{0};
+  std::atomic<std::uint64_t> broadcast_unreadable_{0};
   std::array<std::atomic<std::uint64_t>, kDropReasonCount> dropped_{};
 };
 

@@ -33,7 +33,7 @@ struct MetricsSnapshot {
   // Broadcast (PROTOCOL.md 17): image bytes published per device topic and per image topic,
   // frames on image topics and the chunks they delivered.
   std::uint64_t chunk_unicast_bytes = 0, chunk_broadcast_bytes = 0, chunk_broadcast_frames = 0,
-                chunk_broadcast_deliveries = 0;
+                chunk_broadcast_deliveries = 0, chunk_broadcast_unreadable = 0;
   std::array<std::uint64_t, kDropReasonCount> dropped{};
   // Live rollouts (running, scheduled, paused, or ended with devices still reporting).
   struct Rollout {
