@@ -39,13 +39,17 @@ void FleetWorker::schedule(std::size_t slot, Clock::time_point due) {
 }
 
 // Keeps the epoll registration in line with the device's socket and what it waits for.
-// Called after every step: a reconnect or a power cycle may give a new socket the number of
-// the old one, whose registration the kernel dropped at close, so the registration is
-// re-asserted (MOD, else ADD) rather than trusted.
+// Called after every step. A reconnect or a power cycle may give a new socket the number of
+// the old one, whose registration the kernel dropped at close: then (a new socket epoch) the
+// registration is re-asserted (MOD, else ADD). The same socket waiting for the same events
+// keeps its registration (most steps: a system call per step was a tenth of the simulator's
+// CPU at 1,000 devices).
 void FleetWorker::watch(std::size_t slot) {
   Slot& s = slots_[slot];
   const int fd = s.device->socket();
   const std::uint32_t events = EPOLLIN | (s.device->wants_write() ? EPOLLOUT : 0u);
+  const std::uint64_t epoch = s.device->socket_epoch();
+  if (fd >= 0 && fd == s.fd && events == s.events && epoch == s.epoch) return;
   if (s.fd >= 0 && s.fd != fd) {
     auto owner = fd_owner_.find(s.fd);
     if (owner != fd_owner_.end() && owner->second == slot) {
@@ -68,6 +72,7 @@ void FleetWorker::watch(std::size_t slot) {
   }
   s.fd = fd;
   s.events = events;
+  s.epoch = epoch;
 }
 
 bool FleetWorker::step(std::size_t slot, bool readable, bool writable) {

@@ -42,6 +42,7 @@ class FleetWorker {
     agent::linux_port::DeviceRunner* device = nullptr;
     int fd = -1;              // registered with epoll, -1: none
     std::uint32_t events = 0;  // what it is registered for
+    std::uint64_t epoch = 0;   // the device's socket_epoch() when registered
     Clock::time_point due;     // when it must be stepped at the latest
     bool started = false;  // start() called
     bool done = false;     // finished (or failed): counted out of unfinished_

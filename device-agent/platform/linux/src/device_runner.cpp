@@ -411,6 +411,12 @@ int DeviceRunner::socket() const {
   return powered_ != nullptr ? powered_->transport->socket() : -1;
 }
 
+std::uint64_t DeviceRunner::socket_epoch() const {
+  // boots counts power-ons (each a new transport); attempts count its sockets.
+  const std::uint64_t attempts = powered_ != nullptr ? powered_->transport->connect_attempts() : 0;
+  return (std::uint64_t{boots.load()} << 32) + attempts;
+}
+
 bool DeviceRunner::wants_write() const {
   return powered_ != nullptr && powered_->transport->wants_write();
 }

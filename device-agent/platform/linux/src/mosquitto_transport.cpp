@@ -164,6 +164,7 @@ bool MosquittoTransport::start(std::string& error) {
 }
 
 void MosquittoTransport::try_connect() {
+  ++connect_attempts_;
   const int rc = ever_connected_ ? mosquitto_reconnect(mosq_)
                                  : mosquitto_connect(mosq_, settings_.host.c_str(), settings_.port,
                                                      settings_.keepalive_s);

@@ -101,6 +101,9 @@ class DeviceRunner {
   bool step(bool readable, bool writable, Clock::time_point& next, std::string& error);
   int socket() const;  // -1 while there is none; may change at any step()
   bool wants_write() const;
+  // Changes whenever socket() may be a new socket, even under the same number (a power
+  // cycle, a connection attempt): an event loop re-registers it then, and only then.
+  std::uint64_t socket_epoch() const;
   // Clean power-off: the offline message and DISCONNECT, then finished(). Keep stepping.
   void request_stop();
   bool finished() const { return phase_ == Phase::finished; }

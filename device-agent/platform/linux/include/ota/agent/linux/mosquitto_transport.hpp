@@ -99,6 +99,8 @@ class MosquittoTransport final : public Transport {
                bool retain) override;
 
   std::uint64_t connects() const { return connects_; }
+  // Connection attempts made (each may open a new socket, possibly under the old number).
+  std::uint64_t connect_attempts() const { return connect_attempts_; }
   // Connection attempts that failed since the broker last accepted one (diagnostics, tests).
   std::uint32_t failed_attempts() const { return failed_attempts_; }
 
@@ -124,6 +126,7 @@ class MosquittoTransport final : public Transport {
   bool connected_ = false;
   bool ever_connected_ = false;  // mosquitto_reconnect() needs one mosquitto_connect() first
   std::uint64_t connects_ = 0;
+  std::uint64_t connect_attempts_ = 0;
   std::uint32_t failed_attempts_ = 0;
   std::chrono::steady_clock::time_point next_attempt_{};
   std::chrono::steady_clock::time_point connack_deadline_{};
