@@ -3,7 +3,7 @@
 #   cmake --install build [--prefix /usr]      # or DESTDIR=/tmp/root cmake --install build
 #   cd build && cpack -G DEB                   # ota-orchestrator_<version>_<arch>.deb
 #
-# Layout (prefix P, /usr in the .deb): P/bin/{ota-controller,otactl,ota-agent,ota-devsim,ota-conformance},
+# Layout (prefix P, /usr in the .deb): P/bin/{ota-controller,otactl,ota-agent,ota-devsim,ota-conformance,ota-pki-devices},
 # P/lib/systemd/system/{ota-controller,ota-agent}.service, P/share/ota/broker-config/ (the
 # mosquitto template, pki.sh, run-broker.sh, install-dropin.sh), P/share/ota/monitoring/
 # (Prometheus alert rules, Grafana dashboard), P/share/ota/web/ (the web dashboard the
@@ -15,7 +15,9 @@ include(GNUInstallDirs)
 
 set(OTA_PKG_DIR ${PROJECT_SOURCE_DIR}/packaging)
 
-install(TARGETS ota-agent ota-devsim ota-conformance RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
+# ota-pki-devices: what broker-config/pki.sh uses (found on PATH) to issue many device
+# certificates in one process.
+install(TARGETS ota-agent ota-devsim ota-conformance ota-pki-devices RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
 # (ota-controller and otactl: service/CMakeLists.txt)
 
 install(FILES

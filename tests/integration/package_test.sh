@@ -68,7 +68,7 @@ step "file list (dpkg -c)"
 dpkg -c "$deb" | awk '{print $6}' | sed -e 's|^\./|/|' >"$tmp/files"
 expected=(
   /usr/bin/ota-controller /usr/bin/otactl /usr/bin/ota-agent /usr/bin/ota-devsim
-  /usr/bin/ota-conformance
+  /usr/bin/ota-conformance /usr/bin/ota-pki-devices
   /usr/lib/systemd/system/ota-controller.service /usr/lib/systemd/system/ota-agent.service
   /usr/share/ota/broker-config/mosquitto.conf.in /usr/share/ota/broker-config/acl.in
   /usr/share/ota/broker-config/pki.sh /usr/share/ota/broker-config/run-broker.sh
@@ -143,6 +143,13 @@ fi
 step "broker drop-in with a Debian-style mosquitto.conf"
 share="$root/usr/share/ota/broker-config"
 "$share/pki.sh" init "$tmp/pki" >/dev/null
+# Many device certificates come from the packaged ota-pki-devices (pki.sh finds it on PATH).
+OTA_PKI_DEVICES="$root/usr/bin/ota-pki-devices" "$share/pki.sh" devices "$tmp/pki" 3 pkgdev --group g1 >/dev/null ||
+  fail "pki.sh devices with the packaged ota-pki-devices"
+for i in 001 002 003; do
+  openssl verify -CAfile "$tmp/pki/ca.crt" "$tmp/pki/devices/pkgdev-$i.crt" >/dev/null ||
+    fail "pkgdev-$i.crt does not verify against the CA"
+done
 port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
 etc="$tmp/etc-mosquitto"
 "$share/install-dropin.sh" "$tmp/pki" --port "$port" --listen 127.0.0.1 --dest "$etc/ota" --conf-dir "$etc/conf.d"
