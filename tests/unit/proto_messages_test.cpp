@@ -639,6 +639,15 @@ TEST(ProtoMessages, ChunkRequestBroadcastGroup) {
       "{\"v\":1,\"type\":\"chunk_req\",\"deployment\":\"dep-1\",\"image\":\"3f2a9c1b7d4e8f60\","
       "\"first\":0,\"count\":4,\"bc\":true}";
   EXPECT_EQ(err_str(decode_chunk_request(not_string, std::strlen(not_string), d)), "bad_field_type bc");
+  // Hostile: a group name past 64 characters, and one with a NUL byte in it.
+  const std::string too_long =
+      "{\"v\":1,\"type\":\"chunk_req\",\"deployment\":\"dep-1\",\"image\":\"3f2a9c1b7d4e8f60\","
+      "\"first\":0,\"count\":4,\"bc\":\"" + std::string(65, 'g') + "\"}";
+  EXPECT_EQ(err_str(decode_chunk_request(too_long.data(), too_long.size(), d)), "field_too_long bc");
+  const char* with_nul =
+      "{\"v\":1,\"type\":\"chunk_req\",\"deployment\":\"dep-1\",\"image\":\"3f2a9c1b7d4e8f60\","
+      "\"first\":0,\"count\":4,\"bc\":\"la\\u0000b\"}";
+  EXPECT_EQ(err_str(decode_chunk_request(with_nul, std::strlen(with_nul), d)), "bad_value bc");
 }
 
 TEST(ProtoMessages, ChunkRequestMaxWindow) {

@@ -367,12 +367,15 @@ bool ChunkServer::pick_locked(Pick& out, long long now, long long* retry_ms) {
       }
       // No hold without sender threads: nothing would come back to send what was held.
       const long long hold = flow_.sender_threads == 0 ? 0 : flow_.broadcast_hold_ms;
-      const long long gathered = std::max(q.waiting_since_ms, a->second.last_new_member_ms);
-      const long long held_for = std::min(hold + gathered, kMaxHolds * hold + q.waiting_since_ms) - now;
+      // No hold lasts past kMaxHolds holds from the device's oldest waiting request.
+      const long long latest = kMaxHolds * hold + q.waiting_since_ms;
+      auto hold_left_after = [&](long long since) { return std::min(hold + since, latest) - now; };
+      const long long held_for =
+          hold_left_after(std::max(q.waiting_since_ms, a->second.last_new_member_ms));
       // The front waits (up to kMaxHolds holds) until half of the listeners want it: the
       // wave moves at the pace of its median device, not of its fastest.
       const bool front = front_chunk(a->second.wanting[q.base + bit]);
-      const long long front_wait = kMaxHolds * hold + q.waiting_since_ms - now;
+      const long long front_wait = latest - now;
       const bool half = 2 * std::size_t{most} >= a->second.seen.size();
       // A repair (broadcast before) that fewer than a quarter want waits while the front
       // still moves, up to kMaxRepairHolds holds: late joiners and devices that were cut
@@ -382,8 +385,7 @@ bool ChunkServer::pick_locked(Pick& out, long long now, long long* retry_ms) {
       const bool front_moving = now - a->second.last_front_ms < kFrontIdleHolds * hold;
       const long long repair_wait = kMaxRepairHolds * hold + q.waiting_since_ms - now;
       // While devices still join (a wave arriving), everything waits for them.
-      const long long arriving =
-          std::min(hold + a->second.last_new_member_ms, kMaxHolds * hold + q.waiting_since_ms) - now;
+      const long long arriving = hold_left_after(a->second.last_new_member_ms);
       long long wait = 0;
       if (front && half) wait = arriving;  // enough of the wave asks: no hold beyond arrivals
       else if (held_for > 0 && most < a->second.members.size()) wait = held_for;
