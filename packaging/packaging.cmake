@@ -76,7 +76,7 @@ set(CPACK_INSTALL_PREFIX /usr)
 set(CPACK_PACKAGING_INSTALL_PREFIX /usr)
 set(CPACK_STRIP_FILES ON)
 # Runtime libraries from the binaries (dpkg-shlibdeps: libmosquitto1, libssl3, libsqlite3-0,
-# libcpp-httplib0.11, libc6, libstdc++6, libgcc-s1), plus useradd/groupadd for postinst.
+# libcpp-httplib0.11, libdeflate0, libc6, libstdc++6, libgcc-s1), plus useradd/groupadd for postinst.
 set(CPACK_DEBIAN_PACKAGE_SHLIBDEPS ON)
 set(CPACK_DEBIAN_PACKAGE_DEPENDS "passwd")
 set(CPACK_DEBIAN_PACKAGE_RECOMMENDS "mosquitto, openssl")

@@ -6,7 +6,7 @@ packages=(
   build-essential cmake ninja-build pkg-config git openssl
   mosquitto mosquitto-clients libmosquitto-dev libmosquittopp-dev
   libssl-dev nlohmann-json3-dev libsqlite3-dev sqlite3
-  libcli11-dev libcpp-httplib-dev
+  libcli11-dev libcpp-httplib-dev libdeflate-dev
   libgtest-dev libgmock-dev googletest libbenchmark-dev
   python3 python3-jsonschema
   gcc-arm-none-eabi libnewlib-arm-none-eabi libstdc++-arm-none-eabi-newlib qemu-system-arm

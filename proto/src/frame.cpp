@@ -2,10 +2,15 @@
 
 #include <cstring>
 
+#ifdef OTA_PROTO_CRC32_LIBDEFLATE
+#include <libdeflate.h>
+#endif
+
 namespace ota::proto {
 
 namespace {
 
+#ifndef OTA_PROTO_CRC32_LIBDEFLATE
 // CRC-32 (IEEE, reflected) by slicing: table k holds the CRC of a byte followed by k zero
 // bytes, so eight input bytes cost eight lookups and no data-dependent loop. 8 KiB of
 // constant tables; a firmware build short of flash defines OTA_PROTO_CRC32_SMALL and gets
@@ -28,6 +33,7 @@ struct CrcTable {
   }
 };
 constexpr CrcTable kCrcTable{};
+#endif
 
 constexpr std::uint8_t kMagic[4] = {'O', 'T', 'A', 'C'};
 constexpr std::uint8_t kKnownFlags = kFrameFlagBroadcast | kFrameFlagCompressed;
@@ -60,6 +66,11 @@ int hex_nibble(char c) {
 }  // namespace
 
 std::uint32_t crc32(const std::uint8_t* data, std::size_t len, std::uint32_t crc) {
+#ifdef OTA_PROTO_CRC32_LIBDEFLATE
+  // Same convention as ours and zlib's (the pre- and post-inversion happen inside).
+  if (len == 0) return crc;  // libdeflate wants a readable buffer; ours takes nullptr, 0
+  return libdeflate_crc32(crc, data, len);
+#else
   crc = ~crc;
   std::size_t i = 0;
 #ifndef OTA_PROTO_CRC32_SMALL
@@ -76,6 +87,7 @@ std::uint32_t crc32(const std::uint8_t* data, std::size_t len, std::uint32_t crc
 #endif
   for (; i < len; ++i) crc = kCrcTable.v[0][(crc ^ data[i]) & 0xFFu] ^ (crc >> 8);
   return ~crc;
+#endif
 }
 
 void encode_chunk_header(const std::uint8_t image_id[8], std::uint32_t offset,

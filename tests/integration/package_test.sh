@@ -50,7 +50,7 @@ step "control fields and maintainer scripts"
 version="$(dpkg-deb -f "$deb" Version)"
 depends="$(dpkg-deb -f "$deb" Depends)"
 echo "Depends: $depends"
-for lib in libmosquitto1 libssl3 libsqlite3-0 libc6 libstdc++6; do
+for lib in libmosquitto1 libssl3 libsqlite3-0 libdeflate0 libc6 libstdc++6; do
   tr ',' '\n' <<<"$depends" | sed -e 's/^ *//' -e 's/ .*//' | grep -qxF "$lib" || fail "Depends lacks $lib"
 done
 grep -qw mosquitto <<<"$(dpkg-deb -f "$deb" Recommends)" || fail "mosquitto is not recommended"

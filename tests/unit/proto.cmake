@@ -5,6 +5,7 @@ add_executable(proto_tests
   ${CMAKE_CURRENT_LIST_DIR}/proto_json_test.cpp
   ${CMAKE_CURRENT_LIST_DIR}/proto_messages_test.cpp
   ${CMAKE_CURRENT_LIST_DIR}/proto_frame_test.cpp
+  ${CMAKE_CURRENT_LIST_DIR}/proto_crc_test.cpp
   ${CMAKE_CURRENT_LIST_DIR}/proto_topics_test.cpp
   ${CMAKE_CURRENT_LIST_DIR}/proto_fixtures_test.cpp
   ${CMAKE_CURRENT_LIST_DIR}/proto_keys_test.cpp)
@@ -15,6 +16,14 @@ target_compile_definitions(proto_tests PRIVATE OTA_PROTO_FIXTURE_DIR="${OTA_PROT
 target_link_libraries(proto_tests PRIVATE ota::proto GTest::gtest_main OpenSSL::Crypto ota_warnings)
 # Prefix so that `ctest -R proto` selects them.
 gtest_discover_tests(proto_tests TEST_PREFIX "proto." PROPERTIES LABELS unit)
+
+# The same CRC tests against the codec sources as a firmware port compiles them (no
+# libdeflate: frame.cpp's sliced tables).
+add_executable(proto_sliced_crc_tests ${CMAKE_CURRENT_LIST_DIR}/proto_crc_test.cpp ${OTA_PROTO_SOURCES})
+target_include_directories(proto_sliced_crc_tests PRIVATE ${OTA_SOURCE_DIR}/proto/include
+                           ${OTA_SOURCE_DIR}/proto/src)
+target_link_libraries(proto_sliced_crc_tests PRIVATE GTest::gtest_main ota_warnings)
+gtest_discover_tests(proto_sliced_crc_tests TEST_PREFIX "proto.sliced." PROPERTIES LABELS unit)
 
 # JSON Schemas: every valid fixture validates, corrupt ones are rejected (python3-jsonschema).
 find_package(Python3 COMPONENTS Interpreter)
