@@ -3,6 +3,8 @@
 // faults with real processes are in tests/integration/recovery_test.cpp.)
 #include <gtest/gtest.h>
 
+#include <sqlite3.h>
+
 #include <random>
 #include <set>
 
@@ -339,6 +341,68 @@ TEST_F(ControllerRecovery, ProgressNeverGoesBackwardsWithinAnAttempt) {
   auto j = ctl->deployment_json(dep->id);
   EXPECT_EQ((*j)["devices"][0]["received"], 20000);
   EXPECT_EQ(ctl->dropped(DropReason::progress_backwards), 1u);
+}
+
+
+// Progress reports that move no state cost no commit each (on the MQTT network thread a WAL
+// sync apiece held chunk frames back at fleet scale): the database sees them at the next
+// flush (tick), in one transaction, and every query flushes first, so nothing shows stale.
+TEST_F(ControllerRecovery, ProgressIsWrittenByTheFlushNotCommittedPerReport) {
+  configure = [](ControllerConfig& c) { c.flush_interval_ms = 0; };  // every tick flushes
+  start();
+  add(bytes_of(400000), "1.1.0");
+  hello("d1", "1.0.0");
+  auto dep = ctl->deploy("1.1.0", "device", "d1");
+  ASSERT_TRUE(dep.ok());
+  event("d1", ev(proto::EventType::accept, 1, dep->id));
+  std::uint32_t seq = 2;
+  auto progress = [&](std::uint64_t received) {
+    auto p = ev(proto::EventType::progress, seq++, dep->id);
+    p.received = received;
+    p.total = 400000;
+    event("d1", p);
+  };
+  progress(20000);  // accepted -> downloading: committed at once
+  ASSERT_EQ(row_state(dep->id, "d1"), "downloading");
+
+  // A second connection to the file: PRAGMA data_version moves when another connection commits.
+  sqlite3* watch = nullptr;
+  ASSERT_EQ(sqlite3_open_v2(dir.file("ota.db").c_str(), &watch, SQLITE_OPEN_READONLY, nullptr), SQLITE_OK);
+  auto query = [&](const char* sql) {
+    sqlite3_stmt* st = nullptr;
+    long long v = -1;
+    if (sqlite3_prepare_v2(watch, sql, -1, &st, nullptr) == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW)
+      v = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    return v;
+  };
+  const std::string received_sql =
+      "SELECT received FROM deployment_devices WHERE device_id = 'd1' AND deployment_id = '" + dep->id + "'";
+  const long long version_before = query("PRAGMA data_version");
+  EXPECT_EQ(query(received_sql.c_str()), 20000);
+  for (std::uint64_t r = 40000; r <= 360000; r += 20000) progress(r);
+  EXPECT_EQ(query("PRAGMA data_version"), version_before) << "a progress report was committed on its own";
+  EXPECT_EQ(query(received_sql.c_str()), 20000);
+
+  // The next tick writes the row.
+  ctl->tick();
+  EXPECT_NE(query("PRAGMA data_version"), version_before);
+  EXPECT_EQ(query(received_sql.c_str()), 360000);
+
+  // A query flushes first: the latest report shows without waiting for the tick.
+  progress(380000);
+  auto j = ctl->deployment_json(dep->id);
+  ASSERT_TRUE(j.ok());
+  EXPECT_EQ((*j)["devices"][0]["received"], 380000);
+  EXPECT_EQ(query(received_sql.c_str()), 380000);
+
+  // Reports that move the row still commit at once: the download's end (verifying).
+  auto verifying = ev(proto::EventType::status, seq++, dep->id);
+  verifying.state = proto::DeviceState::verifying;
+  const long long version_mid = query("PRAGMA data_version");
+  event("d1", verifying);
+  EXPECT_NE(query("PRAGMA data_version"), version_mid);
+  sqlite3_close(watch);
 }
 
 }  // namespace

@@ -86,6 +86,19 @@ Status Deployments::apply_event(DbLock& db, const std::string& dev, const EventM
   return s;
 }
 
+bool Deployments::note_progress(const std::string& dev, const EventMatch& m, const proto::Event& ev) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = active_.find(m.dep_id);
+  if (it == active_.end()) return false;
+  auto r = it->second.rows.find(dev);
+  if (r == it->second.rows.end() || r->second.rec.state != m.state) return false;
+  LiveRow& row = r->second;
+  row.rec.received = ev.received;
+  if (ev.total) row.rec.total = ev.total;
+  row.dirty = true;
+  return true;
+}
+
 Status Deployments::apply_row_event(DbLock& db, LiveDeployment& dep, LiveRow& row,
                                     const proto::Event& ev, RowEvent rev, RowState to,
                                     bool* final_now) {
@@ -121,20 +134,14 @@ Status Deployments::apply_row_event(DbLock& db, LiveDeployment& dep, LiveRow& ro
       }
       break;
     }
-    case proto::EventType::progress: {
+    case proto::EventType::progress:
       row.rec.received = ev.received;
       if (ev.total) row.rec.total = ev.total;
-      if (to != row.rec.state) {
+      if (to != row.rec.state)
         s = set_row_state(db, dep, row, to, "");
-        break;
-      }
-      const int bucket = row.rec.total ? static_cast<int>(row.rec.received * 10 / row.rec.total) : -1;
-      row.dirty = true;
-      if (bucket != row.last_pct_bucket || now_ms() - row.last_flush_ms >= cfg_.flush_interval_ms)
-        s = write_row(db, row);
-      row.last_pct_bucket = bucket;
+      else
+        row.dirty = true;  // written by the next flush (note_progress)
       break;
-    }
     case proto::EventType::result:
       if (ev.success) {
         std::string ver = ev.version.empty() ? dep.image.version : ev.version.c_str();

@@ -44,7 +44,6 @@ struct LiveRow {
   RowRec rec;
   bool dirty = false;  // progress or bytes_sent not written yet
   long long last_flush_ms = 0;
-  int last_pct_bucket = -1;
 };
 
 // How a deferral is handled: a rollout's policy, else these defaults.
@@ -138,6 +137,9 @@ class Deployments {
   // *final_now: the row became final.
   Status apply_event(DbLock& db, const std::string& dev, const EventMatch& m, const proto::Event& ev,
                      RowEvent rev, RowState to, bool* final_now);
+  // A progress report that leaves the row's state as it is (m.state): kept in memory, written
+  // by the next flush. False when the row is gone or its state moved since `m`.
+  bool note_progress(const std::string& dev, const EventMatch& m, const proto::Event& ev);
   // The row's state and reason (for logs).
   std::optional<std::pair<RowState, std::string>> row_state(const std::string& dep_id,
                                                            const std::string& dev) const;
