@@ -143,6 +143,7 @@ struct World {
     check(signer.ok());
     svc::ControllerConfig cfg;
     cfg.chunk_flow.sender_threads = 0;  // deterministic: chunks sent inside on_message
+    cfg.inbound_queue = 0;              // and every message applied inside it
     cfg.db_path = dir + "/ota.db";
     cfg.store_dir = dir + "/images";
     cfg.clock = [] { return g_now_ms; };

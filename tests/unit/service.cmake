@@ -4,6 +4,7 @@ add_executable(service_tests
   ${CMAKE_CURRENT_LIST_DIR}/service_store_test.cpp
   ${CMAKE_CURRENT_LIST_DIR}/service_store_recovery_test.cpp
   ${CMAKE_CURRENT_LIST_DIR}/service_recovery_test.cpp
+  ${CMAKE_CURRENT_LIST_DIR}/service_inbound_queue_test.cpp
   ${CMAKE_CURRENT_LIST_DIR}/service_signing_test.cpp
   ${CMAKE_CURRENT_LIST_DIR}/service_images_test.cpp
   ${CMAKE_CURRENT_LIST_DIR}/service_controller_test.cpp

@@ -65,6 +65,9 @@ class ControllerTest : public ::testing::Test {
     // what was published as soon as on_message returns. The sender threads are exercised
     // by the integration tests and ChunkFlow tests.
     cfg.chunk_flow.sender_threads = 0;
+    // Likewise device messages are applied by on_message itself (inbound.hpp); the
+    // device-message thread is exercised by InboundQueue tests and the integration tests.
+    cfg.inbound_queue = 0;
     if (configure) configure(cfg);
     auto c = Controller::create(cfg, std::move(*signer), publisher ? publisher : &pub);
     ASSERT_TRUE(c.ok()) << c.error();

@@ -37,7 +37,8 @@ Controller::Controller(ControllerConfig cfg, Signer signer, KeyRing keys, Publis
 }
 
 Controller::~Controller() {
-  chunks_.stop();  // the senders call into deployments_
+  inbound_.stop();  // applies what waits; it calls into every component below
+  chunks_.stop();   // the senders call into deployments_
   DbLock db(db_);
   flush(db, true);
 }

@@ -41,7 +41,46 @@ Inbound::Inbound(const ControllerConfig& cfg, Database& db, DeviceRegistry& regi
       keys_(keys),
       deployments_(deployments),
       runner_(runner),
-      chunks_(chunks) {}
+      chunks_(chunks) {
+  if (cfg_.inbound_queue > 0) worker_ = std::thread([this] { worker_loop(); });
+}
+
+Inbound::~Inbound() { stop(); }
+
+void Inbound::stop() {
+  {
+    std::lock_guard<std::mutex> lock(queue_mu_);
+    queue_stopping_ = true;
+  }
+  queue_cv_.notify_all();
+  queue_space_cv_.notify_all();
+  if (worker_.joinable()) worker_.join();
+}
+
+std::size_t Inbound::queued() const {
+  std::lock_guard<std::mutex> lock(queue_mu_);
+  return unapplied_;
+}
+
+// Applies the queue in order; once stopping, what is left, then ends.
+void Inbound::worker_loop() {
+  std::unique_lock<std::mutex> lock(queue_mu_);
+  for (;;) {
+    queue_cv_.wait(lock, [this] { return queue_stopping_ || !queue_.empty(); });
+    if (queue_.empty()) return;  // stopping, and nothing left
+    Queued m = std::move(queue_.front());
+    queue_.pop_front();
+    lock.unlock();
+    queue_space_cv_.notify_one();
+    dispatch(m.kind, m.dev, m.payload.data(), m.payload.size(), m.topic.c_str(), m.retained);
+    lock.lock();
+    // Counted down only now: a chunk request of this device that arrived meanwhile queued
+    // behind this message instead of overtaking it.
+    auto it = queued_of_.find(m.dev);
+    if (it != queued_of_.end() && --it->second == 0) queued_of_.erase(it);
+    --unapplied_;
+  }
+}
 
 void Inbound::on_message(const char* topic, const void* payload, std::size_t len, bool retained) {
   const char* idp = nullptr;
@@ -76,7 +115,30 @@ void Inbound::on_message(const char* topic, const void* payload, std::size_t len
                "certificate on the broker (broker-config/pki.sh revoke)");
     return;
   }
-  switch (k) {
+  if (cfg_.inbound_queue > 0) {
+    std::unique_lock<std::mutex> lock(queue_mu_);
+    if (!queue_stopping_) {
+      const bool overtakes = k == proto::TopicKind::chunk_request && !queued_of_.count(dev);
+      if (!overtakes) {
+        // Full: the network thread waits, as it did when it applied everything itself.
+        queue_space_cv_.wait(lock, [this] { return queue_stopping_ || queue_.size() < cfg_.inbound_queue; });
+        if (!queue_stopping_) {
+          queue_.push_back(Queued{k, dev, topic, std::string(p, len), retained});
+          ++queued_of_[dev];
+          ++unapplied_;
+          lock.unlock();
+          queue_cv_.notify_one();
+          return;
+        }
+      }
+    }
+  }
+  dispatch(k, dev, p, len, topic, retained);
+}
+
+void Inbound::dispatch(proto::TopicKind kind, const std::string& dev, const char* p, std::size_t len,
+                       const char* topic, bool retained) {
+  switch (kind) {
     case proto::TopicKind::presence: handle_presence(dev, p, len, topic, retained); break;
     case proto::TopicKind::event: handle_event(dev, p, len, topic); break;
     case proto::TopicKind::chunk_request: handle_chunk_request(dev, p, len, topic); break;

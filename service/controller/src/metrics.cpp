@@ -70,6 +70,9 @@ void traffic_metrics(std::ostream& o, const MetricsSnapshot& s) {
   one_value(o, "ota_chunk_broadcast_unreadable_total", "counter",
             "Chunk requests naming a group whose image topic the device may not read (served by unicast).",
             s.chunk_broadcast_unreadable);
+  one_value(o, "ota_device_messages_queued", "gauge",
+            "Device hellos, events and last wills queued for the device-message thread, not applied yet.",
+            s.device_messages_queued);
   one_value(o, "ota_decode_errors_total", "counter",
             "Device messages that failed to decode.",
             s.decode_errors);

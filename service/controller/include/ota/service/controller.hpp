@@ -161,6 +161,8 @@ class Controller {
 
   std::uint64_t decode_errors() const { return inbound_.decode_errors(); }
   std::uint64_t broadcast_unreadable() const { return inbound_.broadcast_unreadable(); }
+  // Device messages waiting for the device-message thread (inbound.hpp).
+  std::size_t queued_device_messages() const { return inbound_.queued(); }
   std::uint64_t chunks_sent() const { return chunks_.chunks_sent(); }
   // Device messages dropped without effect (non-members, finished deployments, stale ids).
   std::uint64_t ignored_messages() const { return inbound_.ignored_messages(); }

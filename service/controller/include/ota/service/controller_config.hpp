@@ -44,6 +44,11 @@ struct ControllerConfig {
   KeyRingConfig keys;
   // Chunk serving: the send budget and the sender threads (chunk_server.hpp).
   ChunkFlowConfig chunk_flow;
+  // Device messages that write the database (hellos, events, last wills) are applied by a
+  // thread of their own, in arrival order, so the MQTT network thread never waits on a
+  // commit; at most this many wait their turn (then the network thread waits too).
+  // 0: applied by the thread that receives them (tests look at the result at once).
+  std::size_t inbound_queue = 65536;
 };
 
 // The controller's clock: cfg.clock if set, else the system's (unix ms). Events, liveness,

@@ -9,17 +9,27 @@
 // Lock: log_mu_ (the logged-once keys), a leaf; the counters are atomics. The handlers take
 //   the database lock before any component's, and only while they change persisted state
 //   (a chunk request takes none unless its row moves on).
-// Threads: MQTT network thread (on_message), tick thread (hellos applied again).
+// Threads: MQTT network thread (on_message: chunk requests, and queueing the rest), the
+//   device-message thread (hellos, heartbeats, last wills and events, in arrival order; none
+//   with cfg.inbound_queue = 0, then on_message applies them), tick thread (hellos applied
+//   again).
+// Order: a device's messages are applied in the order they arrived. A chunk request goes
+//   straight to the chunk server only when none of its device's messages waits in the queue
+//   (else it queues behind them: a request right after an accept finds the row accepted).
 #pragma once
 
 #include <array>
 #include <atomic>
+#include <condition_variable>
 #include <cstdint>
 #include <deque>
 #include <mutex>
 #include <string>
+#include <thread>
+#include <unordered_map>
 #include <unordered_set>
 
+#include "ota/proto/topics.hpp"
 #include "ota/service/chunk_server.hpp"
 #include "ota/service/controller_config.hpp"
 #include "ota/service/database.hpp"
@@ -70,11 +80,17 @@ class Inbound {
 
   Inbound(const ControllerConfig& cfg, Database& db, DeviceRegistry& registry, KeyService& keys,
           Deployments& deployments, RolloutRunner& runner, ChunkServer& chunks);
+  ~Inbound();
   Inbound(const Inbound&) = delete;
   Inbound& operator=(const Inbound&) = delete;
 
   // retained: the broker's stored copy, delivered because we (re)subscribed.
   void on_message(const char* topic, const void* payload, std::size_t len, bool retained);
+  // Applies what waits in the queue and stops the device-message thread (before the
+  // components it calls go away). Messages that arrive later are applied by on_message.
+  void stop();
+  // Messages queued for the device-message thread and not applied yet (a gauge).
+  std::size_t queued() const;
   // Hellos whose commit failed before, once the database takes writes again (tick thread).
   void retry_unapplied_hellos();
 
@@ -106,6 +122,11 @@ class Inbound {
                             const char* topic);
 
   // inbound.cpp
+  // A message past the budget and revocation checks, to its handler.
+  void dispatch(proto::TopicKind kind, const std::string& dev, const char* p, std::size_t len,
+                const char* topic, bool retained);
+  // The device-message thread.
+  void worker_loop();
   void decode_error(const std::string& dev, const char* topic, const char* what, int code,
                     const char* field);
   void count_drop(DropReason r) { dropped_[static_cast<std::size_t>(r)]++; }
@@ -132,6 +153,21 @@ class Inbound {
   Deployments& deployments_;
   RolloutRunner& runner_;
   ChunkServer& chunks_;
+
+  // The device-message queue (cfg.inbound_queue > 0).
+  struct Queued {
+    proto::TopicKind kind;
+    std::string dev, topic, payload;
+    bool retained;
+  };
+  mutable std::mutex queue_mu_;
+  std::condition_variable queue_cv_;        // a message queued, or stop
+  std::condition_variable queue_space_cv_;  // the queue shrank
+  std::deque<Queued> queue_;
+  std::unordered_map<std::string, std::size_t> queued_of_;  // per device, while > 0
+  std::size_t unapplied_ = 0;  // queued, or being applied
+  bool queue_stopping_ = false;
+  std::thread worker_;
 
   std::mutex log_mu_;
   BoundedKeySet logged_once_{kLogOnceCapacity};  // drop log keys

@@ -34,6 +34,7 @@ struct MetricsSnapshot {
   // frames on image topics and the chunks they delivered.
   std::uint64_t chunk_unicast_bytes = 0, chunk_broadcast_bytes = 0, chunk_broadcast_frames = 0,
                 chunk_broadcast_deliveries = 0, chunk_broadcast_unreadable = 0;
+  std::uint64_t device_messages_queued = 0;
   std::array<std::uint64_t, kDropReasonCount> dropped{};
   // Live rollouts (running, scheduled, paused, or ended with devices still reporting).
   struct Rollout {

@@ -1,0 +1,182 @@
+// The device-message thread (inbound.hpp): hellos, events and last wills are applied off the
+// MQTT network thread, in arrival order; a chunk request is served at once unless a message
+// of its own device still waits, then it waits behind it.
+#include <gtest/gtest.h>
+
+#include <condition_variable>
+#include <mutex>
+#include <thread>
+
+#include "service_controller_fixture.hpp"
+#include "test_env.hpp"
+
+namespace ota::service::testing {
+namespace {
+
+using namespace std::chrono_literals;
+
+// Holds the device-message thread where it first reads the clock while applying an event
+// (handle_event: with the database lock, no component's lock), until the test opens it.
+// Only that thread waits: the test's thread (on_message, with sender_threads = 0 also the
+// chunk server's) reads the clock freely.
+class Gate {
+ public:
+  long long now() {
+    std::unique_lock<std::mutex> lock(mu_);
+    if (closed_ && std::this_thread::get_id() != test_thread_) {
+      held_ = true;
+      cv_.notify_all();
+      cv_.wait(lock, [this] { return !closed_; });
+    }
+    return 1'800'000'000'000LL;
+  }
+  void close() {
+    std::lock_guard<std::mutex> lock(mu_);
+    closed_ = true;
+    held_ = false;
+  }
+  bool wait_held() {
+    std::unique_lock<std::mutex> lock(mu_);
+    return cv_.wait_for(lock, 10s, [this] { return held_; });
+  }
+  void open() {
+    std::lock_guard<std::mutex> lock(mu_);
+    closed_ = false;
+    cv_.notify_all();
+  }
+
+ private:
+  const std::thread::id test_thread_ = std::this_thread::get_id();
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool closed_ = false, held_ = false;
+};
+
+// Recorder, safe to read while the device-message thread publishes.
+class LockedRecorder : public Publisher {
+ public:
+  bool publish(const std::string& topic, const void* data, std::size_t len, int qos,
+               bool retain) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    return rec_.publish(topic, data, len, qos, retain);
+  }
+  std::size_t count(const std::string& topic) {
+    std::lock_guard<std::mutex> lock(mu_);
+    return rec_.on(topic).size();
+  }
+
+ private:
+  std::mutex mu_;
+  Recorder rec_;
+};
+
+class InboundQueue : public ControllerTest {
+ protected:
+  void SetUp() override {
+    key_pem = make_ec_key_pem();
+    publisher = &rec;
+    clock = [this] { return gate.now(); };
+    configure = [](ControllerConfig& c) { c.inbound_queue = 64; };
+    start();
+  }
+  bool drained() {
+    return ota::test::wait_until([&] { return ctl->queued_device_messages() == 0; }, 10s, 1ms);
+  }
+  // The row's state changes in the event log, oldest first.
+  std::vector<std::string> transitions(const std::string& dep, const std::string& dev) {
+    EventFilter f;
+    f.deployment = dep;
+    f.device = dev;
+    f.limit = 100;
+    std::vector<std::string> out;
+    auto evs = ctl->events_json(f);
+    if (!evs) return out;
+    for (const auto& e : *evs)
+      if (e["what"] == "state") out.push_back(e["detail"].get<std::string>());
+    return out;
+  }
+  // Holds the device-message thread on an event of `dev` (see Gate).
+  void hold_on_event_of(const std::string& dev, const std::string& dep) {
+    gate.close();
+    event(dev, ev(proto::EventType::status, next_seq++, dep));
+    ASSERT_TRUE(gate.wait_held());
+  }
+  Gate gate;
+  LockedRecorder rec;
+  std::uint32_t next_seq = 100;
+};
+
+TEST_F(InboundQueue, AChunkRequestGoesAtOnceWhileAnotherDevicesMessageIsBeingApplied) {
+  auto img = add(bytes_of(40000), "1.1.0");
+  hello("busy", "1.0.0");
+  hello("fast", "1.0.0");
+  ASSERT_TRUE(drained());
+  auto dep_busy = ctl->deploy(img.id, "device", "busy");
+  auto dep_fast = ctl->deploy(img.id, "device", "fast");
+  ASSERT_TRUE(dep_busy.ok() && dep_fast.ok());
+  event("busy", ev(proto::EventType::accept, 1, dep_busy->id));
+  event("fast", ev(proto::EventType::accept, 1, dep_fast->id));
+  ASSERT_TRUE(drained());
+  chunk_req("fast", dep_fast->id, img.id, 0, 1);  // its row moves to downloading (a commit)
+  ASSERT_EQ(rec.count("ota/v1/dev/fast/down/chunk"), 1u);
+
+  hold_on_event_of("busy", dep_busy->id);
+  // fast has nothing waiting: its request is served by the receiving thread while busy's
+  // event is being applied (sender_threads = 0: on_message publishes).
+  chunk_req("fast", dep_fast->id, img.id, 1, 2);
+  EXPECT_EQ(rec.count("ota/v1/dev/fast/down/chunk"), 3u);
+  // busy's next event, and its request behind it, wait.
+  event("busy", ev(proto::EventType::status, next_seq++, dep_busy->id));
+  chunk_req("busy", dep_busy->id, img.id, 0, 2);
+  EXPECT_EQ(rec.count("ota/v1/dev/busy/down/chunk"), 0u);
+  EXPECT_EQ(ctl->queued_device_messages(), 3u);  // with the one being applied
+  gate.open();
+  ASSERT_TRUE(drained());
+  EXPECT_TRUE(ota::test::wait_until([&] { return rec.count("ota/v1/dev/busy/down/chunk") == 2; }, 10s, 1ms));
+  EXPECT_NE(ctl->metrics_text().find("ota_device_messages_queued 0\n"), std::string::npos);
+}
+
+TEST_F(InboundQueue, ARequestRightAfterAnAcceptFindsTheRowAccepted) {
+  auto img = add(bytes_of(40000), "1.1.0");
+  hello("d1", "1.0.0");
+  hello("other", "1.0.0");
+  ASSERT_TRUE(drained());
+  auto dep = ctl->deploy(img.id, "device", "d1");
+  auto dep_other = ctl->deploy(img.id, "device", "other");
+  ASSERT_TRUE(dep.ok() && dep_other.ok());
+  // Held on another device's event, so that d1's accept still waits when its request comes.
+  hold_on_event_of("other", dep_other->id);
+  event("d1", ev(proto::EventType::accept, 1, dep->id));
+  chunk_req("d1", dep->id, img.id, 0, 2);
+  EXPECT_EQ(rec.count("ota/v1/dev/d1/down/chunk"), 0u) << "the request overtook the accept";
+  EXPECT_EQ(ctl->queued_device_messages(), 3u);  // with the one being applied
+  gate.open();
+  ASSERT_TRUE(drained());
+  EXPECT_TRUE(ota::test::wait_until([&] { return rec.count("ota/v1/dev/d1/down/chunk") == 2; }, 10s, 1ms));
+  const std::vector<std::string> want = {"offered -> accepted", "accepted -> downloading"};
+  EXPECT_EQ(transitions(dep->id, "d1"), want);
+}
+
+TEST_F(InboundQueue, StoppingAppliesWhatWaits) {
+  auto img = add(bytes_of(40000), "1.1.0");
+  hello("d1", "1.0.0");
+  hello("other", "1.0.0");
+  ASSERT_TRUE(drained());
+  auto dep = ctl->deploy(img.id, "device", "d1");
+  auto dep_other = ctl->deploy(img.id, "device", "other");
+  ASSERT_TRUE(dep.ok() && dep_other.ok());
+  hold_on_event_of("other", dep_other->id);
+  event("d1", ev(proto::EventType::accept, 1, dep->id));
+  auto decline = ev(proto::EventType::decline, next_seq++, dep_other->id);
+  decline.reason = proto::ReasonCode::unsupported;
+  event("other", decline);
+  EXPECT_EQ(ctl->queued_device_messages(), 3u);  // with the one being applied
+  gate.open();
+  ctl.reset();  // the destructor stops the thread after applying the queue
+  start();
+  EXPECT_EQ(row_state(dep->id, "d1"), "accepted");
+  EXPECT_EQ(row_state(dep_other->id, "other"), "declined");
+}
+
+}  // namespace
+}  // namespace ota::service::testing
