@@ -24,8 +24,11 @@
 #ifndef OTA_AGENT_MESSAGE_BUFFER
 #define OTA_AGENT_MESSAGE_BUFFER 1024
 #endif
+// Read-back buffer for hashing (a member of Agent): one flash read per this many bytes. The
+// default suits Linux ports, where each read is a system call; firmware sets its own (the
+// Cortex-M build: 512).
 #ifndef OTA_AGENT_HASH_READ_BUFFER
-#define OTA_AGENT_HASH_READ_BUFFER 1024
+#define OTA_AGENT_HASH_READ_BUFFER 16384
 #endif
 // Release and online keys the agent trusts besides the root key (PROTOCOL.md 6.6).
 #ifndef OTA_AGENT_MAX_TRUSTED_KEYS
