@@ -46,9 +46,11 @@ struct ControllerConfig {
   ChunkFlowConfig chunk_flow;
   // Device messages that write the database (hellos, events, last wills) are applied by a
   // thread of their own, in arrival order, so the MQTT network thread never waits on a
-  // commit; at most this many wait their turn (then the network thread waits too).
+  // commit; at most this many wait their turn (then the network thread waits too: a few
+  // KiB each at most, so the queue stays within tens of MiB; 10,000 devices' retained hellos
+  // at start fit).
   // 0: applied by the thread that receives them (tests look at the result at once).
-  std::size_t inbound_queue = 65536;
+  std::size_t inbound_queue = 16384;
 };
 
 // The controller's clock: cfg.clock if set, else the system's (unix ms). Events, liveness,

@@ -16,6 +16,11 @@
 // Order: a device's messages are applied in the order they arrived. A chunk request goes
 //   straight to the chunk server only when none of its device's messages waits in the queue
 //   (else it queues behind them: a request right after an accept finds the row accepted).
+// Crash: libmosquitto (2.0) acknowledges a message before it hands it over, so one still
+//   queued when the controller dies is lost, as one inside a handler was before the queue.
+//   What that loses is recovered: hellos and offline markers are retained (delivered again
+//   at the next subscribe), a device re-sends its outcome when it is offered the deployment
+//   again, and its later reports and requests move the row on.
 #pragma once
 
 #include <array>
