@@ -95,6 +95,24 @@ class InboundQueue : public ControllerTest {
       if (e["what"] == "state") out.push_back(e["detail"].get<std::string>());
     return out;
   }
+  // An image deployed to devices `a` and `b` (each said hello first).
+  struct Deployed {
+    ImageRec img;
+    DeploymentRec a, b;
+  };
+  Deployed deploy_to(const std::string& a, const std::string& b) {
+    Deployed d;
+    d.img = add(bytes_of(40000), "1.1.0");
+    hello(a, "1.0.0");
+    hello(b, "1.0.0");
+    EXPECT_TRUE(drained());
+    auto da = ctl->deploy(d.img.id, "device", a);
+    auto db = ctl->deploy(d.img.id, "device", b);
+    EXPECT_TRUE(da.ok() && db.ok());
+    if (da.ok()) d.a = *da;
+    if (db.ok()) d.b = *db;
+    return d;
+  }
   // Holds the device-message thread on an event of `dev` (see Gate).
   void hold_on_event_of(const std::string& dev, const std::string& dep) {
     gate.close();
@@ -107,27 +125,21 @@ class InboundQueue : public ControllerTest {
 };
 
 TEST_F(InboundQueue, AChunkRequestGoesAtOnceWhileAnotherDevicesMessageIsBeingApplied) {
-  auto img = add(bytes_of(40000), "1.1.0");
-  hello("busy", "1.0.0");
-  hello("fast", "1.0.0");
+  const Deployed d = deploy_to("busy", "fast");
+  event("busy", ev(proto::EventType::accept, 1, d.a.id));
+  event("fast", ev(proto::EventType::accept, 1, d.b.id));
   ASSERT_TRUE(drained());
-  auto dep_busy = ctl->deploy(img.id, "device", "busy");
-  auto dep_fast = ctl->deploy(img.id, "device", "fast");
-  ASSERT_TRUE(dep_busy.ok() && dep_fast.ok());
-  event("busy", ev(proto::EventType::accept, 1, dep_busy->id));
-  event("fast", ev(proto::EventType::accept, 1, dep_fast->id));
-  ASSERT_TRUE(drained());
-  chunk_req("fast", dep_fast->id, img.id, 0, 1);  // its row moves to downloading (a commit)
+  chunk_req("fast", d.b.id, d.img.id, 0, 1);  // its row moves to downloading (a commit)
   ASSERT_EQ(rec.count("ota/v1/dev/fast/down/chunk"), 1u);
 
-  hold_on_event_of("busy", dep_busy->id);
+  hold_on_event_of("busy", d.a.id);
   // fast has nothing waiting: its request is served by the receiving thread while busy's
   // event is being applied (sender_threads = 0: on_message publishes).
-  chunk_req("fast", dep_fast->id, img.id, 1, 2);
+  chunk_req("fast", d.b.id, d.img.id, 1, 2);
   EXPECT_EQ(rec.count("ota/v1/dev/fast/down/chunk"), 3u);
   // busy's next event, and its request behind it, wait.
-  event("busy", ev(proto::EventType::status, next_seq++, dep_busy->id));
-  chunk_req("busy", dep_busy->id, img.id, 0, 2);
+  event("busy", ev(proto::EventType::status, next_seq++, d.a.id));
+  chunk_req("busy", d.a.id, d.img.id, 0, 2);
   EXPECT_EQ(rec.count("ota/v1/dev/busy/down/chunk"), 0u);
   EXPECT_EQ(ctl->queued_device_messages(), 3u);  // with the one being applied
   gate.open();
@@ -137,45 +149,33 @@ TEST_F(InboundQueue, AChunkRequestGoesAtOnceWhileAnotherDevicesMessageIsBeingApp
 }
 
 TEST_F(InboundQueue, ARequestRightAfterAnAcceptFindsTheRowAccepted) {
-  auto img = add(bytes_of(40000), "1.1.0");
-  hello("d1", "1.0.0");
-  hello("other", "1.0.0");
-  ASSERT_TRUE(drained());
-  auto dep = ctl->deploy(img.id, "device", "d1");
-  auto dep_other = ctl->deploy(img.id, "device", "other");
-  ASSERT_TRUE(dep.ok() && dep_other.ok());
+  const Deployed d = deploy_to("d1", "other");
   // Held on another device's event, so that d1's accept still waits when its request comes.
-  hold_on_event_of("other", dep_other->id);
-  event("d1", ev(proto::EventType::accept, 1, dep->id));
-  chunk_req("d1", dep->id, img.id, 0, 2);
+  hold_on_event_of("other", d.b.id);
+  event("d1", ev(proto::EventType::accept, 1, d.a.id));
+  chunk_req("d1", d.a.id, d.img.id, 0, 2);
   EXPECT_EQ(rec.count("ota/v1/dev/d1/down/chunk"), 0u) << "the request overtook the accept";
   EXPECT_EQ(ctl->queued_device_messages(), 3u);  // with the one being applied
   gate.open();
   ASSERT_TRUE(drained());
   EXPECT_TRUE(ota::test::wait_until([&] { return rec.count("ota/v1/dev/d1/down/chunk") == 2; }, 10s, 1ms));
   const std::vector<std::string> want = {"offered -> accepted", "accepted -> downloading"};
-  EXPECT_EQ(transitions(dep->id, "d1"), want);
+  EXPECT_EQ(transitions(d.a.id, "d1"), want);
 }
 
 TEST_F(InboundQueue, StoppingAppliesWhatWaits) {
-  auto img = add(bytes_of(40000), "1.1.0");
-  hello("d1", "1.0.0");
-  hello("other", "1.0.0");
-  ASSERT_TRUE(drained());
-  auto dep = ctl->deploy(img.id, "device", "d1");
-  auto dep_other = ctl->deploy(img.id, "device", "other");
-  ASSERT_TRUE(dep.ok() && dep_other.ok());
-  hold_on_event_of("other", dep_other->id);
-  event("d1", ev(proto::EventType::accept, 1, dep->id));
-  auto decline = ev(proto::EventType::decline, next_seq++, dep_other->id);
+  const Deployed d = deploy_to("d1", "other");
+  hold_on_event_of("other", d.b.id);
+  event("d1", ev(proto::EventType::accept, 1, d.a.id));
+  auto decline = ev(proto::EventType::decline, next_seq++, d.b.id);
   decline.reason = proto::ReasonCode::unsupported;
   event("other", decline);
   EXPECT_EQ(ctl->queued_device_messages(), 3u);  // with the one being applied
   gate.open();
   ctl.reset();  // the destructor stops the thread after applying the queue
   start();
-  EXPECT_EQ(row_state(dep->id, "d1"), "accepted");
-  EXPECT_EQ(row_state(dep_other->id, "other"), "declined");
+  EXPECT_EQ(row_state(d.a.id, "d1"), "accepted");
+  EXPECT_EQ(row_state(d.b.id, "other"), "declined");
 }
 
 }  // namespace
