@@ -73,9 +73,9 @@ void Inbound::handle_event(const std::string& dev, const char* p, std::size_t le
   const RowState to_state = to.value_or(m.state);
   // Progress that moves no state is kept in memory and written by the next flush (tick,
   // at most flush_interval_ms later, one transaction for all rows; and before any query),
-  // with the seq: a WAL sync per device per 5% of its download, on this (the MQTT network)
-  // thread, held every chunk frame and PUBACK of a 1,000-device wave behind the disk. Lost
-  // on a power cut: only how far the row's bar was, which the device reports again.
+  // with the seq: a WAL sync per device per 5% of its download, when it ran on the MQTT
+  // network thread, held every chunk frame and PUBACK of a 1,000-device wave behind the
+  // disk. Lost on a power cut: only how far the row's bar was, which the device reports again.
   if (ev.type == proto::EventType::progress && !replay && to && to_state == m.state &&
       deployments_.note_progress(dev, m, ev)) {
     registry_.set_seq_lazily(dev, ev.seq);

@@ -19,7 +19,8 @@ struct ControllerConfig {
   std::string acl_file;
   std::string prefix = "ota/v1";
   long long offer_ttl = 604800;
-  // Lazy flush of progress/bytes_sent: at most every flush_interval_ms per row, or on 10%.
+  // Lazy flush of progress/bytes_sent: a dirty row is written by the tick once it is this old
+  // (and by every query first).
   long long flush_interval_ms = 1000;
   // A device is shown offline when nothing (heartbeat, event, request) arrived for this long,
   // even before the broker publishes its last will. 0: trust the last will only.
