@@ -11,6 +11,7 @@
 #include <gtest/gtest.h>
 #include <httplib.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <openssl/bn.h>
 #include <openssl/ecdsa.h>
 #include <openssl/evp.h>
@@ -167,7 +168,7 @@ long long hello_keys(const std::string& payload) {
 // half started or overloaded.
 class SilentListener {
  public:
-  SilentListener() {
+  explicit SilentListener(int backlog = 16) {
     fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     sockaddr_in addr{};
     addr.sin_family = AF_INET;
@@ -175,7 +176,7 @@ class SilentListener {
     addr.sin_port = 0;
     socklen_t len = sizeof addr;
     if (fd_ < 0 || ::bind(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 ||
-        ::listen(fd_, 16) != 0 ||
+        ::listen(fd_, backlog) != 0 ||
         ::getsockname(fd_, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
       throw std::runtime_error("silent listener: cannot listen on loopback");
     }
@@ -481,6 +482,63 @@ TEST_F(DeviceLink, SocketWithoutConnackIsAFailedAttemptAndDoesNotResetBackoff) {
   // Each of the three abandoned attempts waited for its CONNACK deadline.
   EXPECT_GE(elapsed, 3 * 300);
   link.stop();
+}
+
+// step() serves an event loop that drives many devices (ota-devsim): it must not wait for
+// TCP. A listener whose accept queue is full (mosquitto's holds 100) drops the SYN, and the
+// kernel sends it again only after a second: a blocking connect would hold the loop, and
+// every device on it, that long. Here the queue is full (backlog 0, one client waiting), so
+// the attempt must still be connecting in the kernel when step() has returned.
+TEST_F(DeviceLink, StepReturnsWhileTheTcpConnectIsStillPending) {
+  SilentListener full(0);
+  const int waiting = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = htons(static_cast<std::uint16_t>(full.port()));
+  ASSERT_EQ(::connect(waiting, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0)
+      << "the first client fills the accept queue";
+
+  MosquittoTransport link(link_settings(full.port()));
+  std::string error;
+  ASSERT_TRUE(link.start(error)) << error;
+  link.step(false, false);
+  ASSERT_GE(link.socket(), 0) << "no connection attempt";
+  tcp_info info{};
+  socklen_t len = sizeof info;
+  ASSERT_EQ(::getsockopt(link.socket(), IPPROTO_TCP, TCP_INFO, &info, &len), 0);
+  EXPECT_EQ(info.tcpi_state, TCP_SYN_SENT) << "step() returned only once TCP was up (or failed)";
+  EXPECT_TRUE(link.wants_write()) << "the loop must learn when the connection is up";
+  EXPECT_EQ(link.connect_attempts(), 1u);
+  EXPECT_FALSE(link.connected());
+  ::close(waiting);
+}
+
+// A transport given a TLS context (MqttSettings::tls_context: ota-devsim's devices keep
+// theirs across simulated power cycles) connects with it and does not read the files again;
+// without it, start() names the file it could not use.
+TEST_F(DeviceLink, TransportConnectsWithTheTlsContextItIsGiven) {
+  start_broker();
+  MqttSettings s = link_settings(broker_->port());
+  std::string error;
+  s.tls_context = ota::agent::linux_port::make_tls_context(s, error);
+  ASSERT_NE(s.tls_context, nullptr) << error;
+  s.cert_file = s.key_file = dir_->path() + "/no-such-key.pem";
+  MosquittoTransport link(s);
+  ASSERT_TRUE(link.start(error)) << error;
+  EXPECT_TRUE(wait_until(
+      [&] {
+        link.poll(10);
+        return link.connected();
+      },
+      10s, 0ms))
+      << "no connection with the context given";
+  link.stop();
+
+  s.tls_context = nullptr;
+  MosquittoTransport from_files(s);
+  EXPECT_FALSE(from_files.start(error));
+  EXPECT_NE(error.find("no-such-key.pem"), std::string::npos) << error;
 }
 
 // A real broker restart: failed attempts pile up while it is down and only the CONNACK of the

@@ -2,6 +2,8 @@
 
 #include <arpa/inet.h>
 #include <mosquitto.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
@@ -71,18 +73,21 @@ std::string tls_error() {
   return buf;
 }
 
-// The client's TLS context, built once per transport. libmosquitto's own (mosquitto_tls_set)
+}  // namespace
+
+// The client's TLS context, built once per transport (or once per simulated device, see
+// MqttSettings::tls_context). libmosquitto's own (mosquitto_tls_set)
 // re-reads the CA, certificate and key files on every connection attempt, which costs
 // milliseconds of PEM decoding in OpenSSL 3: enough to stall a loop that connects thousands
 // of devices. Same policy as libmosquitto's default context: TLS 1.2 or later, the broker's
 // certificate verified against the CA and checked against the host (DNS name or IP address
 // in its subjectAltName), our certificate and key, no compression.
-SSL_CTX* make_tls_context(const MqttSettings& s, std::string& error) {
-  SSL_CTX* ctx = SSL_CTX_new(TLS_client_method());
+std::shared_ptr<ssl_ctx_st> make_tls_context(const MqttSettings& s, std::string& error) {
+  std::shared_ptr<ssl_ctx_st> owner(SSL_CTX_new(TLS_client_method()), &SSL_CTX_free);
+  SSL_CTX* ctx = owner.get();
   X509_STORE* ca = ctx != nullptr ? shared_ca_store(s.ca_file) : nullptr;
   if (ca == nullptr) {
     error = "CA " + s.ca_file + ": " + tls_error();
-    SSL_CTX_free(ctx);
     return nullptr;
   }
   SSL_CTX_set1_cert_store(ctx, ca);
@@ -101,13 +106,10 @@ SSL_CTX* make_tls_context(const MqttSettings& s, std::string& error) {
       SSL_CTX_use_PrivateKey_file(ctx, s.key_file.c_str(), SSL_FILETYPE_PEM) != 1 ||
       SSL_CTX_check_private_key(ctx) != 1) {
     error = "cert " + s.cert_file + ", key " + s.key_file + ": " + tls_error();
-    SSL_CTX_free(ctx);
     return nullptr;
   }
-  return ctx;
+  return owner;
 }
-
-}  // namespace
 
 MosquittoTransport::MosquittoTransport(MqttSettings settings)
     : settings_(std::move(settings)), jitter_rng_(jitter_seed(settings_.jitter_seed)) {
@@ -137,9 +139,11 @@ bool MosquittoTransport::start(std::string& error) {
   // Without TCP_NODELAY every request/response round trip can stall ~40 ms (Nagle).
   mosquitto_int_option(mosq_, MOSQ_OPT_TCP_NODELAY, 1);
   std::string tls_detail;
-  SSL_CTX* tls = make_tls_context(settings_, tls_detail);
-  int rc = tls != nullptr ? mosquitto_void_option(mosq_, MOSQ_OPT_SSL_CTX, tls) : MOSQ_ERR_TLS;
-  SSL_CTX_free(tls);  // libmosquitto holds its own reference
+  std::shared_ptr<ssl_ctx_st> tls = settings_.tls_context;
+  if (tls == nullptr) tls = make_tls_context(settings_, tls_detail);
+  // libmosquitto takes its own reference.
+  int rc =
+      tls != nullptr ? mosquitto_void_option(mosq_, MOSQ_OPT_SSL_CTX, tls.get()) : MOSQ_ERR_TLS;
   if (rc == MOSQ_ERR_SUCCESS) rc = mosquitto_int_option(mosq_, MOSQ_OPT_SSL_CTX_WITH_DEFAULTS, 0);
   if (rc != MOSQ_ERR_SUCCESS) {
     error = std::string("TLS setup (ca ") + settings_.ca_file + ", cert " + settings_.cert_file +
@@ -159,25 +163,32 @@ bool MosquittoTransport::start(std::string& error) {
   mosquitto_disconnect_callback_set(mosq_, &on_disconnect_cb);
   mosquitto_publish_callback_set(mosq_, &on_publish_cb);
   mosquitto_message_callback_set(mosq_, &on_message_cb);
-  try_connect();
-  return true;
+  return true;  // the first poll() or step() connects
 }
 
-void MosquittoTransport::try_connect() {
+void MosquittoTransport::try_connect(bool blocking) {
   ++connect_attempts_;
-  const int rc = ever_connected_ ? mosquitto_reconnect(mosq_)
-                                 : mosquitto_connect(mosq_, settings_.host.c_str(), settings_.port,
-                                                     settings_.keepalive_s);
+  int rc = MOSQ_ERR_SUCCESS;
+  if (blocking) {
+    rc = ever_connected_ ? mosquitto_reconnect(mosq_)
+                         : mosquitto_connect(mosq_, settings_.host.c_str(), settings_.port,
+                                             settings_.keepalive_s);
+  } else {
+    rc = ever_connected_ ? mosquitto_reconnect_async(mosq_)
+                         : mosquitto_connect_async(mosq_, settings_.host.c_str(), settings_.port,
+                                                   settings_.keepalive_s);
+  }
   if (rc != MOSQ_ERR_SUCCESS) {
     ++failed_attempts_;
     schedule_next_attempt();
     return;
   }
-  // Only TCP is up and CONNECT queued: the TLS handshake and the broker's answer are still to
-  // come, so this is not yet a success (a broker that is starting up accepts TCP and then
+  // At most TCP is up and CONNECT queued: the TLS handshake and the broker's answer are still
+  // to come, so this is not yet a success (a broker that is starting up accepts TCP and then
   // drops or ignores us). on_connect_cb() decides.
   ever_connected_ = true;
   link_ = Link::awaiting_connack;
+  tcp_pending_ = !blocking;
   connack_deadline_ = std::chrono::steady_clock::now() + settings_.connack_timeout;
 }
 
@@ -199,7 +210,7 @@ void MosquittoTransport::link_lost() {
 void MosquittoTransport::poll(int timeout_ms) {
   if (mosq_ == nullptr) return;
   if (link_ == Link::down) {
-    if (std::chrono::steady_clock::now() >= next_attempt_) try_connect();
+    if (std::chrono::steady_clock::now() >= next_attempt_) try_connect(true);
     if (link_ == Link::down) {
       // Pace the caller's loop while there is no socket to wait on.
       std::this_thread::sleep_for(std::chrono::milliseconds(timeout_ms));
@@ -229,15 +240,41 @@ int MosquittoTransport::socket() const {
   return mosquitto_socket(mosq_);
 }
 
+// While the handshakes run, libmosquitto's own answer would keep the socket armed for writing
+// when only the broker's reply can move things on (its want_write flag outlives the
+// handshake step that set it): an event loop would spin on a writable socket.
 bool MosquittoTransport::wants_write() const {
-  return socket() >= 0 && mosquitto_want_write(mosq_);
+  if (socket() < 0) return false;
+  if (link_ == Link::awaiting_connack) {
+    if (tcp_pending_) return true;  // writable: the TCP connection is up (or failed)
+    const auto* ssl = static_cast<const SSL*>(mosquitto_ssl_get(mosq_));
+    if (ssl != nullptr && SSL_is_init_finished(ssl) == 0) return SSL_want_write(ssl) != 0;
+  }
+  return mosquitto_want_write(mosq_);
+}
+
+// Whether a connection the broker has not accepted yet failed before its TLS handshake ended,
+// from the kernel's view of the socket: a refused connect, or a broker that closed it during
+// the handshake, shows only there (libmosquitto's TLS step takes either for "try again
+// later" and the socket stays ready, so an event loop would spin until the CONNACK timeout).
+bool MosquittoTransport::handshake_failed() {
+  const auto* ssl = static_cast<const SSL*>(mosquitto_ssl_get(mosq_));
+  if (ssl != nullptr && SSL_is_init_finished(ssl) != 0) return false;  // libmosquitto's part now
+  tcp_info info{};
+  socklen_t len = sizeof info;
+  if (::getsockopt(mosquitto_socket(mosq_), IPPROTO_TCP, TCP_INFO, &info, &len) != 0) return true;
+  if (info.tcpi_state == TCP_SYN_SENT) return false;  // still connecting
+  tcp_pending_ = false;
+  return info.tcpi_state != TCP_ESTABLISHED;
 }
 
 // What mosquitto_loop() does after its select(), for a socket the caller waited on. Reading
 // may queue output (answers sent from the message handler), so writing comes second.
 bool MosquittoTransport::service_socket(bool readable, bool writable) {
   int rc = MOSQ_ERR_SUCCESS;
-  if (readable) rc = mosquitto_loop_read(mosq_, 1);
+  // During the handshakes libmosquitto moves TLS on only from its read step: a writable
+  // socket then means the TCP connection is up and the ClientHello can go.
+  if (readable || (writable && link_ == Link::awaiting_connack)) rc = mosquitto_loop_read(mosq_, 1);
   if (rc == MOSQ_ERR_SUCCESS && mosquitto_socket(mosq_) >= 0 &&
       (writable || mosquitto_want_write(mosq_))) {
     rc = mosquitto_loop_write(mosq_, 1);
@@ -258,11 +295,15 @@ std::chrono::steady_clock::time_point MosquittoTransport::step(bool readable, bo
     return std::min(now + kMiscInterval, offline_ack_deadline_);
   }
   if (link_ == Link::down) {
-    if (now >= next_attempt_) try_connect();
+    if (now >= next_attempt_) try_connect(false);
     if (link_ == Link::down) return next_attempt_;
   }
   if (link_ == Link::awaiting_connack && now >= connack_deadline_) {
     link_lost();  // as in poll(): the next attempt closes the socket
+    return next_attempt_;
+  }
+  if (link_ == Link::awaiting_connack && (readable || writable) && handshake_failed()) {
+    link_lost();  // refused or unreachable: counted, and retried after the back-off
     return next_attempt_;
   }
   if (!service_socket(readable, writable)) {

@@ -3,6 +3,7 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <random>
 #include <string>
 
@@ -10,6 +11,7 @@
 
 struct mosquitto;
 struct mosquitto_message;
+struct ssl_ctx_st;  // OpenSSL's SSL_CTX
 
 namespace ota::agent::linux_port {
 
@@ -32,7 +34,16 @@ struct MqttSettings {
   // stop(): how long to wait for the broker's PUBACK of the offline message.
   std::chrono::milliseconds offline_ack_timeout{1000};
   std::uint64_t jitter_seed = 0;  // 0: seeded from std::random_device (tests pin it)
+  // A context from make_tls_context() for these settings, used instead of building one
+  // from the files at start(): ota-devsim's devices keep theirs across simulated power
+  // cycles (a real device keeps its key in flash, not as PEM text to decode at each boot).
+  std::shared_ptr<ssl_ctx_st> tls_context;
 };
+
+// The client TLS context of `s` (CA, certificate, key, broker host check); nullptr with
+// `error` naming the file that could not be used. Building one costs about a millisecond
+// of PEM decoding in OpenSSL 3, several when threads build theirs at once.
+std::shared_ptr<ssl_ctx_st> make_tls_context(const MqttSettings& s, std::string& error);
 
 // The longest reconnect delay after `failed_attempts` failures in a row: base * 2^n, capped.
 std::chrono::milliseconds reconnect_delay_ceiling(std::uint32_t failed_attempts,
@@ -64,8 +75,8 @@ class MosquittoTransport final : public Transport {
   MosquittoTransport& operator=(const MosquittoTransport&) = delete;
 
   void set_handlers(ConnectHandler on_connect, MessageHandler on_message);
-  // Sets up TLS and tries a first connection; false with `error` for configuration errors
-  // (a broker that is down is not an error: poll() keeps retrying).
+  // Sets up TLS; the first poll() or step() connects. False with `error` for configuration
+  // errors (a broker that is down is not an error: poll() and step() keep retrying).
   bool start(std::string& error);
   // Network I/O for up to `timeout_ms`; reconnects with back-off when the link is down.
   void poll(int timeout_ms);
@@ -112,7 +123,11 @@ class MosquittoTransport final : public Transport {
   static void on_disconnect_cb(mosquitto*, void* self, int rc);
   static void on_publish_cb(mosquitto*, void* self, int mid);
   static void on_message_cb(mosquitto*, void* self, const mosquitto_message* msg);
-  void try_connect();
+  // blocking: connect() waits for TCP (poll()); otherwise it returns at once and step() sees
+  // the connection come up (a dropped SYN would stall a blocking connect for a second, and
+  // with it every device of an event loop).
+  void try_connect(bool blocking);
+  bool handshake_failed();
   void link_lost();
   void schedule_next_attempt();
   void publish_offline_and_wait();
@@ -125,6 +140,7 @@ class MosquittoTransport final : public Transport {
   Link link_ = Link::down;
   bool connected_ = false;
   bool ever_connected_ = false;  // mosquitto_reconnect() needs one mosquitto_connect() first
+  bool tcp_pending_ = false;     // a non-blocking connect not yet seen ready
   std::uint64_t connects_ = 0;
   std::uint64_t connect_attempts_ = 0;
   std::uint32_t failed_attempts_ = 0;
