@@ -7,7 +7,10 @@
 // broadcast wave of the same size is compared with.
 //
 //   fanout_bench --port P --ca CA --pub-cert CRT --pub-key KEY --pki DIR --ids-file FILE
-//                --topic T [--size-bytes 1048576] [--chunk 4096] [--threads 2]
+//                --topic T [--size-bytes 1048576] [--chunk 4096] [--threads 2] [--sub-qos 1]
+//
+// --sub-qos: the QoS the subscribers ask for, so delivery's: 0 as the devices subscribe to
+// image topics (PROTOCOL.md 17), 1 adds a PUBACK per frame and subscriber.
 //
 // Run it against the broker before the controller and the simulators connect: the broker
 // makes a certificate's CN the client id, so these clients would take their connections over.
@@ -40,6 +43,7 @@ struct Options {
   std::size_t size = 1u << 20;
   std::size_t chunk = 4096;
   unsigned threads = 2;
+  int sub_qos = 1;  // the QoS the subscribers ask for: delivery is at most this
 };
 
 struct Subscriber {
@@ -132,11 +136,13 @@ int main(int argc, char** argv) {
     else if (k == "--size-bytes") o.size = std::strtoull(v.c_str(), nullptr, 10);
     else if (k == "--chunk") o.chunk = std::strtoull(v.c_str(), nullptr, 10);
     else if (k == "--threads") o.threads = static_cast<unsigned>(std::atoi(v.c_str()));
+    else if (k == "--sub-qos") o.sub_qos = std::atoi(v.c_str());
     else fail("unknown option '" + k + "' (see the header of bench/fanout_bench.cpp)");
   }
   if (o.port <= 0 || o.ca.empty() || o.pub_cert.empty() || o.pub_key.empty() || o.pki.empty() ||
       o.ids_file.empty() || o.topic.empty() || o.chunk == 0 || o.size == 0 || o.threads == 0)
     fail("missing option: --port, --ca, --pub-cert, --pub-key, --pki, --ids-file and --topic are required");
+  if (o.sub_qos < 0 || o.sub_qos > 1) fail("--sub-qos must be 0 or 1");
   std::vector<std::string> ids;
   {
     std::ifstream in(o.ids_file);
@@ -163,7 +169,7 @@ int main(int argc, char** argv) {
     subs[i].m = tls_client(ids[i], o, base + ".crt", base + ".key", &subs[i]);
     mosquitto_message_callback_set(subs[i].m, on_message);
     mosquitto_subscribe_callback_set(subs[i].m, on_subscribe);
-    mosquitto_subscribe(subs[i].m, nullptr, o.topic.c_str(), 1);
+    mosquitto_subscribe(subs[i].m, nullptr, o.topic.c_str(), o.sub_qos);
   }
   std::atomic<bool> stop{false};
   std::vector<std::thread> workers;

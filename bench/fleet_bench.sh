@@ -5,7 +5,10 @@
 # confirmed, the aggregate rate (N x image / time), the raw fan-out ceiling measured on the
 # same broker in the same run before the controller starts (bench/fanout_bench: one plain
 # publisher sends the image's frames once, QoS 1, on the group's image topic to N plain
-# subscribers with the devices' certificates) and the ratio to it, the bytes the controller
+# subscribers with the devices' certificates, subscribed with QoS 0 as the devices are,
+# PROTOCOL.md 17) and the ratio to it, the same ceiling with QoS 1 subscriptions (raw_q1,
+# last column: a PUBACK per frame and subscriber, as the devices had before; for reference),
+# the bytes the controller
 # published as a multiple of the image (egress/img) and of N images (per_dev), its CPU
 # seconds and peak RSS, the broker's CPU seconds, broadcast frames and frames lost; also
 # dl_s, until every device had the whole image, and its ratio to the raw fan-out.
@@ -130,8 +133,8 @@ pki_for() {
 if ((idle > 0)); then
   printf '%-8s %8s %14s %12s %15s %14s\n' devices idle_s online_after_s ctl_cpu_pct ctl_rss_MiB broker_cpu_pct
 else
-  printf '%-8s %-9s %-9s %8s %8s %10s %6s %8s %8s %11s %8s %10s %12s %13s %9s %6s\n' devices mode image_KiB \
-    wall_s MiB/s raw_MiB/s ratio dl_s dl_ratio egress/img per_dev ctl_cpu_s ctl_rss_MiB broker_cpu_s bc_frames lost
+  printf '%-8s %-9s %-9s %8s %8s %10s %6s %8s %8s %11s %8s %10s %12s %13s %9s %6s %12s\n' devices mode image_KiB \
+    wall_s MiB/s raw_MiB/s ratio dl_s dl_ratio egress/img per_dev ctl_cpu_s ctl_rss_MiB broker_cpu_s bc_frames lost raw_q1_MiB/s
 fi
 mode=broadcast
 ((unicast)) && mode=unicast
@@ -149,7 +152,7 @@ for n in "${sizes[@]}"; do
     broker_pid=$!
     pids+=("$broker_pid")
     wait_for "broker" 15 bash -c "exec 3<>/dev/tcp/127.0.0.1/$broker_port"
-    raw_mibs="-"
+    raw_mibs="-" raw_q1_mibs="-"
     if ((raw && idle == 0)); then
       # The ceiling first: its clients use the controller's and the devices' identities.
       k=0
@@ -157,13 +160,19 @@ for n in "${sizes[@]}"; do
         for ((i = 1; i <= count; i++)); do printf 'p%d-%03d\n' "$k" "$i"; done
         k=$((k + 1))
       done >"$run/ids"
-      "$fanout_bin" --port "$broker_port" --ca "$pki/ca.crt" --pub-cert "$pki/controller.crt" \
-        --pub-key "$pki/controller.key" --pki "$pki" --ids-file "$run/ids" \
-        --topic "$(cat "$pki/prefix")/grp/bench/img/0000000000000000/chunk" \
-        --size-bytes "$((image_kib * 1024))" --chunk "$chunk" >"$run/fanout.out" 2>&1 ||
-        { echo "fleet_bench: raw fan-out failed:" >&2; cat "$run/fanout.out" >&2; }
-      raw_mibs="$(sed -n 's/.*aggregate_MiBps=\([0-9.]*\).*/\1/p' "$run/fanout.out")"
-      raw_mibs="${raw_mibs:--}"
+      # raw_fanout SUB_QOS: the aggregate MiB/s ("-" if it failed).
+      raw_fanout() {
+        "$fanout_bin" --port "$broker_port" --ca "$pki/ca.crt" --pub-cert "$pki/controller.crt" \
+          --pub-key "$pki/controller.key" --pki "$pki" --ids-file "$run/ids" \
+          --topic "$(cat "$pki/prefix")/grp/bench/img/0000000000000000/chunk" \
+          --size-bytes "$((image_kib * 1024))" --chunk "$chunk" --sub-qos "$1" >"$run/fanout-q$1.out" 2>&1 ||
+          { echo "fleet_bench: raw fan-out (QoS $1 subscriptions) failed:" >&2; cat "$run/fanout-q$1.out" >&2; }
+        local mibs
+        mibs="$(sed -n 's/.*aggregate_MiBps=\([0-9.]*\).*/\1/p' "$run/fanout-q$1.out")"
+        echo "${mibs:--}"
+      }
+      raw_mibs="$(raw_fanout 0)"
+      raw_q1_mibs="$(raw_fanout 1)"
     fi
     http_port="$(free_port)"
     export OTA_API="http://127.0.0.1:$http_port" OTA_API_TOKEN_FILE="$run/controller.db.token"
@@ -239,14 +248,15 @@ PY
 )
     mibs="$(awk -v n="$n" -v k="$image_kib" -v w="$wall" 'BEGIN {printf "%.1f", n * k / 1024 / w}')"
     dl_mibs="$(awk -v n="$n" -v k="$image_kib" -v w="$dl" 'BEGIN {if (w + 0 > 0) printf "%.1f", n * k / 1024 / w; else print 0}')"
-    printf '%-8s %-9s %-9s %8s %8s %10s %6s %8s %8s %11s %8s %10s %12s %13s %9s %6s\n' "$n" "$mode" "$image_kib" \
+    printf '%-8s %-9s %-9s %8s %8s %10s %6s %8s %8s %11s %8s %10s %12s %13s %9s %6s %12s\n' "$n" "$mode" "$image_kib" \
       "$wall" "$mibs" "$raw_mibs" \
       "$(awk -v a="$mibs" -v r="$raw_mibs" 'BEGIN {if (r + 0 > 0) printf "%.2f", a / r; else print "-"}')" \
       "$dl" "$(awk -v a="$dl_mibs" -v r="$raw_mibs" 'BEGIN {if (r + 0 > 0 && a + 0 > 0) printf "%.2f", a / r; else print "-"}')" \
       "$(awk -v s="$served" -v k="$image_kib" 'BEGIN {printf "%.2f", s / (k * 1024)}')" \
       "$(awk -v s="$served" -v n="$n" -v k="$image_kib" 'BEGIN {printf "%.2f", s / (n * k * 1024)}')" \
       "$(awk -v a="$cpu0" -v b="$cpu1" 'BEGIN {printf "%.1f", b - a}')" "$(hwm_mib "$ctl_pid")" \
-      "$(awk -v a="$bcpu0" -v b="$bcpu1" 'BEGIN {printf "%.1f", b - a}')" "${bc_frames:-0}" "${lost:-0}"
+      "$(awk -v a="$bcpu0" -v b="$bcpu1" 'BEGIN {printf "%.1f", b - a}')" "${bc_frames:-0}" "${lost:-0}" \
+      "$raw_q1_mibs"
     cleanup
     ((keep)) || rm -rf "$run"
   done

@@ -896,7 +896,9 @@ void Agent::start_listening() {
                                                         topic, sizeof topic) == 0) {
     return;
   }
-  listening_ = transport_.subscribe(topic, 1);
+  // QoS 0 (PROTOCOL.md 17): a frame missed is asked for again anyway, and with a clean
+  // session QoS 1 would only add a PUBACK per frame for the device and the broker to handle.
+  listening_ = transport_.subscribe(topic, 0);
 }
 
 void Agent::stop_listening() {

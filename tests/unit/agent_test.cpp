@@ -1865,8 +1865,8 @@ TEST_F(AgentTest, RecordSavesAreSmallAndRare) {
 namespace ota::agent::test {
 namespace {
 
-// Broadcast (PROTOCOL.md 17): a listening agent subscribes to its group's image topic for
-// the download, says so in its requests, keeps every broadcast chunk of its image (asked for
+// Broadcast (PROTOCOL.md 17): a listening agent subscribes (QoS 0) to its group's image topic
+// for the download, says so in its requests, keeps every broadcast chunk of its image (asked for
 // or not, in any order) and unsubscribes when the download is over.
 TEST_F(AgentTest, BroadcastListenerKeepsEveryChunkOfItsImageAndUnsubscribesAtTheEnd) {
   cfg_.broadcast = true;
@@ -1877,6 +1877,7 @@ TEST_F(AgentTest, BroadcastListenerKeepsEveryChunkOfItsImageAndUnsubscribesAtThe
   const std::string image_topic = "ota/v1/grp/fleet/img/" + std::string(offer.manifest.image.c_str()) + "/chunk";
   ASSERT_FALSE(transport_.subscriptions.empty());
   EXPECT_EQ(transport_.subscriptions.back().first, image_topic);
+  EXPECT_EQ(transport_.subscriptions.back().second, 0) << "frames come at most once (17)";
   auto reqs = take_requests();
   ASSERT_EQ(reqs.size(), 1u);
   EXPECT_EQ(std::string(reqs[0].bc.c_str()), "fleet");
