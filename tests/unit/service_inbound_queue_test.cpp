@@ -3,6 +3,8 @@
 // of its own device still waits, then it waits behind it.
 #include <gtest/gtest.h>
 
+#include <sqlite3.h>
+
 #include <condition_variable>
 #include <mutex>
 #include <thread>
@@ -52,13 +54,31 @@ class Gate {
   bool closed_ = false, held_ = false;
 };
 
-// Recorder, safe to read while the device-message thread publishes.
+// Recorder, safe to read while the device-message thread publishes. For each publish on a
+// watched topic it also notes the state of a deployment that another connection to the
+// database file reads at that moment: what was committed by then.
 class LockedRecorder : public Publisher {
  public:
   bool publish(const std::string& topic, const void* data, std::size_t len, int qos,
                bool retain) override {
+    const bool watched = [&] {
+      std::lock_guard<std::mutex> lock(mu_);
+      return !topic_.empty() && topic == topic_;
+    }();
+    const std::string seen = watched ? committed_state() : "";
     std::lock_guard<std::mutex> lock(mu_);
+    if (watched) seen_.push_back(seen);
     return rec_.publish(topic, data, len, qos, retain);
+  }
+  void watch(const std::string& db_path, const std::string& topic, const std::string& dep) {
+    std::lock_guard<std::mutex> lock(mu_);
+    db_path_ = db_path;
+    topic_ = topic;
+    dep_ = dep;
+  }
+  std::vector<std::string> seen() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return seen_;
   }
   std::size_t count(const std::string& topic) {
     std::lock_guard<std::mutex> lock(mu_);
@@ -66,7 +86,29 @@ class LockedRecorder : public Publisher {
   }
 
  private:
+  std::string committed_state() {
+    std::string path, dep;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      path = db_path_;
+      dep = dep_;
+    }
+    std::string state = "?";
+    sqlite3* db = nullptr;
+    if (sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READONLY, nullptr) == SQLITE_OK) {
+      sqlite3_stmt* st = nullptr;
+      if (sqlite3_prepare_v2(db, "SELECT state FROM deployments WHERE id = ?", -1, &st, nullptr) == SQLITE_OK) {
+        sqlite3_bind_text(st, 1, dep.c_str(), -1, SQLITE_TRANSIENT);
+        if (sqlite3_step(st) == SQLITE_ROW) state = reinterpret_cast<const char*>(sqlite3_column_text(st, 0));
+      }
+      sqlite3_finalize(st);
+    }
+    sqlite3_close(db);
+    return state;
+  }
   std::mutex mu_;
+  std::string db_path_, topic_, dep_;
+  std::vector<std::string> seen_;
   Recorder rec_;
 };
 
@@ -119,6 +161,11 @@ class InboundQueue : public ControllerTest {
     event(dev, ev(proto::EventType::status, next_seq++, dep));
     ASSERT_TRUE(gate.wait_held());
   }
+  std::uint64_t metric(const std::string& name) {
+    const std::string text = ctl->metrics_text();
+    const auto at = text.find("\n" + name + " ");
+    return at == std::string::npos ? 0 : std::stoull(text.substr(at + name.size() + 2));
+  }
   Gate gate;
   LockedRecorder rec;
   std::uint32_t next_seq = 100;
@@ -161,6 +208,40 @@ TEST_F(InboundQueue, ARequestRightAfterAnAcceptFindsTheRowAccepted) {
   EXPECT_TRUE(ota::test::wait_until([&] { return rec.count("ota/v1/dev/d1/down/chunk") == 2; }, 10s, 1ms));
   const std::vector<std::string> want = {"offered -> accepted", "accepted -> downloading"};
   EXPECT_EQ(transitions(d.a.id, "d1"), want);
+}
+
+// What waits is applied in one transaction (one WAL sync for all, not one each), and what
+// the handlers decide in it goes out only once it is committed: the empty retained offer
+// that ends a group deployment is published when another connection to the database file
+// already reads the deployment as completed. (Published inside the batch, it would read
+// "active"; applied one by one, no batch would be counted.)
+TEST_F(InboundQueue, WaitingMessagesCommitTogetherAndTheirDecisionsGoOutAfterTheCommit) {
+  const Deployed d = deploy_to("x", "y");
+  hello("g1", "1.0.0", {"lab"});
+  hello("g2", "1.0.0", {"lab"});
+  ASSERT_TRUE(drained());
+  auto group = ctl->deploy(d.img.id, "group", "lab");
+  ASSERT_TRUE(group.ok()) << group.error();
+  rec.watch(dir.file("ota.db"), "ota/v1/grp/lab/offer", group->id);
+
+  hold_on_event_of("x", d.a.id);
+  for (const char* dev : {"g1", "g2"}) {
+    event(dev, ev(proto::EventType::accept, 1, group->id));
+    auto r = ev(proto::EventType::result, 2, group->id);
+    r.success = true;
+    r.version.assign("1.1.0");
+    event(dev, r);
+  }
+  EXPECT_EQ(ctl->queued_device_messages(), 5u);  // with the one being applied
+  gate.open();
+  ASSERT_TRUE(drained());
+  EXPECT_EQ(row_state(group->id, "g1"), "succeeded");
+  EXPECT_EQ(row_state(group->id, "g2"), "succeeded");
+  const std::vector<std::string> seen = rec.seen();
+  ASSERT_EQ(seen.size(), 1u) << "the completion's empty retained offer";
+  EXPECT_EQ(seen[0], "completed") << "published before the batch committed";
+  EXPECT_GE(metric("ota_device_message_batches_total"), 1u);
+  EXPECT_GE(metric("ota_device_messages_batched_total"), 4u);
 }
 
 TEST_F(InboundQueue, StoppingAppliesWhatWaits) {

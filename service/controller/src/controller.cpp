@@ -17,15 +17,16 @@ using nlohmann::json;
 Controller::Controller(ControllerConfig cfg, Signer signer, KeyRing keys, Publisher* pub)
     : cfg_(std::move(cfg)),
       pub_(pub),
+      deferring_(pub ? std::make_unique<DeferringPublisher>(*pub) : nullptr),
       db_([this] { return now(); }),
       registry_(cfg_),
-      keys_(std::move(signer), std::move(keys), pub, cfg_.prefix, cfg_.offer_ttl,
+      keys_(std::move(signer), std::move(keys), decided(), cfg_.prefix, cfg_.offer_ttl,
             [this] { return now(); }),
-      chunks_(cfg_.store_dir, cfg_.prefix, pub, cfg_.chunk_flow),
-      deployments_(cfg_, pub, registry_, keys_, chunks_),
+      chunks_(cfg_.store_dir, cfg_.prefix, pub, cfg_.chunk_flow),  // frames, not decisions
+      deployments_(cfg_, decided(), registry_, keys_, chunks_),
       runner_(cfg_, deployments_, registry_, keys_, chunks_),
       images_(cfg_, db_, keys_),
-      inbound_(cfg_, db_, registry_, keys_, deployments_, runner_, chunks_) {
+      inbound_(cfg_, db_, registry_, keys_, deployments_, runner_, chunks_, deferring_.get()) {
   // Bytes sent per row, and the row's first chunks move it to downloading.
   chunks_.set_served_hook([this](const std::string& dev, const std::string& offer_id,
                                  std::uint64_t bytes) {

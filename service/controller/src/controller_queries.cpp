@@ -404,6 +404,8 @@ MetricsSnapshot Controller::metrics_snapshot(DbLock& db) {
   s.chunk_broadcast_deliveries = chunks_.broadcast_deliveries();
   s.chunk_broadcast_unreadable = broadcast_unreadable();
   s.device_messages_queued = queued_device_messages();
+  s.device_message_batches = inbound_.batches();
+  s.device_messages_batched = inbound_.batched_messages();
   s.decode_errors = decode_errors();
   s.ignored_messages = ignored_messages();
   for (std::size_t r = 0; r < kDropReasonCount; ++r) s.dropped[r] = dropped(static_cast<DropReason>(r));

@@ -1,6 +1,7 @@
 // Inbound: routing of device messages to their handlers, the drop counters.
 #include "ota/service/inbound.hpp"
 
+#include "ota/proto/messages.hpp"
 #include "ota/proto/topics.hpp"
 #include "ota/service/log.hpp"
 #include "ota/service/rollout_runner.hpp"
@@ -34,8 +35,9 @@ bool BoundedKeySet::insert(const std::string& key) {
 
 Inbound::Inbound(const ControllerConfig& cfg, Database& db, DeviceRegistry& registry,
                  KeyService& keys, Deployments& deployments, RolloutRunner& runner,
-                 ChunkServer& chunks)
+                 ChunkServer& chunks, DeferringPublisher* pub)
     : cfg_(cfg),
+      pub_(pub),
       db_(db),
       registry_(registry),
       keys_(keys),
@@ -62,24 +64,74 @@ std::size_t Inbound::queued() const {
   return unapplied_;
 }
 
-// Applies the queue in order; once stopping, what is left, then ends.
+// Applies the queue in order, in batches of what waits; once stopping, what is left, then
+// ends.
 void Inbound::worker_loop() {
+  std::vector<Queued> batch;
   std::unique_lock<std::mutex> lock(queue_mu_);
   for (;;) {
     queue_cv_.wait(lock, [this] { return queue_stopping_ || !queue_.empty(); });
     if (queue_.empty()) return;  // stopping, and nothing left
-    Queued m = std::move(queue_.front());
-    queue_.pop_front();
+    const std::size_t n = std::min(queue_.size(), kMaxBatch);
+    for (std::size_t i = 0; i < n; ++i) {
+      batch.push_back(std::move(queue_.front()));
+      queue_.pop_front();
+    }
     lock.unlock();
-    queue_space_cv_.notify_one();
-    dispatch(m.kind, m.dev, m.payload.data(), m.payload.size(), m.topic.c_str(), m.retained);
+    queue_space_cv_.notify_all();
+    apply_batch(batch);
     lock.lock();
-    // Counted down only now: a chunk request of this device that arrived meanwhile queued
-    // behind this message instead of overtaking it.
-    auto it = queued_of_.find(m.dev);
-    if (it != queued_of_.end() && --it->second == 0) queued_of_.erase(it);
-    --unapplied_;
+    // Counted down only now: a chunk request of these devices that arrived meanwhile queued
+    // behind their messages instead of overtaking them.
+    for (const Queued& m : batch) {
+      auto it = queued_of_.find(m.dev);
+      if (it != queued_of_.end() && --it->second == 0) queued_of_.erase(it);
+    }
+    unapplied_ -= batch.size();
+    batch.clear();
   }
+}
+
+// One message is applied as it comes; several in one transaction (group commit): one WAL
+// sync for all instead of one each, the database lock held throughout, and what the handlers
+// publish held back until the commit (DeferringPublisher).
+void Inbound::apply_batch(std::vector<Queued>& batch) {
+  if (batch.size() == 1 || pub_ == nullptr) {
+    for (Queued& m : batch) dispatch(m.kind, m.dev, m.payload.data(), m.payload.size(), m.topic.c_str(), m.retained);
+    return;
+  }
+  DbLock db(db_);
+  Status s = db.store().begin_batch();
+  if (!s) {
+    log_error("device messages: cannot begin a batch (" + s.error() + "); applying them one by one");
+    for (Queued& m : batch) dispatch(m.kind, m.dev, m.payload.data(), m.payload.size(), m.topic.c_str(), m.retained);
+    return;
+  }
+  pub_->hold();
+  for (Queued& m : batch) dispatch(m.kind, m.dev, m.payload.data(), m.payload.size(), m.topic.c_str(), m.retained);
+  s = db.store().end_batch();
+  if (!s) {
+    const std::size_t dropped = pub_->drop_held();
+    // Hellos are applied again once the database takes writes (as after a hello's own
+    // failed commit); the devices report everything else again.
+    std::size_t hellos = 0;
+    for (Queued& m : batch) {
+      proto::PresenceType type{};
+      if (m.kind == proto::TopicKind::presence &&
+          !proto::decode_presence_type(m.payload.data(), m.payload.size(), type) &&
+          type == proto::PresenceType::hello) {
+        registry_.keep_unapplied_hello(m.dev, m.payload, m.retained);
+        ++hellos;
+      }
+    }
+    log_error("device messages: a batch of " + std::to_string(batch.size()) + " was not written (" +
+              s.error() + "); " + std::to_string(hellos) + " hellos will be applied again, " +
+              std::to_string(dropped) + " messages it would have published were not sent");
+    return;
+  }
+  ++batches_;
+  batched_messages_ += batch.size();
+  pub_->send_held();
 }
 
 void Inbound::on_message(const char* topic, const void* payload, std::size_t len, bool retained) {

@@ -73,6 +73,12 @@ void traffic_metrics(std::ostream& o, const MetricsSnapshot& s) {
   one_value(o, "ota_device_messages_queued", "gauge",
             "Device hellos, events and last wills queued for the device-message thread, not applied yet.",
             s.device_messages_queued);
+  one_value(o, "ota_device_message_batches_total", "counter",
+            "Transactions that applied several queued device messages at once (group commit).",
+            s.device_message_batches);
+  one_value(o, "ota_device_messages_batched_total", "counter",
+            "Device messages applied in those transactions.",
+            s.device_messages_batched);
   one_value(o, "ota_decode_errors_total", "counter",
             "Device messages that failed to decode.",
             s.decode_errors);

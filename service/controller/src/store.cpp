@@ -234,20 +234,62 @@ Status Store::open(const std::string& path, int target_version, bool check_integ
 }
 
 Status Store::begin() {
+  // A batch whose transaction SQLite rolled back (autocommit again) lets each caller have its
+  // own transaction.
+  if (batch_ && !sqlite3_get_autocommit(db_)) {
+    Status s = exec("SAVEPOINT tx", "begin");
+    savepoint_ = s.ok();
+    return s;
+  }
   Status s = exec("BEGIN IMMEDIATE", "begin");
   if (s) changes_at_begin_ = sqlite3_total_changes64(db_);
   return s;
 }
 Status Store::commit() {
+  if (savepoint_) {
+    savepoint_ = false;
+    return exec("RELEASE tx", "commit");
+  }
   Status s = exec("COMMIT", "commit");
   if (s && sqlite3_total_changes64(db_) != changes_at_begin_) writable_ = true;
   return s;
 }
 void Store::rollback() {
+  if (savepoint_) {
+    savepoint_ = false;
+    // Fails only if SQLite already rolled back the whole batch (see begin()).
+    if (db_ && !sqlite3_get_autocommit(db_))
+      (void)sqlite3_exec(db_, "ROLLBACK TO tx; RELEASE tx", nullptr, nullptr, nullptr);
+    return;
+  }
   // After some failed commits (full disk, I/O error) SQLite has already rolled back; a second
   // ROLLBACK would only fail with "no transaction is active".
   if (db_ && !sqlite3_get_autocommit(db_))
     (void)sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
+}
+
+Status Store::begin_batch() {
+  if (batch_) return internal_err("begin batch: a batch is open");
+  Status s = exec("BEGIN IMMEDIATE", "begin batch");
+  if (!s) return s;
+  batch_ = true;
+  batch_changes_at_begin_ = sqlite3_total_changes64(db_);
+  return s;
+}
+
+Status Store::end_batch() {
+  if (!batch_) return internal_err("end batch: no batch is open");
+  batch_ = false;
+  savepoint_ = false;
+  if (sqlite3_get_autocommit(db_))
+    return internal_err("commit batch: SQLite rolled it back after an earlier error (" + last_error_ + ")");
+  Status s = exec("COMMIT", "commit batch");
+  if (!s) {
+    rollback();
+    return s;
+  }
+  if (sqlite3_total_changes64(db_) != batch_changes_at_begin_) writable_ = true;
+  return s;
 }
 
 // --------------------------------------------------------------------------------- backups

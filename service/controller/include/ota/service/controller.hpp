@@ -203,6 +203,10 @@ class Controller {
   // Order matters: members are built (and refer to each other) top down.
   ControllerConfig cfg_;
   Publisher* pub_;
+  // pub_ as the components that decide see it: the device-message thread's publishes wait
+  // for its batch's commit. nullptr without a publisher.
+  std::unique_ptr<DeferringPublisher> deferring_;
+  Publisher* decided() { return deferring_ ? static_cast<Publisher*>(deferring_.get()) : nullptr; }
   Database db_;
   DeviceRegistry registry_;
   KeyService keys_;

@@ -4,7 +4,8 @@
 // Owns: the Store; the bookkeeping of the periodic write probe and of the event retention.
 // Lock: mu_, held through a Database::Lock (alias DbLock), the only way to reach the Store.
 //   It is taken FIRST: no component lock may be held while taking it (ARCHITECTURE.md, lock
-//   order). Everything that changes persisted state (rows, devices, rollouts, events) holds
+//   order). Recursive: the device-message thread holds it across a batch of messages (one
+//   transaction, inbound.hpp) whose handlers take it again. Everything that changes persisted state (rows, devices, rollouts, events) holds
 //   it for the whole change, transaction and memory together; so a holder sees the
 //   persisted state of every component stand still.
 // Threads: all of them (MQTT network thread, HTTP workers, the tick thread).
@@ -42,7 +43,7 @@ class Database {
 
    private:
     Database& db_;
-    std::lock_guard<std::mutex> guard_;
+    std::lock_guard<std::recursive_mutex> guard_;
   };
 
   // Opens (checks, migrates) the database file. Before the controller runs: no lock.
@@ -67,7 +68,7 @@ class Database {
 
  private:
   friend class Lock;
-  std::mutex mu_;
+  std::recursive_mutex mu_;
   Store store_;
   std::function<long long()> now_;
   // Guarded by mu_.

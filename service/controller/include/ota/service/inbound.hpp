@@ -13,6 +13,10 @@
 //   device-message thread (hellos, heartbeats, last wills and events, in arrival order; none
 //   with cfg.inbound_queue = 0, then on_message applies them), tick thread (hellos applied
 //   again).
+// Batches: the device-message thread applies what waits (up to kMaxBatch) in one
+//   transaction holding the database lock throughout (group commit: a WAL sync per batch,
+//   not per message), and what the handlers publish meanwhile goes out after the commit
+//   (DeferringPublisher). A lone message is applied as it comes.
 // Order: a device's messages are applied in the order they arrived. A chunk request goes
 //   straight to the chunk server only when none of its device's messages waits in the queue
 //   (else it queues behind them: a request right after an accept finds the row accepted).
@@ -20,7 +24,8 @@
 //   queued when the controller dies is lost, as one inside a handler was before the queue.
 //   What that loses is recovered: hellos and offline markers are retained (delivered again
 //   at the next subscribe), a device re-sends its outcome when it is offered the deployment
-//   again, and its later reports and requests move the row on.
+//   again, and its later reports and requests move the row on. A batch whose commit fails
+//   is lost the same way (logged; what it would have published is not sent).
 #pragma once
 
 #include <array>
@@ -33,11 +38,13 @@
 #include <thread>
 #include <unordered_map>
 #include <unordered_set>
+#include <vector>
 
 #include "ota/proto/topics.hpp"
 #include "ota/service/chunk_server.hpp"
 #include "ota/service/controller_config.hpp"
 #include "ota/service/database.hpp"
+#include "ota/service/deferring_publisher.hpp"
 #include "ota/service/deployments.hpp"
 #include "ota/service/device_registry.hpp"
 #include "ota/service/key_service.hpp"
@@ -83,8 +90,10 @@ class Inbound {
  public:
   static constexpr std::size_t kLogOnceCapacity = 4096;
 
+  // pub: what the components publish through (held during a batch); nullptr: no batches.
   Inbound(const ControllerConfig& cfg, Database& db, DeviceRegistry& registry, KeyService& keys,
-          Deployments& deployments, RolloutRunner& runner, ChunkServer& chunks);
+          Deployments& deployments, RolloutRunner& runner, ChunkServer& chunks,
+          DeferringPublisher* pub);
   ~Inbound();
   Inbound(const Inbound&) = delete;
   Inbound& operator=(const Inbound&) = delete;
@@ -105,6 +114,12 @@ class Inbound {
   // by unicast instead (PROTOCOL.md 17).
   std::uint64_t broadcast_unreadable() const { return broadcast_unreadable_.load(); }
   std::uint64_t dropped(DropReason r) const { return dropped_[static_cast<std::size_t>(r)].load(); }
+  // Group commits of several queued messages, and the messages they applied.
+  std::uint64_t batches() const { return batches_.load(); }
+  std::uint64_t batched_messages() const { return batched_messages_.load(); }
+  // The most messages one transaction applies: bounds how long the database lock is held
+  // (other threads wait for it) and what a failed commit loses.
+  static constexpr std::size_t kMaxBatch = 128;
 
  private:
   // handle_presence.cpp
@@ -130,8 +145,10 @@ class Inbound {
   // A message past the budget and revocation checks, to its handler.
   void dispatch(proto::TopicKind kind, const std::string& dev, const char* p, std::size_t len,
                 const char* topic, bool retained);
-  // The device-message thread.
+  // The device-message thread, and its batches.
   void worker_loop();
+  struct Queued;
+  void apply_batch(std::vector<Queued>& batch);
   void decode_error(const std::string& dev, const char* topic, const char* what, int code,
                     const char* field);
   void count_drop(DropReason r) { dropped_[static_cast<std::size_t>(r)]++; }
@@ -152,6 +169,7 @@ class Inbound {
   long long now() const { return controller_now(cfg_); }
 
   const ControllerConfig& cfg_;
+  DeferringPublisher* pub_;
   Database& db_;
   DeviceRegistry& registry_;
   KeyService& keys_;
@@ -171,6 +189,8 @@ class Inbound {
   std::deque<Queued> queue_;
   std::unordered_map<std::string, std::size_t> queued_of_;  // per device, while > 0
   std::size_t unapplied_ = 0;  // queued, or being applied
+  std::atomic<std::uint64_t> batches_{0};           // group commits of several messages
+  std::atomic<std::uint64_t> batched_messages_{0};  // the messages they applied
   bool queue_stopping_ = false;
   std::thread worker_;
 

@@ -35,6 +35,8 @@ struct MetricsSnapshot {
   std::uint64_t chunk_unicast_bytes = 0, chunk_broadcast_bytes = 0, chunk_broadcast_frames = 0,
                 chunk_broadcast_deliveries = 0, chunk_broadcast_unreadable = 0;
   std::uint64_t device_messages_queued = 0;
+  // Group commits of the device-message thread and the messages they applied.
+  std::uint64_t device_message_batches = 0, device_messages_batched = 0;
   std::array<std::uint64_t, kDropReasonCount> dropped{};
   // Live rollouts (running, scheduled, paused, or ended with devices still reporting).
   struct Rollout {

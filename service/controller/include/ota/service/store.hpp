@@ -207,10 +207,19 @@ class Store {
   // even while nothing else writes.
   Status probe_write(long long now_ms);
 
-  // Transactions (BEGIN IMMEDIATE / COMMIT / ROLLBACK).
+  // Transactions (BEGIN IMMEDIATE / COMMIT / ROLLBACK). Inside a batch they are savepoints
+  // of the batch's transaction (SAVEPOINT / RELEASE / ROLLBACK TO): committed for the caller,
+  // durable only when the batch commits.
   Status begin();
   Status commit();
   void rollback();
+  // Group commit: one transaction, and one WAL sync (synchronous=FULL), for the transactions
+  // of many callers in a row (the device-message thread's batches). end_batch() commits it;
+  // on failure it rolls back and says why. If SQLite itself rolled the batch back (some
+  // storage errors do), the transactions after that commit one by one.
+  Status begin_batch();
+  Status end_batch();
+  bool in_batch() const { return batch_; }
 
   // Images.
   Status insert_image(const ImageRec& img);
@@ -321,6 +330,9 @@ class Store {
   std::string last_error_;
   bool writable_ = true;
   long long changes_at_begin_ = 0;  // sqlite3_total_changes64 when the transaction began
+  bool batch_ = false;           // between begin_batch() and end_batch()
+  bool savepoint_ = false;       // the open transaction is a savepoint of the batch
+  long long batch_changes_at_begin_ = 0;
 };
 
 // RAII transaction: rolls back unless commit() succeeded.
