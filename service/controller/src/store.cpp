@@ -234,9 +234,12 @@ Status Store::open(const std::string& path, int target_version, bool check_integ
 }
 
 Status Store::begin() {
-  // A batch whose transaction SQLite rolled back (autocommit again) lets each caller have its
-  // own transaction.
-  if (batch_ && !sqlite3_get_autocommit(db_)) {
+  if (batch_) {
+    // SQLite rolls a transaction back by itself after some storage errors: then the rest of
+    // the batch fails too (nothing of it is written, end_batch() says so) rather than commit
+    // one by one after changes that were lost.
+    if (sqlite3_get_autocommit(db_))
+      return internal_err("begin: the batch's transaction was rolled back (" + last_error_ + ")");
     Status s = exec("SAVEPOINT tx", "begin");
     savepoint_ = s.ok();
     return s;

@@ -216,7 +216,7 @@ class Store {
   // Group commit: one transaction, and one WAL sync (synchronous=FULL), for the transactions
   // of many callers in a row (the device-message thread's batches). end_batch() commits it;
   // on failure it rolls back and says why. If SQLite itself rolled the batch back (some
-  // storage errors do), the transactions after that commit one by one.
+  // storage errors do), the transactions after that fail to begin.
   Status begin_batch();
   Status end_batch();
   bool in_batch() const { return batch_; }
