@@ -236,6 +236,32 @@ TEST_F(StoreTest, TransactionRollsBack) {
   EXPECT_TRUE(store.image_by_id("00112233aabbccdd")->has_value());
 }
 
+// Group commit: inside a batch each Tx is a savepoint. A committed one stays, a rolled back
+// one goes, and nothing is visible to another connection (durable) before end_batch().
+TEST_F(StoreTest, BatchCommitsItsTransactionsTogether) {
+  ASSERT_TRUE(store.begin_batch().ok());
+  EXPECT_FALSE(store.begin_batch().ok()) << "batches do not nest";
+  {
+    Tx tx(store);
+    ASSERT_TRUE(store.insert_image(image("00112233aabbccdd", "1.0.0")).ok());
+    ASSERT_TRUE(tx.commit().ok());
+  }
+  {
+    Tx tx(store);
+    ASSERT_TRUE(tx.status().ok());
+    ASSERT_TRUE(store.insert_image(image("1122334455667788", "1.1.0")).ok());
+  }  // no commit: only this savepoint goes
+  EXPECT_TRUE(store.image_by_id("00112233aabbccdd")->has_value());
+  EXPECT_FALSE(store.image_by_id("1122334455667788")->has_value());
+  Store other;
+  ASSERT_TRUE(other.open(dir.file("ota.db")).ok());
+  EXPECT_FALSE(other.image_by_id("00112233aabbccdd")->has_value()) << "visible before the batch committed";
+  ASSERT_TRUE(store.end_batch().ok());
+  EXPECT_TRUE(other.image_by_id("00112233aabbccdd")->has_value());
+  EXPECT_FALSE(other.image_by_id("1122334455667788")->has_value());
+  EXPECT_FALSE(store.end_batch().ok()) << "no batch is open";
+}
+
 TEST_F(StoreTest, EventsFilterAndLimit) {
   for (int i = 0; i < 5; ++i) ASSERT_TRUE(store.add_event("dep-1", "dev-1", "e", std::to_string(i)).ok());
   ASSERT_TRUE(store.add_event("dep-2", "dev-2", "x", "").ok());
