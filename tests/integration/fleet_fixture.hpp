@@ -231,9 +231,20 @@ class FleetTest : public ::testing::Test {
     return c;
   }
 
+  // The JSON body of a 200 answer; otherwise null, and why goes to stderr (a test that then
+  // reads the null fails on a type error: the line above it in the log says what happened).
   json get(const std::string& path) {
     auto r = client().Get(path.c_str());
-    if (!r || r->status != 200) return json();
+    if (!r) {
+      std::fprintf(stderr, "[ fixture ] GET %s: no answer (%s)\n", path.c_str(),
+                   httplib::to_string(r.error()).c_str());
+      return json();
+    }
+    if (r->status != 200) {
+      std::fprintf(stderr, "[ fixture ] GET %s: HTTP %d %s\n", path.c_str(), r->status,
+                   r->body.substr(0, 300).c_str());
+      return json();
+    }
     return json::parse(r->body, nullptr, false);
   }
 

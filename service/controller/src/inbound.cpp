@@ -96,19 +96,19 @@ void Inbound::worker_loop() {
 // sync for all instead of one each, the database lock held throughout, and what the handlers
 // publish held back until the commit (DeferringPublisher).
 void Inbound::apply_batch(std::vector<Queued>& batch) {
-  if (batch.size() == 1 || pub_ == nullptr) {
-    for (Queued& m : batch) dispatch(m.kind, m.dev, m.payload.data(), m.payload.size(), m.topic.c_str(), m.retained);
-    return;
-  }
+  auto apply_each = [&] {
+    for (const Queued& m : batch)
+      dispatch(m.kind, m.dev, m.payload.data(), m.payload.size(), m.topic.c_str(), m.retained);
+  };
+  if (batch.size() == 1 || pub_ == nullptr) return apply_each();
   DbLock db(db_);
   Status s = db.store().begin_batch();
   if (!s) {
     log_error("device messages: cannot begin a batch (" + s.error() + "); applying them one by one");
-    for (Queued& m : batch) dispatch(m.kind, m.dev, m.payload.data(), m.payload.size(), m.topic.c_str(), m.retained);
-    return;
+    return apply_each();
   }
   pub_->hold();
-  for (Queued& m : batch) dispatch(m.kind, m.dev, m.payload.data(), m.payload.size(), m.topic.c_str(), m.retained);
+  apply_each();
   s = db.store().end_batch();
   if (!s) {
     const std::size_t dropped = pub_->drop_held();
@@ -131,7 +131,12 @@ void Inbound::apply_batch(std::vector<Queued>& batch) {
   }
   ++batches_;
   batched_messages_ += batch.size();
-  pub_->send_held();
+  // The link went down since the handlers published (they were told it was up): lost as a
+  // publish failing at once would have been; offers go out again after the reconnect
+  // (Controller::on_connected).
+  if (const std::size_t failed = pub_->send_held())
+    log_warn("device messages: " + std::to_string(failed) +
+             " messages decided in a batch could not be published (broker link down)");
 }
 
 void Inbound::on_message(const char* topic, const void* payload, std::size_t len, bool retained) {

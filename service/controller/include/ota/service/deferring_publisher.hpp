@@ -42,7 +42,6 @@ class DeferringPublisher final : public Publisher {
   std::size_t send_held();
   // Forgets what waits (its transaction did not commit) and stops holding; returns how many.
   std::size_t drop_held();
-  std::size_t held() const { return held_.size(); }
 
  private:
   struct Held {

@@ -219,7 +219,6 @@ class Store {
   // storage errors do), the transactions after that fail to begin.
   Status begin_batch();
   Status end_batch();
-  bool in_batch() const { return batch_; }
 
   // Images.
   Status insert_image(const ImageRec& img);
