@@ -65,6 +65,68 @@ X509_STORE* shared_ca_store(const std::string& ca_file) {
   return store;
 }
 
+// TLS session resumption. A context keeps the session of its last handshake (a TLS 1.2
+// session ticket or id, or a TLS 1.3 ticket) and offers it at the next one: the broker then
+// skips the certificate exchange, the signatures and the key agreement, which are most of
+// a connection's cost on both sides: a wave's devices reconnecting at once after the
+// update's reboot took the broker's one thread a second of handshakes. The broker accepts a
+// session only from the TLS context it issued it with (mosquitto builds a new one at start
+// and at every SIGHUP, when it also re-reads the CRL: a revoked device cannot resume past
+// the reload) and within its lifetime (two hours, OpenSSL's default); otherwise the
+// handshake is a full one, and its session is kept instead. A session OpenSSL marked not
+// resumable (it ended in an error) is not offered.
+struct ResumableSession {
+  std::mutex mu;
+  SSL_SESSION* last = nullptr;  // one reference, ours
+};
+
+void free_resumable_session(void*, void* ptr, CRYPTO_EX_DATA*, int, long, void*) {
+  auto* slot = static_cast<ResumableSession*>(ptr);
+  if (slot == nullptr) return;
+  if (slot->last != nullptr) SSL_SESSION_free(slot->last);
+  delete slot;
+}
+
+int resumable_session_index() {
+  static const int index =
+      SSL_CTX_get_ex_new_index(0, nullptr, nullptr, nullptr, &free_resumable_session);
+  return index;
+}
+
+ResumableSession* resumable_session(SSL_CTX* ctx) {
+  return static_cast<ResumableSession*>(SSL_CTX_get_ex_data(ctx, resumable_session_index()));
+}
+
+// OpenSSL's client cache callback: a new session was established; it becomes the one to offer.
+int keep_new_session(SSL* ssl, SSL_SESSION* session) {
+  ResumableSession* slot = resumable_session(SSL_get_SSL_CTX(ssl));
+  if (slot == nullptr) return 0;  // not kept: OpenSSL frees it
+  std::lock_guard<std::mutex> lock(slot->mu);
+  if (slot->last != nullptr) SSL_SESSION_free(slot->last);
+  slot->last = session;
+  return 1;  // the reference is ours
+}
+
+// libmosquitto creates the SSL object and starts the handshake in one call, so the session
+// is set from the info callback at the start of the handshake, before the ClientHello is
+// built (the only hook between its SSL_new and SSL_connect).
+void offer_kept_session(const SSL* ssl, int where, int) {
+  if ((where & SSL_CB_HANDSHAKE_START) == 0 || SSL_is_server(ssl) || SSL_get_session(ssl) != nullptr)
+    return;
+  ResumableSession* slot = resumable_session(SSL_get_SSL_CTX(ssl));
+  if (slot == nullptr) return;
+  std::lock_guard<std::mutex> lock(slot->mu);
+  if (slot->last != nullptr && SSL_SESSION_is_resumable(slot->last) == 1)
+    SSL_set_session(const_cast<SSL*>(ssl), slot->last);  // takes its own reference
+}
+
+void enable_session_resumption(SSL_CTX* ctx) {
+  SSL_CTX_set_ex_data(ctx, resumable_session_index(), new ResumableSession);
+  SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
+  SSL_CTX_sess_set_new_cb(ctx, &keep_new_session);
+  SSL_CTX_set_info_callback(ctx, &offer_kept_session);
+}
+
 std::string tls_error() {
   char buf[256] = "unknown TLS error";
   const unsigned long e = ERR_get_error();
@@ -95,6 +157,7 @@ std::shared_ptr<ssl_ctx_st> make_tls_context(const MqttSettings& s, std::string&
   SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION);
   SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);  // idle connections hold no buffers
   SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, nullptr);
+  enable_session_resumption(ctx);
   X509_VERIFY_PARAM* param = SSL_CTX_get0_param(ctx);
   unsigned char addr[16];
   const bool is_ip = ::inet_pton(AF_INET, s.host.c_str(), addr) == 1 ||
@@ -398,7 +461,7 @@ bool MosquittoTransport::publish(const char* topic, const void* payload, std::si
              MOSQ_ERR_SUCCESS;
 }
 
-void MosquittoTransport::on_connect_cb(mosquitto*, void* self, int rc) {
+void MosquittoTransport::on_connect_cb(mosquitto* m, void* self, int rc) {
   auto* t = static_cast<MosquittoTransport*>(self);
   // Refused (bad certificate, ACL): mosquitto_loop() fails next and poll() counts a failed
   // attempt.
@@ -407,6 +470,8 @@ void MosquittoTransport::on_connect_cb(mosquitto*, void* self, int rc) {
   t->connected_ = true;
   t->failed_attempts_ = 0;  // the only place the back-off starts over
   ++t->connects_;
+  const auto* ssl = static_cast<const SSL*>(mosquitto_ssl_get(m));
+  if (ssl != nullptr && SSL_session_reused(ssl) == 1) ++t->resumed_connects_;
   if (t->on_connect_) t->on_connect_();
 }
 

@@ -36,13 +36,17 @@ struct MqttSettings {
   std::uint64_t jitter_seed = 0;  // 0: seeded from std::random_device (tests pin it)
   // A context from make_tls_context() for these settings, used instead of building one
   // from the files at start(): ota-devsim's devices keep theirs across simulated power
-  // cycles (a real device keeps its key in flash, not as PEM text to decode at each boot).
+  // cycles (a real device keeps its key in flash, not as PEM text to decode at each boot),
+  // and with it the TLS session to resume after the reboot (as a device keeps a session
+  // ticket in memory that survives a reset).
   std::shared_ptr<ssl_ctx_st> tls_context;
 };
 
 // The client TLS context of `s` (CA, certificate, key, broker host check); nullptr with
 // `error` naming the file that could not be used. Building one costs about a millisecond
-// of PEM decoding in OpenSSL 3, several when threads build theirs at once.
+// of PEM decoding in OpenSSL 3, several when threads build theirs at once. The context
+// keeps the TLS session of its last connection and resumes it at the next (a device that
+// reconnects after a reboot or a lost link skips the certificate exchange and signatures).
 std::shared_ptr<ssl_ctx_st> make_tls_context(const MqttSettings& s, std::string& error);
 
 // The longest reconnect delay after `failed_attempts` failures in a row: base * 2^n, capped.
@@ -110,6 +114,8 @@ class MosquittoTransport final : public Transport {
                bool retain) override;
 
   std::uint64_t connects() const { return connects_; }
+  // Connections whose TLS handshake resumed the session of an earlier one (make_tls_context).
+  std::uint64_t resumed_connects() const { return resumed_connects_; }
   // Connection attempts made (each may open a new socket, possibly under the old number).
   std::uint64_t connect_attempts() const { return connect_attempts_; }
   // Connection attempts that failed since the broker last accepted one (diagnostics, tests).
@@ -142,6 +148,7 @@ class MosquittoTransport final : public Transport {
   bool ever_connected_ = false;  // mosquitto_reconnect() needs one mosquitto_connect() first
   bool tcp_pending_ = false;     // a non-blocking connect not yet seen ready
   std::uint64_t connects_ = 0;
+  std::uint64_t resumed_connects_ = 0;
   std::uint64_t connect_attempts_ = 0;
   std::uint32_t failed_attempts_ = 0;
   std::chrono::steady_clock::time_point next_attempt_{};
