@@ -819,6 +819,7 @@ void Agent::reset_transfer_memory() {
   stalled_requests_ = 0;
   chunks_since_checkpoint_ = 0;
   last_progress_percent_ = 0;
+  progress_sent_ = false;
   broadcast_seen_ = false;
 }
 
@@ -991,7 +992,12 @@ void Agent::maybe_report_progress() {
   const std::uint32_t percent = st_.received_chunks * 100u / st_.manifest.chunk_count();
   const std::uint32_t step = cfg_.progress_step_percent == 0 ? 1 : cfg_.progress_step_percent;
   if (percent / step == last_progress_percent_ / step) return;
+  // Too soon after the last one: the step is reported with a chunk after the interval.
+  const std::uint64_t now = clock_.now_ms();
+  if (percent < 100 && progress_sent_ && now - last_progress_ms_ < cfg_.progress_interval_ms) return;
   last_progress_percent_ = percent;
+  last_progress_ms_ = now;
+  progress_sent_ = true;
   proto::Event ev;
   ev.type = proto::EventType::progress;
   ev.deployment = st_.deployment;

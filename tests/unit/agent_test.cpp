@@ -344,6 +344,41 @@ TEST_F(AgentTest, HappyPathInstallsConfirmsAndReports) {
 
 // ------------------------------------------------------------------- transfer quality
 
+// Progress: an event per 5 % step while chunks come slowly, at most one per
+// progress_interval_ms while they come fast (a wave's devices would otherwise send twenty
+// each within seconds), and the one at 100 % whatever the interval.
+TEST_F(AgentTest, ProgressEventsAreSpacedByTheIntervalAndTheLastOneAlwaysGoes) {
+  start();
+  const proto::Offer offer = offer_for(image_);
+  ASSERT_EQ(offer.manifest.chunk_count(), 100u);  // one chunk is one percent
+  send_offer(offer);
+  ChunkServer server(image_, offer.manifest.chunk_size, offer.manifest.image.c_str());
+  auto progress_received = [&] {
+    std::vector<std::uint64_t> out;
+    for (const auto& p : events_of(EventType::progress)) out.push_back(p.received / 1024);
+    return out;
+  };
+  // Fast: half the image while the clock stands still: only the first step (5 %).
+  serve(server, {}, 50);
+  EXPECT_EQ(progress_received(), (std::vector<std::uint64_t>{5}));
+  // The interval passed: the next chunk reports where the download is (51 %).
+  clock_.advance_ms(cfg_.progress_interval_ms);
+  serve(server, {}, 1);
+  EXPECT_EQ(progress_received(), (std::vector<std::uint64_t>{5, 51}));
+  // Slow (the interval between chunks): every step.
+  for (int i = 0; i < 44; ++i) {
+    clock_.advance_ms(cfg_.progress_interval_ms);
+    serve(server, {}, 1);
+  }
+  EXPECT_EQ(progress_received(),
+            (std::vector<std::uint64_t>{5, 51, 55, 60, 65, 70, 75, 80, 85, 90, 95}));
+  // Fast again to the end: the 100 % one goes at once.
+  serve(server);
+  EXPECT_EQ(progress_received(),
+            (std::vector<std::uint64_t>{5, 51, 55, 60, 65, 70, 75, 80, 85, 90, 95, 100}));
+  EXPECT_EQ(agent_->stats().chunks_received, 100u);
+}
+
 TEST_F(AgentTest, OutOfOrderChunksComplete) {
   start();
   flash_.record_writes(true);

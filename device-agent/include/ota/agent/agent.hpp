@@ -88,6 +88,10 @@ struct AgentConfig {
   std::uint32_t max_stalled_requests = 30;  // consecutive re-requests without progress -> fail
   std::uint32_t checkpoint_chunks = 32;     // persist progress every N new chunks
   std::uint32_t progress_step_percent = 5;  // progress event granularity
+  // And at most one progress event per this long (the one at 100 % always goes): a fast
+  // download would otherwise send all its steps within seconds, each a message through the
+  // broker to the controller, 20,000 for a wave of 1,000 devices.
+  std::uint32_t progress_interval_ms = 1000;
   SelfTest self_test = nullptr;             // nullptr: the image is considered healthy
   SelfTestPoll self_test_poll = nullptr;    // used instead of self_test when set
   void* self_test_ctx = nullptr;            // for either hook
@@ -370,6 +374,8 @@ class Agent {
   std::uint32_t stalled_requests_ = 0;
   std::uint32_t chunks_since_checkpoint_ = 0;
   std::uint32_t last_progress_percent_ = 0;
+  std::uint64_t last_progress_ms_ = 0;  // when the last progress event of this download went
+  bool progress_sent_ = false;          // one went in this download (since boot)
   std::uint8_t image_id_bytes_[8] = {};
   // Subscribed to broadcast_group()'s image topic for this download (subscriptions end with
   // the connection; on_connected() subscribes again).
