@@ -359,6 +359,17 @@ class DeviceLink : public ::testing::Test {
     }
   }
 
+  // Polls `link` (10 ms at a time) until `cond` holds or `deadline` passes.
+  static bool poll_until(MosquittoTransport& link, const std::function<bool()>& cond,
+                         std::chrono::milliseconds deadline = 10s) {
+    return wait_until(
+        [&] {
+          link.poll(10);
+          return cond();
+        },
+        deadline, 0ms);
+  }
+
   MqttSettings link_settings(int port) const {
     MqttSettings s;
     s.port = port;
@@ -405,12 +416,7 @@ TEST_F(DeviceLink, TransportStopReplacesRetainedHelloWithOffline) {
   MosquittoTransport link(link_settings(broker_->port()));
   std::string error;
   ASSERT_TRUE(link.start(error)) << error;
-  ASSERT_TRUE(wait_until(
-      [&] {
-        link.poll(10);
-        return link.connected();
-      },
-      10s, 0ms));
+  ASSERT_TRUE(poll_until(link, [&] { return link.connected(); }));
   const std::string hello = R"({"v":1,"type":"hello","note":"stands for the device's hello"})";
   ASSERT_TRUE(
       link.publish(presence_topic("link-001").c_str(), hello.data(), hello.size(), 1, true));
@@ -527,12 +533,7 @@ TEST_F(DeviceLink, TransportConnectsWithTheTlsContextItIsGiven) {
   s.cert_file = s.key_file = dir_->path() + "/no-such-key.pem";
   MosquittoTransport link(s);
   ASSERT_TRUE(link.start(error)) << error;
-  EXPECT_TRUE(wait_until(
-      [&] {
-        link.poll(10);
-        return link.connected();
-      },
-      10s, 0ms))
+  EXPECT_TRUE(poll_until(link, [&] { return link.connected(); }))
       << "no connection with the context given";
   link.stop();
 
@@ -553,13 +554,7 @@ TEST_F(DeviceLink, ReconnectResumesTheTlsSessionAsTheSameDevice) {
   s.tls_context = ota::agent::linux_port::make_tls_context(s, error);
   ASSERT_NE(s.tls_context, nullptr) << error;
   auto connect = [&](MosquittoTransport& link) {
-    if (!link.start(error)) return false;
-    return wait_until(
-        [&] {
-          link.poll(10);
-          return link.connected();
-        },
-        10s, 0ms);
+    return link.start(error) && poll_until(link, [&] { return link.connected(); });
   };
   {
     MosquittoTransport first(s);
@@ -582,12 +577,7 @@ TEST_F(DeviceLink, ReconnectResumesTheTlsSessionAsTheSameDevice) {
   // In this order: when the second arrives, the first would have arrived before it.
   ASSERT_EQ(ctl.publish(kDevTopics + "term-001/down/offer", "not-yours"), 0);
   ASSERT_EQ(ctl.publish(kDevTopics + "link-001/down/offer", "yours"), 0);
-  EXPECT_TRUE(wait_until(
-      [&] {
-        again.poll(10);
-        return !received.empty();
-      },
-      10s, 0ms))
+  EXPECT_TRUE(poll_until(again, [&] { return !received.empty(); }))
       << "the resumed connection gets nothing on its own topic";
   EXPECT_EQ(received, std::vector<std::string>{kDevTopics + "link-001/down/offer yours"});
   again.stop();
@@ -608,14 +598,6 @@ TEST_F(DeviceLink, ARevokedDeviceCannotResumeItsSessionAfterTheBrokerReloadsTheC
   std::string error;
   s.tls_context = ota::agent::linux_port::make_tls_context(s, error);
   ASSERT_NE(s.tls_context, nullptr) << error;
-  auto poll_until = [](MosquittoTransport& link, const std::function<bool()>& cond) {
-    return wait_until(
-        [&] {
-          link.poll(10);
-          return cond();
-        },
-        10s, 0ms);
-  };
   for (int i = 0; i < 2; ++i) {
     MosquittoTransport link(s);
     ASSERT_TRUE(link.start(error)) << error;
@@ -644,25 +626,17 @@ TEST_F(DeviceLink, OnlyTheBrokersConnackResetsBackoff) {
   MosquittoTransport link(s);
   std::string error;
   ASSERT_TRUE(link.start(error)) << error;
-  auto poll_until = [&](const std::function<bool()>& cond, std::chrono::milliseconds deadline) {
-    return wait_until(
-        [&] {
-          link.poll(10);
-          return cond();
-        },
-        deadline, 0ms);
-  };
-  ASSERT_TRUE(poll_until([&] { return link.connected(); }, 10s));
+  ASSERT_TRUE(poll_until(link, [&] { return link.connected(); }, 10s));
   EXPECT_EQ(link.failed_attempts(), 0u);
   EXPECT_EQ(link.connects(), 1u);
 
   broker_->kill9();
-  ASSERT_TRUE(poll_until([&] { return link.failed_attempts() >= 3; }, 10s))
+  ASSERT_TRUE(poll_until(link, [&] { return link.failed_attempts() >= 3; }, 10s))
       << "refused connections were not counted: " << link.failed_attempts();
   EXPECT_FALSE(link.connected());
 
   broker_->start();
-  ASSERT_TRUE(poll_until([&] { return link.connected(); }, 15s)) << "no reconnect";
+  ASSERT_TRUE(poll_until(link, [&] { return link.connected(); }, 15s)) << "no reconnect";
   EXPECT_EQ(link.failed_attempts(), 0u);
   EXPECT_EQ(link.connects(), 2u);
   link.stop();
