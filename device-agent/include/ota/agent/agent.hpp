@@ -375,7 +375,7 @@ class Agent {
   std::uint32_t chunks_since_checkpoint_ = 0;
   std::uint32_t last_progress_percent_ = 0;
   std::uint64_t last_progress_ms_ = 0;  // when the last progress event of this download went
-  bool progress_sent_ = false;          // one went in this download (since boot)
+  bool progress_sent_ = false;          // one went since this download (re)started
   std::uint8_t image_id_bytes_[8] = {};
   // Subscribed to broadcast_group()'s image topic for this download (subscriptions end with
   // the connection; on_connected() subscribes again).
