@@ -194,8 +194,9 @@ TEST_F(EndToEnd, FiveDevicesUpdateThroughGroupOffer) {
 }
 
 TEST_F(EndToEnd, DeviceKilledMidDownloadResumesWithoutStartingOver) {
-  // Slow flash (2 ms per 4 KiB chunk) so the kill lands mid-download.
-  const std::vector<std::string> slow{"--flash-write-delay-us", "2000"};
+  // Slow flash (6 ms per 4 KiB chunk, 3 s a download) so the kill lands mid-download: the
+  // device reports progress at most once a second.
+  const std::vector<std::string> slow{"--flash-write-delay-us", "6000"};
   start_fleet("solo", 1, slow);
   ASSERT_TRUE(wait_until([&] { return devices_online({"solo-001"}); }, 20s));
   const std::size_t size = 2 * 1024 * 1024;
@@ -223,7 +224,9 @@ TEST_F(EndToEnd, DeviceKilledMidDownloadResumesWithoutStartingOver) {
 }
 
 TEST_F(EndToEnd, ControllerKilledMidTransferAndRestartedCompletesEveryTransfer) {
-  start_fleet("e2e", 5, {"--flash-write-delay-us", "1500"});
+  // Slow flash (8 ms a chunk, 3 s a download): devices report progress at most once a second,
+  // so the controller must see a download in progress before it ends.
+  start_fleet("e2e", 5, {"--flash-write-delay-us", "8000"});
   ASSERT_TRUE(wait_until([&] { return devices_online(kLab); }, 20s));
   const std::string image = random_bytes(1536 * 1024, 3);
   add_image(image, "1.2.0");
