@@ -248,7 +248,9 @@ void Agent::on_connected() {
   if (!flush_outcomes()) send_hello();
   if (st_.state == DeviceState::downloading) {
     // Subscribed before the request goes out: the broker handles both in order, so no
-    // broadcast answering it can come before the subscription.
+    // broadcast answering it can come before the subscription. The old one ended with the
+    // old connection (clean session).
+    listening_ = false;
     start_listening();
     request_chunks(true);
   }
@@ -891,25 +893,21 @@ const char* Agent::broadcast_group() const {
 }
 
 void Agent::start_listening() {
+  stop_listening();  // an earlier download's topic, if one is still subscribed
   const char* group = broadcast_group();
-  char topic[proto::kMaxTopicLen];
   if (group == nullptr || proto::make_group_chunk_topic(cfg_.prefix, group, st_.manifest.image.c_str(),
-                                                        topic, sizeof topic) == 0) {
+                                                        listening_topic_, sizeof listening_topic_) == 0) {
     return;
   }
   // QoS 0 (PROTOCOL.md 17): a frame missed is asked for again anyway, and with a clean
   // session QoS 1 would only add a PUBACK per frame for the device and the broker to handle.
-  listening_ = transport_.subscribe(topic, 0);
+  listening_ = transport_.subscribe(listening_topic_, 0);
 }
 
 void Agent::stop_listening() {
   if (!listening_) return;
   listening_ = false;
-  char topic[proto::kMaxTopicLen];
-  if (proto::make_group_chunk_topic(cfg_.prefix, broadcast_group(), st_.manifest.image.c_str(), topic,
-                                    sizeof topic) != 0) {
-    transport_.unsubscribe(topic);
-  }
+  transport_.unsubscribe(listening_topic_);
 }
 
 void Agent::advance_hash(std::size_t budget_bytes) {

@@ -155,21 +155,6 @@ const char* const kExitCodeTable =
 
 void errorf(const std::string& msg) { std::fprintf(stderr, "otactl: %s\n", msg.c_str()); }
 
-std::string url_encode(const std::string& s) {
-  static const char* hex = "0123456789ABCDEF";
-  std::string out;
-  for (unsigned char c : s) {
-    if (std::isalnum(c) || c == '-' || c == '_' || c == '.' || c == '~') {
-      out += static_cast<char>(c);
-    } else {
-      out += '%';
-      out += hex[c >> 4];
-      out += hex[c & 15];
-    }
-  }
-  return out;
-}
-
 bool parse_url(const std::string& s, Url& u, std::string& why) {
   auto p = s.find("://");
   if (p == std::string::npos) {

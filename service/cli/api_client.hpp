@@ -6,6 +6,8 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
+#include "ota/url_encode.hpp"
+
 namespace httplib {
 class Client;
 }
@@ -24,8 +26,7 @@ extern const char* const kExitCodeTable;
 // "otactl: MSG" on stderr.
 void errorf(const std::string& msg);
 
-// Percent-encodes all but A-Z a-z 0-9 - _ . ~ (a path segment or a query value).
-std::string url_encode(const std::string& s);
+using ota::url_encode;  // ids in paths, values in queries
 
 struct Url {
   std::string scheme, host;

@@ -17,7 +17,7 @@ add_executable(service_tests
   ${CMAKE_CURRENT_LIST_DIR}/service_http_test.cpp
   ${CMAKE_CURRENT_LIST_DIR}/service_keys_test.cpp
   ${CMAKE_CURRENT_LIST_DIR}/service_api_test.cpp)
-target_link_libraries(service_tests PRIVATE ota_service ota_policy ota_test_support ota::proto OpenSSL::Crypto
+target_link_libraries(service_tests PRIVATE ota_service ota_policy ota_url ota_test_support ota::proto OpenSSL::Crypto
                       PkgConfig::SQLITE3 PkgConfig::HTTPLIB OpenSSL::SSL Threads::Threads GTest::gtest_main
                       ota_warnings)
 target_compile_definitions(service_tests PRIVATE OTACTL_PATH="$<TARGET_FILE:otactl>"

@@ -12,6 +12,7 @@
 #include <set>
 
 #include "ota/service/http_api.hpp"
+#include "ota/url_encode.hpp"
 #include "service_controller_fixture.hpp"
 
 using namespace ota::service;
@@ -188,6 +189,18 @@ TEST_F(ServiceApi, ListsArePagedFilteredAndCompactUnlessAsked) {
   EXPECT_EQ(body(get("/api/v1/rollouts?state=running")).size(), 0u);
   EXPECT_EQ(body(get("/api/v1/tokens?role=admin")).size(), 1u);
   EXPECT_EQ(get("/api/v1/tokens?limit=1")->get_header_value("X-Total-Count"), "1");
+}
+
+// Ids in otactl's request paths and filter values in the API's next-page links: everything
+// but RFC 3986's unreserved characters is %XX ('+' would read as a space in a query, '/' would
+// split a path). (The Link header is not checked through httplib's client: it decodes header
+// values as it reads them.)
+TEST(UrlEncode, KeepsUnreservedCharactersAndEncodesEveryOtherByte) {
+  EXPECT_EQ(ota::url_encode("AZaz09-_.~"), "AZaz09-_.~");
+  EXPECT_EQ(ota::url_encode("2.0.0+b.7"), "2.0.0%2Bb.7");
+  EXPECT_EQ(ota::url_encode("a/b c%d&e=f?g#h"), "a%2Fb%20c%25d%26e%3Df%3Fg%23h");
+  EXPECT_EQ(ota::url_encode("\xC3\xA9\x01"), "%C3%A9%01");
+  EXPECT_EQ(ota::url_encode(""), "");
 }
 
 TEST_F(ServiceApi, EventsPageBackwardsWithABeforeCursor) {

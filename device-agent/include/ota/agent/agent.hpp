@@ -378,8 +378,10 @@ class Agent {
   bool progress_sent_ = false;          // one went since this download (re)started
   std::uint8_t image_id_bytes_[8] = {};
   // Subscribed to broadcast_group()'s image topic for this download (subscriptions end with
-  // the connection; on_connected() subscribes again).
+  // the connection; on_connected() subscribes again). The topic is kept as subscribed: the
+  // unsubscribe must name it even if the manifest or the groups changed since.
   bool listening_ = false;
+  char listening_topic_[proto::kMaxTopicLen] = {};
   bool broadcast_seen_ = false;  // a broadcast frame of this download arrived (since boot)
 
   AgentStats stats_;

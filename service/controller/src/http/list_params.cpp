@@ -1,38 +1,18 @@
 // The query parameters every list endpoint takes: a page (limit, offset), its own filters,
 // and nothing else (a misspelt or unsupported parameter is a 400, not silently ignored).
 #include <algorithm>
-#include <cctype>
 #include <vector>
 
+#include "ota/url_encode.hpp"
 #include "routes.hpp"
 
 namespace ota::service::http {
-
-namespace {
-
-// Percent-encodes all but A-Z a-z 0-9 - _ . ~ (a query key or value).
-std::string encode_query_value(const std::string& s) {
-  static const char* hex = "0123456789ABCDEF";
-  std::string out;
-  for (unsigned char c : s) {
-    if (std::isalnum(c) || c == '-' || c == '_' || c == '.' || c == '~') {
-      out += static_cast<char>(c);
-    } else {
-      out += '%';
-      out += hex[c >> 4];
-      out += hex[c & 15];
-    }
-  }
-  return out;
-}
-
-}  // namespace
 
 std::string next_link(const httplib::Request& req, const std::string& key, long long value) {
   std::string query;
   for (const auto& [k, v] : req.params) {
     if (k == key) continue;
-    query += (query.empty() ? "?" : "&") + encode_query_value(k) + "=" + encode_query_value(v);
+    query += (query.empty() ? "?" : "&") + ota::url_encode(k) + "=" + ota::url_encode(v);
   }
   return "<" + req.path + query + (query.empty() ? "?" : "&") + key + "=" + std::to_string(value) +
          ">; rel=\"next\"";
