@@ -248,9 +248,7 @@ void Agent::on_connected() {
   if (!flush_outcomes()) send_hello();
   if (st_.state == DeviceState::downloading) {
     // Subscribed before the request goes out: the broker handles both in order, so no
-    // broadcast answering it can come before the subscription. The old one ended with the
-    // old connection (clean session).
-    listening_ = false;
+    // broadcast answering it can come before the subscription.
     start_listening();
     request_chunks(true);
   }
@@ -893,7 +891,6 @@ const char* Agent::broadcast_group() const {
 }
 
 void Agent::start_listening() {
-  stop_listening();  // an earlier download's topic, if one is still subscribed
   const char* group = broadcast_group();
   if (group == nullptr || proto::make_group_chunk_topic(cfg_.prefix, group, st_.manifest.image.c_str(),
                                                         listening_topic_, sizeof listening_topic_) == 0) {
